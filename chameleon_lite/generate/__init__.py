@@ -1,0 +1,1 @@
+"""Generation: prefill/decode engine, the per-row modality state machine, detokenizer routing and writers."""

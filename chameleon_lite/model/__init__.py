@@ -1,0 +1,1 @@
+"""The decoder-only early-fusion transformer, its configuration presets and KV cache."""

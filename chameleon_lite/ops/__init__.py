@@ -1,0 +1,23 @@
+"""Python face of the chameleon_lite kernels: custom ops, fake (meta) impls, autograd, and pure-PyTorch references.
+
+Importing this package loads the compiled extension (``chameleon_lite._C``), which registers the operator
+schemas and their CPU implementations with ``torch.library``; the CUDA implementations live in
+``chameleon_lite._C_cuda`` and are loaded when present.
+"""
+from __future__ import annotations
+
+from chameleon_lite.ops._loader import load_extensions
+
+load_extensions()
+
+from chameleon_lite.ops._loader import HAS_CUDA_EXT  # noqa: E402
+from chameleon_lite.ops.attention import modality_attention, modality_attention_decode  # noqa: E402
+from chameleon_lite.ops.classify import classify_ids  # noqa: E402
+
+__all__ = [
+    "HAS_CUDA_EXT",
+    "classify_ids",
+    "load_extensions",
+    "modality_attention",
+    "modality_attention_decode",
+]

@@ -1,0 +1,1 @@
+"""The three tokenizers (text BPE, image VQ, audio codec) that map each modality into the unified vocabulary."""

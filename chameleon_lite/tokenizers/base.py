@@ -1,0 +1,113 @@
+"""What the three tokenizers share: artifact names, the bundle that loads them together, and the vocabulary
+they define.
+
+Each tokenizer class offers ``load(dir)`` / ``save(dir)`` and maps its modality to *local* codes; the bundle
+turns local codes into unified ids through :class:`~chameleon_lite.vocab.UnifiedVocab`.
+
+- TextTokenizer (text.py):   encode(str) -> list[int] local BPE ids; decode(ids) -> str; vocab_size
+- ImageTokenizer (image.py): encode(images) -> codes [B, h, w]; decode(codes) -> uint8 [B, H, W, 3];
+                             codebook_size; tokens_per_image (N = h*w); grid (h, w)
+- AudioTokenizer (audio.py): encode(waveform or path) -> codes [nq, frames]; decode(codes) -> float waveform;
+                             num_levels (nq); codebook_size; sample_rate; frame_rate
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.vocab import UnifiedVocab
+
+TEXT_FILE = "tokenizer.json"
+IMAGE_WEIGHTS, IMAGE_CONFIG = "image_vq.safetensors", "image_vq.json"
+AUDIO_WEIGHTS, AUDIO_CONFIG = "audio_codec.safetensors", "audio_codec.json"
+VOCAB_FILE = "vocab.json"
+
+
+def read_json(path: str, what: str) -> dict[str, Any]:
+    """Read a JSON object from path, with errors that name the file."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {what} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: {what} must be a JSON object")
+    return d
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sizes_from_dir(path: str) -> tuple[int, int, int, int]:
+    from chameleon_lite.tokenizers.text import TextTokenizer
+
+    text = TextTokenizer.load(path)
+    img = read_json(os.path.join(path, IMAGE_CONFIG), "image tokenizer config") if os.path.exists(os.path.join(path, IMAGE_CONFIG)) else None
+    aud = read_json(os.path.join(path, AUDIO_CONFIG), "audio tokenizer config") if os.path.exists(os.path.join(path, AUDIO_CONFIG)) else None
+    k_img = int(img["codebook_size"]) if img else 0
+    nq = int(aud["num_levels"]) if aud else 0
+    k_aud = int(aud["codebook_size"]) if aud else 0
+    return text.vocab_size, k_img, nq, k_aud
+
+
+def vocab_from_tokenizer_dir(path: str) -> UnifiedVocab:
+    """The vocabulary the tokenizer artifacts in ``path`` define (a missing image/audio tokenizer gives an empty range)."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: tokenizer folder not found")
+    t, k_img, nq, k_aud = _sizes_from_dir(path)
+    return UnifiedVocab(text_size=t, image_codebook=k_img, audio_levels=nq, audio_codebook=k_aud)
+
+
+def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> None:
+    """Refuse tokenizer artifacts in ``path`` whose vocabulary differs from ``vocab`` (e.g. a checkpoint's)."""
+    have = vocab_from_tokenizer_dir(path)
+    if have.hash != vocab.hash:
+        raise ConfigError(
+            f"{path}: the tokenizers define vocabulary {have.hash} ({have.size} ids) but the {what} was trained on "
+            f"{vocab.hash} ({vocab.size} ids); use the tokenizers the {what} was trained with"
+        )
+
+
+@dataclasses.dataclass
+class Tokenizers:
+    """The three tokenizers plus the unified vocabulary they define, loaded from one folder."""
+
+    vocab: UnifiedVocab
+    text: Any
+    image: Any | None = None
+    audio: Any | None = None
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> "Tokenizers":
+        from chameleon_lite.tokenizers.text import TextTokenizer
+
+        if not os.path.isdir(path):
+            raise ConfigError(f"{path}: tokenizer folder not found")
+        text = TextTokenizer.load(path)
+        image = audio = None
+        if os.path.exists(os.path.join(path, IMAGE_CONFIG)):
+            from chameleon_lite.tokenizers.image import ImageTokenizer
+
+            image = ImageTokenizer.load(path, device=device)
+        if os.path.exists(os.path.join(path, AUDIO_CONFIG)):
+            from chameleon_lite.tokenizers.audio import AudioTokenizer
+
+            audio = AudioTokenizer.load(path, device=device)
+        vocab = vocab_from_tokenizer_dir(path)
+        vf = os.path.join(path, VOCAB_FILE)
+        if os.path.exists(vf):
+            saved = UnifiedVocab.load(vf)
+            if saved.hash != vocab.hash:
+                raise ConfigError(f"{vf}: vocab.json ({saved.hash}) does not match the tokenizer artifacts beside it ({vocab.hash})")
+        return cls(vocab=vocab, text=text, image=image, audio=audio)

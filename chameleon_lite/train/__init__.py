@@ -1,0 +1,1 @@
+"""Training pieces used by train/pretrain.py: optimiser, schedule, checkpointing, metrics, distributed setup."""

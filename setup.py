@@ -1,0 +1,127 @@
+"""Builds chameleon_lite._C (C++ CPU kernels, always) and chameleon_lite._C_cuda (CUDA kernels, when
+CHAMELEON_LITE_BUILD_CUDA=1 or a GPU is visible).
+
+The CUDA toolkit root is located here rather than left to torch: `nvcc` on PATH may be a wrapper script,
+so torch's guess from the location of `nvcc` can point at a folder that holds no toolkit.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_toolkit_root(path: str) -> bool:
+    return bool(path) and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) and any(
+        os.path.exists(os.path.join(path, lib, "libcudart.so")) for lib in ("lib64", "lib")
+    )
+
+
+def find_cuda_home() -> str | None:
+    """Return the folder holding include/cuda_runtime.h and lib64/libcudart.so, or None."""
+    candidates: list[str] = []
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
+        if os.environ.get(var):
+            candidates.append(os.environ[var])
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        candidates.append(os.path.dirname(os.path.dirname(real)))
+        # A wrapper script names the real compiler; read the path out of it.
+        try:
+            with open(real, "rb") as f:
+                head = f.read(4096)
+            if b"\0" not in head:
+                for m in re.finditer(rb"(/[^\s'\"]+)/bin/nvcc", head):
+                    candidates.append(m.group(1).decode())
+        except OSError:
+            pass
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in candidates:
+        if _is_toolkit_root(c):
+            return os.path.realpath(c)
+    return None
+
+
+def _want_cuda() -> bool:
+    flag = os.environ.get("CHAMELEON_LITE_BUILD_CUDA")
+    if flag is not None:
+        return flag.strip() not in ("", "0", "false", "False")
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+BUILD_CUDA = _want_cuda()
+CUDA_HOME = find_cuda_home() if BUILD_CUDA else None
+if BUILD_CUDA:
+    if CUDA_HOME is None:
+        sys.exit("CHAMELEON_LITE_BUILD_CUDA=1 but no CUDA toolkit (include/cuda_runtime.h + lib64/libcudart.so) was found; set CUDA_HOME")
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+    os.environ["CUDA_HOME"] = CUDA_HOME
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _nvidia_wheel_includes() -> list[str]:
+    """Headers such as cusparse.h / cublas_v2.h that torch's CUDA headers include ship in nvidia/*/include."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(p for p in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(p))
+
+
+def _sources(*patterns: str) -> list[str]:
+    out: list[str] = []
+    for p in patterns:
+        out += sorted(glob.glob(os.path.join("csrc", p)))
+    return out
+
+
+common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-sign-compare"]
+if os.environ.get("CHAMELEON_LITE_WERROR") == "1":
+    common_cxx.append("-Werror")
+include_dirs = [os.path.join(ROOT, "csrc")]
+
+ext_modules = [
+    CppExtension(
+        "chameleon_lite._C",
+        sources=_sources("ops.cpp", "cpu/*.cpp"),
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": common_cxx},
+        extra_link_args=["-fopenmp"],
+    )
+]
+
+if BUILD_CUDA:
+    archs = os.environ.get("CHAMELEON_LITE_CUDA_ARCHS", "80;90").split(";")
+    gencode = []
+    for a in archs:
+        a = a.strip()
+        if a:
+            gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"] + gencode
+    if os.environ.get("CHAMELEON_LITE_WERROR") == "1":
+        nvcc_flags += ["-Werror", "all-warnings"]
+    cuda_sources = _sources("cuda/*.cpp", "cuda/*.cu")
+    ext_modules.append(
+        CUDAExtension(
+            "chameleon_lite._C_cuda",
+            sources=cuda_sources,
+            include_dirs=include_dirs + _nvidia_wheel_includes(),
+            extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": nvcc_flags},
+        )
+    )
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+import torch
+
+from chameleon_lite.ops import classify_ids
+from chameleon_lite.vocab import AUDIO, IMAGE, TEXT, UnifiedVocab, VocabError, classify_ids_reference
+
+
+@pytest.fixture
+def vocab():
+    return UnifiedVocab(text_size=500, image_codebook=64, audio_levels=4, audio_codebook=32)
+
+
+def test_layout(vocab):
+    assert vocab.text_offset == 16
+    assert vocab.image_offset == 16 + 500
+    assert vocab.audio_offset == 16 + 500 + 64
+    assert vocab.size == vocab.audio_offset + 4 * 32
+    assert [vocab.pad, vocab.bos, vocab.eos, vocab.boi, vocab.eoi, vocab.boa, vocab.eoa] == list(range(7))
+    assert vocab.special_id("<boi>") == vocab.boi
+    assert vocab.audio_level_range(2) == (vocab.audio_offset + 64, vocab.audio_offset + 96)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16])
+@pytest.mark.parametrize("shape", [(0,), (1,), (7, 13), (3, 1000)])
+def test_classify_kernel_matches_reference(vocab, dtype, shape):
+    if dtype == torch.int16 and vocab.size > 32767:
+        pytest.skip("int16 cannot hold the vocabulary")
+    ids = torch.randint(0, vocab.size, shape).to(dtype)
+    args = (vocab.text_offset, vocab.image_offset, vocab.audio_offset, vocab.audio_codebook, vocab.size)
+    got = classify_ids(ids, *args)
+    ref = classify_ids_reference(ids, *args)
+    for g, r in zip(got, ref):
+        assert g.shape == ids.shape
+        assert torch.equal(g, r.to(g.dtype))
+
+
+def test_classify_ranges(vocab):
+    ids = torch.tensor([0, 6, 16, vocab.image_offset - 1, vocab.image_offset, vocab.audio_offset, vocab.audio_offset + 32 * 3 + 5])
+    mod, local, level = vocab.classify(ids)
+    assert mod.tolist() == [TEXT, TEXT, TEXT, TEXT, IMAGE, AUDIO, AUDIO]
+    assert local.tolist() == [0, 6, 0, 499, 0, 0, 5]
+    assert level.tolist() == [-1, -1, -1, -1, -1, 0, 3]
+
+
+@pytest.mark.parametrize("bad", [-1, 10**6])
+def test_out_of_range_names_id_and_range(vocab, bad):
+    with pytest.raises(VocabError, match=rf"{bad}.*\[0, {vocab.size}\)"):
+        vocab.classify(torch.tensor([3, bad]))
+    with pytest.raises(IndexError, match=str(bad)):
+        classify_ids(torch.tensor([bad]), vocab.text_offset, vocab.image_offset, vocab.audio_offset, vocab.audio_codebook, vocab.size)
+
+
+def test_conversions_roundtrip(vocab):
+    codes = torch.randint(0, 64, (2, 4, 4))
+    assert torch.equal(vocab.unified_to_image(vocab.image_to_unified(codes)), codes)
+    t = torch.randint(0, 500, (20,))
+    assert torch.equal(vocab.unified_to_text(vocab.text_to_unified(t)), t)
+    a = torch.randint(0, 32, (4, 9))
+    flat = vocab.audio_to_unified(a)
+    assert flat.shape == (36,)
+    # frame-major: first frame's levels 0..3 come first
+    assert vocab.classify(flat[:4])[2].tolist() == [0, 1, 2, 3]
+    assert torch.equal(vocab.unified_to_audio(flat), a)
+
+
+def test_audio_validation(vocab):
+    flat = vocab.audio_to_unified(torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(VocabError, match="whole number of frames"):
+        vocab.unified_to_audio(flat[:-1])
+    swapped = flat.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    with pytest.raises(VocabError, match="expected level 0"):
+        vocab.unified_to_audio(swapped)
+    with pytest.raises(VocabError, match="outside the valid range"):
+        vocab.unified_to_audio(torch.tensor([1, 2, 3, 4]))
+    with pytest.raises(VocabError, match="image code"):
+        vocab.image_to_unified(torch.tensor([64]))
+
+
+def test_save_load_hash(vocab, tmp_path):
+    path = vocab.save(tmp_path)
+    loaded = UnifiedVocab.load(tmp_path)
+    assert loaded == vocab and loaded.hash == vocab.hash
+    other = UnifiedVocab(text_size=501, image_codebook=64, audio_levels=4, audio_codebook=32)
+    assert other.hash != vocab.hash
+    d = json.load(open(path))
+    d["text_size"] = 501
+    json.dump(d, open(path, "w"))
+    with pytest.raises(VocabError, match="hash"):
+        UnifiedVocab.load(path)
+    open(path, "w").write("{not json")
+    with pytest.raises(VocabError, match="not valid JSON"):
+        UnifiedVocab.load(path)
+    with pytest.raises(VocabError, match="not found"):
+        UnifiedVocab.load(tmp_path / "missing.json")
+
+
+def test_opcheck(vocab):
+    ids = torch.randint(0, vocab.size, (5, 7))
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.classify_ids.default,
+        (ids, vocab.text_offset, vocab.image_offset, vocab.audio_offset, vocab.audio_codebook, vocab.size),
+    )
