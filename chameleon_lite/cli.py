@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "chameleon_lite.tokenizers.image_commands",
     "chameleon_lite.tokenizers.audio_commands",
     "chameleon_lite.vocab_commands",
+    "chameleon_lite.train.commands",
 )
 
 GROUP_HELP = {
