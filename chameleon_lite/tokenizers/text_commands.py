@@ -1,6 +1,43 @@
-"""CLI commands of the data layer (registered by chameleon_lite.cli)."""
+"""CLI commands of the text tokenizer (registered by chameleon_lite.cli)."""
 from __future__ import annotations
+
+import argparse
+import time
+
+
+def _train_text(args: argparse.Namespace) -> int:
+    from chameleon_lite.errors import UserError
+    from chameleon_lite.tokenizers.text import TextTokenizer, iter_manifest_texts
+
+    if bool(args.manifest) == bool(args.files):
+        raise UserError("give either --manifest or --files")
+    t0 = time.perf_counter()
+    if args.manifest:
+        tok = TextTokenizer.train(iter_manifest_texts(args.manifest), vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    else:
+        tok = TextTokenizer.train(files=args.files, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    path = tok.save(args.out)
+    print(f"trained byte-level BPE with {tok.vocab_size} ids in {time.perf_counter() - t0:.1f} s: {path}")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.text import TextTokenizer
+
+    tok = TextTokenizer.load(args.tokenizer)
+    ids = tok.encode(args.text)
+    print(" ".join(map(str, ids)))
+    return 0
 
 
 def register(cli) -> None:
-    pass
+    p = cli.command("tokenizer train-text", "train the byte-level BPE text tokenizer (tokenizer.json)", _train_text)
+    p.add_argument("--manifest", help="train on the text segments of this JSONL manifest")
+    p.add_argument("--files", nargs="+", help="train on these text files instead")
+    p.add_argument("--vocab-size", type=int, default=4096, help="target number of BPE ids (default 4096)")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge (default 2)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write tokenizer.json into")
+
+    p = cli.command("tokenizer encode-text", "print the local BPE ids of a string", _encode)
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding tokenizer.json")
+    p.add_argument("text")
