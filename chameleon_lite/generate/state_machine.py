@@ -1,0 +1,193 @@
+"""The per-row modality state machine of generation (ARCHITECTURE §4).
+
+Each row is in one of four modes:
+
+- TEXT: text ids, ``<eos>``, ``<boi>`` (only if a whole image still fits: N image ids + ``<eoi>`` + one more
+  position, i.e. at least N+2 positions remain) and ``<boa>`` (only if one frame + ``<eoa>`` + one more fit).
+- IMAGE: exactly N image ids, then ``<eoi>`` is forced.
+- AUDIO: the position inside the span fixes the RVQ level, so only that level's id range is allowed; ``<eoa>``
+  only at a frame boundary after at least one frame; ``<eoa>`` is forced at a boundary when another frame +
+  ``<eoa>`` would not fit, or when the span reached ``max_audio_frames``.
+- DONE: the row emitted ``<eos>`` (or ran out of room); it is padded with ``<pad>`` and ignored.
+
+The machine is host-side bookkeeping over small integer arrays; it produces, per decode step, the allowed id
+ranges ``[B, R, 2]`` (half-open, unused slots ``(0, 0)``) that the fused sampler consumes, the forced id of
+rows that have exactly one choice, and the modality that selects each row's sampling settings.
+"""
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from chameleon_lite.errors import UserError
+from chameleon_lite.vocab import UnifiedVocab
+
+MAX_RANGES = 3
+
+
+class Mode(enum.IntEnum):
+    TEXT = 0
+    IMAGE = 1
+    AUDIO = 2
+    DONE = 3
+
+
+class ModalityStateMachine:
+    """State of B rows. ``positions_left[b]`` counts the positions still free in row b's context.
+
+    Args:
+        vocab: the unified vocabulary.
+        image_tokens: N, the number of ids in an image span.
+        batch: number of rows B.
+        positions_left: [B] ints or an int: free positions per row (context length - current length).
+        max_audio_frames: optional cap on frames per audio span.
+    """
+
+    def __init__(
+        self,
+        vocab: UnifiedVocab,
+        image_tokens: int,
+        batch: int,
+        positions_left: int | list[int] | torch.Tensor,
+        max_audio_frames: int | None = None,
+        allow_image: bool = True,
+        allow_audio: bool = True,
+    ) -> None:
+        if image_tokens <= 0 and allow_image and vocab.image_codebook > 0:
+            raise ValueError("image_tokens must be positive when images may be generated")
+        self.vocab = vocab
+        self.n_image = image_tokens
+        self.nq = vocab.audio_levels
+        self.allow_image = allow_image and vocab.image_codebook > 0
+        self.allow_audio = allow_audio and vocab.audio_levels > 0
+        self.max_audio_frames = max_audio_frames
+        self.mode = torch.full((batch,), int(Mode.TEXT), dtype=torch.int64)
+        self.count = torch.zeros(batch, dtype=torch.int64)  # ids emitted inside the current image/audio span
+        left = torch.as_tensor(positions_left, dtype=torch.int64)
+        self.left = left.expand(batch).clone() if left.dim() == 0 else left.clone()
+        if self.left.shape != (batch,):
+            raise ValueError(f"positions_left must be an int or have shape [{batch}]")
+
+    @property
+    def batch(self) -> int:
+        return self.mode.shape[0]
+
+    # ---- prompts ----------------------------------------------------------------------------------
+    def feed_prompt(self, row: int, ids: list[int] | torch.Tensor) -> None:
+        """Replay a prompt's ids on one row (without consuming positions: the caller sets positions_left after
+        the prompt). Raises UserError if the prompt is not a valid prefix (e.g. a short image span closed)."""
+        left = int(self.left[row])
+        self.left[row] = 10**9  # prompt ids are checked for structure, not for room
+        try:
+            for i, t in enumerate(torch.as_tensor(ids).reshape(-1).tolist()):
+                if i == 0 and t == self.vocab.bos:
+                    continue
+                ok = self._allowed_one(row, t)
+                if not ok:
+                    raise UserError(f"prompt id {t} at position {i} is not allowed there ({self.describe(row)})")
+                self._advance_one(row, t)
+        finally:
+            self.left[row] = left
+
+    # ---- queries ----------------------------------------------------------------------------------
+    def _ranges_row(self, b: int) -> list[tuple[int, int]]:
+        v = self.vocab
+        mode = Mode(int(self.mode[b]))
+        left = int(self.left[b])
+        if mode == Mode.DONE or left <= 0:
+            return [(v.pad, v.pad + 1)]
+        if mode == Mode.TEXT:
+            out = [v.text_range()]
+            lo_s = v.eos
+            hi_s = v.eos + 1
+            if self.allow_image and left >= self.n_image + 2:
+                hi_s = v.boi + 1  # <eos> and <boi> are adjacent ids
+            out.append((lo_s, hi_s))
+            if self.allow_audio and left >= self.nq + 2:
+                out.append((v.boa, v.boa + 1))
+            return out
+        k = int(self.count[b])
+        if mode == Mode.IMAGE:
+            if k >= self.n_image:
+                return [(v.eoi, v.eoi + 1)]
+            return [v.image_range()]
+        # AUDIO
+        level = k % self.nq
+        if level == 0 and k > 0:
+            frames = k // self.nq
+            capped = self.max_audio_frames is not None and frames >= self.max_audio_frames
+            if capped or left < self.nq + 1:
+                return [(v.eoa, v.eoa + 1)]
+            return [v.audio_level_range(0), (v.eoa, v.eoa + 1)]
+        return [v.audio_level_range(level)]
+
+    def allowed_ranges(self) -> torch.Tensor:
+        """int64 [B, R, 2] half-open allowed id ranges per row; unused slots are (0, 0)."""
+        out = torch.zeros(self.batch, MAX_RANGES, 2, dtype=torch.int64)
+        for b in range(self.batch):
+            for r, (lo, hi) in enumerate(self._ranges_row(b)):
+                out[b, r, 0], out[b, r, 1] = lo, hi
+        return out
+
+    def forced(self) -> torch.Tensor:
+        """int64 [B]: the only allowed id of rows that have exactly one choice, else -1."""
+        out = torch.full((self.batch,), -1, dtype=torch.int64)
+        for b in range(self.batch):
+            r = self._ranges_row(b)
+            if len(r) == 1 and r[0][1] - r[0][0] == 1:
+                out[b] = r[0][0]
+        return out
+
+    def modality(self) -> torch.Tensor:
+        """int64 [B]: the mode of each row (Mode values), which selects its sampling settings."""
+        return self.mode.clone()
+
+    def done(self) -> torch.Tensor:
+        return self.mode == int(Mode.DONE)
+
+    def _allowed_one(self, b: int, t: int) -> bool:
+        return any(lo <= t < hi for lo, hi in self._ranges_row(b))
+
+    def describe(self, b: int) -> str:
+        mode = Mode(int(self.mode[b]))
+        if mode in (Mode.IMAGE, Mode.AUDIO):
+            return f"row {b} in {mode.name.lower()} span after {int(self.count[b])} ids"
+        return f"row {b} in {mode.name.lower()} mode"
+
+    # ---- transitions ------------------------------------------------------------------------------
+    def _advance_one(self, b: int, t: int) -> None:
+        v = self.vocab
+        mode = Mode(int(self.mode[b]))
+        self.left[b] -= 1
+        if mode == Mode.DONE:
+            return
+        if mode == Mode.TEXT:
+            if t == v.eos:
+                self.mode[b] = int(Mode.DONE)
+            elif t == v.boi:
+                self.mode[b], self.count[b] = int(Mode.IMAGE), 0
+            elif t == v.boa:
+                self.mode[b], self.count[b] = int(Mode.AUDIO), 0
+        elif mode == Mode.IMAGE:
+            if t == v.eoi:
+                self.mode[b], self.count[b] = int(Mode.TEXT), 0
+            else:
+                self.count[b] += 1
+        else:
+            if t == v.eoa:
+                self.mode[b], self.count[b] = int(Mode.TEXT), 0
+            else:
+                self.count[b] += 1
+        if int(self.left[b]) <= 0 and int(self.mode[b]) == int(Mode.TEXT):
+            self.mode[b] = int(Mode.DONE)
+
+    def advance(self, ids: torch.Tensor) -> None:
+        """ids: [B] the ids just appended to each row. Raises if an id was not allowed (a sampler bug)."""
+        ids = torch.as_tensor(ids).reshape(-1).tolist()
+        if len(ids) != self.batch:
+            raise ValueError(f"advance expects {self.batch} ids, got {len(ids)}")
+        for b, t in enumerate(ids):
+            if int(self.mode[b]) != int(Mode.DONE) and not self._allowed_one(b, t):
+                raise RuntimeError(f"id {t} is not allowed for {self.describe(b)}")
+            self._advance_one(b, t)
