@@ -1,0 +1,189 @@
+"""Generated documents: routing a unified id stream into text/image/audio spans, detokenizing each span, and
+writing the output folder of ARCHITECTURE §7 (document.md, document.html, document.json, image_###.png,
+audio_###.wav as 16-bit PCM).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from chameleon_lite.vocab import UnifiedVocab
+
+
+@dataclasses.dataclass
+class Span:
+    """One routed span. ids are unified ids without the <boi>/<eoi>/<boa>/<eoa> markers."""
+
+    kind: str  # "text" | "image" | "audio"
+    ids: list[int]
+    text: str | None = None
+    image: np.ndarray | None = None  # uint8 [H, W, 3]
+    audio: np.ndarray | None = None  # float32 [samples]
+    sample_rate: int | None = None
+    complete: bool = True  # False for a span cut off by the token budget (not decoded)
+    from_prompt: bool = False
+
+
+def split_spans(ids: list[int], vocab: UnifiedVocab) -> list[Span]:
+    """Split a unified id stream into spans. <bos>/<pad> are dropped; <eos> ends the stream."""
+    spans: list[Span] = []
+    text: list[int] = []
+    i, n = 0, len(ids)
+
+    def flush_text() -> None:
+        if text:
+            spans.append(Span("text", list(text)))
+            text.clear()
+
+    while i < n:
+        t = ids[i]
+        if t == vocab.eos:
+            break
+        if t in (vocab.boi, vocab.boa):
+            flush_text()
+            end_tok = vocab.eoi if t == vocab.boi else vocab.eoa
+            j = i + 1
+            while j < n and ids[j] != end_tok and ids[j] != vocab.eos:
+                j += 1
+            complete = j < n and ids[j] == end_tok
+            spans.append(Span("image" if t == vocab.boi else "audio", list(ids[i + 1 : j]), complete=complete))
+            i = j + 1
+            continue
+        if vocab.text_offset <= t < vocab.image_offset:
+            text.append(t)
+        i += 1
+    flush_text()
+    return spans
+
+
+def detokenize(spans: list[Span], tokenizers: Any) -> list[Span]:
+    """Fill each span's text/image/audio with its detokenizer (tokenizers: a tokenizers.base.Tokenizers bundle)."""
+    import torch
+
+    vocab = tokenizers.vocab
+    for s in spans:
+        if s.kind == "text":
+            s.text = tokenizers.text.decode(vocab.unified_to_text(s.ids).tolist())
+        elif s.kind == "image":
+            tok = tokenizers.image
+            if tok is None or not s.complete or len(s.ids) != tok.tokens_per_image:
+                s.complete = False
+                continue
+            h, w = tok.grid
+            codes = vocab.unified_to_image(torch.tensor(s.ids)).reshape(1, h, w)
+            s.image = np.asarray(tok.decode(codes)[0])
+        else:
+            tok = tokenizers.audio
+            whole = len(s.ids) - len(s.ids) % vocab.audio_levels
+            if tok is None or whole == 0:
+                s.complete = False
+                continue
+            codes = vocab.unified_to_audio(torch.tensor(s.ids[:whole]))
+            s.audio = np.asarray(tok.decode(codes), dtype=np.float32).reshape(-1)
+            s.sample_rate = tok.sample_rate
+    return spans
+
+
+@dataclasses.dataclass
+class Document:
+    """A generated (or prompted) interleaved document."""
+
+    spans: list[Span]
+    ids: list[int]
+    prompt_ids: list[int] = dataclasses.field(default_factory=list)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text or "" for s in self.spans if s.kind == "text")
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return [s.image for s in self.spans if s.kind == "image" and s.image is not None]
+
+    @property
+    def audios(self) -> list[np.ndarray]:
+        return [s.audio for s in self.spans if s.kind == "audio" and s.audio is not None]
+
+    def save(self, out_dir: str) -> str:
+        return write_document(self, out_dir)
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.nan_to_num(audio), -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def write_document(doc: Document, out_dir: str) -> str:
+    """Write the output folder; returns its path. Files: document.md, document.html, document.json,
+    image_###.png, audio_###.wav (16-bit PCM)."""
+    os.makedirs(out_dir, exist_ok=True)
+    md: list[str] = []
+    body: list[str] = []
+    seg_json: list[dict[str, Any]] = []
+    n_img = n_aud = 0
+    for s in doc.spans:
+        entry: dict[str, Any] = {"kind": s.kind, "ids": s.ids, "complete": s.complete, "from_prompt": s.from_prompt}
+        if s.kind == "text":
+            entry["text"] = s.text
+            md.append(s.text or "")
+            body.append(f"<span class=\"text\">{html.escape(s.text or '')}</span>".replace("\n", "<br>"))
+        elif s.kind == "image" and s.image is not None:
+            name = f"image_{n_img:03d}.png"
+            n_img += 1
+            png = _png_bytes(s.image)
+            _write_atomic(os.path.join(out_dir, name), png)
+            entry["file"] = name
+            md.append(f"\n\n![{name}]({name})\n\n")
+            b64 = base64.b64encode(png).decode()
+            body.append(f'<figure><img src="data:image/png;base64,{b64}" alt="{name}" width="256" style="image-rendering:pixelated"><figcaption>{name}</figcaption></figure>')
+        elif s.kind == "audio" and s.audio is not None:
+            name = f"audio_{n_aud:03d}.wav"
+            n_aud += 1
+            wav = _wav_bytes(s.audio, int(s.sample_rate or 16000))
+            _write_atomic(os.path.join(out_dir, name), wav)
+            entry["file"] = name
+            entry["seconds"] = len(s.audio) / float(s.sample_rate or 16000)
+            md.append(f"\n\n[{name}]({name})\n\n")
+            b64 = base64.b64encode(wav).decode()
+            body.append(f'<figure><audio controls src="data:audio/wav;base64,{b64}"></audio><figcaption>{name}</figcaption></figure>')
+        else:
+            md.append(f"\n\n*(unfinished {s.kind} span: {len(s.ids)} ids)*\n\n")
+            body.append(f"<p><em>unfinished {s.kind} span ({len(s.ids)} ids)</em></p>")
+        seg_json.append(entry)
+    _write_atomic(os.path.join(out_dir, "document.md"), "".join(md).strip().encode() + b"\n")
+    page = (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>chameleon-lite document</title>"
+        "<style>body{font-family:sans-serif;max-width:48em;margin:2em auto;line-height:1.5}"
+        "figure{margin:1em 0}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
+    _write_atomic(os.path.join(out_dir, "document.html"), page.encode())
+    meta = {"segments": seg_json, "ids": doc.ids, "prompt_ids": doc.prompt_ids, "settings": doc.settings, "timings": doc.timings}
+    _write_atomic(os.path.join(out_dir, "document.json"), json.dumps(meta, indent=1).encode())
+    return out_dir
