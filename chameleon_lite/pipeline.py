@@ -1,0 +1,68 @@
+"""A resumable pipeline of named stages, used by `chameleon-lite quickstart`.
+
+Each stage writes its outputs, then a marker file ``.stage-<name>.done`` holding the stage's parameters; a rerun
+skips stages whose marker exists with the same parameters and reruns (after clearing) those whose parameters
+changed. Stages that are themselves resumable (tokenizer training, pretraining) are simply called again after
+an interruption and continue from their own checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    fn: Callable[[], Any]
+    params: dict[str, Any]
+    outputs: list[str] = dataclasses.field(default_factory=list)  # cleared when params change
+    resumable: bool = False  # a stage that continues from its own checkpoints when rerun
+
+
+class Pipeline:
+    def __init__(self, root: str, log: Callable[[str], None] = print) -> None:
+        self.root = root
+        self.log = log
+        os.makedirs(root, exist_ok=True)
+
+    def _marker(self, name: str) -> str:
+        return os.path.join(self.root, f".stage-{name}.done")
+
+    def is_done(self, stage: Stage) -> bool:
+        try:
+            with open(self._marker(stage.name)) as f:
+                return json.load(f).get("params") == json.loads(json.dumps(stage.params))
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def run(self, stages: list[Stage]) -> dict[str, float]:
+        """Run stages in order, skipping finished ones; returns the wall time of each stage run now."""
+        times: dict[str, float] = {}
+        for i, st in enumerate(stages, 1):
+            head = f"[{i}/{len(stages)}] {st.name}"
+            if self.is_done(st):
+                self.log(f"{head}: done earlier, skipped")
+                continue
+            marker = self._marker(st.name)
+            if os.path.exists(marker):  # parameters changed: start this stage over
+                os.remove(marker)
+                for out in st.outputs:
+                    if os.path.isdir(out):
+                        shutil.rmtree(out)
+                    elif os.path.exists(out):
+                        os.remove(out)
+            self.log(f"{head}: running")
+            t0 = time.perf_counter()
+            st.fn()
+            times[st.name] = time.perf_counter() - t0
+            tmp = marker + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"params": st.params, "seconds": times[st.name]}, f)
+            os.replace(tmp, marker)
+            self.log(f"{head}: finished in {times[st.name]:.1f} s")
+        return times
