@@ -1,0 +1,587 @@
+"""The procedural multimodal corpus: seeded shapes pictures, note melodies and their captions.
+
+It writes real files plus a JSONL manifest, so it exercises exactly the path user data takes::
+
+    OUT/manifest.jsonl     one document per line (ARCHITECTURE §7)
+    OUT/images/*.png       RGB, ``image_size`` x ``image_size`` (default 64)
+    OUT/audio/*.wav        16-bit PCM mono at ``sample_rate`` (default 16 kHz)
+    OUT/corpus.json        the CorpusConfig, seed and n that produced the folder
+
+A manifest line looks like::
+
+    {"id": "proc-0-000007",
+     "segments": [{"text": "Draw a large red circle at the top left."}, {"image": "images/000007_0.png"}],
+     "meta": {"task": "caption_to_image",
+              "media": [{"type": "image", "height": 64, "width": 64,
+                         "shapes": [{"kind": "circle", "color": "red", "size": "large", "position": "top left"}]}]}}
+
+``meta["media"]`` holds the ground truth of every image/audio segment in segment order (see
+:meth:`ImageSpec.to_meta` / :meth:`AudioSpec.to_meta`; ``from_meta`` reads them back), ``meta["task"]`` the task
+form. No segment carries ``attend``.
+
+Images
+    Plain black background (:data:`BACKGROUND`); 1-2 shapes, each of a kind in :data:`SHAPE_KINDS`, a color in
+    :data:`COLORS`, a size in :data:`SIZES` and a cell of the 3x3 grid named in :data:`POSITIONS`. A shape is
+    centred in its cell and lies strictly inside it; two shapes never share a cell. Edges are anti-aliased by
+    4x4 supersampling; the coverage maps are shared with the checker (:func:`coverage_maps`), which is why it
+    can be exact.
+Audio
+    1-4 notes from :data:`PITCHES` (C4 ... C6, chromatic, written like ``C#4``), each 0.20-0.40 s, one timbre
+    from :data:`TIMBRES` for the whole clip. Notes are band-limited additive syntheses (harmonics below
+    0.45 * sample_rate: sine = fundamental only, square = odd harmonics at 1/n, sawtooth = all harmonics at
+    1/n), with a raised-cosine attack/release and :data:`NOTE_GAP` seconds of silence between notes; clips last
+    0.5-2 s.
+Task forms (:data:`TASKS`)
+    ``caption_to_image`` [prompt, image]; ``image_to_caption`` [image, caption]; ``caption_to_audio`` [prompt,
+    audio]; ``audio_to_caption`` [audio, caption]; ``interleaved`` [text, media, text, media, ...] with 2-4 media
+    items, each introduced by a sentence describing it.
+
+Document i depends only on (seed, i): it draws from ``numpy.random.default_rng([seed, i])``, so the corpus is
+byte-identical for a seed whatever the number of worker processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from chameleon_lite.errors import ConfigError, DataError
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
+# Saturated colors at least ~90 apart in RGB (and never collinear with the background), so a blurred or
+# VQ-reconstructed pixel still sits nearest its own color.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "orange": (245, 130, 20),
+    "yellow": (240, 225, 40),
+    "green": (40, 185, 60),
+    "cyan": (40, 210, 225),
+    "blue": (50, 80, 235),
+    "purple": (160, 70, 220),
+    "white": (235, 235, 235),
+}
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+BACKGROUND: tuple[int, int, int] = (0, 0, 0)
+# Half-extent of a shape as a fraction of its cell's side: a large shape leaves 8% of the cell on each side.
+SIZES: dict[str, float] = {"small": 0.24, "large": 0.42}
+SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
+# Row-major 3x3 grid: index = 3 * row + column.
+POSITIONS: tuple[str, ...] = (
+    "top left", "top middle", "top right",
+    "middle left", "center", "middle right",
+    "bottom left", "bottom middle", "bottom right",
+)
+MAX_SHAPES = 2
+SUPERSAMPLE = 4
+
+_NOTE_LETTERS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+PITCHES: tuple[str, ...] = tuple(f"{n}{o}" for o in (4, 5) for n in _NOTE_LETTERS) + ("C6",)
+MIDI_C4 = 60
+TIMBRES: tuple[str, ...] = ("sine", "square", "sawtooth")
+NOTE_DURATIONS = (0.20, 0.40)  # seconds, drawn on a 10 ms grid
+NOTE_GAP = 0.08  # silence between notes, so a checker can segment them by energy
+LEAD = 0.05  # silence before the first and after the last note
+MIN_CLIP = 0.5
+MAX_NOTES = 4
+AMPLITUDE = 0.5
+ATTACK = 0.010
+RELEASE = 0.040
+HARMONIC_LIMIT = 0.45  # keep partials below 0.45 * sample_rate: no aliasing, resampling stays clean
+
+TASKS: tuple[str, ...] = ("caption_to_image", "image_to_caption", "caption_to_audio", "audio_to_caption", "interleaved")
+
+IMAGE_CAPTIONS: tuple[str, ...] = ("{shapes}.", "An image of {shapes}.", "A picture with {shapes}.", "There is {shapes}.")
+IMAGE_PROMPTS: tuple[str, ...] = ("Draw {shapes}.", "Make an image of {shapes}.")
+AUDIO_CAPTIONS: tuple[str, ...] = ("{notes} on a {timbre} wave.", "The {noun} {notes} on a {timbre} wave.",
+                                   "A {timbre} wave playing {notes}.")
+AUDIO_PROMPTS: tuple[str, ...] = ("Play {notes} on a {timbre} wave.", "Play the {noun} {notes} on a {timbre} wave.")
+INTERLEAVED_FIRST: dict[str, str] = {"image": "Here is an image of {shapes}.", "audio": "Here is {notes} on a {timbre} wave."}
+INTERLEAVED_NEXT: dict[str, str] = {"image": "Next, an image of {shapes}.", "audio": "Next, {notes} on a {timbre} wave."}
+
+
+def pitch_to_midi(name: str) -> int:
+    """MIDI number of a pitch name in :data:`PITCHES` (``"C4"`` -> 60)."""
+    return MIDI_C4 + PITCHES.index(name)
+
+
+def midi_to_pitch(midi: int) -> str:
+    """Pitch name of a MIDI number, clamped into the range of :data:`PITCHES`."""
+    return PITCHES[min(max(int(midi) - MIDI_C4, 0), len(PITCHES) - 1)]
+
+
+def pitch_frequency(name: str) -> float:
+    """Equal-tempered frequency in Hz (A4 = 440 Hz)."""
+    return 440.0 * 2.0 ** ((pitch_to_midi(name) - 69) / 12.0)
+
+
+# ---------------------------------------------------------------------------------------------- specs
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One shape of a picture: kind, color, size and grid position, all by name."""
+
+    kind: str
+    color: str
+    size: str
+    position: str
+
+    def __post_init__(self) -> None:
+        for field, allowed in (("kind", SHAPE_KINDS), ("color", COLOR_NAMES), ("size", SIZE_NAMES), ("position", POSITIONS)):
+            if getattr(self, field) not in allowed:
+                raise DataError(f"shape {field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
+
+    def phrase(self) -> str:
+        """``"a large red circle at the top left"``."""
+        return f"a {self.size} {self.color} {self.kind} at the {self.position}"
+
+    def to_meta(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """What a procedural picture shows: 0..9 shapes in distinct cells, in caption order."""
+
+    shapes: tuple[Shape, ...]
+
+    def __post_init__(self) -> None:
+        positions = [s.position for s in self.shapes]
+        if len(set(positions)) != len(positions):
+            raise DataError(f"two shapes share a cell: {positions}")
+
+    def phrase(self) -> str:
+        return " and ".join(s.phrase() for s in self.shapes)
+
+    def to_meta(self, height: int, width: int) -> dict[str, Any]:
+        return {"type": "image", "height": height, "width": width, "shapes": [s.to_meta() for s in self.shapes]}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "ImageSpec":
+        """Inverse of :meth:`to_meta` (extra keys are ignored)."""
+        try:
+            return cls(tuple(Shape(**{k: s[k] for k in ("kind", "color", "size", "position")}) for s in meta["shapes"]))
+        except (KeyError, TypeError) as e:
+            raise DataError(f"not an image meta record ({e}): {meta!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioSpec:
+    """What a procedural clip plays: notes in order, their durations in seconds and one timbre."""
+
+    notes: tuple[str, ...]
+    timbre: str
+    durations: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.notes if n not in PITCHES]
+        if bad:
+            raise DataError(f"unknown pitch(es) {bad}; expected names like C4, C#4 ... C6")
+        if self.timbre not in TIMBRES:
+            raise DataError(f"timbre must be one of {list(TIMBRES)}, got {self.timbre!r}")
+        if len(self.durations) != len(self.notes) or any(d <= ATTACK + RELEASE for d in self.durations):
+            raise DataError(f"need one duration > {ATTACK + RELEASE} s per note, got {self.durations}")
+
+    def phrase(self) -> str:
+        """``"C5 E5 G5"``."""
+        return " ".join(self.notes)
+
+    def clip_seconds(self) -> float:
+        """Length of the synthesised clip in seconds."""
+        body = 2 * LEAD + sum(self.durations) + NOTE_GAP * max(len(self.notes) - 1, 0)
+        return max(body, MIN_CLIP)
+
+    def onsets(self) -> tuple[float, ...]:
+        """Start time of each note in seconds."""
+        out, t = [], LEAD
+        for d in self.durations:
+            out.append(t)
+            t += d + NOTE_GAP
+        return tuple(out)
+
+    def to_meta(self, sample_rate: int) -> dict[str, Any]:
+        return {"type": "audio", "sample_rate": sample_rate, "notes": list(self.notes), "timbre": self.timbre,
+                "durations": list(self.durations)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "AudioSpec":
+        """Inverse of :meth:`to_meta` (extra keys are ignored)."""
+        try:
+            return cls(tuple(meta["notes"]), meta["timbre"], tuple(float(d) for d in meta["durations"]))
+        except (KeyError, TypeError) as e:
+            raise DataError(f"not an audio meta record ({e}): {meta!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------- config
+def _default_task_weights() -> dict[str, float]:
+    return {t: 1.0 for t in TASKS}
+
+
+@dataclasses.dataclass
+class CorpusConfig:
+    """How the procedural corpus looks. JSON round trip via :meth:`to_dict` / :meth:`from_dict`."""
+
+    image_size: int = 64
+    sample_rate: int = 16000
+    task_weights: dict[str, float] = dataclasses.field(default_factory=_default_task_weights)
+    interleaved_media: tuple[int, int] = (2, 4)  # inclusive range of media items in an interleaved document
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size must be an integer in [32, 1024], got {self.image_size!r}")
+        if not isinstance(self.sample_rate, int) or not 8000 <= self.sample_rate <= 96000:
+            raise ConfigError(f"sample_rate must be an integer in [8000, 96000] Hz, got {self.sample_rate!r}")
+        unknown = set(self.task_weights) - set(TASKS)
+        if unknown:
+            raise ConfigError(f"unknown task(s) {sorted(unknown)} in task_weights; known: {list(TASKS)}")
+        weights = list(self.task_weights.values())
+        if any(not isinstance(w, (int, float)) or w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"task_weights must be finite, >= 0 and not all 0, got {self.task_weights}")
+        self.interleaved_media = tuple(self.interleaved_media)
+        lo, hi = self.interleaved_media
+        if not 1 <= lo <= hi <= 16:
+            raise ConfigError(f"interleaved_media must be (lo, hi) with 1 <= lo <= hi <= 16, got {self.interleaved_media}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["interleaved_media"] = list(self.interleaved_media)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CorpusConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown CorpusConfig field(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------- images
+def sample_image_spec(rng: np.random.Generator, max_shapes: int = MAX_SHAPES) -> ImageSpec:
+    """Draw 1..max_shapes shapes with uniform attributes in distinct cells."""
+    k = int(rng.integers(1, max_shapes + 1))
+    cells = rng.choice(len(POSITIONS), size=k, replace=False)
+    shapes = tuple(
+        Shape(kind=SHAPE_KINDS[rng.integers(len(SHAPE_KINDS))], color=COLOR_NAMES[rng.integers(len(COLOR_NAMES))],
+              size=SIZE_NAMES[rng.integers(len(SIZE_NAMES))], position=POSITIONS[int(c)])
+        for c in cells
+    )
+    return ImageSpec(shapes)
+
+
+def cell_bounds(cell: int, height: int, width: int) -> tuple[float, float, float, float]:
+    """Continuous bounds (top, bottom, left, right) of grid cell ``cell`` in pixel units (pixel i spans [i, i+1))."""
+    r, c = divmod(cell, 3)
+    return r * height / 3, (r + 1) * height / 3, c * width / 3, (c + 1) * width / 3
+
+
+def cell_box(cell: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """Pixel index box (r0, r1, c0, c1), half-open, of the pixels whose centres lie in grid cell ``cell``."""
+    top, bottom, left, right = cell_bounds(cell, height, width)
+    return (math.ceil(top - 0.5), math.ceil(bottom - 0.5), math.ceil(left - 0.5), math.ceil(right - 0.5))
+
+
+def _inside(kind: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Point-in-shape test on coordinates normalised by the half-extent (shape spans [-1, 1]^2, y down)."""
+    ax, ay = np.abs(dx), np.abs(dy)
+    if kind == "circle":
+        return dx * dx + dy * dy <= 1.0
+    if kind == "square":
+        return (ax <= 1.0) & (ay <= 1.0)
+    if kind == "triangle":  # apex up, base at the bottom
+        return (dy <= 1.0) & (ax <= (dy + 1.0) / 2.0)
+    if kind == "diamond":
+        return ax + ay <= 1.0
+    if kind == "cross":  # a plus sign with arms one third of the extent wide
+        third = 1.0 / 3.0
+        return ((ax <= third) & (ay <= 1.0)) | ((ay <= third) & (ax <= 1.0))
+    raise DataError(f"unknown shape kind {kind!r}")
+
+
+def _shape_coverage(kind: str, size: str, cell: int, height: int, width: int) -> np.ndarray:
+    """float32 [H, W] in [0, 1]: fraction of each pixel covered by the shape (SUPERSAMPLE^2 samples per pixel)."""
+    top, bottom, left, right = cell_bounds(cell, height, width)
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    half = SIZES[size] * min(bottom - top, right - left)
+    out = np.zeros((height, width), np.float32)
+    r0, r1 = max(int(math.floor(cy - half)) - 1, 0), min(int(math.ceil(cy + half)) + 1, height)
+    c0, c1 = max(int(math.floor(cx - half)) - 1, 0), min(int(math.ceil(cx + half)) + 1, width)
+    offs = (np.arange(SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    ys = (np.arange(r0, r1)[:, None] + offs[None, :]).reshape(-1)
+    xs = (np.arange(c0, c1)[:, None] + offs[None, :]).reshape(-1)
+    inside = _inside(kind, (xs[None, :] - cx) / half, (ys[:, None] - cy) / half).astype(np.float32)
+    cov = inside.reshape(r1 - r0, SUPERSAMPLE, c1 - c0, SUPERSAMPLE).mean(axis=(1, 3))
+    out[r0:r1, c0:c1] = cov
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def coverage_maps(height: int, width: int) -> np.ndarray:
+    """float32 [len(SHAPE_KINDS), len(SIZES), 9, H, W]: anti-aliased coverage of every (kind, size, cell).
+
+    Shared by the renderer and the checker; cached per image size and read-only.
+    """
+    maps = np.stack([
+        np.stack([np.stack([_shape_coverage(k, s, c, height, width) for c in range(len(POSITIONS))]) for s in SIZE_NAMES])
+        for k in SHAPE_KINDS
+    ])
+    maps.setflags(write=False)
+    return maps
+
+
+def render_image(spec: ImageSpec, size: int = 64) -> np.ndarray:
+    """Render ``spec`` on the plain background. Returns uint8 [size, size, 3] (RGB)."""
+    maps = coverage_maps(size, size)
+    bg = np.asarray(BACKGROUND, np.float32)
+    img = np.broadcast_to(bg, (size, size, 3)).copy()
+    for s in spec.shapes:
+        a = maps[SHAPE_KINDS.index(s.kind), SIZE_NAMES.index(s.size), POSITIONS.index(s.position)][..., None]
+        img = img * (1.0 - a) + np.asarray(COLORS[s.color], np.float32) * a
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def caption_image(spec: ImageSpec, template: int = 0) -> str:
+    """Caption from ``IMAGE_CAPTIONS[template]``: ``"A picture with a small blue square at the center."``."""
+    return _sentence(IMAGE_CAPTIONS[template].format(shapes=spec.phrase()))
+
+
+def image_prompt(spec: ImageSpec, template: int = 0) -> str:
+    """Instruction asking for the picture: ``"Draw a large red circle at the top left."``."""
+    return _sentence(IMAGE_PROMPTS[template].format(shapes=spec.phrase()))
+
+
+# ---------------------------------------------------------------------------------------------- audio
+def sample_audio_spec(rng: np.random.Generator, max_notes: int = MAX_NOTES) -> AudioSpec:
+    """Draw 1..max_notes notes (repeats allowed), durations on a 10 ms grid and a timbre, uniformly."""
+    k = int(rng.integers(1, max_notes + 1))
+    notes = tuple(PITCHES[int(i)] for i in rng.integers(len(PITCHES), size=k))
+    lo, hi = (round(d * 100) for d in NOTE_DURATIONS)
+    durations = tuple(int(c) / 100 for c in rng.integers(lo, hi + 1, size=k))
+    return AudioSpec(notes=notes, timbre=TIMBRES[int(rng.integers(len(TIMBRES)))], durations=durations)
+
+
+def harmonic_amplitudes(timbre: str, frequency: float, sample_rate: int) -> list[tuple[int, float]]:
+    """(harmonic number, amplitude) pairs of a band-limited timbre, all below HARMONIC_LIMIT * sample_rate."""
+    top = int(HARMONIC_LIMIT * sample_rate / frequency)
+    if timbre == "sine":
+        ns = [1]
+    elif timbre == "square":
+        ns = list(range(1, top + 1, 2))
+    elif timbre == "sawtooth":
+        ns = list(range(1, top + 1))
+    else:
+        raise DataError(f"timbre must be one of {list(TIMBRES)}, got {timbre!r}")
+    return [(n, 1.0 / n) for n in ns if n * frequency < HARMONIC_LIMIT * sample_rate]
+
+
+def _envelope(n: int, sample_rate: int) -> np.ndarray:
+    env = np.ones(n, np.float64)
+    a, r = int(round(ATTACK * sample_rate)), int(round(RELEASE * sample_rate))
+    env[:a] = 0.5 - 0.5 * np.cos(np.pi * np.arange(a) / a)
+    env[n - r:] = 0.5 + 0.5 * np.cos(np.pi * (np.arange(r) + 1) / r)
+    return env
+
+
+def synthesize_note(pitch: str, timbre: str, seconds: float, sample_rate: int) -> np.ndarray:
+    """One enveloped note, peak AMPLITUDE. Returns float64 [round(seconds * sample_rate)]."""
+    n = int(round(seconds * sample_rate))
+    f = pitch_frequency(pitch)
+    t = np.arange(n) / sample_rate
+    wave = np.zeros(n)
+    for h, amp in harmonic_amplitudes(timbre, f, sample_rate):
+        wave += amp * np.sin(2 * np.pi * h * f * t)
+    # Normalise by the note's own peak so every timbre and pitch plays at the same level.
+    peak = max(float(np.abs(wave).max()), 1e-9)
+    return AMPLITUDE * wave / peak * _envelope(n, sample_rate)
+
+
+def synthesize_audio(spec: AudioSpec, sample_rate: int = 16000) -> np.ndarray:
+    """Render ``spec``: notes at :meth:`AudioSpec.onsets`, silence elsewhere. Returns float32 [T], |x| <= 0.5."""
+    out = np.zeros(int(round(spec.clip_seconds() * sample_rate)), np.float64)
+    for pitch, onset, d in zip(spec.notes, spec.onsets(), spec.durations):
+        note = synthesize_note(pitch, spec.timbre, d, sample_rate)
+        i = int(round(onset * sample_rate))
+        out[i:i + len(note)] += note[: len(out) - i]
+    return out.astype(np.float32)
+
+
+def _audio_fields(spec: AudioSpec) -> dict[str, str]:
+    return {"notes": spec.phrase(), "timbre": spec.timbre, "noun": "note" if len(spec.notes) == 1 else "notes"}
+
+
+def caption_audio(spec: AudioSpec, template: int = 0) -> str:
+    """Caption from ``AUDIO_CAPTIONS[template]``: ``"C5 E5 G5 on a square wave."``."""
+    return _sentence(AUDIO_CAPTIONS[template].format(**_audio_fields(spec)))
+
+
+def audio_prompt(spec: AudioSpec, template: int = 0) -> str:
+    """Instruction asking for the clip: ``"Play C5 E5 G5 on a square wave."``."""
+    return _sentence(AUDIO_PROMPTS[template].format(**_audio_fields(spec)))
+
+
+def interleaved_text(spec: ImageSpec | AudioSpec, first: bool) -> str:
+    """The sentence that introduces a media item inside an interleaved document."""
+    table = INTERLEAVED_FIRST if first else INTERLEAVED_NEXT
+    if isinstance(spec, ImageSpec):
+        return table["image"].format(shapes=spec.phrase())
+    return table["audio"].format(**_audio_fields(spec))
+
+
+# ---------------------------------------------------------------------------------------------- documents
+def to_pcm16(wave: np.ndarray) -> np.ndarray:
+    """float [T] in [-1, 1] -> int16 [T] (round to nearest, clipped)."""
+    return np.clip(np.rint(np.asarray(wave, np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+@dataclasses.dataclass
+class GeneratedDocument:
+    """A document before it is written: manifest record (relative paths) plus the media it references."""
+
+    record: dict[str, Any]
+    images: dict[str, np.ndarray]  # relative path -> uint8 [H, W, 3]
+    audio: dict[str, np.ndarray]  # relative path -> int16 [T]
+
+
+def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocument:
+    """Document ``index`` of the corpus with ``seed``; depends only on (seed, index, config)."""
+    rng = np.random.default_rng([seed, index])
+    tasks = [t for t in TASKS if config.task_weights.get(t, 0) > 0]
+    weights = np.array([config.task_weights[t] for t in tasks], np.float64)
+    task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
+    stem = f"{index:06d}"
+    images: dict[str, np.ndarray] = {}
+    audio: dict[str, np.ndarray] = {}
+    media_meta: list[dict[str, Any]] = []
+    segments: list[dict[str, str]] = []
+
+    def add_image(spec: ImageSpec) -> None:
+        path = f"images/{stem}_{len(media_meta)}.png"
+        images[path] = render_image(spec, config.image_size)
+        media_meta.append(spec.to_meta(config.image_size, config.image_size))
+        segments.append({"image": path})
+
+    def add_audio(spec: AudioSpec) -> None:
+        path = f"audio/{stem}_{len(media_meta)}.wav"
+        audio[path] = to_pcm16(synthesize_audio(spec, config.sample_rate))
+        media_meta.append(spec.to_meta(config.sample_rate))
+        segments.append({"audio": path})
+
+    if task == "caption_to_image":
+        spec = sample_image_spec(rng)
+        segments.append({"text": image_prompt(spec, int(rng.integers(len(IMAGE_PROMPTS))))})
+        add_image(spec)
+    elif task == "image_to_caption":
+        spec = sample_image_spec(rng)
+        add_image(spec)
+        segments.append({"text": caption_image(spec, int(rng.integers(len(IMAGE_CAPTIONS))))})
+    elif task == "caption_to_audio":
+        aspec = sample_audio_spec(rng)
+        segments.append({"text": audio_prompt(aspec, int(rng.integers(len(AUDIO_PROMPTS))))})
+        add_audio(aspec)
+    elif task == "audio_to_caption":
+        aspec = sample_audio_spec(rng)
+        add_audio(aspec)
+        segments.append({"text": caption_audio(aspec, int(rng.integers(len(AUDIO_CAPTIONS))))})
+    else:
+        lo, hi = config.interleaved_media
+        for j in range(int(rng.integers(lo, hi + 1))):
+            if rng.random() < 0.5:
+                ispec = sample_image_spec(rng)
+                segments.append({"text": interleaved_text(ispec, first=j == 0)})
+                add_image(ispec)
+            else:
+                aspec = sample_audio_spec(rng)
+                segments.append({"text": interleaved_text(aspec, first=j == 0)})
+                add_audio(aspec)
+    record = {"id": f"proc-{seed}-{stem}", "segments": segments, "meta": {"task": task, "media": media_meta}}
+    return GeneratedDocument(record=record, images=images, audio=audio)
+
+
+def _write_media(out: str, doc: GeneratedDocument, sample_rate: int) -> None:
+    import soundfile as sf
+    from PIL import Image
+
+    for rel, arr in doc.images.items():
+        Image.fromarray(arr, mode="RGB").save(os.path.join(out, rel), format="PNG")
+    for rel, pcm in doc.audio.items():
+        sf.write(os.path.join(out, rel), pcm, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _produce(job: tuple[str, int, int, dict[str, Any]]) -> str:
+    """Worker: build and write one document, return its manifest line."""
+    out, index, seed, cfg = job
+    config = CorpusConfig.from_dict(cfg)
+    doc = make_document(index, seed, config)
+    _write_media(out, doc, config.sample_rate)
+    return json.dumps(doc.record, ensure_ascii=False)
+
+
+def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusConfig | None = None,
+                 progress: bool = True, workers: int = 1) -> str:
+    """Write ``n`` documents into folder ``out``; returns the path of ``out/manifest.jsonl``.
+
+    The output is byte-identical for equal (n, seed, config), whatever ``workers`` is (documents are built
+    from per-document generators and written in index order). The manifest appears atomically at the end.
+    """
+    from tqdm import tqdm
+
+    config = config or CorpusConfig()
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"{out}: exists and is not a folder")
+    for sub in ("images", "audio"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    cfg = config.to_dict()
+    jobs: Iterable[tuple[str, int, int, dict[str, Any]]] = ((out, i, seed, cfg) for i in range(n))
+    manifest = os.path.join(out, "manifest.jsonl")
+    tmp = manifest + ".tmp"
+    bar = tqdm(total=n, disable=not progress, desc="procedural corpus", unit="doc")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if workers == 1:
+                lines: Iterable[str] = map(_produce, jobs)
+                _write_lines(f, lines, bar)
+            else:
+                import multiprocessing
+
+                # spawn: no inherited state (threads, torch) in the workers; imap keeps index order.
+                with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                    _write_lines(f, pool.imap(_produce, jobs, chunksize=64), bar)
+        os.replace(tmp, manifest)
+    finally:
+        bar.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    with open(os.path.join(out, "corpus.json.tmp"), "w") as f:
+        json.dump({"n": n, "seed": seed, "config": cfg}, f, indent=2)
+    os.replace(os.path.join(out, "corpus.json.tmp"), os.path.join(out, "corpus.json"))
+    return manifest
+
+
+def _write_lines(f, lines: Iterable[str], bar) -> None:
+    for line in lines:
+        f.write(line + "\n")
+        bar.update(1)
+
+
+def generate_specs(rng: np.random.Generator, n: int, modality: str) -> Sequence[ImageSpec | AudioSpec]:
+    """``n`` random specs of one modality ("image" or "audio"), e.g. for checker benchmarks."""
+    if modality == "image":
+        return [sample_image_spec(rng) for _ in range(n)]
+    if modality == "audio":
+        return [sample_audio_spec(rng) for _ in range(n)]
+    raise ConfigError(f"modality must be 'image' or 'audio', got {modality!r}")
