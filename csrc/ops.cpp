@@ -7,6 +7,16 @@
 CHAMELEON_LITE_PY_MODULE(_C)
 
 TORCH_LIBRARY(chameleon_lite, m) {
+  // Fused constrained sampling (ARCHITECTURE §6), one decode step: -> (ids int64 [B], logprobs fp32 [B]).
+  // Settings are [B] tensors or one broadcast value; see chameleon_lite/ops/sampling.py.
+  m.def(
+      "sample(Tensor logits, Tensor? uncond_logits, Tensor temperature, Tensor top_k, Tensor top_p, "
+      "Tensor min_p, Tensor cfg_scale, Tensor repetition_penalty, Tensor? allowed_ranges, Tensor? penalty_ids, "
+      "int seed, int step) -> (Tensor, Tensor)");
+  // The Philox uniform sample() draws for each given row at (seed, step): float64, shaped like rows.
+  m.def("sampling_uniforms(Tensor rows, int seed, int step) -> Tensor");
+  // Raw Philox4x32-10 blocks (uint32 words held in int64) for known-answer tests.
+  m.def("philox4x32(Tensor ctr, Tensor key) -> Tensor");
   // Unified-vocabulary id -> (modality int8, local code int64, audio level int64; -1 outside audio).
   m.def(
       "classify_ids(Tensor ids, int text_offset, int image_offset, int audio_offset, int audio_codebook, "

@@ -1,0 +1,272 @@
+#pragma once
+// Shared logic of the fused constrained sampling kernels (CPU now, CUDA later): the per-logit transforms,
+// and the threshold search that finds the top-k / top-p cut without sorting the vocabulary.
+//
+// Semantics (ARCHITECTURE §6), per row, all math in fp32 unless noted:
+//   z_i = cond_i, or with CFG  z_i = uncond_i + s * (cond_i - uncond_i)   (raw logits, not log-softmax;
+//         every later step except the repetition penalty is invariant to a per-row shift, so the two
+//         choices differ only in how the penalty sees the values)
+//   ids outside the allowed ranges -> -inf
+//   repetition penalty (CTRL): z_i / p if z_i > 0 else z_i * p, once per distinct id in penalty_ids
+//   temperature 0: greedy, argmax of z, ties to the lowest id, logprob 0 (a point mass)
+//   otherwise e_i = exp((z_i - max z) * (1 / T)) in fp32: the unnormalised tempered probabilities, max 1
+//   top-k:  t_k = k-th largest e (0 < k < #{e > 0}, else no cut); survivors e >= t_k (ties kept)
+//   top-p:  t_p = the largest value t with  sum_{e_j >= t} e_j >= p * sum_{e_j >= t_k} e_j  (p < 1)
+//   min-p:  survivors e >= min_p (== p_i >= min_p * p_max; independent of renormalisation)
+//   tau = max(t_k, t_p, min_p); survivors S = {i : e_i >= tau, e_i > 0}; W = sum_S e (fp64)
+//   draw u in [0, 1) from Philox(seed; step, row); pick the first id (in id order) whose running sum of
+//   survivor e exceeds u * W; logprob = log(e_id) - log(W).
+//
+// The search works on the bit patterns ("keys") of the non-negative floats e, which order like the values.
+// A table holds exact statistics (count and mass of {e >= key}) at known keys; each pass over the row
+// evaluates a handful of new pivots inside the bracket that holds the answer, and once the bracket holds
+// few enough elements they are gathered into a small array, heap-ordered, and walked from the top.
+// Everything here is header-only, without std:: containers, and compiles as host C++ and CUDA device code.
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "common/philox.h"
+
+namespace chameleon_lite {
+namespace sampling {
+
+constexpr int kPassPivots = 8;      // pivots evaluated per pass over the row
+constexpr int kFirstPivots = 8;     // fixed pivots evaluated together with the exp pass
+constexpr int kMaxPoints = 256;     // table capacity; a search needs at most ~10 passes (see search())
+constexpr int kGatherCap = 2048;    // bracket size at which elements are gathered instead of another pass
+constexpr int kMaxPassesPerSearch = 12;
+
+CL_HD inline float cfg_combine(float cond, float uncond, float scale) { return uncond + scale * (cond - uncond); }
+
+CL_HD inline float apply_penalty(float z, float penalty) { return z > 0.0f ? z / penalty : z * penalty; }
+
+CL_HD inline uint32_t key_of(float e) {
+  uint32_t k;
+  memcpy(&k, &e, sizeof(k));
+  return k;
+}
+
+CL_HD inline float value_of(uint32_t key) {
+  float e;
+  memcpy(&e, &key, sizeof(e));
+  return e;
+}
+
+// Smallest positive float: {e >= value_of(kKeyPositive)} is the support {e > 0}.
+constexpr uint32_t kKeyPositive = 1u;
+// One past 1.0f: no e reaches it (e <= 1 since e_max = exp(0)).
+constexpr uint32_t kKeyEnd = 0x3F800001u;
+
+// Pivots that go with the exp pass when a search will follow, as keys of 2^-30, 2^-20, 2^-14, 2^-10,
+// 2^-7, 2^-5, 2^-3, 2^-1.5: spread so that typical top-k / top-p cuts land in a small bracket.
+CL_HD inline void first_pivots(uint32_t* out) {
+  const uint32_t k[kFirstPivots] = {0x30800000u, 0x35800000u, 0x38800000u, 0x3A800000u,
+                                    0x3C000000u, 0x3D000000u, 0x3E000000u, 0x3EB504F3u};
+  for (int i = 0; i < kFirstPivots; ++i) out[i] = k[i];
+}
+
+// Exact statistics of {e >= value_of(key)}.
+struct Point {
+  uint32_t key;
+  int64_t count;
+  double mass;
+};
+
+enum class By : int { kCount = 0, kMass = 1 };
+
+CL_HD inline bool meets(const Point& p, By by, double target) {
+  return by == By::kCount ? static_cast<double>(p.count) >= target : p.mass >= target;
+}
+
+struct Bracket {
+  Point lo;  // meets the target
+  Point hi;  // does not; lo.key < hi.key
+};
+
+// Known points sorted by key; counts and masses are non-increasing in the key.
+struct PointTable {
+  Point pts[kMaxPoints];
+  int n;
+
+  CL_HD void reset() { n = 0; }
+
+  CL_HD bool insert(Point p) {
+    int i = 0;
+    while (i < n && pts[i].key < p.key) ++i;
+    if (i < n && pts[i].key == p.key) return true;
+    if (n == kMaxPoints) return false;
+    for (int j = n; j > i; --j) pts[j] = pts[j - 1];
+    pts[i] = p;
+    ++n;
+    return true;
+  }
+
+  CL_HD Point at_key(uint32_t key) const {
+    for (int i = 0; i < n; ++i)
+      if (pts[i].key == key) return pts[i];
+    return pts[0];
+  }
+
+  // Requires pts[0] to meet the target and pts[n-1] not to.
+  CL_HD Bracket bracket(By by, double target) const {
+    int i = 0;
+    while (i + 1 < n && meets(pts[i + 1], by, target)) ++i;
+    Bracket b;
+    b.lo = pts[i];
+    b.hi = pts[i + 1];
+    return b;
+  }
+};
+
+// Up to kPassPivots keys evenly spread strictly inside (lo, hi); returns how many.
+CL_HD inline int bracket_pivots(const Bracket& b, uint32_t* out) {
+  const uint64_t span = static_cast<uint64_t>(b.hi.key) - b.lo.key;
+  if (span <= 1) return 0;
+  const uint64_t p = span - 1 < static_cast<uint64_t>(kPassPivots) ? span - 1 : kPassPivots;
+  for (uint64_t j = 1; j <= p; ++j) out[j - 1] = static_cast<uint32_t>(b.lo.key + span * j / (p + 1));
+  return static_cast<int>(p);
+}
+
+// The elements of one bracket [lo, hi) gathered into a caller-owned array, consumed largest first through
+// an in-place max-heap (popped elements land at the end, so a second walk replays them in order).
+struct Gathered {
+  float* v;
+  int n;
+  int heap;
+  uint32_t lo_key;
+  Point hi;
+  bool valid;
+
+  CL_HD void sift_down(int i) {
+    const float x = v[i];
+    for (;;) {
+      int c = 2 * i + 1;
+      if (c >= heap) break;
+      if (c + 1 < heap && v[c + 1] > v[c]) ++c;
+      if (!(v[c] > x)) break;
+      v[i] = v[c];
+      i = c;
+    }
+    v[i] = x;
+  }
+
+  CL_HD void start(float* values, int count, uint32_t lo, Point top) {
+    v = values;
+    n = count;
+    heap = count;
+    lo_key = lo;
+    hi = top;
+    valid = true;
+    for (int i = heap / 2 - 1; i >= 0; --i) sift_down(i);
+  }
+
+  // The i-th largest gathered value (0-based), popping as needed.
+  CL_HD float largest(int i) {
+    while (n - heap <= i) {
+      const float top = v[0];
+      --heap;
+      v[0] = v[heap];
+      v[heap] = top;
+      if (heap > 0) sift_down(0);
+    }
+    return v[n - 1 - i];
+  }
+
+  CL_HD bool covers(const Bracket& b) const { return valid && lo_key <= b.lo.key && b.hi.key <= hi.key; }
+
+  // Walks down from `hi`, one run of equal values at a time, to the first value that meets the target.
+  CL_HD Point walk(By by, double target) {
+    int64_t c = hi.count;
+    double m = hi.mass;
+    float val = value_of(lo_key);
+    int i = 0;
+    while (i < n) {
+      val = largest(i);
+      c += 1;
+      m += val;
+      ++i;
+      if (i < n && largest(i) == val) continue;
+      Point p{key_of(val), c, m};
+      if (meets(p, by, target)) return p;
+    }
+    // Only reachable when fp64 masses from different summation orders disagree in the last bits:
+    // fall back to the lowest gathered value, whose count is exact.
+    Point p{key_of(val), c, m};
+    return p;
+  }
+};
+
+struct RowSettings {
+  float temperature;
+  float top_p;
+  float min_p;
+  float cfg_scale;
+  float penalty;
+  int64_t top_k;
+};
+
+CL_HD inline bool top_k_active(int64_t top_k, int64_t positive) { return top_k > 0 && top_k < positive; }
+CL_HD inline bool top_p_active(float top_p) { return top_p < 1.0f; }
+CL_HD inline bool min_p_active(float min_p) { return min_p > 0.0f; }
+
+// Finds the point {e >= tau} for one target (count for top-k, mass for top-p). `passes` supplies two
+// operations over the row of e values:
+//   passes.stats(keys, n, out)       exact count and fp64 mass of {e >= value_of(keys[j])} for j < n
+//   passes.gather(lo, hi, out) -> n  the values with lo <= key < hi (the caller guarantees n <= kGatherCap)
+// Each pass shrinks the key span of the bracket by a factor kPassPivots + 1, so 2^30 keys take at most
+// ten passes before the bracket is small enough to gather or holds a single value.
+template <class Passes>
+CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Passes& passes, By by,
+                   double target) {
+  for (int pass = 0;; ++pass) {
+    const Bracket b = table.bracket(by, target);
+    if (b.hi.key - b.lo.key == 1) return b.lo;
+    if (gathered.covers(b)) {
+      const Point p = gathered.walk(by, target);
+      table.insert(p);
+      return p;
+    }
+    const int64_t inside = b.lo.count - b.hi.count;
+    uint32_t keys[kPassPivots];
+    const int np = bracket_pivots(b, keys);
+    if (inside <= kGatherCap || pass >= kMaxPassesPerSearch || table.n + np > kMaxPoints) {
+      // The last two conditions cannot trigger for 32-bit keys (see above); they bound the loop anyway,
+      // and gather stays within its capacity because it stops at kGatherCap values in id order.
+      const int n = passes.gather(b.lo.key, b.hi.key, gather_buf);
+      gathered.start(gather_buf, n, b.lo.key, b.hi);
+      const Point p = gathered.walk(by, target);
+      table.insert(p);
+      return p;
+    }
+    Point stats[kPassPivots];
+    passes.stats(keys, np, stats);
+    for (int j = 0; j < np; ++j) table.insert(stats[j]);
+  }
+}
+
+// The survivor threshold tau = max(t_k, t_p, min_p) with the exact count and mass of {e >= tau}.
+// `table` must already hold the support point (kKeyPositive), the end point (kKeyEnd, empty) and, when
+// min-p is active, the point at key_of(min_p).
+template <class Passes>
+CL_HD Point find_threshold(PointTable& table, float* gather_buf, Passes& passes, const RowSettings& s) {
+  Gathered gathered;
+  gathered.valid = false;
+  Point tau = table.at_key(kKeyPositive);
+  if (top_k_active(s.top_k, tau.count))
+    tau = search(table, gathered, gather_buf, passes, By::kCount, static_cast<double>(s.top_k));
+  if (top_p_active(s.top_p)) {
+    const Point p = search(table, gathered, gather_buf, passes, By::kMass, static_cast<double>(s.top_p) * tau.mass);
+    if (p.key > tau.key) tau = p;
+  }
+  if (min_p_active(s.min_p) && key_of(s.min_p) > tau.key) tau = table.at_key(key_of(s.min_p));
+  return tau;
+}
+
+// Log-probability of the drawn id under the renormalised survivors.
+CL_HD inline float chosen_logprob(float e_id, double survivor_mass) {
+  return static_cast<float>(log(static_cast<double>(e_id)) - log(survivor_mass));
+}
+
+}  // namespace sampling
+}  // namespace chameleon_lite

@@ -1,0 +1,357 @@
+#pragma once
+// Body of the CPU sampling kernel for one row, compiled once per instruction set (sampling.cpp for the
+// portable build, sampling_avx512.cpp with AVX-512 enabled). The including file defines
+// CL_SAMPLING_ISA (the namespace the functions land in) and, for a vector ISA, CPU_CAPABILITY and
+// CPU_CAPABILITY_<ISA> before including this header, exactly like ATen's per-capability kernels.
+// Only ATen's vector headers and plain data cross this boundary: no at::Tensor, no dispatcher.
+// ATen's vector headers carry clang/nvcc pragmas and trip GCC's AVX-512 ABI and intrinsic-header
+// warnings; they are not ours to fix, and this header is only included by the two sampling files.
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "common/sampling.h"
+
+namespace chameleon_lite {
+namespace sampling_cpu {
+
+enum class LogitDtype : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
+
+// Everything one row needs, as plain pointers into the op's (contiguous) inputs.
+struct RowJob {
+  const void* logits;           // [V] row of the conditional logits
+  const void* uncond;           // [V] row of the unconditional logits, or nullptr (no CFG)
+  LogitDtype dtype;
+  int64_t vocab;
+  const int64_t* ranges;        // [num_ranges, 2] half-open allowed ranges, or nullptr (all allowed)
+  int64_t num_ranges;
+  const int64_t* penalty_ids;   // [num_penalty], -1 = padding, or nullptr
+  int64_t num_penalty;
+  sampling::RowSettings settings;
+  double uniform;               // the row's Philox draw in [0, 1)
+};
+
+constexpr int kRowOk = 0;
+constexpr int kRowNaN = 1;      // a NaN logit among the allowed ids
+constexpr int kRowPosInf = 2;   // a +inf logit among the allowed ids
+constexpr int kRowEmpty = 3;    // no allowed id has a finite logit
+
+struct RowResult {
+  int64_t id;
+  float logprob;
+  int status;
+};
+
+// Per-ISA entry points (defined in sampling.cpp and sampling_avx512.cpp).
+RowResult sample_row_default(const RowJob& job, float* buf, float* gather_buf);
+RowResult sample_row_avx512(const RowJob& job, float* buf, float* gather_buf);
+
+}  // namespace sampling_cpu
+}  // namespace chameleon_lite
+
+namespace chameleon_lite {
+namespace sampling_cpu {
+namespace CL_SAMPLING_ISA {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kW = Vec::size();
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Reads kW logits of any supported dtype as fp32 (full vectors only).
+template <typename T>
+inline Vec load_f32(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec::loadu(p);
+  } else {
+    Vec out;
+    at::vec::load_to_float<T>(p, out);
+    return out;
+  }
+}
+
+// NaN-propagating horizontal max.
+inline float reduce_max(const Vec& v) {
+  float lanes[kW];
+  v.store(lanes);
+  float m = lanes[0];
+  for (int64_t i = 1; i < kW; ++i) m = (std::isnan(m) || lanes[i] > m || std::isnan(lanes[i])) ? (std::isnan(m) ? m : lanes[i]) : m;
+  return m;
+}
+
+inline float reduce_sum(const Vec& v) {
+  float lanes[kW];
+  v.store(lanes);
+  float s = 0.0f;
+  for (int64_t i = 0; i < kW; ++i) s += lanes[i];
+  return s;
+}
+
+inline float nan_max(float a, float b) { return (std::isnan(a) || std::isnan(b)) ? std::numeric_limits<float>::quiet_NaN() : (b > a ? b : a); }
+
+template <typename T>
+inline float combined(const T* cond, const T* uncond, bool cfg, float scale, int64_t i) {
+  const float c = static_cast<float>(cond[i]);
+  return cfg ? sampling::cfg_combine(c, static_cast<float>(uncond[i]), scale) : c;
+}
+
+// z over [lo, hi) into buf (CFG combine in fp32); returns the max of the written values.
+template <typename T>
+float write_span(const T* cond, const T* uncond, bool cfg, float scale, int64_t lo, int64_t hi, float* buf) {
+  Vec vmax(kNegInf);
+  const Vec vs(scale);
+  int64_t i = lo;
+  for (; i + kW <= hi; i += kW) {
+    Vec z = load_f32(cond + i);
+    if (cfg) {
+      const Vec u = load_f32(uncond + i);
+      z = u + vs * (z - u);
+    }
+    z.store(buf + i);
+    vmax = at::vec::maximum(vmax, z);
+  }
+  float m = reduce_max(vmax);
+  for (; i < hi; ++i) {
+    buf[i] = combined(cond, uncond, cfg, scale, i);
+    m = nan_max(m, buf[i]);
+  }
+  return m;
+}
+
+inline float row_max(const float* z, int64_t n) {
+  Vec vmax(kNegInf);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) vmax = at::vec::maximum(vmax, Vec::loadu(z + i));
+  float m = reduce_max(vmax);
+  for (; i < n; ++i) m = nan_max(m, z[i]);
+  return m;
+}
+
+inline int64_t first_index_of(const float* z, int64_t n, float value) {
+  const Vec vv(value);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const int eq_zero = (Vec::loadu(z + i) != vv).zero_mask();  // bit set where z == value
+    if (eq_zero) return i + __builtin_ctz(static_cast<unsigned>(eq_zero));
+  }
+  for (; i < n; ++i)
+    if (z[i] == value) return i;
+  return n - 1;
+}
+
+// Accumulates count and mass of {e >= pivot_j} for P pivots over e[0, n) in fp32 lanes, flushed to
+// int64 / fp64 every kBlock vectors so neither loses precision on long rows.
+template <int P, bool kExp>
+void stats_loop(const float* src, float* dst, int64_t n, float zmax, float inv_t, const float* piv,
+                int64_t* count, double* mass) {
+  constexpr int64_t kBlock = 256;
+  const Vec one(1.0f);
+  const Vec vmax(zmax);
+  const Vec vinv(inv_t);
+  Vec vp[P];
+  for (int j = 0; j < P; ++j) {
+    vp[j] = Vec(piv[j]);
+    count[j] = 0;
+    mass[j] = 0.0;
+  }
+  auto transform = [&](Vec z) { return kExp ? ((z - vmax) * vinv).exp() : z; };
+  int64_t i = 0;
+  const int64_t full = n - n % kW;
+  while (i < full) {
+    Vec c[P], m[P];
+    for (int j = 0; j < P; ++j) {
+      c[j] = Vec(0.0f);
+      m[j] = Vec(0.0f);
+    }
+    const int64_t stop = std::min(full, i + kBlock * kW);
+    for (; i < stop; i += kW) {
+      const Vec e = transform(Vec::loadu(src + i));
+      if constexpr (kExp) e.store(dst + i);
+      for (int j = 0; j < P; ++j) {
+        const Vec ge = e >= vp[j];
+        c[j] = c[j] + (ge & one);
+        m[j] = m[j] + (ge & e);
+      }
+    }
+    for (int j = 0; j < P; ++j) {
+      count[j] += static_cast<int64_t>(reduce_sum(c[j]));
+      mass[j] += static_cast<double>(reduce_sum(m[j]));
+    }
+  }
+  for (; i < n; ++i) {
+    const float e = kExp ? std::exp((src[i] - zmax) * inv_t) : src[i];
+    if constexpr (kExp) dst[i] = e;
+    for (int j = 0; j < P; ++j)
+      if (e >= piv[j]) {
+        count[j] += 1;
+        mass[j] += e;
+      }
+  }
+}
+
+// Passes over the row of e values for sampling::search.
+struct RowPasses {
+  const float* e;
+  int64_t n;
+
+  void stats(const uint32_t* keys, int np, sampling::Point* out) const {
+    float piv[sampling::kPassPivots];
+    int64_t c[sampling::kPassPivots];
+    double m[sampling::kPassPivots];
+    for (int j = 0; j < sampling::kPassPivots; ++j)
+      piv[j] = j < np ? sampling::value_of(keys[j]) : std::numeric_limits<float>::infinity();
+    stats_loop<sampling::kPassPivots, false>(e, nullptr, n, 0.0f, 1.0f, piv, c, m);
+    for (int j = 0; j < np; ++j) out[j] = sampling::Point{keys[j], c[j], m[j]};
+  }
+
+  int gather(uint32_t lo_key, uint32_t hi_key, float* out) const {
+    const float lo = sampling::value_of(lo_key);
+    const float hi = sampling::value_of(hi_key);
+    const Vec vlo(lo), vhi(hi);
+    int k = 0;
+    int64_t i = 0;
+    for (; i + kW <= n; i += kW) {
+      const Vec v = Vec::loadu(e + i);
+      const int outside = ((v >= vlo) & (v < vhi)).zero_mask();
+      unsigned inside = ~static_cast<unsigned>(outside) & ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
+      while (inside && k < sampling::kGatherCap) {
+        out[k++] = e[i + __builtin_ctz(inside)];
+        inside &= inside - 1;
+      }
+    }
+    for (; i < n && k < sampling::kGatherCap; ++i)
+      if (e[i] >= lo && e[i] < hi) out[k++] = e[i];
+    return k;
+  }
+};
+
+// First id whose running survivor mass exceeds target; blocks of 16 vectors are skipped on their sum.
+inline int64_t inverse_cdf(const float* e, int64_t n, float tau, double target) {
+  constexpr int64_t kBlockElems = 16 * kW;
+  const Vec vt(tau);
+  double cum = 0.0;
+  int64_t i = 0;
+  for (; i + kBlockElems <= n; i += kBlockElems) {
+    Vec acc(0.0f);
+    for (int64_t k = 0; k < kBlockElems; k += kW) {
+      const Vec v = Vec::loadu(e + i + k);
+      acc = acc + ((v >= vt) & v);
+    }
+    const double block = reduce_sum(acc);
+    if (cum + block <= target) {
+      cum += block;
+      continue;
+    }
+    for (int64_t k = i; k < i + kBlockElems; ++k) {
+      if (e[k] >= tau) {
+        cum += e[k];
+        if (cum > target) return k;
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    if (e[i] >= tau) {
+      cum += e[i];
+      if (cum > target) return i;
+    }
+  }
+  // u * W landed in the last bits of rounding between summation orders: the last survivor.
+  for (int64_t k = n - 1; k >= 0; --k)
+    if (e[k] >= tau) return k;
+  return n - 1;
+}
+
+template <typename T>
+RowResult sample_row_typed(const RowJob& job, float* buf, float* gather_buf) {
+  const int64_t n = job.vocab;
+  const T* cond = static_cast<const T*>(job.logits);
+  const T* uncond = static_cast<const T*>(job.uncond);
+  const sampling::RowSettings& s = job.settings;
+  const bool cfg = uncond != nullptr;
+  const bool direct = std::is_same_v<T, float> && !cfg && job.ranges == nullptr && job.penalty_ids == nullptr;
+
+  const float* z;
+  float zmax;
+  if (direct) {
+    z = reinterpret_cast<const float*>(cond);
+    zmax = row_max(z, n);
+  } else {
+    if (job.ranges != nullptr) {
+      std::fill(buf, buf + n, kNegInf);
+      zmax = kNegInf;
+      for (int64_t r = 0; r < job.num_ranges; ++r) {
+        const int64_t lo = job.ranges[2 * r], hi = job.ranges[2 * r + 1];
+        if (hi > lo) zmax = nan_max(zmax, write_span(cond, uncond, cfg, s.cfg_scale, lo, hi, buf));
+      }
+    } else {
+      zmax = write_span(cond, uncond, cfg, s.cfg_scale, 0, n, buf);
+    }
+    if (job.penalty_ids != nullptr && !std::isnan(zmax)) {
+      bool changed = false;
+      for (int64_t k = 0; k < job.num_penalty; ++k) {
+        const int64_t id = job.penalty_ids[k];
+        if (id < 0 || buf[id] == kNegInf) continue;  // padding, or not allowed
+        // Recomputed from the source so a repeated id is penalised once.
+        buf[id] = sampling::apply_penalty(combined(cond, uncond, cfg, s.cfg_scale, id), s.penalty);
+        changed = true;
+      }
+      if (changed) zmax = row_max(buf, n);
+    }
+    z = buf;
+  }
+  if (std::isnan(zmax)) return RowResult{0, 0.0f, kRowNaN};
+  if (zmax == std::numeric_limits<float>::infinity()) return RowResult{0, 0.0f, kRowPosInf};
+  if (zmax == kNegInf) return RowResult{0, 0.0f, kRowEmpty};
+
+  if (s.temperature == 0.0f) return RowResult{first_index_of(z, n, zmax), 0.0f, kRowOk};
+
+  const float inv_t = 1.0f / s.temperature;
+  sampling::PointTable table;
+  table.reset();
+  const bool searching = sampling::top_k_active(s.top_k, n) || sampling::top_p_active(s.top_p);
+  uint32_t keys[2 + sampling::kFirstPivots] = {};
+  keys[0] = sampling::kKeyPositive;
+  keys[1] = sampling::min_p_active(s.min_p) ? sampling::key_of(s.min_p) : sampling::kKeyEnd;
+  if (searching) sampling::first_pivots(keys + 2);
+  float piv[2 + sampling::kFirstPivots];
+  int64_t cnt[2 + sampling::kFirstPivots];
+  double mass[2 + sampling::kFirstPivots];
+  for (int j = 0; j < 2 + sampling::kFirstPivots; ++j) piv[j] = sampling::value_of(keys[j]);
+  if (searching)
+    stats_loop<2 + sampling::kFirstPivots, true>(z, buf, n, zmax, inv_t, piv, cnt, mass);
+  else
+    stats_loop<2, true>(z, buf, n, zmax, inv_t, piv, cnt, mass);
+  table.insert(sampling::Point{sampling::kKeyEnd, 0, 0.0});
+  for (int j = 0; j < (searching ? 2 + sampling::kFirstPivots : 2); ++j)
+    table.insert(sampling::Point{keys[j], cnt[j], mass[j]});
+
+  RowPasses passes{buf, n};
+  const sampling::Point tau = sampling::find_threshold(table, gather_buf, passes, s);
+  const float tau_v = sampling::value_of(tau.key);
+  const int64_t id = inverse_cdf(buf, n, tau_v, job.uniform * tau.mass);
+  return RowResult{id, sampling::chosen_logprob(buf[id], tau.mass), kRowOk};
+}
+
+inline RowResult sample_row(const RowJob& job, float* buf, float* gather_buf) {
+  switch (job.dtype) {
+    case LogitDtype::kFloat:
+      return sample_row_typed<float>(job, buf, gather_buf);
+    case LogitDtype::kBFloat16:
+      return sample_row_typed<c10::BFloat16>(job, buf, gather_buf);
+    case LogitDtype::kHalf:
+      return sample_row_typed<c10::Half>(job, buf, gather_buf);
+  }
+  return RowResult{0, 0.0f, kRowEmpty};
+}
+
+}  // namespace CL_SAMPLING_ISA
+}  // namespace sampling_cpu
+}  // namespace chameleon_lite
