@@ -13,6 +13,7 @@ load_extensions()
 from chameleon_lite.ops._loader import HAS_CUDA_EXT  # noqa: E402
 from chameleon_lite.ops.attention import modality_attention, modality_attention_decode  # noqa: E402
 from chameleon_lite.ops.classify import classify_ids  # noqa: E402
+from chameleon_lite.ops.sampling import sample  # noqa: E402
 
 __all__ = [
     "HAS_CUDA_EXT",
@@ -20,4 +21,5 @@ __all__ = [
     "load_extensions",
     "modality_attention",
     "modality_attention_decode",
+    "sample",
 ]
