@@ -25,7 +25,6 @@ A row left with no candidate (every allowed range empty, or every allowed logit 
 """
 from __future__ import annotations
 
-import functools
 from typing import Union
 
 import torch
@@ -55,12 +54,6 @@ def _uniforms_fake(rows, seed, step):
     return rows.new_empty(rows.shape, dtype=torch.float64)
 
 
-@functools.lru_cache(maxsize=512)
-def _scalar_tensor(value: float | int, dtype: torch.dtype) -> torch.Tensor:
-    # Decode loops pass the same few scalars every step; the op only reads these tensors.
-    return torch.tensor(value, dtype=dtype)
-
-
 def _int_arg(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT64:
         raise SamplingError(f"sample: {name} must be an int in [0, 2**63), got {value!r}")
@@ -85,7 +78,7 @@ def _setting(name: str, value: Setting, batch: int, integer: bool, check) -> tor
     reason = check(value)
     if reason:
         raise SamplingError(f"sample: {name} = {value!r} {reason}")
-    return _scalar_tensor(value, dtype)
+    return torch.tensor(value, dtype=dtype)
 
 
 def _finite_nonneg(v) -> str | None:
