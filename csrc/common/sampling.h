@@ -20,7 +20,7 @@
 // The search works on the bit patterns ("keys") of the non-negative floats e, which order like the values.
 // A table holds exact statistics (count and mass of {e >= key}) at known keys; each pass over the row
 // evaluates a handful of new pivots inside the bracket that holds the answer, and once the bracket holds
-// few enough elements they are gathered into a small array, heap-ordered, and walked from the top.
+// few enough elements they are gathered into a small array and finished by a weighted quickselect.
 // Everything here is header-only, without std:: containers, and compiles as host C++ and CUDA device code.
 #include <math.h>
 #include <stdint.h>
@@ -32,9 +32,8 @@ namespace chameleon_lite {
 namespace sampling {
 
 constexpr int kPassPivots = 8;      // pivots evaluated per pass over the row
-constexpr int kFirstPivots = 8;     // fixed pivots evaluated together with the exp pass
 constexpr int kMaxPoints = 256;     // table capacity; a search needs at most ~10 passes (see search())
-constexpr int kGatherCap = 2048;    // bracket size at which elements are gathered instead of another pass
+constexpr int kGatherCap = 4096;    // bracket size at which elements are gathered instead of another pass
 constexpr int kMaxPassesPerSearch = 12;
 
 CL_HD inline float cfg_combine(float cond, float uncond, float scale) { return uncond + scale * (cond - uncond); }
@@ -58,12 +57,17 @@ constexpr uint32_t kKeyPositive = 1u;
 // One past 1.0f: no e reaches it (e <= 1 since e_max = exp(0)).
 constexpr uint32_t kKeyEnd = 0x3F800001u;
 
-// Pivots that go with the exp pass when a search will follow, as keys of 2^-30, 2^-20, 2^-14, 2^-10,
-// 2^-7, 2^-5, 2^-3, 2^-1.5: spread so that typical top-k / top-p cuts land in a small bracket.
-CL_HD inline void first_pivots(uint32_t* out) {
-  const uint32_t k[kFirstPivots] = {0x30800000u, 0x35800000u, 0x38800000u, 0x3A800000u,
-                                    0x3C000000u, 0x3D000000u, 0x3E000000u, 0x3EB504F3u};
-  for (int i = 0; i < kFirstPivots; ++i) out[i] = k[i];
+// The candidate cut: the exp pass also collects every e >= 2^-10 (p_i >= ~0.001 p_max) with its id, up to
+// kGatherCap of them. Typical top-k / top-p / min-p cuts lie above it, and then the thresholds and the draw
+// come from the candidates alone: two passes over the row in all (max, exp) instead of a search.
+constexpr uint32_t kKeyCandidateCut = 0x3A800000u;
+
+// Extra exp-pass pivots when a top-k / top-p search follows (2^-13, 2^-16, 2^-20, 2^-26): a cut below the
+// candidates then usually lands in a bracket small enough to gather at once.
+constexpr int kSearchPivots = 4;
+CL_HD inline uint32_t search_pivot(int j) {
+  const uint32_t k[kSearchPivots] = {0x39000000u, 0x37800000u, 0x35800000u, 0x32800000u};
+  return k[j];
 }
 
 // Exact statistics of {e >= value_of(key)}.
@@ -128,71 +132,72 @@ CL_HD inline int bracket_pivots(const Bracket& b, uint32_t* out) {
   return static_cast<int>(p);
 }
 
-// The elements of one bracket [lo, hi) gathered into a caller-owned array, consumed largest first through
-// an in-place max-heap (popped elements land at the end, so a second walk replays them in order).
+// The elements of one bracket [lo, hi) gathered into a caller-owned array, with the exact statistics of
+// everything above the bracket (`hi`). select() finds the largest gathered value v with
+// G(v) = G(hi) + G(gathered >= v) meeting the target by a weighted quickselect (three-way partitions,
+// expected linear time, ties handled as one group); it permutes the array, which later calls accept.
 struct Gathered {
   float* v;
   int n;
-  int heap;
   uint32_t lo_key;
   Point hi;
   bool valid;
 
-  CL_HD void sift_down(int i) {
-    const float x = v[i];
-    for (;;) {
-      int c = 2 * i + 1;
-      if (c >= heap) break;
-      if (c + 1 < heap && v[c + 1] > v[c]) ++c;
-      if (!(v[c] > x)) break;
-      v[i] = v[c];
-      i = c;
-    }
-    v[i] = x;
-  }
-
   CL_HD void start(float* values, int count, uint32_t lo, Point top) {
     v = values;
     n = count;
-    heap = count;
     lo_key = lo;
     hi = top;
     valid = true;
-    for (int i = heap / 2 - 1; i >= 0; --i) sift_down(i);
-  }
-
-  // The i-th largest gathered value (0-based), popping as needed.
-  CL_HD float largest(int i) {
-    while (n - heap <= i) {
-      const float top = v[0];
-      --heap;
-      v[0] = v[heap];
-      v[heap] = top;
-      if (heap > 0) sift_down(0);
-    }
-    return v[n - 1 - i];
   }
 
   CL_HD bool covers(const Bracket& b) const { return valid && lo_key <= b.lo.key && b.hi.key <= hi.key; }
 
-  // Walks down from `hi`, one run of equal values at a time, to the first value that meets the target.
-  CL_HD Point walk(By by, double target) {
+  CL_HD Point select(By by, double target) {
+    int a = 0, b = n;
     int64_t c = hi.count;
     double m = hi.mass;
-    float val = value_of(lo_key);
-    int i = 0;
-    while (i < n) {
-      val = largest(i);
-      c += 1;
-      m += val;
-      ++i;
-      if (i < n && largest(i) == val) continue;
-      Point p{key_of(val), c, m};
-      if (meets(p, by, target)) return p;
+    float last = value_of(lo_key);
+    while (a < b) {
+      const float x0 = v[a], x1 = v[a + (b - a) / 2], x2 = v[b - 1];
+      const float pv = x0 < x1 ? (x1 < x2 ? x1 : (x0 < x2 ? x2 : x0)) : (x0 < x2 ? x0 : (x1 < x2 ? x2 : x1));
+      // [a, lt) > pv, [lt, i) == pv, [gt, b) < pv
+      int lt = a, i = a, gt = b;
+      int64_t cg = 0;
+      double mg = 0.0;
+      while (i < gt) {
+        const float x = v[i];
+        if (x > pv) {
+          v[i] = v[lt];
+          v[lt] = x;
+          ++lt;
+          ++i;
+          ++cg;
+          mg += x;
+        } else if (x < pv) {
+          --gt;
+          v[i] = v[gt];
+          v[gt] = x;
+        } else {
+          ++i;
+        }
+      }
+      Point above{key_of(pv), c + cg, m + mg};
+      if (cg > 0 && meets(above, by, target)) {  // the answer is strictly above pv
+        b = lt;
+        continue;
+      }
+      const int64_t ce = gt - lt;
+      c += cg + ce;
+      m += mg + static_cast<double>(pv) * static_cast<double>(ce);
+      last = pv;
+      Point at{key_of(pv), c, m};
+      if (meets(at, by, target)) return at;
+      a = gt;
     }
     // Only reachable when fp64 masses from different summation orders disagree in the last bits:
     // fall back to the lowest gathered value, whose count is exact.
-    Point p{key_of(val), c, m};
+    Point p{key_of(last), c, m};
     return p;
   }
 };
@@ -223,7 +228,7 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
     const Bracket b = table.bracket(by, target);
     if (b.hi.key - b.lo.key == 1) return b.lo;
     if (gathered.covers(b)) {
-      const Point p = gathered.walk(by, target);
+      const Point p = gathered.select(by, target);
       table.insert(p);
       return p;
     }
@@ -235,7 +240,7 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
       // and gather stays within its capacity because it stops at kGatherCap values in id order.
       const int n = passes.gather(b.lo.key, b.hi.key, gather_buf);
       gathered.start(gather_buf, n, b.lo.key, b.hi);
-      const Point p = gathered.walk(by, target);
+      const Point p = gathered.select(by, target);
       table.insert(p);
       return p;
     }
@@ -248,10 +253,10 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
 // The survivor threshold tau = max(t_k, t_p, min_p) with the exact count and mass of {e >= tau}.
 // `table` must already hold the support point (kKeyPositive), the end point (kKeyEnd, empty) and, when
 // min-p is active, the point at key_of(min_p).
+// `gathered` may already hold a complete bracket (the candidates), which the searches use when they can.
 template <class Passes>
-CL_HD Point find_threshold(PointTable& table, float* gather_buf, Passes& passes, const RowSettings& s) {
-  Gathered gathered;
-  gathered.valid = false;
+CL_HD Point find_threshold(PointTable& table, Gathered& gathered, float* gather_buf, Passes& passes,
+                           const RowSettings& s) {
   Point tau = table.at_key(kKeyPositive);
   if (top_k_active(s.top_k, tau.count))
     tau = search(table, gathered, gather_buf, passes, By::kCount, static_cast<double>(s.top_k));
@@ -261,6 +266,21 @@ CL_HD Point find_threshold(PointTable& table, float* gather_buf, Passes& passes,
   }
   if (min_p_active(s.min_p) && key_of(s.min_p) > tau.key) tau = table.at_key(key_of(s.min_p));
   return tau;
+}
+
+// Inverse CDF over a list of (value, id) in id order: the first id whose running mass of values >= tau
+// exceeds target; the last survivor if fp64 rounding left target just out of reach. Requires a survivor.
+CL_HD inline int64_t inverse_cdf_list(const float* v, const int32_t* id, int n, float tau, double target) {
+  double cum = 0.0;
+  int last = -1;
+  for (int i = 0; i < n; ++i) {
+    if (v[i] >= tau) {
+      cum += v[i];
+      last = i;
+      if (cum > target) return id[i];
+    }
+  }
+  return last >= 0 ? id[last] : id[0];
 }
 
 // Log-probability of the drawn id under the renormalised survivors.

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -19,8 +20,8 @@
 namespace chameleon_lite {
 namespace sampling_cpu {
 
-RowResult sample_row_default(const RowJob& job, float* buf, float* gather_buf) {
-  return portable::sample_row(job, buf, gather_buf);
+RowResult sample_row_default(const RowJob& job, float* buf, Scratch& scratch) {
+  return portable::sample_row(job, buf, scratch);
 }
 
 namespace {
@@ -164,9 +165,8 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     // The one row buffer of this thread, kept across calls so decode steps do not page-fault it in again.
     thread_local std::vector<float> buf;
-    thread_local std::vector<float> gather_buf;
+    thread_local std::unique_ptr<Scratch> scratch = std::make_unique<Scratch>();
     if (static_cast<int64_t>(buf.size()) < vocab) buf.resize(vocab);
-    if (gather_buf.size() < static_cast<size_t>(sampling::kGatherCap)) gather_buf.resize(sampling::kGatherCap);
     for (int64_t b = b0; b < b1; ++b) {
       RowJob job;
       job.logits = base + b * vocab * esize;
@@ -180,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
       job.settings = sampling::RowSettings{temperature[b], top_p[b], min_p[b], cfg_scale[b], penalty[b], top_k[b]};
       job.uniform = philox::sampling_uniform(static_cast<uint64_t>(seed), static_cast<uint64_t>(step),
                                              static_cast<uint64_t>(b));
-      const RowResult r = row_fn(job, buf.data(), gather_buf.data());
+      const RowResult r = row_fn(job, buf.data(), *scratch);
       ids_p[b] = r.id;
       lp_p[b] = r.logprob;
       status[b] = r.status;

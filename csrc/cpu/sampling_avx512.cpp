@@ -23,8 +23,8 @@
 
 namespace chameleon_lite {
 namespace sampling_cpu {
-RowResult sample_row_avx512(const RowJob& job, float* buf, float* gather_buf) {
-  return avx512::sample_row(job, buf, gather_buf);
+RowResult sample_row_avx512(const RowJob& job, float* buf, Scratch& scratch) {
+  return avx512::sample_row(job, buf, scratch);
 }
 }  // namespace sampling_cpu
 }  // namespace chameleon_lite
@@ -36,8 +36,8 @@ RowResult sample_row_avx512(const RowJob& job, float* buf, float* gather_buf) {
 namespace chameleon_lite {
 namespace sampling_cpu {
 // Never selected without x86 AVX-512 (see sampling.cpp); the portable kernel keeps the symbol defined.
-RowResult sample_row_avx512(const RowJob& job, float* buf, float* gather_buf) {
-  return sample_row_default(job, buf, gather_buf);
+RowResult sample_row_avx512(const RowJob& job, float* buf, Scratch& scratch) {
+  return sample_row_default(job, buf, scratch);
 }
 }  // namespace sampling_cpu
 }  // namespace chameleon_lite

@@ -51,9 +51,16 @@ struct RowResult {
   int status;
 };
 
+// Per-thread scratch besides the row buffer: fixed size, independent of V.
+struct Scratch {
+  float gather[sampling::kGatherCap];      // a gathered bracket, permuted by the selection
+  float cand_value[sampling::kGatherCap];  // candidates e >= cut, in id order
+  int32_t cand_id[sampling::kGatherCap];
+};
+
 // Per-ISA entry points (defined in sampling.cpp and sampling_avx512.cpp).
-RowResult sample_row_default(const RowJob& job, float* buf, float* gather_buf);
-RowResult sample_row_avx512(const RowJob& job, float* buf, float* gather_buf);
+RowResult sample_row_default(const RowJob& job, float* buf, Scratch& scratch);
+RowResult sample_row_avx512(const RowJob& job, float* buf, Scratch& scratch);
 
 }  // namespace sampling_cpu
 }  // namespace chameleon_lite
@@ -147,40 +154,84 @@ inline int64_t first_index_of(const float* z, int64_t n, float value) {
   return n - 1;
 }
 
+// Appends the lanes of e (the vector at ep + i) that are >= cut, with their ids, to the candidate lists;
+// stops at kGatherCap. Returns the new count.
+inline int collect(const Vec& e, const Vec& cut, const float* ep, int64_t i, int ncand, Scratch* cand) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __mmask16 hit = _mm512_cmp_ps_mask(e, cut, _CMP_GE_OQ);
+  if (hit == 0) return ncand;
+  if (ncand + 16 <= sampling::kGatherCap) {
+    // Register-form compress + plain store: the memory form of vcompress is microcoded on some cores.
+    const __m512i ids = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    _mm512_storeu_ps(cand->cand_value + ncand, _mm512_maskz_compress_ps(hit, e));
+    _mm512_storeu_si512(cand->cand_id + ncand, _mm512_maskz_compress_epi32(hit, ids));
+    return ncand + __builtin_popcount(static_cast<unsigned>(hit));
+  }
+  unsigned bits = hit;
+#else
+  unsigned bits = ~static_cast<unsigned>((e >= cut).zero_mask()) & ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
+#endif
+  while (bits && ncand < sampling::kGatherCap) {
+    const int lane = __builtin_ctz(bits);
+    cand->cand_value[ncand] = ep[i + lane];
+    cand->cand_id[ncand] = static_cast<int32_t>(i + lane);
+    ++ncand;
+    bits &= bits - 1;
+  }
+  return ncand;
+}
+
 // Accumulates count and mass of {e >= pivot_j} for P pivots over e[0, n) in fp32 lanes, flushed to
-// int64 / fp64 every kBlock vectors so neither loses precision on long rows.
-template <int P, bool kExp>
+// int64 / fp64 every kBlock vectors so neither loses precision on long rows. kExp: the input is z and
+// e = exp((z - zmax) * inv_t) is computed and stored to dst. kCollect: values >= pivot 1 are also
+// appended, with their ids, to cand (at most kGatherCap; the caller knows the true count from the stats).
+template <int P, bool kExp, bool kCollect>
 void stats_loop(const float* src, float* dst, int64_t n, float zmax, float inv_t, const float* piv,
-                int64_t* count, double* mass) {
+                int64_t* count, double* mass, Scratch* cand) {
   constexpr int64_t kBlock = 256;
   const Vec one(1.0f);
   const Vec vmax(zmax);
   const Vec vinv(inv_t);
   Vec vp[P];
+#pragma GCC unroll 16
   for (int j = 0; j < P; ++j) {
     vp[j] = Vec(piv[j]);
     count[j] = 0;
     mass[j] = 0.0;
   }
-  auto transform = [&](Vec z) { return kExp ? ((z - vmax) * vinv).exp() : z; };
+  int ncand = 0;
+  // exp is an out-of-line SLEEF call that clobbers every vector register, so it runs over a chunk of
+  // kChunk vectors first; the stats then read the chunk back from L1 with all accumulators in registers.
+  constexpr int64_t kChunk = 64;
   int64_t i = 0;
   const int64_t full = n - n % kW;
   while (i < full) {
     Vec c[P], m[P];
+#pragma GCC unroll 16
     for (int j = 0; j < P; ++j) {
       c[j] = Vec(0.0f);
       m[j] = Vec(0.0f);
     }
     const int64_t stop = std::min(full, i + kBlock * kW);
-    for (; i < stop; i += kW) {
-      const Vec e = transform(Vec::loadu(src + i));
-      if constexpr (kExp) e.store(dst + i);
-      for (int j = 0; j < P; ++j) {
-        const Vec ge = e >= vp[j];
-        c[j] = c[j] + (ge & one);
-        m[j] = m[j] + (ge & e);
+    while (i < stop) {
+      const int64_t chunk_end = std::min(stop, i + kChunk * kW);
+      if constexpr (kExp) {
+        for (int64_t k = i; k < chunk_end; k += kW) ((Vec::loadu(src + k) - vmax) * vinv).exp().store(dst + k);
+      }
+      const float* ep = kExp ? dst : src;
+      for (; i < chunk_end; i += kW) {
+        const Vec e = Vec::loadu(ep + i);
+#pragma GCC unroll 16
+        for (int j = 0; j < P; ++j) {
+          const Vec ge = e >= vp[j];
+          c[j] = c[j] + (ge & one);
+          m[j] = m[j] + (ge & e);
+        }
+        if constexpr (kCollect) ncand = collect(e, vp[1], ep, i, ncand, cand);
       }
     }
+#pragma GCC unroll 16
     for (int j = 0; j < P; ++j) {
       count[j] += static_cast<int64_t>(reduce_sum(c[j]));
       mass[j] += static_cast<double>(reduce_sum(m[j]));
@@ -189,10 +240,16 @@ void stats_loop(const float* src, float* dst, int64_t n, float zmax, float inv_t
   for (; i < n; ++i) {
     const float e = kExp ? std::exp((src[i] - zmax) * inv_t) : src[i];
     if constexpr (kExp) dst[i] = e;
+#pragma GCC unroll 16
     for (int j = 0; j < P; ++j)
       if (e >= piv[j]) {
         count[j] += 1;
         mass[j] += e;
+        if (kCollect && j == 1 && ncand < sampling::kGatherCap) {
+          cand->cand_value[ncand] = e;
+          cand->cand_id[ncand] = static_cast<int32_t>(i);
+          ++ncand;
+        }
       }
   }
 }
@@ -208,7 +265,7 @@ struct RowPasses {
     double m[sampling::kPassPivots];
     for (int j = 0; j < sampling::kPassPivots; ++j)
       piv[j] = j < np ? sampling::value_of(keys[j]) : std::numeric_limits<float>::infinity();
-    stats_loop<sampling::kPassPivots, false>(e, nullptr, n, 0.0f, 1.0f, piv, c, m);
+    stats_loop<sampling::kPassPivots, false, false>(e, nullptr, n, 0.0f, 1.0f, piv, c, m, nullptr);
     for (int j = 0; j < np; ++j) out[j] = sampling::Point{keys[j], c[j], m[j]};
   }
 
@@ -270,7 +327,7 @@ inline int64_t inverse_cdf(const float* e, int64_t n, float tau, double target) 
 }
 
 template <typename T>
-RowResult sample_row_typed(const RowJob& job, float* buf, float* gather_buf) {
+RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   const int64_t n = job.vocab;
   const T* cond = static_cast<const T*>(job.logits);
   const T* uncond = static_cast<const T*>(job.uncond);
@@ -316,38 +373,61 @@ RowResult sample_row_typed(const RowJob& job, float* buf, float* gather_buf) {
   const float inv_t = 1.0f / s.temperature;
   sampling::PointTable table;
   table.reset();
+  const bool filtering = sampling::top_k_active(s.top_k, n) || sampling::top_p_active(s.top_p) ||
+                         sampling::min_p_active(s.min_p);
   const bool searching = sampling::top_k_active(s.top_k, n) || sampling::top_p_active(s.top_p);
-  uint32_t keys[2 + sampling::kFirstPivots] = {};
-  keys[0] = sampling::kKeyPositive;
-  keys[1] = sampling::min_p_active(s.min_p) ? sampling::key_of(s.min_p) : sampling::kKeyEnd;
-  if (searching) sampling::first_pivots(keys + 2);
-  float piv[2 + sampling::kFirstPivots];
-  int64_t cnt[2 + sampling::kFirstPivots];
-  double mass[2 + sampling::kFirstPivots];
-  for (int j = 0; j < 2 + sampling::kFirstPivots; ++j) piv[j] = sampling::value_of(keys[j]);
+  // Pivots of the exp pass: the support, the candidate cut, min-p (or the empty end point), then the
+  // search pivots when a search follows.
+  constexpr int kBase = 3, kAll = kBase + sampling::kSearchPivots;
+  uint32_t keys[kAll] = {sampling::kKeyPositive, sampling::kKeyCandidateCut,
+                         sampling::min_p_active(s.min_p) ? sampling::key_of(s.min_p) : sampling::kKeyEnd};
+  for (int j = 0; j < sampling::kSearchPivots; ++j) keys[kBase + j] = sampling::search_pivot(j);
+  float piv[kAll];
+  int64_t cnt[kAll];
+  double mass[kAll];
+  for (int j = 0; j < kAll; ++j) piv[j] = sampling::value_of(keys[j]);
   if (searching)
-    stats_loop<2 + sampling::kFirstPivots, true>(z, buf, n, zmax, inv_t, piv, cnt, mass);
+    stats_loop<kAll, true, true>(z, buf, n, zmax, inv_t, piv, cnt, mass, &scratch);
+  else if (filtering)
+    stats_loop<kBase, true, true>(z, buf, n, zmax, inv_t, piv, cnt, mass, &scratch);
   else
-    stats_loop<2, true>(z, buf, n, zmax, inv_t, piv, cnt, mass);
+    stats_loop<kBase, true, false>(z, buf, n, zmax, inv_t, piv, cnt, mass, nullptr);
   table.insert(sampling::Point{sampling::kKeyEnd, 0, 0.0});
-  for (int j = 0; j < (searching ? 2 + sampling::kFirstPivots : 2); ++j)
-    table.insert(sampling::Point{keys[j], cnt[j], mass[j]});
+  for (int j = 0; j < (searching ? kAll : kBase); ++j) table.insert(sampling::Point{keys[j], cnt[j], mass[j]});
 
+  // All ids with e >= cut were collected when there are at most kGatherCap of them.
+  const bool have_candidates = filtering && cnt[1] <= sampling::kGatherCap;
+  const int ncand = static_cast<int>(have_candidates ? cnt[1] : 0);
+  sampling::Gathered gathered;
+  gathered.valid = false;
+  // The selection permutes its array, so a search gets a copy of the candidates (kept in id order).
+  if (have_candidates && searching) {
+    std::copy(scratch.cand_value, scratch.cand_value + ncand, scratch.gather);
+    gathered.start(scratch.gather, ncand, sampling::kKeyCandidateCut, sampling::Point{sampling::kKeyEnd, 0, 0.0});
+  }
   RowPasses passes{buf, n};
-  const sampling::Point tau = sampling::find_threshold(table, gather_buf, passes, s);
+  const sampling::Point tau = sampling::find_threshold(table, gathered, scratch.gather, passes, s);
   const float tau_v = sampling::value_of(tau.key);
-  const int64_t id = inverse_cdf(buf, n, tau_v, job.uniform * tau.mass);
-  return RowResult{id, sampling::chosen_logprob(buf[id], tau.mass), kRowOk};
+  const double target = job.uniform * tau.mass;
+  int64_t id;
+  float e_id;
+  if (have_candidates && tau.key >= sampling::kKeyCandidateCut) {
+    id = sampling::inverse_cdf_list(scratch.cand_value, scratch.cand_id, ncand, tau_v, target);
+  } else {
+    id = inverse_cdf(buf, n, tau_v, target);
+  }
+  e_id = buf[id];
+  return RowResult{id, sampling::chosen_logprob(e_id, tau.mass), kRowOk};
 }
 
-inline RowResult sample_row(const RowJob& job, float* buf, float* gather_buf) {
+inline RowResult sample_row(const RowJob& job, float* buf, Scratch& scratch) {
   switch (job.dtype) {
     case LogitDtype::kFloat:
-      return sample_row_typed<float>(job, buf, gather_buf);
+      return sample_row_typed<float>(job, buf, scratch);
     case LogitDtype::kBFloat16:
-      return sample_row_typed<c10::BFloat16>(job, buf, gather_buf);
+      return sample_row_typed<c10::BFloat16>(job, buf, scratch);
     case LogitDtype::kHalf:
-      return sample_row_typed<c10::Half>(job, buf, gather_buf);
+      return sample_row_typed<c10::Half>(job, buf, scratch);
   }
   return RowResult{0, 0.0f, kRowEmpty};
 }
