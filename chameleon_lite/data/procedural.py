@@ -46,7 +46,7 @@ import functools
 import json
 import math
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -370,13 +370,13 @@ def sample_audio_spec(rng: np.random.Generator, max_notes: int = MAX_NOTES) -> A
 
 def harmonic_amplitudes(timbre: str, frequency: float, sample_rate: int) -> list[tuple[int, float]]:
     """(harmonic number, amplitude) pairs of a band-limited timbre, all below HARMONIC_LIMIT * sample_rate."""
-    top = int(HARMONIC_LIMIT * sample_rate / frequency)
+    top = int(math.ceil(HARMONIC_LIMIT * sample_rate / frequency))
     if timbre == "sine":
-        ns = [1]
+        ns = range(1, 2)
     elif timbre == "square":
-        ns = list(range(1, top + 1, 2))
+        ns = range(1, top + 1, 2)
     elif timbre == "sawtooth":
-        ns = list(range(1, top + 1))
+        ns = range(1, top + 1)
     else:
         raise DataError(f"timbre must be one of {list(TIMBRES)}, got {timbre!r}")
     return [(n, 1.0 / n) for n in ns if n * frequency < HARMONIC_LIMIT * sample_rate]
@@ -524,6 +524,12 @@ def _produce(job: tuple[str, int, int, dict[str, Any]]) -> str:
     return json.dumps(doc.record, ensure_ascii=False)
 
 
+def _write_lines(f, lines: Iterable[str], bar) -> None:
+    for line in lines:
+        f.write(line + "\n")
+        bar.update(1)
+
+
 def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusConfig | None = None,
                  progress: bool = True, workers: int = 1) -> str:
     """Write ``n`` documents into folder ``out``; returns the path of ``out/manifest.jsonl``.
@@ -553,8 +559,7 @@ def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusCo
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             if workers == 1:
-                lines: Iterable[str] = map(_produce, jobs)
-                _write_lines(f, lines, bar)
+                _write_lines(f, map(_produce, jobs), bar)
             else:
                 import multiprocessing
 
@@ -570,18 +575,3 @@ def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusCo
         json.dump({"n": n, "seed": seed, "config": cfg}, f, indent=2)
     os.replace(os.path.join(out, "corpus.json.tmp"), os.path.join(out, "corpus.json"))
     return manifest
-
-
-def _write_lines(f, lines: Iterable[str], bar) -> None:
-    for line in lines:
-        f.write(line + "\n")
-        bar.update(1)
-
-
-def generate_specs(rng: np.random.Generator, n: int, modality: str) -> Sequence[ImageSpec | AudioSpec]:
-    """``n`` random specs of one modality ("image" or "audio"), e.g. for checker benchmarks."""
-    if modality == "image":
-        return [sample_image_spec(rng) for _ in range(n)]
-    if modality == "audio":
-        return [sample_audio_spec(rng) for _ in range(n)]
-    raise ConfigError(f"modality must be 'image' or 'audio', got {modality!r}")
