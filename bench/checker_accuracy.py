@@ -45,6 +45,12 @@ def _jpeg(img: np.ndarray, quality: int) -> Image.Image:
     return Image.open(buf)
 
 
+def _down_up(img: np.ndarray, factor: int) -> Image.Image:
+    h, w = img.shape[:2]
+    small = Image.fromarray(img).resize((w // factor, h // factor), Image.BILINEAR)
+    return small.resize((w, h), Image.BILINEAR)
+
+
 def _wav(wave: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
     buf = io.BytesIO()
     sf.write(buf, P.to_pcm16(wave), sr, subtype="PCM_16", format="WAV")
@@ -59,7 +65,9 @@ def _image_conditions(rng: np.random.Generator) -> dict[str, Callable]:
         "blur 1px": lambda x: Image.fromarray(x).filter(ImageFilter.GaussianBlur(1)),
         "noise sd 20": lambda x: np.clip(x + rng.normal(0, 20, x.shape), 0, 255).astype(np.uint8),
         "jpeg q75": lambda x: _jpeg(x, 75),
-        "down 32 + up 64": lambda x: Image.fromarray(x).resize((32, 32), Image.BILINEAR).resize((64, 64), Image.BILINEAR),
+        "down x2 + up": lambda x: _down_up(x, 2),
+        "down x4 + up": lambda x: _down_up(x, 4),
+        "faded to 70%": lambda x: (x * 0.7).astype(np.uint8),
         "shift 2px": lambda x: np.roll(x, (2, -2), axis=(0, 1)),
     }
 

@@ -10,10 +10,12 @@ clips at all (unreadable file, wrong array rank) raise :class:`~chameleon_lite.e
 Pictures (:func:`check_image`)
     1. Every pixel is projected onto each segment background -> palette color; the fitted mix ``alpha`` and its
        residual tell how much of which color it holds (anti-aliased edges read as fractional coverage).
-    2. In each 3x3 cell the color holding the most coverage wins; a cell holds a shape when that coverage
-       reaches 40% of the smallest shape's area.
-    3. The cell's coverage map is compared (sum of squared differences) with every (kind, size) template,
-       each shifted by up to :data:`MAX_SHIFT` pixels so slightly misplaced shapes still match.
+    2. In each 3x3 cell the color holding the most coverage (over pixels at least :data:`SOLID` covered) wins;
+       a cell holds a shape when that coverage reaches :data:`PRESENCE` of the smallest shape's area.
+    3. The cell's coverage map is fitted (least squares) by every (kind, size) template, each blurred by
+       each of :data:`BLURS`, shifted by up to :data:`MAX_SHIFT` pixels, and optionally faded (:data:`GAIN`),
+       so soft, misplaced or faded reconstructions still match their own outline; the best fit names the
+       kind and size.
 Clips (:func:`check_audio`)
     1. Resample to :data:`ANALYSIS_RATE` with soxr; 20 ms RMS frames; a note is a run above a threshold
        derived from the peak and the noise floor; a run whose pitch changes part-way is split there.
@@ -47,7 +49,9 @@ from chameleon_lite.errors import DataError
 MAX_SHIFT = 2  # pixels a template may move when matched
 # Gaussian blurs (pixels, at a 64-pixel side) of the template sets: a soft reconstruction is matched against a
 # soft template, so a blurred small cross does not read as a diamond.
-BLURS = (0.0, 0.75, 1.5)
+BLURS = (0.0, 0.75, 1.5, 2.5)
+GAIN = (0.5, 1.0)  # template gains tried for faded shapes ...
+SWITCH = 0.3  # ... and taken only when they leave less than this fraction of the plain fit's error
 SOLID = 0.35  # only pixels at least this covered count as votes for a shape (keeps noise from adding up)
 PRESENCE = 0.4  # a cell holds a shape when its color covers this fraction of the smallest template's area
 MIN_SIDE = 32  # smaller inputs are upscaled first, so the 3x3 grid still has pixels to look at
@@ -223,9 +227,18 @@ def check_image(image: Any) -> ImageAttributes:
         if votes[color] < tc.presence:
             continue
         a = np.where(cb == color, cc, 0.0).astype(np.float32)  # [h, w] coverage by the winning color
-        # Sum of squared differences to every blurred, shifted template (|a|^2 is the same for all: left out).
-        ssd = tc.energy - 2.0 * np.einsum("...hw,hw->...", tc.windows, a)  # [B, K, S, 2m+1, 2m+1]
-        b, k, s, dy, dx = np.unravel_index(int(ssd.argmin()), ssd.shape)
+        # Two fits of every blurred, shifted template T to a: as is (sum of squared differences), and scaled by
+        # the least-squares gain g in GAIN. The scaled fit is taken only when it explains the cell much better
+        # (SWITCH), so a faded shape still matches its own outline, while a small template is not inflated to
+        # fit a blurred blob when the plain fit is about as good.
+        dot = np.einsum("...hw,hw->...", tc.windows, a)  # [B, K, S, 2m+1, 2m+1]
+        a2 = float((a * a).sum())
+        plain = tc.energy - 2.0 * dot + a2
+        g = np.clip(dot / np.maximum(tc.energy, 1e-9), *GAIN)
+        scaled = g * g * tc.energy - 2.0 * g * dot + a2
+        i_plain, i_scaled = int(plain.argmin()), int(scaled.argmin())
+        choice = i_scaled if scaled.flat[i_scaled] < SWITCH * plain.flat[i_plain] else i_plain
+        b, k, s, dy, dx = np.unravel_index(choice, plain.shape)
         tw = tc.windows[b, k, s, dy, dx]
         score = float(np.minimum(tw, a).sum() / max(np.maximum(tw, a).sum(), 1e-6))
         shapes.append(ShapeReading(kind=SHAPE_KINDS[k], color=COLOR_NAMES[color], size=SIZE_NAMES[s],

@@ -113,7 +113,10 @@ def test_notes_without_gaps_are_split_by_pitch():
     ("blur 1px", lambda x: Image.fromarray(x).filter(ImageFilter.GaussianBlur(1)), 0.95),
     ("noise 20", lambda x: np.clip(x + np.random.default_rng(0).normal(0, 20, x.shape), 0, 255).astype(np.uint8), 0.95),
     ("down 32, up 64", lambda x: Image.fromarray(x).resize((32, 32), Image.BILINEAR).resize((64, 64), Image.BILINEAR), 0.95),
+    ("down 16, up 64", lambda x: Image.fromarray(x).resize((16, 16), Image.BILINEAR).resize((64, 64), Image.BILINEAR), 0.9),
     ("up 128", lambda x: Image.fromarray(x).resize((128, 128), Image.BICUBIC), 0.95),
+    ("faded to 70%", lambda x: (x * 0.7).astype(np.uint8), 0.95),
+    ("background 30 brighter", lambda x: np.clip(x.astype(int) + 30, 0, 255).astype(np.uint8), 0.95),
     ("jpeg 75", lambda x: _jpeg(x, 75), 0.85),
     ("shift 2px", lambda x: np.roll(x, (2, -2), axis=(0, 1)), 0.95),
 ])
