@@ -25,6 +25,7 @@ A row left with no candidate (every allowed range empty, or every allowed logit 
 """
 from __future__ import annotations
 
+import functools
 from typing import Union
 
 import torch
@@ -54,13 +55,25 @@ def _uniforms_fake(rows, seed, step):
     return rows.new_empty(rows.shape, dtype=torch.float64)
 
 
+@functools.lru_cache(maxsize=1024)
+def _cached_scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
+    # Decode loops pass the same few settings every step; building six tensors per call would cost more
+    # than the kernel at small B. The op only reads them.
+    return torch.tensor(value, dtype=dtype)
+
+
+def _scalar(value: float | int, dtype: torch.dtype, eager: bool) -> torch.Tensor:
+    # Under FakeTensorMode or torch.compile tracing the tensor must be created in that context.
+    return _cached_scalar(value, dtype) if eager else torch.tensor(value, dtype=dtype)
+
+
 def _int_arg(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT64:
         raise SamplingError(f"sample: {name} must be an int in [0, 2**63), got {value!r}")
     return value
 
 
-def _setting(name: str, value: Setting, batch: int, integer: bool, check) -> torch.Tensor:
+def _setting(name: str, value: Setting, batch: int, integer: bool, check, eager: bool) -> torch.Tensor:
     """A scalar or [B] setting as the op's tensor; Python scalars are checked here, tensors in the op."""
     dtype = torch.int64 if integer else torch.float32
     if isinstance(value, torch.Tensor):
@@ -78,7 +91,7 @@ def _setting(name: str, value: Setting, batch: int, integer: bool, check) -> tor
     reason = check(value)
     if reason:
         raise SamplingError(f"sample: {name} = {value!r} {reason}")
-    return torch.tensor(value, dtype=dtype)
+    return _scalar(value, dtype, eager)
 
 
 def _finite_nonneg(v) -> str | None:
@@ -144,15 +157,16 @@ def _op_inputs(logits, seed, step, temperature, top_k, top_p, min_p, allowed_ran
             raise SamplingError("sample: allowed_ranges needs at least one [lo, hi) slot per row (R >= 1)")
     if penalty_ids is not None:
         _check_index_tensor("penalty_ids", penalty_ids, batch, last=None)
+    eager = type(logits) is torch.Tensor and not torch.compiler.is_compiling()
     return (
         logits,
         uncond_logits,
-        _setting("temperature", temperature, batch, False, _finite_nonneg),
-        _setting("top_k", top_k, batch, True, _check_top_k),
-        _setting("top_p", top_p, batch, False, _check_top_p),
-        _setting("min_p", min_p, batch, False, _check_min_p),
-        _setting("cfg_scale", 1.0 if cfg_scale is None else cfg_scale, batch, False, _check_cfg),
-        _setting("repetition_penalty", repetition_penalty, batch, False, _check_penalty),
+        _setting("temperature", temperature, batch, False, _finite_nonneg, eager),
+        _setting("top_k", top_k, batch, True, _check_top_k, eager),
+        _setting("top_p", top_p, batch, False, _check_top_p, eager),
+        _setting("min_p", min_p, batch, False, _check_min_p, eager),
+        _setting("cfg_scale", 1.0 if cfg_scale is None else cfg_scale, batch, False, _check_cfg, eager),
+        _setting("repetition_penalty", repetition_penalty, batch, False, _check_penalty, eager),
         allowed_ranges,
         penalty_ids,
         seed,

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -56,7 +57,8 @@ std::vector<T> setting(const at::Tensor& t, int64_t batch, const char* name) {
     TORCH_CHECK_VALUE(t.is_floating_point(), "sample: ", name, " must be a floating-point tensor, got ",
                       t.scalar_type());
   }
-  const at::Tensor c = t.to(at::kCPU, want).contiguous().reshape({-1});
+  const bool ready = t.device().is_cpu() && t.scalar_type() == want && t.is_contiguous();
+  const at::Tensor c = ready ? t : t.to(at::kCPU, want).contiguous();
   const T* p = c.data_ptr<T>();
   std::vector<T> out(batch);
   for (int64_t b = 0; b < batch; ++b) out[b] = p[c.numel() == 1 ? 0 : b];
@@ -95,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
                     "sample: logits must be float32, bfloat16 or float16, got ", dt);
   TORCH_CHECK_VALUE(seed >= 0 && step >= 0, "sample: seed and step must be >= 0, got seed=", seed, " step=", step);
   const int64_t batch = logits_in.size(0), vocab = logits_in.size(1);
+  TORCH_CHECK_VALUE(vocab <= std::numeric_limits<int32_t>::max(), "sample: V = ", vocab, " exceeds 2^31 - 1");
   const at::Tensor logits = logits_in.contiguous();
   at::Tensor uncond;
   if (uncond_in.has_value()) {

@@ -177,6 +177,20 @@ def test_large_flat_vocab_exercises_multi_pass_search():
         torch.testing.assert_close(lp, rlp, atol=1e-5, rtol=5e-6)
 
 
+@pytest.mark.parametrize("scale", [0.3, 3.0, 12.0])
+def test_candidate_and_search_paths_match_reference(scale):
+    # The scale moves the cuts relative to the candidate set the exp pass collects: flat rows overflow it
+    # (search passes), peaked rows leave a handful of candidates, and in between top-p 0.99 cuts below it.
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 65536, generator=g) * scale
+    for kw in ({"top_k": 50}, {"top_k": 2000}, {"top_p": 0.9}, {"top_p": 0.99}, {"min_p": 0.01},
+               {"top_k": 200, "top_p": 0.95, "min_p": 0.001}):
+        ids, lp = sample(x, seed=8, step=3, return_logprobs=True, **kw)
+        rids, rlp = sample_reference(x, seed=8, step=3, return_logprobs=True, **kw)
+        assert torch.equal(ids, rids), kw
+        torch.testing.assert_close(lp, rlp, atol=1e-5, rtol=5e-6)
+
+
 def test_portable_build_matches_vector_build(monkeypatch):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8, 5003, generator=g) * 3
