@@ -85,12 +85,16 @@ inline Vec load_f32(const T* p) {
   }
 }
 
-// NaN-propagating horizontal max.
+inline float nan_max(float a, float b) {
+  return (std::isnan(a) || std::isnan(b)) ? std::numeric_limits<float>::quiet_NaN() : (b > a ? b : a);
+}
+
+// NaN-propagating horizontal max (a NaN logit must surface as an error, not vanish in a comparison).
 inline float reduce_max(const Vec& v) {
   float lanes[kW];
   v.store(lanes);
   float m = lanes[0];
-  for (int64_t i = 1; i < kW; ++i) m = (std::isnan(m) || lanes[i] > m || std::isnan(lanes[i])) ? (std::isnan(m) ? m : lanes[i]) : m;
+  for (int64_t i = 1; i < kW; ++i) m = nan_max(m, lanes[i]);
   return m;
 }
 
@@ -101,8 +105,6 @@ inline float reduce_sum(const Vec& v) {
   for (int64_t i = 0; i < kW; ++i) s += lanes[i];
   return s;
 }
-
-inline float nan_max(float a, float b) { return (std::isnan(a) || std::isnan(b)) ? std::numeric_limits<float>::quiet_NaN() : (b > a ? b : a); }
 
 template <typename T>
 inline float combined(const T* cond, const T* uncond, bool cfg, float scale, int64_t i) {
@@ -134,10 +136,17 @@ float write_span(const T* cond, const T* uncond, bool cfg, float scale, int64_t 
 }
 
 inline float row_max(const float* z, int64_t n) {
-  Vec vmax(kNegInf);
+  // Four independent accumulators hide the latency of vmaxps when the row is in cache.
+  Vec m0(kNegInf), m1(kNegInf), m2(kNegInf), m3(kNegInf);
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) vmax = at::vec::maximum(vmax, Vec::loadu(z + i));
-  float m = reduce_max(vmax);
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    m0 = at::vec::maximum(m0, Vec::loadu(z + i));
+    m1 = at::vec::maximum(m1, Vec::loadu(z + i + kW));
+    m2 = at::vec::maximum(m2, Vec::loadu(z + i + 2 * kW));
+    m3 = at::vec::maximum(m3, Vec::loadu(z + i + 3 * kW));
+  }
+  for (; i + kW <= n; i += kW) m0 = at::vec::maximum(m0, Vec::loadu(z + i));
+  float m = reduce_max(at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3)));
   for (; i < n; ++i) m = nan_max(m, z[i]);
   return m;
 }

@@ -128,8 +128,8 @@ SETTINGS = [
 @pytest.mark.parametrize("kw", SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain")
 def test_matches_reference(vocab, kw):
     g = torch.Generator().manual_seed(vocab)
-    x = torch.randn(6, vocab, generator=g) * 2.5
-    for step in range(3):
+    x = torch.randn(6 if vocab < 10_000 else 3, vocab, generator=g) * 2.5
+    for step in range(3 if vocab < 10_000 else 2):
         ids, lp = sample(x, seed=5, step=step, return_logprobs=True, **kw)
         rids, rlp = sample_reference(x, seed=5, step=step, return_logprobs=True, **kw)
         assert torch.equal(ids, rids)
