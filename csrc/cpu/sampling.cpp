@@ -65,6 +65,10 @@ std::vector<T> setting(const at::Tensor& t, int64_t batch, const char* name) {
   return out;
 }
 
+// Rows are read through their own stride, so a view such as logits[:, -1, :] of [B, L, V] is used in place
+// instead of being copied into a [B, V] temporary; only rows that are not unit-stride get copied.
+at::Tensor unit_stride_rows(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
+
 void check_settings(const std::vector<float>& temperature, const std::vector<int64_t>& top_k,
                     const std::vector<float>& top_p, const std::vector<float>& min_p,
                     const std::vector<float>& cfg_scale, const std::vector<float>& penalty) {
@@ -98,13 +102,13 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
   TORCH_CHECK_VALUE(seed >= 0 && step >= 0, "sample: seed and step must be >= 0, got seed=", seed, " step=", step);
   const int64_t batch = logits_in.size(0), vocab = logits_in.size(1);
   TORCH_CHECK_VALUE(vocab <= std::numeric_limits<int32_t>::max(), "sample: V = ", vocab, " exceeds 2^31 - 1");
-  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor logits = unit_stride_rows(logits_in);
   at::Tensor uncond;
   if (uncond_in.has_value()) {
     TORCH_CHECK_VALUE(uncond_in->sizes() == logits_in.sizes() && uncond_in->scalar_type() == dt,
                       "sample: uncond_logits must match logits (", logits_in.sizes(), ", ", dt, "), got ",
                       uncond_in->sizes(), ", ", uncond_in->scalar_type());
-    uncond = uncond_in->contiguous();
+    uncond = unit_stride_rows(*uncond_in);
   }
   const auto temperature = setting<float>(temperature_t, batch, "temperature");
   const auto top_k = setting<int64_t>(top_k_t, batch, "top_k");
@@ -172,8 +176,8 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
     if (static_cast<int64_t>(buf.size()) < vocab) buf.resize(vocab);
     for (int64_t b = b0; b < b1; ++b) {
       RowJob job;
-      job.logits = base + b * vocab * esize;
-      job.uncond = ubase != nullptr ? ubase + b * vocab * esize : nullptr;
+      job.logits = base + b * logits.stride(0) * esize;
+      job.uncond = ubase != nullptr ? ubase + b * uncond.stride(0) * esize : nullptr;
       job.dtype = ldt;
       job.vocab = vocab;
       job.ranges = rbase != nullptr ? rbase + b * num_ranges * 2 : nullptr;

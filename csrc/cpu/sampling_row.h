@@ -163,6 +163,20 @@ inline int64_t first_index_of(const float* z, int64_t n, float value) {
   return n - 1;
 }
 
+// count += (e >= pivot), mass += e where e >= pivot.
+inline void accumulate(Vec& count, Vec& mass, const Vec& e, const Vec& pivot, const Vec& one) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // Masked adds: one instruction each instead of mask -> vector, and, add.
+  const __mmask16 ge = _mm512_cmp_ps_mask(e, pivot, _CMP_GE_OQ);
+  count = _mm512_mask_add_ps(count, ge, count, one);
+  mass = _mm512_mask_add_ps(mass, ge, mass, e);
+#else
+  const Vec ge = e >= pivot;
+  count = count + (ge & one);
+  mass = mass + (ge & e);
+#endif
+}
+
 // Appends the lanes of e (the vector at ep + i) that are >= cut, with their ids, to the candidate lists;
 // stops at kGatherCap. Returns the new count.
 inline int collect(const Vec& e, const Vec& cut, const float* ep, int64_t i, int ncand, Scratch* cand) {
@@ -232,11 +246,7 @@ void stats_loop(const float* src, float* dst, int64_t n, float zmax, float inv_t
       for (; i < chunk_end; i += kW) {
         const Vec e = Vec::loadu(ep + i);
 #pragma GCC unroll 16
-        for (int j = 0; j < P; ++j) {
-          const Vec ge = e >= vp[j];
-          c[j] = c[j] + (ge & one);
-          m[j] = m[j] + (ge & e);
-        }
+        for (int j = 0; j < P; ++j) accumulate(c[j], m[j], e, vp[j], one);
         if constexpr (kCollect) ncand = collect(e, vp[1], ep, i, ncand, cand);
       }
     }

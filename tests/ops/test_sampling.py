@@ -359,6 +359,20 @@ def test_row_draw_independent_of_batch():
     assert torch.equal(sample(x[:3], seed=3, step=2, top_p=0.9), full[:3])
 
 
+def test_strided_rows_are_read_in_place():
+    g = torch.Generator().manual_seed(13)
+    full = torch.randn(4, 3, 999, generator=g) * 2
+    un = torch.randn(4, 3, 999, generator=g) * 2
+    view, uview = full[:, -1, :], un[:, 1, :]
+    assert not view.is_contiguous()
+    kw = dict(top_k=20, uncond_logits=uview, cfg_scale=1.5)
+    ids = sample(view, seed=1, step=0, **kw)
+    kw_c = dict(top_k=20, uncond_logits=uview.contiguous(), cfg_scale=1.5)
+    assert torch.equal(ids, sample(view.contiguous(), seed=1, step=0, **kw_c))
+    assert torch.equal(sample(full.transpose(1, 2)[:, :, 0], seed=1, step=0), sample(full[:, 0].contiguous(), seed=1,
+                                                                                     step=0))
+
+
 def test_batch_of_one():
     x = torch.randn(1, 4097)
     ids, lp = sample(x, seed=1, step=1, top_k=7, return_logprobs=True)
