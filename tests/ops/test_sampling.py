@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chameleon_lite.ops import sample
 from chameleon_lite.ops.sampling import SamplingError, sample_reference, sampling_uniforms
@@ -189,6 +191,36 @@ def test_candidate_and_search_paths_match_reference(scale):
         rids, rlp = sample_reference(x, seed=8, step=3, return_logprobs=True, **kw)
         assert torch.equal(ids, rids), kw
         torch.testing.assert_close(lp, rlp, atol=1e-5, rtol=5e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    vocab=st.integers(1, 300),
+    kind=st.sampled_from(["normal", "ties", "masked"]),
+    temperature=st.sampled_from([0.0, 0.3, 1.0, 2.5]),
+    top_k=st.integers(0, 40),
+    top_p=st.sampled_from([0.2, 0.75, 0.9, 1.0]),
+    min_p=st.sampled_from([0.0, 0.05, 0.5]),
+    seed=st.integers(0, 2**63 - 1),
+    step=st.integers(0, 2**40),
+)
+def test_property_matches_reference(batch, vocab, kind, temperature, top_k, top_p, min_p, seed, step):
+    g = torch.Generator().manual_seed(vocab * 7 + batch)
+    if kind == "ties":
+        x = torch.randint(-2, 3, (batch, vocab), generator=g).float()
+    else:
+        x = torch.randn(batch, vocab, generator=g) * 3
+    if kind == "masked":
+        x[torch.rand(batch, vocab, generator=g) < 0.7] = float("-inf")
+        x[:, 0] = 0.0  # every row keeps one finite logit
+    kw = dict(seed=seed, step=step, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+              return_logprobs=True)
+    ids, lp = sample(x, **kw)
+    rids, rlp = sample_reference(x, **kw)
+    assert torch.equal(ids, rids)
+    torch.testing.assert_close(lp, rlp, atol=1e-5, rtol=5e-6)
+    assert bool(torch.isfinite(x.gather(1, ids[:, None])).all())
 
 
 def test_portable_build_matches_vector_build(monkeypatch):
