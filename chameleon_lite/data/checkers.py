@@ -55,6 +55,7 @@ SWITCH = 0.3  # ... and taken only when they leave less than this fraction of th
 SOLID = 0.35  # only pixels at least this covered count as votes for a shape (keeps noise from adding up)
 PRESENCE = 0.4  # a cell holds a shape when its color covers this fraction of the smallest template's area
 MIN_SIDE = 32  # smaller inputs are upscaled first, so the 3x3 grid still has pixels to look at
+MAX_SIDE = 128  # larger inputs are averaged down first (templates cost memory in the square of the side)
 
 ANALYSIS_RATE = 16000
 FRAME = 320  # 20 ms RMS frames ...
@@ -208,13 +209,18 @@ def check_image(image: Any) -> ImageAttributes:
     h, w = img.shape[:2]
     if h == 0 or w == 0:
         return ImageAttributes(())
-    if min(h, w) < MIN_SIDE:
+    if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
         from PIL import Image
 
-        scale = MIN_SIDE / min(h, w)
-        size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
-        img = np.asarray(Image.fromarray(np.rint(img).astype(np.uint8)).resize(size, Image.BILINEAR), np.float32)
+        # Upscale tiny pictures so the grid has pixels; average big ones down (coverage stays coverage) so the
+        # template cache stays small.
+        scale = min(max(MIN_SIDE / min(h, w), 1.0), MAX_SIDE / max(h, w))
+        size = (max(round(w * scale), 1), max(round(h * scale), 1))
+        resample = Image.BILINEAR if scale > 1 else Image.BOX
+        img = np.asarray(Image.fromarray(np.rint(img).astype(np.uint8)).resize(size, resample), np.float32)
         h, w = img.shape[:2]
+        if min(h, w) < 3:  # a sliver: no 3x3 grid to read
+            return ImageAttributes(())
     best, cov = _color_coverage(img)
     templates = _templates(h, w)
     shapes = []
@@ -224,7 +230,7 @@ def check_image(image: Any) -> ImageAttributes:
         votes = np.bincount(cb.reshape(-1), weights=np.where(cc >= SOLID, cc, 0.0).reshape(-1), minlength=len(COLOR_NAMES))
         color = int(votes.argmax())
         tc = templates[cell]
-        if votes[color] < tc.presence:
+        if votes[color] < max(tc.presence, 1.0):  # at least one pixel's worth, even on degenerate grids
             continue
         a = np.where(cb == color, cc, 0.0).astype(np.float32)  # [h, w] coverage by the winning color
         # Two fits of every blurred, shifted template T to a: as is (sum of squared differences), and scaled by

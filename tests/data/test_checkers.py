@@ -50,7 +50,7 @@ def test_audio_exact_on_clean_samples():
     assert _audio_accuracy(250, seed=100) == 1.0
 
 
-@pytest.mark.parametrize("size", [32, 48, 96])
+@pytest.mark.parametrize("size", [32, 48, 96, 200])
 def test_images_exact_at_other_sizes(size):
     assert _image_accuracy(60, seed=size, size=size) == 1.0
 
@@ -139,6 +139,8 @@ def test_empty_and_degenerate_images():
     assert check_image(np.zeros((0, 0, 3), np.uint8)).shapes == ()
     assert check_image(np.zeros((1, 1), np.uint8)).shapes == ()
     assert check_image(np.full((64, 64, 3), np.nan, np.float32)).shapes == ()
+    for shape in ((2, 500, 3), (1000, 3, 3), (40, 2000, 3)):
+        assert check_image(np.zeros(shape, np.uint8)).shapes == ()
     small = check_image(np.asarray(Image.fromarray(P.render_image(
         P.ImageSpec((P.Shape("square", "blue", "large", "center"),)), 64)).resize((20, 20), Image.BILINEAR)))
     assert [(s.color, s.position) for s in small.shapes] == [("blue", "center")]
