@@ -46,6 +46,7 @@ import functools
 import json
 import math
 import os
+import wave
 from typing import Any, Iterable
 
 import numpy as np
@@ -505,14 +506,22 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
     return GeneratedDocument(record=record, images=images, audio=audio)
 
 
+def write_wav(path: str, pcm: np.ndarray, sample_rate: int) -> None:
+    """Write int16 [T] as a canonical 44-byte-header PCM WAV (what soundfile writes too, but without its sync)."""
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(np.asarray(pcm, "<i2").tobytes())
+
+
 def _write_media(out: str, doc: GeneratedDocument, sample_rate: int) -> None:
-    import soundfile as sf
     from PIL import Image
 
     for rel, arr in doc.images.items():
         Image.fromarray(arr, mode="RGB").save(os.path.join(out, rel), format="PNG")
     for rel, pcm in doc.audio.items():
-        sf.write(os.path.join(out, rel), pcm, sample_rate, subtype="PCM_16", format="WAV")
+        write_wav(os.path.join(out, rel), pcm, sample_rate)
 
 
 def _produce(job: tuple[str, int, int, dict[str, Any]]) -> str:
