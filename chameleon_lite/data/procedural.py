@@ -17,7 +17,13 @@ A manifest line looks like::
 
 ``meta["media"]`` holds the ground truth of every image/audio segment in segment order (see
 :meth:`ImageSpec.to_meta` / :meth:`AudioSpec.to_meta`; ``from_meta`` reads them back), ``meta["task"]`` the task
-form. No segment carries ``attend``.
+form. An audio record reads ``{"type": "audio", "sample_rate": 16000, "notes": ["C5", "E5", "G5"],
+"timbre": "square", "durations": [0.3, 0.25, 0.31]}``. No segment carries ``attend``.
+
+Pure building blocks (also used by the checkers, tests and evaluation): :func:`sample_image_spec`,
+:func:`render_image`, :func:`caption_image`, :func:`image_prompt`; :func:`sample_audio_spec`,
+:func:`synthesize_audio`, :func:`caption_audio`, :func:`audio_prompt`; :func:`interleaved_text`;
+:func:`make_document` (one document, in memory) and :func:`write_corpus` (the folder).
 
 Images
     Plain black background (:data:`BACKGROUND`); 1-2 shapes, each of a kind in :data:`SHAPE_KINDS`, a color in
