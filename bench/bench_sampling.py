@@ -3,7 +3,8 @@
 One decode step over logits [B, V]: temperature 0.8, top-k 50, top-p 0.9 for the fused op and the sort
 chain (torch.sort + softmax + cumsum + multinomial, the usual PyTorch recipe); torch.multinomial on the
 tempered softmax (no filters); and plain argmax, which reads the logits once and is the floor for anything
-that must look at every logit. All sides run at the same thread count in one process; times are medians.
+that must look at every logit. All sides run at the same thread count in one process, timed in turn (interleaved) so that load from
+other processes hits them alike; times are medians.
 
     python bench/bench_sampling.py            # B in {1, 16, 32, 64} x V in {16384, 65536, 152064}
     python bench/bench_sampling.py --quick    # smoke run: B in {1, 32}, V in {16384, 65536}
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_time, print_table, write_json  # noqa: E402
+from common import print_table, write_json  # noqa: E402
 
 from chameleon_lite.ops import sample  # noqa: E402
 
@@ -45,6 +48,20 @@ def multinomial(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits.float() / TEMPERATURE, dim=-1), 1, generator=gen).squeeze(1)
 
 
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per side, timing the sides in turn so load from other processes hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype) -> list[dict]:
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -60,13 +77,13 @@ def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype)
             def fused_greedy():
                 return sample(logits, seed=1, step=0, temperature=0.0)
 
-            t = {
-                "fused": median_time(fused, repeats, warmup=2),
-                "fused_greedy": median_time(fused_greedy, repeats, warmup=2),
-                "sort_chain": median_time(lambda: sort_chain(logits, gen), repeats, warmup=1),
-                "multinomial": median_time(lambda: multinomial(logits, gen), repeats, warmup=1),
-                "argmax": median_time(lambda: logits.argmax(-1), repeats, warmup=2),
-            }
+            t = interleaved_medians({
+                "fused": fused,
+                "fused_greedy": fused_greedy,
+                "sort_chain": lambda: sort_chain(logits, gen),
+                "multinomial": lambda: multinomial(logits, gen),
+                "argmax": lambda: logits.argmax(-1),
+            }, repeats)
             row = {"B": b, "V": v, **{f"{k}_ms": s * 1e3 for k, s in t.items()}}
             row["x_vs_sort"] = t["sort_chain"] / t["fused"]
             row["x_vs_multinomial"] = t["multinomial"] / t["fused"]
