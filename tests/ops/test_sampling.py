@@ -481,6 +481,17 @@ def test_fake_tensor_shapes():
     assert ids.shape == (3,) and ids.dtype == torch.int64 and lp.dtype == torch.float32
 
 
+@pytest.mark.slow
+def test_torch_compile():
+    def decode_step(x, s):
+        return sample(x * 1.0, seed=3, step=s, top_k=10, top_p=0.9)
+
+    compiled = torch.compile(decode_step)
+    x = torch.randn(4, 500)
+    for s in (1, 2):
+        assert torch.equal(compiled(x, s), decode_step(x, s))
+
+
 # ---------------------------------------------------------------- bad input
 
 X = torch.randn(2, 10)
