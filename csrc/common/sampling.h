@@ -62,11 +62,13 @@ constexpr uint32_t kKeyEnd = 0x3F800001u;
 // come from the candidates alone: two passes over the row in all (max, exp) instead of a search.
 constexpr uint32_t kKeyCandidateCut = 0x3A800000u;
 
-// Extra exp-pass pivots when a top-k / top-p search follows (2^-13, 2^-16, 2^-20, 2^-26): a cut below the
-// candidates then usually lands in a bracket small enough to gather at once.
-constexpr int kSearchPivots = 4;
+// Extra exp-pass pivots when a top-k / top-p search follows. Above the candidate cut (2^-1, 2^-3, 2^-6)
+// they narrow the candidates a selection has to look at; below it (2^-13, 2^-16, 2^-20, 2^-26) a cut
+// under the candidates usually lands in a bracket small enough to gather at once.
+constexpr int kSearchPivots = 7;
 CL_HD inline uint32_t search_pivot(int j) {
-  const uint32_t k[kSearchPivots] = {0x39000000u, 0x37800000u, 0x35800000u, 0x32800000u};
+  const uint32_t k[kSearchPivots] = {0x3F000000u, 0x3E000000u, 0x3C800000u, 0x39000000u,
+                                     0x37800000u, 0x35800000u, 0x32800000u};
   return k[j];
 }
 
@@ -132,10 +134,11 @@ CL_HD inline int bracket_pivots(const Bracket& b, uint32_t* out) {
   return static_cast<int>(p);
 }
 
-// The elements of one bracket [lo, hi) gathered into a caller-owned array, with the exact statistics of
-// everything above the bracket (`hi`). select() finds the largest gathered value v with
-// G(v) = G(hi) + G(gathered >= v) meeting the target by a weighted quickselect (three-way partitions,
-// expected linear time, ties handled as one group); it permutes the array, which later calls accept.
+// The elements of one key range [lo, hi) gathered into a caller-owned array, with the exact statistics of
+// everything above it (`hi`). select() answers a search whose bracket lies inside that range: the largest
+// value v with G(v) = G(bracket hi) + G(bracket elements >= v) meeting the target, by a weighted
+// quickselect (three-way partitions, expected linear time, ties handled as one group). It permutes the
+// array, which later calls accept.
 struct Gathered {
   float* v;
   int n;
@@ -153,11 +156,28 @@ struct Gathered {
 
   CL_HD bool covers(const Bracket& b) const { return valid && lo_key <= b.lo.key && b.hi.key <= hi.key; }
 
-  CL_HD Point select(By by, double target) {
-    int a = 0, b = n;
-    int64_t c = hi.count;
-    double m = hi.mass;
-    float last = value_of(lo_key);
+  // The answer inside bracket b (which covers() must accept): the bracket's elements are moved to the
+  // front, the rest stay behind them, so the array remains a permutation of everything gathered.
+  CL_HD Point select(const Bracket& b, By by, double target) {
+    const float lo = value_of(b.lo.key), top = value_of(b.hi.key);
+    int m = 0;
+    for (int i = 0; i < n; ++i) {
+      const float x = v[i];
+      if (x >= lo && x < top) {
+        v[i] = v[m];
+        v[m] = x;
+        ++m;
+      }
+    }
+    return select_front(m, b.lo.key, b.hi, by, target);
+  }
+
+  // Weighted quickselect over v[0, m), whose elements lie in [lo_key, hi.key).
+  CL_HD Point select_front(int m_count, uint32_t lo, Point hi_point, By by, double target) {
+    int a = 0, b = m_count;
+    int64_t c = hi_point.count;
+    double m = hi_point.mass;
+    float last = value_of(lo);
     while (a < b) {
       const float x0 = v[a], x1 = v[a + (b - a) / 2], x2 = v[b - 1];
       const float pv = x0 < x1 ? (x1 < x2 ? x1 : (x0 < x2 ? x2 : x0)) : (x0 < x2 ? x0 : (x1 < x2 ? x2 : x1));
@@ -196,7 +216,7 @@ struct Gathered {
       a = gt;
     }
     // Only reachable when fp64 masses from different summation orders disagree in the last bits:
-    // fall back to the lowest gathered value, whose count is exact.
+    // fall back to the lowest value, whose count is exact.
     Point p{key_of(last), c, m};
     return p;
   }
@@ -228,7 +248,7 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
     const Bracket b = table.bracket(by, target);
     if (b.hi.key - b.lo.key == 1) return b.lo;
     if (gathered.covers(b)) {
-      const Point p = gathered.select(by, target);
+      const Point p = gathered.select(b, by, target);
       table.insert(p);
       return p;
     }
@@ -240,7 +260,7 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
       // and gather stays within its capacity because it stops at kGatherCap values in id order.
       const int n = passes.gather(b.lo.key, b.hi.key, gather_buf);
       gathered.start(gather_buf, n, b.lo.key, b.hi);
-      const Point p = gathered.select(by, target);
+      const Point p = gathered.select(b, by, target);
       table.insert(p);
       return p;
     }

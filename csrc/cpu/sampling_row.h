@@ -398,7 +398,11 @@ RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   // Pivots of the exp pass: the support, the candidate cut, min-p (or the empty end point), then the
   // search pivots when a search follows.
   constexpr int kBase = 3, kAll = kBase + sampling::kSearchPivots;
-  uint32_t keys[kAll] = {sampling::kKeyPositive, sampling::kKeyCandidateCut,
+  // With min-p alone the survivors are exactly {e >= min_p}, so the candidates need go no lower.
+  const uint32_t cut = (!searching && sampling::key_of(s.min_p) > sampling::kKeyCandidateCut)
+                           ? sampling::key_of(s.min_p)
+                           : sampling::kKeyCandidateCut;
+  uint32_t keys[kAll] = {sampling::kKeyPositive, cut,
                          sampling::min_p_active(s.min_p) ? sampling::key_of(s.min_p) : sampling::kKeyEnd};
   for (int j = 0; j < sampling::kSearchPivots; ++j) keys[kBase + j] = sampling::search_pivot(j);
   float piv[kAll];
@@ -422,7 +426,7 @@ RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   // The selection permutes its array, so a search gets a copy of the candidates (kept in id order).
   if (have_candidates && searching) {
     std::copy(scratch.cand_value, scratch.cand_value + ncand, scratch.gather);
-    gathered.start(scratch.gather, ncand, sampling::kKeyCandidateCut, sampling::Point{sampling::kKeyEnd, 0, 0.0});
+    gathered.start(scratch.gather, ncand, cut, sampling::Point{sampling::kKeyEnd, 0, 0.0});
   }
   RowPasses passes{buf, n};
   const sampling::Point tau = sampling::find_threshold(table, gathered, scratch.gather, passes, s);
@@ -430,7 +434,7 @@ RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   const double target = job.uniform * tau.mass;
   int64_t id;
   float e_id;
-  if (have_candidates && tau.key >= sampling::kKeyCandidateCut) {
+  if (have_candidates && tau.key >= cut) {
     id = sampling::inverse_cdf_list(scratch.cand_value, scratch.cand_id, ncand, tau_v, target);
   } else {
     id = inverse_cdf(buf, n, tau_v, target);
