@@ -1,9 +1,9 @@
 """Checker accuracy: how often the picture/clip checkers read procedural samples exactly, per attribute.
 
 "clean" encodes each sample exactly as the corpus stores it (PNG; 16-bit PCM WAV) and reads the file bytes back;
-the other conditions degrade the sample first (blur, noise, JPEG, rescaling, resampling, 8-bit audio) to show
-how the checkers behave on reconstructions and generations. Also measures corpus generation speed
-(documents/s) and checker speed (ms/sample).
+the other conditions degrade the sample first (pictures: blur, noise, JPEG, rescaling, fading, shifting; clips:
+noise, resampling, 8-bit, coarse STFT magnitudes, low-pass) to show how the checkers behave on reconstructions
+and generations. Also measures corpus generation speed (documents/s) and checker speed (ms/sample).
 
     python bench/checker_accuracy.py --n 2000          # JSON in bench/results/, PNG beside it
     python bench/checker_accuracy.py --quick
@@ -59,6 +59,22 @@ def _wav(wave: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
     return data, rate
 
 
+def _stft_degrade(wave: np.ndarray, sr: int, db_step: float = 0.0, cutoff_hz: float | None = None) -> np.ndarray:
+    """Codec-like damage: STFT magnitudes rounded to db_step dB and/or zeroed above cutoff_hz, phase kept."""
+    import torch
+
+    x = torch.tensor(np.asarray(wave, np.float32))
+    window = torch.hann_window(512)
+    spec = torch.stft(x, 512, 128, window=window, return_complex=True)
+    mag = spec.abs()
+    phase = spec / (mag + 1e-9)
+    if db_step:
+        mag = 10 ** (torch.round(20 * torch.log10(mag + 1e-6) / db_step) * db_step / 20)
+    if cutoff_hz is not None:
+        mag[torch.fft.rfftfreq(512, 1 / sr) > cutoff_hz] = 0
+    return torch.istft(mag * phase, 512, 128, window=window, length=len(wave)).numpy()
+
+
 def _image_conditions(rng: np.random.Generator) -> dict[str, Callable]:
     return {
         "clean": _png,
@@ -78,6 +94,8 @@ def _audio_conditions(rng: np.random.Generator) -> dict[str, Callable]:
         "noise sd 0.05": lambda w, sr: (w + rng.normal(0, 0.05, w.shape).astype(np.float32), sr),
         "resampled 8 kHz": lambda w, sr: (soxr.resample(w, sr, 8000), 8000),
         "8-bit": lambda w, sr: (np.round(w * 127) / 127, sr),
+        "STFT magnitudes in 6 dB steps": lambda w, sr: (_stft_degrade(w, sr, db_step=6.0), sr),
+        "low-pass 4 kHz": lambda w, sr: (_stft_degrade(w, sr, cutoff_hz=4000.0), sr),
     }
 
 
