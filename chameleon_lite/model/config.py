@@ -1,0 +1,146 @@
+"""Model configuration: one dataclass, validated, JSON round-trip, and the named size presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from chameleon_lite.errors import ConfigError
+
+NORM_PLACEMENTS = ("pre", "post")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Shape and options of the decoder-only transformer.
+
+    Args:
+        vocab_size: size of the unified vocabulary (ids in [0, vocab_size)).
+        vocab_hash: hash of the UnifiedVocab the model is trained on ("" when not yet bound to a vocabulary).
+        dim: model width.
+        n_layers: number of transformer blocks.
+        n_heads: query heads; head_dim = dim // n_heads.
+        n_kv_heads: key/value heads (GQA); must divide n_heads.
+        ffn_dim: SwiGLU hidden width.
+        norm_eps: RMSNorm epsilon.
+        rope_theta: RoPE base.
+        max_seq_len: longest position + 1 the RoPE table covers (positions restart per packed document).
+        qk_norm: RMS-normalise q and k per head before RoPE (Chameleon's remedy for logit drift).
+        norm_placement: "pre" (x + f(norm(x))) or "post" (x + norm(f(x)), Chameleon's swin-norm).
+        tie_embeddings: share the input embedding with the output projection.
+        init_std: standard deviation of the normal init of the linear weights.
+    """
+
+    vocab_size: int = 1024
+    vocab_hash: str = ""
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 384
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 4096
+    qk_norm: bool = True
+    norm_placement: str = "pre"
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"model config: {name} must be a positive int, got {v!r}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model config: dim={self.dim} is not a multiple of n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"model config: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"model config: head_dim={self.head_dim} must be even for RoPE")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ConfigError(f"model config: norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ConfigError(f"model config: {name} must be a positive number, got {v!r}")
+        if not isinstance(self.vocab_hash, str):
+            raise ConfigError(f"model config: vocab_hash must be a string, got {self.vocab_hash!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameter count from the shapes alone (matches the built module); without embedding excludes the input
+        embedding and the output projection."""
+        hd = self.head_dim
+        attn = self.dim * self.n_heads * hd * 2 + self.dim * self.n_kv_heads * hd * 2
+        attn += 2 * hd if self.qk_norm else 0
+        ffn = 3 * self.dim * self.ffn_dim
+        block = attn + ffn + 2 * self.dim
+        n = self.n_layers * block + self.dim
+        if not include_embedding:
+            return n
+        tables = 1 if self.tie_embeddings else 2  # input embedding and output projection
+        return n + tables * self.vocab_size * self.dim
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 per weight use plus causal attention scores."""
+        # The output projection is a matmul even when tied; the embedding lookup is not.
+        dense = self.num_params(include_embedding=False) + self.vocab_size * self.dim
+        # Attention: q·k and p·v, each 2*L*dim per token forward, halved by causality, x3 for backward.
+        attn = 6 * self.n_layers * self.dim * seq_len
+        return 6.0 * dense + attn
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "ModelConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: model config not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: model config is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: model config must be a JSON object")
+        return cls.from_dict(d, source=path)
+
+
+# Named sizes. vocab_size here is a stand-in used for the parameter counts; training replaces it with the
+# vocabulary of the data (the embedding is the only part that changes).
+PRESETS: dict[str, dict[str, Any]] = {
+    "debug": dict(vocab_size=1024, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=2048),
+    "tiny": dict(vocab_size=8192, dim=320, n_layers=8, n_heads=5, n_kv_heads=5, ffn_dim=864, max_seq_len=4096),
+    "small": dict(vocab_size=32768, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2048, max_seq_len=4096),
+    "base": dict(vocab_size=65536, dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, ffn_dim=5632, max_seq_len=4096),
+    # Chameleon-7B shapes (LLaMA-2-7B widths, 65536 ids, full MHA, QK-norm).
+    "7b": dict(vocab_size=65536, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008, max_seq_len=4096),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **overrides}, source=f"preset {name!r}")

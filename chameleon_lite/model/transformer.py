@@ -1,0 +1,259 @@
+"""The decoder-only early-fusion transformer over the unified vocabulary (ARCHITECTURE §2-§5).
+
+RMSNorm, QK-norm per head before RoPE, RoPE indexed by per-document positions, SwiGLU, pre- or post-norm
+("swin-norm") residual placement, GQA, tied or untied embeddings. All attention goes through
+``chameleon_lite.ops.modality_attention`` (training and prompts) and ``modality_attention_decode`` (new tokens).
+Build on the meta device, move with ``to_empty``, then call ``init_weights``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chameleon_lite import ops
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.model.config import ModelConfig
+from chameleon_lite.model.kv_cache import KVCache
+
+
+def rope_table(head_dim: int, max_len: int, theta: float, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: [max_len, head_dim // 2] fp32 for positions 0..max_len-1."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim))
+    ang = torch.outer(torch.arange(max_len, device=device, dtype=torch.float64), inv)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, L, H, D]; cos, sin: [B, L, D/2] -> x rotated in (first half, second half) pairs, dtype of x."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d].float(), x[..., d:].float()
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        # One matmul for q, k and v: fewer, larger GEMMs are what small CPU shapes need.
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, dim]; cos/sin: [B, L, D/2]. mode "train"/"prefill": (a, b) = (doc_ids, span_ids) [B, L] int32;
+        mode "decode": a = write positions [B, L] int64, b = cache lengths after the write [B] int32."""
+        B, L, _ = x.shape
+        hq, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wqkv(x).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
+        q, k, v = q.view(B, L, hq, hd), k.view(B, L, hkv, hd), v.view(B, L, hkv, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if mode == "decode":
+            self.kv_cache.write_at(k, v, a)
+            out = ops.modality_attention_decode(q, self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B], b)
+        else:
+            if mode == "prefill":
+                self.kv_cache.write_prefix(k, v)
+            out = ops.modality_attention(q, k, v, a, b)
+        return self.wo(out.reshape(B, L, hq * hd))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ffn_dim = cfg.ffn_dim
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)  # gate and up projections in one GEMM
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.post_norm = cfg.norm_placement == "post"
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:
+            h = x + self.attention_norm(self.attention(x, cos, sin, mode, a, b))
+            return h + self.ffn_norm(self.feed_forward(h))
+        h = x + self.attention(self.attention_norm(x), cos, sin, mode, a, b)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer. Build with ``Transformer(cfg)`` under ``torch.device("meta")``, then
+    ``to_empty(device=...)`` and ``init_weights()``; or build on a real device and call ``init_weights()``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # A ModuleDict keyed by index keeps parameter names stable under FSDP / activation-checkpoint wrapping.
+        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.n_layers)})
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.tok_embeddings.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("cache_lens", torch.zeros(0, dtype=torch.int32), persistent=False)
+
+    # ---- initialisation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise every parameter and the RoPE table in place (after ``to_empty``). Residual-branch output
+        projections are scaled by 1/sqrt(2 * n_layers) so the residual stream does not grow with depth."""
+        cfg = self.config
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.tok_embeddings.weight.device).manual_seed(seed)
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        emb_std = cfg.init_std if cfg.tie_embeddings else 1.0
+        nn.init.normal_(self.tok_embeddings.weight, 0.0, emb_std, generator=gen)
+        for block in self.layers.values():
+            nn.init.normal_(block.attention.wqkv.weight, 0.0, cfg.init_std, generator=gen)
+            nn.init.normal_(block.attention.wo.weight, 0.0, out_std, generator=gen)
+            nn.init.normal_(block.feed_forward.w13.weight, 0.0, cfg.init_std, generator=gen)
+            nn.init.normal_(block.feed_forward.w2.weight, 0.0, out_std, generator=gen)
+            for m in (block.attention_norm, block.ffn_norm, block.attention.q_norm, block.attention.k_norm):
+                if m is not None:
+                    m.reset_parameters()
+        self.norm.reset_parameters()
+        if self.output is not None:
+            nn.init.normal_(self.output.weight, 0.0, cfg.dim**-0.5, generator=gen)
+        self.init_buffers()
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Recompute the non-persistent buffers (after ``to_empty`` or loading weights)."""
+        cfg = self.config
+        cos, sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        w = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(h, w)
+
+    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = self.tok_embeddings(input_ids)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        for block in self.layers.values():
+            h = block(h, cos, sin, mode, a, b)
+        return self._head(h)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions: [B, L] int64; doc_ids, span_ids: [B, L] int32 -> logits [B, L, V] (compute dtype)."""
+        return self._run(input_ids, positions, "train", doc_ids.to(torch.int32), span_ids.to(torch.int32))
+
+    # ---- cached inference -----------------------------------------------------------------------
+    def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:
+        """Preallocate a KV cache for ``batch`` rows of up to ``max_len`` positions in every layer."""
+        cfg = self.config
+        if max_len > cfg.max_seq_len:
+            raise ConfigError(f"cache length {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        dev = self.tok_embeddings.weight.device
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        for block in self.layers.values():
+            block.attention.kv_cache = KVCache(batch, max_len, cfg.n_kv_heads, cfg.head_dim, dtype, dev)
+        self.cache_lens = torch.zeros(batch, dtype=torch.int32, device=dev)
+
+    def _cache(self) -> KVCache:
+        kv = next(iter(self.layers.values())).attention.kv_cache
+        if kv is None:
+            raise ConfigError("no KV cache: call setup_cache(batch, max_len) before prefill/decode_step")
+        return kv
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        prompt_lens: torch.Tensor | None = None,
+        span_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run right-padded prompts and fill the cache from position 0.
+
+        input_ids: [B, L] int64; prompt_lens: [B] real length of each row (default L); span_ids: [B, L] int32,
+        >0 marks bidirectional input spans (e.g. a prompt image); positions: [B, L] (default 0..L-1).
+        Returns the logits of each row's last real token: [B, V].
+        """
+        B, L = input_ids.shape
+        kv = self._cache()
+        if B > kv.k_cache.shape[0] or L > kv.max_len:
+            raise ConfigError(f"prompt batch {B} x {L} does not fit the cache ({kv.k_cache.shape[0]} x {kv.max_len})")
+        dev = input_ids.device
+        lens = torch.full((B,), L, dtype=torch.int32, device=dev) if prompt_lens is None else prompt_lens.to(device=dev, dtype=torch.int32)
+        if bool((lens < 1).any()) or bool((lens > L).any()):
+            raise ConfigError(f"prompt_lens must lie in [1, {L}], got {lens.tolist()}")
+        col = torch.arange(L, device=dev).unsqueeze(0)
+        doc_ids = (col >= lens.unsqueeze(1).long()).to(torch.int32)  # padding is its own document
+        span_ids = torch.zeros(B, L, dtype=torch.int32, device=dev) if span_ids is None else span_ids.to(torch.int32)
+        positions = col.expand(B, L) if positions is None else positions
+        logits = self._run(input_ids, positions, "prefill", doc_ids, span_ids)
+        self.cache_lens = lens.clone()
+        return logits[torch.arange(B, device=dev), lens.long() - 1]
+
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``Lq`` new tokens per row (causal among themselves) and return their logits.
+
+        input_ids: [B, Lq] int64; positions: [B, Lq] (default: continue each row's count) -> logits [B, Lq, V].
+        """
+        B, Lq = input_ids.shape
+        kv = self._cache()
+        start = self.cache_lens[:B].long()
+        write = start.unsqueeze(1) + torch.arange(Lq, device=input_ids.device).unsqueeze(0)
+        if int(write.max()) >= kv.max_len:
+            raise ConfigError(f"KV cache full: a row would reach position {int(write.max())} of {kv.max_len}")
+        positions = write if positions is None else positions
+        new_lens = (start + Lq).to(torch.int32)
+        logits = self._run(input_ids, positions, "decode", write, new_lens)
+        self.cache_lens[:B] = new_lens
+        return logits
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [B, L, V]; targets: [B, L] int64 -> (cross-entropy [B, L] fp32, log-sum-exp [B, L] fp32).
+
+    The log-sum-exp is returned for the z-loss (lse^2), so the normaliser is computed once for both.
+    """
+    lf = logits.float()
+    lse = torch.logsumexp(lf, dim=-1)
+    picked = lf.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return lse - picked, lse
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int | None = None) -> Transformer:
+    """Build on the meta device, materialise on ``device`` and initialise (fp32 master weights)."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    model.init_weights(seed=seed)
+    return model

@@ -1,0 +1,174 @@
+import json
+
+import pytest
+import torch
+
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.model import PRESETS, ModelConfig, Transformer, build_model, preset, token_losses
+from chameleon_lite.ops.attention import attention_mask_reference
+
+# Expected sizes of the presets (the issue's ranges), checked on the meta device.
+PARAM_RANGES = {
+    "debug": (0.7e6, 1.5e6),
+    "tiny": (10e6, 25e6),
+    "small": (80e6, 140e6),
+    "base": (0.9e9, 1.3e9),
+    "7b": (6.7e9, 7.3e9),
+}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_param_counts(name):
+    cfg = preset(name)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == cfg.num_params()
+    lo, hi = PARAM_RANGES[name]
+    assert lo <= n <= hi, f"{name}: {n / 1e6:.1f}M parameters"
+
+
+def test_7b_has_chameleon_shapes():
+    cfg = preset("7b")
+    assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (4096, 32, 32, 11008, 65536)
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = preset("debug", vocab_size=777, vocab_hash="abc", norm_placement="post", tie_embeddings=True)
+    path = str(tmp_path / "config.json")
+    cfg.save(path)
+    assert ModelConfig.load(path) == cfg
+    assert json.loads(open(path).read())["vocab_hash"] == "abc"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(dim=130, n_heads=4), dict(n_heads=4, n_kv_heads=3), dict(norm_placement="middle"), dict(vocab_size=0), dict(norm_eps=-1.0)],
+)
+def test_config_validation(bad):
+    with pytest.raises(ConfigError):
+        preset("debug", **bad)
+
+
+def test_config_rejects_unknown_keys_and_presets(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model config key"):
+        ModelConfig.from_dict({"dimm": 3})
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        preset("huge")
+    p = tmp_path / "c.json"
+    p.write_text("{not json")
+    with pytest.raises(ConfigError, match="c.json"):
+        ModelConfig.load(str(p))
+
+
+def _batch(B=2, L=24, V=1024, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (B, L), generator=g)
+    doc = torch.zeros(B, L, dtype=torch.int32)
+    doc[:, L // 2 :] = 1
+    pos = torch.cat([torch.arange(L // 2), torch.arange(L - L // 2)]).expand(B, L).contiguous()
+    span = torch.zeros(B, L, dtype=torch.int32)
+    span[:, 3:7] = 1
+    return ids, pos, doc, span
+
+
+def _model(**over):
+    torch.manual_seed(0)
+    return build_model(preset("debug", **over), seed=0)
+
+
+@pytest.mark.parametrize("over", [{}, {"norm_placement": "post"}, {"tie_embeddings": True}, {"qk_norm": False}])
+def test_forward_shapes_and_backward(over):
+    m = _model(**over)
+    ids, pos, doc, span = _batch()
+    logits = m(ids, pos, doc, span)
+    assert logits.shape == (2, 24, 1024) and logits.dtype == torch.float32
+    ce, lse = token_losses(logits, ids)
+    assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none"), atol=1e-5)
+    (ce.mean() + 1e-4 * (lse**2).mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_packed_documents_are_independent():
+    """A packed second document gives the same logits as that document alone (positions restart, no leakage)."""
+    m = _model()
+    ids, pos, doc, span = _batch(B=1)
+    full = m(ids, pos, doc, span)
+    half = ids.shape[1] // 2
+    alone = m(ids[:, half:], pos[:, half:], torch.zeros(1, half, dtype=torch.int32), span[:, half:])
+    torch.testing.assert_close(full[:, half:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_span_changes_only_its_span():
+    m = _model()
+    ids, pos, doc, _ = _batch(B=1)
+    none = torch.zeros_like(doc)
+    span = none.clone()
+    span[:, 3:7] = 1
+    a, b = m(ids, pos, doc, none), m(ids, pos, doc, span)
+    torch.testing.assert_close(a[:, :3], b[:, :3], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a[:, 3:6], b[:, 3:6], atol=1e-4)
+    mask = attention_mask_reference(doc, span)
+    assert mask[0, 3, 6] and not mask[0, 2, 6]
+
+
+def test_meta_build_is_deterministic_per_seed():
+    a, b = _model(), _model()
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, 4])
+def test_cached_decode_matches_full_forward(n_kv_heads):
+    """prefill(prompt) + one-token decode steps give the logits of one full causal forward, per row with
+    different prompt lengths (right-padded prompts)."""
+    m = _model(n_kv_heads=n_kv_heads).eval()
+    B, L = 3, 20
+    ids = torch.randint(0, 1024, (B, L), generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(L).expand(B, L)
+    zeros = torch.zeros(B, L, dtype=torch.int32)
+    with torch.no_grad():
+        full = m(ids, pos, zeros, zeros)
+        m.setup_cache(B, 32)
+        lens = torch.tensor([8, 5, 11])
+        prompt = ids[:, :11].clone()
+        last = m.prefill(prompt, lens)
+        torch.testing.assert_close(last, full[torch.arange(B), lens - 1], rtol=1e-5, atol=1e-5)
+        cur = lens.clone()
+        for _ in range(6):
+            nxt = ids[torch.arange(B), cur].unsqueeze(1)
+            out = m.decode_step(nxt)
+            torch.testing.assert_close(out[:, 0], full[torch.arange(B), cur], rtol=1e-5, atol=1e-5)
+            cur += 1
+        assert m.cache_lens.tolist() == cur.tolist()
+
+
+def test_multi_token_decode_and_bidirectional_prompt():
+    """A decode of several tokens at once equals single steps; a prompt span read bidirectionally matches the
+    full forward with the same span ids."""
+    m = _model().eval()
+    L = 16
+    ids = torch.randint(0, 1024, (1, L), generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(L).unsqueeze(0)
+    doc = torch.zeros(1, L, dtype=torch.int32)
+    span = doc.clone()
+    span[:, 2:6] = 1
+    with torch.no_grad():
+        full = m(ids, pos, doc, span)
+        m.setup_cache(1, L)
+        m.prefill(ids[:, :10], span_ids=span[:, :10])
+        out = m.decode_step(ids[:, 10:14])
+        torch.testing.assert_close(out, full[:, 10:14], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_errors():
+    m = _model().eval()
+    with pytest.raises(ConfigError, match="setup_cache"):
+        m.decode_step(torch.zeros(1, 1, dtype=torch.long))
+    m.setup_cache(1, 4)
+    with torch.no_grad():
+        m.prefill(torch.zeros(1, 4, dtype=torch.long))
+        with pytest.raises(ConfigError, match="cache full"):
+            m.decode_step(torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ConfigError, match="max_seq_len"):
+        m.setup_cache(1, 10**6)
