@@ -25,7 +25,7 @@ A row left with no candidate (every allowed range empty, or every allowed logit 
 
 The CPU kernel (csrc/cpu/sampling*.cpp, shared logic in csrc/common/) never sorts the vocabulary: one pass
 finds the max, one computes ``e`` with exact counts and masses at a few pivots and collects the ids with
-``e >= 2^-10``; top-k / top-p thresholds come from a weighted quickselect over those candidates, or from
+``e >= 2^-10``; top-k / top-p thresholds come from a radix selection over those candidates, or from
 more pivot passes when a cut lies below them. It reads rows through their stride (``logits[:, -1]`` of
 ``[B, L, V]`` is not copied) and keeps one fp32 row buffer per thread. The AVX-512 build is chosen at run
 time; ``CHAMELEON_LITE_SAMPLING_ISA=portable`` forces the portable one. Tensors on a device without an

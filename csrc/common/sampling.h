@@ -20,7 +20,7 @@
 // The search works on the bit patterns ("keys") of the non-negative floats e, which order like the values.
 // A table holds exact statistics (count and mass of {e >= key}) at known keys; each pass over the row
 // evaluates a handful of new pivots inside the bracket that holds the answer, and once the bracket holds
-// few enough elements they are gathered into a small array and finished by a weighted quickselect.
+// few enough elements they are gathered into a small array and finished by a radix selection.
 // Everything here is header-only, without std:: containers, and compiles as host C++ and CUDA device code.
 #include <math.h>
 #include <stdint.h>
@@ -136,9 +136,8 @@ CL_HD inline int bracket_pivots(const Bracket& b, uint32_t* out) {
 
 // The elements of one key range [lo, hi) gathered into a caller-owned array, with the exact statistics of
 // everything above it (`hi`). select() answers a search whose bracket lies inside that range: the largest
-// value v with G(v) = G(bracket hi) + G(bracket elements >= v) meeting the target, by a weighted
-// quickselect (three-way partitions, expected linear time, ties handled as one group). It permutes the
-// array, which later calls accept.
+// value v with G(v) = G(bracket hi) + G(bracket elements >= v) meeting the target, by a radix selection
+// on the keys (ties handled as one group). It permutes the array, which later calls accept.
 struct Gathered {
   float* v;
   int n;
@@ -172,52 +171,80 @@ struct Gathered {
     return select_front(m, b.lo.key, b.hi, by, target);
   }
 
-  // Weighted quickselect over v[0, m), whose elements lie in [lo_key, hi.key).
+  // Radix selection over v[0, m), whose elements lie in [lo, hi_point.key): a 64-bucket histogram of
+  // counts and masses over the key span picks the bucket holding the answer, its elements move to the
+  // front, and the span shrinks 64-fold per level; a span of one key is a single (tied) value, and a
+  // handful of elements are finished by a scan. No data-dependent branches per element.
   CL_HD Point select_front(int m_count, uint32_t lo, Point hi_point, By by, double target) {
-    int a = 0, b = m_count;
-    int64_t c = hi_point.count;
-    double m = hi_point.mass;
-    float last = value_of(lo);
-    while (a < b) {
-      const float x0 = v[a], x1 = v[a + (b - a) / 2], x2 = v[b - 1];
-      const float pv = x0 < x1 ? (x1 < x2 ? x1 : (x0 < x2 ? x2 : x0)) : (x0 < x2 ? x0 : (x1 < x2 ? x2 : x1));
-      // [a, lt) > pv, [lt, i) == pv, [gt, b) < pv
-      int lt = a, i = a, gt = b;
-      int64_t cg = 0;
-      double mg = 0.0;
-      while (i < gt) {
+    constexpr int kBuckets = 64;
+    constexpr int kScan = 16;
+    uint32_t hi = hi_point.key;
+    Point top = hi_point;
+    int m = m_count;
+    while (m > kScan && hi - lo > 1) {
+      const uint64_t span = static_cast<uint64_t>(hi) - lo;
+      int64_t cnt[kBuckets];
+      double mass[kBuckets];
+      for (int j = 0; j < kBuckets; ++j) {
+        cnt[j] = 0;
+        mass[j] = 0.0;
+      }
+      for (int i = 0; i < m; ++i) {
+        const int j = static_cast<int>((static_cast<uint64_t>(key_of(v[i]) - lo) * kBuckets) / span);
+        cnt[j] += 1;
+        mass[j] += v[i];
+      }
+      int j = kBuckets - 1;
+      for (; j > 0; --j) {
+        const Point p{0u, top.count + cnt[j], top.mass + mass[j]};
+        if (meets(p, by, target)) break;
+        top.count += cnt[j];
+        top.mass += mass[j];
+      }
+      // Bucket j holds the keys k with floor((k - lo) * 64 / span) == j.
+      const uint32_t new_lo = lo + static_cast<uint32_t>((static_cast<uint64_t>(j) * span + kBuckets - 1) / kBuckets);
+      const uint32_t new_hi = lo + static_cast<uint32_t>((static_cast<uint64_t>(j + 1) * span + kBuckets - 1) / kBuckets);
+      top.key = new_hi;
+      int k = 0;
+      for (int i = 0; i < m; ++i) {
         const float x = v[i];
-        if (x > pv) {
-          v[i] = v[lt];
-          v[lt] = x;
-          ++lt;
-          ++i;
-          ++cg;
-          mg += x;
-        } else if (x < pv) {
-          --gt;
-          v[i] = v[gt];
-          v[gt] = x;
-        } else {
-          ++i;
+        const uint32_t key = key_of(x);
+        if (key >= new_lo && key < new_hi) {
+          v[i] = v[k];
+          v[k] = x;
+          ++k;
         }
       }
-      Point above{key_of(pv), c + cg, m + mg};
-      if (cg > 0 && meets(above, by, target)) {  // the answer is strictly above pv
-        b = lt;
-        continue;
+      m = k;
+      lo = new_lo;
+      hi = new_hi;
+    }
+    // A few values, or one repeated value: walk them from the largest down, one run of ties at a time.
+    int64_t c = top.count;
+    double ms = top.mass;
+    float last = value_of(lo);
+    int done = 0;
+    while (done < m) {
+      int best = done;
+      for (int i = done + 1; i < m; ++i)
+        if (v[i] > v[best]) best = i;
+      const float x = v[best];
+      for (int i = done; i < m; ++i) {
+        if (v[i] == x) {
+          v[i] = v[done];
+          v[done] = x;
+          ++done;
+          c += 1;
+          ms += x;
+        }
       }
-      const int64_t ce = gt - lt;
-      c += cg + ce;
-      m += mg + static_cast<double>(pv) * static_cast<double>(ce);
-      last = pv;
-      Point at{key_of(pv), c, m};
-      if (meets(at, by, target)) return at;
-      a = gt;
+      last = x;
+      const Point p{key_of(x), c, ms};
+      if (meets(p, by, target)) return p;
     }
     // Only reachable when fp64 masses from different summation orders disagree in the last bits:
     // fall back to the lowest value, whose count is exact.
-    Point p{key_of(last), c, m};
+    const Point p{key_of(last), c, ms};
     return p;
   }
 };
