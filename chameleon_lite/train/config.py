@@ -1,0 +1,154 @@
+"""Training configuration: a validated dataclass, JSON files under train/configs/, and ``--key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.model.config import PRESETS, ModelConfig
+
+DTYPES = ("auto", "fp32", "bf16")
+PARALLEL = ("fsdp", "ddp", "none")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a pretraining run needs besides the data itself.
+
+    Batches are counted in rows of ``seq_len`` tokens: ``batch_size`` is the *global* number of rows of one
+    micro-step (split evenly over ranks), ``grad_accum`` micro-steps make one optimiser step, so a step sees
+    ``batch_size * grad_accum * seq_len`` tokens whatever the world size.
+    """
+
+    model: str = "tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    data: str = ""
+    val_data: str = ""
+    out: str = ""
+    tokenizers: str = ""
+    seq_len: int = 512
+    batch_size: int = 8
+    grad_accum: int = 1
+    steps: int = 1000
+    stop_after: int = 0
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    z_loss: float = 1e-5
+    dtype: str = "auto"
+    parallel: str = "fsdp"
+    activation_checkpoint: bool = False
+    compile: bool = False
+    ckpt_every: int = 100
+    keep_ckpts: int = 3
+    val_every: int = 50
+    val_batches: int = 4
+    log_every: int = 1
+    seed: int = 0
+    max_nonfinite: int = 5
+    peak_tflops: float = 0.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in PRESETS:
+            raise ConfigError(f"train config: unknown model preset {self.model!r}; known: {', '.join(PRESETS)}")
+        if not isinstance(self.model_overrides, dict):
+            raise ConfigError("train config: model_overrides must be a JSON object")
+        for name in ("seq_len", "batch_size", "grad_accum", "steps", "ckpt_every", "keep_ckpts", "val_every", "log_every", "max_nonfinite"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"train config: {name} must be a positive int, got {v!r}")
+        for name in ("stop_after", "warmup", "val_batches", "seed", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"train config: {name} must be a non-negative int, got {v!r}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train config: need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}")
+        for name in ("weight_decay", "grad_clip", "z_loss", "peak_tflops"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train config: {name} must be >= 0, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"train config: betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"train config: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"train config: parallel must be one of {PARALLEL}, got {self.parallel!r}")
+
+    def model_config(self, vocab_size: int, vocab_hash: str) -> ModelConfig:
+        """The preset with the overrides and the data's vocabulary; max_seq_len covers seq_len."""
+        d = {**PRESETS[self.model], **self.model_overrides, "vocab_size": vocab_size, "vocab_hash": vocab_hash}
+        d["max_seq_len"] = max(int(d.get("max_seq_len", 0)), self.seq_len)
+        return ModelConfig.from_dict(d, source=f"model preset {self.model!r} with overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
+def _coerce(field: dataclasses.Field, raw: str, key: str) -> Any:
+    """Turn a command-line string into the type of ``field`` (JSON for numbers/bools/objects)."""
+    if field.type in ("str", str):
+        return raw
+    try:
+        v = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError(f"--{key}={raw}: not a valid value (expected {field.type})") from None
+    if field.type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    return v
+
+
+def load_config(name_or_path: str, configs_dir: str, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> TrainConfig:
+    """Read ``configs_dir/<name>.json`` (or a path to a JSON file), apply ``base`` then ``--key=value`` overrides.
+
+    ``--model.<field>=value`` overrides a field of the model preset.
+    """
+    path = name_or_path if name_or_path.endswith(".json") else os.path.join(configs_dir, f"{name_or_path}.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: training config is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: training config must be a JSON object")
+    elif name_or_path in PRESETS:
+        d = {"model": name_or_path}
+    else:
+        names = sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".json")) if os.path.isdir(configs_dir) else []
+        raise ConfigError(f"training config {name_or_path!r} not found (looked for {path}; known: {', '.join(names) or 'none'})")
+    d = {**d, **(base or {})}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    d["model_overrides"] = dict(d.get("model_overrides", {}))
+    for item in overrides:
+        if not item.startswith("--") or "=" not in item:
+            raise ConfigError(f"override {item!r} must look like --key=value")
+        key, raw = item[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key.startswith("model."):
+            mk = key[len("model.") :]
+            if mk not in model_fields:
+                raise ConfigError(f"--{key}: unknown model field; known: {', '.join(sorted(model_fields))}")
+            d["model_overrides"][mk] = _coerce(model_fields[mk], raw, key)
+        elif key in fields:
+            d[key] = _coerce(fields[key], raw, key)
+        else:
+            raise ConfigError(f"--{key}: unknown training option; known: {', '.join(sorted(fields))}")
+    return TrainConfig.from_dict(d, source=path)

@@ -1,0 +1,250 @@
+"""The pretraining loop behind ``train/pretrain.py``: one process per rank, same code for 1 CPU and N GPUs.
+
+A step is ``grad_accum`` micro-batches of the loader's *global* batch (each rank holds its rows). The loss of a
+step is the mean over every unmasked target token of the global step (cross-entropy + z_loss * lse^2), so the
+losses and gradients are the same whatever the world size.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+
+from chameleon_lite.errors import ConfigError, DataError, UserError
+from chameleon_lite.model.config import ModelConfig
+from chameleon_lite.model.transformer import Transformer, token_losses
+from chameleon_lite.train import checkpoint as ckpt
+from chameleon_lite.train.config import TrainConfig
+from chameleon_lite.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    apply_activation_checkpointing,
+    apply_compile,
+    broadcast_object,
+    init_distributed,
+    wrap_model,
+)
+from chameleon_lite.train.metrics import STAT_SIZE, MetricsLog, loss_stats, measure_peak_flops, summarize_stats
+from chameleon_lite.train.optim import build_optimizer, clip_grad_norm
+from chameleon_lite.train.schedule import lr_at
+from chameleon_lite.vocab import UnifiedVocab
+
+RUN_FILE = "run.json"
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "doc_ids", "span_ids", "positions")
+
+LoaderFactory = Callable[..., Iterator[dict[str, torch.Tensor]]]
+
+
+class TrainingError(UserError):
+    """The run cannot continue (e.g. the loss stayed non-finite)."""
+
+
+def read_data_meta(shards_dir: str) -> tuple[UnifiedVocab, dict[str, Any]]:
+    """The vocabulary recorded in ``shards_dir/meta.json`` (key "vocab": a UnifiedVocab dict with its hash)."""
+    path = os.path.join(shards_dir, "meta.json")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard metadata not found; is {shards_dir} a folder made by `chameleon-lite data tokenize`?") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: shard metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab"), dict):
+        raise DataError(f"{path}: shard metadata has no \"vocab\" object")
+    vocab = UnifiedVocab.from_dict(meta["vocab"], source=f"{path} (vocab)")
+    if "vocab_hash" in meta and meta["vocab_hash"] != vocab.hash:
+        raise DataError(f"{path}: vocab_hash {meta['vocab_hash']} does not match the vocab recorded beside it ({vocab.hash})")
+    return vocab, meta
+
+
+def default_loader_factory() -> LoaderFactory:
+    from chameleon_lite.data.loader import PackedLoader
+
+    return PackedLoader
+
+
+def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """bf16 autocast on GPUs and on CPUs with AMX tiles (where bf16 GEMMs beat fp32); fp32 elsewhere."""
+    if cfg.dtype == "bf16":
+        return torch.bfloat16
+    if cfg.dtype == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16
+    from chameleon_lite.train.metrics import cpu_has_amx
+
+    return torch.bfloat16 if cpu_has_amx() else torch.float32
+
+
+def _next_batch(it: Iterator[dict[str, torch.Tensor]], device: torch.device, what: str) -> dict[str, torch.Tensor]:
+    try:
+        b = next(it)
+    except StopIteration:
+        raise DataError(f"the {what} loader ran out of batches") from None
+    missing = [k for k in BATCH_KEYS if k not in b]
+    if missing:
+        raise DataError(f"the {what} loader gave a batch without {', '.join(missing)}")
+    return {k: b[k].to(device, non_blocking=True) for k in BATCH_KEYS}
+
+
+def _forward_losses(model, b: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.autocast(b["input_ids"].device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32))
+    return token_losses(logits, b["targets"])
+
+
+@torch.no_grad()
+def evaluate(model, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype) -> dict[str, float]:
+    """Mean validation loss overall and per modality over the first ``val_batches`` global batches of val_data
+    (the same rows at every evaluation)."""
+    it = iter(make_loader(cfg.val_data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=0))
+    stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
+    for _ in range(cfg.val_batches):
+        b = _next_batch(it, info.device, "validation")
+        ce, lse = _forward_losses(model, b, dtype)
+        stats += loss_stats(ce, lse, b["targets"], b["loss_mask"], vocab)
+    return summarize_stats(all_reduce_sum(stats), prefix="val_")
+
+
+def build_train_model(mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo) -> Transformer:
+    """Meta-device build, materialise and initialise (the same seed on every rank), then AC / compile / sharding."""
+    with torch.device("meta"):
+        model = Transformer(mcfg)
+    model.to_empty(device=info.device)
+    model.init_weights(seed=cfg.seed)
+    if cfg.activation_checkpoint:
+        apply_activation_checkpointing(model)
+    if cfg.compile:
+        apply_compile(model)
+    return wrap_model(model, info, cfg.parallel)
+
+
+def _grad_sync(model, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync") and not enabled:  # DDP
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[str, Any]:
+    """Run (or resume) pretraining as described by ``cfg``; returns the last step's record.
+
+    ``make_loader(shards_dir, seq_len, batch_size, *, rank, world_size, seed)`` must return an iterator of
+    batches with the PackedLoader contract and ``state_dict``/``load_state_dict`` (default: PackedLoader).
+    """
+    info = init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not cfg.data or not cfg.out:
+        raise ConfigError("training needs --data SHARDS and --out RUN")
+    if cfg.batch_size % info.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} (global rows) must be a multiple of the world size {info.world_size}")
+    if info.distributed and cfg.parallel == "none":
+        raise ConfigError("parallel=none cannot train with more than one process; use fsdp or ddp")
+    make_loader = make_loader or default_loader_factory()
+    vocab, meta = read_data_meta(cfg.data)
+    if cfg.val_data:
+        val_vocab, _ = read_data_meta(cfg.val_data)
+        if val_vocab.hash != vocab.hash:
+            raise DataError(f"{cfg.val_data}: validation shards use vocabulary {val_vocab.hash}, training shards {vocab.hash}")
+    mcfg = cfg.model_config(vocab.size, vocab.hash)
+    dtype = compute_dtype(cfg, info.device)
+    tokenizers = cfg.tokenizers or meta.get("tokenizers", "")
+
+    os.makedirs(cfg.out, exist_ok=True)
+    if info.is_main:
+        run = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "vocab": {**vocab.to_dict(), "hash": vocab.hash}, "tokenizers": tokenizers, "world_size": info.world_size, "compute_dtype": str(dtype).replace("torch.", "")}
+        tmp = os.path.join(cfg.out, RUN_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(run, f, indent=2)
+        os.replace(tmp, os.path.join(cfg.out, RUN_FILE))
+
+    torch.manual_seed(cfg.seed)
+    model = build_train_model(mcfg, cfg, info)
+    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    loader = make_loader(cfg.data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+
+    start, nonfinite = 0, 0
+    last = ckpt.latest_checkpoint(cfg.out)
+    if last is not None:
+        state = ckpt.load_checkpoint(last, model, opt)
+        if state.get("vocab_hash") != vocab.hash:
+            raise ConfigError(f"{last}: checkpoint was trained on vocabulary {state.get('vocab_hash')}, the data uses {vocab.hash}")
+        loader.load_state_dict(state["loader"])
+        start, nonfinite = int(state["step"]), int(state.get("nonfinite", 0))
+    it = iter(loader)
+
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else broadcast_object(measure_peak_flops(info.device, dtype) if info.is_main else None)
+    flops_per_token = mcfg.flops_per_token(cfg.seq_len)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+    log = MetricsLog(cfg.out, cfg.steps, start, info.is_main)
+    if info.is_main:
+        log.message(
+            f"model {cfg.model}: {mcfg.num_params() / 1e6:.2f}M parameters, vocab {vocab.size} ({vocab.hash}); world {info.world_size} "
+            f"({cfg.parallel if info.distributed else 'single process'}), {str(dtype).replace('torch.', '')}, "
+            f"{tokens_per_step} tokens/step" + (f"; resumed from {last}" if last else "")
+        )
+    record: dict[str, Any] = {}
+    W = info.world_size
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            lr = lr_at(step, lr=cfg.lr, warmup=cfg.warmup, total=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            micro = [_next_batch(it, info.device, "training") for _ in range(cfg.grad_accum)]
+            count = torch.tensor([float(sum(int(b["loss_mask"].sum()) for b in micro))], dtype=torch.float64, device=info.device)
+            # Gradients are averaged over ranks by FSDP/DDP; scaling by W turns that back into a global token mean.
+            scale = W / max(float(all_reduce_sum(count)), 1.0)
+            stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
+            for i, b in enumerate(micro):
+                with _grad_sync(model, i == len(micro) - 1):
+                    ce, lse = _forward_losses(model, b, dtype)
+                    mask = b["loss_mask"].to(ce.dtype)
+                    loss = ((ce + cfg.z_loss * lse.square()) * mask).sum() * scale
+                    loss.backward()
+                stats += loss_stats(ce, lse, b["targets"], b["loss_mask"], vocab)
+            record = summarize_stats(all_reduce_sum(stats))
+            gnorm = clip_grad_norm(model, cfg.grad_clip)
+            ok = math.isfinite(record["loss"]) and math.isfinite(gnorm)
+            if ok:
+                opt.step()
+                nonfinite = 0
+            else:
+                nonfinite += 1
+            opt.zero_grad(set_to_none=True)
+            if info.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            tps = tokens_per_step / dt
+            record.update(step=step, lr=lr, grad_norm=gnorm, tokens_per_s=tps, mfu=tps * flops_per_token / (peak * W), step_time=dt)
+            if not ok:
+                record["skipped"] = True
+                log.message(f"step {step}: non-finite loss {record['loss']} / grad norm {gnorm}; step skipped ({nonfinite} in a row)")
+            log.log(record)
+            if nonfinite >= cfg.max_nonfinite:
+                good = ckpt.latest_checkpoint(cfg.out)
+                raise TrainingError(
+                    f"the loss was non-finite for {nonfinite} steps in a row (steps {step - nonfinite + 1}..{step}); the run stopped. "
+                    f"Lower --lr or raise --warmup, or check the data; last good checkpoint: {good or 'none'}"
+                )
+            done = step + 1
+            if cfg.val_data and cfg.val_batches and (done % cfg.val_every == 0 or done == end):
+                val = evaluate(model, cfg, info, vocab, make_loader, dtype)
+                log.log({"step": step, **val}, advance=False)
+                log.message(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items() if k.startswith("val_loss")))
+            if done % cfg.ckpt_every == 0 or done == end:
+                state = {"step": done, "loader": loader.state_dict(), "nonfinite": nonfinite, "vocab_hash": vocab.hash, "world_size": W}
+                ckpt.save_checkpoint(cfg.out, done, model, opt, state, info, cfg.keep_ckpts)
+    finally:
+        log.close()
+    return record
