@@ -296,11 +296,22 @@ struct RowPasses {
     int64_t i = 0;
     for (; i + kW <= n; i += kW) {
       const Vec v = Vec::loadu(e + i);
-      const int outside = ((v >= vlo) & (v < vhi)).zero_mask();
-      unsigned inside = ~static_cast<unsigned>(outside) & ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
-      while (inside && k < sampling::kGatherCap) {
-        out[k++] = e[i + __builtin_ctz(inside)];
-        inside &= inside - 1;
+#if defined(CPU_CAPABILITY_AVX512)
+      const __mmask16 inside = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LT_OQ);
+      if (inside == 0) continue;
+      if (k + 16 <= sampling::kGatherCap) {
+        _mm512_storeu_ps(out + k, _mm512_maskz_compress_ps(inside, v));
+        k += __builtin_popcount(static_cast<unsigned>(inside));
+        continue;
+      }
+      unsigned bits = inside;
+#else
+      unsigned bits = ~static_cast<unsigned>(((v >= vlo) & (v < vhi)).zero_mask()) &
+                      ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
+#endif
+      while (bits && k < sampling::kGatherCap) {
+        out[k++] = e[i + __builtin_ctz(bits)];
+        bits &= bits - 1;
       }
     }
     for (; i < n && k < sampling::kGatherCap; ++i)
