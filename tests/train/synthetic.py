@@ -9,7 +9,7 @@ import torch
 
 from chameleon_lite.vocab import UnifiedVocab
 
-VOCAB = UnifiedVocab(text_size=200, image_codebook=64, audio_levels=2, audio_codebook=32)
+VOCAB = UnifiedVocab(text_size=300, image_codebook=64, audio_levels=2, audio_codebook=32)
 
 
 def write_meta(shards_dir: str, vocab: UnifiedVocab = VOCAB) -> str:
@@ -61,6 +61,8 @@ class SyntheticLoader:
     def __init__(self, shards_dir, seq_len, batch_size, *, rank=0, world_size=1, seed=0):
         assert batch_size % world_size == 0
         self.seq_len, self.batch_size, self.rank, self.world, self.seed = seq_len, batch_size, rank, world_size, seed
+        with open(os.path.join(shards_dir, "meta.json")) as f:
+            self.vocab = UnifiedVocab.from_dict(json.load(f)["vocab"])
         self.batch = 0
 
     def __iter__(self):
@@ -69,7 +71,7 @@ class SyntheticLoader:
     def __next__(self):
         per = self.batch_size // self.world
         first = self.batch * self.batch_size + self.rank * per
-        rows = [make_row(first + i, self.seq_len, self.seed) for i in range(per)]
+        rows = [make_row(first + i, self.seq_len, self.seed, self.vocab) for i in range(per)]
         self.batch += 1
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 

@@ -1,0 +1,112 @@
+"""Exported models: ``model.safetensors`` + ``config.json`` + the tokenizer artifacts + ``vocab.json`` in one folder
+(ARCHITECTURE §7). ``export_model`` turns a training run's checkpoint into such a folder, ``load_model`` reads it
+back and refuses tokenizers whose vocabulary is not the one the model was trained on."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.model.config import ModelConfig
+from chameleon_lite.model.transformer import Transformer
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_vocab_matches
+from chameleon_lite.vocab import UnifiedVocab
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILES = (TEXT_FILE, IMAGE_WEIGHTS, IMAGE_CONFIG, AUDIO_WEIGHTS, AUDIO_CONFIG)
+
+
+def _empty_model(cfg: ModelConfig, device: str | torch.device) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    model.init_buffers()
+    return model
+
+
+def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str, out_dir: str) -> str:
+    """Write ``model`` (a plain, unsharded Transformer) with its tokenizers into ``out_dir``, atomically: the folder
+    is assembled beside the target and renamed into place. An existing non-export folder is never replaced."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    if cfg.vocab_hash != vocab.hash:
+        raise ConfigError(f"model vocab_hash {cfg.vocab_hash!r} does not match the vocabulary {vocab.hash}")
+    check_vocab_matches(tokenizers_dir, vocab)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
+        raise ConfigError(f"{out_dir}: exists and is not an exported model; choose an empty or new folder")
+    tmp = f"{out_dir}.tmp.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(tmp, WEIGHTS_FILE), metadata={"vocab_hash": vocab.hash, "format": "chameleon-lite"})
+    cfg.save(os.path.join(tmp, CONFIG_FILE))
+    for name in TOKENIZER_FILES:
+        src = os.path.join(tokenizers_dir, name)
+        if os.path.exists(src):
+            shutil.copy2(src, os.path.join(tmp, name))
+    vocab.save(os.path.join(tmp, VOCAB_FILE))
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, checkpoint: str | None = None) -> str:
+    """Export the newest checkpoint of a training run (or ``checkpoint``) to ``out_dir``. The tokenizer folder
+    defaults to the one recorded when the run started."""
+    from chameleon_lite.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_file = os.path.join(run_dir, "run.json")
+    try:
+        with open(run_file) as f:
+            run = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{run_file}: not found; is {run_dir} a training run folder?") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{run_file}: not valid JSON ({e})") from None
+    cfg = ModelConfig.from_dict(run["model"], source=f"{run_file} (model)")
+    vocab = UnifiedVocab.from_dict(run["vocab"], source=f"{run_file} (vocab)")
+    tokenizers_dir = tokenizers_dir or run.get("tokenizers") or ""
+    if not tokenizers_dir:
+        raise ConfigError(f"{run_dir}: the run does not record its tokenizer folder; pass --tokenizers DIR")
+    ck = checkpoint or latest_checkpoint(run_dir)
+    if ck is None:
+        raise ConfigError(f"{run_dir}: no complete checkpoint to export")
+    model = _empty_model(cfg, "cpu")
+    load_checkpoint(ck, model)
+    return save_model_dir(model, vocab, tokenizers_dir, out_dir)
+
+
+def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transformer:
+    """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
+    the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"{model_dir}: model folder not found")
+    cfg = ModelConfig.load(os.path.join(model_dir, CONFIG_FILE))
+    vocab = UnifiedVocab.load(os.path.join(model_dir, VOCAB_FILE))
+    if vocab.hash != cfg.vocab_hash:
+        raise ConfigError(f"{model_dir}: vocab.json ({vocab.hash}) is not the vocabulary the model was trained on ({cfg.vocab_hash})")
+    if vocab.size != cfg.vocab_size:
+        raise ConfigError(f"{model_dir}: vocab.json has {vocab.size} ids but the model has {cfg.vocab_size}")
+    check_vocab_matches(model_dir, vocab)
+    path = os.path.join(model_dir, WEIGHTS_FILE)
+    try:
+        state = load_file(path, device=str(device))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: weights not found") from None
+    except SafetensorError as e:
+        raise ConfigError(f"{path}: not a valid safetensors file ({e})") from None
+    model = _empty_model(cfg, device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{path}: weights do not fit config.json (missing: {missing[:3]}, unexpected: {unexpected[:3]})")
+    return model.eval()

@@ -1,0 +1,243 @@
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.model import load_model
+from chameleon_lite.model.io import export_run
+from chameleon_lite.train import trainer as trainer_mod
+from chameleon_lite.train.checkpoint import list_checkpoints
+from chameleon_lite.train.config import TrainConfig, load_config
+from chameleon_lite.train.metrics import read_metrics
+from chameleon_lite.train.schedule import lr_at
+from chameleon_lite.train.trainer import TrainingError, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from synthetic import VOCAB, SyntheticLoader, write_meta  # noqa: E402
+
+BASE = ["--seq_len=64", "--batch_size=4", "--dtype=fp32", "--warmup=2", "--lr=0.003", "--peak_tflops=1"]
+
+
+def _cfg(data, out, *extra):
+    return load_config("debug", configs_dir="", overrides=[*BASE, *extra], base={"data": data, "out": out})
+
+
+def _losses(run):
+    return {r["step"]: r["loss"] for r in read_metrics(os.path.join(run, "metrics.jsonl")) if "lr" in r}
+
+
+def _run(tmp_path, name, *extra):
+    data = write_meta(str(tmp_path / "data"))
+    out = str(tmp_path / name)
+    train(_cfg(data, out, *extra), make_loader=SyntheticLoader)
+    return out
+
+
+def test_synthetic_loader_contract(tmp_path):
+    """Rows of the global batch do not depend on the world size (what the equivalence tests rely on)."""
+    data = write_meta(str(tmp_path / "data"))
+    one = next(SyntheticLoader(data, 32, 4))
+    halves = [next(SyntheticLoader(data, 32, 4, rank=r, world_size=2)) for r in range(2)]
+    for k in one:
+        assert torch.equal(one[k], torch.cat([h[k] for h in halves]))
+    assert one["input_ids"].dtype == torch.int64 and one["doc_ids"].dtype == torch.int32 and one["loss_mask"].dtype == torch.bool
+
+
+def test_resume_gives_identical_losses(tmp_path):
+    full = _run(tmp_path, "full", "--steps=6", "--ckpt_every=3")
+    part = _run(tmp_path, "part", "--steps=6", "--ckpt_every=3", "--stop_after=3")
+    assert sorted(_losses(part)) == [0, 1, 2]
+    assert [s for s, _ in list_checkpoints(part)] == [3]
+    _run(tmp_path, "part", "--steps=6", "--ckpt_every=3")
+    a, b = _losses(full), _losses(part)
+    assert sorted(b) == list(range(6))
+    assert a == b  # bit-identical: same process layout, same batches, restored optimiser and RNG state
+
+
+def test_checkpoints_are_pruned_and_complete(tmp_path):
+    run = _run(tmp_path, "r", "--steps=4", "--ckpt_every=1", "--keep_ckpts=2")
+    assert [s for s, _ in list_checkpoints(run)] == [3, 4]
+    assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.endswith(".tmp")]
+
+
+def test_learning_signal_and_modalities(tmp_path):
+    run = _run(tmp_path, "r", "--steps=25", "--ckpt_every=25", "--lr=0.01", f"--val_data={tmp_path / 'data'}", "--val_every=24")
+    recs = read_metrics(os.path.join(run, "metrics.jsonl"))
+    train_recs = [r for r in recs if "lr" in r]
+    assert {"loss_text", "loss_image", "loss_audio", "z", "grad_norm", "tokens_per_s", "mfu"} <= set(train_recs[0])
+    assert train_recs[-1]["loss"] < train_recs[0]["loss"] - 1.0
+    val = [r for r in recs if "val_loss" in r]
+    assert {"val_loss_text", "val_loss_image", "val_loss_audio"} <= set(val[-1])
+
+
+def test_non_finite_step_is_skipped(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer_mod.token_losses
+
+    def poisoned(logits, targets):
+        ce, lse = real(logits, targets)
+        calls["n"] += 1
+        return (ce * float("nan"), lse) if calls["n"] == 3 else (ce, lse)
+
+    monkeypatch.setattr(trainer_mod, "token_losses", poisoned)
+    run = _run(tmp_path, "r", "--steps=5", "--ckpt_every=5")
+    recs = [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if "lr" in r]
+    assert [bool(r.get("skipped")) for r in recs] == [False, False, True, False, False]
+    assert math.isnan(recs[2]["loss"]) and all(math.isfinite(r["loss"]) for r in recs[3:])
+
+
+def test_persistent_non_finite_stops_the_run(tmp_path):
+    # lr so large that one Adam step pushes every weight to ~1e30: all later losses overflow.
+    with pytest.raises(TrainingError, match="non-finite for 3 steps in a row"):
+        _run(tmp_path, "r", "--steps=10", "--lr=1e30", "--warmup=0", "--max_nonfinite=3", "--grad_clip=0")
+    recs = [r for r in read_metrics(str(tmp_path / "r" / "metrics.jsonl")) if "lr" in r]
+    assert [bool(r.get("skipped")) for r in recs] == [False, True, True, True]
+
+
+def _tokenizer_dir(path, vocab=VOCAB):
+    """Tokenizer artifacts defining ``vocab``: a real BPE for the text range, image/audio configs for the sizes."""
+    from chameleon_lite.tokenizers.text import TextTokenizer
+
+    texts = [f"word{i} another{i % 7} text {i * 13}" for i in range(400)]
+    tok = TextTokenizer.train(texts, vocab_size=vocab.text_size, min_frequency=1, progress=False)
+    os.makedirs(path, exist_ok=True)
+    tok.save(path)
+    with open(os.path.join(path, "image_vq.json"), "w") as f:
+        json.dump({"codebook_size": vocab.image_codebook}, f)
+    with open(os.path.join(path, "audio_codec.json"), "w") as f:
+        json.dump({"num_levels": vocab.audio_levels, "codebook_size": vocab.audio_codebook}, f)
+    return path, tok.vocab_size
+
+
+def test_export_and_load_round_trip(tmp_path):
+    from chameleon_lite.vocab import UnifiedVocab
+
+    tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
+    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    data = write_meta(str(tmp_path / "data"), vocab)
+    run = str(tmp_path / "run")
+    last = train(_cfg(data, run, "--steps=3", "--ckpt_every=3", f"--tokenizers={tok_dir}", f"--val_data={data}", "--val_every=3"), make_loader=SyntheticLoader)
+    assert last["step"] == 2
+    out = export_run(run, str(tmp_path / "model"))
+    assert sorted(os.listdir(out)) == ["audio_codec.json", "config.json", "image_vq.json", "model.safetensors", "tokenizer.json", "vocab.json"]
+    model = load_model(out)
+    assert model.config.vocab_hash == vocab.hash
+    # The exported weights reproduce the validation loss the run logged after its last step (4 val batches).
+    from chameleon_lite.model import token_losses
+
+    val = [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if "val_loss" in r][-1]
+    it = SyntheticLoader(data, 64, 4, seed=0)
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for _ in range(4):
+            bb = next(it)
+            ce, _ = token_losses(model(bb["input_ids"], bb["positions"], bb["doc_ids"], bb["span_ids"]), bb["targets"])
+            tot += float(ce[bb["loss_mask"]].double().sum())
+            n += int(bb["loss_mask"].sum())
+    assert abs(tot / n - val["val_loss"]) < 1e-5 * val["val_loss"]
+
+
+def test_load_model_refuses_mismatched_vocab(tmp_path):
+    from chameleon_lite.vocab import UnifiedVocab
+
+    tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
+    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    data = write_meta(str(tmp_path / "data"), vocab)
+    run = str(tmp_path / "run")
+    train(_cfg(data, run, "--steps=1", f"--tokenizers={tok_dir}"), make_loader=SyntheticLoader)
+    out = export_run(run, str(tmp_path / "model"))
+    with open(os.path.join(out, "audio_codec.json"), "w") as f:
+        json.dump({"num_levels": 3, "codebook_size": 32}, f)
+    with pytest.raises(ConfigError, match="trained on"):
+        load_model(out)
+    other = UnifiedVocab(text_size=t, image_codebook=8, audio_levels=0, audio_codebook=0)
+    other.save(out)
+    with pytest.raises(ConfigError, match="vocab.json"):
+        load_model(out)
+    # Export refuses tokenizers that do not define the run's vocabulary.
+    bad_tok, _ = _tokenizer_dir(str(tmp_path / "tok2"), UnifiedVocab(text_size=t, image_codebook=16, audio_levels=2, audio_codebook=32))
+    with pytest.raises(ConfigError, match="trained on"):
+        export_run(run, str(tmp_path / "model2"), tokenizers_dir=bad_tok)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config("debug", configs_dir="", overrides=["--lr=1e-3", "--steps=7", "--model.n_layers=2", "--parallel=ddp", "--compile=true"])
+    assert (cfg.lr, cfg.steps, cfg.parallel, cfg.compile, cfg.model_overrides) == (1e-3, 7, "ddp", True, {"n_layers": 2})
+    assert cfg.model_config(100, "h").n_layers == 2
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="unknown training option"):
+        load_config("debug", configs_dir="", overrides=["--lrr=1"])
+    with pytest.raises(ConfigError, match="unknown model field"):
+        load_config("debug", configs_dir="", overrides=["--model.width=1"])
+    with pytest.raises(ConfigError, match="steps must be a positive int"):
+        load_config("debug", configs_dir="", overrides=["--steps=0"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("nonexistent", configs_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="dtype"):
+        load_config("debug", configs_dir="", overrides=["--dtype=fp8"])
+
+
+def test_shipped_configs_are_valid():
+    root = os.path.join(HERE, "..", "..", "train", "configs")
+    names = [n[:-5] for n in os.listdir(root) if n.endswith(".json")]
+    assert {"debug", "tiny"} <= set(names)
+    for n in names:
+        load_config(n, configs_dir=root)
+
+
+def test_missing_data_meta_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="meta.json"):
+        train(_cfg(str(tmp_path), str(tmp_path / "r"), "--steps=1"), make_loader=SyntheticLoader)
+
+
+def test_schedule():
+    kw = dict(lr=1.0, warmup=10, total=110, min_lr_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.55)
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    assert lr_at(500, **kw) == pytest.approx(0.1)
+
+
+def test_plot_command(tmp_path):
+    from chameleon_lite.cli import main
+
+    run = _run(tmp_path, "r", "--steps=3", f"--val_data={tmp_path / 'data'}", "--val_every=2")
+    assert main(["plot", run, "--out", str(tmp_path / "c.png")]) == 0
+    assert os.path.getsize(tmp_path / "c.png") > 1000
+    assert main(["plot", str(tmp_path)]) == 1
+
+
+def _torchrun(tmp_path, nproc, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", os.path.join(HERE, "run_synthetic.py"),
+           f"--data={tmp_path / 'data'}", f"--out={out}", *BASE, *extra]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("parallel", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
+def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, parallel):
+    """torchrun with 2 gloo ranks gives the losses of 1 process over the same global batches (<= 1e-5 relative),
+    and a 2-rank checkpoint resumes in 1 process onto the same loss sequence."""
+    single = _run(tmp_path, "single", "--steps=6", "--ckpt_every=3", "--grad_accum=2")
+    dist_run = str(tmp_path / "dist")
+    _torchrun(tmp_path, 2, dist_run, "--steps=6", "--ckpt_every=3", "--grad_accum=2", f"--parallel={parallel}")
+    a, b = _losses(single), _losses(dist_run)
+    assert sorted(b) == list(range(6))
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
+    # Resume the 2-rank step-3 checkpoint in one process.
+    shutil.rmtree(os.path.join(dist_run, "checkpoints", "step_00000006"))
+    train(_cfg(str(tmp_path / "data"), dist_run, "--steps=6", "--ckpt_every=3", "--grad_accum=2"), make_loader=SyntheticLoader)
+    c = _losses(dist_run)
+    assert sorted(c) == list(range(6))
+    for s in a:
+        assert abs(a[s] - c[s]) <= 1e-5 * abs(a[s]), (s, a[s], c[s])
