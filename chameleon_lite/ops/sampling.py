@@ -166,9 +166,10 @@ def _op_inputs(logits, seed, step, temperature, top_k, top_p, min_p, allowed_ran
     if penalty_ids is not None:
         _check_index_tensor("penalty_ids", penalty_ids, batch, last=None)
     eager = type(logits) is torch.Tensor and not torch.compiler.is_compiling()
+    # Drawing ids is not differentiable; detaching keeps autograd from wrapping the op's outputs.
     return (
-        logits,
-        uncond_logits,
+        logits.detach(),
+        None if uncond_logits is None else uncond_logits.detach(),
         _setting("temperature", temperature, batch, False, _finite_nonneg, eager),
         _setting("top_k", top_k, batch, True, _check_top_k, eager),
         _setting("top_p", top_p, batch, False, _check_top_p, eager),
@@ -211,7 +212,8 @@ def sample(
     repetition_penalty > 0 (1 = off). allowed_ranges: int64 [B, R, 2] half-open [lo, hi) slots, unused
     slots (0, 0). penalty_ids: int64 [B, P], -1 = padding. seed, step: ints in [0, 2**63).
     Returns ids int64 [B], and logprobs float32 [B] when return_logprobs (log-prob of the chosen id under
-    the renormalised distribution it was drawn from; 0 for greedy rows). Raises SamplingError on bad input.
+    the renormalised distribution it was drawn from; 0 for greedy rows); neither carries a gradient.
+    Raises SamplingError on bad input.
     """
     load_extensions()
     args = _op_inputs(logits, seed, step, temperature, top_k, top_p, min_p, allowed_ranges, uncond_logits,

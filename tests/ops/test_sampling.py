@@ -472,6 +472,12 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.chameleon_lite.sampling_uniforms.default, (torch.arange(5), 1, 2))
 
 
+def test_outputs_carry_no_gradient():
+    x = torch.randn(2, 50, requires_grad=True)
+    ids, lp = sample(x, seed=0, step=0, return_logprobs=True)
+    assert not ids.requires_grad and not lp.requires_grad
+
+
 def test_fake_tensor_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
