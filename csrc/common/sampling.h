@@ -268,14 +268,22 @@ CL_HD inline bool min_p_active(float min_p) { return min_p > 0.0f; }
 //   passes.gather(lo, hi, out) -> n  the values with lo <= key < hi (the caller guarantees n <= kGatherCap)
 // Each pass shrinks the key span of the bracket by a factor kPassPivots + 1, so 2^30 keys take at most
 // ten passes before the bracket is small enough to gather or holds a single value.
+// Two gathered sets serve the searches: the candidates the exp pass collected (read-only apart from
+// permutation) and the last bracket gathered here (`fresh`, over fresh_buf).
+struct GatheredSets {
+  Gathered candidates;
+  Gathered fresh;
+  float* fresh_buf;
+};
+
 template <class Passes>
-CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Passes& passes, By by,
-                   double target) {
+CL_HD Point search(PointTable& table, GatheredSets& sets, Passes& passes, By by, double target) {
   for (int pass = 0;; ++pass) {
     const Bracket b = table.bracket(by, target);
     if (b.hi.key - b.lo.key == 1) return b.lo;
-    if (gathered.covers(b)) {
-      const Point p = gathered.select(b, by, target);
+    Gathered* known = sets.candidates.covers(b) ? &sets.candidates : sets.fresh.covers(b) ? &sets.fresh : nullptr;
+    if (known != nullptr) {
+      const Point p = known->select(b, by, target);
       table.insert(p);
       return p;
     }
@@ -285,9 +293,9 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
     if (inside <= kGatherCap || pass >= kMaxPassesPerSearch || table.n + np > kMaxPoints) {
       // The last two conditions cannot trigger for 32-bit keys (see above); they bound the loop anyway,
       // and gather stays within its capacity because it stops at kGatherCap values in id order.
-      const int n = passes.gather(b.lo.key, b.hi.key, gather_buf);
-      gathered.start(gather_buf, n, b.lo.key, b.hi);
-      const Point p = gathered.select(b, by, target);
+      const int n = passes.gather(b.lo.key, b.hi.key, sets.fresh_buf);
+      sets.fresh.start(sets.fresh_buf, n, b.lo.key, b.hi);
+      const Point p = sets.fresh.select(b, by, target);
       table.insert(p);
       return p;
     }
@@ -300,15 +308,15 @@ CL_HD Point search(PointTable& table, Gathered& gathered, float* gather_buf, Pas
 // The survivor threshold tau = max(t_k, t_p, min_p) with the exact count and mass of {e >= tau}.
 // `table` must already hold the support point (kKeyPositive), the end point (kKeyEnd, empty) and, when
 // min-p is active, the point at key_of(min_p).
-// `gathered` may already hold a complete bracket (the candidates), which the searches use when they can.
+// `sets.candidates` may hold the exp pass's candidates (valid = false otherwise); `sets.fresh` must start
+// invalid.
 template <class Passes>
-CL_HD Point find_threshold(PointTable& table, Gathered& gathered, float* gather_buf, Passes& passes,
-                           const RowSettings& s) {
+CL_HD Point find_threshold(PointTable& table, GatheredSets& sets, Passes& passes, const RowSettings& s) {
   Point tau = table.at_key(kKeyPositive);
   if (top_k_active(s.top_k, tau.count))
-    tau = search(table, gathered, gather_buf, passes, By::kCount, static_cast<double>(s.top_k));
+    tau = search(table, sets, passes, By::kCount, static_cast<double>(s.top_k));
   if (top_p_active(s.top_p)) {
-    const Point p = search(table, gathered, gather_buf, passes, By::kMass, static_cast<double>(s.top_p) * tau.mass);
+    const Point p = search(table, sets, passes, By::kMass, static_cast<double>(s.top_p) * tau.mass);
     if (p.key > tau.key) tau = p;
   }
   if (min_p_active(s.min_p) && key_of(s.min_p) > tau.key) tau = table.at_key(key_of(s.min_p));

@@ -53,7 +53,8 @@ struct RowResult {
 
 // Per-thread scratch besides the row buffer: fixed size, independent of V.
 struct Scratch {
-  float gather[sampling::kGatherCap];      // a gathered bracket, permuted by the selection
+  float selection[sampling::kGatherCap];   // copy of the candidates, permuted by the selection
+  float gather[sampling::kGatherCap];      // a bracket gathered by a search pass
   float cand_value[sampling::kGatherCap];  // candidates e >= cut, in id order
   int32_t cand_id[sampling::kGatherCap];
 };
@@ -432,15 +433,17 @@ RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   // All ids with e >= cut were collected when there are at most kGatherCap of them.
   const bool have_candidates = filtering && cnt[1] <= sampling::kGatherCap;
   const int ncand = static_cast<int>(have_candidates ? cnt[1] : 0);
-  sampling::Gathered gathered;
-  gathered.valid = false;
+  sampling::GatheredSets sets;
+  sets.candidates.valid = false;
+  sets.fresh.valid = false;
+  sets.fresh_buf = scratch.gather;
   // The selection permutes its array, so a search gets a copy of the candidates (kept in id order).
   if (have_candidates && searching) {
-    std::copy(scratch.cand_value, scratch.cand_value + ncand, scratch.gather);
-    gathered.start(scratch.gather, ncand, cut, sampling::Point{sampling::kKeyEnd, 0, 0.0});
+    std::copy(scratch.cand_value, scratch.cand_value + ncand, scratch.selection);
+    sets.candidates.start(scratch.selection, ncand, cut, sampling::Point{sampling::kKeyEnd, 0, 0.0});
   }
   RowPasses passes{buf, n};
-  const sampling::Point tau = sampling::find_threshold(table, gathered, scratch.gather, passes, s);
+  const sampling::Point tau = sampling::find_threshold(table, sets, passes, s);
   const float tau_v = sampling::value_of(tau.key);
   const double target = job.uniform * tau.mass;
   int64_t id;
