@@ -3,6 +3,9 @@ support of every filter, determinism across threads, and every bad-input path.""
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -496,6 +499,48 @@ def test_torch_compile():
     x = torch.randn(4, 500)
     for s in (1, 2):
         assert torch.equal(compiled(x, s), decode_step(x, s))
+
+
+_CSRC = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
+_HEADER_USE = """
+#include "common/sampling.h"
+using namespace chameleon_lite::sampling;
+struct NoPasses {
+  DEVICE void stats(const uint32_t*, int, Point*) {}
+  DEVICE int gather(uint32_t, uint32_t, float*) { return 0; }
+};
+DEVICE double use(float* buf) {
+  PointTable t; t.reset();
+  GatheredSets sets; sets.candidates.valid = false; sets.fresh.valid = false; sets.fresh_buf = buf;
+  NoPasses passes;
+  RowSettings s{1.0f, 0.9f, 0.0f, 1.0f, 1.0f, 3};
+  t.insert(Point{kKeyPositive, 4, 2.0}); t.insert(Point{kKeyEnd, 0, 0.0});
+  const Point tau = find_threshold(t, sets, passes, s);
+  return tau.mass + chameleon_lite::philox::sampling_uniform(1, 2, 3) + cfg_combine(1.f, 2.f, 3.f);
+}
+"""
+
+
+def _compile_headers(compiler: list[str], suffix: str, device: str, tmp_path) -> subprocess.CompletedProcess:
+    src = tmp_path / f"use{suffix}"
+    src.write_text(f"#define DEVICE {device}\n" + _HEADER_USE)
+    return subprocess.run(compiler + ["-I", _CSRC, "-c", str(src), "-o", str(tmp_path / "use.o")],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_common_headers_are_standalone_host_code(tmp_path):
+    # The shared sampling headers must build without torch or the C++ standard library containers, so the
+    # CUDA kernel can include them unchanged.
+    r = _compile_headers(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-nostdinc++"], ".cpp", "", tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_common_headers_compile_as_cuda_device_code(tmp_path):
+    r = _compile_headers(["nvcc", "-std=c++17"], ".cu", "__device__", tmp_path)
+    assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------- bad input
