@@ -242,12 +242,13 @@ class Transformer(nn.Module):
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits: [B, L, V]; targets: [B, L] int64 -> (cross-entropy [B, L] fp32, log-sum-exp [B, L] fp32).
 
-    The log-sum-exp is returned for the z-loss (lse^2), so the normaliser is computed once for both.
+    One fused log-softmax pass gives both: ce = -logp[target] and lse = logit[target] - logp[target]
+    (the log-sum-exp feeds the z-loss, lse^2), so the [B, L, V] tensor is read once forward and once backward.
     """
     lf = logits.float()
-    lse = torch.logsumexp(lf, dim=-1)
-    picked = lf.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return lse - picked, lse
+    idx = targets.unsqueeze(-1)
+    logp = F.log_softmax(lf, dim=-1).gather(-1, idx).squeeze(-1)
+    return -logp, lf.gather(-1, idx).squeeze(-1) - logp
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int | None = None) -> Transformer:

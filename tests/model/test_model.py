@@ -85,6 +85,7 @@ def test_forward_shapes_and_backward(over):
     assert logits.shape == (2, 24, 1024) and logits.dtype == torch.float32
     ce, lse = token_losses(logits, ids)
     assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none"), atol=1e-5)
+    assert torch.allclose(lse, torch.logsumexp(logits, dim=-1), atol=1e-5)
     (ce.mean() + 1e-4 * (lse**2).mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
