@@ -241,3 +241,29 @@ def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, paralle
     assert sorted(c) == list(range(6))
     for s in a:
         assert abs(a[s] - c[s]) <= 1e-5 * abs(a[s]), (s, a[s], c[s])
+
+
+def test_export_and_load_errors(tmp_path):
+    from chameleon_lite.vocab import UnifiedVocab
+
+    with pytest.raises(ConfigError, match="model folder not found"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="run.json"):
+        export_run(str(tmp_path), str(tmp_path / "m"))
+    tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
+    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    data = write_meta(str(tmp_path / "data"), vocab)
+    run = str(tmp_path / "run")
+    train(_cfg(data, run, "--steps=1", f"--tokenizers={tok_dir}"), make_loader=SyntheticLoader)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not an exported model"):
+        export_run(run, str(busy))
+    assert (busy / "notes.txt").read_text() == "keep me"
+    out = export_run(run, str(tmp_path / "model"))
+    export_run(run, out)  # re-exporting over an export replaces it
+    with open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(b"not safetensors")
+    with pytest.raises(ConfigError, match="safetensors"):
+        load_model(out)
