@@ -6,8 +6,8 @@ no attention across documents: HF gets the same mask as a 4-D boolean attention_
 Both models get the same shapes (a preset of ours: width, depth, heads, SwiGLU width, vocabulary), the same
 precision (fp32, and bf16 autocast over fp32 master weights), the same thread count and flush-to-zero denormals, in the same process; the sides are timed in turn so load from other processes hits them
 alike, and the tables report medians. Our step includes what our trainer does (z-loss, per-document RoPE from
-given positions, attention through chameleon_lite.ops.modality_attention); "ours compiled" adds the
-trainer's --compile flag (block-wise torch.compile).
+given positions, attention through chameleon_lite.ops.modality_attention); "ours compiled" is the
+trainer's --compile flag (model and loss compiled as one graph, as in a single-process or DDP run).
 
     python bench/bench_train.py                 # tiny preset, seq 512, batch 8; then debug
     python bench/bench_train.py --quick         # smoke run (debug preset, short rows, few repeats)
@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, write_json  # noqa: E402
 
-from chameleon_lite.model import build_model, preset, token_losses  # noqa: E402
+from chameleon_lite.model import build_model, preset  # noqa: E402
 from chameleon_lite.ops.attention import attention_mask_reference  # noqa: E402
-from chameleon_lite.train.distributed import apply_compile  # noqa: E402
 from chameleon_lite.train.optim import build_optimizer, clip_grad_norm  # noqa: E402
+from chameleon_lite.train.trainer import make_loss_terms  # noqa: E402
 
 Z_LOSS = 1e-5
 GOAL = 1.3
@@ -79,16 +79,13 @@ def make_steps(cfg, batch: int, seq_len: int, compile_ours: bool, dtype: torch.d
     hf_mask = attention_mask_reference(doc_ids, zeros).unsqueeze(1) if docs > 1 else None
 
     ours = build_model(cfg, seed=0)
-    if compile_ours:
-        apply_compile(ours)
+    loss_terms = make_loss_terms(ours, compile_whole=compile_ours)
     opt = build_optimizer(ours, 1e-4, 0.1, (0.9, 0.95))
-
     amp = dict(device_type="cpu", dtype=dtype, enabled=dtype != torch.float32)
 
     def ours_step():
         with torch.autocast(**amp):
-            logits = ours(inp, pos, doc_ids, zeros)
-        ce, lse = token_losses(logits, tgt)
+            ce, lse = loss_terms(inp, pos, doc_ids, zeros, tgt)
         loss = (ce + Z_LOSS * lse.square()).mean()
         loss.backward()
         clip_grad_norm(ours, 1.0)

@@ -92,36 +92,52 @@ def _next_batch(it: Iterator[dict[str, torch.Tensor]], device: torch.device, wha
     return {k: b[k].to(device, non_blocking=True) for k in BATCH_KEYS}
 
 
-def _forward_losses(model, b: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def make_loss_terms(model, compile_whole: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """fn(input_ids, positions, doc_ids, span_ids, targets) -> (ce, lse) [B, L] fp32. Compiled as one graph
+    (model and loss together) when ``compile_whole``: fusing the head with the log-softmax and the norms/RoPE
+    with their neighbours is where compilation pays on CPU (block-wise compilation gained little)."""
+
+    def loss_terms(input_ids, positions, doc_ids, span_ids, targets):
+        return token_losses(model(input_ids, positions, doc_ids, span_ids), targets)
+
+    return torch.compile(loss_terms) if compile_whole else loss_terms
+
+
+def _forward_losses(loss_terms, b: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.autocast(b["input_ids"].device.type, dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32))
-    return token_losses(logits, b["targets"])
+        return loss_terms(b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32), b["targets"])
 
 
 @torch.no_grad()
-def evaluate(model, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype) -> dict[str, float]:
+def evaluate(loss_terms, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype) -> dict[str, float]:
     """Mean validation loss overall and per modality over the first ``val_batches`` global batches of val_data
     (the same rows at every evaluation)."""
     it = iter(make_loader(cfg.val_data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=0))
     stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
     for _ in range(cfg.val_batches):
         b = _next_batch(it, info.device, "validation")
-        ce, lse = _forward_losses(model, b, dtype)
+        ce, lse = _forward_losses(loss_terms, b, dtype)
         stats += loss_stats(ce, lse, b["targets"], b["loss_mask"], vocab)
     return summarize_stats(all_reduce_sum(stats), prefix="val_")
 
 
 def build_train_model(mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo) -> Transformer:
-    """Meta-device build, materialise and initialise (the same seed on every rank), then AC / compile / sharding."""
+    """Meta-device build, materialise and initialise (the same seed on every rank), then AC / compile / sharding.
+    Under FSDP compilation goes block by block (torchtitan's way: the sharding hooks sit between blocks);
+    otherwise make_loss_terms compiles model and loss as one graph."""
     with torch.device("meta"):
         model = Transformer(mcfg)
     model.to_empty(device=info.device)
     model.init_weights(seed=cfg.seed)
     if cfg.activation_checkpoint:
         apply_activation_checkpointing(model)
-    if cfg.compile:
+    if cfg.compile and _blockwise_compile(cfg, info):
         apply_compile(model)
     return wrap_model(model, info, cfg.parallel)
+
+
+def _blockwise_compile(cfg: TrainConfig, info: DistInfo) -> bool:
+    return info.distributed and cfg.parallel == "fsdp"
 
 
 def _grad_sync(model, enabled: bool):
@@ -174,6 +190,7 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
     torch.manual_seed(cfg.seed)
     model = build_train_model(mcfg, cfg, info)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    loss_terms = make_loss_terms(model, cfg.compile and not _blockwise_compile(cfg, info))
     loader = make_loader(cfg.data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
 
     start, nonfinite = 0, 0
@@ -212,7 +229,7 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
             stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
             for i, b in enumerate(micro):
                 with _grad_sync(model, i == len(micro) - 1):
-                    ce, lse = _forward_losses(model, b, dtype)
+                    ce, lse = _forward_losses(loss_terms, b, dtype)
                     mask = b["loss_mask"].to(ce.dtype)
                     loss = ((ce + cfg.z_loss * lse.square()) * mask).sum() * scale
                     loss.backward()
@@ -243,7 +260,7 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
                 )
             done = step + 1
             if cfg.val_data and cfg.val_batches and (done % cfg.val_every == 0 or done == end):
-                val = evaluate(model, cfg, info, vocab, make_loader, dtype)
+                val = evaluate(loss_terms, cfg, info, vocab, make_loader, dtype)
                 log.log({"step": step, **val}, advance=False)
                 log.message(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items() if k.startswith("val_loss")))
             if done % cfg.ckpt_every == 0 or done == end:

@@ -23,7 +23,7 @@ def make_row(index: int, seq_len: int, seed: int, vocab: UnifiedVocab = VOCAB) -
     """Row ``index`` of the global sequence: packed documents of learnable patterns (text counts up, an image
     span repeats a code, an audio span alternates levels), some image spans bidirectional (no loss)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    toks, docs, spans, pos, attend = [], [], [], [], []
+    toks, docs, spans, pos = [], [], [], []
     doc = 0
     while len(toks) < seq_len + 1:
         n = int(torch.randint(6, 24, (1,), generator=g))

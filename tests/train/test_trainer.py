@@ -267,3 +267,11 @@ def test_export_and_load_errors(tmp_path):
         f.write(b"not safetensors")
     with pytest.raises(ConfigError, match="safetensors"):
         load_model(out)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    eager = _losses(_run(tmp_path, "eager", "--steps=3", "--ckpt_every=3"))
+    compiled = _losses(_run(tmp_path, "compiled", "--steps=3", "--ckpt_every=3", "--compile=true"))
+    for s in eager:
+        assert compiled[s] == pytest.approx(eager[s], rel=1e-4)
