@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.errors import ConfigError, DataError, UserError
 from chameleon_lite.model import load_model
 from chameleon_lite.model.io import export_run
 from chameleon_lite.train import trainer as trainer_mod
@@ -275,3 +275,16 @@ def test_compiled_training_matches_eager(tmp_path):
     compiled = _losses(_run(tmp_path, "compiled", "--steps=3", "--ckpt_every=3", "--compile=true"))
     for s in eager:
         assert compiled[s] == pytest.approx(eager[s], rel=1e-4)
+
+
+def test_validation_shards_must_share_the_vocabulary(tmp_path):
+    from chameleon_lite.vocab import UnifiedVocab
+
+    data = write_meta(str(tmp_path / "data"))
+    val = write_meta(str(tmp_path / "val"), UnifiedVocab(text_size=301, image_codebook=64, audio_levels=2, audio_codebook=32))
+    with pytest.raises(DataError, match="validation shards use vocabulary"):
+        train(_cfg(data, str(tmp_path / "r"), "--steps=1", f"--val_data={val}"), make_loader=SyntheticLoader)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "meta.json").write_text('{"vocab": {"text_size": "x"}}')
+    with pytest.raises(UserError, match="bad/meta.json"):
+        train(_cfg(str(tmp_path / "bad"), str(tmp_path / "r2"), "--steps=1"), make_loader=SyntheticLoader)
