@@ -29,8 +29,8 @@ def rope_table(head_dim: int, max_len: int, theta: float, device: torch.device |
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, L, H, D]; cos, sin: [B, L, D/2] -> x rotated in (first half, second half) pairs, dtype of x."""
     d = x.shape[-1] // 2
-    x1, x2 = x[..., :d].float(), x[..., d:].float()
-    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+    x1, x2 = x[..., :d], x[..., d:]
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # fp32: type promotion computes the rotation in fp32 without copies
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
