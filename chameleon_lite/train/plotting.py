@@ -41,7 +41,8 @@ def plot_run(run_dir: str, out: str | None = None, title: str | None = None) -> 
         if xs:
             ax.plot(xs, ys, color=COLORS[mod], marker="o", ms=3, lw=1.6, label=f"val {mod or 'all'}")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("cross-entropy (nats/token, log scale)")
+    ax.set_yscale("log")  # the first steps fall by nats, later progress is in hundredths
     ax.set_title("loss per modality")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
