@@ -1,6 +1,88 @@
-"""CLI commands of this tokenizer (registered by chameleon_lite.cli)."""
+"""CLI commands of the image tokenizer (registered by chameleon_lite.cli)."""
 from __future__ import annotations
+
+import argparse
+import json
+
+
+def _train_image(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.image_train import TrainConfig, train
+
+    overrides = {}
+    if args.quantizer:
+        overrides["quantizer"] = args.quantizer
+    cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, disc_start=args.disc_start, grid_every=args.grid_every, ckpt_every=args.ckpt_every,
+                      max_images=args.max_images, seed=args.seed, threads=args.threads)
+    summary = train(args.manifest, args.out, cfg)
+    last = summary["last"]
+    print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['images']} images "
+          f"(last: psnr {last.get('psnr', float('nan')):.2f} dB, codebook usage {last.get('usage', 0):.2f}): {args.out}")
+    return 0
+
+
+def _eval_image(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.base import write_json_atomic
+    from chameleon_lite.tokenizers.image_train import evaluate
+
+    res = evaluate(args.tokenizer, args.manifest, n=args.n, grid_path=args.grid)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        write_json_atomic(args.json, res)
+    return 0
+
+
+def _recon(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.image import ImageTokenizer
+    from chameleon_lite.tokenizers.image_train import save_grid
+
+    tok = ImageTokenizer.load(args.tokenizer)
+    from chameleon_lite.tokenizers.image import load_images
+
+    rgb = load_images(args.images, tok.image_size, tok.cfg.max_pixels)
+    save_grid(args.out, rgb, tok.decode(tok.encode_rgb(rgb)))
+    print(f"{len(rgb)} image(s), {tok.tokens_per_image} tokens each: {args.out}")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.image import ImageTokenizer
+
+    tok = ImageTokenizer.load(args.tokenizer)
+    for path, codes in zip(args.images, tok.encode(args.images)):
+        print(path, " ".join(map(str, codes.reshape(-1).tolist())))
+    return 0
 
 
 def register(cli) -> None:
-    pass
+    p = cli.command("tokenizer train-image", "train the image VQ tokenizer (image_vq.safetensors + image_vq.json); "
+                    "rerun with the same --out to resume", _train_image)
+    p.add_argument("--manifest", required=True, help="JSONL manifest whose image segments are the training data")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny (64x64, 64 tokens), base, chameleon")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the tokenizer; the run state goes to DIR/run")
+    p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--disc-start", type=int, default=0, help="step at which the patch discriminator starts (0 = off)")
+    p.add_argument("--grid-every", type=int, default=200, help="steps between PNG grids of originals vs reconstructions")
+    p.add_argument("--ckpt-every", type=int, default=200, help="steps between resumable checkpoints")
+    p.add_argument("--max-images", type=int, default=0, help="use at most this many images (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+
+    p = cli.command("tokenizer eval-image", "PSNR, checker agreement and codebook usage of an image tokenizer", _eval_image)
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--manifest", required=True, help="held-out JSONL manifest")
+    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--grid", help="write a PNG grid of originals vs reconstructions here")
+
+    p = cli.command("tokenizer image-recon", "encode and decode pictures, write originals vs reconstructions as a PNG", _recon)
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("images", nargs="+")
+
+    p = cli.command("tokenizer encode-image", "print the codes of pictures (raster order)", _encode)
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("images", nargs="+")

@@ -1,0 +1,511 @@
+"""Image tokenizer: a convolutional VQ autoencoder that maps pictures to a grid of codebook ids and back.
+
+Pipeline: RGB uint8 [B, H, W, 3] -> [-1, 1] -> encoder (pixel-unshuffle stem, strided convs, residual blocks;
+downsampling factor f) -> quantizer from vector-quantize-pytorch (``VectorQuantize`` with EMA codebook updates,
+cosine-similarity (l2-normalised) codes, k-means initialisation and dead-code replacement; or ``FSQ``) ->
+codes [B, H/f, W/f] in raster order -> decoder (mirror image, pixel-shuffle head) -> uint8 [B, H, W, 3].
+
+Input preparation (:func:`load_images`): paths, PIL images, uint8 arrays/tensors ([H, W], [H, W, 1|3|4] or
+[B, H, W, 3]) are converted to RGB (RGBA is composited over black, palette/grayscale expanded), the shorter side
+is resized to ``image_size`` (bicubic with antialiasing; no-op when the size already fits) and the centre
+``image_size`` x ``image_size`` square is cropped. Files larger than ``max_pixels`` are refused before decoding.
+
+Artifacts: ``image_vq.safetensors`` (weights incl. the codebook) + ``image_vq.json`` (the config, whose
+``codebook_size`` the unified vocabulary reads).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.base import IMAGE_CONFIG, IMAGE_WEIGHTS, read_json, write_json_atomic
+from chameleon_lite.vocab import UnifiedVocab
+
+QUANTIZERS = ("vq", "fsq")
+# 4096 x 4096 RGB is ~50 MB decoded; anything bigger than this bound is refused from its header alone.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class ImageVQConfig:
+    """Shape and training-relevant settings of the image VQ autoencoder.
+
+    image_size: side of the square pictures the model sees; factor: downsampling f (grid = image_size / f).
+    channels: encoder widths per resolution, from the stem (image_size / 2) down to the grid; the number of
+    entries fixes f = 2 ** len(channels). codebook_size: K; codebook_dim: dimension of each code vector.
+    quantizer: "vq" (VectorQuantize) or "fsq" (then ``fsq_levels`` multiply to ``codebook_size``).
+    """
+
+    image_size: int = 64
+    factor: int = 8
+    channels: tuple[int, ...] = (32, 64, 128)
+    res_blocks: int = 1
+    dec_channels: tuple[int, ...] = (32, 64, 128)
+    codebook_size: int = 1024
+    codebook_dim: int = 32
+    quantizer: str = "vq"
+    fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
+    ema_decay: float = 0.9
+    commitment_weight: float = 0.25
+    dead_code_threshold: float = 2.0
+    kmeans_iters: int = 10
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.dec_channels = tuple(int(c) for c in self.dec_channels)
+        self.fsq_levels = tuple(int(c) for c in self.fsq_levels)
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.factor < 2 or self.factor & (self.factor - 1):
+            raise ConfigError(f"factor must be a power of two >= 2, got {self.factor}")
+        if 2 ** len(self.channels) != self.factor or len(self.dec_channels) != len(self.channels):
+            raise ConfigError(f"factor {self.factor} needs {int(math.log2(self.factor))} encoder and decoder widths, "
+                              f"got {self.channels} and {self.dec_channels}")
+        if any(c < 1 for c in self.channels + self.dec_channels) or self.res_blocks < 0:
+            raise ConfigError("channel widths must be positive and res_blocks non-negative")
+        if self.image_size < self.factor or self.image_size % self.factor:
+            raise ConfigError(f"image_size {self.image_size} must be a positive multiple of factor {self.factor}")
+        if self.codebook_size < 2 or self.codebook_dim < 1:
+            raise ConfigError(f"codebook_size must be >= 2 and codebook_dim >= 1, got {self.codebook_size}, {self.codebook_dim}")
+        if self.quantizer == "fsq" and math.prod(self.fsq_levels) != self.codebook_size:
+            raise ConfigError(f"fsq_levels {self.fsq_levels} give {math.prod(self.fsq_levels)} codes, "
+                              f"not codebook_size {self.codebook_size}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.max_pixels < self.image_size ** 2:
+            raise ConfigError(f"max_pixels {self.max_pixels} is below one {self.image_size}x{self.image_size} picture")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        n = self.image_size // self.factor
+        return n, n
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("channels", "dec_channels", "fsq_levels"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "ImageVQConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown image tokenizer config keys {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"{source}: bad image tokenizer config ({e})") from None
+
+
+PRESETS: dict[str, ImageVQConfig] = {
+    "tiny": ImageVQConfig(),
+    "base": ImageVQConfig(image_size=256, factor=16, channels=(64, 128, 256, 256), dec_channels=(64, 128, 256, 256),
+                          codebook_size=8192, codebook_dim=32),
+    "chameleon": ImageVQConfig(image_size=512, factor=16, channels=(64, 128, 256, 512), dec_channels=(64, 128, 256, 512),
+                               codebook_size=8192, codebook_dim=32),
+}
+
+
+def preset(name: str, **overrides: Any) -> ImageVQConfig:
+    """A copy of preset ``name`` with fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown image tokenizer preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- network
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(min(32, ch // 4) or 1, ch)
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(self.norm(x)))))
+
+
+class Encoder(nn.Module):
+    """[B, 3, H, W] in [-1, 1] -> [B, D, H/f, W/f]. The stem folds 2x2 pixels into channels, so no conv runs at full resolution."""
+
+    def __init__(self, cfg: ImageVQConfig) -> None:
+        super().__init__()
+        ch = cfg.channels
+        layers: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(12, ch[0], 3, padding=1)]
+        for a, b in zip(ch[:-1], ch[1:]):
+            layers += [nn.SiLU(), nn.Conv2d(a, b, 4, stride=2, padding=1)]
+        layers += [ResBlock(ch[-1]) for _ in range(cfg.res_blocks)]
+        layers += [nn.GroupNorm(min(32, ch[-1] // 4) or 1, ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.codebook_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """[B, D, h, w] -> [B, 3, h*f, w*f] in about [-1, 1]. Upsampling by conv + pixel shuffle."""
+
+    def __init__(self, cfg: ImageVQConfig) -> None:
+        super().__init__()
+        ch = cfg.dec_channels[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.codebook_dim, ch[0], 3, padding=1)]
+        layers += [ResBlock(ch[0]) for _ in range(cfg.res_blocks)]
+        for a, b in zip(ch[:-1], ch[1:]):
+            layers += [nn.SiLU(), nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), ResBlock(b)]
+        layers += [nn.SiLU(), nn.Conv2d(ch[-1], 12, 3, padding=1), nn.PixelShuffle(2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class ImageVQModel(nn.Module):
+    """Encoder + quantizer + decoder. ``forward`` is the training path; the tokenizer wraps the inference path."""
+
+    def __init__(self, cfg: ImageVQConfig) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import FSQ, VectorQuantize
+
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        if cfg.quantizer == "vq":
+            self.quantizer = VectorQuantize(
+                dim=cfg.codebook_dim, codebook_size=cfg.codebook_size, decay=cfg.ema_decay, use_cosine_sim=True,
+                kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.dead_code_threshold,
+                commitment_weight=cfg.commitment_weight, accept_image_fmap=True)
+        else:
+            self.quantizer = FSQ(levels=list(cfg.fsq_levels), dim=cfg.codebook_dim, channel_first=True)
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z: [B, D, h, w] -> (quantized [B, D, h, w], codes [B, h, w] int64, auxiliary loss scalar)."""
+        # Nearest-code search and EMA statistics in fp32 even under autocast: bf16 cosine scores tie too often.
+        with torch.autocast(z.device.type, enabled=False):
+            if self.cfg.quantizer == "vq":
+                q, codes, aux = self.quantizer(z.float())
+                return q, codes.long(), aux.sum()
+            q, codes = self.quantizer(z.float())
+            return q, codes.long(), z.new_zeros((), dtype=torch.float32)
+
+    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes: [B, h, w] int64 -> latent [B, D, h, w] float32 (the decoder input)."""
+        if self.cfg.quantizer == "vq":
+            # accept_image_fmap makes the lookup return channels first: [B, D, h, w].
+            return self.quantizer.get_output_from_indices(codes).float().contiguous()
+        return self.quantizer.indices_to_codes(codes).float()  # channel_first: [B, D, h, w]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [B, 3, H, W] in [-1, 1] -> (reconstruction [B, 3, H, W], codes [B, h, w], quantizer loss)."""
+        q, codes, aux = self.quantize(self.encoder(x))
+        return self.decoder(q), codes, aux
+
+
+# ---------------------------------------------------------------------------------------------- image input
+def _name(item: Any, i: int) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image #{i}"
+
+
+def _open_file(path: str, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image file not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes), expected an image")
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image PIL can read") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read image header ({e})") from None
+    w, h = im.size
+    if w == 0 or h == 0:
+        im.close()
+        raise DataError(f"{path}: zero-size image ({w}x{h})")
+    if w * h > max_pixels:
+        im.close()
+        raise DataError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels")
+    try:
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"{path}: truncated or corrupt image data ({e})") from None
+    return im
+
+
+def _pil_to_rgb(im) -> np.ndarray:
+    from PIL import Image
+
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        # Composite over black: the background of the procedural corpus and the neutral choice for codes.
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(bg, rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise DataError(f"{name}: expected a uint8 image array, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise DataError(f"{name}: expected an image array [H, W] or [H, W, 1|3|4], got shape {tuple(arr.shape)}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{name}: zero-size image ({arr.shape[1]}x{arr.shape[0]})")
+    if arr.shape[-1] == 1:
+        return np.repeat(arr, 3, axis=-1)
+    if arr.shape[-1] == 4:
+        a = arr[..., 3:].astype(np.float32) / 255.0
+        return np.rint(arr[..., :3] * a).astype(np.uint8)
+    return arr
+
+
+def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: resize the shorter side to ``size`` (bicubic, antialiased), crop the centre."""
+    h, w = rgb.shape[:2]
+    if h == size and w == size:
+        return rgb
+    if min(h, w) != size:
+        from PIL import Image
+
+        s = size / min(h, w)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC, reducing_gap=None if s > 0.5 else 2.0))
+        h, w = nh, nw
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[top:top + size, left:left + size]
+
+
+def load_images(images: Any, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bring pictures into the model's input form.
+
+    images: a path, PIL image or uint8 array [H, W(, C)], a uint8 array/tensor [B, H, W, 3] (or [B, H, W, 4|1]),
+    or a sequence of any of these. Returns uint8 [B, size, size, 3] (RGB, shorter side resized, centre crop).
+    Raises DataError naming the file (or ``image #i``) for anything that is not a usable picture.
+    """
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        items: Sequence[Any] = list(images)
+    elif isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
+        items = [images]
+    elif isinstance(images, Iterable):
+        items = list(images)
+    else:
+        raise DataError(f"expected image paths, PIL images or uint8 arrays, got {type(images).__name__}")
+    if not items:
+        raise DataError("no images given")
+    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    for i, item in enumerate(items):
+        name = _name(item, i)
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().numpy()
+        if isinstance(item, (str, os.PathLike)):
+            with _open_file(os.fspath(item), max_pixels) as im:
+                rgb = _pil_to_rgb(im)
+        elif isinstance(item, Image.Image):
+            if item.size[0] == 0 or item.size[1] == 0:
+                raise DataError(f"{name}: zero-size image ({item.size[0]}x{item.size[1]})")
+            rgb = _pil_to_rgb(item)
+        elif isinstance(item, np.ndarray):
+            rgb = _array_to_rgb(item, name)
+        else:
+            raise DataError(f"{name}: expected a path, PIL image or uint8 array, got {type(item).__name__}")
+        out[i] = fit_square(rgb, size)
+    return out
+
+
+def to_model_input(rgb: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1]."""
+    t = torch.as_tensor(rgb, device=device)
+    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def from_model_output(x: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (clamped, rounded)."""
+    return x.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def autocast_dtype() -> torch.dtype | None:
+    """bf16 when this CPU has native bf16 arithmetic (AMX or AVX512-BF16), else None (run fp32)."""
+    try:
+        caps = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        return None
+    if "AMX" in caps.upper():
+        return torch.bfloat16
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+class ImageTokenizer:
+    """Pictures <-> codes [B, h, w] (int64, values in [0, codebook_size)) with a trained :class:`ImageVQModel`."""
+
+    def __init__(self, model: ImageVQModel, device: str | torch.device = "cpu", batch_size: int = 64,
+                 autocast: torch.dtype | None | str = "auto") -> None:
+        self.model = model.to(device).eval()
+        self.cfg = model.cfg
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.amp = (autocast_dtype() if self.device.type == "cpu" else torch.bfloat16) if autocast == "auto" else autocast
+
+    # ---- properties
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.cfg.grid
+
+    @property
+    def tokens_per_image(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    # ---- coding
+    @torch.inference_mode()
+    def encode_rgb(self, rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """rgb: uint8 [B, S, S, 3] already at the model size -> codes int64 [B, h, w] (CPU)."""
+        outs = []
+        for i in range(0, len(rgb), self.batch_size):
+            x = to_model_input(rgb[i:i + self.batch_size], self.device)
+            with self._autocast():
+                z = self.model.encoder(x)
+            outs.append(self.model.quantize(z.float())[1].cpu())
+        return torch.cat(outs)
+
+    def encode(self, images: Any) -> torch.Tensor:
+        """images: path(s), PIL image(s), uint8 arrays/tensors (see :func:`load_images`) -> codes int64 [B, h, w]."""
+        return self.encode_rgb(load_images(images, self.image_size, self.cfg.max_pixels))
+
+    def check_codes(self, codes: Any) -> torch.Tensor:
+        """Validate codes for decode: integer [B, h, w] or [h, w] (or flat [B, h*w]) in [0, K) -> int64 [B, h, w]."""
+        t = torch.as_tensor(codes)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise DataError(f"image codes must be integers, got dtype {t.dtype}")
+        h, w = self.grid
+        if t.dim() == 2 and tuple(t.shape) == (h, w):
+            t = t[None]
+        elif t.dim() == 2 and t.shape[1] == h * w:
+            t = t.reshape(-1, h, w)
+        if t.dim() != 3 or tuple(t.shape[1:]) != (h, w) or t.shape[0] == 0:
+            raise DataError(f"image codes must have shape [B, {h}, {w}] (or [B, {h * w}]), got {tuple(t.shape)}")
+        bad = (t < 0) | (t >= self.codebook_size)
+        if bool(bad.any()):
+            raise DataError(f"image code {int(t[bad][0])} is outside [0, {self.codebook_size}) "
+                            f"({int(bad.sum())} code(s) out of range)")
+        return t.long()
+
+    @torch.inference_mode()
+    def decode(self, codes: Any) -> np.ndarray:
+        """codes: int [B, h, w] (or [h, w], [B, h*w]) in [0, K) -> uint8 numpy [B, H, W, 3]."""
+        t = self.check_codes(codes)
+        outs = []
+        for i in range(0, len(t), self.batch_size):
+            q = self.model.codes_to_latent(t[i:i + self.batch_size].to(self.device))
+            with self._autocast():
+                x = self.model.decoder(q)
+            outs.append(from_model_output(x).cpu())
+        return torch.cat(outs).numpy()
+
+    def reconstruct(self, images: Any) -> np.ndarray:
+        """encode then decode: uint8 [B, H, W, 3]."""
+        return self.decode(self.encode(images))
+
+    # ---- unified ids
+    def _check_vocab(self, vocab: UnifiedVocab) -> None:
+        if vocab.image_codebook != self.codebook_size:
+            raise ConfigError(f"vocabulary has {vocab.image_codebook} image codes but this tokenizer has {self.codebook_size}")
+
+    def to_unified(self, codes: Any, vocab: UnifiedVocab) -> torch.Tensor:
+        """codes [B, h, w] -> unified ids int64 [B, h*w] in raster order."""
+        self._check_vocab(vocab)
+        t = self.check_codes(codes)
+        return vocab.image_to_unified(t.reshape(t.shape[0], -1))
+
+    def from_unified(self, ids: Any, vocab: UnifiedVocab) -> torch.Tensor:
+        """unified ids [B, h*w] (or [h*w]) -> codes int64 [B, h, w]."""
+        self._check_vocab(vocab)
+        t = torch.as_tensor(ids)
+        if t.dim() == 1:
+            t = t[None]
+        h, w = self.grid
+        if t.dim() != 2 or t.shape[1] != h * w:
+            raise DataError(f"image ids must have shape [B, {h * w}], got {tuple(torch.as_tensor(ids).shape)}")
+        return vocab.unified_to_image(t).reshape(-1, h, w)
+
+    # ---- files
+    def save(self, path: str | os.PathLike) -> str:
+        """Write image_vq.safetensors + image_vq.json into folder ``path`` (atomically); returns the folder."""
+        save_model(self.model, os.fspath(path))
+        return os.fspath(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> "ImageTokenizer":
+        """Load from a folder holding image_vq.safetensors + image_vq.json."""
+        return cls(load_model(os.fspath(path)), device=device, **kwargs)
+
+
+def save_model(model: ImageVQModel, folder: str) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    wpath = os.path.join(folder, IMAGE_WEIGHTS)
+    tmp = f"{wpath}.tmp.{os.getpid()}"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp, metadata={"format": "chameleon_lite.image_vq"})
+    os.replace(tmp, wpath)
+    write_json_atomic(os.path.join(folder, IMAGE_CONFIG), model.cfg.to_dict())
+
+
+def load_model(folder: str) -> ImageVQModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cpath, wpath = os.path.join(folder, IMAGE_CONFIG), os.path.join(folder, IMAGE_WEIGHTS)
+    cfg = ImageVQConfig.from_dict(read_json(cpath, "image tokenizer config"), cpath)
+    if not os.path.exists(wpath):
+        raise ConfigError(f"{wpath}: image tokenizer weights not found")
+    try:
+        state = load_file(wpath)
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{wpath}: cannot read image tokenizer weights ({e})") from None
+    model = ImageVQModel(cfg)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ConfigError(f"{wpath}: weights do not fit {cpath} ({str(e).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise ConfigError(f"{wpath}: weights do not fit {cpath} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()

@@ -1,0 +1,390 @@
+"""Training and evaluation of the image VQ tokenizer (see image.py for the model).
+
+Run folder layout (``out``)::
+
+    out/image_vq.safetensors, out/image_vq.json   the tokenizer (written at the end, atomically)
+    out/run/checkpoint/                           resumable state: weights + optimiser tensors (safetensors),
+                                                  step, config and RNG in state.json; swapped in atomically
+    out/run/grid_XXXXXX.png                       originals (top) vs reconstructions (bottom), every grid_every steps
+    out/run/log.jsonl                             one line per log_every steps: losses, codebook usage, images/s
+    out/run/summary.json                          wall time, steps, final usage
+
+Losses: L1 + L2 on pixels, an edge term (L1 between horizontal/vertical finite differences of reconstruction and
+original, which keeps shape outlines sharp), the quantizer's commitment loss, and optionally a hinge patch
+discriminator switched on after ``disc_start`` steps (0 = off). No pretrained perceptual network is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.base import read_json, write_json_atomic
+from chameleon_lite.tokenizers.image import (ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype,
+                                             from_model_output, load_images, preset, save_model, to_model_input)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one training run (the model's shape comes from ``preset`` + ``model_overrides``)."""
+
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    edge_weight: float = 0.5
+    disc_start: int = 0
+    disc_weight: float = 0.1
+    grid_every: int = 200
+    log_every: int = 20
+    ckpt_every: int = 200
+    max_images: int = 0
+    seed: int = 0
+    threads: int = 0
+    autocast: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grid_every", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "disc_start", "max_images", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
+        self.model_config()  # validates preset name and overrides
+
+    def model_config(self) -> ImageVQConfig:
+        try:
+            return preset(self.preset, **self.model_overrides)
+        except TypeError as e:
+            raise ConfigError(f"bad model override ({e})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def manifest_image_paths(manifest: str) -> list[str]:
+    """Absolute paths of every image segment of a JSONL manifest, in order."""
+    from chameleon_lite.data.manifest import iter_documents
+
+    paths = [seg.path for doc in iter_documents(manifest) for seg in doc.segments if seg.kind == "image"]
+    if not paths:
+        raise DataError(f"{manifest}: no image segments to train on")
+    return paths
+
+
+def load_image_set(paths: list[str], size: int, progress: bool = True, desc: str = "loading images") -> np.ndarray:
+    """Decode every path to uint8 [N, size, size, 3] (errors name the file)."""
+    from tqdm import tqdm
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i in tqdm(range(0, len(paths), 256), desc=desc, unit="chunk", disable=not progress):
+        out[i:i + 256] = load_images(paths[i:i + 256], size)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def edge_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean |d(x) - d(y)| over horizontal and vertical finite differences; x, y: [B, C, H, W]."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])
+    dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: [B, 3, H, W] -> logits [B, 1, H/8, W/8], one per receptive-field patch."""
+
+    def __init__(self, ch: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.GroupNorm(8, 2 * ch), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1), nn.GroupNorm(8, 4 * ch), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * ch, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int = 2) -> None:
+    """PNG with originals (top row) above reconstructions (bottom row); arrays uint8 [N, H, W, 3]."""
+    from PIL import Image
+
+    n, h, w, _ = originals.shape
+    pad = 2
+    canvas = np.full((2 * h + 3 * pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        x0 = pad + i * (w + pad)
+        canvas[pad:pad + h, x0:x0 + w] = originals[i]
+        canvas[2 * pad + h:2 * pad + 2 * h, x0:x0 + w] = recons[i]
+    img = Image.fromarray(canvas)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    tmp = f"{path}.tmp.{os.getpid()}.png"
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run: str, step: int, cfg: TrainConfig, model: ImageVQModel, opt: torch.optim.Optimizer,
+                    disc: nn.Module | None, dopt: torch.optim.Optimizer | None, gen: torch.Generator,
+                    extra: dict[str, Any]) -> None:
+    """Write run/checkpoint atomically: build checkpoint.tmp, then swap it in by renames."""
+    from safetensors.torch import save_file
+
+    final, tmp, old = (os.path.join(run, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    o_t, o_meta = _flatten_optimizer(opt, "opt")
+    tensors.update(o_t)
+    state: dict[str, Any] = {"step": step, "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
+                             "opt": o_meta, "extra": extra}
+    if disc is not None and dopt is not None:
+        tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()})
+        d_t, d_meta = _flatten_optimizer(dopt, "dopt")
+        tensors.update(d_t)
+        state["dopt"] = d_meta
+    tensors["rng"] = gen.get_state()
+    save_file(tensors, os.path.join(tmp, "state.safetensors"))
+    write_json_atomic(os.path.join(tmp, "state.json"), state)
+    if os.path.isdir(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run: str) -> str | None:
+    """The newest complete checkpoint folder of a run (falls back to checkpoint.old after an interrupted swap)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        p = os.path.join(run, name)
+        if os.path.isfile(os.path.join(p, "state.json")) and os.path.isfile(os.path.join(p, "state.safetensors")):
+            return p
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval_images: int = 8,
+          images: np.ndarray | None = None) -> dict[str, Any]:
+    """Train (or resume) an image tokenizer on the image segments of ``manifest``; write it into ``out``.
+
+    images: optionally the training pictures already decoded (uint8 [N, S, S, 3]); then ``manifest`` only names
+    the data in the summary. Returns the summary dict (also written to out/run/summary.json).
+    """
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mcfg = cfg.model_config()
+    run = os.path.join(out, "run")
+    os.makedirs(run, exist_ok=True)
+    if images is None:
+        paths = manifest_image_paths(manifest)
+        if cfg.max_images:
+            paths = paths[:cfg.max_images]
+        images = load_image_set(paths, mcfg.image_size, progress=progress)
+    if images.shape[1:] != (mcfg.image_size, mcfg.image_size, 3):
+        raise DataError(f"training pictures have shape {images.shape[1:]}, the model needs {(mcfg.image_size,) * 2 + (3,)}")
+    n_show = min(eval_images, len(images))
+    show = images[np.linspace(0, len(images) - 1, n_show).astype(int)]
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = ImageVQModel(mcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
+    disc = PatchDiscriminator() if cfg.disc_start else None
+    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
+    start, elapsed = 0, 0.0
+    ckpt = find_checkpoint(run)
+    if ckpt is not None:
+        state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
+        if state["model_config"] != mcfg.to_dict():
+            raise ConfigError(f"{ckpt}: checkpoint was trained with a different model config; use another --out")
+        tensors = load_file(os.path.join(ckpt, "state.safetensors"))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(opt, "opt", tensors, state["opt"])
+        if disc is not None and "dopt" in state:
+            disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+            _restore_optimizer(dopt, "dopt", tensors, state["dopt"])
+        gen.set_state(tensors["rng"])
+        start, elapsed = int(state["step"]), float(state["extra"].get("elapsed", 0.0))
+    amp = autocast_dtype() if cfg.autocast else None
+    usage = torch.zeros(mcfg.codebook_size, dtype=torch.int64)
+    log_path = os.path.join(run, "log.jsonl")
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc="image VQ", unit="step", disable=not progress)
+    t_seg = time.perf_counter()
+    t_log, seen = time.perf_counter(), 0
+    rec: dict[str, float] = {}
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen).numpy()
+        x = to_model_input(images[idx])
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            y, codes, aux = model(x)
+        y = y.float()
+        l1, l2, le = (y - x).abs().mean(), F.mse_loss(y, x), edge_loss(y, x)
+        loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.edge_weight * le + aux
+        use_disc = disc is not None and step >= cfg.disc_start
+        if use_disc:
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                g_loss = -disc(y).float().mean()
+            loss = loss + cfg.disc_weight * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if use_disc:
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
+            dopt.zero_grad(set_to_none=True)
+            d_loss.float().backward()
+            dopt.step()
+            rec["d_loss"] = d_loss.item()
+        if not torch.isfinite(loss):
+            raise ConfigError(f"non-finite loss at step {step}; lower --lr")
+        usage += torch.bincount(codes.reshape(-1), minlength=mcfg.codebook_size)
+        seen += cfg.batch_size
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            mse = float(F.mse_loss(y.detach().clamp(-1, 1), x)) / 4.0  # [-1, 1] -> [0, 1] scale
+            rec.update(step=done, loss=loss.item(), l1=l1.item(), l2=l2.item(), edge=le.item(), commit=aux.item(),
+                       psnr=10 * math.log10(1.0 / max(mse, 1e-10)), lr=lr_at(step, cfg),
+                       usage=float((usage > 0).float().mean()), images_per_s=seen / (now - t_log))
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.1f}", usage=f"{rec['usage']:.2f}")
+            usage.zero_()
+            t_log, seen = now, 0
+        if done % cfg.grid_every == 0 or done == cfg.steps:
+            tok = ImageTokenizer(model, autocast=amp)
+            save_grid(os.path.join(run, f"grid_{done:06d}.png"), show, tok.decode(tok.encode_rgb(show)))
+            model.train()
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen,
+                            {"elapsed": elapsed + time.perf_counter() - t_seg})
+        bar.update(1)
+    bar.close()
+    elapsed += time.perf_counter() - t_seg
+    model.eval()
+    save_model(model, out)
+    summary = {"manifest": os.fspath(manifest), "images": int(len(images)), "steps": cfg.steps,
+               "train_seconds": round(elapsed, 1), "autocast": str(amp), "threads": torch.get_num_threads(),
+               "last": rec, "train_config": cfg.to_dict(), "model_config": mcfg.to_dict()}
+    write_json_atomic(os.path.join(run, "summary.json"), summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = True,
+             grid_path: str | None = None) -> dict[str, Any]:
+    """Measure a trained tokenizer on the first ``n`` images of ``manifest``.
+
+    Returns PSNR (from the mean squared error over all pixels, and the mean of per-image PSNRs), the fraction
+    of pictures where the procedural checker reads exactly the same shapes from the reconstruction as from the
+    original (and the fraction matching the manifest's ground truth, when present), and codebook usage.
+    """
+    from chameleon_lite.data.checkers import check_image, compare_image
+    from chameleon_lite.data.manifest import iter_documents
+    from tqdm import tqdm
+
+    tok = ImageTokenizer.load(tokenizer_dir)
+    paths, truths = [], []
+    for doc in iter_documents(manifest):
+        media = (doc.meta or {}).get("media") or []
+        mi = 0
+        for seg in doc.segments:
+            if seg.kind in ("image", "audio"):
+                rec = media[mi] if mi < len(media) else None
+                mi += 1
+                if seg.kind == "image":
+                    paths.append(seg.path)
+                    truths.append(rec if isinstance(rec, dict) and rec.get("type") == "image" else None)
+        if len(paths) >= n:
+            break
+    paths, truths = paths[:n], truths[:n]
+    if not paths:
+        raise DataError(f"{manifest}: no image segments to evaluate on")
+    orig = load_image_set(paths, tok.image_size, progress=progress, desc="loading eval images")
+    codes = tok.encode_rgb(orig)
+    recon = tok.decode(codes)
+    err = (orig.astype(np.float64) - recon.astype(np.float64)) / 255.0
+    mse_img = (err ** 2).reshape(len(orig), -1).mean(axis=1)
+    same = truth_orig = truth_recon = n_truth = 0
+    for i in tqdm(range(len(orig)), desc="checkers", disable=not progress):
+        a, b = check_image(orig[i]), check_image(recon[i])
+        same += compare_image(b, a.to_spec()).exact
+        if truths[i] is not None:
+            n_truth += 1
+            truth_orig += compare_image(a, truths[i]).exact
+            truth_recon += compare_image(b, truths[i]).exact
+    used = int(torch.unique(codes).numel())
+    if grid_path:
+        save_grid(grid_path, orig[:12], recon[:12])
+    return {
+        "images": len(orig),
+        "psnr_db": round(10 * math.log10(1.0 / max(float(mse_img.mean()), 1e-12)), 3),
+        "psnr_mean_per_image_db": round(float(np.mean(10 * np.log10(1.0 / np.maximum(mse_img, 1e-12)))), 3),
+        "checker_agreement": round(same / len(orig), 5),
+        "checker_truth_original": round(truth_orig / n_truth, 5) if n_truth else None,
+        "checker_truth_reconstruction": round(truth_recon / n_truth, 5) if n_truth else None,
+        "codebook_used": used,
+        "codebook_usage": round(used / tok.codebook_size, 4),
+        "codebook_size": tok.codebook_size,
+        "tokens_per_image": tok.tokens_per_image,
+    }

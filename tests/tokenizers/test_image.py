@@ -1,0 +1,328 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.base import IMAGE_CONFIG, IMAGE_WEIGHTS, vocab_from_tokenizer_dir
+from chameleon_lite.tokenizers.image import (PRESETS, ImageTokenizer, ImageVQConfig, ImageVQModel, fit_square,
+                                             load_images, preset)
+from chameleon_lite.vocab import UnifiedVocab
+
+SMALL = dict(image_size=16, channels=(8, 8, 8), dec_channels=(8, 8, 8), codebook_size=16, codebook_dim=4)
+
+
+def small_tokenizer(**kw) -> ImageTokenizer:
+    torch.manual_seed(0)
+    model = ImageVQModel(preset("tiny", **{**SMALL, **kw}))
+    model.train()
+    with torch.no_grad():  # one training-mode pass runs the k-means initialisation of the codebook
+        model(torch.rand(8, 3, 16, 16) * 2 - 1)
+    return ImageTokenizer(model, autocast=None)
+
+
+def rand_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_round_trip_and_validation():
+    cfg = preset("tiny")
+    assert ImageVQConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="quantizer"):
+        ImageVQConfig(quantizer="rvq")
+    with pytest.raises(ConfigError, match="factor"):
+        ImageVQConfig(factor=6)
+    with pytest.raises(ConfigError, match="multiple"):
+        ImageVQConfig(image_size=60)
+    with pytest.raises(ConfigError, match="fsq_levels"):
+        ImageVQConfig(quantizer="fsq", fsq_levels=(8, 8))
+    with pytest.raises(ConfigError, match="unknown"):
+        ImageVQConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="preset"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("name,size,grid,k", [("tiny", 64, 8, 1024), ("base", 256, 16, 8192), ("chameleon", 512, 32, 8192)])
+def test_preset_shapes(name, size, grid, k):
+    cfg = PRESETS[name]
+    assert (cfg.image_size, cfg.grid, cfg.codebook_size) == (size, (grid, grid), k)
+    with torch.device("meta"):
+        model = ImageVQModel(cfg)
+        z = model.encoder(torch.empty(2, 3, size, size))
+        y = model.decoder(torch.empty(2, cfg.codebook_dim, grid, grid))
+    assert tuple(z.shape) == (2, cfg.codebook_dim, grid, grid)
+    assert tuple(y.shape) == (2, 3, size, size)
+    assert model.quantizer.codebook.shape[-2:] == (k, cfg.codebook_dim)
+
+
+def test_tiny_preset_runs():
+    tok = ImageTokenizer(ImageVQModel(preset("tiny")), autocast=None)
+    assert (tok.tokens_per_image, tok.grid, tok.image_size) == (64, (8, 8), 64)
+    codes = tok.encode(rand_images(2, 64))
+    assert codes.shape == (2, 8, 8) and codes.dtype == torch.int64
+    assert tok.decode(codes).shape == (2, 64, 64, 3)
+
+
+# ---------------------------------------------------------------------------------------------- coding
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_encode_decode_shapes(quantizer):
+    tok = small_tokenizer(quantizer=quantizer, fsq_levels=(4, 4))
+    imgs = rand_images(5)
+    codes = tok.encode(imgs)
+    assert codes.shape == (5, 2, 2) and codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < tok.codebook_size
+    out = tok.decode(codes)
+    assert out.shape == (5, 16, 16, 3) and out.dtype == np.uint8
+    tok.batch_size = 2  # batching must not change results
+    assert torch.equal(tok.encode(imgs), codes)
+    assert np.array_equal(tok.decode(codes), out)
+
+
+def test_decode_matches_forward_path():
+    tok = small_tokenizer()
+    imgs = rand_images(3)
+    x = torch.as_tensor(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        q, codes, _ = tok.model.quantize(tok.model.encoder(x))
+        direct = tok.model.decoder(q)
+    assert torch.equal(codes, tok.encode(imgs))
+    latent = tok.model.codes_to_latent(codes)
+    torch.testing.assert_close(latent, q, atol=1e-5, rtol=1e-5)
+    from chameleon_lite.tokenizers.image import from_model_output
+
+    assert np.abs(from_model_output(direct).numpy().astype(int) - tok.decode(codes).astype(int)).max() <= 1
+
+
+def test_inference_mode_outputs():
+    tok = small_tokenizer()
+    codes = tok.encode(rand_images(1))
+    assert not codes.requires_grad and torch.is_inference(codes)
+
+
+def test_input_forms(tmp_path):
+    tok = small_tokenizer()
+    rgb = rand_images(1)[0]
+    p = tmp_path / "a.png"
+    Image.fromarray(rgb).save(p)
+    ref = tok.encode(rgb[None])
+    assert torch.equal(tok.encode(str(p)), ref)
+    assert torch.equal(tok.encode([p]), ref)
+    assert torch.equal(tok.encode(Image.fromarray(rgb)), ref)
+    assert torch.equal(tok.encode(torch.from_numpy(rgb[None])), ref)
+    assert torch.equal(tok.encode([rgb]), ref)
+    gray = rgb[..., 0]
+    assert torch.equal(tok.encode(gray), tok.encode(np.repeat(gray[..., None], 3, -1)))
+    assert torch.equal(tok.encode(Image.fromarray(gray)), tok.encode(np.repeat(gray[..., None], 3, -1)))
+    pal = Image.fromarray(rgb).convert("P")
+    assert torch.equal(tok.encode(pal), tok.encode(np.asarray(pal.convert("RGB"))))
+
+
+def test_rgba_composited_over_black():
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = 200  # fully transparent colour must vanish
+    out = load_images(rgba, 16)
+    assert out.max() == 0
+    out = load_images(Image.fromarray(rgba, "RGBA"), 16)
+    assert out.max() == 0
+
+
+def test_resize_and_center_crop():
+    img = np.zeros((32, 64, 3), np.uint8)
+    img[:, 8:56] = 255  # covers the centre square of a 2:1 picture with a margin for the resampling kernel
+    out = fit_square(img, 16)
+    assert out.shape == (16, 16, 3)
+    assert out.min() == 255
+    assert fit_square(rand_images(1, 16)[0], 16).shape == (16, 16, 3)
+    assert load_images(np.zeros((5, 40, 3), np.uint8), 16).shape == (1, 16, 16, 3)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_not_an_image(tmp_path):
+    p = tmp_path / "notes.png"
+    p.write_text("hello, not a picture")
+    with pytest.raises(DataError, match="notes.png.*not an image"):
+        load_images(str(p), 16)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_file(tmp_path, fmt):
+    p = tmp_path / f"cut.{fmt.lower()}"
+    Image.fromarray(rand_images(1, 64)[0]).save(p, format=fmt)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=f"cut.{fmt.lower()}.*truncated"):
+        load_images(str(p), 16)
+
+
+def test_zero_size(tmp_path):
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.png.*0 bytes"):
+        load_images(str(p), 16)
+    with pytest.raises(DataError, match="zero-size"):
+        load_images(np.zeros((0, 10, 3), np.uint8), 16)
+    with pytest.raises(DataError, match="not found"):
+        load_images(str(tmp_path / "missing.png"), 16)
+
+
+def test_too_many_pixels(tmp_path):
+    p = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(p)
+    with pytest.raises(DataError, match="big.png: 300x200 = 60000 pixels exceeds the limit of 50000"):
+        load_images(str(p), 16, max_pixels=50_000)
+
+
+def test_huge_header_refused_without_decoding(tmp_path):
+    # A PNG whose header claims 100000 x 100000 pixels: refused from the header, never decoded.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    p = tmp_path / "bomb.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match="bomb.png"):
+        load_images(str(p), 16)
+
+
+def test_bad_arrays():
+    with pytest.raises(DataError, match="uint8"):
+        load_images(np.zeros((16, 16, 3), np.float32), 16)
+    with pytest.raises(DataError, match="shape"):
+        load_images(np.zeros((16, 16, 2), np.uint8), 16)
+    with pytest.raises(DataError, match="no images"):
+        load_images([], 16)
+    with pytest.raises(DataError, match="image #1"):
+        load_images([np.zeros((4, 4, 3), np.uint8), 3.5], 16)
+
+
+def test_decode_rejects_bad_codes():
+    tok = small_tokenizer()
+    with pytest.raises(DataError, match=r"shape \[B, 2, 2\]"):
+        tok.decode(torch.zeros(1, 3, 3, dtype=torch.long))
+    with pytest.raises(DataError, match="outside"):
+        tok.decode(torch.full((1, 2, 2), 16))
+    with pytest.raises(DataError, match="outside"):
+        tok.decode(torch.full((1, 2, 2), -1))
+    with pytest.raises(DataError, match="integers"):
+        tok.decode(torch.zeros(1, 2, 2))
+    assert tok.decode(torch.zeros(2, 2, dtype=torch.int32)).shape == (1, 16, 16, 3)
+    assert tok.decode(np.zeros((3, 4), np.int64)).shape == (3, 16, 16, 3)
+
+
+# ---------------------------------------------------------------------------------------------- vocab, files
+def test_unified_round_trip():
+    tok = small_tokenizer()
+    vocab = UnifiedVocab(text_size=100, image_codebook=16, audio_levels=2, audio_codebook=8)
+    codes = tok.encode(rand_images(3))
+    ids = tok.to_unified(codes, vocab)
+    assert ids.shape == (3, 4)
+    lo, hi = vocab.image_range()
+    assert int(ids.min()) >= lo and int(ids.max()) < hi
+    assert torch.equal(tok.from_unified(ids, vocab), codes)
+    with pytest.raises(ConfigError, match="image codes"):
+        tok.to_unified(codes, UnifiedVocab(text_size=100, image_codebook=32, audio_levels=0, audio_codebook=0))
+    with pytest.raises(DataError, match="shape"):
+        tok.from_unified(ids[:, :3], vocab)
+
+
+def test_save_load_round_trip(tmp_path):
+    tok = small_tokenizer()
+    imgs = rand_images(4)
+    tok.save(tmp_path)
+    assert json.loads((tmp_path / IMAGE_CONFIG).read_text())["codebook_size"] == 16
+    back = ImageTokenizer.load(tmp_path, autocast=None)
+    assert torch.equal(back.encode(imgs), tok.encode(imgs))
+    codes = tok.encode(imgs)
+    assert np.array_equal(back.decode(codes), tok.decode(codes))
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    from chameleon_lite.tokenizers.text import TextTokenizer
+
+    TextTokenizer.train(["some text for a tiny vocabulary"] * 4, vocab_size=300).save(tmp_path)
+    assert vocab_from_tokenizer_dir(str(tmp_path)).image_codebook == 16
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        ImageTokenizer.load(tmp_path)
+    small_tokenizer().save(tmp_path)
+    (tmp_path / IMAGE_WEIGHTS).write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="cannot read"):
+        ImageTokenizer.load(tmp_path)
+    cfg = json.loads((tmp_path / IMAGE_CONFIG).read_text())
+    small_tokenizer().save(tmp_path)
+    cfg["codebook_size"] = 32
+    (tmp_path / IMAGE_CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="do not fit"):
+        ImageTokenizer.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _manifest(tmp_path, n: int = 6) -> str:
+    os.makedirs(tmp_path / "img", exist_ok=True)
+    lines = []
+    for i, img in enumerate(rand_images(n, 20)):
+        Image.fromarray(img).save(tmp_path / "img" / f"{i}.png")
+        lines.append(json.dumps({"segments": [{"text": f"picture {i}"}, {"image": f"img/{i}.png"}]}))
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_train_resume_and_outputs(tmp_path):
+    from chameleon_lite.tokenizers.image_train import TrainConfig, find_checkpoint, train
+
+    manifest = _manifest(tmp_path)
+    out = str(tmp_path / "tok")
+    cfg = TrainConfig(model_overrides=SMALL, steps=2, batch_size=4, grid_every=1, log_every=1, ckpt_every=1,
+                      disc_start=1, warmup=1)
+    s = train(manifest, out, cfg, progress=False)
+    assert s["images"] == 6 and s["steps"] == 2
+    assert os.path.isfile(os.path.join(out, "run", "grid_000002.png"))
+    ckpt = find_checkpoint(os.path.join(out, "run"))
+    assert json.loads(open(os.path.join(ckpt, "state.json")).read())["step"] == 2
+    train(manifest, out, TrainConfig(**{**cfg.to_dict(), "steps": 3}), progress=False)
+    log = [json.loads(line) for line in open(os.path.join(out, "run", "log.jsonl"))]
+    assert [r["step"] for r in log] == [1, 2, 3]  # resumed at step 2, not restarted
+    assert "d_loss" in log[-1]
+    tok = ImageTokenizer.load(out)
+    assert tok.encode(str(tmp_path / "img" / "0.png")).shape == (1, 2, 2)
+    with pytest.raises(ConfigError, match="different model config"):
+        train(manifest, out, TrainConfig(model_overrides={**SMALL, "codebook_size": 8}, steps=4), progress=False)
+
+
+def test_train_errors(tmp_path):
+    from chameleon_lite.tokenizers.image_train import TrainConfig, train
+
+    with pytest.raises(ConfigError):
+        TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="override"):
+        TrainConfig(model_overrides={"nope": 1})
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"segments": [{"text": "only words"}]}) + "\n")
+    with pytest.raises(DataError, match="no image segments"):
+        train(str(m), str(tmp_path / "o"), TrainConfig(model_overrides=SMALL, steps=1), progress=False)
+    (tmp_path / "bad.png").write_text("not a picture")
+    m.write_text(json.dumps({"segments": [{"image": "bad.png"}]}) + "\n")
+    with pytest.raises(DataError, match="bad.png"):
+        train(str(m), str(tmp_path / "o"), TrainConfig(model_overrides=SMALL, steps=1), progress=False)
+
+
+def test_cli_train_and_recon(tmp_path, capsys):
+    from chameleon_lite.cli import main
+
+    manifest = _manifest(tmp_path, 4)
+    out = str(tmp_path / "tok")
+    # The CLI trains presets; a tiny preset run of one step is cheap enough here.
+    assert main(["tokenizer", "train-image", "--manifest", manifest, "--out", out, "--steps", "1", "--batch-size", "2"]) == 0
+    png = str(tmp_path / "r.png")
+    assert main(["tokenizer", "image-recon", "--tokenizer", out, "--out", png, str(tmp_path / "img" / "1.png")]) == 0
+    assert Image.open(png).size[0] > 0
+    assert main(["tokenizer", "image-recon", "--tokenizer", out, "--out", png, str(tmp_path / "m.jsonl")]) == 1
+    assert "m.jsonl" in capsys.readouterr().err
