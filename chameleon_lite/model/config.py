@@ -64,6 +64,9 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ConfigError(f"model config: {name} must be a positive number, got {v!r}")
+        for name in ("qk_norm", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.vocab_hash, str):
             raise ConfigError(f"model config: vocab_hash must be a string, got {self.vocab_hash!r}")
 

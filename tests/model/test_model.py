@@ -43,7 +43,15 @@ def test_config_json_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(dim=130, n_heads=4), dict(n_heads=4, n_kv_heads=3), dict(norm_placement="middle"), dict(vocab_size=0), dict(norm_eps=-1.0)],
+    [
+        dict(dim=130, n_heads=4),
+        dict(n_heads=4, n_kv_heads=3),
+        dict(norm_placement="middle"),
+        dict(vocab_size=0),
+        dict(norm_eps=-1.0),
+        dict(qk_norm="yes"),
+        dict(dim=96, n_heads=32, n_kv_heads=32),
+    ],
 )
 def test_config_validation(bad):
     with pytest.raises(ConfigError):
