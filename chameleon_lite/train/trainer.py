@@ -169,8 +169,8 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
         raise ConfigError(f"batch_size={cfg.batch_size} (global rows) must be a multiple of the world size {info.world_size}")
     if info.distributed and cfg.parallel == "none":
         raise ConfigError("parallel=none cannot train with more than one process; use fsdp or ddp")
-    make_loader = make_loader or default_loader_factory()
     vocab, meta = read_data_meta(cfg.data)
+    make_loader = make_loader or default_loader_factory()
     if cfg.val_data:
         val_vocab, _ = read_data_meta(cfg.val_data)
         if val_vocab.hash != vocab.hash:

@@ -307,3 +307,15 @@ def test_activation_checkpointing_matches_and_exports(tmp_path):
     assert sorted(b) == [0, 1, 2, 3]
     for s in a:
         assert b[s] == pytest.approx(a[s], rel=1e-6)
+
+
+def test_pretrain_entry_point_reports_errors_in_one_line(tmp_path):
+    script = os.path.join(HERE, "..", "..", "train", "pretrain.py")
+    for extra, expected in (
+        (["--config", "nonexistent"], "training config 'nonexistent' not found"),
+        (["--config", "debug", "--lrr=1"], "unknown training option"),
+        (["--config", "debug"], "meta.json"),
+    ):
+        r = subprocess.run([sys.executable, script, "--data", str(tmp_path), "--out", str(tmp_path / "run"), *extra], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert expected in r.stderr and "Traceback" not in r.stderr
