@@ -53,9 +53,12 @@ class ImageVQConfig:
     codebook_dim: int = 32
     quantizer: str = "vq"
     fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
-    ema_decay: float = 0.9
+    ema_decay: float = 0.95
     commitment_weight: float = 0.25
-    dead_code_threshold: float = 2.0
+    # EMA count per batch below which a code is re-seeded from the batch. Keep it well under the mean count
+    # (tokens per batch / K, about 2 for the tiny preset at batch 32): near the mean, half the codebook would be
+    # re-seeded every step and the decoder would chase moving codes.
+    dead_code_threshold: float = 0.1
     kmeans_iters: int = 10
     max_pixels: int = DEFAULT_MAX_PIXELS
 

@@ -8,7 +8,17 @@ import json
 def _train_image(args: argparse.Namespace) -> int:
     from chameleon_lite.tokenizers.image_train import TrainConfig, train
 
+    from chameleon_lite.errors import UserError
+
     overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise UserError(f"--set {key}: value {value!r} is not JSON (e.g. 8, 0.5, [32, 64, 128], \"vq\")") from None
     if args.quantizer:
         overrides["quantizer"] = args.quantizer
     cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps, batch_size=args.batch_size,
@@ -61,6 +71,8 @@ def register(cli) -> None:
     p.add_argument("--preset", default="tiny", help="model preset: tiny (64x64, 64 tokens), base, chameleon")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the tokenizer; the run state goes to DIR/run")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model config field of the preset (JSON value), e.g. --set codebook_dim=8")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
