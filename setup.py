@@ -86,7 +86,7 @@ def _sources(*patterns: str) -> list[str]:
     return out
 
 
-common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-sign-compare"]
+common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-sign-compare", "-Wno-unknown-pragmas"]
 if os.environ.get("CHAMELEON_LITE_WERROR") == "1":
     common_cxx.append("-Werror")
 include_dirs = [os.path.join(ROOT, "csrc")]

@@ -7,6 +7,16 @@
 CHAMELEON_LITE_PY_MODULE(_C)
 
 TORCH_LIBRARY(chameleon_lite, m) {
+  // Modality-aware attention (ARCHITECTURE §5). q: [B, L, Hq, D]; k, v: [B, L, Hkv, D]; doc_ids, span_ids:
+  // [B, L] int32. Forward -> (out like q, lse fp32 [B, Hq, L]; -inf on fully masked rows, whose out is 0).
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor doc_ids, Tensor span_ids, float scale) -> (Tensor, Tensor)");
+  // Backward from the saved log-sum-exp -> (dq like q, dk like k, dv like v); GQA heads reduced into dk/dv.
+  m.def(
+      "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor doc_ids, "
+      "Tensor span_ids, float scale) -> (Tensor, Tensor, Tensor)");
+  // Decode against a KV cache. q: [B, Lq, Hq, D] (the Lq newest positions, causal among themselves);
+  // k_cache, v_cache: [B, S_max, Hkv, D]; cache_lens: [B] int32 valid length incl. the new positions -> out like q.
+  m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, float scale) -> Tensor");
   // Fused constrained sampling (ARCHITECTURE §6), one decode step: -> (ids int64 [B], logprobs fp32 [B]).
   // Settings are [B] tensors or one broadcast value; see chameleon_lite/ops/sampling.py.
   m.def(
