@@ -18,7 +18,8 @@ A manifest line looks like::
 ``meta["media"]`` holds the ground truth of every image/audio segment in segment order (see
 :meth:`ImageSpec.to_meta` / :meth:`AudioSpec.to_meta`; ``from_meta`` reads them back), ``meta["task"]`` the task
 form. An audio record reads ``{"type": "audio", "sample_rate": 16000, "notes": ["C5", "E5", "G5"],
-"timbre": "square", "durations": [0.3, 0.25, 0.31]}``. No segment carries ``attend``.
+"timbre": "square", "durations": [0.3, 0.25, 0.31]}``. The input media of ``image_to_caption`` and
+``audio_to_caption`` documents carry ``"attend": "bidirectional"`` (unless ``bidirectional_inputs`` is off).
 
 Pure building blocks (also used by the checkers, tests and evaluation): :func:`sample_image_spec`,
 :func:`render_image`, :func:`caption_image`, :func:`image_prompt`; :func:`sample_audio_spec`,
@@ -236,6 +237,9 @@ class CorpusConfig:
     sample_rate: int = 16000
     task_weights: dict[str, float] = dataclasses.field(default_factory=_default_task_weights)
     interleaved_media: tuple[int, int] = (2, 4)  # inclusive range of media items in an interleaved document
+    # In image_to_caption / audio_to_caption documents the media is an input the model reads, never one it must
+    # generate: mark it "attend": "bidirectional" (ARCHITECTURE §5), as generation feeds prompt media.
+    bidirectional_inputs: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
@@ -469,17 +473,22 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
     media_meta: list[dict[str, Any]] = []
     segments: list[dict[str, str]] = []
 
-    def add_image(spec: ImageSpec) -> None:
+    def segment(kind: str, path: str, as_input: bool) -> dict[str, str]:
+        if as_input and config.bidirectional_inputs:
+            return {kind: path, "attend": "bidirectional"}
+        return {kind: path}
+
+    def add_image(spec: ImageSpec, as_input: bool = False) -> None:
         path = f"images/{stem}_{len(media_meta)}.png"
         images[path] = render_image(spec, config.image_size)
         media_meta.append(spec.to_meta(config.image_size, config.image_size))
-        segments.append({"image": path})
+        segments.append(segment("image", path, as_input))
 
-    def add_audio(spec: AudioSpec) -> None:
+    def add_audio(spec: AudioSpec, as_input: bool = False) -> None:
         path = f"audio/{stem}_{len(media_meta)}.wav"
         audio[path] = to_pcm16(synthesize_audio(spec, config.sample_rate))
         media_meta.append(spec.to_meta(config.sample_rate))
-        segments.append({"audio": path})
+        segments.append(segment("audio", path, as_input))
 
     if task == "caption_to_image":
         spec = sample_image_spec(rng)
@@ -487,7 +496,7 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
         add_image(spec)
     elif task == "image_to_caption":
         spec = sample_image_spec(rng)
-        add_image(spec)
+        add_image(spec, as_input=True)
         segments.append({"text": caption_image(spec, int(rng.integers(len(IMAGE_CAPTIONS))))})
     elif task == "caption_to_audio":
         aspec = sample_audio_spec(rng)
@@ -495,7 +504,7 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
         add_audio(aspec)
     elif task == "audio_to_caption":
         aspec = sample_audio_spec(rng)
-        add_audio(aspec)
+        add_audio(aspec, as_input=True)
         segments.append({"text": caption_audio(aspec, int(rng.integers(len(AUDIO_CAPTIONS))))})
     else:
         lo, hi = config.interleaved_media

@@ -200,12 +200,16 @@ def test_manifest_structure(corpus):
         assert set(r) == {"id", "segments", "meta"}
         segs = r["segments"]
         kinds = []
-        for seg in segs:
-            assert len(seg) == 1 and next(iter(seg)) in ("text", "image", "audio")
-            kinds.append(next(iter(seg)))
+        task = r["meta"]["task"]
+        for i, seg in enumerate(segs):
+            kind = next(iter(seg))
+            assert kind in ("text", "image", "audio")
+            # only the media a caption describes is an input (bidirectional); everything else is plain
+            as_input = task in ("image_to_caption", "audio_to_caption") and i == 0
+            assert seg == ({kind: seg[kind], "attend": "bidirectional"} if as_input else {kind: seg[kind]})
+            kinds.append(kind)
         media = [k for k in kinds if k != "text"]
         assert [m["type"] for m in r["meta"]["media"]] == media
-        task = r["meta"]["task"]
         expected = {"caption_to_image": ["text", "image"], "image_to_caption": ["image", "text"],
                     "caption_to_audio": ["text", "audio"], "audio_to_caption": ["audio", "text"]}
         if task in expected:
@@ -214,6 +218,15 @@ def test_manifest_structure(corpus):
             assert 2 <= len(media) <= 4 and kinds[0::2] == ["text"] * len(media) and kinds[1::2] == media
     report = validate_manifest(manifest)
     assert report.ok, report.summary()
+
+
+def test_bidirectional_inputs_can_be_switched_off(tmp_path):
+    cfg = P.CorpusConfig(bidirectional_inputs=False, task_weights={"image_to_caption": 1.0, "audio_to_caption": 1.0})
+    for i in range(6):
+        doc = P.make_document(i, 0, cfg)
+        assert all("attend" not in seg for seg in doc.record["segments"])
+    doc = P.make_document(0, 0, P.CorpusConfig(task_weights={"image_to_caption": 1.0}))
+    assert doc.record["segments"][0]["attend"] == "bidirectional"
 
 
 def test_files_decode_and_match_meta(corpus):
