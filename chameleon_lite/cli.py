@@ -14,12 +14,14 @@ from chameleon_lite.errors import UserError
 
 # Modules that declare commands, in the order they appear in --help.
 COMMAND_MODULES = (
+    "chameleon_lite.quickstart",
     "chameleon_lite.data.commands",
     "chameleon_lite.tokenizers.text_commands",
     "chameleon_lite.tokenizers.image_commands",
     "chameleon_lite.tokenizers.audio_commands",
     "chameleon_lite.vocab_commands",
     "chameleon_lite.train.commands",
+    "chameleon_lite.eval.commands",
 )
 
 GROUP_HELP = {

@@ -1,0 +1,1 @@
+"""Evaluation: cross-modal tasks judged by the procedural checkers, tokenizer reconstruction, perplexity."""

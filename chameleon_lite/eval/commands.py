@@ -1,0 +1,36 @@
+"""CLI command of the evaluation harness (registered by chameleon_lite.cli)."""
+from __future__ import annotations
+
+import argparse
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from chameleon_lite.eval.harness import TASKS, EvalConfig, run_eval
+
+    cfg = EvalConfig(
+        model=args.model, out=args.out or f"{args.model.rstrip('/')}-eval", n=args.n, seed=args.seed,
+        tasks=tuple(args.tasks) if args.tasks else TASKS, batch=args.batch, shards=args.shards,
+        text_temperature=args.text_temperature, image_temperature=args.image_temperature,
+        audio_temperature=args.audio_temperature, image_cfg=args.image_cfg, audio_cfg=args.audio_cfg,
+    )
+    res = run_eval(cfg)
+    print(f"wrote {cfg.out}/eval.json and {cfg.out}/report.html ({res['seconds']:.0f} s)")
+    return 0
+
+
+def register(cli) -> None:
+    from chameleon_lite.eval.harness import TASKS
+
+    p = cli.command("eval", "judge a model on held-out procedural prompts with the checkers; eval.json + report.html", _eval)
+    p.add_argument("--model", required=True, metavar="DIR", help="exported model folder")
+    p.add_argument("--out", default=None, metavar="DIR", help="report folder (default MODEL-eval)")
+    p.add_argument("--n", type=int, default=100, help="prompts per task (default 100)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the held-out prompts and of sampling")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="tasks to run (default all)")
+    p.add_argument("--batch", type=int, default=8, help="prompts generated together")
+    p.add_argument("--shards", default=None, metavar="DIR", help="validation shards for per-modality perplexity")
+    p.add_argument("--text-temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--image-temperature", type=float, default=0.0)
+    p.add_argument("--audio-temperature", type=float, default=0.0)
+    p.add_argument("--image-cfg", type=float, default=None, help="classifier-free guidance scale for image spans")
+    p.add_argument("--audio-cfg", type=float, default=None, help="classifier-free guidance scale for audio spans")

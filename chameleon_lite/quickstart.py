@@ -1,0 +1,201 @@
+"""`chameleon-lite quickstart`: the whole loop on the procedural corpus, on one CPU.
+
+corpus → text BPE → image VQ → audio codec → vocab → shards → pretraining (tiny) → curves → export →
+evaluation → a demo interleaved document. Every stage is resumable (see :mod:`chameleon_lite.pipeline`): an
+interrupted quickstart continues where it stopped; stages that train continue from their own checkpoints.
+
+The step counts below are the defaults for ``budget_minutes=30`` on 2 cores; another budget scales the training
+stages linearly (never below a floor that still gives a usable model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.pipeline import Pipeline, Stage
+
+DEFAULT_BUDGET_MINUTES = 30.0
+DEMO_PROMPT = "a large red circle in the top left, then play C5 E5 G5 on a square wave"
+
+
+@dataclasses.dataclass
+class QuickstartConfig:
+    """Sizes of one quickstart. Training step counts are for ``budget_minutes`` = 30 and scale with it."""
+
+    out: str = "runs/quickstart"
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    seed: int = 0
+    n_docs: int = 6000
+    n_heldout: int = 300
+    workers: int = 2
+    text_vocab: int = 1024
+    image_steps: int = 1200
+    audio_steps: int = 1200
+    train_steps: int = 1500
+    train_model: str = "tiny"
+    seq_len: int = 512
+    batch_size: int = 8
+    eval_n: int = 40
+    min_scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not self.budget_minutes > 0:
+            raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
+        for name in ("n_docs", "n_heldout", "workers", "text_vocab", "image_steps", "audio_steps", "train_steps", "eval_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def scale(self) -> float:
+        return max(self.min_scale, self.budget_minutes / DEFAULT_BUDGET_MINUTES)
+
+    def steps(self, base: int) -> int:
+        return max(20, int(round(base * self.scale)))
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+
+def _copy_artifacts(src: str, dst: str, names: tuple[str, ...]) -> None:
+    os.makedirs(dst, exist_ok=True)
+    for n in names:
+        shutil.copy2(os.path.join(src, n), os.path.join(dst, n))
+
+
+def build_stages(cfg: QuickstartConfig) -> list[Stage]:
+    from chameleon_lite.tokenizers import base
+
+    corpus, heldout, tok = cfg.path("corpus"), cfg.path("heldout"), cfg.path("tokenizers")
+    manifest = os.path.join(corpus, "manifest.jsonl")
+    shards, run, model_dir = cfg.path("shards"), cfg.path("run"), cfg.path("model")
+
+    def make_corpus() -> None:
+        from chameleon_lite.data.procedural import write_corpus
+
+        write_corpus(corpus, cfg.n_docs, seed=cfg.seed, workers=cfg.workers)
+
+    def make_heldout() -> None:
+        from chameleon_lite.data.procedural import write_corpus
+
+        write_corpus(heldout, cfg.n_heldout, seed=cfg.seed + 1000, workers=cfg.workers)
+
+    def text_tokenizer() -> None:
+        from chameleon_lite.tokenizers.text import TextTokenizer, iter_manifest_texts
+
+        TextTokenizer.train(iter_manifest_texts(manifest), vocab_size=cfg.text_vocab).save(tok)
+
+    def image_tokenizer() -> None:
+        from chameleon_lite.tokenizers import image_train
+
+        out = cfg.path("image_vq")
+        image_train.train(manifest, out, image_train.quickstart_config(steps=cfg.steps(cfg.image_steps), seed=cfg.seed))
+        _copy_artifacts(out, tok, (base.IMAGE_WEIGHTS, base.IMAGE_CONFIG))
+
+    def audio_tokenizer() -> None:
+        from chameleon_lite.tokenizers import audio_train
+
+        out = cfg.path("audio_codec")
+        audio_train.train(manifest, out, audio_train.quickstart_config(steps=cfg.steps(cfg.audio_steps), seed=cfg.seed))
+        _copy_artifacts(out, tok, (base.AUDIO_WEIGHTS, base.AUDIO_CONFIG))
+
+    def vocab() -> None:
+        base.vocab_from_tokenizer_dir(tok).save(os.path.join(tok, base.VOCAB_FILE))
+
+    def tokenize() -> None:
+        from chameleon_lite.data.pretokenize import pretokenize
+
+        pretokenize(manifest, tok, shards, workers=cfg.workers, val_fraction=0.03, seed=cfg.seed)
+
+    def pretrain() -> None:
+        from chameleon_lite.train.config import TrainConfig
+        from chameleon_lite.train.trainer import train
+
+        steps = cfg.steps(cfg.train_steps)
+        train(TrainConfig(
+            model=cfg.train_model, data=os.path.join(shards, "train"), val_data=os.path.join(shards, "val"), out=run,
+            tokenizers=tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=steps, lr=2e-3,
+            warmup=min(50, steps // 10), ckpt_every=max(25, steps // 10), val_every=max(25, steps // 15), val_batches=4,
+            seed=cfg.seed, parallel="none",
+        ))
+
+    def curves() -> None:
+        from chameleon_lite.train.plotting import plot_run
+
+        plot_run(run, title="quickstart: tiny preset on the procedural corpus")
+
+    def export() -> None:
+        from chameleon_lite.model.io import export_run
+
+        export_run(run, model_dir, tokenizers_dir=tok)
+
+    def evaluate() -> None:
+        from chameleon_lite.eval.harness import EvalConfig, run_eval
+
+        run_eval(EvalConfig(model=model_dir, out=cfg.path("eval"), n=cfg.eval_n, seed=cfg.seed + 2000,
+                            shards=os.path.join(shards, "val")))
+
+    def demo() -> None:
+        from chameleon_lite.generate import GenerationConfig, Generator, Prompt
+
+        gen = Generator.from_dir(model_dir)
+        doc = gen.generate(Prompt(text=DEMO_PROMPT), GenerationConfig(max_new_tokens=400, seed=cfg.seed))[0]
+        doc.save(cfg.path("demo"))
+
+    s = cfg.steps
+    return [
+        Stage("corpus", make_corpus, {"n": cfg.n_docs, "seed": cfg.seed}, [corpus]),
+        Stage("heldout", make_heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [heldout]),
+        Stage("text-tokenizer", text_tokenizer, {"vocab": cfg.text_vocab}, [os.path.join(tok, base.TEXT_FILE)]),
+        Stage("image-tokenizer", image_tokenizer, {"steps": s(cfg.image_steps)}, [cfg.path("image_vq")], resumable=True),
+        Stage("audio-tokenizer", audio_tokenizer, {"steps": s(cfg.audio_steps)}, [cfg.path("audio_codec")], resumable=True),
+        Stage("vocab", vocab, {}, [os.path.join(tok, base.VOCAB_FILE)]),
+        Stage("tokenize", tokenize, {}, [shards], resumable=True),
+        Stage("pretrain", pretrain, {"steps": s(cfg.train_steps), "model": cfg.train_model}, [run], resumable=True),
+        Stage("curves", curves, {}),
+        Stage("export", export, {}, [model_dir]),
+        Stage("eval", evaluate, {"n": cfg.eval_n}, [cfg.path("eval")]),
+        Stage("demo", demo, {"prompt": DEMO_PROMPT}, [cfg.path("demo")]),
+    ]
+
+
+def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
+    """Run (or continue) the quickstart in ``cfg.out``; returns the stage wall times and where things are."""
+    os.makedirs(cfg.out, exist_ok=True)
+    t0 = time.perf_counter()
+    times = Pipeline(cfg.out).run(build_stages(cfg))
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "seconds_this_run": time.perf_counter() - t0,
+        "stage_seconds_this_run": times,
+        "model": cfg.path("model"),
+        "eval": cfg.path("eval", "report.html"),
+        "demo": cfg.path("demo", "document.html"),
+        "curves": cfg.path("run", "curves.png"),
+    }
+    with open(cfg.path("quickstart.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _run(args) -> int:
+    cfg = QuickstartConfig(out=args.out, budget_minutes=args.budget_minutes, seed=args.seed, workers=args.workers)
+    summary = quickstart(cfg)
+    print(f"quickstart finished ({summary['seconds_this_run'] / 60:.1f} min this run)")
+    for key in ("model", "curves", "eval", "demo"):
+        print(f"  {key:7s} {summary[key]}")
+    print(f"try: chameleon-lite generate --model {summary['model']} --prompt \"{DEMO_PROMPT}\" --out {cfg.path('try')}")
+    return 0
+
+
+def register(cli) -> None:
+    p = cli.command("quickstart", "corpus → tokenizers → shards → pretraining → export → eval → demo, resumable", _run)
+    p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="working folder (default runs/quickstart)")
+    p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+                   help="scales the training stages (default 30, tuned for 2 CPU cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corpus and of every training stage")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for corpus writing and pretokenizing")
