@@ -21,6 +21,25 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    from chameleon_lite.data.pretokenize import pretokenize
+
+    summary = pretokenize(args.manifest, args.tokenizers, args.out, workers=args.workers, val_fraction=args.val_fraction,
+                          seed=args.seed, shard_tokens=args.shard_tokens, on_error="skip" if args.skip_bad else "raise",
+                          progress=not args.quiet)
+    for split in ("train", "val"):
+        if split in summary:
+            s = summary[split]
+            per = ", ".join(f"{k} {v}" for k, v in s["tokens_per_modality"].items())
+            print(f"{split}: {s['documents']} documents, {s['tokens']} tokens ({per}) -> {args.out}/{split}")
+    if summary["skipped"]:
+        print(f"skipped {summary['skipped']} unreadable documents, e.g.:")
+        for line in summary["skipped_examples"]:
+            print(f"  {line}")
+    print(f"took {summary['seconds']:.1f} s")
+    return 0
+
+
 def register(cli) -> None:
     p = cli.command("data procedural", "write the seeded procedural corpus (PNG + WAV files and a JSONL manifest)", _procedural)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.jsonl, images/, audio/)")
@@ -33,4 +52,15 @@ def register(cli) -> None:
     p = cli.command("data validate", "check a JSONL manifest: JSON, segment keys, files present and decodable", _validate)
     p.add_argument("manifest", help="path to the manifest (.jsonl)")
     p.add_argument("--no-media", action="store_true", help="only check that files exist, do not decode them")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = cli.command("data tokenize", "pretokenize a manifest into shards (OUT/train, OUT/val) for training", _tokenize)
+    p.add_argument("--manifest", required=True, help="JSONL manifest")
+    p.add_argument("--tokenizers", required=True, metavar="DIR", help="folder with tokenizer.json, image_vq.*, audio_codec.*")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of documents held out for validation (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard file (default 2^26)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out documents whose media cannot be read (reported)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

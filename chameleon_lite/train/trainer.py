@@ -46,20 +46,9 @@ class TrainingError(UserError):
 
 def read_data_meta(shards_dir: str) -> tuple[UnifiedVocab, dict[str, Any]]:
     """The vocabulary recorded in ``shards_dir/meta.json`` (key "vocab": a UnifiedVocab dict with its hash)."""
-    path = os.path.join(shards_dir, "meta.json")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: shard metadata not found; is {shards_dir} a folder made by `chameleon-lite data tokenize`?") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: shard metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("vocab"), dict):
-        raise DataError(f"{path}: shard metadata has no \"vocab\" object")
-    vocab = UnifiedVocab.from_dict(meta["vocab"], source=f"{path} (vocab)")
-    if "vocab_hash" in meta and meta["vocab_hash"] != vocab.hash:
-        raise DataError(f"{path}: vocab_hash {meta['vocab_hash']} does not match the vocab recorded beside it ({vocab.hash})")
-    return vocab, meta
+    from chameleon_lite.data.shards import read_vocab
+
+    return read_vocab(shards_dir)
 
 
 def default_loader_factory() -> LoaderFactory:

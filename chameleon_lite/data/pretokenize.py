@@ -1,0 +1,142 @@
+"""Manifest -> pretokenized shards (``chameleon-lite data tokenize``).
+
+Documents are read from a JSONL manifest, split into train/validation by a seeded draw, encoded in chunks
+(text BPE, image VQ in one batch per chunk, audio codec per clip) and appended in manifest order to
+``OUT/train`` (and ``OUT/val``). With ``workers > 1`` chunks are encoded in worker processes that each load the
+tokenizers once; the output does not depend on the number of workers.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from chameleon_lite.data.manifest import Document, iter_documents
+from chameleon_lite.data.sequence import EncodedSequence, SequenceEncoder, parts_from_segments
+from chameleon_lite.data.shards import ShardWriter
+from chameleon_lite.errors import ConfigError, DataError
+
+_WORKER: dict[str, Any] = {}
+
+
+def _load_tokenizers(tokenizers: str | Any):
+    from chameleon_lite.tokenizers.base import Tokenizers
+
+    return Tokenizers.load(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else tokenizers
+
+
+def _init_worker(tokenizer_dir: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["encoder"] = SequenceEncoder(_load_tokenizers(tokenizer_dir))
+
+
+def _encode_chunk(encoder: SequenceEncoder, docs: list[Document]) -> list[EncodedSequence | str]:
+    """Encoded documents, or for an unreadable one the error prefixed with its manifest line."""
+    res = encoder.encode_many([parts_from_segments(d.segments) for d in docs], on_error="skip")
+    return [r if isinstance(r, EncodedSequence) else f"{d.where}: {r}" for d, r in zip(docs, res)]
+
+
+def _worker_chunk(docs: list[Document]) -> list[EncodedSequence | str]:
+    return _encode_chunk(_WORKER["encoder"], docs)
+
+
+def _chunks(docs: list[Document], size: int) -> Iterator[list[Document]]:
+    for i in range(0, len(docs), size):
+        yield docs[i:i + size]
+
+
+def split_validation(n: int, fraction: float, seed: int) -> np.ndarray:
+    """bool [n]: which documents go to validation (round(n * fraction), at least one when fraction > 0 and n > 1)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {fraction}")
+    k = int(round(n * fraction))
+    if fraction > 0 and n > 1:
+        k = min(max(k, 1), n - 1)
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng([seed, 0x5EED]).permutation(n)[:k]] = True
+    return mask
+
+
+def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int = 1, val_fraction: float = 0.0,
+                seed: int = 0, chunk_docs: int = 128, shard_tokens: int = 1 << 26, on_error: str = "raise",
+                progress: bool = True) -> dict[str, Any]:
+    """Tokenize every document of ``manifest`` into ``out/train`` (and ``out/val`` when ``val_fraction > 0``).
+
+    tokenizers: a tokenizer folder (tokenizer.json, image_vq.*, audio_codec.*) or a loaded ``Tokenizers``.
+    on_error: "raise" stops at the first unreadable media file (DataError naming file and manifest line);
+    "skip" leaves such documents out and reports them. Returns a summary (counts, skipped, seconds).
+    """
+    from tqdm import tqdm
+
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if chunk_docs < 1:
+        raise ConfigError(f"chunk_docs must be >= 1, got {chunk_docs}")
+    t0 = time.perf_counter()
+    tk = _load_tokenizers(tokenizers)
+    docs = list(iter_documents(manifest))
+    if not docs:
+        raise DataError(f"{manifest}: no documents")
+    for d in docs:
+        for kind in ("image", "audio"):
+            if getattr(tk, kind) is None and any(s.kind == kind for s in d.segments):
+                raise ConfigError(f"{d.where}: the document has {kind} segments but the tokenizers have no {kind} tokenizer")
+    is_val = split_validation(len(docs), val_fraction, seed)
+    tok_dir = os.path.abspath(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else ""
+    extra = {"tokenizers": tok_dir, "manifest": os.path.abspath(manifest), "seed": seed, "val_fraction": val_fraction}
+    writers = {"train": ShardWriter(os.path.join(out, "train"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "train"})}
+    if is_val.any():
+        writers["val"] = ShardWriter(os.path.join(out, "val"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "val"})
+    os.makedirs(out, exist_ok=True)
+    skipped: list[str] = []
+    use_pool = workers > 1 and bool(tok_dir) and len(docs) > chunk_docs
+    for w in writers.values():
+        w.__enter__()
+    try:
+        bar = tqdm(total=len(docs), desc="tokenizing", unit="doc", disable=not progress, file=sys.stderr)
+        chunks = list(_chunks(list(range(len(docs))), chunk_docs))
+        if use_pool:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(tok_dir, threads))
+            results = pool.map(_worker_chunk, [[docs[i] for i in c] for c in chunks])
+        else:
+            pool = None
+            encoder = SequenceEncoder(tk)
+            results = (_encode_chunk(encoder, [docs[i] for i in c]) for c in chunks)
+        try:
+            for idx, res in zip(chunks, results):
+                for i, r in zip(idx, res):
+                    if isinstance(r, str):
+                        if on_error == "raise":
+                            raise DataError(r)
+                        skipped.append(r)
+                        continue
+                    writers["val" if is_val[i] else "train"].add(r.ids, r.spans)
+                bar.update(len(idx))
+                bar.set_postfix(skipped=len(skipped))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            bar.close()
+    except BaseException as e:
+        for w in writers.values():
+            w.__exit__(type(e), e, None)
+        raise
+    if writers["train"].n_docs == 0:
+        for w in writers.values():
+            w.__exit__(DataError, None, None)
+        raise DataError(f"{manifest}: no document could be tokenized ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
+    for w in writers.values():
+        w.__exit__(None, None, None)
+    summary = {name: {k: w.meta()[k] for k in ("documents", "tokens", "tokens_per_modality")} for name, w in writers.items()}
+    summary.update(skipped=len(skipped), skipped_examples=skipped[:10], seconds=round(time.perf_counter() - t0, 2))
+    return summary
