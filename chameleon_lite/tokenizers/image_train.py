@@ -80,6 +80,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
+    """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus)."""
+    return TrainConfig(preset="tiny", steps=steps, warmup=min(50, max(1, steps // 20)), seed=seed,
+                       grid_every=max(50, steps // 6), ckpt_every=max(50, steps // 6), log_every=20)
+
+
 # ---------------------------------------------------------------------------------------------- data
 def manifest_image_paths(manifest: str) -> list[str]:
     """Absolute paths of every image segment of a JSONL manifest, in order."""
