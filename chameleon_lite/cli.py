@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "chameleon_lite.tokenizers.audio_commands",
     "chameleon_lite.vocab_commands",
     "chameleon_lite.train.commands",
+    "chameleon_lite.generate.commands",
     "chameleon_lite.eval.commands",
 )
 

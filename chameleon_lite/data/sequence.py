@@ -14,6 +14,7 @@ encoded by the VQ tokenizer in one batch.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,6 +62,11 @@ def _describe(value: Any) -> str:
     return str(value) if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__") else type(value).__name__
 
 
+def _check_file(value: Any, kind: str) -> None:
+    if isinstance(value, (str, os.PathLike)) and not os.path.isfile(value):
+        raise DataError(f"{os.fspath(value)}: {kind} file not found")
+
+
 class SequenceEncoder:
     """Turns documents into unified ids with the tokenizers of one :class:`~chameleon_lite.tokenizers.base.Tokenizers`."""
 
@@ -82,6 +88,7 @@ class SequenceEncoder:
         rgbs, errors = [], []
         for v in values:
             try:
+                _check_file(v, "image")
                 rgbs.append(load_images([v], tok.image_size)[0])
                 errors.append(None)
             except DataError as e:
@@ -94,6 +101,7 @@ class SequenceEncoder:
 
     def _audio_ids(self, value: Any) -> np.ndarray:
         tok = self._require("audio")
+        _check_file(value, "audio")
         codes = tok.encode(value)
         ids = self.vocab.audio_to_unified(codes).numpy()
         if ids.size == 0:

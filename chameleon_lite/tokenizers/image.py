@@ -349,18 +349,9 @@ def from_model_output(x: torch.Tensor) -> torch.Tensor:
 
 def autocast_dtype() -> torch.dtype | None:
     """bf16 when this CPU has native bf16 arithmetic (AMX or AVX512-BF16), else None (run fp32)."""
-    try:
-        caps = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
-        return None
-    if "AMX" in caps.upper():
-        return torch.bfloat16
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return None
-    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+    from chameleon_lite.hardware import fast_cpu_dtype
+
+    return fast_cpu_dtype()
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer

@@ -128,17 +128,3 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return out
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), where bf16 autocast beats fp32
-    (on a 2-core AVX512-BF16 machine a bf16 GEMM of training shapes ran 2.4x faster than fp32)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        pass
-    return False

@@ -65,7 +65,7 @@ def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
         return torch.float32
     if device.type == "cuda":
         return torch.bfloat16
-    from chameleon_lite.train.metrics import cpu_has_fast_bf16
+    from chameleon_lite.hardware import cpu_has_fast_bf16
 
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 

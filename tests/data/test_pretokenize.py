@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from chameleon_lite.cli import main
@@ -15,37 +14,18 @@ from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.data.shards import ShardSet
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.base import Tokenizers
-from chameleon_lite.tokenizers.image import ImageTokenizer, ImageVQModel, preset
 from chameleon_lite.tokenizers.text import TextTokenizer, iter_manifest_texts
 from chameleon_lite.vocab import UnifiedVocab
-
-SMALL_IMAGE = dict(image_size=16, channels=(8, 8, 8), dec_channels=(8, 8, 8), codebook_size=16, codebook_dim=4)
-
-
-class FakeAudio:
-    """A stand-in codec with the AudioTokenizer interface: one frame per 320 samples, codes from the samples."""
-
-    num_levels, codebook_size, sample_rate, frame_rate = 2, 8, 16000, 50
-
-    def encode(self, value):
-        x, _ = sf.read(value, dtype="float32") if isinstance(value, str) else (np.asarray(value), None)
-        frames = len(x) // 320
-        q = (np.abs(x[: frames * 320]).reshape(frames, 320).mean(1) * 1000).astype(np.int64)
-        return torch.from_numpy(np.stack([q % 8, (q // 8) % 8]))
-
+from toy import ToyAudio, small_image_tokenizer
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretok")
     manifest = write_corpus(str(root / "corpus"), 24, seed=3, config=CorpusConfig(image_size=32), progress=False)
     text = TextTokenizer.train(iter_manifest_texts(manifest), vocab_size=300, progress=False)
-    torch.manual_seed(0)
-    model = ImageVQModel(preset("tiny", **SMALL_IMAGE)).train()
-    with torch.no_grad():
-        model(torch.rand(8, 3, 16, 16) * 2 - 1)
-    image = ImageTokenizer(model.eval(), autocast=None)
+    image = small_image_tokenizer()
     vocab = UnifiedVocab(text_size=text.vocab_size, image_codebook=16, audio_levels=2, audio_codebook=8)
-    tk = Tokenizers(vocab=vocab, text=text, image=image, audio=FakeAudio())
+    tk = Tokenizers(vocab=vocab, text=text, image=image, audio=ToyAudio())
     # a text+image-only manifest and a saved tokenizer folder for the worker-process and CLI paths
     tok_dir = str(root / "tok")
     text.save(tok_dir)

@@ -1,0 +1,95 @@
+"""`chameleon-lite generate`: prompt a model folder, stream text to the terminal, write the document folder(s)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _settings(args: argparse.Namespace, kind: str):
+    from chameleon_lite.generate import SamplingSettings
+
+    g = lambda name: getattr(args, f"{kind}_{name}")  # noqa: E731
+    return SamplingSettings(temperature=g("temperature"), top_k=g("top_k"), top_p=g("top_p"), min_p=g("min_p"),
+                            cfg_scale=g("cfg"), repetition_penalty=g("repetition_penalty"))
+
+
+class _Printer:
+    """Streams row 0's text; shows a progress line while an image/audio span is being generated."""
+
+    def __init__(self, out=sys.stdout) -> None:
+        self.out = out
+        self.in_span = False
+
+    def __call__(self, ev) -> None:
+        if ev.row != 0:
+            return
+        if ev.span is not None:
+            done, total = ev.span
+            what = "image" if total else "audio"
+            progress = f"{done}/{total} tokens" if total else f"{done} tokens"
+            self.out.write(f"\r[{what}: {progress}]")
+            self.in_span = True
+        else:
+            if self.in_span:
+                self.out.write("\n")
+                self.in_span = False
+            self.out.write(ev.text)
+        self.out.flush()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from chameleon_lite.generate import GenerationConfig, Generator, Prompt
+
+    from chameleon_lite.errors import ConfigError
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, text=_settings(args, "text"),
+                           image=_settings(args, "image"), audio=_settings(args, "audio"), stop=tuple(args.stop or ()),
+                           dtype=args.dtype)
+    gen = Generator.from_dir(args.model)
+    prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)
+    printer = None if args.quiet else _Printer()
+    docs = gen.generate([prompt] * args.batch, cfg, stream=printer)
+    if printer is not None:
+        sys.stdout.write("\n")
+    for i, doc in enumerate(docs):
+        out = args.out if args.batch == 1 else os.path.join(args.out, f"sample_{i:03d}")
+        doc.save(out)
+        print(f"wrote {out}/document.html ({len(doc.images)} images, {len(doc.audios)} audio clips, "
+              f"{len(doc.ids)} tokens, {doc.settings['finish_reason']})")
+    t = docs[0].timings
+    print(f"time to first token {1e3 * t['time_to_first_token_s']:.0f} ms, decode {t['decode_tokens_per_s']:.1f} tokens/s "
+          f"({t['batch']} rows{', CFG' if t['cfg_rows'] else ''}, {t['dtype']})")
+    return 0
+
+
+def register(cli) -> None:
+    p = cli.command("generate", "generate an interleaved text/image/audio document from a prompt", _generate)
+    p.add_argument("--model", required=True, metavar="DIR", help="exported model folder (model.safetensors, config.json, tokenizers)")
+    p.add_argument("--prompt", default="", help="prompt text")
+    p.add_argument("--image", action="append", metavar="PATH", help="prompt image (repeatable)")
+    p.add_argument("--audio", action="append", metavar="PATH", help="prompt audio clip (repeatable)")
+    p.add_argument("--then", choices=("text", "image", "audio"), default=None,
+                   help="open a span after the prompt: the model continues with an image or audio (default: its choice)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per sample (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same document)")
+    p.add_argument("--batch", type=int, default=1, help="samples of the prompt generated together (default 1)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop a sample when its text contains TEXT (repeatable)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="compute dtype (default: bf16 where the CPU has it natively)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="generated", metavar="DIR", help="output folder (default ./generated)")
+    p.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
+    defaults = {"text": (0.8, 0, 0.95), "image": (1.0, 0, 1.0), "audio": (1.0, 0, 1.0)}
+    for kind, (temp, k, top_p) in defaults.items():
+        p.add_argument(f"--{kind}-temperature", type=float, default=temp, help=f"{kind} temperature (0 = greedy; default {temp})")
+        p.add_argument(f"--{kind}-top-k", type=int, default=k, help=f"{kind} top-k (0 = off)")
+        p.add_argument(f"--{kind}-top-p", type=float, default=top_p, help=f"{kind} top-p (default {top_p})")
+        p.add_argument(f"--{kind}-min-p", type=float, default=0.0, help=f"{kind} min-p (default 0)")
+        p.add_argument(f"--{kind}-cfg", type=float, default=1.0, help=f"{kind} classifier-free guidance scale (1 = off)")
+        p.add_argument(f"--{kind}-repetition-penalty", type=float, default=1.0, help=f"{kind} repetition penalty (1 = off)")

@@ -1,0 +1,31 @@
+"""What this machine's CPU can do, detected at run time (never assumed)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), where bf16 beats fp32
+    (on a 2-core AVX512-BF16 machine a bf16 GEMM of training shapes ran 2.4x faster than fp32)."""
+    try:
+        if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
+            return True
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split())
+                    return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def fast_cpu_dtype() -> torch.dtype | None:
+    """bf16 when this CPU has native bf16 arithmetic, else None (run fp32)."""
+    return torch.bfloat16 if cpu_has_fast_bf16() else None

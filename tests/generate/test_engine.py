@@ -1,0 +1,202 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from chameleon_lite.cli import main
+from chameleon_lite.errors import ConfigError, DataError, UserError
+from chameleon_lite.generate import GenerationConfig, Generator, Prompt, SamplingSettings
+from chameleon_lite.generate.document import split_spans
+from chameleon_lite.generate.state_machine import ModalityStateMachine
+from chameleon_lite.model.io import save_model_dir
+from toy import toy_model, toy_tokenizers
+
+FP32 = dict(dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def tk():
+    return toy_tokenizers()
+
+
+@pytest.fixture(scope="module")
+def gen(tk):
+    return Generator(toy_model(tk.vocab), tk)
+
+
+def _masked_argmax(logits: torch.Tensor, ranges: torch.Tensor) -> int:
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    for lo, hi in ranges.tolist():
+        keep[lo:hi] = True
+    return int(torch.where(keep, logits, torch.tensor(float("-inf"))).argmax())
+
+
+def _replay(gen, prompt_ids, new_ids, left):
+    sm = ModalityStateMachine(gen.vocab, gen.image_tokens, 1, left)
+    sm.feed_prompt(0, prompt_ids)
+    for t in new_ids:
+        yield sm.allowed_ranges()[0], sm.forced()[0]
+        sm.advance(torch.tensor([t]))
+
+
+def test_greedy_cached_decode_equals_full_forward(gen):
+    """Each greedy id is the constrained argmax of a full (uncached) forward over prompt + ids so far."""
+    cfg = GenerationConfig(max_new_tokens=30, text=SamplingSettings(temperature=0), image=SamplingSettings(temperature=0),
+                           audio=SamplingSettings(temperature=0), **FP32)
+    docs = gen.generate([Prompt(text="Draw a red", then="image"), Prompt(text="A small blue square in the middle.")], cfg)
+    for d in docs:
+        seq = torch.tensor(d.prompt_ids + d.ids)
+        L = len(seq)
+        with torch.no_grad():
+            full = gen.model(seq[None], torch.arange(L)[None], torch.zeros(1, L, dtype=torch.int32),
+                             torch.zeros(1, L, dtype=torch.int32))[0].float()
+        n = len(d.prompt_ids)
+        for i, (ranges, forced) in enumerate(_replay(gen, d.prompt_ids, d.ids, 30)):
+            want = int(forced) if forced >= 0 else _masked_argmax(full[n + i - 1], ranges)
+            assert d.ids[i] == want, f"step {i}"
+
+
+def test_cfg_combines_conditional_and_unconditional_rows(gen):
+    """With CFG, image ids are the argmax of uncond + s * (cond - uncond), the uncond row holding <bos> <boi> + span."""
+    s = 3.0
+    cfg = GenerationConfig(max_new_tokens=gen.image_tokens + 1, image=SamplingSettings(temperature=0, cfg_scale=s), **FP32)
+    d = gen.generate(Prompt(text="Draw a large red circle", then="image"), cfg)[0]
+    assert d.timings["cfg_rows"] == 1
+    v = gen.vocab
+    img = d.ids[: gen.image_tokens]
+    assert d.ids[gen.image_tokens] == v.eoi
+
+    def last_logits(seq):
+        t = torch.tensor(seq)[None]
+        z = torch.zeros_like(t, dtype=torch.int32)
+        with torch.no_grad():
+            return gen.model(t, torch.arange(t.shape[1])[None], z, z)[0, -1].float()
+
+    for i, tok in enumerate(img):
+        cond = last_logits(d.prompt_ids + img[:i])
+        unc = last_logits([v.bos, v.boi] + img[:i])
+        z = unc + s * (cond - unc)
+        lo, hi = v.image_range()
+        assert tok == lo + int(z[lo:hi].argmax())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_generations_are_well_formed(gen, seed):
+    """Property: whatever random weights and draws do, spans are well formed and no banned id appears."""
+    v = gen.vocab
+    torch.manual_seed(seed)
+    g2 = Generator(toy_model(v, seed=seed), gen.tokenizers)
+    prompts = [Prompt(text="Draw"), Prompt(text="Play", then="audio"), Prompt(text="x", then="image"), Prompt(text="The")]
+    max_new = [7, 19, 40, 64][seed % 4]
+    cfg = GenerationConfig(max_new_tokens=max_new, seed=seed, max_audio_frames=5,
+                           text=SamplingSettings(temperature=1.5), image=SamplingSettings(temperature=1.5, cfg_scale=2.0 if seed % 2 else 1.0),
+                           audio=SamplingSettings(temperature=1.5, top_k=3), **FP32)
+    for d in g2.generate(prompts, cfg):
+        assert len(d.ids) <= max_new
+        assert all(0 <= t < v.size and t != v.pad and t != v.bos for t in d.ids)
+        full = d.prompt_ids + d.ids
+        for s in split_spans(full, v):
+            if s.kind == "image" and s.complete:
+                assert len(s.ids) == g2.image_tokens
+                assert all(v.image_offset <= t < v.audio_offset for t in s.ids)
+            if s.kind == "audio" and s.complete:
+                assert len(s.ids) % v.audio_levels == 0 and 0 < len(s.ids) // v.audio_levels <= 5
+                v.unified_to_audio(s.ids)  # levels in order
+        # a media span is never left open by the budget: <boi> is only allowed when the whole image fits
+        if v.boi in full:
+            last = len(full) - 1 - full[::-1].index(v.boi)
+            assert v.eoi in full[last:]
+        assert d.settings["finish_reason"] in ("eos", "length")
+
+
+def test_output_folder_opens(gen, tmp_path):
+    cfg = GenerationConfig(max_new_tokens=40, seed=3, **FP32)
+    img = np.full((20, 20, 3), 200, np.uint8)
+    d = gen.generate(Prompt(text="Look:", images=[img], then="image"), cfg)[0]
+    out = d.save(str(tmp_path / "doc"))
+    meta = json.load(open(os.path.join(out, "document.json")))
+    assert meta["ids"] == d.ids and meta["settings"]["seed"] == 3 and "decode_s" in meta["timings"]
+    assert meta["segments"][0]["kind"] == "image" and meta["segments"][0]["from_prompt"]
+    pngs = [f for f in os.listdir(out) if f.endswith(".png")]
+    assert len(pngs) >= 2  # the prompt image and the generated one
+    for f in pngs:
+        assert Image.open(os.path.join(out, f)).size == (16, 16)
+    html = open(os.path.join(out, "document.html")).read()
+    assert "data:image/png;base64" in html
+    a = gen.generate(Prompt(text="Play", then="audio"), GenerationConfig(max_new_tokens=12, max_audio_frames=4, **FP32))[0]
+    out = a.save(str(tmp_path / "aud"))
+    wav, sr = sf.read(os.path.join(out, "audio_000.wav"))
+    frames = len(next(x for x in a.spans if x.kind == "audio").ids) // 2
+    assert sr == 16000 and 1 <= frames <= 4 and len(wav) == frames * 320 and np.isfinite(wav).all()
+
+
+def test_same_seed_same_ids_and_rows_independent_of_batch(gen):
+    cfg = GenerationConfig(max_new_tokens=25, seed=11, **FP32)
+    p = Prompt(text="A small")
+    one = gen.generate([p], cfg)[0].ids
+    assert gen.generate([p], cfg)[0].ids == one
+    assert gen.generate([p, Prompt(text="Play C4 then"), Prompt(text="x", then="image")], cfg)[0].ids == one
+    assert gen.generate([p], GenerationConfig(max_new_tokens=25, seed=12, **FP32))[0].ids != one
+
+
+def test_streaming_and_stop_strings(gen):
+    events = []
+    cfg = GenerationConfig(max_new_tokens=30, seed=1, **FP32)
+    d = gen.generate(Prompt(text="The"), cfg, stream=events.append)[0]
+    assert [e.id for e in events] == d.ids
+    gen_text = "".join(s.text for s in d.spans if s.kind == "text" and not s.from_prompt)
+    assert "".join(e.text for e in events) == gen_text
+    img = gen.generate(Prompt(text="x", then="image"), GenerationConfig(max_new_tokens=gen.image_tokens + 1, **FP32), stream=events.append)[0]
+    spans = [e.span for e in events[len(d.ids):] if e.span]
+    assert spans[-1] == (gen.image_tokens, gen.image_tokens) and img.images
+    stop = gen_text[3:5]
+    if stop.strip():
+        s = gen.generate(Prompt(text="The"), GenerationConfig(max_new_tokens=30, seed=1, stop=(stop,), **FP32))[0]
+        assert s.settings["finish_reason"] == "stop" and len(s.ids) < len(d.ids)
+        assert s.text.endswith(stop)
+
+
+def test_bad_input(gen, tk, tmp_path):
+    with pytest.raises(UserError, match="context is 256 tokens"):
+        gen.generate(Prompt(text="a b c d " * 200), GenerationConfig(**FP32))
+    with pytest.raises(DataError, match="nope.png"):
+        gen.generate(Prompt(text="x", images=[str(tmp_path / "nope.png")]))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match="bad.png"):
+        gen.generate(Prompt(text="x", images=[str(bad)]))
+    with pytest.raises(DataError, match="missing.wav"):
+        gen.generate(Prompt(text="x", audios=[str(tmp_path / "missing.wav")]))
+    other = toy_tokenizers(texts=["completely different words here"] * 30)
+    with pytest.raises(ConfigError, match="vocabulary|ids"):
+        Generator(gen.model, other)
+    with pytest.raises(ConfigError, match="model folder not found"):
+        Generator.from_dir(str(tmp_path / "no_model"))
+    with pytest.raises(ConfigError, match="then"):
+        Prompt(text="x", then="video")
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingSettings(top_p=0)
+
+
+def test_generate_command(tmp_path, capsys):
+    tk = toy_tokenizers(audio=False)
+    tok_dir = str(tmp_path / "tok")
+    tk.text.save(tok_dir)
+    tk.image.save(tok_dir)
+    model_dir = save_model_dir(toy_model(tk.vocab), tk.vocab, tok_dir, str(tmp_path / "model"))
+    out = str(tmp_path / "out")
+    rc = main(["generate", "--model", model_dir, "--prompt", "Draw a", "--then", "image", "--max-new-tokens", "20",
+               "--image-cfg", "2", "--out", out, "--dtype", "fp32"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "document.html" in text and "tokens/s" in text and "[image:" in text
+    assert os.path.isfile(os.path.join(out, "image_000.png"))
+    rc = main(["generate", "--model", model_dir, "--prompt", "x", "--batch", "2", "--max-new-tokens", "5", "--out", out, "--quiet"])
+    assert rc == 0 and os.path.isfile(os.path.join(out, "sample_001", "document.json"))
+    assert main(["generate", "--model", model_dir, "--prompt", "x", "--then", "audio"]) == 1
+    assert "no audio tokenizer" in capsys.readouterr().err
+    assert main(["generate", "--model", model_dir, "--image", str(tmp_path / "none.png")]) == 1
+    assert "none.png" in capsys.readouterr().err
