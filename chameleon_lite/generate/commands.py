@@ -17,9 +17,13 @@ def _settings(args: argparse.Namespace, kind: str):
 class _Printer:
     """Streams row 0's text; shows a progress line while an image/audio span is being generated."""
 
-    def __init__(self, out=sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out=None) -> None:
+        self._out = out
         self.in_span = False
+
+    @property
+    def out(self):
+        return self._out if self._out is not None else sys.stdout  # looked up late: stdout may be replaced
 
     def __call__(self, ev) -> None:
         if ev.row != 0:

@@ -66,11 +66,12 @@ def _text_default() -> SamplingSettings:
 
 @dataclasses.dataclass
 class GenerationConfig:
-    """max_new_tokens: per row, after the prompt. stop: strings that end a row when its generated text contains
+    """max_new_tokens: per row, after the prompt; min_new_tokens: ``<eos>`` is banned before that many. stop: strings that end a row when its generated text contains
     them. max_audio_frames: cap per audio span (default: what fits). dtype: "auto" (bf16 on CPUs with native
     bf16, else fp32), "fp32" or "bf16"."""
 
     max_new_tokens: int = 256
+    min_new_tokens: int = 0
     seed: int = 0
     text: SamplingSettings = dataclasses.field(default_factory=_text_default)
     image: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
@@ -84,6 +85,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -100,7 +103,8 @@ class GenerationConfig:
 
 @dataclasses.dataclass
 class Prompt:
-    """What a row starts from: images, then audio clips, then text (or ``parts`` for any interleaving).
+    """What a row starts from: images, then audio clips, then text (or ``parts`` for any interleaving, or
+    ``ids``: unified ids as they are, ``<bos>`` prepended when missing).
 
     Prompt media are bidirectional input spans. ``then`` opens a span the model must continue with:
     "image" appends ``<boi>``, "audio" ``<boa>``; None or "text" leaves the choice to the model.
@@ -111,12 +115,13 @@ class Prompt:
     audios: Sequence[Any] = ()
     then: str | None = None
     parts: Sequence[Part] | None = None
+    ids: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.then not in THEN:
             raise ConfigError(f"then must be one of {THEN}, got {self.then!r}")
-        if self.parts is not None and (self.text or self.images or self.audios):
-            raise ConfigError("give either parts or text/images/audios, not both")
+        if (self.parts is not None) + (self.ids is not None) + bool(self.text or self.images or self.audios) > 1:
+            raise ConfigError("give one of parts, ids or text/images/audios")
         if isinstance(self.images, (str, bytes)) or isinstance(self.audios, (str, bytes)):
             raise ConfigError("images and audios are lists of paths or arrays")
 
@@ -198,8 +203,14 @@ class Generator:
         """-> (unified ids starting with <bos>, span ids) of one prompt; media errors name the file."""
         if isinstance(prompt, str):
             prompt = Prompt(text=prompt)
-        enc = self.encoder.encode(prompt.to_parts(), bos=True, eos=False)
-        ids, spans = enc.ids.tolist(), enc.span_ids().tolist()
+        if prompt.ids is not None:
+            ids = [int(t) for t in prompt.ids]
+            self.vocab.check_ids(ids, what="prompt")
+            ids = ids if ids[:1] == [self.vocab.bos] else [self.vocab.bos] + ids
+            spans = [0] * len(ids)
+        else:
+            enc = self.encoder.encode(prompt.to_parts(), bos=True, eos=False)
+            ids, spans = enc.ids.tolist(), enc.span_ids().tolist()
         if prompt.then in ("image", "audio"):
             tok = self.tokenizers.image if prompt.then == "image" else self.tokenizers.audio
             if tok is None:
@@ -232,6 +243,10 @@ class Generator:
                                   allow_image=cfg.allow_image, allow_audio=cfg.allow_audio)
         for b, (ids, _) in enumerate(encoded):
             sm.feed_prompt(b, ids)
+            need = {Mode.IMAGE: self.image_tokens - int(sm.count[b]) + 1, Mode.AUDIO: v.audio_levels + 1}.get(Mode(int(sm.mode[b])), 1)
+            if left[b] < need:
+                raise UserError(f"prompt {b} opens a {Mode(int(sm.mode[b])).name.lower()} span that needs {need} new tokens, "
+                                f"but only {left[b]} fit (max_new_tokens={cfg.max_new_tokens}, context {self.context})")
         use_cfg = (cfg.image.cfg_scale != 1.0 and sm.allow_image) or (cfg.audio.cfg_scale != 1.0 and sm.allow_audio)
         rows = 2 * B if use_cfg else B
         dtype = _resolve_dtype(cfg.dtype)
@@ -270,6 +285,9 @@ class Generator:
             modes = [Mode(int(m)) for m in sm.modality()]
             sets = [table[m] for m in modes]
             allowed = sm.allowed_ranges()
+            if step < cfg.min_new_tokens:  # no <eos> yet: drop it from the range that starts with it
+                at_eos = allowed[..., 0] == v.eos
+                allowed[..., 0] = torch.where(at_eos, allowed[..., 0] + 1, allowed[..., 0])
             kw: dict[str, Any] = dict(
                 temperature=torch.tensor([s.temperature for s in sets], dtype=torch.float32),
                 top_k=torch.tensor([s.top_k for s in sets], dtype=torch.int64),

@@ -179,7 +179,7 @@ class ModalityStateMachine:
                 self.mode[b], self.count[b] = int(Mode.TEXT), 0
             else:
                 self.count[b] += 1
-        if int(self.left[b]) <= 0 and int(self.mode[b]) == int(Mode.TEXT):
+        if int(self.left[b]) <= 0:  # out of room; a span can only be cut here if the prompt opened it too late
             self.mode[b] = int(Mode.DONE)
 
     def advance(self, ids: torch.Tensor) -> None:

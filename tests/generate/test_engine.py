@@ -200,3 +200,36 @@ def test_generate_command(tmp_path, capsys):
     assert "no audio tokenizer" in capsys.readouterr().err
     assert main(["generate", "--model", model_dir, "--image", str(tmp_path / "none.png")]) == 1
     assert "none.png" in capsys.readouterr().err
+
+
+def test_prompt_ids_min_new_tokens_and_span_budget(gen):
+    v = gen.vocab
+    with pytest.raises(ConfigError, match="one of"):
+        Prompt(text="x", ids=[1, 2])
+    with pytest.raises(Exception, match=str(v.size)):
+        gen.generate(Prompt(ids=[v.size + 5]), GenerationConfig(**FP32))
+    text_ids = gen.tokenizers.text.encode("Draw a red")
+    d = gen.generate(Prompt(ids=text_ids), GenerationConfig(max_new_tokens=3, **FP32))[0]
+    assert d.prompt_ids[0] == v.bos and d.prompt_ids[1:] == list(text_ids)
+    # a prompt that opens an image span needs room for the whole span plus <eoi>
+    with pytest.raises(UserError, match="needs"):
+        gen.generate(Prompt(text="x", then="image"), GenerationConfig(max_new_tokens=gen.image_tokens, **FP32))
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        GenerationConfig(max_new_tokens=4, min_new_tokens=5)
+    # <eos> can not come before min_new_tokens: a model that always prefers <eos> still runs 8 tokens, then stops
+    import copy
+    model = copy.deepcopy(gen.model)
+    head = model._head
+
+    def eos_loving_head(h):
+        out = head(h)
+        out[..., v.eos] += 1e4
+        return out
+
+    model._head = eos_loving_head
+    g2 = Generator(model, gen.tokenizers)
+    for seed in range(3):
+        d = g2.generate(Prompt(text="x"), GenerationConfig(max_new_tokens=12, min_new_tokens=8, seed=seed, **FP32))[0]
+        assert v.eos not in d.ids[:8] and d.ids[8] == v.eos and d.settings["finish_reason"] == "eos"
+    d = g2.generate(Prompt(text="x"), GenerationConfig(max_new_tokens=12, **FP32))[0]
+    assert d.ids == [v.eos]
