@@ -1,6 +1,112 @@
-"""CLI commands of this tokenizer (registered by chameleon_lite.cli)."""
+"""CLI commands of the audio codec (registered by chameleon_lite.cli)."""
 from __future__ import annotations
+
+import argparse
+import json
+
+
+def _overrides(items: list[str] | None) -> dict:
+    from chameleon_lite.errors import UserError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise UserError(f"--set {key}: value {value!r} is not JSON (e.g. 8, 0.5, [8, 4, 10])") from None
+    return out
+
+
+def _train_audio(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.audio_train import TrainConfig, train
+
+    cfg = TrainConfig(preset=args.preset, model_overrides=_overrides(args.set), steps=args.steps,
+                      batch_size=args.batch_size, segment_frames=args.segment_frames, lr=args.lr,
+                      disc_start=args.disc_start, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+                      max_clips=args.max_clips, seed=args.seed, threads=args.threads)
+    summary = train(args.manifest, args.out, cfg)
+    last = summary["last"]
+    print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['clips']} clips "
+          f"(last: mel {last.get('mel', float('nan')):.3f}, SI-SNR {last.get('si_snr_db', float('nan')):.1f} dB): {args.out}")
+    return 0
+
+
+def _eval_audio(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.audio_train import evaluate
+    from chameleon_lite.tokenizers.base import write_json_atomic
+
+    res = evaluate(args.tokenizer, args.manifest, n=args.n, levels_low=args.levels, spectrogram_path=args.spectrogram)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        write_json_atomic(args.json, res)
+    return 0
+
+
+def _recon(args: argparse.Namespace) -> int:
+    import os
+
+    from chameleon_lite.tokenizers.audio import AudioTokenizer
+    from chameleon_lite.tokenizers.audio_train import write_wav
+
+    tok = AudioTokenizer.load(args.tokenizer)
+    os.makedirs(args.out, exist_ok=True)
+    for path in args.audio:
+        wave = tok.reconstruct(path, levels=args.levels)
+        name = os.path.splitext(os.path.basename(path))[0] + ".recon.wav"
+        write_wav(os.path.join(args.out, name), wave, tok.sample_rate)
+        print(f"{tok.last_info.describe()} -> {os.path.join(args.out, name)} "
+              f"({tok.frames_for(len(wave))} frames x {args.levels or tok.num_levels} levels)")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from chameleon_lite.tokenizers.audio import AudioTokenizer
+
+    tok = AudioTokenizer.load(args.tokenizer)
+    for path in args.audio:
+        codes = tok.encode(path)
+        print(f"{path} ({tok.last_info.describe().split(': ', 1)[1]}; {codes.shape[1]} frames)")
+        for lv, row in enumerate(codes.tolist()):
+            print(f"  level {lv}: {' '.join(map(str, row))}")
+    return 0
 
 
 def register(cli) -> None:
-    pass
+    p = cli.command("tokenizer train-audio", "train the audio codec (audio_codec.safetensors + audio_codec.json); "
+                    "rerun with the same --out to resume", _train_audio)
+    p.add_argument("--manifest", required=True, help="JSONL manifest whose audio segments are the training data")
+    p.add_argument("--preset", default="tiny", help="codec preset: tiny (16 kHz, 4 x 1024), base, large (24 kHz, 8 levels)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the codec; the run state goes to DIR/run")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a codec config field of the preset (JSON value), e.g. --set num_levels=8")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--segment-frames", type=int, default=32, help="training crop length in codec frames")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--disc-start", type=int, default=0, help="step at which the STFT discriminator starts (0 = off)")
+    p.add_argument("--sample-every", type=int, default=500, help="steps between spectrogram PNGs and WAV samples")
+    p.add_argument("--ckpt-every", type=int, default=250, help="steps between resumable checkpoints")
+    p.add_argument("--max-clips", type=int, default=0, help="use at most this many clips (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+
+    p = cli.command("tokenizer eval-audio", "SI-SNR, mel distance and checker agreement of an audio codec", _eval_audio)
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--manifest", required=True, help="held-out JSONL manifest")
+    p.add_argument("--n", type=int, default=500, help="number of clips (default 500)")
+    p.add_argument("--levels", type=int, default=2, help="also measure decoding from only this many levels")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--spectrogram", help="write a PNG of original vs reconstructed spectrograms here")
+
+    p = cli.command("tokenizer audio-recon", "encode and decode clips, write the reconstructions as WAV", _recon)
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--levels", type=int, default=0, help="decode from only the first N levels (0 = all)")
+    p.add_argument("audio", nargs="+")
+
+    p = cli.command("tokenizer encode-audio", "print the codes of clips, one line per level", _encode)
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("audio", nargs="+")

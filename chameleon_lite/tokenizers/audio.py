@@ -1,0 +1,537 @@
+"""Audio tokenizer: a convolutional neural codec with residual vector quantisation.
+
+Pipeline: waveform (any rate/channels; :func:`load_audio` converts to the model's mono rate with soxr and says so)
+-> encoder (strided 1-D convolutions whose strides multiply to the hop, residual units with Snake activations)
+-> ``ResidualVQ`` from vector-quantize-pytorch (nq levels x K codes, EMA updates, k-means initialisation,
+dead-code replacement, optional quantizer dropout so that the first levels alone still decode)
+-> codes [nq, frames] -> decoder (the mirror image with transposed convolutions) -> float waveform.
+
+One frame covers ``hop`` samples (tiny preset: 16 kHz, hop 320 -> 50 frames/s). A clip of T samples is padded
+with zeros to ``ceil(T / hop)`` whole frames; decode returns ``frames * hop`` samples. Clips longer than
+``chunk_seconds`` are encoded and decoded in chunks with ``context_frames`` of overlap on each side, so memory is
+bounded and the result equals a whole-clip pass up to that context.
+
+In the unified vocabulary the codes are flattened frame-major (f0l0 f0l1 ... f0l{nq-1} f1l0 ...), each level in
+its own id range (ARCHITECTURE §3/§4); :meth:`AudioTokenizer.to_unified` / :meth:`AudioTokenizer.from_unified`.
+
+Artifacts: ``audio_codec.safetensors`` (weights incl. codebooks) + ``audio_codec.json`` (config; its
+``num_levels`` and ``codebook_size`` define the audio id range of the vocabulary).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, read_json, write_json_atomic
+from chameleon_lite.vocab import UnifiedVocab
+
+log = logging.getLogger(__name__)
+
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768000
+MAX_CHANNELS = 64
+
+
+@dataclasses.dataclass
+class AudioCodecConfig:
+    """Shape of the codec.
+
+    strides: downsampling factor of each encoder stage (their product is the hop, samples per frame);
+    channels: encoder width after each stage; dec_channels: decoder widths (mirror order: the last entry is
+    next to the latent). latent_dim: width of the quantised latent. num_levels x codebook_size: the RVQ.
+    quantizer_dropout: probability that a training step keeps only the first j levels (j uniform in
+    [min_levels, nq)); decoding from fewer levels only works for a codec trained with it.
+    """
+
+    sample_rate: int = 16000
+    strides: tuple[int, ...] = (8, 4, 10)
+    channels: tuple[int, ...] = (32, 64, 128)
+    dec_channels: tuple[int, ...] = (48, 96, 192)
+    out_channels: int = 16
+    res_blocks: int = 2
+    latent_dim: int = 64
+    num_levels: int = 4
+    codebook_size: int = 1024
+    codebook_dim: int = 64
+    ema_decay: float = 0.99
+    commitment_weight: float = 1.0
+    dead_code_threshold: float = 2.0
+    kmeans_iters: int = 10
+    quantizer_dropout: float = 0.5
+    min_levels: int = 1
+    chunk_seconds: float = 30.0
+    context_frames: int = 16
+    max_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        self.strides = tuple(int(s) for s in self.strides)
+        self.channels = tuple(int(c) for c in self.channels)
+        self.dec_channels = tuple(int(c) for c in self.dec_channels)
+        if not self.strides or any(s < 2 for s in self.strides):
+            raise ConfigError(f"strides must be integers >= 2, got {self.strides}")
+        if len(self.channels) != len(self.strides) or len(self.dec_channels) != len(self.strides):
+            raise ConfigError(f"need one encoder and one decoder width per stride: strides {self.strides}, "
+                              f"channels {self.channels}, dec_channels {self.dec_channels}")
+        if any(c < 2 for c in self.channels + self.dec_channels) or self.out_channels < 1 or self.res_blocks < 0:
+            raise ConfigError("channel widths must be >= 2 and res_blocks non-negative")
+        if not 8000 <= self.sample_rate <= 96000:
+            raise ConfigError(f"sample_rate must be in [8000, 96000] Hz, got {self.sample_rate}")
+        if self.num_levels < 1 or self.codebook_size < 2 or self.codebook_dim < 1 or self.latent_dim < 1:
+            raise ConfigError("num_levels >= 1, codebook_size >= 2, codebook_dim >= 1 and latent_dim >= 1 are required")
+        if not 0.0 <= self.quantizer_dropout < 1.0 or not 1 <= self.min_levels <= self.num_levels:
+            raise ConfigError(f"quantizer_dropout must be in [0, 1) and min_levels in [1, num_levels], "
+                              f"got {self.quantizer_dropout}, {self.min_levels}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.chunk_seconds * self.frame_rate < 1 or self.context_frames < 0 or self.max_seconds <= 0:
+            raise ConfigError("chunk_seconds must hold a frame, context_frames >= 0, max_seconds > 0")
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("strides", "channels", "dec_channels"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "AudioCodecConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown audio codec config keys {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"{source}: bad audio codec config ({e})") from None
+
+
+PRESETS: dict[str, AudioCodecConfig] = {
+    # CPU: 16 kHz, 50 frames/s, 4 levels x 1024 codes (2 kbit/s).
+    "tiny": AudioCodecConfig(),
+    # GPU users: 24 kHz, 75 frames/s, 8 levels x 1024 codes (6 kbit/s).
+    "base": AudioCodecConfig(sample_rate=24000, strides=(2, 4, 5, 8), channels=(32, 64, 128, 256),
+                             dec_channels=(64, 128, 256, 512), out_channels=32, latent_dim=128, codebook_dim=128,
+                             num_levels=8, codebook_size=1024),
+    "large": AudioCodecConfig(sample_rate=24000, strides=(2, 4, 5, 8), channels=(64, 128, 256, 512),
+                              dec_channels=(96, 192, 384, 768), out_channels=48, res_blocks=3, latent_dim=256,
+                              codebook_dim=128, num_levels=8, codebook_size=2048),
+}
+
+
+def preset(name: str, **overrides: Any) -> AudioCodecConfig:
+    """A copy of preset ``name`` with fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown audio codec preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- network
+class Snake(nn.Module):
+    """x + sin^2(a x) / a with a learned per-channel frequency a: a periodic bias that suits pitched sound."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha
+        return x + torch.sin(a * x).pow(2) / (a + 1e-9)
+
+
+class ResUnit(nn.Module):
+    def __init__(self, ch: int, dilation: int) -> None:
+        super().__init__()
+        hid = max(ch // 2, 1)
+        self.net = nn.Sequential(Snake(ch), nn.Conv1d(ch, hid, 7, padding=3 * dilation, dilation=dilation),
+                                 Snake(hid), nn.Conv1d(hid, ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+def _res_stack(ch: int, n: int) -> list[nn.Module]:
+    return [ResUnit(ch, 3 ** i) for i in range(n)]
+
+
+class Encoder(nn.Module):
+    """[B, 1, T] (T a multiple of hop) -> [B, latent_dim, T / hop]."""
+
+    def __init__(self, cfg: AudioCodecConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for s, c in zip(cfg.strides, cfg.channels):
+            if c_in > 1:
+                layers += [Snake(c_in)]
+            layers += [nn.Conv1d(c_in, c, 2 * s, stride=s, padding=(s + 1) // 2)]  # exactly T / s outputs
+            layers += _res_stack(c, cfg.res_blocks)
+            c_in = c
+        layers += [Snake(c_in), nn.Conv1d(c_in, cfg.latent_dim, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """[B, latent_dim, frames] -> [B, 1, frames * hop]."""
+
+    def __init__(self, cfg: AudioCodecConfig) -> None:
+        super().__init__()
+        chans = list(cfg.dec_channels)
+        layers: list[nn.Module] = [nn.Conv1d(cfg.latent_dim, chans[-1], 7, padding=3)]
+        for i in reversed(range(len(cfg.strides))):
+            s, c_in = cfg.strides[i], chans[i]
+            c_out = chans[i - 1] if i > 0 else cfg.out_channels
+            layers += _res_stack(c_in, cfg.res_blocks)
+            p = (s + 1) // 2  # exactly frames * s outputs
+            layers += [Snake(c_in), nn.ConvTranspose1d(c_in, c_out, 2 * s, stride=s, padding=p, output_padding=2 * p - s)]
+        layers += [Snake(cfg.out_channels), nn.Conv1d(cfg.out_channels, 1, 7, padding=3)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class AudioCodecModel(nn.Module):
+    """Encoder -> ResidualVQ -> decoder."""
+
+    def __init__(self, cfg: AudioCodecConfig) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import ResidualVQ
+
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quantizer = ResidualVQ(
+            dim=cfg.latent_dim, num_quantizers=cfg.num_levels, codebook_size=cfg.codebook_size,
+            codebook_dim=cfg.codebook_dim, decay=cfg.ema_decay, commitment_weight=cfg.commitment_weight,
+            kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.dead_code_threshold,
+            quantize_dropout=cfg.quantizer_dropout > 0 and cfg.num_levels > 1,
+            quantize_dropout_cutoff_index=cfg.min_levels - 1)
+
+    def quantize(self, z: torch.Tensor, dropout: bool = False,
+                 dropout_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z [B, D, F] -> (quantised [B, D, F], codes [B, nq, F] (-1 for levels dropped), commitment loss).
+
+        dropout: keep only the first j levels (j drawn from ``dropout_seed``); training mode only."""
+        rvq = self.quantizer
+        keep = rvq.quantize_dropout
+        rvq.quantize_dropout = bool(keep and dropout)
+        try:
+            q, idx, loss = rvq(z.transpose(1, 2), rand_quantize_dropout_fixed_seed=dropout_seed)
+        finally:
+            rvq.quantize_dropout = keep
+        return q.transpose(1, 2), idx.transpose(1, 2), loss.sum()
+
+    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, j, F] (the first j <= nq levels) -> latent [B, D, F]."""
+        j = codes.shape[1]
+        idx = codes.transpose(1, 2)
+        if j < self.cfg.num_levels:
+            if not self.quantizer.quantize_dropout:
+                raise DataError(f"this codec was trained without quantizer dropout; it decodes all "
+                                f"{self.cfg.num_levels} levels, got {j}")
+            idx = F.pad(idx, (0, self.cfg.num_levels - j), value=-1)
+        return self.quantizer.get_output_from_indices(idx).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, dropout: bool = False,
+                dropout_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, 1, T] (T a multiple of hop) -> (reconstruction [B, 1, T], codes [B, nq, F], commitment loss)."""
+        z = self.encoder(x)
+        q, codes, loss = self.quantize(z, dropout=dropout, dropout_seed=dropout_seed)
+        return self.decoder(q), codes, loss
+
+
+# ---------------------------------------------------------------------------------------------- audio input
+@dataclasses.dataclass
+class AudioInfo:
+    """What :func:`load_audio` did to a clip: its source rate and channels, and whether it was converted."""
+
+    source: str
+    sample_rate: int
+    channels: int
+    seconds: float
+    resampled: bool
+    downmixed: bool
+
+    def describe(self) -> str:
+        steps = []
+        if self.downmixed:
+            steps.append(f"{self.channels} channels averaged to mono")
+        if self.resampled:
+            steps.append(f"resampled from {self.sample_rate} Hz")
+        return f"{self.source}: " + (", ".join(steps) if steps else "used as is")
+
+
+def _name(value: Any) -> str:
+    return os.fspath(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
+
+
+def _riff_truncated(path: str) -> bool:
+    """True when a RIFF/WAVE file is shorter than its header says (libsndfile would quietly read what is there)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        size = os.fstat(f.fileno()).st_size
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return False
+    declared = int.from_bytes(head[4:8], "little")
+    return declared not in (0, 0xFFFFFFFF) and declared + 8 > size  # 0 / all ones: size unknown (streamed writers)
+
+
+def _read_file(path: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if not os.path.exists(path):
+        raise DataError(f"{path}: audio file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not an audio file")
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError, ValueError) as e:  # libsndfile errors are RuntimeError subclasses
+        raise DataError(f"{path}: not a readable audio file ({str(e).splitlines()[0]})") from None
+    if _riff_truncated(path):
+        raise DataError(f"{path}: truncated audio file (shorter than its WAV header says)")
+    if info.frames <= 0:
+        raise DataError(f"{path}: audio file holds no samples")
+    if not MIN_SOURCE_RATE <= info.samplerate <= MAX_SOURCE_RATE:
+        raise DataError(f"{path}: sample rate {info.samplerate} Hz is outside [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}]")
+    if info.frames > max_seconds * info.samplerate:
+        raise DataError(f"{path}: {info.frames / info.samplerate:.0f} s of audio is longer than the limit of "
+                        f"{max_seconds:.0f} s (AudioCodecConfig.max_seconds)")
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode audio ({str(e).splitlines()[0]})") from None
+    if len(data) < info.frames:
+        raise DataError(f"{path}: truncated audio file (header promises {info.frames} frames, {len(data)} present)")
+    return data, int(sr)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if torch.is_tensor(value):
+        value = value.detach().cpu().float().numpy()
+    arr = np.asarray(value)
+    if not (np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr) or arr.ndim not in (1, 2):
+        raise DataError(f"expected a real waveform [T] or [T, C] (or [C, T]), got shape {arr.shape} dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 1:
+        return arr[:, None]
+    if arr.shape[0] <= MAX_CHANNELS and arr.shape[1] > arr.shape[0]:  # [C, T] -> [T, C]
+        arr = arr.T
+    return arr
+
+
+def load_audio(value: Any, target_rate: int, sample_rate: int | None = None,
+               max_seconds: float = 3600.0) -> tuple[np.ndarray, AudioInfo]:
+    """A path or waveform -> (mono float32 [T] at ``target_rate``, what was done to it).
+
+    Files are read with soundfile at their own rate. Arrays/tensors are [T], [T, C] or [C, T] (C <= 64), floats in
+    [-1, 1] or integer PCM, at ``sample_rate`` (default: ``target_rate``). Several channels are averaged; another
+    rate is converted with soxr (band-limited, high quality). Conversions are logged and returned in the info.
+    Empty clips and NaN/inf samples are refused with an error naming the source.
+    """
+    name = _name(value)
+    if isinstance(value, (str, os.PathLike)):
+        data, sr = _read_file(os.fspath(value), max_seconds)
+    else:
+        data = _as_array(value)
+        sr = target_rate if sample_rate is None else sample_rate
+        if not isinstance(sr, (int, np.integer)) or not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
+            raise DataError(f"{name}: sample_rate must be an integer in [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}] Hz, got {sr!r}")
+        if len(data) > max_seconds * sr:
+            raise DataError(f"{name}: {len(data) / sr:.0f} s of audio is longer than the limit of {max_seconds:.0f} s")
+    if data.size == 0 or len(data) == 0:
+        raise DataError(f"{name}: empty audio clip")
+    if data.shape[1] > MAX_CHANNELS:
+        raise DataError(f"{name}: {data.shape[1]} channels is more than {MAX_CHANNELS}")
+    if not np.isfinite(data).all():
+        raise DataError(f"{name}: audio holds NaN or infinite samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    info = AudioInfo(name, int(sr), int(data.shape[1]), len(mono) / float(sr), int(sr) != target_rate, data.shape[1] > 1)
+    if info.resampled:
+        import soxr
+
+        mono = soxr.resample(mono, int(sr), int(target_rate), quality="HQ")
+    if info.resampled or info.downmixed:
+        log.info(info.describe())
+    return np.ascontiguousarray(mono, dtype=np.float32), info
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+class AudioTokenizer:
+    """Waveforms <-> codes [nq, frames] (int64 in [0, codebook_size)) with a trained :class:`AudioCodecModel`."""
+
+    def __init__(self, model: AudioCodecModel, device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.cfg = model.cfg
+        self.device = torch.device(device)
+        self.last_info: AudioInfo | None = None
+
+    # ---- properties
+    @property
+    def num_levels(self) -> int:
+        return self.cfg.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    @property
+    def hop(self) -> int:
+        return self.cfg.hop
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.frame_rate
+
+    def frames_for(self, samples: int) -> int:
+        return -(-samples // self.hop)
+
+    # ---- chunked passes
+    def _chunks(self, frames: int) -> list[tuple[int, int, int, int]]:
+        """(lo, hi, keep_lo, keep_hi) frame windows: run on [lo, hi), keep [keep_lo, keep_hi)."""
+        step = max(1, int(self.cfg.chunk_seconds * self.frame_rate))
+        ctx = self.cfg.context_frames
+        out = []
+        for a in range(0, frames, step):
+            b = min(frames, a + step)
+            out.append((max(0, a - ctx), min(frames, b + ctx), a, b))
+        return out
+
+    @torch.inference_mode()
+    def encode_waveform(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Mono float [T] at the model rate (already checked) -> codes int64 [nq, ceil(T / hop)]."""
+        x = torch.as_tensor(np.asarray(wave, np.float32)).reshape(-1)
+        frames = self.frames_for(len(x))
+        x = F.pad(x, (0, frames * self.hop - len(x)))
+        outs = []
+        for lo, hi, a, b in self._chunks(frames):
+            seg = x[lo * self.hop:hi * self.hop].to(self.device).view(1, 1, -1)
+            codes = self.model.quantize(self.model.encoder(seg))[1][0]
+            outs.append(codes[:, a - lo:b - lo].cpu())
+        return torch.cat(outs, dim=1).long()
+
+    def encode(self, value: Any, sample_rate: int | None = None) -> torch.Tensor:
+        """A path or waveform (see :func:`load_audio`) -> codes int64 [nq, frames]; ``last_info`` says what
+        conversion the input needed."""
+        wave, self.last_info = load_audio(value, self.sample_rate, sample_rate, self.cfg.max_seconds)
+        return self.encode_waveform(wave)
+
+    def check_codes(self, codes: Any) -> torch.Tensor:
+        """Validate codes for decode: integer [j, frames] with 1 <= j <= nq levels, values in [0, K)."""
+        t = torch.as_tensor(codes)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise DataError(f"audio codes must be integers, got dtype {t.dtype}")
+        if t.dim() != 2 or not 1 <= t.shape[0] <= self.num_levels:
+            raise DataError(f"audio codes must have shape [levels <= {self.num_levels}, frames], got {tuple(t.shape)}")
+        bad = (t < 0) | (t >= self.codebook_size)
+        if bool(bad.any()):
+            raise DataError(f"audio code {int(t[bad][0])} is outside [0, {self.codebook_size}) "
+                            f"({int(bad.sum())} code(s) out of range)")
+        return t.long()
+
+    @torch.inference_mode()
+    def decode(self, codes: Any) -> np.ndarray:
+        """codes [j, frames] (all nq levels, or the first j with a dropout-trained codec) -> float32 [frames * hop]."""
+        t = self.check_codes(codes)
+        frames = t.shape[1]
+        if frames == 0:
+            return np.zeros(0, np.float32)
+        outs = []
+        for lo, hi, a, b in self._chunks(frames):
+            z = self.model.codes_to_latent(t[None, :, lo:hi].to(self.device))
+            y = self.model.decoder(z)[0, 0]
+            outs.append(y[(a - lo) * self.hop:(b - lo) * self.hop].float().cpu())
+        return torch.cat(outs).numpy()
+
+    def reconstruct(self, value: Any, sample_rate: int | None = None, levels: int | None = None) -> np.ndarray:
+        """encode then decode (optionally from the first ``levels`` levels only), trimmed to the input length."""
+        wave, self.last_info = load_audio(value, self.sample_rate, sample_rate, self.cfg.max_seconds)
+        codes = self.encode_waveform(wave)
+        return self.decode(codes[:levels] if levels else codes)[:len(wave)]
+
+    # ---- unified ids
+    def _check_vocab(self, vocab: UnifiedVocab) -> None:
+        if vocab.audio_levels != self.num_levels or vocab.audio_codebook != self.codebook_size:
+            raise ConfigError(f"vocabulary has {vocab.audio_levels} audio levels x {vocab.audio_codebook} codes but this "
+                              f"codec has {self.num_levels} x {self.codebook_size}")
+
+    def to_unified(self, codes: Any, vocab: UnifiedVocab) -> torch.Tensor:
+        """codes [nq, frames] -> frame-major unified ids [frames * nq]."""
+        self._check_vocab(vocab)
+        t = self.check_codes(codes)
+        if t.shape[0] != self.num_levels:
+            raise DataError(f"unified audio ids need all {self.num_levels} levels, got {t.shape[0]}")
+        return vocab.audio_to_unified(t)
+
+    def from_unified(self, ids: Any, vocab: UnifiedVocab) -> torch.Tensor:
+        """frame-major unified ids [frames * nq] -> codes [nq, frames]; whole frames and level order are checked."""
+        self._check_vocab(vocab)
+        return vocab.unified_to_audio(ids)
+
+    # ---- files
+    def save(self, path: str | os.PathLike) -> str:
+        save_model(self.model, os.fspath(path))
+        return os.fspath(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "AudioTokenizer":
+        return cls(load_model(os.fspath(path)), device=device)
+
+
+def save_model(model: AudioCodecModel, folder: str) -> None:
+    """Write audio_codec.safetensors + audio_codec.json into ``folder`` (each atomically)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    wpath = os.path.join(folder, AUDIO_WEIGHTS)
+    tmp = f"{wpath}.tmp.{os.getpid()}"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp, metadata={"format": "chameleon_lite.audio_codec"})
+    os.replace(tmp, wpath)
+    write_json_atomic(os.path.join(folder, AUDIO_CONFIG), model.cfg.to_dict())
+
+
+def load_model(folder: str) -> AudioCodecModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cpath, wpath = os.path.join(folder, AUDIO_CONFIG), os.path.join(folder, AUDIO_WEIGHTS)
+    cfg = AudioCodecConfig.from_dict(read_json(cpath, "audio codec config"), cpath)
+    if not os.path.exists(wpath):
+        raise ConfigError(f"{wpath}: audio codec weights not found")
+    try:
+        state = load_file(wpath)
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{wpath}: cannot read audio codec weights ({e})") from None
+    model = AudioCodecModel(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{wpath}: weights do not match {cpath} (missing {sorted(missing)[:3]}, "
+                          f"unexpected {sorted(unexpected)[:3]})")
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ConfigError(f"{wpath}: tensor {k} holds NaN/inf")
+    return model.eval()

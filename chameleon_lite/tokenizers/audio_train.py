@@ -1,0 +1,485 @@
+"""Training and evaluation of the audio codec (see audio.py for the model).
+
+Run folder layout (``out``)::
+
+    out/audio_codec.safetensors, out/audio_codec.json   the tokenizer (written at the end, atomically)
+    out/run/checkpoint/                                 resumable state (safetensors + state.json), swapped in atomically
+    out/run/spectrogram_XXXXXX.png                      log-mel of originals (top) vs reconstructions (bottom)
+    out/run/sample_XXXXXX_K.wav                         reconstructed clips at that step (originals: original_K.wav)
+    out/run/log.jsonl                                   losses, SI-SNR, codebook usage, seconds of audio per second
+    out/run/summary.json                                wall time, steps, last record
+
+Losses: multi-scale log-mel L1 and multi-scale STFT (spectral convergence + log-magnitude L1), waveform L1, a
+scale-invariant SNR term (keeps the waveform in phase, which the spectral losses cannot see), and the RVQ
+commitment loss. Optional: a multi-scale STFT discriminator (hinge) with feature matching from ``disc_start``.
+Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio, preset,
+                                             save_model)
+from chameleon_lite.tokenizers.base import read_json, write_json_atomic
+from chameleon_lite.tokenizers.image_train import _restore_optimizer, find_checkpoint, lr_at, save_checkpoint
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one codec training run (the model's shape comes from ``preset`` + ``model_overrides``)."""
+
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 3000
+    batch_size: int = 16
+    segment_frames: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    mel_weight: float = 1.0
+    stft_weight: float = 1.0
+    wave_weight: float = 1.0
+    sisnr_weight: float = 0.5
+    disc_start: int = 0
+    disc_weight: float = 0.1
+    feature_weight: float = 1.0
+    sample_every: int = 500
+    log_every: int = 20
+    ckpt_every: int = 250
+    max_clips: int = 0
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "segment_frames", "sample_every", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "disc_start", "max_clips", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
+        self.model_config()
+
+    def model_config(self) -> AudioCodecConfig:
+        try:
+            return preset(self.preset, **self.model_overrides)
+        except TypeError as e:
+            raise ConfigError(f"bad model override ({e})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
+    """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus)."""
+    return TrainConfig(preset="tiny", steps=steps, warmup=min(100, max(1, steps // 20)), seed=seed,
+                       sample_every=max(50, steps // 4), ckpt_every=max(50, steps // 8), log_every=20)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def manifest_audio(manifest: str) -> list[tuple[str, dict | None]]:
+    """(absolute path, ground-truth meta record or None) of every audio segment of a JSONL manifest, in order."""
+    from chameleon_lite.data.manifest import iter_documents
+
+    out = []
+    for doc in iter_documents(manifest):
+        media = (doc.meta or {}).get("media") or []
+        mi = 0
+        for seg in doc.segments:
+            if seg.kind in ("image", "audio"):
+                rec = media[mi] if mi < len(media) else None
+                mi += 1
+                if seg.kind == "audio":
+                    out.append((seg.path, rec if isinstance(rec, dict) and rec.get("type") == "audio" else None))
+    return out
+
+
+def load_clips(paths: list[str], sample_rate: int, progress: bool = True, desc: str = "loading clips") -> list[np.ndarray]:
+    """Every path as mono float32 at ``sample_rate`` (errors name the file; conversions are counted and shown)."""
+    from tqdm import tqdm
+
+    clips, converted = [], 0
+    for p in tqdm(paths, desc=desc, unit="clip", disable=not progress):
+        wave, info = load_audio(p, sample_rate)
+        converted += info.resampled or info.downmixed
+        clips.append(wave)
+    if converted and progress:
+        print(f"{converted} of {len(paths)} clips converted to mono {sample_rate} Hz")
+    return clips
+
+
+def random_crops(clips: list[np.ndarray], n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """n crops of ``length`` samples ([n, 1, length]); shorter clips are zero-padded at a random offset."""
+    out = torch.zeros(n, 1, length)
+    pick = torch.randint(0, len(clips), (n,), generator=gen).tolist()
+    u = torch.rand(n, generator=gen).tolist()
+    for i, (c, r) in enumerate(zip(pick, u)):
+        x = clips[c]
+        if len(x) >= length:
+            s = int(r * (len(x) - length + 1))
+            out[i, 0] = torch.from_numpy(x[s:s + length])
+        else:
+            s = int(r * (length - len(x) + 1))
+            out[i, 0, s:s + len(x)] = torch.from_numpy(x)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+    """Triangular filters on the HTK mel scale: [n_mels, n_fft // 2 + 1]."""
+    fmax = fmax or sample_rate / 2
+
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def hz(m):
+        return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    pts = hz(np.linspace(mel(fmin), mel(fmax), n_mels + 2))
+    fb = np.zeros((n_mels, len(freqs)))
+    for i in range(n_mels):
+        lo, c, hi = pts[i], pts[i + 1], pts[i + 2]
+        fb[i] = np.maximum(0, np.minimum((freqs - lo) / max(c - lo, 1e-9), (hi - freqs) / max(hi - c, 1e-9)))
+    return torch.tensor(fb, dtype=torch.float32)
+
+
+class MultiScaleSpectralLoss(nn.Module):
+    """Log-mel L1 and STFT (spectral convergence + log-magnitude L1) summed over several window sizes."""
+
+    def __init__(self, sample_rate: int, ffts: tuple[int, ...] = (2048, 1024, 512, 256, 128)) -> None:
+        super().__init__()
+        self.ffts = ffts
+        for n in ffts:
+            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+            self.register_buffer(f"mel{n}", mel_filterbank(sample_rate, n, min(80, n // 4)), persistent=False)
+
+    def _mag(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        spec = torch.stft(x, n, hop_length=n // 4, window=getattr(self, f"win{n}"), pad_mode="constant",
+                          return_complex=True)
+        return spec.abs().clamp_min(1e-5)
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y, x: [B, T] -> (mel loss, stft loss), each a mean over scales."""
+        mel_l, stft_l = y.new_zeros(()), y.new_zeros(())
+        for n in self.ffts:
+            my, mx = self._mag(y, n), self._mag(x, n)
+            stft_l = stft_l + torch.linalg.norm(my - mx) / torch.linalg.norm(mx).clamp_min(1e-5) + (my.log() - mx.log()).abs().mean()
+            fb = getattr(self, f"mel{n}")
+            mel_l = mel_l + ((fb @ my).clamp_min(1e-5).log() - (fb @ mx).clamp_min(1e-5).log()).abs().mean()
+        return mel_l / len(self.ffts), stft_l / len(self.ffts)
+
+
+def si_snr(y: torch.Tensor, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SNR in dB of estimate y against reference x, per row ([B, T] -> [B])."""
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    proj = (y * x).sum(-1, keepdim=True) / ((x * x).sum(-1, keepdim=True) + eps) * x
+    noise = y - proj
+    return 10 * torch.log10(((proj * proj).sum(-1) + eps) / ((noise * noise).sum(-1) + eps))
+
+
+class STFTDiscriminator(nn.Module):
+    """Multi-scale complex-STFT discriminator: per scale a 2-D conv stack over (time, frequency) of the
+    real/imaginary parts; returns per-scale logits and intermediate features (for feature matching)."""
+
+    def __init__(self, ffts: tuple[int, ...] = (1024, 512, 256), ch: int = 16) -> None:
+        super().__init__()
+        self.ffts = ffts
+        self.nets = nn.ModuleList()
+        for _ in ffts:
+            self.nets.append(nn.ModuleList([
+                nn.Conv2d(2, ch, (3, 9), padding=(1, 4)),
+                nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4)),
+                nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4)),
+                nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)),
+                nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)),
+            ]))
+
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        out = []
+        for n, net in zip(self.ffts, self.nets):
+            spec = torch.stft(x, n, hop_length=n // 4, window=torch.hann_window(n, device=x.device),
+                              pad_mode="constant", return_complex=True)
+            h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # [B, 2, frames, bins]
+            feats = []
+            for i, conv in enumerate(net):
+                h = conv(h)
+                if i < len(net) - 1:
+                    h = F.leaky_relu(h, 0.2)
+                    feats.append(h)
+            out.append((h, feats))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- pictures & sound
+def log_mel(wave: np.ndarray, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> np.ndarray:
+    x = torch.as_tensor(np.asarray(wave, np.float32)).reshape(-1)
+    if len(x) < n_fft:
+        x = F.pad(x, (0, n_fft - len(x)))
+    spec = torch.stft(x, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True).abs()
+    return (mel_filterbank(sample_rate, n_fft, n_mels) @ spec).clamp_min(1e-5).log10().numpy()
+
+
+def save_spectrograms(path: str, originals: list[np.ndarray], recons: list[np.ndarray], sample_rate: int,
+                      title: str = "") -> None:
+    """PNG: log-mel spectrograms of originals (top row) and reconstructions (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(originals)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.2), squeeze=False)
+    for i in range(n):
+        for r, (w, label) in enumerate(((originals[i], "original"), (recons[i], "reconstruction"))):
+            ax = axes[r][i]
+            ax.imshow(log_mel(w, sample_rate), origin="lower", aspect="auto", vmin=-5, vmax=1, cmap="magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.{os.getpid()}.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> str:
+    """16-bit PCM WAV, written atomically."""
+    import soundfile as sf
+
+    tmp = f"{path}.tmp.{os.getpid()}.wav"
+    sf.write(tmp, np.clip(np.nan_to_num(np.asarray(wave, np.float32)), -1, 1), sample_rate, subtype="PCM_16")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _kmeans_warmup(model: AudioCodecModel, clips: list[np.ndarray], cfg: TrainConfig, gen: torch.Generator) -> None:
+    """Initialise every RVQ level by k-means on one large batch (enough vectors for the codebook)."""
+    mcfg = model.cfg
+    need = 2 * mcfg.codebook_size
+    n = max(cfg.batch_size, -(-need // cfg.segment_frames))
+    x = random_crops(clips, n, cfg.segment_frames * mcfg.hop, gen)
+    with torch.no_grad():
+        model.quantize(model.encoder(x), dropout=False)
+
+
+def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval_clips: int = 4,
+          clips: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Train (or resume) an audio codec on the audio segments of ``manifest``; write it into ``out``.
+
+    clips: optionally the training waveforms already loaded (mono float32 at the model rate); then ``manifest``
+    only names the data in the summary. Returns the summary (also written to out/run/summary.json).
+    """
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mcfg = cfg.model_config()
+    run = os.path.join(out, "run")
+    os.makedirs(run, exist_ok=True)
+    if clips is None:
+        items = manifest_audio(manifest)
+        if not items:
+            raise DataError(f"{manifest}: no audio segments to train on")
+        paths = [p for p, _ in items][: cfg.max_clips or None]
+        clips = load_clips(paths, mcfg.sample_rate, progress=progress)
+    if not clips:
+        raise DataError(f"{manifest}: no audio segments to train on")
+    show = [clips[int(i)] for i in np.linspace(0, len(clips) - 1, min(eval_clips, len(clips))).astype(int)]
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = AudioCodecModel(mcfg)
+    spectral = MultiScaleSpectralLoss(mcfg.sample_rate)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
+    disc = STFTDiscriminator() if cfg.disc_start else None
+    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99)) if disc is not None else None
+    start, elapsed = 0, 0.0
+    ckpt = find_checkpoint(run)
+    if ckpt is not None:
+        state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
+        if state["model_config"] != mcfg.to_dict():
+            raise ConfigError(f"{ckpt}: checkpoint was trained with a different model config; use another --out")
+        tensors = load_file(os.path.join(ckpt, "state.safetensors"))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(opt, "opt", tensors, state["opt"])
+        if disc is not None and "dopt" in state:
+            disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+            _restore_optimizer(dopt, "dopt", tensors, state["dopt"])
+        gen.set_state(tensors["rng"])
+        start, elapsed = int(state["step"]), float(state["extra"].get("elapsed", 0.0))
+    else:
+        model.train()
+        _kmeans_warmup(model, clips, cfg, gen)
+    seg = cfg.segment_frames * mcfg.hop
+    log_path = os.path.join(run, "log.jsonl")
+    usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc="audio codec", unit="step", disable=not progress)
+    t_seg = t_log = time.perf_counter()
+    seen = 0.0
+    rec: dict[str, float] = {}
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x = random_crops(clips, cfg.batch_size, seg, gen)
+        drop = float(torch.rand((), generator=gen)) < mcfg.quantizer_dropout
+        drop_seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
+        # The quantizer's dead-code replacement draws from torch's global generator: seed it per step so that a
+        # resumed run repeats exactly the steps an uninterrupted one takes.
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        y, codes, commit = model(x, dropout=drop, dropout_seed=drop_seed)
+        ys, xs = y[:, 0], x[:, 0]
+        mel_l, stft_l = spectral(ys, xs)
+        wave_l = (ys - xs).abs().mean()
+        voiced = xs.pow(2).mean(-1) > 1e-6
+        snr = si_snr(ys[voiced], xs[voiced]) if bool(voiced.any()) else ys.new_zeros(1)
+        loss = (cfg.mel_weight * mel_l + cfg.stft_weight * stft_l + cfg.wave_weight * wave_l
+                - cfg.sisnr_weight * snr.clamp(max=40).mean() / 20 + commit)
+        use_disc = disc is not None and step >= cfg.disc_start
+        if use_disc:
+            real, fake = disc(xs), disc(ys)
+            adv = sum(F.relu(1 - lf).mean() for lf, _ in fake) / len(fake)
+            fm = sum((ff - fr.detach()).abs().mean() / (fr.detach().abs().mean() + 1e-5)
+                     for (_, fr_list), (_, ff_list) in zip(real, fake) for fr, ff in zip(fr_list, ff_list))
+            loss = loss + cfg.disc_weight * adv + cfg.feature_weight * fm / max(1, sum(len(f) for _, f in real))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if use_disc:
+            real, fake = disc(xs), disc(ys.detach())
+            d_loss = sum(F.relu(1 - lr_).mean() + F.relu(1 + lf).mean() for (lr_, _), (lf, _) in zip(real, fake)) / len(real)
+            dopt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            dopt.step()
+            rec["d_loss"] = float(d_loss)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"non-finite loss at step {step}; lower --lr")
+        for lv in range(mcfg.num_levels):
+            c = codes[:, lv].reshape(-1)
+            c = c[c >= 0]
+            usage[lv] += torch.bincount(c, minlength=mcfg.codebook_size)
+        seen += cfg.batch_size * seg / mcfg.sample_rate
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            rec.update(step=done, loss=loss.item(), mel=mel_l.item(), stft=stft_l.item(), wave_l1=wave_l.item(),
+                       si_snr_db=snr.mean().item(), commit=commit.item(), lr=lr_at(step, cfg),
+                       usage=[round(float((u > 0).float().mean()), 3) for u in usage],
+                       audio_seconds_per_s=seen / (now - t_log))
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(mel=f"{rec['mel']:.3f}", snr=f"{rec['si_snr_db']:.1f}dB", use=f"{min(rec['usage']):.2f}")
+            usage.zero_()
+            t_log, seen = now, 0.0
+        if done % cfg.sample_every == 0 or done == cfg.steps:
+            tok = AudioTokenizer(model)
+            recons = [tok.decode(tok.encode_waveform(w))[:len(w)] for w in show]
+            save_spectrograms(os.path.join(run, f"spectrogram_{done:06d}.png"), show, recons, mcfg.sample_rate,
+                              f"step {done}")
+            for k, (w, r) in enumerate(zip(show[:2], recons[:2])):
+                if not os.path.exists(os.path.join(run, f"original_{k}.wav")):
+                    write_wav(os.path.join(run, f"original_{k}.wav"), w, mcfg.sample_rate)
+                write_wav(os.path.join(run, f"sample_{done:06d}_{k}.wav"), r, mcfg.sample_rate)
+            model.train()
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg})
+        bar.update(1)
+    bar.close()
+    elapsed += time.perf_counter() - t_seg
+    model.eval()
+    save_model(model, out)
+    summary = {"manifest": os.fspath(manifest), "clips": len(clips), "steps": cfg.steps,
+               "train_seconds": round(elapsed, 1), "threads": torch.get_num_threads(), "last": rec,
+               "train_config": cfg.to_dict(), "model_config": mcfg.to_dict()}
+    write_json_atomic(os.path.join(run, "summary.json"), summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = True, levels_low: int = 2,
+             spectrogram_path: str | None = None) -> dict[str, Any]:
+    """Measure a trained codec on the first ``n`` clips of ``manifest``.
+
+    SI-SNR (mean of per-clip dB), multi-scale log-mel distance, and checker agreement: the fraction of clips whose
+    reconstruction reads exactly the same notes and timbre as the original, with all levels and with only the
+    first ``levels_low`` (notes alone too); plus agreement with the manifest's ground truth when present.
+    """
+    from tqdm import tqdm
+
+    from chameleon_lite.data.checkers import check_audio, compare_audio
+
+    tok = AudioTokenizer.load(tokenizer_dir)
+    items = manifest_audio(manifest)[:n]
+    if not items:
+        raise DataError(f"{manifest}: no audio segments to evaluate on")
+    sr = tok.sample_rate
+    spectral = MultiScaleSpectralLoss(sr)
+    low = min(levels_low, tok.num_levels)
+    sums = dict(si_snr=0.0, mel=0.0, same=0, same_low=0, notes_low=0, timbre_low=0, truth_orig=0, truth_recon=0,
+                n_truth=0, si_snr_low=0.0)
+    show_o, show_r = [], []
+    for i, (path, truth) in enumerate(tqdm(items, desc="audio eval", unit="clip", disable=not progress)):
+        wave, _ = load_audio(path, sr)
+        codes = tok.encode_waveform(wave)
+        rec = tok.decode(codes)[:len(wave)]
+        rec_low = tok.decode(codes[:low])[:len(wave)]
+        xo, xr, xl = (torch.from_numpy(np.ascontiguousarray(w))[None] for w in (wave, rec, rec_low))
+        sums["si_snr"] += float(si_snr(xr, xo))
+        sums["si_snr_low"] += float(si_snr(xl, xo))
+        pad = max(0, 2048 - xo.shape[1])
+        sums["mel"] += float(spectral(F.pad(xr, (0, pad)), F.pad(xo, (0, pad)))[0])
+        a, b, c = check_audio(wave, sr), check_audio(rec, sr), check_audio(rec_low, sr)
+        sums["same"] += compare_audio(b, a).exact
+        m_low = compare_audio(c, a)
+        sums["same_low"] += m_low.exact
+        sums["notes_low"] += m_low.attributes["notes"]
+        sums["timbre_low"] += m_low.attributes["timbre"]
+        if truth is not None:
+            sums["n_truth"] += 1
+            sums["truth_orig"] += compare_audio(a, truth).exact
+            sums["truth_recon"] += compare_audio(b, truth).exact
+        if len(show_o) < 6:
+            show_o.append(wave)
+            show_r.append(rec)
+    k = len(items)
+    if spectrogram_path:
+        save_spectrograms(spectrogram_path, show_o, show_r, sr, "held-out clips: original (top) vs codec (bottom)")
+    nt = sums["n_truth"]
+    return {
+        "clips": k,
+        "si_snr_db": round(sums["si_snr"] / k, 3),
+        "mel_distance": round(sums["mel"] / k, 4),
+        "checker_agreement": round(sums["same"] / k, 5),
+        f"checker_agreement_{low}_levels": round(sums["same_low"] / k, 5),
+        f"notes_agreement_{low}_levels": round(sums["notes_low"] / k, 5),
+        f"timbre_agreement_{low}_levels": round(sums["timbre_low"] / k, 5),
+        f"si_snr_{low}_levels_db": round(sums["si_snr_low"] / k, 3),
+        "checker_truth_original": round(sums["truth_orig"] / nt, 5) if nt else None,
+        "checker_truth_reconstruction": round(sums["truth_recon"] / nt, 5) if nt else None,
+        "num_levels": tok.num_levels,
+        "codebook_size": tok.codebook_size,
+        "frame_rate": tok.frame_rate,
+        "sample_rate": sr,
+    }

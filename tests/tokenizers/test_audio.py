@@ -1,0 +1,282 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from chameleon_lite.cli import main
+from chameleon_lite.data.procedural import CorpusConfig, write_corpus
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.audio import (PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio,
+                                             preset)
+from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, si_snr, train
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, Tokenizers
+from chameleon_lite.vocab import UnifiedVocab, VocabError
+
+# hop 64 at 16 kHz (250 frames/s), 2 levels x 16 codes: fast enough for unit tests
+SMALL = dict(strides=(4, 4, 4), channels=(4, 8, 8), dec_channels=(4, 8, 8), out_channels=4, res_blocks=1,
+             latent_dim=8, codebook_dim=8, num_levels=2, codebook_size=16, kmeans_iters=2)
+
+
+def small_codec(**kw) -> AudioTokenizer:
+    torch.manual_seed(0)
+    model = AudioCodecModel(preset("tiny", **{**SMALL, **kw})).train()
+    with torch.no_grad():  # a training-mode pass runs the k-means initialisation of every level
+        model(torch.randn(4, 1, 64 * 32) * 0.3)
+    return AudioTokenizer(model)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return small_codec()
+
+
+def tone(seconds=0.5, sr=16000, f=440.0, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    x = (0.4 * np.sin(2 * np.pi * f * t)).astype(np.float32)
+    return x if channels == 1 else np.stack([x] * channels, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_and_presets():
+    assert preset("tiny").hop == 320 and preset("tiny").frame_rate == 50.0
+    assert (preset("tiny").num_levels, preset("tiny").codebook_size, preset("tiny").sample_rate) == (4, 1024, 16000)
+    assert preset("base").sample_rate == 24000 and preset("base").num_levels == 8
+    for name in PRESETS:
+        cfg = preset(name)
+        assert AudioCodecConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        x = torch.randn(1, 1, cfg.hop * 3)
+        m = AudioCodecModel(cfg).eval()
+        with torch.no_grad():
+            assert m.encoder(x).shape == (1, cfg.latent_dim, 3)  # exactly one latent per hop, odd strides too
+            assert m.decoder(m.encoder(x)).shape == x.shape
+    with pytest.raises(ConfigError, match="strides"):
+        AudioCodecConfig(strides=(1, 4))
+    with pytest.raises(ConfigError, match="width"):
+        AudioCodecConfig(channels=(4, 8))
+    with pytest.raises(ConfigError, match="unknown"):
+        AudioCodecConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="preset"):
+        preset("huge")
+
+
+# ---------------------------------------------------------------------------------------------- coding
+def test_encode_decode_shapes_and_frames(tok, tmp_path):
+    x = tone(0.3)
+    codes = tok.encode(x)
+    assert codes.dtype == torch.int64 and codes.shape == (2, -(-len(x) // 64))
+    assert int(codes.min()) >= 0 and int(codes.max()) < 16
+    y = tok.decode(codes)
+    assert y.dtype == np.float32 and y.shape == (codes.shape[1] * 64,) and np.isfinite(y).all()
+    path = str(tmp_path / "a.wav")
+    sf.write(path, x, 16000, subtype="PCM_16")
+    assert torch.equal(tok.encode(path), tok.encode(sf.read(path, dtype="float32")[0]))
+    assert tok.encode(np.zeros(1, np.float32)).shape == (2, 1)  # one sample still makes one frame
+    assert tok.reconstruct(x).shape == x.shape
+
+
+def test_chunked_coding_equals_one_pass(tok):
+    x = tone(1.0, f=300.0) + 0.05 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    whole = tok.encode(x)
+    chunked = small_codec(chunk_seconds=0.1, context_frames=24)  # 25 frames per chunk, 10 chunks
+    chunked.model.load_state_dict(tok.model.state_dict())
+    assert len(chunked._chunks(whole.shape[1])) > 5
+    assert torch.equal(chunked.encode(x), whole)
+    np.testing.assert_allclose(chunked.decode(whole), tok.decode(whole), atol=1e-5)
+
+
+def test_conversions_are_reported(tok, tmp_path):
+    path = str(tmp_path / "stereo44k.wav")
+    sf.write(path, tone(0.5, sr=44100, channels=2), 44100, subtype="PCM_16")
+    wave, info = load_audio(path, 16000)
+    assert info.resampled and info.downmixed and info.sample_rate == 44100 and info.channels == 2
+    assert "2 channels averaged" in info.describe() and "44100" in info.describe()
+    assert abs(len(wave) - 8000) <= 2
+    codes = tok.encode(path)
+    assert tok.last_info.resampled and codes.shape[1] == -(-len(wave) // 64)
+    # arrays: [C, T] or [T, C] at an explicit rate; integer PCM scaled
+    w2, info2 = load_audio(tone(0.25, sr=8000, channels=2).T, 16000, sample_rate=8000)
+    assert info2.resampled and info2.downmixed and abs(len(w2) - 4000) <= 2
+    pcm = (tone(0.1) * 32767).astype(np.int16)
+    w3, _ = load_audio(pcm, 16000)
+    np.testing.assert_allclose(w3, tone(0.1), atol=1e-4)
+    _, same = load_audio(tone(0.1), 16000)
+    assert not same.resampled and not same.downmixed and "as is" in same.describe()
+
+
+def test_bad_input_names_the_file(tok, tmp_path):
+    with pytest.raises(DataError, match="missing.wav.*not found"):
+        tok.encode(str(tmp_path / "missing.wav"))
+    txt = tmp_path / "notes.wav"
+    txt.write_text("this is not audio")
+    with pytest.raises(DataError, match="notes.wav.*not a readable audio file"):
+        tok.encode(str(txt))
+    mp3 = tmp_path / "junk.mp3"
+    mp3.write_bytes(os.urandom(2000))
+    with pytest.raises(DataError, match="junk.mp3"):
+        tok.encode(str(mp3))
+    good = str(tmp_path / "good.wav")
+    sf.write(good, tone(0.5), 16000, subtype="PCM_16")
+    data = open(good, "rb").read()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.wav.*truncated"):
+        tok.encode(str(cut))
+    empty = str(tmp_path / "empty.wav")
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(DataError, match="empty.wav.*no samples"):
+        tok.encode(empty)
+    nan = str(tmp_path / "nan.wav")
+    x = tone(0.1)
+    x[100] = np.nan
+    sf.write(nan, x, 16000, subtype="FLOAT")
+    with pytest.raises(DataError, match="nan.wav.*NaN"):
+        tok.encode(nan)
+    with pytest.raises(DataError, match="NaN"):
+        tok.encode(np.array([0.0, np.inf], np.float32))
+    with pytest.raises(DataError, match="empty"):
+        tok.encode(np.zeros(0, np.float32))
+    with pytest.raises(DataError, match="sample_rate"):
+        tok.encode(tone(0.1), sample_rate=10)
+    with pytest.raises(DataError, match="waveform"):
+        tok.encode(np.zeros((2, 3, 4)))
+    with pytest.raises(DataError, match="is a folder"):
+        tok.encode(str(tmp_path))
+    # codes for decode
+    with pytest.raises(DataError, match="outside"):
+        tok.decode(torch.tensor([[0, 16], [1, 1]]))
+    with pytest.raises(DataError, match="shape"):
+        tok.decode(torch.zeros(3, 4, dtype=torch.int64))
+    with pytest.raises(DataError, match="integers"):
+        tok.decode(torch.zeros(2, 4))
+
+
+def test_silence_codes_and_decodes_finite(tok):
+    codes = tok.encode(np.zeros(16000, np.float32))
+    y = tok.decode(codes)
+    assert np.isfinite(y).all() and codes.shape == (2, 250)
+
+
+def test_fewer_levels_need_dropout_training():
+    with_dropout = small_codec()
+    codes = with_dropout.encode(tone(0.2))
+    assert with_dropout.decode(codes[:1]).shape == with_dropout.decode(codes).shape
+    without = small_codec(quantizer_dropout=0.0)
+    with pytest.raises(DataError, match="without quantizer dropout"):
+        without.decode(without.encode(tone(0.2))[:1])
+
+
+# ---------------------------------------------------------------------------------------------- unified ids
+def test_unified_ids_frame_major(tok):
+    vocab = UnifiedVocab(text_size=300, image_codebook=16, audio_levels=2, audio_codebook=16)
+    codes = tok.encode(tone(0.1))
+    ids = tok.to_unified(codes, vocab)
+    assert ids.shape == (codes.numel(),)
+    a0 = vocab.audio_offset
+    assert int(ids[0]) == a0 + int(codes[0, 0]) and int(ids[1]) == a0 + 16 + int(codes[1, 0])
+    assert torch.equal(tok.from_unified(ids, vocab), codes)
+    with pytest.raises(VocabError, match="whole number of frames"):
+        tok.from_unified(ids[:-1], vocab)
+    swapped = ids.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    with pytest.raises(VocabError, match="level"):
+        tok.from_unified(swapped, vocab)
+    with pytest.raises(VocabError):
+        tok.from_unified(torch.tensor([5, a0 + 16]), vocab)  # a text id inside an audio span
+    with pytest.raises(ConfigError, match="audio levels"):
+        tok.to_unified(codes, UnifiedVocab(text_size=300, image_codebook=16, audio_levels=4, audio_codebook=16))
+    with pytest.raises(DataError, match="all 2 levels"):
+        tok.to_unified(codes[:1], vocab)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def test_save_load_and_bundle(tok, tmp_path):
+    from chameleon_lite.tokenizers.text import TextTokenizer
+
+    d = str(tmp_path / "tok")
+    tok.save(d)
+    again = AudioTokenizer.load(d)
+    x = tone(0.2)
+    assert torch.equal(again.encode(x), tok.encode(x))
+    TextTokenizer.train(iter(["a b c d e"] * 20), vocab_size=270, progress=False).save(d)
+    bundle = Tokenizers.load(d)
+    assert bundle.audio is not None and bundle.vocab.audio_levels == 2 and bundle.vocab.audio_codebook == 16
+    with open(os.path.join(d, AUDIO_CONFIG)) as f:
+        cfg = json.load(f)
+    cfg["num_levels"] = 3
+    with open(os.path.join(d, AUDIO_CONFIG), "w") as f:
+        json.dump(cfg, f)
+    with pytest.raises(ConfigError, match="do not match"):
+        AudioTokenizer.load(d)
+    open(os.path.join(d, AUDIO_WEIGHTS), "wb").write(b"garbage")
+    with pytest.raises(ConfigError, match="cannot read"):
+        AudioTokenizer.load(d)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_si_snr_and_mel_filterbank():
+    x = torch.from_numpy(tone(0.1))[None]
+    assert float(si_snr(3.0 * x, x)) > 60  # scale-invariant
+    noisy = x + 0.1 * torch.randn_like(x)
+    want = 10 * np.log10(float((x ** 2).sum()) / float(((noisy - x) ** 2).sum()))
+    assert abs(float(si_snr(noisy, x)) - want) < 0.3
+    fb = mel_filterbank(16000, 512, 40)
+    assert fb.shape == (40, 257) and bool((fb >= 0).all()) and bool((fb.sum(1) > 0).all())
+
+
+# ---------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    weights = {"caption_to_audio": 1.0, "audio_to_caption": 1.0}
+    return write_corpus(str(tmp_path_factory.mktemp("corpus")), 12, seed=0, config=CorpusConfig(task_weights=weights),
+                        progress=False)
+
+
+def _cfg(steps):
+    return TrainConfig(preset="tiny", model_overrides=SMALL, steps=steps, batch_size=4, segment_frames=16,
+                       sample_every=2, ckpt_every=2, log_every=1, warmup=1)
+
+
+def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train(corpus, a, _cfg(4), progress=False)
+    train(corpus, b, _cfg(2), progress=False)
+    s = train(corpus, b, _cfg(4), progress=False)  # resumes from step 2
+    wa = AudioTokenizer.load(a).model.state_dict()
+    wb = AudioTokenizer.load(b).model.state_dict()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    run = os.path.join(b, "run")
+    assert s["steps"] == 4 and os.path.isfile(os.path.join(run, "spectrogram_000004.png"))
+    assert os.path.isfile(os.path.join(run, "sample_000004_0.wav")) and os.path.isfile(os.path.join(run, "original_0.wav"))
+    logs = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in logs)
+    res = evaluate(a, corpus, n=5, progress=False, spectrogram_path=str(tmp_path / "spec.png"))
+    assert res["clips"] == 5 and 0 <= res["checker_agreement"] <= 1 and "checker_agreement_2_levels" in res
+    assert res["checker_truth_original"] == 1.0 and np.isfinite(res["si_snr_db"]) and res["mel_distance"] > 0
+    assert os.path.isfile(str(tmp_path / "spec.png"))
+    with pytest.raises(ConfigError, match="different model config"):
+        train(corpus, b, TrainConfig(preset="tiny", model_overrides={**SMALL, "latent_dim": 4}, steps=5), progress=False)
+
+
+def test_commands(corpus, tmp_path, capsys):
+    out = str(tmp_path / "codec")
+    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--steps", "2", "--batch-size", "2",
+                 "--segment-frames", "8", "--set", "strides=[4,4,4]", "--set", "channels=[4,8,8]",
+                 "--set", "dec_channels=[4,8,8]", "--set", "num_levels=2", "--set", "codebook_size=16",
+                 "--set", "latent_dim=8", "--set", "codebook_dim=8"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    wav = next(os.path.join(os.path.dirname(corpus), "audio", f) for f in sorted(os.listdir(os.path.join(os.path.dirname(corpus), "audio"))))
+    assert main(["tokenizer", "encode-audio", "--tokenizer", out, wav]) == 0
+    text = capsys.readouterr().out
+    assert "level 0:" in text and "level 1:" in text
+    assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec"), "--levels", "1", wav]) == 0
+    assert len(os.listdir(tmp_path / "rec")) == 1
+    assert main(["tokenizer", "eval-audio", "--tokenizer", out, "--manifest", corpus, "--n", "3",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert json.load(open(tmp_path / "e.json"))["clips"] == 3
+    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--set", "oops"]) != 0
+    assert main(["tokenizer", "encode-audio", "--tokenizer", out, str(tmp_path / "nope.wav")]) != 0
+    assert "nope.wav" in capsys.readouterr().err
