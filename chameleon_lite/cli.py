@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "chameleon_lite.train.commands",
     "chameleon_lite.generate.commands",
     "chameleon_lite.eval.commands",
+    "chameleon_lite.demo",
 )
 
 GROUP_HELP = {

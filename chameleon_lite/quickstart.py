@@ -4,8 +4,10 @@ corpus → text BPE → image VQ → audio codec → vocab → shards → pretra
 evaluation → a demo interleaved document. Every stage is resumable (see :mod:`chameleon_lite.pipeline`): an
 interrupted quickstart continues where it stopped; stages that train continue from their own checkpoints.
 
-The step counts below are the defaults for ``budget_minutes=30`` on 2 cores; another budget scales the training
-stages linearly (never below a floor that still gives a usable model).
+Time budget: the tokenizer step counts below are the defaults for ``budget_minutes=30`` on 2 cores (another budget
+scales them linearly, never below a floor). Pretraining gets ``pretrain_share`` of the budget: before it starts,
+a few timed steps of the model on this machine turn that share into a step count (stored in
+``calibration.json``, so a resumed quickstart keeps the schedule it started with).
 """
 from __future__ import annotations
 
@@ -34,9 +36,11 @@ class QuickstartConfig:
     n_heldout: int = 300
     workers: int = 2
     text_vocab: int = 1024
-    image_steps: int = 1200
-    audio_steps: int = 1200
-    train_steps: int = 1500
+    image_steps: int = 500
+    audio_steps: int = 600
+    pretrain_share: float = 0.5
+    min_train_steps: int = 30
+    max_train_steps: int = 5000
     train_model: str = "tiny"
     seq_len: int = 512
     batch_size: int = 8
@@ -46,7 +50,10 @@ class QuickstartConfig:
     def __post_init__(self) -> None:
         if not self.budget_minutes > 0:
             raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
-        for name in ("n_docs", "n_heldout", "workers", "text_vocab", "image_steps", "audio_steps", "train_steps", "eval_n"):
+        if not 0 < self.pretrain_share < 1:
+            raise ConfigError(f"pretrain_share must be in (0, 1), got {self.pretrain_share}")
+        for name in ("n_docs", "n_heldout", "workers", "text_vocab", "image_steps", "audio_steps", "min_train_steps",
+                     "max_train_steps", "eval_n"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -115,7 +122,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         from chameleon_lite.train.config import TrainConfig
         from chameleon_lite.train.trainer import train
 
-        steps = cfg.steps(cfg.train_steps)
+        steps = calibrated_train_steps(cfg, tok)
         train(TrainConfig(
             model=cfg.train_model, data=os.path.join(shards, "train"), val_data=os.path.join(shards, "val"), out=run,
             tokenizers=tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=steps, lr=2e-3,
@@ -155,12 +162,71 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         Stage("audio-tokenizer", audio_tokenizer, {"steps": s(cfg.audio_steps)}, [cfg.path("audio_codec")], resumable=True),
         Stage("vocab", vocab, {}, [os.path.join(tok, base.VOCAB_FILE)]),
         Stage("tokenize", tokenize, {}, [shards], resumable=True),
-        Stage("pretrain", pretrain, {"steps": s(cfg.train_steps), "model": cfg.train_model}, [run], resumable=True),
+        Stage("pretrain", pretrain, {"minutes": round(cfg.budget_minutes * cfg.pretrain_share, 2), "model": cfg.train_model},
+              [run], resumable=True),
         Stage("curves", curves, {}),
         Stage("export", export, {}, [model_dir]),
         Stage("eval", evaluate, {"n": cfg.eval_n}, [cfg.path("eval")]),
         Stage("demo", demo, {"prompt": DEMO_PROMPT}, [cfg.path("demo")]),
     ]
+
+
+def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_size: int, steps: int = 3) -> float:
+    """Median wall time of one optimiser step of the model on random ids, in this process's thread setting and with
+    the dtype the trainer picks on this CPU (the first, warm-up step excluded)."""
+    import torch
+
+    from chameleon_lite.hardware import fast_cpu_dtype
+    from chameleon_lite.model.config import preset
+    from chameleon_lite.model.transformer import build_model
+
+    model = build_model(preset(model_name, vocab_size=vocab_size, max_seq_len=max(seq_len, 64)), seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
+    pos = torch.arange(seq_len).expand(batch_size, seq_len)
+    zeros = torch.zeros(batch_size, seq_len, dtype=torch.int32)
+    dtype = fast_cpu_dtype()
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(ids[:, :-1], pos, zeros, zeros)
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab_size), ids[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str) -> int:
+    """The pretraining step count that fits ``pretrain_share`` of the budget on this machine (measured once, then
+    read back from calibration.json so a resumed run keeps its learning-rate schedule)."""
+    from chameleon_lite.tokenizers.base import vocab_from_tokenizer_dir
+
+    path = cfg.path("calibration.json")
+    key = {"model": cfg.train_model, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+           "budget_minutes": cfg.budget_minutes, "pretrain_share": cfg.pretrain_share}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            return int(saved["steps"])
+    vocab = vocab_from_tokenizer_dir(tokenizers_dir)
+    step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size)
+    # ~8% of the stage goes to validation passes and checkpoints
+    budget_s = 60.0 * cfg.budget_minutes * cfg.pretrain_share * 0.92
+    steps = int(min(cfg.max_train_steps, max(cfg.min_train_steps, budget_s / step_s)))
+    rec = {"key": key, "step_seconds": round(step_s, 4), "steps": steps,
+           "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1)}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(rec, f, indent=2)
+    os.replace(tmp, path)
+    print(f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
+          f"{steps} steps in {cfg.pretrain_share:.0%} of {cfg.budget_minutes:g} minutes")
+    return steps
 
 
 def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:

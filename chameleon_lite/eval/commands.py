@@ -7,6 +7,12 @@ import argparse
 def _eval(args: argparse.Namespace) -> int:
     from chameleon_lite.eval.harness import TASKS, EvalConfig, run_eval
 
+    if args.model is None:
+        from chameleon_lite.demo import demo_model_dir
+
+        args.model = demo_model_dir()
+        args.out = args.out or "demo-eval"
+
     cfg = EvalConfig(
         model=args.model, out=args.out or f"{args.model.rstrip('/')}-eval", n=args.n, seed=args.seed,
         tasks=tuple(args.tasks) if args.tasks else TASKS, batch=args.batch, shards=args.shards,
@@ -22,7 +28,7 @@ def register(cli) -> None:
     from chameleon_lite.eval.harness import TASKS
 
     p = cli.command("eval", "judge a model on held-out procedural prompts with the checkers; eval.json + report.html", _eval)
-    p.add_argument("--model", required=True, metavar="DIR", help="exported model folder")
+    p.add_argument("--model", default=None, metavar="DIR", help="exported model folder (default: the shipped demo model)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default MODEL-eval)")
     p.add_argument("--n", type=int, default=100, help="prompts per task (default 100)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the held-out prompts and of sampling")
@@ -32,5 +38,5 @@ def register(cli) -> None:
     p.add_argument("--text-temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--image-temperature", type=float, default=0.0)
     p.add_argument("--audio-temperature", type=float, default=0.0)
-    p.add_argument("--image-cfg", type=float, default=None, help="classifier-free guidance scale for image spans")
-    p.add_argument("--audio-cfg", type=float, default=None, help="classifier-free guidance scale for audio spans")
+    p.add_argument("--image-cfg", type=float, default=1.0, help="classifier-free guidance scale for image spans (1 = off)")
+    p.add_argument("--audio-cfg", type=float, default=1.0, help="classifier-free guidance scale for audio spans (1 = off)")

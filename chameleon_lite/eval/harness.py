@@ -46,8 +46,8 @@ class EvalConfig:
     text_temperature: float = 0.0
     image_temperature: float = 0.0
     audio_temperature: float = 0.0
-    image_cfg: float | None = None
-    audio_cfg: float | None = None
+    image_cfg: float = 1.0  # classifier-free guidance scale (1 = off)
+    audio_cfg: float = 1.0
     interleaved_tokens: int = 700
     samples_in_report: int = 16
     progress: bool = True

@@ -56,6 +56,10 @@ def _generate(args: argparse.Namespace) -> int:
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, text=_settings(args, "text"),
                            image=_settings(args, "image"), audio=_settings(args, "audio"), stop=tuple(args.stop or ()),
                            dtype=args.dtype)
+    if args.model is None:
+        from chameleon_lite.demo import demo_model_dir
+
+        args.model = demo_model_dir()
     gen = Generator.from_dir(args.model)
     prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)
     printer = None if args.quiet else _Printer()
@@ -75,7 +79,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def register(cli) -> None:
     p = cli.command("generate", "generate an interleaved text/image/audio document from a prompt", _generate)
-    p.add_argument("--model", required=True, metavar="DIR", help="exported model folder (model.safetensors, config.json, tokenizers)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="exported model folder (model.safetensors, config.json, tokenizers); default: the shipped demo model")
     p.add_argument("--prompt", default="", help="prompt text")
     p.add_argument("--image", action="append", metavar="PATH", help="prompt image (repeatable)")
     p.add_argument("--audio", action="append", metavar="PATH", help="prompt audio clip (repeatable)")
