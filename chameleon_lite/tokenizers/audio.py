@@ -142,15 +142,16 @@ def preset(name: str, **overrides: Any) -> AudioCodecConfig:
 
 # ---------------------------------------------------------------------------------------------- network
 class Snake(nn.Module):
-    """x + sin^2(a x) / a with a learned per-channel frequency a: a periodic bias that suits pitched sound."""
+    """x + sin^2(a x) / a with a learned per-channel frequency a > 0 (kept positive through its logarithm, so
+    1/a can not blow up): a periodic bias that suits pitched sound."""
 
     def __init__(self, ch: int) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.ones(1, ch, 1))
+        self.log_alpha = nn.Parameter(torch.zeros(1, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.alpha
-        return x + torch.sin(a * x).pow(2) / (a + 1e-9)
+        a = self.log_alpha.exp()
+        return x + torch.sin(a * x).pow(2) / a
 
 
 class ResUnit(nn.Module):

@@ -9,9 +9,9 @@ Run folder layout (``out``)::
     out/run/log.jsonl                                   losses, SI-SNR, codebook usage, seconds of audio per second
     out/run/summary.json                                wall time, steps, last record
 
-Losses: multi-scale log-mel L1 and multi-scale STFT (spectral convergence + log-magnitude L1), waveform L1, a
-scale-invariant SNR term (keeps the waveform in phase, which the spectral losses cannot see), and the RVQ
-commitment loss. Optional: a multi-scale STFT discriminator (hinge) with feature matching from ``disc_start``.
+Losses: multi-scale log-mel L1, multi-scale STFT magnitude (spectral convergence + log-magnitude L1), multi-scale
+complex STFT L1 and waveform L1 plus a scale-invariant SNR term (these keep the waveform in phase, which magnitude
+losses cannot see), and the RVQ commitment loss. Optional: a multi-scale STFT discriminator (hinge) with feature matching from ``disc_start``.
 Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest.
 """
 from __future__ import annotations
@@ -44,14 +44,15 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 16
     segment_frames: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     mel_weight: float = 1.0
     stft_weight: float = 1.0
-    wave_weight: float = 1.0
-    sisnr_weight: float = 0.5
+    complex_weight: float = 2.0
+    wave_weight: float = 5.0
+    sisnr_weight: float = 2.0
     disc_start: int = 0
     disc_weight: float = 0.1
     feature_weight: float = 1.0
@@ -167,20 +168,25 @@ class MultiScaleSpectralLoss(nn.Module):
             self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
             self.register_buffer(f"mel{n}", mel_filterbank(sample_rate, n, min(80, n // 4)), persistent=False)
 
-    def _mag(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        spec = torch.stft(x, n, hop_length=n // 4, window=getattr(self, f"win{n}"), pad_mode="constant",
+    def _spec(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.stft(x, n, hop_length=n // 4, window=getattr(self, f"win{n}"), pad_mode="constant",
                           return_complex=True)
-        return spec.abs().clamp_min(1e-5)
 
-    def forward(self, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """y, x: [B, T] -> (mel loss, stft loss), each a mean over scales."""
-        mel_l, stft_l = y.new_zeros(()), y.new_zeros(())
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """y, x: [B, T] -> (mel loss, stft magnitude loss, complex stft loss), each a mean over scales.
+
+        The complex term (L1 between real and imaginary parts, relative to the reference's magnitude) is the one
+        that sees phase; the magnitude terms do not."""
+        mel_l, stft_l, cplx_l = y.new_zeros(()), y.new_zeros(()), y.new_zeros(())
         for n in self.ffts:
-            my, mx = self._mag(y, n), self._mag(x, n)
+            sy, sx = self._spec(y, n), self._spec(x, n)
+            my, mx = sy.abs().clamp_min(1e-5), sx.abs().clamp_min(1e-5)
             stft_l = stft_l + torch.linalg.norm(my - mx) / torch.linalg.norm(mx).clamp_min(1e-5) + (my.log() - mx.log()).abs().mean()
+            cplx_l = cplx_l + (torch.view_as_real(sy) - torch.view_as_real(sx)).abs().mean() / mx.mean().clamp_min(1e-5)
             fb = getattr(self, f"mel{n}")
             mel_l = mel_l + ((fb @ my).clamp_min(1e-5).log() - (fb @ mx).clamp_min(1e-5).log()).abs().mean()
-        return mel_l / len(self.ffts), stft_l / len(self.ffts)
+        k = len(self.ffts)
+        return mel_l / k, stft_l / k, cplx_l / k
 
 
 def si_snr(y: torch.Tensor, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -350,12 +356,12 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         y, codes, commit = model(x, dropout=drop, dropout_seed=drop_seed)
         ys, xs = y[:, 0], x[:, 0]
-        mel_l, stft_l = spectral(ys, xs)
+        mel_l, stft_l, cplx_l = spectral(ys, xs)
         wave_l = (ys - xs).abs().mean()
         voiced = xs.pow(2).mean(-1) > 1e-6
         snr = si_snr(ys[voiced], xs[voiced]) if bool(voiced.any()) else ys.new_zeros(1)
-        loss = (cfg.mel_weight * mel_l + cfg.stft_weight * stft_l + cfg.wave_weight * wave_l
-                - cfg.sisnr_weight * snr.clamp(max=40).mean() / 20 + commit)
+        loss = (cfg.mel_weight * mel_l + cfg.stft_weight * stft_l + cfg.complex_weight * cplx_l + cfg.wave_weight * wave_l
+                - cfg.sisnr_weight * snr.clamp(max=40).mean() / 10 + commit)
         use_disc = disc is not None and step >= cfg.disc_start
         if use_disc:
             real, fake = disc(xs), disc(ys)
@@ -384,7 +390,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
-            rec.update(step=done, loss=loss.item(), mel=mel_l.item(), stft=stft_l.item(), wave_l1=wave_l.item(),
+            rec.update(step=done, loss=loss.item(), mel=mel_l.item(), stft=stft_l.item(), complex=cplx_l.item(), wave_l1=wave_l.item(),
                        si_snr_db=snr.mean().item(), commit=commit.item(), lr=lr_at(step, cfg),
                        usage=[round(float((u > 0).float().mean()), 3) for u in usage],
                        audio_seconds_per_s=seen / (now - t_log))
@@ -449,7 +455,7 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
         sums["si_snr"] += float(si_snr(xr, xo))
         sums["si_snr_low"] += float(si_snr(xl, xo))
         pad = max(0, 2048 - xo.shape[1])
-        sums["mel"] += float(spectral(F.pad(xr, (0, pad)), F.pad(xo, (0, pad)))[0])
+        sums["mel"] += float(spectral(F.pad(xr, (0, pad)), F.pad(xo, (0, pad)))[0])  # log-mel L1, mean over scales
         a, b, c = check_audio(wave, sr), check_audio(rec, sr), check_audio(rec_low, sr)
         sums["same"] += compare_audio(b, a).exact
         m_low = compare_audio(c, a)
