@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_time, print_table, write_json  # noqa: E402
+from common import save_bar_chart, median_time, print_table, write_json  # noqa: E402
 
 DEFAULT_IMAGE_TOKENIZER = "/work/artifacts/tok_tiny"
 DEFAULT_AUDIO_TOKENIZER = "/work/artifacts/audio/codec"
@@ -100,22 +100,8 @@ BENCHES: dict[str, Callable[[argparse.Namespace], list[dict]]] = {"image": bench
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['modality']} {r['op']}\n{r['variant']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(rows)), 3.5))
-    ax.bar(range(len(rows)), [r["items_per_s"] for r in rows], color="tab:blue")
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("items / s")
-    ax.set_title(f"tokenizer throughput ({torch.get_num_threads()} threads)")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_bar_chart(path, [f"{r['modality']} {r['op']}\n{r['variant']}" for r in rows], [r["items_per_s"] for r in rows],
+                   "items / s", f"tokenizer throughput ({torch.get_num_threads()} threads)")
 
 
 def main() -> int:

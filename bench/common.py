@@ -72,3 +72,32 @@ def print_table(rows: list[dict], columns: list[str]) -> str:
     out = "\n".join(lines)
     print(out)
     return out
+
+
+def save_bar_chart(path: str, labels: list[str], values: list[float], value_label: str, title: str,
+                   horizontal: bool = False, colors: list[str] | None = None) -> str:
+    """A bar chart PNG of one value per label, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(values)
+    colors = colors or ["tab:blue"] * n
+    if horizontal:
+        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * n + 1)))
+        ax.barh(range(n), values, color=colors)
+        ax.set_yticks(range(n), labels, fontsize=7)
+        ax.set_xlabel(value_label)
+    else:
+        fig, ax = plt.subplots(figsize=(max(4, 1.3 * n), 3.5))
+        ax.bar(range(n), values, color=colors)
+        ax.set_xticks(range(n), labels, fontsize=8)
+        ax.set_ylabel(value_label)
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
