@@ -1,7 +1,13 @@
-"""Modality-aware attention (ARCHITECTURE §5): the Python face and the pure-PyTorch reference.
+"""Modality-aware attention (ARCHITECTURE §5): the Python face, the fused ops' fake and autograd registrations, and
+the pure-PyTorch reference (the oracle of the tests).
 
 allowed(i, j) = doc[i] == doc[j] and (j <= i or (span[i] != 0 and span[i] == span[j]))
 A fully masked row outputs 0.
+
+``modality_attention`` runs the fused kernel (``chameleon_lite::attention_fwd`` / ``attention_bwd``, C++ in
+csrc/cpu/attention.cpp) for fp32 and bf16 tensors on devices that have it; other dtypes (fp64, fp16 on CPU) and
+devices without an implementation take the reference path (SDPA with the mask materialised), explicitly.
+``modality_attention_decode`` likewise runs ``chameleon_lite::attention_decode``.
 """
 from __future__ import annotations
 
@@ -52,13 +58,78 @@ def modality_attention_reference(
     return out
 
 
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _has_kernel(t: torch.Tensor) -> bool:
+    if t.device.type == "cpu":
+        return True
+    from chameleon_lite.ops._loader import HAS_CUDA_EXT
+
+    return t.device.type == "cuda" and HAS_CUDA_EXT
+
+
+@torch.library.register_fake("chameleon_lite::attention_fwd")
+def _attention_fwd_fake(q, k, v, doc_ids, span_ids, scale):
+    B, L, Hq, _ = q.shape
+    return torch.empty_like(q), q.new_empty((B, Hq, L), dtype=torch.float32)
+
+
+@torch.library.register_fake("chameleon_lite::attention_bwd")
+def _attention_bwd_fake(dout, q, k, v, out, lse, doc_ids, span_ids, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@torch.library.register_fake("chameleon_lite::attention_decode")
+def _attention_decode_fake(q, k_cache, v_cache, cache_lens, scale):
+    return torch.empty_like(q)
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    q, k, v, doc_ids, span_ids, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, doc_ids, span_ids, out, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _fwd_backward(ctx, dout, dlse):
+    q, k, v, doc_ids, span_ids, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.chameleon_lite.attention_bwd(dout.contiguous(), q, k, v, out, lse, doc_ids, span_ids, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+torch.library.register_autograd("chameleon_lite::attention_fwd", _fwd_backward, setup_context=_fwd_setup_context)
+
+
+def _check_ids(q: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    B, L = q.shape[:2]
+    for name, t in (("doc_ids", doc_ids), ("span_ids", span_ids)):
+        if tuple(t.shape) != (B, L):
+            raise ValueError(f"{name} must be [B, L] = [{B}, {L}], got {tuple(t.shape)}")
+    return doc_ids.to(device=q.device, dtype=torch.int32), span_ids.to(device=q.device, dtype=torch.int32)
+
+
 def modality_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
     """q: [B, L, Hq, D]; k, v: [B, L, Hkv, D]; doc_ids, span_ids: [B, L] int32 -> out [B, L, Hq, D] (autograd).
 
-    Until the fused kernel is registered this runs SDPA with the mask materialised.
+    The fused kernel for fp32/bf16 on devices that have one; the SDPA reference path otherwise.
     """
+    B, L, Hq, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if q.dtype in _FUSED_DTYPES and _has_kernel(q):
+        doc_ids, span_ids = _check_ids(q, doc_ids, span_ids)
+        return torch.ops.chameleon_lite.attention_fwd(q, k, v, doc_ids, span_ids, scale)[0]
+    return modality_attention_sdpa(q, k, v, doc_ids, span_ids, scale)
+
+
+def modality_attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """SDPA with the mask materialised ([B, 1, L, L]): the path for dtypes/devices without a fused kernel, and the
+    baseline of bench/bench_attention.py."""
     B, L, Hq, D = q.shape
     Hkv = k.shape[2]
     mask = attention_mask_reference(doc_ids, span_ids).unsqueeze(1)
@@ -98,4 +169,7 @@ def modality_attention_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
     """Decode attention against a KV cache; see modality_attention_decode_reference for shapes."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if q.dtype in _FUSED_DTYPES and _has_kernel(q):
+        return torch.ops.chameleon_lite.attention_decode(q, k_cache, v_cache, cache_lens.to(device=q.device, dtype=torch.int32), scale)
     return modality_attention_decode_reference(q, k_cache, v_cache, cache_lens, scale)

@@ -1,0 +1,527 @@
+// Fused modality-aware attention on CPU (ARCHITECTURE §5): forward, backward and KV-cache decode.
+//
+// Flash-style: queries in tiles of kBlockQ rows, keys in tiles of kBlockK; every (query tile, key tile) pair is
+// classified from tile-level doc/span bounds (csrc/common/attention_mask.h) as empty (never touched), full (no
+// mask evaluated) or partial (the predicate per element). Tiles are gathered into fp32 buffers (bf16 inputs are
+// widened there; the softmax scale is folded into q) and multiplied with oneDNN's small-GEMM micro-kernel
+// (at::native::cpublas::brgemm) where the build and CPU have it, ATen's mm otherwise. The forward keeps an online
+// softmax per row and returns the log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2):
+// one pass over key tiles for dk/dv (the GQA heads of a group summed inside the pass, so no races), one over query
+// tiles for dq. Decode splits each row's cache into chunks of kDecodeChunk keys that run in parallel and are merged
+// with the shared softmax merge; the split depends only on the cache length, so no result depends on the thread
+// count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "common/attention_mask.h"
+
+namespace chameleon_lite::cpu {
+namespace {
+
+using at::native::TransposeType;
+using Vec = at::vec::Vectorized<float>;
+namespace attn = chameleon_lite::attn;
+
+constexpr int64_t kBlockQ = 64;
+constexpr int64_t kBlockK = 64;
+constexpr int64_t kDecodeChunk = 256;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ---------------------------------------------------------------------------------------------- small GEMM
+// C[M, N] (ld ldc) = (add ? C : 0) + A[M, K] (ld lda) · B[K, N] (ld ldb), all fp32 row-major. oneDNN's batch-reduce
+// GEMM micro-kernel (at::native::cpublas::brgemm) where this build and CPU have it, else ATen's mm on views.
+bool brgemm_works() {
+  static const bool ok = [] {
+    try {
+      float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1}, c[4] = {0, 0, 0, 0};
+      at::native::cpublas::brgemm(2, 2, 2, 2, 2, 2, false, a, b, c, false);
+      return c[0] == 1 && c[1] == 2 && c[2] == 3 && c[3] == 4;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                int64_t ldc, bool add) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!add)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
+    return;
+  }
+  if (brgemm_works()) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
+    return;
+  }
+  const auto opt = at::TensorOptions().dtype(at::kFloat);
+  auto a = at::from_blob(const_cast<float*>(A), {M, K}, {lda, 1}, opt);
+  auto b = at::from_blob(const_cast<float*>(B), {K, N}, {ldb, 1}, opt);
+  auto c = at::from_blob(C, {M, N}, {ldc, 1}, opt);
+  if (add)
+    c.addmm_(a, b);
+  else
+    at::mm_out(c, a, b);
+}
+
+// Gather rows [rows, D] with row stride ld into dst [rows, D], widened to fp32 and multiplied by mul.
+template <typename T>
+void gather_rows(const T* src, int64_t ld, int64_t rows, int64_t D, float* dst, float mul = 1.f) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + r * ld;
+    float* d = dst + r * D;
+    for (int64_t c = 0; c < D; ++c) d[c] = static_cast<float>(s[c]) * mul;
+  }
+}
+
+// Gather rows [rows, D] (row stride ld) transposed into dst [D, rows] (ld rows), fp32.
+template <typename T>
+void gather_cols(const T* src, int64_t ld, int64_t rows, int64_t D, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + r * ld;
+    for (int64_t c = 0; c < D; ++c) dst[c * rows + r] = static_cast<float>(s[c]);
+  }
+}
+
+// dst[nk, mq] = src[mq, nk]ᵀ
+void transpose(const float* src, int64_t mq, int64_t nk, float* dst) {
+  for (int64_t r = 0; r < mq; ++r)
+    for (int64_t c = 0; c < nk; ++c) dst[c * mq + r] = src[r * nk + c];
+}
+
+// ---------------------------------------------------------------------------------------------- row helpers
+inline float row_max(const float* x, int64_t n) {
+  int64_t i = 0;
+  Vec vm(kNegInf);
+  for (; i + Vec::size() <= n; i += Vec::size()) vm = at::vec::maximum(vm, Vec::loadu(x + i));
+  float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vm);
+  for (; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// x <- exp(x - m) in place; returns the sum. exp(-inf) = 0 covers masked entries.
+inline float exp_sub_sum(float* x, int64_t n, float m) {
+  int64_t i = 0;
+  const Vec vm(m);
+  Vec acc(0.f);
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    Vec e = (Vec::loadu(x + i) - vm).exp_u20();
+    e.store(x + i);
+    acc = acc + e;
+  }
+  float s = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    s += x[i];
+  }
+  return s;
+}
+
+inline void scale_row(float* x, int64_t n, float a) {
+  int64_t i = 0;
+  const Vec va(a);
+  for (; i + Vec::size() <= n; i += Vec::size()) (Vec::loadu(x + i) * va).store(x + i);
+  for (; i < n; ++i) x[i] *= a;
+}
+
+template <typename T>
+inline void store_row(const float* src, T* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy(src, src + n, dst);
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- checks & tiles
+struct Shape {
+  int64_t B, L, Hq, Hkv, D;
+};
+
+Shape check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& doc, const at::Tensor& span) {
+  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": q, k, v must be [B, L, H, D], got ",
+                    q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), op, ": k and v shapes differ: ", k.sizes(), " vs ", v.sizes());
+  const int64_t B = q.size(0), L = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
+  TORCH_CHECK_VALUE(k.size(0) == B && k.size(1) == L && k.size(3) == D, op, ": k must be [", B, ", ", L, ", Hkv, ",
+                    D, "], got ", k.sizes());
+  TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, op, ": Hq=", Hq, " must be a multiple of Hkv=", Hkv);
+  TORCH_CHECK_VALUE(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), op,
+                    ": q, k, v must share a dtype");
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, op,
+                    ": dtype must be float32 or bfloat16, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(doc.scalar_type() == at::kInt && span.scalar_type() == at::kInt, op,
+                    ": doc_ids and span_ids must be int32");
+  TORCH_CHECK_VALUE(doc.dim() == 2 && doc.size(0) == B && doc.size(1) == L && span.sizes() == doc.sizes(), op,
+                    ": doc_ids and span_ids must be [", B, ", ", L, "], got ", doc.sizes(), " and ", span.sizes());
+  for (const auto* t : {&q, &k, &v, &doc, &span})
+    TORCH_CHECK_VALUE(t->device().is_cpu(), op, ": expected CPU tensors");
+  return {B, L, Hq, Hkv, D};
+}
+
+// Tile bounds of every batch row: [B][ceil(L / block)].
+std::vector<attn::TileBounds> tiles_of(const int32_t* doc, const int32_t* span, int64_t B, int64_t L,
+                                       int64_t block) {
+  const int64_t n = (L + block - 1) / block;
+  std::vector<attn::TileBounds> out(B * n);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < n; ++t)
+      out[b * n + t] = attn::tile_bounds(doc + b * L, span + b * L, t * block, std::min(L, (t + 1) * block));
+  return out;
+}
+
+// Scores of a partial tile: disallowed pairs -> -inf.
+inline void mask_tile(float* s, int64_t mq, int64_t nk, int64_t i0, int64_t j0, const int32_t* doc,
+                      const int32_t* span) {
+  for (int64_t r = 0; r < mq; ++r) {
+    const int64_t i = i0 + r;
+    float* row = s + r * nk;
+    for (int64_t c = 0; c < nk; ++c) {
+      const int64_t j = j0 + c;
+      if (!attn::allowed(i, j, doc[i], doc[j], span[i], span[j])) row[c] = kNegInf;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- forward
+template <typename T>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& doc,
+                  const at::Tensor& span, double scale, const Shape& sh, at::Tensor& out, at::Tensor& lse) {
+  const int64_t B = sh.B, L = sh.L, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
+  const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
+  const int64_t ldq = Hq * D, ldk = Hkv * D;
+  const T* qp = q.const_data_ptr<T>();
+  const T* kp = k.const_data_ptr<T>();
+  const T* vp = v.const_data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  float* lp = lse.data_ptr<float>();
+  const int32_t* dp = doc.const_data_ptr<int32_t>();
+  const int32_t* sp = span.const_data_ptr<int32_t>();
+  const auto qt = tiles_of(dp, sp, B, L, kBlockQ);
+  const auto kt = tiles_of(dp, sp, B, L, kBlockK);
+  const float sc = static_cast<float>(scale);
+
+  at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(kBlockQ * kBlockK), o(kBlockQ * D), m(kBlockQ), l(kBlockQ);
+    std::vector<float> qb(kBlockQ * D), kt_(D * kBlockK), vb(kBlockK * D);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
+      const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
+      const int32_t* db = dp + b * L;
+      const int32_t* sb = sp + b * L;
+      gather_rows(qp + (b * L + i0) * ldq + h * D, ldq, mq, D, qb.data(), sc);  // scale folded into q
+      std::fill(o.begin(), o.begin() + mq * D, 0.f);
+      std::fill(m.begin(), m.end(), kNegInf);
+      std::fill(l.begin(), l.end(), 0.f);
+      for (int64_t kj = 0; kj < nK; ++kj) {
+        const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
+        if (kind == attn::TileKind::kEmpty) continue;
+        const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
+        gather_cols(kp + (b * L + j0) * ldk + hk * D, ldk, nk, D, kt_.data());
+        gather_rows(vp + (b * L + j0) * ldk + hk * D, ldk, nk, D, vb.data());
+        small_gemm(mq, nk, D, qb.data(), D, kt_.data(), nk, s.data(), nk, false);  // S = (scale Q) Kᵀ
+        if (kind == attn::TileKind::kPartial) mask_tile(s.data(), mq, nk, i0, j0, db, sb);
+        for (int64_t r = 0; r < mq; ++r) {
+          float* row = s.data() + r * nk;
+          const float mx = std::max(m[r], row_max(row, nk));
+          if (mx == kNegInf) {  // nothing visible yet for this row
+            std::fill(row, row + nk, 0.f);
+            continue;
+          }
+          const float alpha = m[r] == kNegInf ? 0.f : std::exp(m[r] - mx);
+          const float sum = exp_sub_sum(row, nk, mx);
+          if (alpha != 1.f) scale_row(o.data() + r * D, D, alpha);
+          l[r] = l[r] * alpha + sum;
+          m[r] = mx;
+        }
+        small_gemm(mq, D, nk, s.data(), nk, vb.data(), D, o.data(), D, true);  // O += P V
+      }
+      for (int64_t r = 0; r < mq; ++r) {
+        float* orow = o.data() + r * D;
+        scale_row(orow, D, l[r] > 0.f ? 1.f / l[r] : 0.f);
+        store_row(orow, op + (b * L + i0 + r) * ldq + h * D, D);
+        lp[(b * Hq + h) * L + i0 + r] = attn::finish_lse(attn::SoftmaxState{m[r], l[r]});
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_, const at::Tensor& k_,
+                                                     const at::Tensor& v_, const at::Tensor& doc_,
+                                                     const at::Tensor& span_, double scale) {
+  const Shape sh = check_inputs("attention_fwd", q_, k_, v_, doc_, span_);
+  const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const auto doc = doc_.contiguous(), span = span_.contiguous();
+  auto out = at::empty_like(q);
+  auto lse = at::empty({sh.B, sh.Hq, sh.L}, q.options().dtype(at::kFloat));
+  if (q.numel() == 0 || k.numel() == 0) {
+    out.zero_();
+    lse.fill_(kNegInf);
+    return {out, lse};
+  }
+  if (q.scalar_type() == at::kFloat)
+    forward_impl<float>(q, k, v, doc, span, scale, sh, out, lse);
+  else
+    forward_impl<at::BFloat16>(q, k, v, doc, span, scale, sh, out, lse);
+  return {out, lse};
+}
+
+// ---------------------------------------------------------------------------------------------- backward
+// Probabilities and dS of one tile pair from the saved lse and delta = rowsum(dO * O), all fp32:
+// qs = scale * Q [mq, D], kT = Kᵀ [D, nk], vT = Vᵀ [D, nk], g = dO [mq, D] -> p = P [mq, nk], ds = dS [mq, nk].
+inline void tile_grads(const float* qs, const float* kT, const float* vT, const float* g, int64_t mq, int64_t nk,
+                       int64_t D, attn::TileKind kind, int64_t i0, int64_t j0, const int32_t* db, const int32_t* sb,
+                       const float* lse, const float* delta, float* p, float* ds) {
+  small_gemm(mq, nk, D, qs, D, kT, nk, p, nk, false);
+  if (kind == attn::TileKind::kPartial) mask_tile(p, mq, nk, i0, j0, db, sb);
+  small_gemm(mq, nk, D, g, D, vT, nk, ds, nk, false);  // dP = dO Vᵀ
+  for (int64_t r = 0; r < mq; ++r) {
+    float* prow = p + r * nk;
+    float* dsrow = ds + r * nk;
+    const float lr = lse[i0 + r];
+    if (lr == kNegInf) {
+      std::fill(prow, prow + nk, 0.f);
+      std::fill(dsrow, dsrow + nk, 0.f);
+      continue;
+    }
+    exp_sub_sum(prow, nk, lr);
+    const float dr = delta[i0 + r];
+    for (int64_t c = 0; c < nk; ++c) dsrow[c] = prow[c] * (dsrow[c] - dr);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tensor& dout_, const at::Tensor& q_,
+                                                                 const at::Tensor& k_, const at::Tensor& v_,
+                                                                 const at::Tensor& out_, const at::Tensor& lse_,
+                                                                 const at::Tensor& doc_, const at::Tensor& span_,
+                                                                 double scale) {
+  const Shape sh = check_inputs("attention_bwd", q_, k_, v_, doc_, span_);
+  const int64_t B = sh.B, L = sh.L, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
+  TORCH_CHECK_VALUE(dout_.sizes() == q_.sizes() && out_.sizes() == q_.sizes(), "attention_bwd: dout and out must be ",
+                    q_.sizes());
+  TORCH_CHECK_VALUE(lse_.dim() == 3 && lse_.size(0) == B && lse_.size(1) == Hq && lse_.size(2) == L,
+                    "attention_bwd: lse must be [B, Hq, L] = [", B, ", ", Hq, ", ", L, "], got ", lse_.sizes());
+  // Everything in fp32 (bf16 inputs are widened once); gradients are cast back at the end.
+  const auto q = q_.to(at::kFloat).contiguous(), k = k_.to(at::kFloat).contiguous();
+  const auto v = v_.to(at::kFloat).contiguous(), dout = dout_.to(at::kFloat).contiguous();
+  const auto lse = lse_.to(at::kFloat).contiguous();
+  const auto doc = doc_.contiguous(), span = span_.contiguous();
+  // delta[b, h, i] = sum_d dO * O, laid out like lse
+  const auto delta = (dout * out_.to(at::kFloat)).sum(-1).permute({0, 2, 1}).contiguous();
+  auto dq = at::zeros({B, L, Hq, D}, q.options());
+  auto dk = at::zeros({B, L, Hkv, D}, q.options());
+  auto dv = at::zeros({B, L, Hkv, D}, q.options());
+  if (q.numel() == 0 || k.numel() == 0) return {dq.to(q_.scalar_type()), dk.to(q_.scalar_type()), dv.to(q_.scalar_type())};
+
+  const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
+  const int64_t ldq = Hq * D, ldk = Hkv * D;
+  const float sc = static_cast<float>(scale);
+  const float *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(), *vp = v.const_data_ptr<float>();
+  const float *gp = dout.const_data_ptr<float>(), *lp = lse.const_data_ptr<float>();
+  const float* dl = delta.const_data_ptr<float>();
+  const int32_t* dp = doc.const_data_ptr<int32_t>();
+  const int32_t* sp = span.const_data_ptr<int32_t>();
+  const auto qt = tiles_of(dp, sp, B, L, kBlockQ);
+  const auto kt = tiles_of(dp, sp, B, L, kBlockK);
+  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+
+  // Pass 1: dk, dv per (b, kv head, key tile); the query heads of the group are summed inside.
+  at::parallel_for(0, B * Hkv * nK, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK), tr(kBlockQ * kBlockK);
+    std::vector<float> kT(D * kBlockK), vT(D * kBlockK), qb(kBlockQ * D), gb(kBlockQ * D);
+    std::vector<float> dkb(kBlockK * D), dvb(kBlockK * D);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t kj = w % nK, hk = (w / nK) % Hkv, b = w / (nK * Hkv);
+      const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
+      gather_cols(kp + (b * L + j0) * ldk + hk * D, ldk, nk, D, kT.data());
+      gather_cols(vp + (b * L + j0) * ldk + hk * D, ldk, nk, D, vT.data());
+      std::fill(dkb.begin(), dkb.end(), 0.f);
+      std::fill(dvb.begin(), dvb.end(), 0.f);
+      for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+        for (int64_t qi = 0; qi < nQ; ++qi) {
+          const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
+          if (kind == attn::TileKind::kEmpty) continue;
+          const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
+          gather_rows(qp + (b * L + i0) * ldq + h * D, ldq, mq, D, qb.data(), sc);
+          gather_rows(gp + (b * L + i0) * ldq + h * D, ldq, mq, D, gb.data());
+          tile_grads(qb.data(), kT.data(), vT.data(), gb.data(), mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L,
+                     lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(), ds.data());
+          transpose(p.data(), mq, nk, tr.data());
+          small_gemm(nk, D, mq, tr.data(), mq, gb.data(), D, dvb.data(), D, true);  // dV += Pᵀ dO
+          transpose(ds.data(), mq, nk, tr.data());
+          small_gemm(nk, D, mq, tr.data(), mq, qb.data(), D, dkb.data(), D, true);  // dK += dSᵀ (scale Q)
+        }
+      }
+      for (int64_t r = 0; r < nk; ++r) {
+        std::copy(dkb.data() + r * D, dkb.data() + (r + 1) * D, dkp + (b * L + j0 + r) * ldk + hk * D);
+        std::copy(dvb.data() + r * D, dvb.data() + (r + 1) * D, dvp + (b * L + j0 + r) * ldk + hk * D);
+      }
+    }
+  });
+
+  // Pass 2: dq per (b, head, query tile).
+  at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK);
+    std::vector<float> kT(D * kBlockK), vT(D * kBlockK), kb(kBlockK * D), qb(kBlockQ * D), gb(kBlockQ * D);
+    std::vector<float> dqb(kBlockQ * D);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
+      const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
+      gather_rows(qp + (b * L + i0) * ldq + h * D, ldq, mq, D, qb.data(), sc);
+      gather_rows(gp + (b * L + i0) * ldq + h * D, ldq, mq, D, gb.data());
+      std::fill(dqb.begin(), dqb.end(), 0.f);
+      for (int64_t kj = 0; kj < nK; ++kj) {
+        const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
+        if (kind == attn::TileKind::kEmpty) continue;
+        const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
+        const float* ksrc = kp + (b * L + j0) * ldk + hk * D;
+        gather_cols(ksrc, ldk, nk, D, kT.data());
+        gather_cols(vp + (b * L + j0) * ldk + hk * D, ldk, nk, D, vT.data());
+        gather_rows(ksrc, ldk, nk, D, kb.data(), sc);
+        tile_grads(qb.data(), kT.data(), vT.data(), gb.data(), mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L,
+                   lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(), ds.data());
+        small_gemm(mq, D, nk, ds.data(), nk, kb.data(), D, dqb.data(), D, true);  // dQ += dS (scale K)
+      }
+      for (int64_t r = 0; r < mq; ++r)
+        std::copy(dqb.data() + r * D, dqb.data() + (r + 1) * D, dqp + (b * L + i0 + r) * ldq + h * D);
+    }
+  });
+  const auto dt = q_.scalar_type();
+  return {dq.to(dt), dk.to(dt), dv.to(dt)};
+}
+
+// ---------------------------------------------------------------------------------------------- decode
+template <typename T>
+void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const int32_t* lens, double scale,
+                 at::Tensor& out) {
+  const int64_t B = q.size(0), Lq = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t S = kc.size(1), Hkv = kc.size(2), G = Hq / Hkv;
+  const int64_t ksB = kc.stride(0), ksS = kc.stride(1), ksH = kc.stride(2);
+  const int64_t vsB = vc.stride(0), vsS = vc.stride(1), vsH = vc.stride(2);
+  const int64_t ldq = Hq * D;
+  const T* qp = q.const_data_ptr<T>();
+  const T* kp = kc.const_data_ptr<T>();
+  const T* vp = vc.const_data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const float sc = static_cast<float>(scale);
+  // chunks of each row's valid cache; the split depends only on the length
+  std::vector<int64_t> first(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) first[b + 1] = first[b] + std::max<int64_t>(1, (lens[b] + kDecodeChunk - 1) / kDecodeChunk);
+  const int64_t nchunks = first[B];
+  // partial results: per (chunk, head, query row): D accumulators + max + sum
+  const int64_t rec = D + 2;
+  std::vector<float> part(nchunks * Hq * Lq * rec);
+
+  at::parallel_for(0, nchunks * Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(G * Lq * kDecodeChunk), o(G * Lq * D), qb(G * Lq * D);
+    std::vector<float> kT(D * kDecodeChunk), vb(kDecodeChunk * D);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t c = w / Hkv, hk = w % Hkv;
+      const int64_t b = std::upper_bound(first.begin(), first.end(), c) - first.begin() - 1;
+      const int64_t len = lens[b];
+      const int64_t j0 = (c - first[b]) * kDecodeChunk, nk = std::max<int64_t>(0, std::min(kDecodeChunk, len - j0));
+      const int64_t rows = G * Lq;  // the group's query heads stacked: row = g * Lq + t
+      for (int64_t g = 0; g < G; ++g)
+        gather_rows(qp + b * Lq * ldq + (hk * G + g) * D, ldq, Lq, D, qb.data() + g * Lq * D, sc);
+      std::fill(o.begin(), o.end(), 0.f);
+      float* pr = part.data() + ((c * Hq + hk * G) * Lq) * rec;  // rows of this group are contiguous
+      if (nk > 0) {
+        gather_cols(kp + b * ksB + j0 * ksS + hk * ksH, ksS, nk, D, kT.data());
+        gather_rows(vp + b * vsB + j0 * vsS + hk * vsH, vsS, nk, D, vb.data());
+        small_gemm(rows, nk, D, qb.data(), D, kT.data(), nk, s.data(), nk, false);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t t = r % Lq, qpos = len - Lq + t;
+          float* row = s.data() + r * nk;
+          for (int64_t j = std::max<int64_t>(0, qpos + 1 - j0); j < nk; ++j) row[j] = kNegInf;  // causal
+          const float mx = row_max(row, nk);
+          float sum = 0.f;
+          if (mx == kNegInf)
+            std::fill(row, row + nk, 0.f);
+          else
+            sum = exp_sub_sum(row, nk, mx);
+          pr[r * rec + D] = mx;
+          pr[r * rec + D + 1] = sum;
+        }
+        small_gemm(rows, D, nk, s.data(), nk, vb.data(), D, o.data(), D, true);
+      } else {
+        for (int64_t r = 0; r < rows; ++r) {
+          pr[r * rec + D] = kNegInf;
+          pr[r * rec + D + 1] = 0.f;
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) std::copy(o.data() + r * D, o.data() + (r + 1) * D, pr + r * rec);
+    }
+  });
+
+  // merge the chunks of each (b, head, query row) in chunk order
+  at::parallel_for(0, B * Hq * Lq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(D);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t t = w % Lq, h = (w / Lq) % Hq, b = w / (Lq * Hq);
+      attn::SoftmaxState st{kNegInf, 0.f};
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t c = first[b]; c < first[b + 1]; ++c) {
+        const float* pr = part.data() + ((c * Hq + h) * Lq + t) * rec;
+        float sa, sb;
+        st = attn::merge(st, attn::SoftmaxState{pr[D], pr[D + 1]}, &sa, &sb);
+        for (int64_t d = 0; d < D; ++d) acc[d] = acc[d] * sa + pr[d] * sb;
+      }
+      scale_row(acc.data(), D, st.l > 0.f ? 1.f / st.l : 0.f);
+      store_row(acc.data(), op + (b * Lq + t) * ldq + h * D, D);
+    }
+  });
+}
+
+at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& cache_lens, double scale) {
+  TORCH_CHECK_VALUE(q_.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4,
+                    "attention_decode: q [B, Lq, Hq, D] and caches [B, S, Hkv, D] expected, got ", q_.sizes(), ", ",
+                    k_cache.sizes());
+  TORCH_CHECK_VALUE(k_cache.sizes() == v_cache.sizes(), "attention_decode: k_cache and v_cache shapes differ");
+  const int64_t B = q_.size(0), Lq = q_.size(1), Hq = q_.size(2), D = q_.size(3), Hkv = k_cache.size(2);
+  TORCH_CHECK_VALUE(k_cache.size(0) == B && k_cache.size(3) == D, "attention_decode: cache must be [", B, ", S, Hkv, ",
+                    D, "], got ", k_cache.sizes());
+  TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "attention_decode: Hq=", Hq, " must be a multiple of Hkv=", Hkv);
+  TORCH_CHECK_VALUE(q_.scalar_type() == k_cache.scalar_type() && q_.scalar_type() == v_cache.scalar_type(),
+                    "attention_decode: q and caches must share a dtype");
+  TORCH_CHECK_VALUE(q_.scalar_type() == at::kFloat || q_.scalar_type() == at::kBFloat16,
+                    "attention_decode: dtype must be float32 or bfloat16, got ", q_.scalar_type());
+  TORCH_CHECK_VALUE(cache_lens.dim() == 1 && cache_lens.size(0) == B && cache_lens.scalar_type() == at::kInt,
+                    "attention_decode: cache_lens must be int32 [", B, "]");
+  TORCH_CHECK_VALUE(k_cache.stride(3) == 1 && v_cache.stride(3) == 1,
+                    "attention_decode: caches must be contiguous in the head dimension");
+  const auto lens_t = cache_lens.contiguous();
+  const int32_t* lens = lens_t.const_data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK_VALUE(lens[b] >= 0 && lens[b] <= k_cache.size(1), "attention_decode: cache_lens[", b, "] = ", lens[b],
+                      " outside [0, ", k_cache.size(1), "]");
+  const auto q = q_.contiguous();
+  auto out = at::empty_like(q);
+  if (q.numel() == 0) return out;
+  if (q.scalar_type() == at::kFloat)
+    decode_impl<float>(q, k_cache, v_cache, lens, scale, out);
+  else
+    decode_impl<at::BFloat16>(q, k_cache, v_cache, lens, scale, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
+  m.impl("attention_fwd", &attention_fwd_cpu);
+  m.impl("attention_bwd", &attention_bwd_cpu);
+  m.impl("attention_decode", &attention_decode_cpu);
+}
+
+}  // namespace chameleon_lite::cpu
