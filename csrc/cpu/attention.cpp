@@ -202,8 +202,6 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
   const int64_t ldq = Hq * D, ldk = Hkv * D;
   const T* qp = q.const_data_ptr<T>();
-  const T* kp = k.const_data_ptr<T>();
-  const T* vp = v.const_data_ptr<T>();
   T* op = out.data_ptr<T>();
   float* lp = lse.data_ptr<float>();
   const int32_t* dp = doc.const_data_ptr<int32_t>();
@@ -211,10 +209,16 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const auto qt = tiles_of(dp, sp, B, L, kBlockQ);
   const auto kt = tiles_of(dp, sp, B, L, kBlockK);
   const float sc = static_cast<float>(scale);
+  // keys transposed and values, once, in fp32: kT [B, Hkv, D, L], vf [B, Hkv, L, D] (every query tile and head of a
+  // group reads them, so converting per tile pair would repeat the work G * nQ times)
+  const auto kT_all = k.permute({0, 2, 3, 1}).to(at::kFloat).contiguous();
+  const auto v_all = v.permute({0, 2, 1, 3}).to(at::kFloat).contiguous();
+  const float* ktp = kT_all.const_data_ptr<float>();
+  const float* vfp = v_all.const_data_ptr<float>();
 
   at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s(kBlockQ * kBlockK), o(kBlockQ * D), m(kBlockQ), l(kBlockQ);
-    std::vector<float> qb(kBlockQ * D), kt_(D * kBlockK), vb(kBlockK * D);
+    std::vector<float> qb(kBlockQ * D);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
       const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
@@ -228,9 +232,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
         if (kind == attn::TileKind::kEmpty) continue;
         const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-        gather_cols(kp + (b * L + j0) * ldk + hk * D, ldk, nk, D, kt_.data());
-        gather_rows(vp + (b * L + j0) * ldk + hk * D, ldk, nk, D, vb.data());
-        small_gemm(mq, nk, D, qb.data(), D, kt_.data(), nk, s.data(), nk, false);  // S = (scale Q) Kᵀ
+        const float* kTt = ktp + (b * Hkv + hk) * D * L + j0;  // [D, nk] with row stride L
+        const float* vt = vfp + ((b * Hkv + hk) * L + j0) * D;   // [nk, D]
+        small_gemm(mq, nk, D, qb.data(), D, kTt, L, s.data(), nk, false);  // S = (scale Q) Kᵀ
         if (kind == attn::TileKind::kPartial) mask_tile(s.data(), mq, nk, i0, j0, db, sb);
         for (int64_t r = 0; r < mq; ++r) {
           float* row = s.data() + r * nk;
@@ -245,7 +249,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           l[r] = l[r] * alpha + sum;
           m[r] = mx;
         }
-        small_gemm(mq, D, nk, s.data(), nk, vb.data(), D, o.data(), D, true);  // O += P V
+        small_gemm(mq, D, nk, s.data(), nk, vt, D, o.data(), D, true);  // O += P V
       }
       for (int64_t r = 0; r < mq; ++r) {
         float* orow = o.data() + r * D;
