@@ -23,12 +23,16 @@
 #include <vector>
 
 #include "common/attention_mask.h"
+#define CL_ATTN_ISA portable
+#include "cpu/attention_rows.h"
+
+#include <cstdlib>
+#include <cstring>
 
 namespace chameleon_lite::cpu {
 namespace {
 
 using at::native::TransposeType;
-using Vec = at::vec::Vectorized<float>;
 namespace attn = chameleon_lite::attn;
 
 constexpr int64_t kBlockQ = 64;
@@ -100,39 +104,25 @@ void transpose(const float* src, int64_t mq, int64_t nk, float* dst) {
 }
 
 // ---------------------------------------------------------------------------------------------- row helpers
-inline float row_max(const float* x, int64_t n) {
-  int64_t i = 0;
-  Vec vm(kNegInf);
-  for (; i + Vec::size() <= n; i += Vec::size()) vm = at::vec::maximum(vm, Vec::loadu(x + i));
-  float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vm);
-  for (; i < n; ++i) m = std::max(m, x[i]);
-  return m;
+// The per-row softmax loops (csrc/cpu/attention_rows.h), built portably here and with AVX2/FMA in
+// attention_avx2.cpp; chosen once at run time from the CPU (CHAMELEON_LITE_ATTENTION_ISA=portable forces the
+// portable build, which the tests compare against).
+const RowOps& row_ops() {
+  static const RowOps ops = [] {
+    const char* isa = std::getenv("CHAMELEON_LITE_ATTENTION_ISA");
+    const bool forced_portable = isa != nullptr && std::strcmp(isa, "portable") == 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!forced_portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return row_ops_avx2();
+#endif
+    (void)forced_portable;
+    return RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row};
+  }();
+  return ops;
 }
 
-// x <- exp(x - m) in place; returns the sum. exp(-inf) = 0 covers masked entries.
-inline float exp_sub_sum(float* x, int64_t n, float m) {
-  int64_t i = 0;
-  const Vec vm(m);
-  Vec acc(0.f);
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    Vec e = (Vec::loadu(x + i) - vm).exp_u20();
-    e.store(x + i);
-    acc = acc + e;
-  }
-  float s = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - m);
-    s += x[i];
-  }
-  return s;
-}
-
-inline void scale_row(float* x, int64_t n, float a) {
-  int64_t i = 0;
-  const Vec va(a);
-  for (; i + Vec::size() <= n; i += Vec::size()) (Vec::loadu(x + i) * va).store(x + i);
-  for (; i < n; ++i) x[i] *= a;
-}
+inline float row_max(const float* x, int64_t n) { return row_ops().row_max(x, n); }
+inline float exp_sub_sum(float* x, int64_t n, float m) { return row_ops().exp_sub_sum(x, n, m); }
+inline void scale_row(float* x, int64_t n, float a) { row_ops().scale_row(x, n, a); }
 
 template <typename T>
 inline void store_row(const float* src, T* dst, int64_t n) {
@@ -200,7 +190,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& span, double scale, const Shape& sh, at::Tensor& out, at::Tensor& lse) {
   const int64_t B = sh.B, L = sh.L, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
   const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
-  const int64_t ldq = Hq * D, ldk = Hkv * D;
+  const int64_t ldq = Hq * D;
   const T* qp = q.const_data_ptr<T>();
   T* op = out.data_ptr<T>();
   float* lp = lse.data_ptr<float>();
@@ -283,13 +273,13 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_, const
 
 // ---------------------------------------------------------------------------------------------- backward
 // Probabilities and dS of one tile pair from the saved lse and delta = rowsum(dO * O), all fp32:
-// qs = scale * Q [mq, D], kT = Kᵀ [D, nk], vT = Vᵀ [D, nk], g = dO [mq, D] -> p = P [mq, nk], ds = dS [mq, nk].
-inline void tile_grads(const float* qs, const float* kT, const float* vT, const float* g, int64_t mq, int64_t nk,
-                       int64_t D, attn::TileKind kind, int64_t i0, int64_t j0, const int32_t* db, const int32_t* sb,
+// qs = scale * Q [mq, D], kT = Kᵀ and vT = Vᵀ [D, nk] (row stride ldt), g = dO [mq, D] -> p = P [mq, nk], ds = dS [mq, nk].
+inline void tile_grads(const float* qs, const float* kT, int64_t ldt, const float* vT, const float* g, int64_t mq,
+                       int64_t nk, int64_t D, attn::TileKind kind, int64_t i0, int64_t j0, const int32_t* db, const int32_t* sb,
                        const float* lse, const float* delta, float* p, float* ds) {
-  small_gemm(mq, nk, D, qs, D, kT, nk, p, nk, false);
+  small_gemm(mq, nk, D, qs, D, kT, ldt, p, nk, false);
   if (kind == attn::TileKind::kPartial) mask_tile(p, mq, nk, i0, j0, db, sb);
-  small_gemm(mq, nk, D, g, D, vT, nk, ds, nk, false);  // dP = dO Vᵀ
+  small_gemm(mq, nk, D, g, D, vT, ldt, ds, nk, false);  // dP = dO Vᵀ
   for (int64_t r = 0; r < mq; ++r) {
     float* prow = p + r * nk;
     float* dsrow = ds + r * nk;
@@ -331,8 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
   const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
   const int64_t ldq = Hq * D, ldk = Hkv * D;
   const float sc = static_cast<float>(scale);
-  const float *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(), *vp = v.const_data_ptr<float>();
-  const float *gp = dout.const_data_ptr<float>(), *lp = lse.const_data_ptr<float>();
+  const float* lp = lse.const_data_ptr<float>();
   const float* dl = delta.const_data_ptr<float>();
   const int32_t* dp = doc.const_data_ptr<int32_t>();
   const int32_t* sp = span.const_data_ptr<int32_t>();
@@ -340,16 +329,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
   const auto kt = tiles_of(dp, sp, B, L, kBlockK);
   float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
 
+  // Per-head fp32 layouts, made once: qs = scale * q and g = dout as [B, Hq, L, D]; ks = scale * k and v as
+  // [B, Hkv, L, D]; kT, vT as [B, Hkv, D, L]. Every tile below is then a strided view, never a gather.
+  const auto qs_t = (q * sc).permute({0, 2, 1, 3}).contiguous();
+  const auto g_t = dout.permute({0, 2, 1, 3}).contiguous();
+  const auto ks_t = (k * sc).permute({0, 2, 1, 3}).contiguous();
+  const auto kT_t = k.permute({0, 2, 3, 1}).contiguous();
+  const auto vT_t = v.permute({0, 2, 3, 1}).contiguous();
+  const float *qsp = qs_t.const_data_ptr<float>(), *gtp = g_t.const_data_ptr<float>();
+  const float *ksp = ks_t.const_data_ptr<float>(), *kTp = kT_t.const_data_ptr<float>(), *vTp = vT_t.const_data_ptr<float>();
+
   // Pass 1: dk, dv per (b, kv head, key tile); the query heads of the group are summed inside.
   at::parallel_for(0, B * Hkv * nK, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK), tr(kBlockQ * kBlockK);
-    std::vector<float> kT(D * kBlockK), vT(D * kBlockK), qb(kBlockQ * D), gb(kBlockQ * D);
     std::vector<float> dkb(kBlockK * D), dvb(kBlockK * D);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t kj = w % nK, hk = (w / nK) % Hkv, b = w / (nK * Hkv);
       const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-      gather_cols(kp + (b * L + j0) * ldk + hk * D, ldk, nk, D, kT.data());
-      gather_cols(vp + (b * L + j0) * ldk + hk * D, ldk, nk, D, vT.data());
+      const float* kTt = kTp + (b * Hkv + hk) * D * L + j0;
+      const float* vTt = vTp + (b * Hkv + hk) * D * L + j0;
       std::fill(dkb.begin(), dkb.end(), 0.f);
       std::fill(dvb.begin(), dvb.end(), 0.f);
       for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
@@ -357,14 +355,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
           const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
           if (kind == attn::TileKind::kEmpty) continue;
           const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
-          gather_rows(qp + (b * L + i0) * ldq + h * D, ldq, mq, D, qb.data(), sc);
-          gather_rows(gp + (b * L + i0) * ldq + h * D, ldq, mq, D, gb.data());
-          tile_grads(qb.data(), kT.data(), vT.data(), gb.data(), mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L,
-                     lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(), ds.data());
+          const float* qs = qsp + ((b * Hq + h) * L + i0) * D;
+          const float* g = gtp + ((b * Hq + h) * L + i0) * D;
+          tile_grads(qs, kTt, L, vTt, g, mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L,
+                     dl + (b * Hq + h) * L, p.data(), ds.data());
           transpose(p.data(), mq, nk, tr.data());
-          small_gemm(nk, D, mq, tr.data(), mq, gb.data(), D, dvb.data(), D, true);  // dV += Pᵀ dO
+          small_gemm(nk, D, mq, tr.data(), mq, g, D, dvb.data(), D, true);   // dV += Pᵀ dO
           transpose(ds.data(), mq, nk, tr.data());
-          small_gemm(nk, D, mq, tr.data(), mq, qb.data(), D, dkb.data(), D, true);  // dK += dSᵀ (scale Q)
+          small_gemm(nk, D, mq, tr.data(), mq, qs, D, dkb.data(), D, true);  // dK += dSᵀ (scale Q)
         }
       }
       for (int64_t r = 0; r < nk; ++r) {
@@ -376,26 +374,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
 
   // Pass 2: dq per (b, head, query tile).
   at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK);
-    std::vector<float> kT(D * kBlockK), vT(D * kBlockK), kb(kBlockK * D), qb(kBlockQ * D), gb(kBlockQ * D);
-    std::vector<float> dqb(kBlockQ * D);
+    std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK), dqb(kBlockQ * D);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
       const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
-      gather_rows(qp + (b * L + i0) * ldq + h * D, ldq, mq, D, qb.data(), sc);
-      gather_rows(gp + (b * L + i0) * ldq + h * D, ldq, mq, D, gb.data());
+      const float* qs = qsp + ((b * Hq + h) * L + i0) * D;
+      const float* g = gtp + ((b * Hq + h) * L + i0) * D;
       std::fill(dqb.begin(), dqb.end(), 0.f);
       for (int64_t kj = 0; kj < nK; ++kj) {
         const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
         if (kind == attn::TileKind::kEmpty) continue;
         const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-        const float* ksrc = kp + (b * L + j0) * ldk + hk * D;
-        gather_cols(ksrc, ldk, nk, D, kT.data());
-        gather_cols(vp + (b * L + j0) * ldk + hk * D, ldk, nk, D, vT.data());
-        gather_rows(ksrc, ldk, nk, D, kb.data(), sc);
-        tile_grads(qb.data(), kT.data(), vT.data(), gb.data(), mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L,
-                   lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(), ds.data());
-        small_gemm(mq, D, nk, ds.data(), nk, kb.data(), D, dqb.data(), D, true);  // dQ += dS (scale K)
+        tile_grads(qs, kTp + (b * Hkv + hk) * D * L + j0, L, vTp + (b * Hkv + hk) * D * L + j0, g, mq, nk, D, kind, i0,
+                   j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(), ds.data());
+        small_gemm(mq, D, nk, ds.data(), nk, ksp + ((b * Hkv + hk) * L + j0) * D, D, dqb.data(), D, true);  // dQ += dS (scale K)
       }
       for (int64_t r = 0; r < mq; ++r)
         std::copy(dqb.data() + r * D, dqb.data() + (r + 1) * D, dqp + (b * L + i0 + r) * ldq + h * D);
@@ -410,7 +402,7 @@ template <typename T>
 void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const int32_t* lens, double scale,
                  at::Tensor& out) {
   const int64_t B = q.size(0), Lq = q.size(1), Hq = q.size(2), D = q.size(3);
-  const int64_t S = kc.size(1), Hkv = kc.size(2), G = Hq / Hkv;
+  const int64_t Hkv = kc.size(2), G = Hq / Hkv;
   const int64_t ksB = kc.stride(0), ksS = kc.stride(1), ksH = kc.stride(2);
   const int64_t vsB = vc.stride(0), vsS = vc.stride(1), vsH = vc.stride(2);
   const int64_t ldq = Hq * D;
@@ -493,7 +485,7 @@ at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
                     "attention_decode: q [B, Lq, Hq, D] and caches [B, S, Hkv, D] expected, got ", q_.sizes(), ", ",
                     k_cache.sizes());
   TORCH_CHECK_VALUE(k_cache.sizes() == v_cache.sizes(), "attention_decode: k_cache and v_cache shapes differ");
-  const int64_t B = q_.size(0), Lq = q_.size(1), Hq = q_.size(2), D = q_.size(3), Hkv = k_cache.size(2);
+  const int64_t B = q_.size(0), Hq = q_.size(2), D = q_.size(3), Hkv = k_cache.size(2);
   TORCH_CHECK_VALUE(k_cache.size(0) == B && k_cache.size(3) == D, "attention_decode: cache must be [", B, ", S, Hkv, ",
                     D, "], got ", k_cache.sizes());
   TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "attention_decode: Hq=", Hq, " must be a multiple of Hkv=", Hkv);

@@ -185,3 +185,27 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.chameleon_lite.attention_decode.default,
                           (q.detach()[:, :1], k.detach(), v.detach(), torch.tensor([40], dtype=torch.int32), 0.2),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_portable_and_vectorised_row_loops_agree(tmp_path):
+    """The row loops are built portably and with AVX2 (chosen at run time); both must give the same attention."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, chameleon_lite.ops\n"
+        "from chameleon_lite.ops.attention import modality_attention\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "q, k, v = (torch.randn(1, 200, 2, 64, generator=g) for _ in range(3))\n"
+        "doc = torch.zeros(1, 200, dtype=torch.int32); doc[:, 90:] = 1\n"
+        "span = torch.zeros(1, 200, dtype=torch.int32); span[:, 100:140] = 1\n"
+        f"torch.save(modality_attention(q, k, v, doc, span), {str(tmp_path / '{}.pt')!r}.format(__import__('os').environ.get('CHAMELEON_LITE_ATTENTION_ISA', 'auto')))\n"
+    )
+    import os
+
+    for isa in ("portable", "auto"):
+        env = {**os.environ, "CHAMELEON_LITE_ATTENTION_ISA": isa}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    a = torch.load(tmp_path / "portable.pt", weights_only=True)
+    b = torch.load(tmp_path / "auto.pt", weights_only=True)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
