@@ -1,0 +1,242 @@
+#pragma once
+// CUDA kernels of the modality-aware attention (ARCHITECTURE §5): forward and KV-cache decode with split-KV.
+// Compiled by nvcc (csrc/cuda/attention.cu) and by g++ against the CPU emulator (tests/cuda_emu/), so the code the
+// tests run is the code that ships. Tiles are classified with the shared csrc/common/attention_mask.h: empty tiles
+// are skipped, the predicate is evaluated only on partial ones. fp32 accumulation, fp32 or bf16 storage.
+// This first version multiplies with scalar FMAs out of shared memory; a tensor-core (MMA) path is future work.
+#include "common/attention_mask.h"
+#include "cuda/compat.h"
+
+namespace chameleon_lite::cuda_kernels {
+
+namespace attn = chameleon_lite::attn;
+
+constexpr int kFwdBQ = 16;        // query rows per block
+constexpr int kFwdBK = 16;        // keys per tile
+constexpr int kThreads = 128;     // threads per block (the softmax maps 8 threads to each of the 16 rows)
+constexpr int kMaxD = 128;        // largest head dim
+constexpr int kDecodeChunk = 256; // keys per decode split
+constexpr int kMaxDecodeQ = 16;   // new queries per row in one decode call
+
+// grid (ceil(L / kFwdBQ), Hq, B), block kThreads. q: [B, L, Hq, D]; k, v: [B, L, Hkv, D]; out like q;
+// lse: [B, Hq, L] (-inf for a row with nothing visible, whose out is 0).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const T* q, const T* k, const T* v, const int32_t* doc,
+                                                                 const int32_t* span, T* out, float* lse, int L, int Hq,
+                                                                 int Hkv, int D, float scale) {
+  __shared__ float qs[kFwdBQ][kMaxD];
+  __shared__ float ks[kFwdBK][kMaxD];
+  __shared__ float vs[kFwdBK][kMaxD];
+  __shared__ float s[kFwdBQ][kFwdBK];
+  __shared__ float o[kFwdBQ][kMaxD];
+  __shared__ float m_s[kFwdBQ], l_s[kFwdBQ], alpha_s[kFwdBQ];
+  __shared__ attn::TileBounds qb, kb;
+  __shared__ int kind_s;
+
+  const int tid = threadIdx.x;
+  const int qi = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int i0 = qi * kFwdBQ, mq = min(kFwdBQ, L - i0);
+  const int32_t* db = doc + static_cast<int64_t>(b) * L;
+  const int32_t* sb = span + static_cast<int64_t>(b) * L;
+  const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
+
+  for (int e = tid; e < kFwdBQ * D; e += kThreads) {
+    const int r = e / D, c = e % D;
+    qs[r][c] = r < mq ? to_float(q[(static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c]) * scale : 0.f;
+    o[r][c] = 0.f;
+  }
+  if (tid < kFwdBQ) {
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.f;
+  }
+  if (tid == 0) qb = attn::tile_bounds(db, sb, i0, i0 + mq);
+  __syncthreads();
+
+  const int nK = (L + kFwdBK - 1) / kFwdBK;
+  for (int kj = 0; kj < nK; ++kj) {
+    const int j0 = kj * kFwdBK, nk = min(kFwdBK, L - j0);
+    if (tid == 0) {
+      kb = attn::tile_bounds(db, sb, j0, j0 + nk);
+      kind_s = static_cast<int>(attn::classify(qb, kb));
+    }
+    __syncthreads();
+    const int kind = kind_s;
+    if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
+      for (int e = tid; e < kFwdBK * D; e += kThreads) {
+        const int r = e / D, c = e % D;
+        const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + c;
+        ks[r][c] = r < nk ? to_float(k[at]) : 0.f;
+        vs[r][c] = r < nk ? to_float(v[at]) : 0.f;
+      }
+      __syncthreads();
+      for (int e = tid; e < kFwdBQ * kFwdBK; e += kThreads) {
+        const int r = e / kFwdBK, c = e % kFwdBK;
+        float acc = 0.f;
+        for (int d = 0; d < D; ++d) acc += qs[r][d] * ks[c][d];
+        bool ok = r < mq && c < nk;
+        if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
+          ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+        s[r][c] = ok ? acc : -INFINITY;
+      }
+      __syncthreads();
+      {  // online softmax: 8 lanes per row, 2 columns each, reduced with width-8 shuffles
+        const int r = tid / 8, lane8 = tid % 8;
+        const float x0 = s[r][lane8], x1 = s[r][lane8 + 8];
+        float mx = fmaxf(x0, x1);
+        for (int off = 4; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off, 8));
+        const float m_old = m_s[r];
+        const float m_new = fmaxf(m_old, mx);
+        const float p0 = m_new == -INFINITY ? 0.f : __expf(x0 - m_new);
+        const float p1 = m_new == -INFINITY ? 0.f : __expf(x1 - m_new);
+        float sum = p0 + p1;
+        for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off, 8);
+        s[r][lane8] = p0;
+        s[r][lane8 + 8] = p1;
+        __syncwarp();
+        if (lane8 == 0) {
+          const float alpha = m_old == -INFINITY ? 0.f : __expf(m_old - m_new);
+          alpha_s[r] = alpha;
+          l_s[r] = l_s[r] * alpha + sum;
+          m_s[r] = m_new;
+        }
+      }
+      __syncthreads();
+      for (int e = tid; e < kFwdBQ * D; e += kThreads) {
+        const int r = e / D, c = e % D;
+        float acc = o[r][c] * alpha_s[r];
+        for (int j = 0; j < kFwdBK; ++j) acc += s[r][j] * vs[j][c];
+        o[r][c] = acc;
+      }
+    }
+    __syncthreads();  // every thread is done with kind_s, kb and the tiles before the next tile overwrites them
+  }
+
+  for (int e = tid; e < mq * D; e += kThreads) {
+    const int r = e / D, c = e % D;
+    const float l = l_s[r];
+    out[(static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c] = from_float<T>(l > 0.f ? o[r][c] / l : 0.f);
+  }
+  if (tid < mq) lse[(static_cast<int64_t>(b) * Hq + h) * L + i0 + tid] = attn::finish_lse(attn::SoftmaxState{m_s[tid], l_s[tid]});
+}
+
+// Decode, pass 1. grid (max chunks per row, Hq, B), block kThreads: chunk c of row b holds cache positions
+// [c * kDecodeChunk, min(len, (c + 1) * kDecodeChunk)). Query t (of Lq) sits at position len - Lq + t and reads keys
+// at or before it. Writes, per (b, h, c, t), D unnormalised output sums, the max and the sum of exp to part.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_decode_split_kernel(
+    const T* q, const T* kc, const T* vc, const int32_t* lens, float* part, int Lq, int Hq, int Hkv, int D, int64_t ksB,
+    int64_t ksS, int64_t ksH, int64_t vsB, int64_t vsS, int64_t vsH, int max_chunks, float scale) {
+  __shared__ float qv[kMaxD];
+  __shared__ float p[kDecodeChunk];
+  __shared__ float red[kThreads / 32];
+  __shared__ float stat[2];
+
+  const int tid = threadIdx.x, c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int len = lens[b];
+  const int j0 = c * kDecodeChunk;
+  const int nk = max(0, min(kDecodeChunk, len - j0));
+  const int64_t rec = D + 2;
+  for (int t = 0; t < Lq; ++t) {
+    float* pr = part + (((static_cast<int64_t>(b) * Hq + h) * max_chunks + c) * Lq + t) * rec;
+    const int qpos = len - Lq + t;
+    for (int d = tid; d < D; d += kThreads) qv[d] = to_float(q[((static_cast<int64_t>(b) * Lq + t) * Hq + h) * D + d]) * scale;
+    __syncthreads();
+    // scores, masked causally; each thread a strided set of keys
+    float mx = -INFINITY;
+    for (int j = tid; j < kDecodeChunk; j += kThreads) {
+      float sc = -INFINITY;
+      if (j < nk && j0 + j <= qpos) {
+        const T* kr = kc + b * ksB + static_cast<int64_t>(j0 + j) * ksS + hk * ksH;
+        float acc = 0.f;
+        for (int d = 0; d < D; ++d) acc += qv[d] * to_float(kr[d]);
+        sc = acc;
+      }
+      p[j] = sc;
+      mx = fmaxf(mx, sc);
+    }
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (tid % 32 == 0) red[tid / 32] = mx;
+    __syncthreads();
+    if (tid == 0) {
+      float m = -INFINITY;
+      for (int w = 0; w < kThreads / 32; ++w) m = fmaxf(m, red[w]);
+      stat[0] = m;
+    }
+    __syncthreads();
+    const float m = stat[0];
+    float sum = 0.f;
+    for (int j = tid; j < kDecodeChunk; j += kThreads) {
+      const float e = m == -INFINITY ? 0.f : __expf(p[j] - m);
+      p[j] = e;
+      sum += e;
+    }
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    __syncthreads();  // red is reused
+    if (tid % 32 == 0) red[tid / 32] = sum;
+    __syncthreads();
+    if (tid == 0) {
+      float s_all = 0.f;
+      for (int w = 0; w < kThreads / 32; ++w) s_all += red[w];
+      pr[D] = m;
+      pr[D + 1] = s_all;
+    }
+    for (int d = tid; d < D; d += kThreads) {
+      float acc = 0.f;
+      for (int j = 0; j < nk; ++j) acc += p[j] * to_float(vc[b * vsB + static_cast<int64_t>(j0 + j) * vsS + hk * vsH + d]);
+      pr[d] = acc;
+    }
+    __syncthreads();  // qv, p and stat are rewritten for the next query
+  }
+}
+
+// Decode, pass 2: merge the chunks of each (b, h, t) in chunk order. grid (Lq, Hq, B), block 32.
+template <typename T>
+__global__ void attention_decode_merge_kernel(const float* part, const int32_t* lens, T* out, int Lq, int Hq, int D,
+                                              int max_chunks) {
+  const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int len = lens[b];
+  const int chunks = max(1, (len + kDecodeChunk - 1) / kDecodeChunk);
+  const int64_t rec = D + 2;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    attn::SoftmaxState st{-INFINITY, 0.f};
+    float acc = 0.f;
+    for (int c = 0; c < chunks; ++c) {
+      const float* pr = part + (((static_cast<int64_t>(b) * Hq + h) * max_chunks + c) * Lq + t) * rec;
+      float sa, sb;
+      st = attn::merge(st, attn::SoftmaxState{pr[D], pr[D + 1]}, &sa, &sb);
+      acc = acc * sa + pr[d] * sb;
+    }
+    out[((static_cast<int64_t>(b) * Lq + t) * Hq + h) * D + d] = from_float<T>(st.l > 0.f ? acc / st.l : 0.f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- host side
+// Launch helpers shared by the CUDA build (attention.cu) and the emulator tests: raw pointers in, no checks here.
+template <typename T>
+void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, const int32_t* span, T* out, float* lse,
+                       int B, int L, int Hq, int Hkv, int D, float scale, cl_stream_t stream) {
+  if (B == 0 || L == 0 || Hq == 0) return;
+  const dim3 grid((L + kFwdBQ - 1) / kFwdBQ, Hq, B);
+  CL_LAUNCH(attention_fwd_kernel<T>, grid, dim3(kThreads), 0, stream, q, k, v, doc, span, out, lse, L, Hq, Hkv, D, scale);
+}
+
+inline int decode_max_chunks(int max_len) {
+  const int n = (max_len + kDecodeChunk - 1) / kDecodeChunk;
+  return n > 1 ? n : 1;
+}
+
+// part: workspace of B * Hq * decode_max_chunks(max_len) * Lq * (D + 2) floats.
+template <typename T>
+void run_attention_decode(const T* q, const T* kc, const T* vc, const int32_t* lens, float* part, T* out, int B, int Lq,
+                          int Hq, int Hkv, int D, int64_t ksB, int64_t ksS, int64_t ksH, int64_t vsB, int64_t vsS,
+                          int64_t vsH, int max_len, float scale, cl_stream_t stream) {
+  if (B == 0 || Lq == 0 || Hq == 0) return;
+  const int chunks = decode_max_chunks(max_len);
+  CL_LAUNCH(attention_decode_split_kernel<T>, dim3(chunks, Hq, B), dim3(kThreads), 0, stream, q, kc, vc, lens, part, Lq,
+            Hq, Hkv, D, ksB, ksS, ksH, vsB, vsS, vsH, chunks, scale);
+  CL_LAUNCH(attention_decode_merge_kernel<T>, dim3(Lq, Hq, B), dim3(32), 0, stream, part, lens, out, Lq, Hq, D, chunks);
+}
+
+}  // namespace chameleon_lite::cuda_kernels
