@@ -86,7 +86,8 @@ def _sources(*patterns: str) -> list[str]:
     return out
 
 
-common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-sign-compare", "-Wno-unknown-pragmas"]
+common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-sign-compare", "-Wno-unknown-pragmas",
+              "-Wno-psabi"]  # psabi: notes about AVX argument passing in the per-ISA files, not our ABI
 if os.environ.get("CHAMELEON_LITE_WERROR") == "1":
     common_cxx.append("-Werror")
 include_dirs = [os.path.join(ROOT, "csrc")]
