@@ -1,13 +1,25 @@
-"""Fused modality-aware attention vs PyTorch SDPA with the mask materialised, in one process, same threads.
+"""Fused modality-aware attention against PyTorch's ways of running the same mask, in one process, same threads.
 
-Packed rows like training sees them: B=2 rows of L tokens, each holding 4 documents of random lengths, one of them
-with a bidirectional image span of 256 tokens; 8 query heads over 8 or 2 key/value heads (GQA), head dim 64.
-Forward and forward+backward at L in {512, 2048}, fp32 and bf16. Decode: one new query per row against a KV cache
-of 512 or 4096 positions, B=4. The baseline is ``torch.nn.functional.scaled_dot_product_attention`` with the boolean
-[B, 1, L, L] mask built from doc/span ids (what the model ran before the fused kernel; for decode the causal-and-
-length mask). Both sides are timed in turn (interleaved), medians of repeated runs.
+Packed rows: B=1, H=8 heads (GQA variant: 8 query / 2 key-value heads), head dim 64, L in {1024, 2048, 4096}
+tokens split into {1, 4, 16} documents of random lengths, with or without a bidirectional span of 256 tokens
+inside one document. For each: forward and forward+backward of
 
-    python bench/bench_attention.py [--quick] [--threads 2] [--device cpu|cuda] [--out bench/results]
+- ``fused``: chameleon_lite.ops.modality_attention (csrc/cpu/attention.cpp);
+- ``sdpa_mask``: scaled_dot_product_attention with the boolean [B, 1, L, L] mask built from doc/span ids (what the
+  model ran before the fused kernel);
+- ``sdpa_causal``: scaled_dot_product_attention(is_causal=True) over the whole row — the same work as one causal
+  document, a reference point (it ignores document boundaries, so it is not the same result for several documents);
+- ``flex``: torch.compile(flex_attention) with a BlockMask of the same predicate (compiled once per shape; building
+  the BlockMask is timed separately as ``flex_mask_ms``);
+- ``per_doc``: one SDPA call per document (is_causal, or with the document's own small mask when it holds the
+  span) — the ideal that does no work across documents.
+
+Decode: one new query per row against a 2048-position KV cache, B in {1, 16}: fused vs SDPA with a length mask.
+``live_gflops`` counts only the allowed (query, key) pairs (4·D flops each forward, 10·D forward+backward) and
+``of_peak`` divides it by the machine's measured fp32/bf16 matmul rate. All sides are timed in turn
+(interleaved), medians.
+
+    python bench/bench_attention.py [--quick] [--threads 2] [--device cpu|cuda] [--no-flex] [--out bench/results]
 
 Writes bench/results/attention.json and attention.png.
 """
@@ -28,70 +40,148 @@ from common import print_table, save_bar_chart, write_json  # noqa: E402
 from chameleon_lite.ops.attention import attention_mask_reference, modality_attention  # noqa: E402
 from chameleon_lite.ops.attention import modality_attention_decode, modality_attention_sdpa  # noqa: E402
 
-HEADS, DIM = 8, 64
+HEADS, DIM, SPAN = 8, 64, 256
 
 
-def packed_ids(B: int, L: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_ids(L: int, n_docs: int, span: bool, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    doc = torch.zeros(B, L, dtype=torch.int32)
-    span = torch.zeros(B, L, dtype=torch.int32)
-    for b in range(B):
-        cuts = sorted(torch.randperm(L - 1, generator=g)[:3].add(1).tolist())
-        for d, c in enumerate(cuts):
-            doc[b, c:] = d + 1
-        s = int(torch.randint(0, L - 256, (1,), generator=g)) if L > 256 else 0
-        span[b, s:s + min(256, L)] = 1
-    return doc.to(device), span.to(device)
+    doc = torch.zeros(1, L, dtype=torch.int32)
+    sp = torch.zeros(1, L, dtype=torch.int32)
+    cuts = sorted(torch.randperm(L - 1, generator=g)[: n_docs - 1].add(1).tolist())
+    for d, c in enumerate(cuts):
+        doc[0, c:] = d + 1
+    if span:
+        bounds = [0, *cuts, L]
+        longest = max(range(n_docs), key=lambda d: bounds[d + 1] - bounds[d])
+        lo, hi = bounds[longest], bounds[longest + 1]
+        s = lo + max(0, (hi - lo - SPAN) // 2)
+        sp[0, s:min(hi, s + SPAN)] = 1
+    return doc.to(device), sp.to(device)
 
 
-def timed_pair(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fns: dict[str, callable], repeats: int, device: str) -> dict[str, float]:
     """Median seconds of each fn, run in turn so that outside load hits all alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
+    for fn in fns.values():  # warm-up (and compilation)
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            sync(device)
             t = time.perf_counter()
             fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            sync(device)
             times[name].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_full(L: int, hkv: int, dtype: torch.dtype, backward: bool, repeats: int, device: str) -> dict:
-    B = 2
-    g = torch.Generator().manual_seed(1)
-    q = torch.randn(B, L, HEADS, DIM, generator=g).to(device, dtype).requires_grad_(backward)
-    k = torch.randn(B, L, hkv, DIM, generator=g).to(device, dtype).requires_grad_(backward)
-    v = torch.randn(B, L, hkv, DIM, generator=g).to(device, dtype).requires_grad_(backward)
-    doc, span = packed_ids(B, L, device)
-    dout = torch.randn(B, L, HEADS, DIM, generator=g).to(device, dtype)
+def matmul_peak_gflops(dtype: torch.dtype, device: str) -> float:
+    n = 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    t = timed({"mm": lambda: a @ b}, 5, device)["mm"]
+    return 2 * n**3 / t / 1e9
 
-    def run(fn):
+
+def per_doc_sdpa(q, k, v, doc, span):
+    """One SDPA per document; a document holding a span gets its own small mask."""
+    bounds = torch.nonzero(torch.diff(doc[0], prepend=doc[0, :1] - 1)).flatten().tolist() + [doc.shape[1]]
+    outs = []
+    gqa = q.shape[2] != k.shape[2]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        qd, kd, vd = (t[:, lo:hi].transpose(1, 2) for t in (q, k, v))
+        if bool((span[0, lo:hi] != 0).any()):
+            m = attention_mask_reference(doc[:, lo:hi], span[:, lo:hi])[:, None]
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=m, enable_gqa=gqa)
+        else:
+            o = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=gqa)
+        outs.append(o.transpose(1, 2))
+    return torch.cat(outs, dim=1)
+
+
+def sdpa_causal(q, k, v, doc, span):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                          enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
+
+
+def make_flex(doc, span, L: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    d, s = doc[0], span[0]
+
+    def mask_mod(b, h, qi, kv):
+        return (d[qi] == d[kv]) & ((kv <= qi) | ((s[qi] != 0) & (s[qi] == s[kv])))
+
+    t = time.perf_counter()
+    block_mask = create_block_mask(mask_mod, 1, None, L, L, device=device)
+    mask_ms = 1e3 * (time.perf_counter() - t)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(q, k, v, doc_, span_):
+        return compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+                        enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
+
+    return run, mask_ms
+
+
+def bench_full(L, n_docs, span, hkv, dtype, backward, repeats, device, peak, use_flex) -> dict:
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, L, HEADS, DIM, generator=g).to(device, dtype).requires_grad_(backward)
+    k = torch.randn(1, L, hkv, DIM, generator=g).to(device, dtype).requires_grad_(backward)
+    v = torch.randn(1, L, hkv, DIM, generator=g).to(device, dtype).requires_grad_(backward)
+    doc, sp = packed_ids(L, n_docs, span, device)
+    dout = torch.randn(1, L, HEADS, DIM, generator=g).to(device, dtype)
+    impls = {"fused": modality_attention, "sdpa_mask": modality_attention_sdpa, "sdpa_causal": sdpa_causal,
+             "per_doc": per_doc_sdpa}
+    mask_ms = None
+    if use_flex:
+        try:
+            impls["flex"], mask_ms = make_flex(doc, sp, L, device)
+        except Exception as e:  # noqa: BLE001 - reported, the other sides still run
+            print(f"flex_attention unavailable here: {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+            use_flex = False
+
+    def wrap(fn):
         def go():
-            out = fn(q, k, v, doc, span)
+            out = fn(q, k, v, doc, sp)
             if backward:
                 torch.autograd.grad(out, (q, k, v), dout)
         return go
 
     with torch.set_grad_enabled(backward):
-        t = timed_pair({"fused": run(modality_attention), "sdpa": run(modality_attention_sdpa)}, repeats)
-    mask = attention_mask_reference(doc, span)
-    return {"op": "fwd+bwd" if backward else "forward", "L": L, "B": B, "heads": f"{HEADS}/{hkv}",
-            "dtype": str(dtype).replace("torch.", ""), "visible_pairs": round(float(mask.float().mean()), 3),
-            "fused_ms": 1e3 * t["fused"], "sdpa_ms": 1e3 * t["sdpa"], "x_vs_sdpa": t["sdpa"] / t["fused"]}
+        try:
+            t = timed({name: wrap(fn) for name, fn in impls.items()}, repeats, device)
+        except Exception as e:  # noqa: BLE001 - flex may fail to compile here; measure without it
+            if "flex" not in impls:
+                raise
+            print(f"flex_attention failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+            impls.pop("flex")
+            mask_ms = None
+            t = timed({name: wrap(fn) for name, fn in impls.items()}, repeats, device)
+    live = int(attention_mask_reference(doc, sp).sum())
+    flops = live * HEADS * DIM * (10 if backward else 4)
+    row = {"op": "fwd+bwd" if backward else "forward", "L": L, "docs": n_docs, "span": span, "heads": f"{HEADS}/{hkv}",
+           "dtype": str(dtype).replace("torch.", "")}
+    for name in ("fused", "sdpa_mask", "sdpa_causal", "flex", "per_doc"):
+        row[f"{name}_ms"] = 1e3 * t[name] if name in t else None
+    for name in ("sdpa_mask", "sdpa_causal", "flex", "per_doc"):
+        row[f"x_vs_{name}"] = t[name] / t["fused"] if name in t else None
+    row["flex_mask_ms"] = mask_ms
+    row["live_gflops"] = flops / t["fused"] / 1e9
+    row["of_peak"] = row["live_gflops"] / peak
+    return row
 
 
-def bench_decode(S: int, hkv: int, dtype: torch.dtype, repeats: int, device: str) -> dict:
-    B = 4
+def bench_decode(B: int, S: int, hkv: int, dtype: torch.dtype, repeats: int, device: str) -> dict:
     g = torch.Generator().manual_seed(2)
     q = torch.randn(B, 1, HEADS, DIM, generator=g).to(device, dtype)
     kc = torch.randn(B, S, hkv, DIM, generator=g).to(device, dtype)
     vc = torch.randn(B, S, hkv, DIM, generator=g).to(device, dtype)
-    lens = torch.tensor([S, S - 7, S // 2, S // 3], dtype=torch.int32, device=device)
+    lens = torch.tensor([S - (7 * b) % (S // 2) for b in range(B)], dtype=torch.int32, device=device)
 
     def sdpa():
         mask = (torch.arange(S, device=device)[None, :] < lens[:, None])[:, None, None, :]
@@ -99,44 +189,62 @@ def bench_decode(S: int, hkv: int, dtype: torch.dtype, repeats: int, device: str
                                               enable_gqa=hkv != HEADS)
 
     with torch.no_grad():
-        t = timed_pair({"fused": lambda: modality_attention_decode(q, kc, vc, lens), "sdpa": sdpa}, repeats)
-    return {"op": "decode", "L": S, "B": B, "heads": f"{HEADS}/{hkv}", "dtype": str(dtype).replace("torch.", ""),
-            "visible_pairs": None, "fused_ms": 1e3 * t["fused"], "sdpa_ms": 1e3 * t["sdpa"],
-            "x_vs_sdpa": t["sdpa"] / t["fused"]}
+        t = timed({"fused": lambda: modality_attention_decode(q, kc, vc, lens), "sdpa_mask": sdpa}, repeats, device)
+    return {"op": "decode", "L": S, "docs": B, "span": False, "heads": f"{HEADS}/{hkv}",
+            "dtype": str(dtype).replace("torch.", ""), "fused_ms": 1e3 * t["fused"], "sdpa_mask_ms": 1e3 * t["sdpa_mask"],
+            "x_vs_sdpa_mask": t["sdpa_mask"] / t["fused"]}
+
+
+COLUMNS = ["op", "L", "docs", "span", "heads", "dtype", "fused_ms", "sdpa_mask_ms", "sdpa_causal_ms", "flex_ms",
+           "per_doc_ms", "x_vs_sdpa_mask", "x_vs_sdpa_causal", "x_vs_flex", "x_vs_per_doc", "flex_mask_ms",
+           "live_gflops", "of_peak"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid, few repeats (smoke run)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for both sides")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for every side")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--no-flex", action="store_true", help="skip the compiled flex_attention baseline")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is visible on this machine; nothing to measure", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 7)
-    lengths = [512] if args.quick else [512, 2048]
-    dtypes = [torch.float32, torch.bfloat16]
+    repeats = args.repeats or (2 if args.quick else 5)
+    lengths = [1024] if args.quick else [1024, 2048, 4096]
+    doc_counts = [1, 4] if args.quick else [1, 4, 16]
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    peaks = {d: matmul_peak_gflops(d, args.device) for d in dtypes}
+    print("matmul peak (1024^3): " + ", ".join(f"{str(d).replace('torch.', '')} {p:.1f} GFLOP/s" for d, p in peaks.items()))
     rows = []
-    for L in lengths:
-        for dtype in dtypes:
-            for backward in (False, True):
-                rows.append(bench_full(L, 2, dtype, backward, repeats, args.device))
-    rows.append(bench_full(lengths[-1], HEADS, torch.float32, False, repeats, args.device))
-    for S in ([512] if args.quick else [512, 4096]):
-        for dtype in dtypes:
-            rows.append(bench_decode(S, 2, dtype, repeats, args.device))
-    print(f"\ndevice={args.device} threads={args.threads} repeats={repeats} (median, interleaved); head dim {DIM}")
-    table = print_table(rows, ["op", "L", "B", "heads", "dtype", "visible_pairs", "fused_ms", "sdpa_ms", "x_vs_sdpa"])
+    for dtype in dtypes:
+        for L in lengths:
+            for n_docs in doc_counts:
+                for span in (False, True):
+                    for backward in (False, True):
+                        if backward and (L == 4096 or dtype != torch.float32) and not args.quick:
+                            continue  # fwd+bwd: fp32 at L <= 2048 (the SDPA+mask baseline needs seconds per call)
+                        rows.append(bench_full(L, n_docs, span, HEADS, dtype, backward, repeats, args.device,
+                                               peaks[dtype], not args.no_flex))
+                        print(f"  {rows[-1]['op']} L={L} docs={n_docs} span={span} {rows[-1]['dtype']}: "
+                              f"{rows[-1]['fused_ms']:.1f} ms, {rows[-1]['x_vs_sdpa_mask']:.2f}x SDPA+mask", flush=True)
+        rows.append(bench_full(lengths[-1] if args.quick else 2048, 4, True, 2, dtype, False, repeats, args.device,
+                               peaks[dtype], False))  # GQA 8/2
+        for B in (1, 16):
+            rows.append(bench_decode(B, 2048, HEADS, dtype, repeats, args.device))
+    print(f"\ndevice={args.device} threads={args.threads} repeats={repeats} (median, interleaved); B=1, head dim {DIM}")
+    table = print_table(rows, COLUMNS)
     path = write_json(os.path.join(args.out, f"attention{'' if args.device == 'cpu' else '_' + args.device}.json"),
                       {"benchmark": "attention", "quick": args.quick, "device": args.device, "repeats": repeats,
-                       "rows": rows, "table": table})
+                       "matmul_peak_gflops": {str(d): p for d, p in peaks.items()}, "rows": rows, "table": table})
+    shown = [r for r in rows if r["op"] != "decode"]
     save_bar_chart(os.path.splitext(path)[0] + ".png",
-                   [f"{r['op']} L={r['L']}\n{r['dtype']} {r['heads']}" for r in rows], [r["x_vs_sdpa"] for r in rows],
-                   "speed-up over SDPA with a materialised mask (x)",
+                   [f"{r['op']} L={r['L']} d={r['docs']}{' span' if r['span'] else ''} {r['dtype']}" for r in shown],
+                   [r["x_vs_sdpa_mask"] for r in shown], "speed-up over SDPA with a materialised mask (x)",
                    f"fused modality-aware attention ({args.threads} threads)", horizontal=True)
     print(f"wrote {path}")
     return 0

@@ -115,7 +115,7 @@ const RowOps& row_ops() {
     if (!forced_portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return row_ops_avx2();
 #endif
     (void)forced_portable;
-    return RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row};
+    return RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row, &portable::dot, &portable::axpy};
   }();
   return ops;
 }
@@ -433,9 +433,20 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
       std::fill(o.begin(), o.end(), 0.f);
       float* pr = part.data() + ((c * Hq + hk * G) * Lq) * rec;  // rows of this group are contiguous
       if (nk > 0) {
-        gather_cols(kp + b * ksB + j0 * ksS + hk * ksH, ksS, nk, D, kT.data());
-        gather_rows(vp + b * vsB + j0 * vsS + hk * vsH, vsS, nk, D, vb.data());
-        small_gemm(rows, nk, D, qb.data(), D, kT.data(), nk, s.data(), nk, false);
+        // fp32 caches are read in place (a dot product per key, an axpy per value: a handful of query rows make
+        // these matrix-vector products); bf16 chunks are widened once and multiplied as small GEMMs.
+        constexpr bool kDirect = std::is_same_v<T, float>;
+        if constexpr (kDirect) {
+          const auto& ops = row_ops();
+          for (int64_t j = 0; j < nk; ++j) {
+            const float* kr = reinterpret_cast<const float*>(kp) + b * ksB + (j0 + j) * ksS + hk * ksH;
+            for (int64_t r = 0; r < rows; ++r) s[r * nk + j] = ops.dot(qb.data() + r * D, kr, D);
+          }
+        } else {
+          gather_cols(kp + b * ksB + j0 * ksS + hk * ksH, ksS, nk, D, kT.data());
+          gather_rows(vp + b * vsB + j0 * vsS + hk * vsH, vsS, nk, D, vb.data());
+          small_gemm(rows, nk, D, qb.data(), D, kT.data(), nk, s.data(), nk, false);
+        }
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t t = r % Lq, qpos = len - Lq + t;
           float* row = s.data() + r * nk;
@@ -449,7 +460,18 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
           pr[r * rec + D] = mx;
           pr[r * rec + D + 1] = sum;
         }
-        small_gemm(rows, D, nk, s.data(), nk, vb.data(), D, o.data(), D, true);
+        if constexpr (kDirect) {
+          const auto& ops = row_ops();
+          for (int64_t j = 0; j < nk; ++j) {
+            const float* vr = reinterpret_cast<const float*>(vp) + b * vsB + (j0 + j) * vsS + hk * vsH;
+            for (int64_t r = 0; r < rows; ++r) {
+              const float pj = s[r * nk + j];
+              if (pj != 0.f) ops.axpy(pj, vr, o.data() + r * D, D);
+            }
+          }
+        } else {
+          small_gemm(rows, D, nk, s.data(), nk, vb.data(), D, o.data(), D, true);
+        }
       } else {
         for (int64_t r = 0; r < rows; ++r) {
           pr[r * rec + D] = kNegInf;

@@ -18,7 +18,7 @@
 
 namespace chameleon_lite::cpu {
 const RowOps& row_ops_avx2() {
-  static const RowOps ops{&avx2::row_max, &avx2::exp_sub_sum, &avx2::scale_row};
+  static const RowOps ops{&avx2::row_max, &avx2::exp_sub_sum, &avx2::scale_row, &avx2::dot, &avx2::axpy};
   return ops;
 }
 }  // namespace chameleon_lite::cpu
@@ -30,7 +30,8 @@ const RowOps& row_ops_avx2() {
 namespace chameleon_lite::cpu {
 // Never selected off x86 (see attention.cpp); the portable loops keep the symbol defined.
 const RowOps& row_ops_avx2() {
-  static const RowOps ops{&portable_stub::row_max, &portable_stub::exp_sub_sum, &portable_stub::scale_row};
+  static const RowOps ops{&portable_stub::row_max, &portable_stub::exp_sub_sum, &portable_stub::scale_row,
+                          &portable_stub::dot, &portable_stub::axpy};
   return ops;
 }
 }  // namespace chameleon_lite::cpu

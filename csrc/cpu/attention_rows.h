@@ -16,6 +16,8 @@ struct RowOps {
   float (*row_max)(const float* x, int64_t n);
   float (*exp_sub_sum)(float* x, int64_t n, float m);
   void (*scale_row)(float* x, int64_t n, float a);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float a, const float* x, float* y, int64_t n);
 };
 const RowOps& row_ops_avx2();
 #endif
@@ -55,6 +57,22 @@ inline void scale_row(float* x, int64_t n, float a) {
   const Vec va(a);
   for (; i + Vec::size() <= n; i += Vec::size()) (Vec::loadu(x + i) * va).store(x + i);
   for (; i < n; ++i) x[i] *= a;
+}
+inline float dot(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  Vec acc(0.f);
+  for (; i + Vec::size() <= n; i += Vec::size()) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
+  float s = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y += a * x
+inline void axpy(float a, const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  const Vec va(a);
+  for (; i + Vec::size() <= n; i += Vec::size()) at::vec::fmadd(va, Vec::loadu(x + i), Vec::loadu(y + i)).store(y + i);
+  for (; i < n; ++i) y[i] += a * x[i];
 }
 }  // namespace CL_ATTN_ISA
 
