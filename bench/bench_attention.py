@@ -208,15 +208,19 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--no-flex", action="store_true", help="skip the compiled flex_attention baseline")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 1024 2048 4096)")
+    ap.add_argument("--docs", type=int, nargs="+", default=None, help="documents per row (default 1 4 16)")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode rows")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--name", default=None, help="result file stem (default attention)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is visible on this machine; nothing to measure", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
-    lengths = [1024] if args.quick else [1024, 2048, 4096]
-    doc_counts = [1, 4] if args.quick else [1, 4, 16]
+    lengths = args.lengths or ([1024] if args.quick else [1024, 2048, 4096])
+    doc_counts = args.docs or ([1, 4] if args.quick else [1, 4, 16])
     dtypes = [getattr(torch, d) for d in args.dtypes]
     peaks = {d: matmul_peak_gflops(d, args.device) for d in dtypes}
     print("matmul peak (1024^3): " + ", ".join(f"{str(d).replace('torch.', '')} {p:.1f} GFLOP/s" for d, p in peaks.items()))
@@ -234,11 +238,12 @@ def main() -> int:
                               f"{rows[-1]['fused_ms']:.1f} ms, {rows[-1]['x_vs_sdpa_mask']:.2f}x SDPA+mask", flush=True)
         rows.append(bench_full(lengths[-1] if args.quick else 2048, 4, True, 2, dtype, False, repeats, args.device,
                                peaks[dtype], False))  # GQA 8/2
-        for B in (1, 16):
+        for B in ((1, 16) if not args.no_decode else ()):
             rows.append(bench_decode(B, 2048, HEADS, dtype, repeats, args.device))
     print(f"\ndevice={args.device} threads={args.threads} repeats={repeats} (median, interleaved); B=1, head dim {DIM}")
     table = print_table(rows, COLUMNS)
-    path = write_json(os.path.join(args.out, f"attention{'' if args.device == 'cpu' else '_' + args.device}.json"),
+    name = args.name or f"attention{'' if args.device == 'cpu' else '_' + args.device}"
+    path = write_json(os.path.join(args.out, f"{name}.json"),
                       {"benchmark": "attention", "quick": args.quick, "device": args.device, "repeats": repeats,
                        "matmul_peak_gflops": {str(d): p for d, p in peaks.items()}, "rows": rows, "table": table})
     shown = [r for r in rows if r["op"] != "decode"]

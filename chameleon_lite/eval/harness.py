@@ -291,7 +291,9 @@ def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progre
     from chameleon_lite.tokenizers import base
 
     folder = os.path.join(out, "heldout_media")
-    manifest = write_corpus(folder, n, seed=seed, config=CorpusConfig(), progress=progress)
+    # media-only documents, half image and half audio, so that every modality gets n items even for small n
+    media = CorpusConfig(task_weights={"caption_to_image": 1.0, "caption_to_audio": 1.0})
+    manifest = write_corpus(folder, max(2 * n, 16), seed=seed, config=media, progress=progress)
     res: dict[str, Any] = {}
     if os.path.exists(os.path.join(model_dir, base.IMAGE_CONFIG)):
         from chameleon_lite.tokenizers.image_train import evaluate as eval_image
