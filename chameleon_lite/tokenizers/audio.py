@@ -67,6 +67,9 @@ class AudioCodecConfig:
     kmeans_iters: int = 10
     quantizer_dropout: float = 0.5
     min_levels: int = 1
+    # decoder upsampling: "transposed" convolutions, or "nearest" repetition followed by a convolution (no fixed
+    # checkerboard pattern at multiples of the stage rates, at about s times the cost of that stage)
+    upsample: str = "transposed"
     chunk_seconds: float = 30.0
     context_frames: int = 16
     max_seconds: float = 3600.0
@@ -91,6 +94,8 @@ class AudioCodecConfig:
                               f"got {self.quantizer_dropout}, {self.min_levels}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.upsample not in ("transposed", "nearest"):
+            raise ConfigError(f"upsample must be 'transposed' or 'nearest', got {self.upsample!r}")
         if self.chunk_seconds * self.frame_rate < 1 or self.context_frames < 0 or self.max_seconds <= 0:
             raise ConfigError("chunk_seconds must hold a frame, context_frames >= 0, max_seconds > 0")
 
@@ -200,8 +205,11 @@ class Decoder(nn.Module):
             s, c_in = cfg.strides[i], chans[i]
             c_out = chans[i - 1] if i > 0 else cfg.out_channels
             layers += _res_stack(c_in, cfg.res_blocks)
-            p = (s + 1) // 2  # exactly frames * s outputs
-            layers += [Snake(c_in), nn.ConvTranspose1d(c_in, c_out, 2 * s, stride=s, padding=p, output_padding=2 * p - s)]
+            if cfg.upsample == "nearest":
+                layers += [Snake(c_in), nn.Upsample(scale_factor=s, mode="nearest"), nn.Conv1d(c_in, c_out, 7, padding=3)]
+            else:
+                p = (s + 1) // 2  # exactly frames * s outputs
+                layers += [Snake(c_in), nn.ConvTranspose1d(c_in, c_out, 2 * s, stride=s, padding=p, output_padding=2 * p - s)]
         layers += [Snake(cfg.out_channels), nn.Conv1d(cfg.out_channels, 1, 7, padding=3)]
         self.net = nn.Sequential(*layers)
 

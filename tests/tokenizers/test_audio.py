@@ -52,6 +52,11 @@ def test_config_and_presets():
         with torch.no_grad():
             assert m.encoder(x).shape == (1, cfg.latent_dim, 3)  # exactly one latent per hop, odd strides too
             assert m.decoder(m.encoder(x)).shape == x.shape
+    m = AudioCodecModel(preset("tiny", upsample="nearest", **SMALL)).eval()
+    with torch.no_grad():
+        assert m.decoder(m.encoder(torch.randn(1, 1, 64 * 5))).shape == (1, 1, 64 * 5)
+    with pytest.raises(ConfigError, match="upsample"):
+        AudioCodecConfig(upsample="linear")
     with pytest.raises(ConfigError, match="strides"):
         AudioCodecConfig(strides=(1, 4))
     with pytest.raises(ConfigError, match="width"):
