@@ -8,6 +8,7 @@ other processes hits them alike; times are medians.
 
     python bench/bench_sampling.py            # B in {1, 16, 32, 64} x V in {16384, 65536, 152064}
     python bench/bench_sampling.py --quick    # smoke run: B in {1, 32}, V in {16384, 65536}
+    python bench/bench_sampling.py --device cuda   # the CUDA kernel against the same chain on the GPU
 
 Writes bench/results/sampling.json and bench/results/sampling.png.
 """
@@ -48,26 +49,31 @@ def multinomial(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits.float() / TEMPERATURE, dim=-1), 1, generator=gen).squeeze(1)
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds per side, timing the sides in turn so load from other processes hits them alike."""
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2, device: str = "cpu") -> dict:
+    """Median seconds per side, timing the sides in turn so load from other processes hits them alike
+    (on CUDA each call is bracketed by synchronisations, so the times are whole calls)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype) -> list[dict]:
+def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype, device: str = "cpu") -> list[dict]:
     rows = []
-    gen = torch.Generator().manual_seed(0)
+    data_gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)  # the baselines' draws, on the logits' device
     for v in vocabs:
         for b in batches:
-            logits = (torch.randn(b, v, generator=gen) * 3).to(dtype)
+            logits = (torch.randn(b, v, generator=data_gen) * 3).to(device, dtype)
             step = [0]
 
             def fused():
@@ -83,7 +89,7 @@ def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype)
                 "sort_chain": lambda: sort_chain(logits, gen),
                 "multinomial": lambda: multinomial(logits, gen),
                 "argmax": lambda: logits.argmax(-1),
-            }, repeats)
+            }, repeats, device=device)
             row = {"B": b, "V": v, **{f"{k}_ms": s * 1e3 for k, s in t.items()}}
             row["x_vs_sort"] = t["sort_chain"] / t["fused"]
             row["x_vs_multinomial"] = t["multinomial"] / t["fused"]
@@ -119,24 +125,29 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid and few repeats (smoke run)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every side")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the CUDA kernel (chameleon_lite._C_cuda) against the same baselines on the GPU")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU is visible on this machine; nothing to measure", file=sys.stderr)
+        return 2
 
     torch.set_num_threads(args.threads)
     batches = [1, 32] if args.quick else [1, 16, 32, 64]
     vocabs = [16384, 65536] if args.quick else [16384, 65536, 152064]
     repeats = args.repeats or (5 if args.quick else 15)
-    rows = run(batches, vocabs, repeats, getattr(torch, args.dtype))
+    rows = run(batches, vocabs, repeats, getattr(torch, args.dtype), args.device)
 
     cols = ["B", "V", "fused_ms", "fused_greedy_ms", "sort_chain_ms", "multinomial_ms", "argmax_ms", "x_vs_sort",
             "x_vs_multinomial", "fused_over_argmax"]
-    print(f"\nthreads={args.threads} dtype={args.dtype} repeats={repeats} (median); "
+    print(f"\ndevice={args.device} threads={args.threads} dtype={args.dtype} repeats={repeats} (median); "
           f"fused and sort chain: T={TEMPERATURE}, top-k={TOP_K}, top-p={TOP_P}")
     table = print_table(rows, cols)
     goal = next((r for r in rows if (r["B"], r["V"]) == GOAL_SHAPE), None)
@@ -154,15 +165,17 @@ def main() -> None:
               f"(goal >= {GOAL_VS_SORT}), {goal['fused_over_argmax']:.2f}x argmax (goal <= {GOAL_VS_ARGMAX}) -> "
               f"{'met' if goals['met'] else 'NOT met'}")
     os.makedirs(args.out, exist_ok=True)
-    path = write_json(os.path.join(args.out, "sampling.json"), {
-        "benchmark": "sampling", "quick": args.quick, "dtype": args.dtype, "repeats": repeats,
+    stem = "sampling" if args.device == "cpu" else f"sampling_{args.device}"
+    path = write_json(os.path.join(args.out, f"{stem}.json"), {
+        "benchmark": "sampling", "device": args.device, "quick": args.quick, "dtype": args.dtype, "repeats": repeats,
         "settings": {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P},
         "rows": rows, "goals": goals, "table": table,
     })
-    png = os.path.join(args.out, "sampling.png")
+    png = os.path.join(args.out, f"{stem}.png")
     plot(rows, png)
     print(f"wrote {path} and {png}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

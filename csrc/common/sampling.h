@@ -36,6 +36,12 @@ constexpr int kMaxPoints = 256;     // table capacity; a search needs at most ~1
 constexpr int kGatherCap = 4096;    // bracket size at which elements are gathered instead of another pass
 constexpr int kMaxPassesPerSearch = 12;
 
+// Per-row outcome codes of the kernels (CPU and CUDA); the ops turn them into errors.
+constexpr int kRowOk = 0;
+constexpr int kRowNaN = 1;     // a NaN logit among the allowed ids
+constexpr int kRowPosInf = 2;  // a +inf logit among the allowed ids
+constexpr int kRowEmpty = 3;   // no allowed id has a finite logit
+
 CL_HD inline float cfg_combine(float cond, float uncond, float scale) { return uncond + scale * (cond - uncond); }
 
 CL_HD inline float apply_penalty(float z, float penalty) { return z > 0.0f ? z / penalty : z * penalty; }

@@ -40,10 +40,10 @@ struct RowJob {
   double uniform;               // the row's Philox draw in [0, 1)
 };
 
-constexpr int kRowOk = 0;
-constexpr int kRowNaN = 1;      // a NaN logit among the allowed ids
-constexpr int kRowPosInf = 2;   // a +inf logit among the allowed ids
-constexpr int kRowEmpty = 3;    // no allowed id has a finite logit
+using sampling::kRowEmpty;
+using sampling::kRowNaN;
+using sampling::kRowOk;
+using sampling::kRowPosInf;
 
 struct RowResult {
   int64_t id;

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cuda/attention.cuh"
+#include "cuda/sampling_op.h"
 
 namespace ck = chameleon_lite::cuda_kernels;
 
@@ -87,4 +88,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_fwd", &attention_fwd);
   m.def("attention_decode", &attention_decode);
   m.def("warp_primitives", &warp_primitives);
+  m.def("sample", [](const at::Tensor& logits, const std::optional<at::Tensor>& uncond, const at::Tensor& temperature,
+                     const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& cfg_scale,
+                     const at::Tensor& penalty, const std::optional<at::Tensor>& ranges,
+                     const std::optional<at::Tensor>& penalty_ids, int64_t seed, int64_t step) {
+    return ck::sample_op(logits, uncond, temperature, top_k, top_p, min_p, cfg_scale, penalty, ranges, penalty_ids, seed,
+                         step, 0);
+  });
 }

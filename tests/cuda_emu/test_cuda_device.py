@@ -1,0 +1,75 @@
+"""The real CUDA extension on a GPU (marked `cuda`): the same checks as the emulated runs, against the fp64 reference and
+the CPU sampling kernel. Skipped, with the reason, on machines without a GPU or without chameleon_lite._C_cuda."""
+import math
+
+import pytest
+import torch
+
+from chameleon_lite.ops import _loader
+from chameleon_lite.ops.attention import (modality_attention_decode_reference, modality_attention_reference)
+from chameleon_lite.ops.sampling import sample
+
+
+def _skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    _loader.load_extensions()
+    if not _loader.HAS_CUDA_EXT:
+        return "chameleon_lite._C_cuda is not built (install with CHAMELEON_LITE_BUILD_CUDA=1)"
+    return None
+
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+
+
+def test_kernels_are_registered_for_cuda():
+    for op in ("attention_fwd", "attention_decode", "sample"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"chameleon_lite::{op}", "CUDA"), op
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("L,Hq,Hkv,D,cuts,spans", [(1, 2, 2, 32, [], []), (129, 4, 2, 64, [30, 70], [(40, 60)]),
+                                                   (1000, 8, 2, 128, [100, 400, 650], [(10, 90), (700, 760)])])
+def test_attention_forward(dtype, L, Hq, Hkv, D, cuts, spans):
+    g = torch.Generator().manual_seed(L)
+    q, k, v = (torch.randn(2, L, h, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
+    doc = torch.zeros(2, L, dtype=torch.int32)
+    span = torch.zeros(2, L, dtype=torch.int32)
+    for c in cuts:
+        doc[:, c:] += 1
+    for sid, (lo, hi) in enumerate(spans, start=1):
+        span[:, lo:hi] = sid
+    scale = 1 / math.sqrt(D)
+    ref, lse_ref = modality_attention_reference(q, k, v, doc, span, scale=scale, return_lse=True)
+    out, lse = torch.ops.chameleon_lite.attention_fwd(*(t.to("cuda", dtype) for t in (q, k, v)), doc.cuda(), span.cuda(),
+                                                      scale)
+    tol = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(out.cpu().double(), ref, **tol)
+    torch.testing.assert_close(lse.cpu().double(), lse_ref.double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_decode(dtype):
+    B, S, Hq, Hkv, D = 3, 2000, 8, 2, 64
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, 1, Hq, D, generator=g, dtype=torch.float64)
+    kc, vc = (torch.randn(B, S, Hkv, D, generator=g, dtype=torch.float64) for _ in range(2))
+    lens = torch.tensor([2000, 1, 777], dtype=torch.int32)
+    ref = modality_attention_decode_reference(q, kc, vc, lens, scale=0.125)
+    out = torch.ops.chameleon_lite.attention_decode(q.to("cuda", dtype), kc.to("cuda", dtype), vc.to("cuda", dtype),
+                                                    lens.cuda(), 0.125)
+    tol = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(out.cpu().double(), ref, **tol)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.0), dict(top_k=50, top_p=0.9, temperature=0.8),
+                                dict(min_p=0.05), dict(top_p=0.5)])
+def test_sampling_same_ids_as_cpu(kw):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(16, 32768, generator=g) * 3
+    for step in range(3):
+        cpu_ids, cpu_lp = sample(logits, seed=5, step=step, return_logprobs=True, **kw)
+        gpu_ids, gpu_lp = sample(logits.cuda(), seed=5, step=step, return_logprobs=True, **kw)
+        assert gpu_ids.is_cuda
+        assert torch.equal(gpu_ids.cpu(), cpu_ids)
+        torch.testing.assert_close(gpu_lp.cpu(), cpu_lp, atol=1e-5, rtol=1e-5)
