@@ -8,11 +8,13 @@ A fully masked row outputs 0.
 csrc/cpu/attention.cpp) for fp32 and bf16 tensors on devices that have it; other dtypes (fp64, fp16 on CPU) and
 devices without an implementation take the reference path (SDPA with the mask materialised), explicitly.
 ``modality_attention_decode`` likewise runs ``chameleon_lite::attention_decode``. On CUDA (when the CUDA extension is
-built) the fused forward and decode run; training on CUDA takes the SDPA path until the CUDA backward exists.
+built) the fused forward, backward and decode run (head dims up to 128). Their tiles are multiplied with scalar FMAs
+(no tensor-core path yet), so ``CHAMELEON_LITE_CUDA_ATTENTION=sdpa`` sends CUDA calls to the SDPA path instead.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -62,14 +64,15 @@ def modality_attention_reference(
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _has_kernel(t: torch.Tensor, need_grad: bool = False) -> bool:
-    """Whether a fused kernel covers this tensor: always on CPU; on CUDA when the CUDA extension is built, for the
-    forward and decode only (its backward is not written yet) and head dims up to 128."""
+def _has_kernel(t: torch.Tensor) -> bool:
+    """Whether the fused kernels (forward, backward, decode) cover this tensor: always on CPU; on CUDA when the CUDA
+    extension is built, for head dims up to 128, unless CHAMELEON_LITE_CUDA_ATTENTION=sdpa."""
     if t.device.type == "cpu":
         return True
     from chameleon_lite.ops._loader import HAS_CUDA_EXT
 
-    return t.device.type == "cuda" and HAS_CUDA_EXT and not need_grad and t.shape[-1] <= 128
+    return (t.device.type == "cuda" and HAS_CUDA_EXT and t.shape[-1] <= 128
+            and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa")
 
 
 @torch.library.register_fake("chameleon_lite::attention_fwd")
@@ -122,8 +125,7 @@ def modality_attention(
     """
     B, L, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if q.dtype in _FUSED_DTYPES and _has_kernel(q, need_grad):
+    if q.dtype in _FUSED_DTYPES and _has_kernel(q):
         doc_ids, span_ids = _check_ids(q, doc_ids, span_ids)
         return torch.ops.chameleon_lite.attention_fwd(q, k, v, doc_ids, span_ids, scale)[0]
     return modality_attention_sdpa(q, k, v, doc_ids, span_ids, scale)

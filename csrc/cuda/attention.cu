@@ -57,6 +57,54 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_, cons
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tensor& dout_, const at::Tensor& q_,
+                                                                  const at::Tensor& k_, const at::Tensor& v_,
+                                                                  const at::Tensor& out_, const at::Tensor& lse_,
+                                                                  const at::Tensor& doc_, const at::Tensor& span_,
+                                                                  double scale) {
+  for (const auto* t : {&dout_, &q_, &k_, &v_, &out_, &lse_, &doc_, &span_}) CHECK_DEVICE(*t);
+  TORCH_CHECK_VALUE(q_.dim() == 4 && k_.dim() == 4, "attention_bwd: q, k, v must be [B, L, H, D]");
+  const int64_t B = q_.size(0), L = q_.size(1), Hq = q_.size(2), D = q_.size(3), Hkv = k_.size(2);
+  CHECK_SHAPE(k_, B, L, Hkv, D);
+  CHECK_SHAPE(v_, B, L, Hkv, D);
+  CHECK_SHAPE(dout_, B, L, Hq, D);
+  CHECK_SHAPE(out_, B, L, Hq, D);
+  CHECK_SHAPE(lse_, B, Hq, L);
+  CHECK_SHAPE(doc_, B, L);
+  CHECK_SHAPE(span_, B, L);
+  TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "attention_bwd: Hq=", Hq, " must be a multiple of Hkv=", Hkv);
+  TORCH_CHECK_VALUE(D <= ck::kMaxD, "attention_bwd: head dim ", D, " > ", ck::kMaxD);
+  const auto dt = q_.scalar_type();
+  TORCH_CHECK_VALUE(k_.scalar_type() == dt && v_.scalar_type() == dt && dout_.scalar_type() == dt && out_.scalar_type() == dt,
+                    "attention_bwd: dout, q, k, v and out must share a dtype");
+  TORCH_CHECK_VALUE(lse_.scalar_type() == at::kFloat, "attention_bwd: lse must be float32");
+  TORCH_CHECK_VALUE(doc_.scalar_type() == at::kInt && span_.scalar_type() == at::kInt,
+                    "attention_bwd: doc_ids and span_ids must be int32");
+  const c10::cuda::CUDAGuard guard(q_.device());
+  const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dout = dout_.contiguous(),
+             out = out_.contiguous(), lse = lse_.contiguous(), doc = doc_.contiguous(), span = span_.contiguous();
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto run = [&](auto tag, auto atag) {
+    using T = decltype(tag);
+    using A = decltype(atag);
+    ck::run_attention_bwd<T>(cptr<T, A>(dout), cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), cptr<T, A>(out),
+                             lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
+                             reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
+                             reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
+                             static_cast<float>(scale), stream);
+  };
+  if (dt == at::kFloat) {
+    run(float(), float());
+  } else {
+    TORCH_CHECK_VALUE(dt == at::kBFloat16, "attention_bwd: dtype must be float32 or bfloat16");
+    run(ck::bf16_t(), at::BFloat16());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {dq, dk, dv};
+}
+
 at::Tensor attention_decode_cuda(const at::Tensor& q_, const at::Tensor& kc, const at::Tensor& vc,
                                  const at::Tensor& lens_, double scale) {
   for (const auto* t : {&q_, &kc, &vc, &lens_}) CHECK_DEVICE(*t);
@@ -101,5 +149,6 @@ at::Tensor attention_decode_cuda(const at::Tensor& q_, const at::Tensor& kc, con
 
 TORCH_LIBRARY_IMPL(chameleon_lite, CUDA, m) {
   m.impl("attention_fwd", &attention_fwd_cuda);
+  m.impl("attention_bwd", &attention_bwd_cuda);
   m.impl("attention_decode", &attention_decode_cuda);
 }

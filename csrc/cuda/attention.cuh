@@ -1,5 +1,6 @@
 #pragma once
-// CUDA kernels of the modality-aware attention (ARCHITECTURE §5): forward and KV-cache decode with split-KV.
+// CUDA kernels of the modality-aware attention (ARCHITECTURE §5): forward, backward (dq pass + dk/dv pass from the
+// saved log-sum-exp) and KV-cache decode with split-KV.
 // Compiled by nvcc (csrc/cuda/attention.cu) and by g++ against the CPU emulator (tests/cuda_emu/), so the code the
 // tests run is the code that ships. Tiles are classified with the shared csrc/common/attention_mask.h: empty tiles
 // are skipped, the predicate is evaluated only on partial ones. fp32 accumulation, fp32 or bf16 storage.
@@ -212,6 +213,214 @@ __global__ void attention_decode_merge_kernel(const float* part, const int32_t* 
   }
 }
 
+// ---------------------------------------------------------------------------------------------- backward
+// FlashAttention-2 style backward from the saved log-sum-exp, in two kernels that need no atomics:
+//   dq pass   grid (query tiles, Hq, B): for its rows, delta = rowsum(dout * out) (written for the second pass), then
+//             over the visible key tiles p = exp(s - lse), ds = p * (dout v^T - delta), dq += ds k * scale;
+//   dk/dv pass grid (key tiles, Hkv, B): over the GQA heads of its KV head and their visible query tiles,
+//             dv += p^T dout, dk += ds^T q * scale — the group's heads are summed inside the block.
+// Tiles are classified like the forward (empty ones skipped, the predicate only on partial ones). Accumulators live in
+// registers: each thread owns kBwdElems elements of its block's [16, D] result.
+constexpr int kBwdElems = kFwdBQ * kMaxD / kThreads;
+
+// p = exp(s - lse) of row r / key c of the current tile pair, or 0 where the mask closes the pair.
+__device__ __forceinline__ float bwd_prob(float s, float lse_r, bool ok) {
+  return ok && lse_r != -INFINITY ? __expf(s - lse_r) : 0.f;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const T* dout, const T* q, const T* k, const T* v,
+                                                                    const T* out, const float* lse, const int32_t* doc,
+                                                                    const int32_t* span, T* dq, float* delta, int L,
+                                                                    int Hq, int Hkv, int D, float scale) {
+  __shared__ float qs[kFwdBQ][kMaxD];   // q * scale
+  __shared__ float dos[kFwdBQ][kMaxD];  // dout
+  __shared__ float ks[kFwdBK][kMaxD];
+  __shared__ float vs[kFwdBK][kMaxD];
+  __shared__ float ds[kFwdBQ][kFwdBK];
+  __shared__ float lse_s[kFwdBQ], delta_s[kFwdBQ];
+  __shared__ attn::TileBounds qb, kb;
+  __shared__ int kind_s;
+
+  const int tid = threadIdx.x;
+  const int qi = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int i0 = qi * kFwdBQ, mq = min(kFwdBQ, L - i0);
+  const int32_t* db = doc + static_cast<int64_t>(b) * L;
+  const int32_t* sb = span + static_cast<int64_t>(b) * L;
+  const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
+
+  for (int e = tid; e < kFwdBQ * D; e += kThreads) {
+    const int r = e / D, c = e % D;
+    const int64_t at = (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c;
+    qs[r][c] = r < mq ? to_float(q[at]) * scale : 0.f;
+    dos[r][c] = r < mq ? to_float(dout[at]) : 0.f;
+  }
+  {  // delta = rowsum(dout * out): 8 lanes per row, width-8 shuffles
+    const int r = tid / 8, lane8 = tid % 8;
+    float acc = 0.f;
+    if (r < mq) {
+      const int64_t base = (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D;
+      for (int c = lane8; c < D; c += 8) acc += to_float(dout[base + c]) * to_float(out[base + c]);
+    }
+    for (int off = 4; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off, 8);
+    if (lane8 == 0) {
+      delta_s[r] = acc;
+      lse_s[r] = r < mq ? lse[(static_cast<int64_t>(b) * Hq + h) * L + i0 + r] : -INFINITY;
+      if (r < mq) delta[(static_cast<int64_t>(b) * Hq + h) * L + i0 + r] = acc;
+    }
+  }
+  if (tid == 0) qb = attn::tile_bounds(db, sb, i0, i0 + mq);
+  float acc[kBwdElems];
+  for (int i = 0; i < kBwdElems; ++i) acc[i] = 0.f;
+  __syncthreads();
+
+  const int nK = (L + kFwdBK - 1) / kFwdBK;
+  for (int kj = 0; kj < nK; ++kj) {
+    const int j0 = kj * kFwdBK, nk = min(kFwdBK, L - j0);
+    if (tid == 0) {
+      kb = attn::tile_bounds(db, sb, j0, j0 + nk);
+      kind_s = static_cast<int>(attn::classify(qb, kb));
+    }
+    __syncthreads();
+    const int kind = kind_s;
+    if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
+      for (int e = tid; e < kFwdBK * D; e += kThreads) {
+        const int r = e / D, c = e % D;
+        const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + c;
+        ks[r][c] = r < nk ? to_float(k[at]) : 0.f;
+        vs[r][c] = r < nk ? to_float(v[at]) : 0.f;
+      }
+      __syncthreads();
+      for (int e = tid; e < kFwdBQ * kFwdBK; e += kThreads) {
+        const int r = e / kFwdBK, c = e % kFwdBK;
+        float sc = 0.f, dp = 0.f;
+        for (int d = 0; d < D; ++d) {
+          sc += qs[r][d] * ks[c][d];
+          dp += dos[r][d] * vs[c][d];
+        }
+        bool ok = r < mq && c < nk;
+        if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
+          ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+        ds[r][c] = bwd_prob(sc, lse_s[r], ok) * (dp - delta_s[r]);
+      }
+      __syncthreads();
+      for (int i = 0; i < kBwdElems; ++i) {
+        const int e = tid + i * kThreads, r = e / D, c = e % D;
+        if (r < kFwdBQ) {
+          float a = 0.f;
+          for (int j = 0; j < kFwdBK; ++j) a += ds[r][j] * ks[j][c];
+          acc[i] += a;
+        }
+      }
+    }
+    __syncthreads();  // tiles, ds and kind_s are rewritten for the next key tile
+  }
+  for (int i = 0; i < kBwdElems; ++i) {
+    const int e = tid + i * kThreads, r = e / D, c = e % D;
+    if (r < mq) dq[(static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c] = from_float<T>(acc[i] * scale);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* dout, const T* q, const T* k, const T* v,
+                                                                      const float* lse, const float* delta,
+                                                                      const int32_t* doc, const int32_t* span, T* dk,
+                                                                      T* dv, int L, int Hq, int Hkv, int D, float scale) {
+  __shared__ float ks[kFwdBK][kMaxD];
+  __shared__ float vs[kFwdBK][kMaxD];
+  __shared__ float qs[kFwdBQ][kMaxD];   // q * scale
+  __shared__ float dos[kFwdBQ][kMaxD];  // dout
+  __shared__ float ps[kFwdBQ][kFwdBK];
+  __shared__ float ds[kFwdBQ][kFwdBK];
+  __shared__ float lse_s[kFwdBQ], delta_s[kFwdBQ];
+  __shared__ attn::TileBounds qb, kb;
+  __shared__ int kind_s;
+
+  const int tid = threadIdx.x;
+  const int kj = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int group = Hq / Hkv;
+  const int j0 = kj * kFwdBK, nk = min(kFwdBK, L - j0);
+  const int32_t* db = doc + static_cast<int64_t>(b) * L;
+  const int32_t* sb = span + static_cast<int64_t>(b) * L;
+  const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
+
+  for (int e = tid; e < kFwdBK * D; e += kThreads) {
+    const int r = e / D, c = e % D;
+    const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + c;
+    ks[r][c] = r < nk ? to_float(k[at]) : 0.f;
+    vs[r][c] = r < nk ? to_float(v[at]) : 0.f;
+  }
+  if (tid == 0) kb = attn::tile_bounds(db, sb, j0, j0 + nk);
+  float dk_acc[kBwdElems], dv_acc[kBwdElems];
+  for (int i = 0; i < kBwdElems; ++i) dk_acc[i] = dv_acc[i] = 0.f;
+  __syncthreads();
+
+  const int nQ = (L + kFwdBQ - 1) / kFwdBQ;
+  for (int g = 0; g < group; ++g) {
+    const int h = hk * group + g;
+    for (int qi = 0; qi < nQ; ++qi) {
+      const int i0 = qi * kFwdBQ, mq = min(kFwdBQ, L - i0);
+      if (tid == 0) {
+        qb = attn::tile_bounds(db, sb, i0, i0 + mq);
+        kind_s = static_cast<int>(attn::classify(qb, kb));
+      }
+      __syncthreads();
+      const int kind = kind_s;
+      if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
+        for (int e = tid; e < kFwdBQ * D; e += kThreads) {
+          const int r = e / D, c = e % D;
+          const int64_t at = (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c;
+          qs[r][c] = r < mq ? to_float(q[at]) * scale : 0.f;
+          dos[r][c] = r < mq ? to_float(dout[at]) : 0.f;
+        }
+        if (tid < kFwdBQ) {
+          const int64_t at = (static_cast<int64_t>(b) * Hq + h) * L + i0 + tid;
+          lse_s[tid] = tid < mq ? lse[at] : -INFINITY;
+          delta_s[tid] = tid < mq ? delta[at] : 0.f;
+        }
+        __syncthreads();
+        for (int e = tid; e < kFwdBQ * kFwdBK; e += kThreads) {
+          const int r = e / kFwdBK, c = e % kFwdBK;
+          float sc = 0.f, dp = 0.f;
+          for (int d = 0; d < D; ++d) {
+            sc += qs[r][d] * ks[c][d];
+            dp += dos[r][d] * vs[c][d];
+          }
+          bool ok = r < mq && c < nk;
+          if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
+            ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+          const float p = bwd_prob(sc, lse_s[r], ok);
+          ps[r][c] = p;
+          ds[r][c] = p * (dp - delta_s[r]);
+        }
+        __syncthreads();
+        for (int i = 0; i < kBwdElems; ++i) {
+          const int e = tid + i * kThreads, j = e / D, c = e % D;
+          if (j < kFwdBK) {
+            float a = 0.f, bsum = 0.f;
+            for (int r = 0; r < kFwdBQ; ++r) {
+              a += ps[r][j] * dos[r][c];
+              bsum += ds[r][j] * qs[r][c];
+            }
+            dv_acc[i] += a;
+            dk_acc[i] += bsum;
+          }
+        }
+      }
+      __syncthreads();  // the query tile, p, ds, qb and kind_s are rewritten next
+    }
+  }
+  for (int i = 0; i < kBwdElems; ++i) {
+    const int e = tid + i * kThreads, j = e / D, c = e % D;
+    if (j < nk) {
+      const int64_t at = (static_cast<int64_t>(b) * L + j0 + j) * ldk + hk * D + c;
+      dk[at] = from_float<T>(dk_acc[i]);
+      dv[at] = from_float<T>(dv_acc[i]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- host side
 // Launch helpers shared by the CUDA build (attention.cu) and the emulator tests: raw pointers in, no checks here.
 template <typename T>
@@ -220,6 +429,18 @@ void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, c
   if (B == 0 || L == 0 || Hq == 0) return;
   const dim3 grid((L + kFwdBQ - 1) / kFwdBQ, Hq, B);
   CL_LAUNCH(attention_fwd_kernel<T>, grid, dim3(kThreads), 0, stream, q, k, v, doc, span, out, lse, L, Hq, Hkv, D, scale);
+}
+
+// delta: workspace of B * Hq * L floats (rowsum(dout * out), written by the dq pass, read by the dk/dv pass).
+template <typename T>
+void run_attention_bwd(const T* dout, const T* q, const T* k, const T* v, const T* out, const float* lse,
+                       const int32_t* doc, const int32_t* span, T* dq, T* dk, T* dv, float* delta, int B, int L, int Hq,
+                       int Hkv, int D, float scale, cl_stream_t stream) {
+  if (B == 0 || L == 0 || Hq == 0) return;
+  CL_LAUNCH(attention_bwd_dq_kernel<T>, dim3((L + kFwdBQ - 1) / kFwdBQ, Hq, B), dim3(kThreads), 0, stream, dout, q, k, v,
+            out, lse, doc, span, dq, delta, L, Hq, Hkv, D, scale);
+  CL_LAUNCH(attention_bwd_dkdv_kernel<T>, dim3((L + kFwdBK - 1) / kFwdBK, Hkv, B), dim3(kThreads), 0, stream, dout, q, k,
+            v, lse, delta, doc, span, dk, dv, L, Hq, Hkv, D, scale);
 }
 
 inline int decode_max_chunks(int max_len) {

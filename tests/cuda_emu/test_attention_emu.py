@@ -77,3 +77,45 @@ def test_emulated_kernel_matches_the_cpu_kernel(emu):
     b, lb = torch.ops.chameleon_lite.attention_fwd(q, k, v, doc, span, 0.2)
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(la, lb, atol=2e-5, rtol=1e-5)
+
+
+BWD_CASES = [  # B, L, Hq, Hkv, D, cuts, spans
+    (1, 1, 2, 1, 32, [], []),
+    (2, 23, 2, 2, 32, [9], [(10, 20)]),
+    (1, 40, 4, 2, 64, [9, 30], [(12, 20)]),
+    (1, 37, 4, 1, 128, [], [(10, 21), (25, 30)]),  # GQA 4, a span across the tile edge
+    (1, 50, 2, 2, 64, [5, 17, 33, 41], [(34, 40)]),
+]
+
+
+@pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", BWD_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
+    g = torch.Generator().manual_seed(100 + L)
+    q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64).requires_grad_() for h in (Hq, Hkv, Hkv))
+    dout = torch.randn(B, L, Hq, D, generator=g, dtype=torch.float64)
+    doc, span = ids(B, L, cuts, spans)
+    scale = 1 / math.sqrt(D)
+    ref = modality_attention_reference(q, k, v, doc, span, scale=scale)
+    dq_ref, dk_ref, dv_ref = torch.autograd.grad(ref, (q, k, v), dout)
+    qc, kc, vc = (t.detach().to(dtype) for t in (q, k, v))
+    out, lse = emu.attention_fwd(qc, kc, vc, doc, span, scale)
+    dq, dk, dv = emu.attention_bwd(dout.to(dtype), qc, kc, vc, out, lse, doc, span, scale)
+    tol = dict(atol=5e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-1, rtol=5e-2)
+    for got, want in ((dq, dq_ref), (dk, dk_ref), (dv, dv_ref)):
+        assert got.dtype == dtype and got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_emulated_backward_matches_the_cpu_kernel(emu):
+    import chameleon_lite.ops  # noqa: F401
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 33, h, 64, generator=g) for h in (4, 2, 2))
+    dout = torch.randn(2, 33, 4, 64, generator=g)
+    doc, span = ids(2, 33, [12], [(14, 30)])
+    out, lse = torch.ops.chameleon_lite.attention_fwd(q, k, v, doc, span, 0.125)
+    want = torch.ops.chameleon_lite.attention_bwd(dout, q, k, v, out, lse, doc, span, 0.125)
+    got = emu.attention_bwd(dout, q, k, v, out, lse, doc, span, 0.125)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)

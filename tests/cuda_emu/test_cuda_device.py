@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_skip_reason() is not None, r
 
 
 def test_kernels_are_registered_for_cuda():
-    for op in ("attention_fwd", "attention_decode", "sample"):
+    for op in ("attention_fwd", "attention_bwd", "attention_decode", "sample"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"chameleon_lite::{op}", "CUDA"), op
 
 
@@ -46,6 +46,28 @@ def test_attention_forward(dtype, L, Hq, Hkv, D, cuts, spans):
     tol = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
     torch.testing.assert_close(lse.cpu().double(), lse_ref.double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_backward_through_modality_attention(dtype):
+    from chameleon_lite.ops.attention import modality_attention
+
+    B, L, Hq, Hkv, D = 2, 300, 8, 2, 64
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64).requires_grad_() for h in (Hq, Hkv, Hkv))
+    dout = torch.randn(B, L, Hq, D, generator=g, dtype=torch.float64)
+    doc = torch.zeros(B, L, dtype=torch.int32)
+    doc[:, 120:] = 1
+    span = torch.zeros(B, L, dtype=torch.int32)
+    span[:, 130:200] = 1
+    ref = modality_attention_reference(q, k, v, doc, span, scale=0.125)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    qc, kc, vc = (t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v))
+    out = modality_attention(qc, kc, vc, doc.cuda(), span.cuda(), scale=0.125)
+    got = torch.autograd.grad(out, (qc, kc, vc), dout.to("cuda", dtype))
+    tol = dict(atol=5e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-1, rtol=5e-2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu().double(), b, **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -36,6 +36,35 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at:
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& dout_, const at::Tensor& q_,
+                                                             const at::Tensor& k_, const at::Tensor& v_,
+                                                             const at::Tensor& out_, const at::Tensor& lse_,
+                                                             const at::Tensor& doc_, const at::Tensor& span_, double scale) {
+  const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dout = dout_.contiguous(), out = out_.contiguous();
+  const auto lse = lse_.contiguous();
+  const auto doc = doc_.to(at::kInt).contiguous(), span = span_.to(at::kInt).contiguous();
+  const int B = q.size(0), L = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
+  TORCH_CHECK(D <= ck::kMaxD && Hq % Hkv == 0, "emulated attention_bwd: D <= 128 and Hq % Hkv == 0");
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
+  const auto run = [&](auto tag, auto atag) {
+    using T = decltype(tag);
+    using A = decltype(atag);
+    ck::run_attention_bwd<T>(cptr<T, A>(dout), cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), cptr<T, A>(out),
+                             lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
+                             reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
+                             reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
+                             static_cast<float>(scale), 0);
+  };
+  if (q.scalar_type() == at::kFloat) {
+    run(float(), float());
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "emulated attention_bwd: float32 or bfloat16");
+    run(ck::bf16_t(), at::BFloat16());
+  }
+  return {dq, dk, dv};
+}
+
 at::Tensor attention_decode(const at::Tensor& q_, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens_,
                             double scale) {
   const auto q = q_.contiguous();
@@ -86,6 +115,7 @@ at::Tensor warp_primitives() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_fwd", &attention_fwd);
+  m.def("attention_bwd", &attention_bwd);
   m.def("attention_decode", &attention_decode);
   m.def("warp_primitives", &warp_primitives);
   m.def("sample", [](const at::Tensor& logits, const std::optional<at::Tensor>& uncond, const at::Tensor& temperature,
