@@ -379,7 +379,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
             dopt.zero_grad(set_to_none=True)
             d_loss.backward()
             dopt.step()
-            rec["d_loss"] = float(d_loss)
+            rec["d_loss"] = float(d_loss.detach())
         if not torch.isfinite(loss):
             raise ConfigError(f"non-finite loss at step {step}; lower --lr")
         for lv in range(mcfg.num_levels):

@@ -51,7 +51,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_, cons
                                       cptr<ck::bf16_t, at::BFloat16>(v), doc.const_data_ptr<int32_t>(),
                                       span.const_data_ptr<int32_t>(),
                                       reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()), lse.data_ptr<float>(), B,
-                                      L, Hq, Hkv, D, static_cast<float>(scale), stream);
+                                      L, Hq, Hkv, D, static_cast<float>(scale), stream,
+                                      ck::mma_forward_supports(D) && at::cuda::getCurrentDeviceProperties()->major >= 8);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};

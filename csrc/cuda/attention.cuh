@@ -4,7 +4,10 @@
 // Compiled by nvcc (csrc/cuda/attention.cu) and by g++ against the CPU emulator (tests/cuda_emu/), so the code the
 // tests run is the code that ships. Tiles are classified with the shared csrc/common/attention_mask.h: empty tiles
 // are skipped, the predicate is evaluated only on partial ones. fp32 accumulation, fp32 or bf16 storage.
-// This first version multiplies with scalar FMAs out of shared memory; a tensor-core (MMA) path is future work.
+// The fp32 kernels multiply with scalar FMAs out of shared memory; bf16 forward runs on tensor cores (mma.sync) on
+// sm_80+ (attention_fwd_mma_kernel).
+#include <type_traits>
+
 #include "common/attention_mask.h"
 #include "cuda/compat.h"
 
@@ -210,6 +213,161 @@ __global__ void attention_decode_merge_kernel(const float* part, const int32_t* 
       acc = acc * sa + pr[d] * sb;
     }
     out[((static_cast<int64_t>(b) * Lq + t) * Hq + h) * D + d] = from_float<T>(st.l > 0.f ? acc / st.l : 0.f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- tensor-core forward
+// bf16 forward on tensor cores (sm_80+): 4 warps, 64 query rows per block (16 per warp), key tiles of 32, head dims a
+// multiple of 16 up to 128. Q K^T and P V are mma m16n8k16 products with fp32 accumulation; the score fragments are
+// rounded to bf16 and reused in registers as the A operand of P V (FlashAttention-2), so P never goes through shared
+// memory. Tiles hold bf16 pairs in 32-bit words, the layout the fragments are read in. The online softmax keeps, per
+// lane, the state of its two rows (g and g + 8 of its warp's 16), reduced over the 4 lanes of a quad with shuffles.
+constexpr int kMmaBQ = 64;
+constexpr int kMmaBK = 32;
+constexpr int kMmaThreads = (kMmaBQ / 16) * 32;
+constexpr int kMmaMaxN = kMaxD / 8;  // n-tiles of the output per warp
+
+__device__ __forceinline__ uint32_t bf16_pair(const bf16_t* p) {
+  return static_cast<uint32_t>(bf16_bits(p[0])) | (static_cast<uint32_t>(bf16_bits(p[1])) << 16);
+}
+
+__global__ void __launch_bounds__(kMmaThreads) attention_fwd_mma_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                                                       const int32_t* doc, const int32_t* span,
+                                                                       bf16_t* out, float* lse, int L, int Hq, int Hkv,
+                                                                       int D, float scale) {
+  __shared__ uint32_t qs[kMmaBQ][kMaxD / 2];  // bf16 pairs along the head dim
+  __shared__ uint32_t ks[kMmaBK][kMaxD / 2];
+  __shared__ uint16_t vs[kMmaBK][kMaxD];
+  __shared__ attn::TileBounds qb, kb;
+  __shared__ int kind_s;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int qi = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int i0 = qi * kMmaBQ, mq = min(kMmaBQ, L - i0);
+  const int32_t* db = doc + static_cast<int64_t>(b) * L;
+  const int32_t* sb = span + static_cast<int64_t>(b) * L;
+  const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
+  const int half = D / 2, nn = D / 8, nd = D / 16;
+  const int row0 = warp * 16 + g;  // block-local rows of this lane: row0 and row0 + 8
+
+  for (int e = tid; e < kMmaBQ * half; e += kMmaThreads) {
+    const int r = e / half, c = e % half;
+    qs[r][c] = r < mq ? bf16_pair(q + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + 2 * c) : 0u;
+  }
+  if (tid == 0) qb = attn::tile_bounds(db, sb, i0, i0 + mq);
+  float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+  float o[kMmaMaxN][4];
+CL_UNROLL
+  for (int n = 0; n < kMmaMaxN; ++n)
+    for (int i = 0; i < 4; ++i) o[n][i] = 0.f;
+  __syncthreads();
+
+  const int nK = (L + kMmaBK - 1) / kMmaBK;
+  for (int kj = 0; kj < nK; ++kj) {
+    const int j0 = kj * kMmaBK, nk = min(kMmaBK, L - j0);
+    if (tid == 0) {
+      kb = attn::tile_bounds(db, sb, j0, j0 + nk);
+      kind_s = static_cast<int>(attn::classify(qb, kb));
+    }
+    __syncthreads();
+    const int kind = kind_s;
+    if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
+      for (int e = tid; e < kMmaBK * half; e += kMmaThreads) {
+        const int r = e / half, c = e % half;
+        const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + 2 * c;
+        ks[r][c] = r < nk ? bf16_pair(k + at) : 0u;
+        vs[r][2 * c] = r < nk ? bf16_bits(v[at]) : 0;
+        vs[r][2 * c + 1] = r < nk ? bf16_bits(v[at + 1]) : 0;
+      }
+      __syncthreads();
+      // S = Q K^T for this warp's 16 rows: four n-tiles of 8 keys.
+      float sfr[4][4];
+CL_UNROLL
+      for (int n = 0; n < 4; ++n)
+        for (int i = 0; i < 4; ++i) sfr[n][i] = 0.f;
+      for (int kd = 0; kd < nd; ++kd) {
+        const int c = kd * 8 + t;
+        const uint32_t a[4] = {qs[row0][c], qs[row0 + 8][c], qs[row0][c + 4], qs[row0 + 8][c + 4]};
+CL_UNROLL
+        for (int n = 0; n < 4; ++n) {
+          const uint32_t bb[2] = {ks[n * 8 + g][c], ks[n * 8 + g][c + 4]};
+          cl_mma_m16n8k16_bf16(sfr[n], a, bb, sfr[n]);
+        }
+      }
+      // scale and mask; then the online softmax of the lane's two rows
+CL_UNROLL
+      for (int n = 0; n < 4; ++n)
+        for (int i = 0; i < 4; ++i) {
+          const int r = row0 + (i >= 2 ? 8 : 0), c = n * 8 + 2 * t + (i & 1);
+          bool ok = r < mq && c < nk;
+          if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
+            ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+          sfr[n][i] = ok ? sfr[n][i] * scale : -INFINITY;
+        }
+CL_UNROLL
+      for (int rr = 0; rr < 2; ++rr) {
+        float mx = -INFINITY;
+        for (int n = 0; n < 4; ++n) mx = fmaxf(mx, fmaxf(sfr[n][2 * rr], sfr[n][2 * rr + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_r[rr], mx);
+        const float alpha = m_r[rr] == -INFINITY ? 0.f : __expf(m_r[rr] - m_new);
+        float sum = 0.f;
+        for (int n = 0; n < 4; ++n)
+          for (int i = 2 * rr; i < 2 * rr + 2; ++i) {
+            const float p = m_new == -INFINITY ? 0.f : __expf(sfr[n][i] - m_new);
+            sfr[n][i] = p;
+            sum += p;
+          }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l_r[rr] = l_r[rr] * alpha + sum;
+        m_r[rr] = m_new;
+CL_UNROLL
+        for (int n = 0; n < kMmaMaxN; ++n) {
+          o[n][2 * rr] *= alpha;
+          o[n][2 * rr + 1] *= alpha;
+        }
+      }
+      // O += P V over two k-steps of 16 keys; P's A fragment is the score fragment of n-tiles 2kk and 2kk + 1.
+CL_UNROLL
+      for (int kk = 0; kk < 2; ++kk) {
+        const uint32_t a[4] = {pack_bf16x2(sfr[2 * kk][0], sfr[2 * kk][1]), pack_bf16x2(sfr[2 * kk][2], sfr[2 * kk][3]),
+                               pack_bf16x2(sfr[2 * kk + 1][0], sfr[2 * kk + 1][1]),
+                               pack_bf16x2(sfr[2 * kk + 1][2], sfr[2 * kk + 1][3])};
+        const int key = kk * 16 + 2 * t;
+CL_UNROLL
+        for (int n = 0; n < kMmaMaxN; ++n) {
+          if (n < nn) {
+            const int d = n * 8 + g;
+            const uint32_t bb[2] = {
+                static_cast<uint32_t>(vs[key][d]) | (static_cast<uint32_t>(vs[key + 1][d]) << 16),
+                static_cast<uint32_t>(vs[key + 8][d]) | (static_cast<uint32_t>(vs[key + 9][d]) << 16)};
+            cl_mma_m16n8k16_bf16(o[n], a, bb, o[n]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // tiles, kb and kind_s are rewritten for the next key tile
+  }
+
+CL_UNROLL
+  for (int rr = 0; rr < 2; ++rr) {
+    const int r = row0 + 8 * rr;
+    if (r < mq) {
+      const float inv = l_r[rr] > 0.f ? 1.f / l_r[rr] : 0.f;
+      bf16_t* orow = out + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D;
+CL_UNROLL
+      for (int n = 0; n < kMmaMaxN; ++n) {
+        if (n < nn) {
+          orow[n * 8 + 2 * t] = from_float<bf16_t>(o[n][2 * rr] * inv);
+          orow[n * 8 + 2 * t + 1] = from_float<bf16_t>(o[n][2 * rr + 1] * inv);
+        }
+      }
+      if (t == 0)
+        lse[(static_cast<int64_t>(b) * Hq + h) * L + i0 + r] = attn::finish_lse(attn::SoftmaxState{m_r[rr], l_r[rr]});
+    }
   }
 }
 
@@ -423,10 +581,22 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
 
 // ---------------------------------------------------------------------------------------------- host side
 // Launch helpers shared by the CUDA build (attention.cu) and the emulator tests: raw pointers in, no checks here.
+// Whether the tensor-core forward covers a head dim (bf16, D a multiple of 16); the caller also needs sm_80+.
+inline bool mma_forward_supports(int D) { return D % 16 == 0 && D <= kMaxD; }
+
+// tensor_cores: run the bf16 mma kernel (the caller checked mma_forward_supports and the device's compute capability).
 template <typename T>
 void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, const int32_t* span, T* out, float* lse,
-                       int B, int L, int Hq, int Hkv, int D, float scale, cl_stream_t stream) {
+                       int B, int L, int Hq, int Hkv, int D, float scale, cl_stream_t stream, bool tensor_cores = false) {
   if (B == 0 || L == 0 || Hq == 0) return;
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    if (tensor_cores) {
+      const dim3 grid((L + kMmaBQ - 1) / kMmaBQ, Hq, B);
+      CL_LAUNCH(attention_fwd_mma_kernel, grid, dim3(kMmaThreads), 0, stream, q, k, v, doc, span, out, lse, L, Hq, Hkv,
+                D, scale);
+      return;
+    }
+  }
   const dim3 grid((L + kFwdBQ - 1) / kFwdBQ, Hq, B);
   CL_LAUNCH(attention_fwd_kernel<T>, grid, dim3(kThreads), 0, stream, q, k, v, doc, span, out, lse, L, Hq, Hkv, D, scale);
 }

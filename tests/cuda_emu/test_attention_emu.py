@@ -119,3 +119,29 @@ def test_emulated_backward_matches_the_cpu_kernel(emu):
     got = emu.attention_bwd(dout, q, k, v, out, lse, doc, span, 0.125)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+MMA_CASES = [  # B, L, Hq, Hkv, D, cuts, spans — lengths around the 64-row / 32-key tiles
+    (1, 1, 2, 2, 32, [], []),
+    (2, 37, 4, 2, 64, [9, 30], [(12, 20)]),
+    (1, 70, 2, 1, 128, [], [(10, 40)]),  # a span across the 32-key and 64-row tile edges
+    (1, 100, 4, 4, 48, [5, 17, 33, 66, 90], [(34, 40), (70, 80)]),
+    (1, 129, 2, 2, 16, [64], []),
+]
+
+
+@pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", MMA_CASES)
+def test_tensor_core_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, spans):
+    g = torch.Generator().manual_seed(200 + L)
+    q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
+    doc, span = ids(B, L, cuts, spans)
+    scale = 1 / math.sqrt(D)
+    ref, lse_ref = modality_attention_reference(q, k, v, doc, span, scale=scale, return_lse=True)
+    qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+    out, lse = emu.attention_fwd(qb, kb, vb, doc, span, scale, tensor_cores=True)
+    torch.testing.assert_close(out.double(), ref, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(lse.double(), lse_ref.double(), atol=5e-2, rtol=5e-2)
+    # and against the scalar kernel on the same bf16 inputs
+    out_s, lse_s = emu.attention_fwd(qb, kb, vb, doc, span, scale)
+    torch.testing.assert_close(out.double(), out_s.double(), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(lse, lse_s, atol=1e-3, rtol=1e-3)

@@ -15,7 +15,8 @@ const T* cptr(const at::Tensor& t) {
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
-                                                 const at::Tensor& doc_, const at::Tensor& span_, double scale) {
+                                                 const at::Tensor& doc_, const at::Tensor& span_, double scale,
+                                                 bool tensor_cores) {
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   const auto doc = doc_.to(at::kInt).contiguous(), span = span_.to(at::kInt).contiguous();
   const int B = q.size(0), L = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
@@ -31,7 +32,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at:
     ck::run_attention_fwd<ck::bf16_t>(cptr<ck::bf16_t, at::BFloat16>(q), cptr<ck::bf16_t, at::BFloat16>(k),
                                       cptr<ck::bf16_t, at::BFloat16>(v), doc.const_data_ptr<int32_t>(),
                                       span.const_data_ptr<int32_t>(), reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()),
-                                      lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0);
+                                      lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0,
+                                      tensor_cores && ck::mma_forward_supports(D));
   }
   return {out, lse};
 }
@@ -114,7 +116,8 @@ at::Tensor warp_primitives() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("attention_fwd", &attention_fwd);
+  m.def("attention_fwd", &attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("doc"), py::arg("span"),
+        py::arg("scale"), py::arg("tensor_cores") = false);
   m.def("attention_bwd", &attention_bwd);
   m.def("attention_decode", &attention_decode);
   m.def("warp_primitives", &warp_primitives);
