@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_, cons
                                       span.const_data_ptr<int32_t>(),
                                       reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()), lse.data_ptr<float>(), B,
                                       L, Hq, Hkv, D, static_cast<float>(scale), stream,
-                                      ck::mma_forward_supports(D) && at::cuda::getCurrentDeviceProperties()->major >= 8);
+                                      ck::mma_supports(D) && at::cuda::getCurrentDeviceProperties()->major >= 8);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
@@ -94,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
                              lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
                              reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
                              reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
-                             static_cast<float>(scale), stream);
+                             static_cast<float>(scale), stream,
+                             ck::mma_supports(D) && at::cuda::getCurrentDeviceProperties()->major >= 8);
   };
   if (dt == at::kFloat) {
     run(float(), float());

@@ -4,8 +4,8 @@
 // Compiled by nvcc (csrc/cuda/attention.cu) and by g++ against the CPU emulator (tests/cuda_emu/), so the code the
 // tests run is the code that ships. Tiles are classified with the shared csrc/common/attention_mask.h: empty tiles
 // are skipped, the predicate is evaluated only on partial ones. fp32 accumulation, fp32 or bf16 storage.
-// The fp32 kernels multiply with scalar FMAs out of shared memory; bf16 forward runs on tensor cores (mma.sync) on
-// sm_80+ (attention_fwd_mma_kernel).
+// The fp32 kernels multiply with scalar FMAs out of shared memory; bf16 forward and backward run on tensor cores
+// (mma.sync) on sm_80+ (the *_mma_kernel functions).
 #include <type_traits>
 
 #include "common/attention_mask.h"
@@ -579,12 +579,286 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
   }
 }
 
+// ---------------------------------------------------------------------------------------------- tensor-core backward
+// bf16 backward on tensor cores (sm_80+), the same two passes as the scalar backward:
+//   dq pass   blocks of 64 query rows (16 per warp), key tiles of 16: S = Q K^T, dP = dO V^T, dS = P * (dP - delta),
+//             dQ += dS K, with P and dS turned into A fragments in registers;
+//   dk/dv pass blocks of 64 keys (16 per warp), query tiles of 16, over the GQA heads of the KV head: S^T = K Q^T and
+//             dP^T = V dO^T (so the key-major fragments need no transposes), dV += P^T dO, dK += dS^T Q.
+// Tiles are bf16 in shared memory; operands read as bf16 pairs along the reduced dimension.
+// The streamed tile of the backward passes (keys in the dq pass, queries in the dk/dv pass) holds 16 rows, so the
+// four bf16 [*, 128] tiles of a pass stay within 48 KB of static shared memory.
+constexpr int kMmaBwdTile = 16;
+constexpr int kMmaBwdN = kMmaBwdTile / 8;  // n-tiles of 8 in the streamed dimension
+
+__device__ __forceinline__ uint32_t pair16(uint16_t lo, uint16_t hi) {
+  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+
+// Copies rows [r0, r0 + n) of a [*, ld] bf16 matrix (heads at `col`) into a [rows][kMaxD] bf16 tile, zero-filled.
+__device__ __forceinline__ void load_tile16(uint16_t (*tile)[kMaxD], int rows, const bf16_t* src, int64_t row_base,
+                                           int n, int64_t ld, int64_t col, int D, int tid, int threads) {
+  for (int e = tid; e < rows * D; e += threads) {
+    const int r = e / D, c = e % D;
+    tile[r][c] = r < n ? bf16_bits(src[(row_base + r) * ld + col + c]) : static_cast<uint16_t>(0);
+  }
+}
+
+__global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
+    const bf16_t* dout, const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* out, const float* lse,
+    const int32_t* doc, const int32_t* span, bf16_t* dq, float* delta, int L, int Hq, int Hkv, int D, float scale) {
+  __shared__ uint16_t qs[kMmaBQ][kMaxD];
+  __shared__ uint16_t dos[kMmaBQ][kMaxD];
+  __shared__ uint16_t ks[kMmaBwdTile][kMaxD];
+  __shared__ uint16_t vs[kMmaBwdTile][kMaxD];
+  __shared__ float lse_s[kMmaBQ], delta_s[kMmaBQ];
+  __shared__ attn::TileBounds qb, kb;
+  __shared__ int kind_s;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int qi = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int i0 = qi * kMmaBQ, mq = min(kMmaBQ, L - i0);
+  const int32_t* db = doc + static_cast<int64_t>(b) * L;
+  const int32_t* sb = span + static_cast<int64_t>(b) * L;
+  const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
+  const int nn = D / 8, nd = D / 16;
+  const int row0 = warp * 16 + g;
+
+  load_tile16(qs, kMmaBQ, q, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D, tid, kMmaThreads);
+  load_tile16(dos, kMmaBQ, dout, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D, tid,
+              kMmaThreads);
+  for (int r = tid; r < kMmaBQ; r += kMmaThreads) {
+    float acc = 0.f;
+    if (r < mq) {
+      const int64_t base = (static_cast<int64_t>(b) * L + i0 + r) * ldq + static_cast<int64_t>(h) * D;
+      for (int c = 0; c < D; ++c) acc += to_float(dout[base + c]) * to_float(out[base + c]);
+      delta[(static_cast<int64_t>(b) * Hq + h) * L + i0 + r] = acc;
+    }
+    delta_s[r] = acc;
+    lse_s[r] = r < mq ? lse[(static_cast<int64_t>(b) * Hq + h) * L + i0 + r] : -INFINITY;
+  }
+  if (tid == 0) qb = attn::tile_bounds(db, sb, i0, i0 + mq);
+  float acc[kMmaMaxN][4];
+  CL_UNROLL
+  for (int n = 0; n < kMmaMaxN; ++n)
+    for (int i = 0; i < 4; ++i) acc[n][i] = 0.f;
+  __syncthreads();
+
+  const int nK = (L + kMmaBwdTile - 1) / kMmaBwdTile;
+  for (int kj = 0; kj < nK; ++kj) {
+    const int j0 = kj * kMmaBwdTile, nk = min(kMmaBwdTile, L - j0);
+    if (tid == 0) {
+      kb = attn::tile_bounds(db, sb, j0, j0 + nk);
+      kind_s = static_cast<int>(attn::classify(qb, kb));
+    }
+    __syncthreads();
+    const int kind = kind_s;
+    if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
+      load_tile16(ks, kMmaBwdTile, k, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, tid,
+                  kMmaThreads);
+      load_tile16(vs, kMmaBwdTile, v, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, tid,
+                  kMmaThreads);
+      __syncthreads();
+      float sf[kMmaBwdN][4], dpf[kMmaBwdN][4];
+      CL_UNROLL
+      for (int n = 0; n < kMmaBwdN; ++n)
+        for (int i = 0; i < 4; ++i) sf[n][i] = dpf[n][i] = 0.f;
+      for (int kd = 0; kd < nd; ++kd) {
+        const int c = kd * 16 + 2 * t;
+        const uint32_t aq[4] = {pair16(qs[row0][c], qs[row0][c + 1]), pair16(qs[row0 + 8][c], qs[row0 + 8][c + 1]),
+                                pair16(qs[row0][c + 8], qs[row0][c + 9]), pair16(qs[row0 + 8][c + 8], qs[row0 + 8][c + 9])};
+        const uint32_t ado[4] = {pair16(dos[row0][c], dos[row0][c + 1]), pair16(dos[row0 + 8][c], dos[row0 + 8][c + 1]),
+                                 pair16(dos[row0][c + 8], dos[row0][c + 9]),
+                                 pair16(dos[row0 + 8][c + 8], dos[row0 + 8][c + 9])};
+        CL_UNROLL
+        for (int n = 0; n < kMmaBwdN; ++n) {
+          const int key = n * 8 + g;
+          const uint32_t bk[2] = {pair16(ks[key][c], ks[key][c + 1]), pair16(ks[key][c + 8], ks[key][c + 9])};
+          const uint32_t bv[2] = {pair16(vs[key][c], vs[key][c + 1]), pair16(vs[key][c + 8], vs[key][c + 9])};
+          cl_mma_m16n8k16_bf16(sf[n], aq, bk, sf[n]);
+          cl_mma_m16n8k16_bf16(dpf[n], ado, bv, dpf[n]);
+        }
+      }
+      CL_UNROLL
+      for (int n = 0; n < kMmaBwdN; ++n)
+        for (int i = 0; i < 4; ++i) {
+          const int r = row0 + (i >= 2 ? 8 : 0), c = n * 8 + 2 * t + (i & 1);
+          bool ok = r < mq && c < nk;
+          if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
+            ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+          const float p = bwd_prob(sf[n][i] * scale, lse_s[r], ok);
+          sf[n][i] = p * (dpf[n][i] - delta_s[r]);  // dS
+        }
+      CL_UNROLL
+      for (int kk = 0; kk < kMmaBwdN / 2; ++kk) {
+        const uint32_t a[4] = {pack_bf16x2(sf[2 * kk][0], sf[2 * kk][1]), pack_bf16x2(sf[2 * kk][2], sf[2 * kk][3]),
+                               pack_bf16x2(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
+                               pack_bf16x2(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
+        const int key = kk * 16 + 2 * t;
+        CL_UNROLL
+        for (int n = 0; n < kMmaMaxN; ++n) {
+          if (n < nn) {
+            const int d = n * 8 + g;
+            const uint32_t bb[2] = {pair16(ks[key][d], ks[key + 1][d]), pair16(ks[key + 8][d], ks[key + 9][d])};
+            cl_mma_m16n8k16_bf16(acc[n], a, bb, acc[n]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  CL_UNROLL
+  for (int rr = 0; rr < 2; ++rr) {
+    const int r = row0 + 8 * rr;
+    if (r < mq) {
+      bf16_t* row = dq + (static_cast<int64_t>(b) * L + i0 + r) * ldq + static_cast<int64_t>(h) * D;
+      CL_UNROLL
+      for (int n = 0; n < kMmaMaxN; ++n) {
+        if (n < nn) {
+          row[n * 8 + 2 * t] = from_float<bf16_t>(acc[n][2 * rr] * scale);
+          row[n * 8 + 2 * t + 1] = from_float<bf16_t>(acc[n][2 * rr + 1] * scale);
+        }
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
+    const bf16_t* dout, const bf16_t* q, const bf16_t* k, const bf16_t* v, const float* lse, const float* delta,
+    const int32_t* doc, const int32_t* span, bf16_t* dk, bf16_t* dv, int L, int Hq, int Hkv, int D, float scale) {
+  __shared__ uint16_t ks[kMmaBQ][kMaxD];  // 64 keys per block
+  __shared__ uint16_t vs[kMmaBQ][kMaxD];
+  __shared__ uint16_t qs[kMmaBwdTile][kMaxD];  // queries per tile
+  __shared__ uint16_t dos[kMmaBwdTile][kMaxD];
+  __shared__ float lse_s[kMmaBwdTile], delta_s[kMmaBwdTile];
+  __shared__ attn::TileBounds qb, kb;
+  __shared__ int kind_s;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int kj = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int group = Hq / Hkv;
+  const int j0 = kj * kMmaBQ, nk = min(kMmaBQ, L - j0);
+  const int32_t* db = doc + static_cast<int64_t>(b) * L;
+  const int32_t* sb = span + static_cast<int64_t>(b) * L;
+  const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
+  const int nn = D / 8, nd = D / 16;
+  const int key0 = warp * 16 + g;  // block-local keys of this lane: key0 and key0 + 8
+
+  load_tile16(ks, kMmaBQ, k, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, tid, kMmaThreads);
+  load_tile16(vs, kMmaBQ, v, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, tid, kMmaThreads);
+  if (tid == 0) kb = attn::tile_bounds(db, sb, j0, j0 + nk);
+  float dka[kMmaMaxN][4], dva[kMmaMaxN][4];
+  CL_UNROLL
+  for (int n = 0; n < kMmaMaxN; ++n)
+    for (int i = 0; i < 4; ++i) dka[n][i] = dva[n][i] = 0.f;
+  __syncthreads();
+
+  const int nQ = (L + kMmaBwdTile - 1) / kMmaBwdTile;
+  for (int gh = 0; gh < group; ++gh) {
+    const int h = hk * group + gh;
+    for (int qi = 0; qi < nQ; ++qi) {
+      const int i0 = qi * kMmaBwdTile, mq = min(kMmaBwdTile, L - i0);
+      if (tid == 0) {
+        qb = attn::tile_bounds(db, sb, i0, i0 + mq);
+        kind_s = static_cast<int>(attn::classify(qb, kb));
+      }
+      __syncthreads();
+      const int kind = kind_s;
+      if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
+        load_tile16(qs, kMmaBwdTile, q, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D, tid,
+                    kMmaThreads);
+        load_tile16(dos, kMmaBwdTile, dout, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D, tid,
+                    kMmaThreads);
+        for (int r = tid; r < kMmaBwdTile; r += kMmaThreads) {
+          const int64_t at = (static_cast<int64_t>(b) * Hq + h) * L + i0 + r;
+          lse_s[r] = r < mq ? lse[at] : -INFINITY;
+          delta_s[r] = r < mq ? delta[at] : 0.f;
+        }
+        __syncthreads();
+        // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys: n-tiles of 8 queries.
+        float sf[kMmaBwdN][4], dpf[kMmaBwdN][4];
+        CL_UNROLL
+        for (int n = 0; n < kMmaBwdN; ++n)
+          for (int i = 0; i < 4; ++i) sf[n][i] = dpf[n][i] = 0.f;
+        for (int kd = 0; kd < nd; ++kd) {
+          const int c = kd * 16 + 2 * t;
+          const uint32_t ak[4] = {pair16(ks[key0][c], ks[key0][c + 1]), pair16(ks[key0 + 8][c], ks[key0 + 8][c + 1]),
+                                  pair16(ks[key0][c + 8], ks[key0][c + 9]),
+                                  pair16(ks[key0 + 8][c + 8], ks[key0 + 8][c + 9])};
+          const uint32_t av[4] = {pair16(vs[key0][c], vs[key0][c + 1]), pair16(vs[key0 + 8][c], vs[key0 + 8][c + 1]),
+                                  pair16(vs[key0][c + 8], vs[key0][c + 9]),
+                                  pair16(vs[key0 + 8][c + 8], vs[key0 + 8][c + 9])};
+          CL_UNROLL
+          for (int n = 0; n < kMmaBwdN; ++n) {
+            const int qr = n * 8 + g;
+            const uint32_t bq[2] = {pair16(qs[qr][c], qs[qr][c + 1]), pair16(qs[qr][c + 8], qs[qr][c + 9])};
+            const uint32_t bo[2] = {pair16(dos[qr][c], dos[qr][c + 1]), pair16(dos[qr][c + 8], dos[qr][c + 9])};
+            cl_mma_m16n8k16_bf16(sf[n], ak, bq, sf[n]);
+            cl_mma_m16n8k16_bf16(dpf[n], av, bo, dpf[n]);
+          }
+        }
+        // P^T and dS^T: element (key kr, query qc)
+        CL_UNROLL
+        for (int n = 0; n < kMmaBwdN; ++n)
+          for (int i = 0; i < 4; ++i) {
+            const int kr = key0 + (i >= 2 ? 8 : 0), qc = n * 8 + 2 * t + (i & 1);
+            bool ok = kr < nk && qc < mq;
+            if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
+              ok = attn::allowed(i0 + qc, j0 + kr, db[i0 + qc], db[j0 + kr], sb[i0 + qc], sb[j0 + kr]);
+            const float p = bwd_prob(sf[n][i] * scale, lse_s[qc], ok);
+            sf[n][i] = p;
+            dpf[n][i] = p * (dpf[n][i] - delta_s[qc]);  // dS^T
+          }
+        // dV += P^T dO, dK += dS^T Q over k-steps of 16 queries
+        CL_UNROLL
+        for (int kk = 0; kk < kMmaBwdN / 2; ++kk) {
+          const uint32_t ap[4] = {pack_bf16x2(sf[2 * kk][0], sf[2 * kk][1]), pack_bf16x2(sf[2 * kk][2], sf[2 * kk][3]),
+                                  pack_bf16x2(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
+                                  pack_bf16x2(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
+          const uint32_t as[4] = {pack_bf16x2(dpf[2 * kk][0], dpf[2 * kk][1]), pack_bf16x2(dpf[2 * kk][2], dpf[2 * kk][3]),
+                                  pack_bf16x2(dpf[2 * kk + 1][0], dpf[2 * kk + 1][1]),
+                                  pack_bf16x2(dpf[2 * kk + 1][2], dpf[2 * kk + 1][3])};
+          const int qr = kk * 16 + 2 * t;
+          CL_UNROLL
+          for (int n = 0; n < kMmaMaxN; ++n) {
+            if (n < nn) {
+              const int d = n * 8 + g;
+              const uint32_t bo[2] = {pair16(dos[qr][d], dos[qr + 1][d]), pair16(dos[qr + 8][d], dos[qr + 9][d])};
+              const uint32_t bq[2] = {pair16(qs[qr][d], qs[qr + 1][d]), pair16(qs[qr + 8][d], qs[qr + 9][d])};
+              cl_mma_m16n8k16_bf16(dva[n], ap, bo, dva[n]);
+              cl_mma_m16n8k16_bf16(dka[n], as, bq, dka[n]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  CL_UNROLL
+  for (int rr = 0; rr < 2; ++rr) {
+    const int kr = key0 + 8 * rr;
+    if (kr < nk) {
+      const int64_t at = (static_cast<int64_t>(b) * L + j0 + kr) * ldk + static_cast<int64_t>(hk) * D;
+      CL_UNROLL
+      for (int n = 0; n < kMmaMaxN; ++n) {
+        if (n < nn) {
+          dk[at + n * 8 + 2 * t] = from_float<bf16_t>(dka[n][2 * rr] * scale);
+          dk[at + n * 8 + 2 * t + 1] = from_float<bf16_t>(dka[n][2 * rr + 1] * scale);
+          dv[at + n * 8 + 2 * t] = from_float<bf16_t>(dva[n][2 * rr]);
+          dv[at + n * 8 + 2 * t + 1] = from_float<bf16_t>(dva[n][2 * rr + 1]);
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- host side
 // Launch helpers shared by the CUDA build (attention.cu) and the emulator tests: raw pointers in, no checks here.
-// Whether the tensor-core forward covers a head dim (bf16, D a multiple of 16); the caller also needs sm_80+.
-inline bool mma_forward_supports(int D) { return D % 16 == 0 && D <= kMaxD; }
+// Whether the tensor-core kernels cover a head dim (bf16, D a multiple of 16); the caller also needs sm_80+.
+inline bool mma_supports(int D) { return D % 16 == 0 && D <= kMaxD; }
 
-// tensor_cores: run the bf16 mma kernel (the caller checked mma_forward_supports and the device's compute capability).
+// tensor_cores: run the bf16 mma kernel (the caller checked mma_supports and the device's compute capability).
 template <typename T>
 void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, const int32_t* span, T* out, float* lse,
                        int B, int L, int Hq, int Hkv, int D, float scale, cl_stream_t stream, bool tensor_cores = false) {
@@ -602,11 +876,21 @@ void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, c
 }
 
 // delta: workspace of B * Hq * L floats (rowsum(dout * out), written by the dq pass, read by the dk/dv pass).
+// tensor_cores: the bf16 mma kernels (same conditions as the forward's).
 template <typename T>
 void run_attention_bwd(const T* dout, const T* q, const T* k, const T* v, const T* out, const float* lse,
                        const int32_t* doc, const int32_t* span, T* dq, T* dk, T* dv, float* delta, int B, int L, int Hq,
-                       int Hkv, int D, float scale, cl_stream_t stream) {
+                       int Hkv, int D, float scale, cl_stream_t stream, bool tensor_cores = false) {
   if (B == 0 || L == 0 || Hq == 0) return;
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    if (tensor_cores) {
+      CL_LAUNCH(attention_bwd_dq_mma_kernel, dim3((L + kMmaBQ - 1) / kMmaBQ, Hq, B), dim3(kMmaThreads), 0, stream, dout,
+                q, k, v, out, lse, doc, span, dq, delta, L, Hq, Hkv, D, scale);
+      CL_LAUNCH(attention_bwd_dkdv_mma_kernel, dim3((L + kMmaBQ - 1) / kMmaBQ, Hkv, B), dim3(kMmaThreads), 0, stream,
+                dout, q, k, v, lse, delta, doc, span, dk, dv, L, Hq, Hkv, D, scale);
+      return;
+    }
+  }
   CL_LAUNCH(attention_bwd_dq_kernel<T>, dim3((L + kFwdBQ - 1) / kFwdBQ, Hq, B), dim3(kThreads), 0, stream, dout, q, k, v,
             out, lse, doc, span, dq, delta, L, Hq, Hkv, D, scale);
   CL_LAUNCH(attention_bwd_dkdv_kernel<T>, dim3((L + kFwdBK - 1) / kFwdBK, Hkv, B), dim3(kThreads), 0, stream, dout, q, k,

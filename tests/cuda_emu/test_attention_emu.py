@@ -145,3 +145,22 @@ def test_tensor_core_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, span
     out_s, lse_s = emu.attention_fwd(qb, kb, vb, doc, span, scale)
     torch.testing.assert_close(out.double(), out_s.double(), atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(lse, lse_s, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", MMA_CASES[1:])
+def test_tensor_core_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans):
+    g = torch.Generator().manual_seed(300 + L)
+    q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64).requires_grad_() for h in (Hq, Hkv, Hkv))
+    dout = torch.randn(B, L, Hq, D, generator=g, dtype=torch.float64)
+    doc, span = ids(B, L, cuts, spans)
+    scale = 1 / math.sqrt(D)
+    ref = modality_attention_reference(q, k, v, doc, span, scale=scale)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    qb, kb, vb = (t.detach().to(torch.bfloat16) for t in (q, k, v))
+    out, lse = emu.attention_fwd(qb, kb, vb, doc, span, scale, tensor_cores=True)
+    got = emu.attention_bwd(dout.to(torch.bfloat16), qb, kb, vb, out, lse, doc, span, scale, tensor_cores=True)
+    scalar = emu.attention_bwd(dout.to(torch.bfloat16), qb, kb, vb, out, lse, doc, span, scale)
+    for a, s_, w in zip(got, scalar, want):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), w, atol=1e-1, rtol=5e-2)
+        torch.testing.assert_close(a.double(), s_.double(), atol=6e-2, rtol=5e-2)

@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at:
                                       cptr<ck::bf16_t, at::BFloat16>(v), doc.const_data_ptr<int32_t>(),
                                       span.const_data_ptr<int32_t>(), reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()),
                                       lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0,
-                                      tensor_cores && ck::mma_forward_supports(D));
+                                      tensor_cores && ck::mma_supports(D));
   }
   return {out, lse};
 }
@@ -41,7 +41,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& dout_, const at::Tensor& q_,
                                                              const at::Tensor& k_, const at::Tensor& v_,
                                                              const at::Tensor& out_, const at::Tensor& lse_,
-                                                             const at::Tensor& doc_, const at::Tensor& span_, double scale) {
+                                                             const at::Tensor& doc_, const at::Tensor& span_, double scale,
+                                                             bool tensor_cores) {
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dout = dout_.contiguous(), out = out_.contiguous();
   const auto lse = lse_.contiguous();
   const auto doc = doc_.to(at::kInt).contiguous(), span = span_.to(at::kInt).contiguous();
@@ -56,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                              lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
                              reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
                              reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
-                             static_cast<float>(scale), 0);
+                             static_cast<float>(scale), 0, tensor_cores && ck::mma_supports(D));
   };
   if (q.scalar_type() == at::kFloat) {
     run(float(), float());
@@ -118,7 +119,8 @@ at::Tensor warp_primitives() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_fwd", &attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("doc"), py::arg("span"),
         py::arg("scale"), py::arg("tensor_cores") = false);
-  m.def("attention_bwd", &attention_bwd);
+  m.def("attention_bwd", &attention_bwd, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("doc"), py::arg("span"), py::arg("scale"), py::arg("tensor_cores") = false);
   m.def("attention_decode", &attention_decode);
   m.def("warp_primitives", &warp_primitives);
   m.def("sample", [](const at::Tensor& logits, const std::optional<at::Tensor>& uncond, const at::Tensor& temperature,
