@@ -16,6 +16,8 @@
 //      exclusive scan over per-thread chunk masses, then one thread walks its chunk.
 // The result equals the CPU kernel's except where fp64 masses summed in a different order fall on the other
 // side of a bracket boundary (a probability of order 1e-7 relative mass per draw).
+#include <stdint.h>
+
 #include "common/philox.h"
 #include "common/sampling.h"
 #include "cuda/compat.h"
@@ -27,6 +29,7 @@ namespace smp = chameleon_lite::sampling;
 constexpr int kSampleThreads = 256;
 constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kRadixBins = 256;
+constexpr float kNegInf = -INFINITY;
 
 // Per-row settings as the launcher packs them: temperature, top_p, min_p, cfg_scale, penalty.
 constexpr int kSettingFloats = 5;
@@ -79,6 +82,39 @@ __device__ __forceinline__ double block_exclusive_scan(double v, double* scratch
   return before + inc - v;
 }
 
+// ---------------------------------------------------------------------------------------------- row passes
+// Every pass over the row's fp32 workspace reads it as float4 (16-byte loads, consecutive threads on consecutive
+// vectors) when the row is 16-byte aligned, then a scalar tail. f(i, x) sees each element the thread owns.
+template <typename F>
+__device__ __forceinline__ void scan_row(const float* z, int64_t V, F f) {
+  const int64_t nv = reinterpret_cast<uintptr_t>(z) % 16 == 0 ? V / 4 : 0;
+  const float4* z4 = reinterpret_cast<const float4*>(z);
+  for (int64_t j = threadIdx.x; j < nv; j += kSampleThreads) {
+    const float4 x = z4[j];
+    f(4 * j, x.x);
+    f(4 * j + 1, x.y);
+    f(4 * j + 2, x.z);
+    f(4 * j + 3, x.w);
+  }
+  for (int64_t i = 4 * nv + threadIdx.x; i < V; i += kSampleThreads) f(i, z[i]);
+}
+
+// The same ownership, replacing each element by f(i, x).
+template <typename F>
+__device__ __forceinline__ void map_row(float* z, int64_t V, F f) {
+  const int64_t nv = reinterpret_cast<uintptr_t>(z) % 16 == 0 ? V / 4 : 0;
+  float4* z4 = reinterpret_cast<float4*>(z);
+  for (int64_t j = threadIdx.x; j < nv; j += kSampleThreads) {
+    float4 x = z4[j];
+    x.x = f(4 * j, x.x);
+    x.y = f(4 * j + 1, x.y);
+    x.z = f(4 * j + 2, x.z);
+    x.w = f(4 * j + 3, x.w);
+    z4[j] = x;
+  }
+  for (int64_t i = 4 * nv + threadIdx.x; i < V; i += kSampleThreads) z[i] = f(i, z[i]);
+}
+
 // ---------------------------------------------------------------------------------------------- radix selection
 // The point {e >= value_of(key)} for the largest key meeting `target` (by count or by fp64 mass), searched over
 // the keys of e[0, V). Keys of e in [0, 1] are below 2^30, so four 8-bit digits cover them.
@@ -102,15 +138,14 @@ __device__ inline smp::Point radix_select(const float* e, int64_t V, smp::By by,
       sh.mass[j] = 0.0;
     }
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
-      const float x = e[i];
+    scan_row(e, V, [&](int64_t, float x) {
       const uint32_t key = smp::key_of(x);
       if (x > 0.0f && (key & high_mask) == prefix) {
         const int d = static_cast<int>((key >> shift) & 0xFFu);
         atomicAdd(&sh.count[d], 1);
         atomicAdd(&sh.mass[d], static_cast<double>(x));
       }
-    }
+    });
     __syncthreads();
     if (threadIdx.x == 0) {
       int d = kRadixBins - 1;
@@ -165,11 +200,10 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const T* logits,
   const float scale = settings[b * kSettingFloats + 3];
   const float penalty = settings[b * kSettingFloats + 4];
   const int64_t top_k = top_k_arr[b];
-  constexpr float kNegInf = -INFINITY;
 
   // 1. z over the allowed ids.
   if (ranges != nullptr) {
-    for (int64_t i = tid; i < V; i += kSampleThreads) z[i] = kNegInf;
+    map_row(z, V, [](int64_t, float) { return kNegInf; });
     __syncthreads();
     for (int r = 0; r < R; ++r) {
       const int64_t lo = ranges[(b * R + r) * 2], hi = ranges[(b * R + r) * 2 + 1];
@@ -200,11 +234,10 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const T* logits,
   // 2. max, with NaN and +inf flagged.
   float m = kNegInf;
   int nan_seen = 0;
-  for (int64_t i = tid; i < V; i += kSampleThreads) {
-    const float x = z[i];
+  scan_row(z, V, [&](int64_t, float x) {
     if (x != x) nan_seen = 1;
     else if (x > m) m = x;
-  }
+  });
   const float zmax = block_reduce(m, fred, MaxOp());
   const int any_nan = block_reduce(nan_seen, ired, MaxOp());
   if (any_nan || zmax == INFINITY || zmax == kNegInf) {
@@ -217,8 +250,9 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const T* logits,
   }
   if (temperature == 0.0f) {
     int64_t first = V;
-    for (int64_t i = tid; i < V; i += kSampleThreads)
-      if (z[i] == zmax && i < first) first = i;
+    scan_row(z, V, [&](int64_t i, float x) {
+      if (x == zmax && i < first) first = i;
+    });
     const int64_t id = block_reduce(first, lred, MinOp());
     if (tid == 0) {
       ids[b] = id;
@@ -233,9 +267,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const T* logits,
   const bool use_min_p = smp::min_p_active(min_p);
   int64_t sup_c = 0, mp_c = 0;
   double sup_m = 0.0, mp_m = 0.0;
-  for (int64_t i = tid; i < V; i += kSampleThreads) {
-    const float e = expf((z[i] - zmax) * inv_t);
-    z[i] = e;
+  map_row(z, V, [&](int64_t, float x) {
+    const float e = expf((x - zmax) * inv_t);
     if (e > 0.0f) {
       sup_c += 1;
       sup_m += e;
@@ -244,7 +277,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const T* logits,
       mp_c += 1;
       mp_m += e;
     }
-  }
+    return e;
+  });
   smp::Point tau{smp::kKeyPositive, block_reduce(sup_c, lred, SumOp()), block_reduce(sup_m, dred, SumOp())};
   const smp::Point at_min_p{smp::key_of(min_p), block_reduce(mp_c, lred, SumOp()), block_reduce(mp_m, dred, SumOp())};
   __syncthreads();  // e is complete before the selections read it
