@@ -5,11 +5,12 @@ allowed(i, j) = doc[i] == doc[j] and (j <= i or (span[i] != 0 and span[i] == spa
 A fully masked row outputs 0.
 
 ``modality_attention`` runs the fused kernel (``chameleon_lite::attention_fwd`` / ``attention_bwd``, C++ in
-csrc/cpu/attention.cpp) for fp32 and bf16 tensors on devices that have it; other dtypes (fp64, fp16 on CPU) and
-devices without an implementation take the reference path (SDPA with the mask materialised), explicitly.
+csrc/cpu/attention.cpp, CUDA in csrc/cuda/attention.cuh) for fp32 and bf16 tensors (and fp16 on CUDA) on devices that
+have it; other dtypes (fp64, fp16 on CPU) and devices without an implementation take the reference path (SDPA with
+the mask materialised), explicitly.
 ``modality_attention_decode`` likewise runs ``chameleon_lite::attention_decode``. On CUDA (when the CUDA extension is
-built) the fused forward, backward and decode run (head dims up to 128). Their tiles are multiplied with scalar FMAs
-(no tensor-core path yet), so ``CHAMELEON_LITE_CUDA_ATTENTION=sdpa`` sends CUDA calls to the SDPA path instead.
+built) the fused forward, backward and decode run (head dims up to 128; bf16/fp16 on tensor cores on sm_80+, fp32 with
+scalar FMAs); ``CHAMELEON_LITE_CUDA_ATTENTION=sdpa`` sends CUDA calls to the SDPA path instead.
 """
 from __future__ import annotations
 
@@ -61,12 +62,15 @@ def modality_attention_reference(
     return out
 
 
-_FUSED_DTYPES = (torch.float32, torch.bfloat16)
+# dtypes the fused kernels take, per device (fp16 has CUDA kernels only; on CPU it takes the SDPA path).
+_FUSED_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
 
 def _has_kernel(t: torch.Tensor) -> bool:
-    """Whether the fused kernels (forward, backward, decode) cover this tensor: always on CPU; on CUDA when the CUDA
-    extension is built, for head dims up to 128, unless CHAMELEON_LITE_CUDA_ATTENTION=sdpa."""
+    """Whether the fused kernels (forward, backward, decode) cover this tensor: fp32/bf16 on CPU; fp32/bf16/fp16 on
+    CUDA when the CUDA extension is built, for head dims up to 128, unless CHAMELEON_LITE_CUDA_ATTENTION=sdpa."""
+    if t.dtype not in _FUSED_DTYPES.get(t.device.type, ()):
+        return False
     if t.device.type == "cpu":
         return True
     from chameleon_lite.ops._loader import HAS_CUDA_EXT
@@ -125,7 +129,7 @@ def modality_attention(
     """
     B, L, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if q.dtype in _FUSED_DTYPES and _has_kernel(q):
+    if _has_kernel(q):
         doc_ids, span_ids = _check_ids(q, doc_ids, span_ids)
         return torch.ops.chameleon_lite.attention_fwd(q, k, v, doc_ids, span_ids, scale)[0]
     return modality_attention_sdpa(q, k, v, doc_ids, span_ids, scale)
@@ -176,6 +180,6 @@ def modality_attention_decode(
 ) -> torch.Tensor:
     """Decode attention against a KV cache; see modality_attention_decode_reference for shapes."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if q.dtype in _FUSED_DTYPES and _has_kernel(q):
+    if _has_kernel(q):
         return torch.ops.chameleon_lite.attention_decode(q, k_cache, v_cache, cache_lens.to(device=q.device, dtype=torch.int32), scale)
     return modality_attention_decode_reference(q, k_cache, v_cache, cache_lens, scale)

@@ -20,6 +20,24 @@ const T* cptr(const at::Tensor& t) {
   return reinterpret_cast<const T*>(t.const_data_ptr<A>());
 }
 
+// Calls run(kernel type tag, ATen type tag) for float32, bfloat16 or float16.
+template <typename Run>
+void dispatch(at::ScalarType dt, const char* op, const Run& run) {
+  if (dt == at::kFloat) {
+    run(float(), float());
+  } else if (dt == at::kBFloat16) {
+    run(ck::bf16_t(), at::BFloat16());
+  } else {
+    TORCH_CHECK_VALUE(dt == at::kHalf, op, ": dtype must be float32, bfloat16 or float16, got ", dt);
+    run(ck::half_t(), at::Half());
+  }
+}
+
+// Tensor cores for 16-bit inputs on sm_80 and newer, head dims a multiple of 16.
+bool use_tensor_cores(int64_t D) {
+  return ck::mma_supports(static_cast<int>(D)) && at::cuda::getCurrentDeviceProperties()->major >= 8;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                                       const at::Tensor& doc_, const at::Tensor& span_, double scale) {
   for (const auto* t : {&q_, &k_, &v_, &doc_, &span_}) CHECK_DEVICE(*t);
@@ -41,19 +59,14 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_, cons
   auto out = at::empty_like(q);
   auto lse = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (q.scalar_type() == at::kFloat) {
-    ck::run_attention_fwd<float>(q.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(),
-                                 doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(), out.data_ptr<float>(),
-                                 lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), stream);
-  } else {
-    TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16, "attention_fwd: dtype must be float32 or bfloat16");
-    ck::run_attention_fwd<ck::bf16_t>(cptr<ck::bf16_t, at::BFloat16>(q), cptr<ck::bf16_t, at::BFloat16>(k),
-                                      cptr<ck::bf16_t, at::BFloat16>(v), doc.const_data_ptr<int32_t>(),
-                                      span.const_data_ptr<int32_t>(),
-                                      reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()), lse.data_ptr<float>(), B,
-                                      L, Hq, Hkv, D, static_cast<float>(scale), stream,
-                                      ck::mma_supports(D) && at::cuda::getCurrentDeviceProperties()->major >= 8);
-  }
+  const bool tc = use_tensor_cores(D);
+  dispatch(q.scalar_type(), "attention_fwd", [&](auto tag, auto atag) {
+    using T = decltype(tag);
+    using A = decltype(atag);
+    ck::run_attention_fwd<T>(cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), doc.const_data_ptr<int32_t>(),
+                             span.const_data_ptr<int32_t>(), reinterpret_cast<T*>(out.data_ptr<A>()),
+                             lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), stream, tc);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
 }
@@ -87,6 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   auto delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const bool tc = use_tensor_cores(D);
   const auto run = [&](auto tag, auto atag) {
     using T = decltype(tag);
     using A = decltype(atag);
@@ -94,15 +108,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
                              lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
                              reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
                              reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
-                             static_cast<float>(scale), stream,
-                             ck::mma_supports(D) && at::cuda::getCurrentDeviceProperties()->major >= 8);
+                             static_cast<float>(scale), stream, tc);
   };
-  if (dt == at::kFloat) {
-    run(float(), float());
-  } else {
-    TORCH_CHECK_VALUE(dt == at::kBFloat16, "attention_bwd: dtype must be float32 or bfloat16");
-    run(ck::bf16_t(), at::BFloat16());
-  }
+  dispatch(dt, "attention_bwd", run);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dq, dk, dv};
 }
@@ -130,19 +138,14 @@ at::Tensor attention_decode_cuda(const at::Tensor& q_, const at::Tensor& kc, con
   auto part = at::empty({B * Hq * ck::decode_max_chunks(max_len) * Lq * (D + 2)}, q.options().dtype(at::kFloat));
   auto out = at::empty_like(q);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (q.scalar_type() == at::kFloat) {
-    ck::run_attention_decode<float>(q.const_data_ptr<float>(), kc.const_data_ptr<float>(), vc.const_data_ptr<float>(),
-                                    lens.const_data_ptr<int32_t>(), part.data_ptr<float>(), out.data_ptr<float>(), B, Lq, Hq,
-                                    Hkv, D, kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1),
-                                    vc.stride(2), max_len, static_cast<float>(scale), stream);
-  } else {
-    TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16, "attention_decode: dtype must be float32 or bfloat16");
-    ck::run_attention_decode<ck::bf16_t>(
-        cptr<ck::bf16_t, at::BFloat16>(q), cptr<ck::bf16_t, at::BFloat16>(kc), cptr<ck::bf16_t, at::BFloat16>(vc),
-        lens.const_data_ptr<int32_t>(), part.data_ptr<float>(), reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()),
-        B, Lq, Hq, Hkv, D, kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2), max_len,
-        static_cast<float>(scale), stream);
-  }
+  dispatch(q.scalar_type(), "attention_decode", [&](auto tag, auto atag) {
+    using T = decltype(tag);
+    using A = decltype(atag);
+    ck::run_attention_decode<T>(cptr<T, A>(q), cptr<T, A>(kc), cptr<T, A>(vc), lens.const_data_ptr<int32_t>(),
+                                part.data_ptr<float>(), reinterpret_cast<T*>(out.data_ptr<A>()), B, Lq, Hq, Hkv, D,
+                                kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
+                                max_len, static_cast<float>(scale), stream);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -4,8 +4,8 @@
 // Compiled by nvcc (csrc/cuda/attention.cu) and by g++ against the CPU emulator (tests/cuda_emu/), so the code the
 // tests run is the code that ships. Tiles are classified with the shared csrc/common/attention_mask.h: empty tiles
 // are skipped, the predicate is evaluated only on partial ones. fp32 accumulation, fp32 or bf16 storage.
-// The fp32 kernels multiply with scalar FMAs out of shared memory; bf16 forward and backward run on tensor cores
-// (mma.sync) on sm_80+ (the *_mma_kernel functions).
+// The fp32 kernels multiply with scalar FMAs out of shared memory; bf16 / fp16 forward and backward run on tensor
+// cores (mma.sync) on sm_80+ (the *_mma_kernel functions); fp32, bf16 and fp16 storage, fp32 accumulation.
 #include <type_traits>
 
 #include "common/attention_mask.h"
@@ -217,24 +217,26 @@ __global__ void attention_decode_merge_kernel(const float* part, const int32_t* 
 }
 
 // ---------------------------------------------------------------------------------------------- tensor-core forward
-// bf16 forward on tensor cores (sm_80+): 4 warps, 64 query rows per block (16 per warp), key tiles of 32, head dims a
+// bf16 / fp16 forward on tensor cores (sm_80+): 4 warps, 64 query rows per block (16 per warp), key tiles of 32, head dims a
 // multiple of 16 up to 128. Q K^T and P V are mma m16n8k16 products with fp32 accumulation; the score fragments are
-// rounded to bf16 and reused in registers as the A operand of P V (FlashAttention-2), so P never goes through shared
-// memory. Tiles hold bf16 pairs in 32-bit words, the layout the fragments are read in. The online softmax keeps, per
+// rounded to the input type and reused in registers as the A operand of P V (FlashAttention-2), so P never goes through shared
+// memory. Tiles hold 16-bit pairs in 32-bit words, the layout the fragments are read in. The online softmax keeps, per
 // lane, the state of its two rows (g and g + 8 of its warp's 16), reduced over the 4 lanes of a quad with shuffles.
 constexpr int kMmaBQ = 64;
 constexpr int kMmaBK = 32;
 constexpr int kMmaThreads = (kMmaBQ / 16) * 32;
 constexpr int kMmaMaxN = kMaxD / 8;  // n-tiles of the output per warp
 
-__device__ __forceinline__ uint32_t bf16_pair(const bf16_t* p) {
-  return static_cast<uint32_t>(bf16_bits(p[0])) | (static_cast<uint32_t>(bf16_bits(p[1])) << 16);
+template <typename T>
+__device__ __forceinline__ uint32_t pair_of(const T* p) {
+  return static_cast<uint32_t>(bits16(p[0])) | (static_cast<uint32_t>(bits16(p[1])) << 16);
 }
 
-__global__ void __launch_bounds__(kMmaThreads) attention_fwd_mma_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
-                                                                       const int32_t* doc, const int32_t* span,
-                                                                       bf16_t* out, float* lse, int L, int Hq, int Hkv,
-                                                                       int D, float scale) {
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads) attention_fwd_mma_kernel(const T* q, const T* k, const T* v,
+                                                                       const int32_t* doc, const int32_t* span, T* out,
+                                                                       float* lse, int L, int Hq, int Hkv, int D,
+                                                                       float scale) {
   __shared__ uint32_t qs[kMmaBQ][kMaxD / 2];  // bf16 pairs along the head dim
   __shared__ uint32_t ks[kMmaBK][kMaxD / 2];
   __shared__ uint16_t vs[kMmaBK][kMaxD];
@@ -253,7 +255,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_fwd_mma_kernel(const bf
 
   for (int e = tid; e < kMmaBQ * half; e += kMmaThreads) {
     const int r = e / half, c = e % half;
-    qs[r][c] = r < mq ? bf16_pair(q + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + 2 * c) : 0u;
+    qs[r][c] = r < mq ? pair_of(q + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + 2 * c) : 0u;
   }
   if (tid == 0) qb = attn::tile_bounds(db, sb, i0, i0 + mq);
   float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
@@ -276,9 +278,9 @@ CL_UNROLL
       for (int e = tid; e < kMmaBK * half; e += kMmaThreads) {
         const int r = e / half, c = e % half;
         const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + 2 * c;
-        ks[r][c] = r < nk ? bf16_pair(k + at) : 0u;
-        vs[r][2 * c] = r < nk ? bf16_bits(v[at]) : 0;
-        vs[r][2 * c + 1] = r < nk ? bf16_bits(v[at + 1]) : 0;
+        ks[r][c] = r < nk ? pair_of(k + at) : 0u;
+        vs[r][2 * c] = r < nk ? bits16(v[at]) : 0;
+        vs[r][2 * c + 1] = r < nk ? bits16(v[at + 1]) : 0;
       }
       __syncthreads();
       // S = Q K^T for this warp's 16 rows: four n-tiles of 8 keys.
@@ -292,7 +294,7 @@ CL_UNROLL
 CL_UNROLL
         for (int n = 0; n < 4; ++n) {
           const uint32_t bb[2] = {ks[n * 8 + g][c], ks[n * 8 + g][c + 4]};
-          cl_mma_m16n8k16_bf16(sfr[n], a, bb, sfr[n]);
+          mma16816<T>(sfr[n], a, bb, sfr[n]);
         }
       }
       // scale and mask; then the online softmax of the lane's two rows
@@ -333,9 +335,9 @@ CL_UNROLL
       // O += P V over two k-steps of 16 keys; P's A fragment is the score fragment of n-tiles 2kk and 2kk + 1.
 CL_UNROLL
       for (int kk = 0; kk < 2; ++kk) {
-        const uint32_t a[4] = {pack_bf16x2(sfr[2 * kk][0], sfr[2 * kk][1]), pack_bf16x2(sfr[2 * kk][2], sfr[2 * kk][3]),
-                               pack_bf16x2(sfr[2 * kk + 1][0], sfr[2 * kk + 1][1]),
-                               pack_bf16x2(sfr[2 * kk + 1][2], sfr[2 * kk + 1][3])};
+        const uint32_t a[4] = {pack2<T>(sfr[2 * kk][0], sfr[2 * kk][1]), pack2<T>(sfr[2 * kk][2], sfr[2 * kk][3]),
+                               pack2<T>(sfr[2 * kk + 1][0], sfr[2 * kk + 1][1]),
+                               pack2<T>(sfr[2 * kk + 1][2], sfr[2 * kk + 1][3])};
         const int key = kk * 16 + 2 * t;
 CL_UNROLL
         for (int n = 0; n < kMmaMaxN; ++n) {
@@ -344,7 +346,7 @@ CL_UNROLL
             const uint32_t bb[2] = {
                 static_cast<uint32_t>(vs[key][d]) | (static_cast<uint32_t>(vs[key + 1][d]) << 16),
                 static_cast<uint32_t>(vs[key + 8][d]) | (static_cast<uint32_t>(vs[key + 9][d]) << 16)};
-            cl_mma_m16n8k16_bf16(o[n], a, bb, o[n]);
+            mma16816<T>(o[n], a, bb, o[n]);
           }
         }
       }
@@ -357,12 +359,12 @@ CL_UNROLL
     const int r = row0 + 8 * rr;
     if (r < mq) {
       const float inv = l_r[rr] > 0.f ? 1.f / l_r[rr] : 0.f;
-      bf16_t* orow = out + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D;
+      T* orow = out + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D;
 CL_UNROLL
       for (int n = 0; n < kMmaMaxN; ++n) {
         if (n < nn) {
-          orow[n * 8 + 2 * t] = from_float<bf16_t>(o[n][2 * rr] * inv);
-          orow[n * 8 + 2 * t + 1] = from_float<bf16_t>(o[n][2 * rr + 1] * inv);
+          orow[n * 8 + 2 * t] = from_float<T>(o[n][2 * rr] * inv);
+          orow[n * 8 + 2 * t + 1] = from_float<T>(o[n][2 * rr + 1] * inv);
         }
       }
       if (t == 0)
@@ -580,12 +582,12 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
 }
 
 // ---------------------------------------------------------------------------------------------- tensor-core backward
-// bf16 backward on tensor cores (sm_80+), the same two passes as the scalar backward:
+// bf16 / fp16 backward on tensor cores (sm_80+), the same two passes as the scalar backward:
 //   dq pass   blocks of 64 query rows (16 per warp), key tiles of 16: S = Q K^T, dP = dO V^T, dS = P * (dP - delta),
 //             dQ += dS K, with P and dS turned into A fragments in registers;
 //   dk/dv pass blocks of 64 keys (16 per warp), query tiles of 16, over the GQA heads of the KV head: S^T = K Q^T and
 //             dP^T = V dO^T (so the key-major fragments need no transposes), dV += P^T dO, dK += dS^T Q.
-// Tiles are bf16 in shared memory; operands read as bf16 pairs along the reduced dimension.
+// Tiles are 16-bit in shared memory; operands read as pairs along the reduced dimension.
 // The streamed tile of the backward passes (keys in the dq pass, queries in the dk/dv pass) holds 16 rows, so the
 // four bf16 [*, 128] tiles of a pass stay within 48 KB of static shared memory.
 constexpr int kMmaBwdTile = 16;
@@ -595,18 +597,20 @@ __device__ __forceinline__ uint32_t pair16(uint16_t lo, uint16_t hi) {
   return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
 }
 
-// Copies rows [r0, r0 + n) of a [*, ld] bf16 matrix (heads at `col`) into a [rows][kMaxD] bf16 tile, zero-filled.
-__device__ __forceinline__ void load_tile16(uint16_t (*tile)[kMaxD], int rows, const bf16_t* src, int64_t row_base,
+// Copies rows [r0, r0 + n) of a [*, ld] 16-bit matrix (heads at `col`) into a [rows][kMaxD] tile, zero-filled.
+template <typename T>
+__device__ __forceinline__ void load_tile16(uint16_t (*tile)[kMaxD], int rows, const T* src, int64_t row_base,
                                            int n, int64_t ld, int64_t col, int D, int tid, int threads) {
   for (int e = tid; e < rows * D; e += threads) {
     const int r = e / D, c = e % D;
-    tile[r][c] = r < n ? bf16_bits(src[(row_base + r) * ld + col + c]) : static_cast<uint16_t>(0);
+    tile[r][c] = r < n ? bits16(src[(row_base + r) * ld + col + c]) : static_cast<uint16_t>(0);
   }
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
-    const bf16_t* dout, const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* out, const float* lse,
-    const int32_t* doc, const int32_t* span, bf16_t* dq, float* delta, int L, int Hq, int Hkv, int D, float scale) {
+    const T* dout, const T* q, const T* k, const T* v, const T* out, const float* lse,
+    const int32_t* doc, const int32_t* span, T* dq, float* delta, int L, int Hq, int Hkv, int D, float scale) {
   __shared__ uint16_t qs[kMmaBQ][kMaxD];
   __shared__ uint16_t dos[kMmaBQ][kMaxD];
   __shared__ uint16_t ks[kMmaBwdTile][kMaxD];
@@ -676,8 +680,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
           const int key = n * 8 + g;
           const uint32_t bk[2] = {pair16(ks[key][c], ks[key][c + 1]), pair16(ks[key][c + 8], ks[key][c + 9])};
           const uint32_t bv[2] = {pair16(vs[key][c], vs[key][c + 1]), pair16(vs[key][c + 8], vs[key][c + 9])};
-          cl_mma_m16n8k16_bf16(sf[n], aq, bk, sf[n]);
-          cl_mma_m16n8k16_bf16(dpf[n], ado, bv, dpf[n]);
+          mma16816<T>(sf[n], aq, bk, sf[n]);
+          mma16816<T>(dpf[n], ado, bv, dpf[n]);
         }
       }
       CL_UNROLL
@@ -692,16 +696,16 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
         }
       CL_UNROLL
       for (int kk = 0; kk < kMmaBwdN / 2; ++kk) {
-        const uint32_t a[4] = {pack_bf16x2(sf[2 * kk][0], sf[2 * kk][1]), pack_bf16x2(sf[2 * kk][2], sf[2 * kk][3]),
-                               pack_bf16x2(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
-                               pack_bf16x2(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
+        const uint32_t a[4] = {pack2<T>(sf[2 * kk][0], sf[2 * kk][1]), pack2<T>(sf[2 * kk][2], sf[2 * kk][3]),
+                               pack2<T>(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
+                               pack2<T>(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
         const int key = kk * 16 + 2 * t;
         CL_UNROLL
         for (int n = 0; n < kMmaMaxN; ++n) {
           if (n < nn) {
             const int d = n * 8 + g;
             const uint32_t bb[2] = {pair16(ks[key][d], ks[key + 1][d]), pair16(ks[key + 8][d], ks[key + 9][d])};
-            cl_mma_m16n8k16_bf16(acc[n], a, bb, acc[n]);
+            mma16816<T>(acc[n], a, bb, acc[n]);
           }
         }
       }
@@ -712,21 +716,22 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
   for (int rr = 0; rr < 2; ++rr) {
     const int r = row0 + 8 * rr;
     if (r < mq) {
-      bf16_t* row = dq + (static_cast<int64_t>(b) * L + i0 + r) * ldq + static_cast<int64_t>(h) * D;
+      T* row = dq + (static_cast<int64_t>(b) * L + i0 + r) * ldq + static_cast<int64_t>(h) * D;
       CL_UNROLL
       for (int n = 0; n < kMmaMaxN; ++n) {
         if (n < nn) {
-          row[n * 8 + 2 * t] = from_float<bf16_t>(acc[n][2 * rr] * scale);
-          row[n * 8 + 2 * t + 1] = from_float<bf16_t>(acc[n][2 * rr + 1] * scale);
+          row[n * 8 + 2 * t] = from_float<T>(acc[n][2 * rr] * scale);
+          row[n * 8 + 2 * t + 1] = from_float<T>(acc[n][2 * rr + 1] * scale);
         }
       }
     }
   }
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
-    const bf16_t* dout, const bf16_t* q, const bf16_t* k, const bf16_t* v, const float* lse, const float* delta,
-    const int32_t* doc, const int32_t* span, bf16_t* dk, bf16_t* dv, int L, int Hq, int Hkv, int D, float scale) {
+    const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+    const int32_t* doc, const int32_t* span, T* dk, T* dv, int L, int Hq, int Hkv, int D, float scale) {
   __shared__ uint16_t ks[kMmaBQ][kMaxD];  // 64 keys per block
   __shared__ uint16_t vs[kMmaBQ][kMaxD];
   __shared__ uint16_t qs[kMmaBwdTile][kMaxD];  // queries per tile
@@ -794,8 +799,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
             const int qr = n * 8 + g;
             const uint32_t bq[2] = {pair16(qs[qr][c], qs[qr][c + 1]), pair16(qs[qr][c + 8], qs[qr][c + 9])};
             const uint32_t bo[2] = {pair16(dos[qr][c], dos[qr][c + 1]), pair16(dos[qr][c + 8], dos[qr][c + 9])};
-            cl_mma_m16n8k16_bf16(sf[n], ak, bq, sf[n]);
-            cl_mma_m16n8k16_bf16(dpf[n], av, bo, dpf[n]);
+            mma16816<T>(sf[n], ak, bq, sf[n]);
+            mma16816<T>(dpf[n], av, bo, dpf[n]);
           }
         }
         // P^T and dS^T: element (key kr, query qc)
@@ -813,12 +818,12 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
         // dV += P^T dO, dK += dS^T Q over k-steps of 16 queries
         CL_UNROLL
         for (int kk = 0; kk < kMmaBwdN / 2; ++kk) {
-          const uint32_t ap[4] = {pack_bf16x2(sf[2 * kk][0], sf[2 * kk][1]), pack_bf16x2(sf[2 * kk][2], sf[2 * kk][3]),
-                                  pack_bf16x2(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
-                                  pack_bf16x2(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
-          const uint32_t as[4] = {pack_bf16x2(dpf[2 * kk][0], dpf[2 * kk][1]), pack_bf16x2(dpf[2 * kk][2], dpf[2 * kk][3]),
-                                  pack_bf16x2(dpf[2 * kk + 1][0], dpf[2 * kk + 1][1]),
-                                  pack_bf16x2(dpf[2 * kk + 1][2], dpf[2 * kk + 1][3])};
+          const uint32_t ap[4] = {pack2<T>(sf[2 * kk][0], sf[2 * kk][1]), pack2<T>(sf[2 * kk][2], sf[2 * kk][3]),
+                                  pack2<T>(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
+                                  pack2<T>(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
+          const uint32_t as[4] = {pack2<T>(dpf[2 * kk][0], dpf[2 * kk][1]), pack2<T>(dpf[2 * kk][2], dpf[2 * kk][3]),
+                                  pack2<T>(dpf[2 * kk + 1][0], dpf[2 * kk + 1][1]),
+                                  pack2<T>(dpf[2 * kk + 1][2], dpf[2 * kk + 1][3])};
           const int qr = kk * 16 + 2 * t;
           CL_UNROLL
           for (int n = 0; n < kMmaMaxN; ++n) {
@@ -826,8 +831,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
               const int d = n * 8 + g;
               const uint32_t bo[2] = {pair16(dos[qr][d], dos[qr + 1][d]), pair16(dos[qr + 8][d], dos[qr + 9][d])};
               const uint32_t bq[2] = {pair16(qs[qr][d], qs[qr + 1][d]), pair16(qs[qr + 8][d], qs[qr + 9][d])};
-              cl_mma_m16n8k16_bf16(dva[n], ap, bo, dva[n]);
-              cl_mma_m16n8k16_bf16(dka[n], as, bq, dka[n]);
+              mma16816<T>(dva[n], ap, bo, dva[n]);
+              mma16816<T>(dka[n], as, bq, dka[n]);
             }
           }
         }
@@ -843,10 +848,10 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
       CL_UNROLL
       for (int n = 0; n < kMmaMaxN; ++n) {
         if (n < nn) {
-          dk[at + n * 8 + 2 * t] = from_float<bf16_t>(dka[n][2 * rr] * scale);
-          dk[at + n * 8 + 2 * t + 1] = from_float<bf16_t>(dka[n][2 * rr + 1] * scale);
-          dv[at + n * 8 + 2 * t] = from_float<bf16_t>(dva[n][2 * rr]);
-          dv[at + n * 8 + 2 * t + 1] = from_float<bf16_t>(dva[n][2 * rr + 1]);
+          dk[at + n * 8 + 2 * t] = from_float<T>(dka[n][2 * rr] * scale);
+          dk[at + n * 8 + 2 * t + 1] = from_float<T>(dka[n][2 * rr + 1] * scale);
+          dv[at + n * 8 + 2 * t] = from_float<T>(dva[n][2 * rr]);
+          dv[at + n * 8 + 2 * t + 1] = from_float<T>(dva[n][2 * rr + 1]);
         }
       }
     }
@@ -855,18 +860,18 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
 
 // ---------------------------------------------------------------------------------------------- host side
 // Launch helpers shared by the CUDA build (attention.cu) and the emulator tests: raw pointers in, no checks here.
-// Whether the tensor-core kernels cover a head dim (bf16, D a multiple of 16); the caller also needs sm_80+.
+// Whether the tensor-core kernels cover a head dim (bf16 / fp16, D a multiple of 16); the caller also needs sm_80+.
 inline bool mma_supports(int D) { return D % 16 == 0 && D <= kMaxD; }
 
-// tensor_cores: run the bf16 mma kernel (the caller checked mma_supports and the device's compute capability).
+// tensor_cores: run the 16-bit mma kernel (the caller checked mma_supports and the device's compute capability).
 template <typename T>
 void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, const int32_t* span, T* out, float* lse,
                        int B, int L, int Hq, int Hkv, int D, float scale, cl_stream_t stream, bool tensor_cores = false) {
   if (B == 0 || L == 0 || Hq == 0) return;
-  if constexpr (std::is_same_v<T, bf16_t>) {
+  if constexpr (std::is_same_v<T, bf16_t> || std::is_same_v<T, half_t>) {
     if (tensor_cores) {
       const dim3 grid((L + kMmaBQ - 1) / kMmaBQ, Hq, B);
-      CL_LAUNCH(attention_fwd_mma_kernel, grid, dim3(kMmaThreads), 0, stream, q, k, v, doc, span, out, lse, L, Hq, Hkv,
+      CL_LAUNCH(attention_fwd_mma_kernel<T>, grid, dim3(kMmaThreads), 0, stream, q, k, v, doc, span, out, lse, L, Hq, Hkv,
                 D, scale);
       return;
     }
@@ -876,17 +881,17 @@ void run_attention_fwd(const T* q, const T* k, const T* v, const int32_t* doc, c
 }
 
 // delta: workspace of B * Hq * L floats (rowsum(dout * out), written by the dq pass, read by the dk/dv pass).
-// tensor_cores: the bf16 mma kernels (same conditions as the forward's).
+// tensor_cores: the 16-bit mma kernels (same conditions as the forward's).
 template <typename T>
 void run_attention_bwd(const T* dout, const T* q, const T* k, const T* v, const T* out, const float* lse,
                        const int32_t* doc, const int32_t* span, T* dq, T* dk, T* dv, float* delta, int B, int L, int Hq,
                        int Hkv, int D, float scale, cl_stream_t stream, bool tensor_cores = false) {
   if (B == 0 || L == 0 || Hq == 0) return;
-  if constexpr (std::is_same_v<T, bf16_t>) {
+  if constexpr (std::is_same_v<T, bf16_t> || std::is_same_v<T, half_t>) {
     if (tensor_cores) {
-      CL_LAUNCH(attention_bwd_dq_mma_kernel, dim3((L + kMmaBQ - 1) / kMmaBQ, Hq, B), dim3(kMmaThreads), 0, stream, dout,
+      CL_LAUNCH(attention_bwd_dq_mma_kernel<T>, dim3((L + kMmaBQ - 1) / kMmaBQ, Hq, B), dim3(kMmaThreads), 0, stream, dout,
                 q, k, v, out, lse, doc, span, dq, delta, L, Hq, Hkv, D, scale);
-      CL_LAUNCH(attention_bwd_dkdv_mma_kernel, dim3((L + kMmaBQ - 1) / kMmaBQ, Hkv, B), dim3(kMmaThreads), 0, stream,
+      CL_LAUNCH(attention_bwd_dkdv_mma_kernel<T>, dim3((L + kMmaBQ - 1) / kMmaBQ, Hkv, B), dim3(kMmaThreads), 0, stream,
                 dout, q, k, v, lse, delta, doc, span, dk, dv, L, Hq, Hkv, D, scale);
       return;
     }

@@ -40,7 +40,7 @@ CASES = [  # B, L, Hq, Hkv, D, cuts, spans
 
 
 @pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
     g = torch.Generator().manual_seed(L)
     q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
@@ -53,7 +53,7 @@ def test_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
     torch.testing.assert_close(lse.double(), lse_ref.double(), **tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_decode_split_kv_matches_reference(emu, dtype):
     B, S, Hq, Hkv, D = 3, 600, 4, 2, 64
     g = torch.Generator().manual_seed(0)
@@ -131,14 +131,16 @@ MMA_CASES = [  # B, L, Hq, Hkv, D, cuts, spans — lengths around the 64-row / 3
 
 
 @pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", MMA_CASES)
-def test_tensor_core_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, spans):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tensor_core_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
     g = torch.Generator().manual_seed(200 + L)
     q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
     doc, span = ids(B, L, cuts, spans)
     scale = 1 / math.sqrt(D)
     ref, lse_ref = modality_attention_reference(q, k, v, doc, span, scale=scale, return_lse=True)
-    qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+    qb, kb, vb = (t.to(dtype) for t in (q, k, v))
     out, lse = emu.attention_fwd(qb, kb, vb, doc, span, scale, tensor_cores=True)
+    assert out.dtype == dtype
     torch.testing.assert_close(out.double(), ref, atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(lse.double(), lse_ref.double(), atol=5e-2, rtol=5e-2)
     # and against the scalar kernel on the same bf16 inputs
@@ -148,7 +150,8 @@ def test_tensor_core_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, span
 
 
 @pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", MMA_CASES[1:])
-def test_tensor_core_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tensor_core_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
     g = torch.Generator().manual_seed(300 + L)
     q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64).requires_grad_() for h in (Hq, Hkv, Hkv))
     dout = torch.randn(B, L, Hq, D, generator=g, dtype=torch.float64)
@@ -156,11 +159,11 @@ def test_tensor_core_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D,
     scale = 1 / math.sqrt(D)
     ref = modality_attention_reference(q, k, v, doc, span, scale=scale)
     want = torch.autograd.grad(ref, (q, k, v), dout)
-    qb, kb, vb = (t.detach().to(torch.bfloat16) for t in (q, k, v))
+    qb, kb, vb = (t.detach().to(dtype) for t in (q, k, v))
     out, lse = emu.attention_fwd(qb, kb, vb, doc, span, scale, tensor_cores=True)
-    got = emu.attention_bwd(dout.to(torch.bfloat16), qb, kb, vb, out, lse, doc, span, scale, tensor_cores=True)
-    scalar = emu.attention_bwd(dout.to(torch.bfloat16), qb, kb, vb, out, lse, doc, span, scale)
+    got = emu.attention_bwd(dout.to(dtype), qb, kb, vb, out, lse, doc, span, scale, tensor_cores=True)
+    scalar = emu.attention_bwd(dout.to(dtype), qb, kb, vb, out, lse, doc, span, scale)
     for a, s_, w in zip(got, scalar, want):
-        assert a.dtype == torch.bfloat16
+        assert a.dtype == dtype
         torch.testing.assert_close(a.double(), w, atol=1e-1, rtol=5e-2)
         torch.testing.assert_close(a.double(), s_.double(), atol=6e-2, rtol=5e-2)

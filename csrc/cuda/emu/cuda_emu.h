@@ -7,8 +7,8 @@
 // shared memory) and dynamic shared memory through CL_DYNAMIC_SHARED; __syncthreads() (a barrier over the block's
 // threads); __syncwarp(); warp shuffles (__shfl_sync, __shfl_xor_sync, __shfl_down_sync, __shfl_up_sync, with
 // width) and votes (__ballot_sync, __any_sync, __all_sync) over 32-lane warps; atomicAdd / atomicMax / atomicMin /
-// atomicCAS / atomicExch; the float intrinsics the kernels use (__expf, __logf, __fdividef, rsqrtf); the bf16
-// tensor-core MMA m16n8k16 (cl_mma_m16n8k16_bf16) with the hardware's per-lane fragment layout.
+// atomicCAS / atomicExch; the float intrinsics the kernels use (__expf, __logf, __fdividef, rsqrtf); the tensor-core
+// MMA m16n8k16 (cl_emu::mma_m16n8k16, bf16 or fp16 operands) with the hardware's per-lane fragment layout.
 // Every thread of a block is a std::thread; blocks run one after another (launch is synchronous).
 // Shuffles and votes require every lane of the warp to take part (full-warp masks), as the kernels do.
 #include <algorithm>
@@ -49,7 +49,7 @@ struct Warp {
   int lanes;
   std::barrier<> bar;
   uint64_t slot[kWarp] = {};
-  uint32_t mma_a[kWarp][4] = {};  // fragments published by cl_mma_m16n8k16_bf16
+  uint32_t mma_a[kWarp][4] = {};  // fragments published by mma_m16n8k16
   uint32_t mma_b[kWarp][2] = {};
 };
 
@@ -168,35 +168,30 @@ T atomicMin(T* addr, T v) {
   return old;
 }
 
-// Tensor-core MMA, emulated with the PTX fragment layout of mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, so
+namespace cl_emu {
+// Tensor-core MMA, emulated with the PTX fragment layout of mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.f32, so
 // kernels load and use fragments exactly as on the GPU. Lane l, group g = l / 4, t = l % 4; each 32-bit register holds
-// two bf16, the lower column in the low half.
+// two 16-bit values, the lower column in the low half; `to_float` converts one (bf16 or fp16 bits).
 //   A 16x16 (row-major):  a[0] = A[g][2t, 2t+1]  a[1] = A[g+8][2t, 2t+1]  a[2] = A[g][2t+8, 2t+9]  a[3] = A[g+8][2t+8, 2t+9]
 //   B 16x8 (k x n):       b[0] = B[2t, 2t+1][g]  b[1] = B[2t+8, 2t+9][g]
 //   C, D 16x8 (fp32):     c[0], c[1] = C[g][2t, 2t+1]  c[2], c[3] = C[g+8][2t, 2t+1]
 // Every lane of the warp must call it (as on the GPU). Products are summed in fp32 in k order.
-inline float cl_bf16_bits_to_float(uint32_t bits16) {
-  const uint32_t u = bits16 << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-inline void cl_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
-  cl_emu::Warp& w = cl_emu::my_warp();
-  const int lane = cl_emu::lane();
-  for (int r = 0; r < 4; ++r) w.mma_a[lane][r] = a[r];
-  w.mma_b[lane][0] = b[0];
-  w.mma_b[lane][1] = b[1];
+template <typename Cvt>
+void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4], Cvt to_float) {
+  Warp& w = my_warp();
+  const int me = lane();
+  for (int r = 0; r < 4; ++r) w.mma_a[me][r] = a[r];
+  w.mma_b[me][0] = b[0];
+  w.mma_b[me][1] = b[1];
   w.bar.arrive_and_wait();
-  const int g = lane / 4, t = lane % 4;
+  const int g = me / 4, t = me % 4;
   auto a_at = [&](int row, int k) {
     const uint32_t reg = w.mma_a[(row % 8) * 4 + (k % 8) / 2][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-    return cl_bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xFFFFu);
+    return to_float(k % 2 ? reg >> 16 : reg & 0xFFFFu);
   };
   auto b_at = [&](int k, int col) {
     const uint32_t reg = w.mma_b[col * 4 + (k % 8) / 2][k >= 8 ? 1 : 0];
-    return cl_bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xFFFFu);
+    return to_float(k % 2 ? reg >> 16 : reg & 0xFFFFu);
   };
   float out[4];
   for (int i = 0; i < 4; ++i) {
@@ -208,6 +203,7 @@ inline void cl_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t
   w.bar.arrive_and_wait();
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 }
+}  // namespace cl_emu
 
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }

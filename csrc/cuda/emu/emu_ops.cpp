@@ -14,6 +14,19 @@ const T* cptr(const at::Tensor& t) {
   return reinterpret_cast<const T*>(t.const_data_ptr<A>());
 }
 
+// Calls run(kernel type tag, ATen type tag) for float32, bfloat16 or float16.
+template <typename Run>
+void dispatch(at::ScalarType dt, const Run& run) {
+  if (dt == at::kFloat) {
+    run(float(), float());
+  } else if (dt == at::kBFloat16) {
+    run(ck::bf16_t(), at::BFloat16());
+  } else {
+    TORCH_CHECK(dt == at::kHalf, "emulated attention: float32, bfloat16 or float16, got ", dt);
+    run(ck::half_t(), at::Half());
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                                  const at::Tensor& doc_, const at::Tensor& span_, double scale,
                                                  bool tensor_cores) {
@@ -23,18 +36,15 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at:
   TORCH_CHECK(D <= ck::kMaxD && Hq % Hkv == 0, "emulated attention_fwd: D <= 128 and Hq % Hkv == 0");
   auto out = at::empty_like(q);
   auto lse = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
-  if (q.scalar_type() == at::kFloat) {
-    ck::run_attention_fwd<float>(q.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(),
-                                 doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(), out.data_ptr<float>(),
-                                 lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0);
-  } else {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "emulated attention_fwd: float32 or bfloat16");
-    ck::run_attention_fwd<ck::bf16_t>(cptr<ck::bf16_t, at::BFloat16>(q), cptr<ck::bf16_t, at::BFloat16>(k),
-                                      cptr<ck::bf16_t, at::BFloat16>(v), doc.const_data_ptr<int32_t>(),
-                                      span.const_data_ptr<int32_t>(), reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()),
-                                      lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0,
-                                      tensor_cores && ck::mma_supports(D));
-  }
+  const auto run = [&](auto tag, auto atag) {
+    using T = decltype(tag);
+    using A = decltype(atag);
+    ck::run_attention_fwd<T>(cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), doc.const_data_ptr<int32_t>(),
+                             span.const_data_ptr<int32_t>(), reinterpret_cast<T*>(out.data_ptr<A>()),
+                             lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0,
+                             tensor_cores && ck::mma_supports(D));
+  };
+  dispatch(q.scalar_type(), run);
   return {out, lse};
 }
 
@@ -59,12 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                              reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
                              static_cast<float>(scale), 0, tensor_cores && ck::mma_supports(D));
   };
-  if (q.scalar_type() == at::kFloat) {
-    run(float(), float());
-  } else {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "emulated attention_bwd: float32 or bfloat16");
-    run(ck::bf16_t(), at::BFloat16());
-  }
+  dispatch(q.scalar_type(), run);
   return {dq, dk, dv};
 }
 
@@ -78,18 +83,15 @@ at::Tensor attention_decode(const at::Tensor& q_, const at::Tensor& kc, const at
   const int max_len = lens.numel() ? lens.max().item<int>() : 0;
   auto part = at::empty({B * Hq * ck::decode_max_chunks(max_len) * Lq * (D + 2)}, q.options().dtype(at::kFloat));
   auto out = at::empty_like(q);
-  if (q.scalar_type() == at::kFloat) {
-    ck::run_attention_decode<float>(q.const_data_ptr<float>(), kc.const_data_ptr<float>(), vc.const_data_ptr<float>(),
-                                    lens.const_data_ptr<int32_t>(), part.data_ptr<float>(), out.data_ptr<float>(), B, Lq, Hq,
-                                    Hkv, D, kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1),
-                                    vc.stride(2), max_len, static_cast<float>(scale), 0);
-  } else {
-    ck::run_attention_decode<ck::bf16_t>(
-        cptr<ck::bf16_t, at::BFloat16>(q), cptr<ck::bf16_t, at::BFloat16>(kc), cptr<ck::bf16_t, at::BFloat16>(vc),
-        lens.const_data_ptr<int32_t>(), part.data_ptr<float>(), reinterpret_cast<ck::bf16_t*>(out.data_ptr<at::BFloat16>()),
-        B, Lq, Hq, Hkv, D, kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2), max_len,
-        static_cast<float>(scale), 0);
-  }
+  const auto run = [&](auto tag, auto atag) {
+    using T = decltype(tag);
+    using A = decltype(atag);
+    ck::run_attention_decode<T>(cptr<T, A>(q), cptr<T, A>(kc), cptr<T, A>(vc), lens.const_data_ptr<int32_t>(),
+                                part.data_ptr<float>(), reinterpret_cast<T*>(out.data_ptr<A>()), B, Lq, Hq, Hkv, D,
+                                kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
+                                max_len, static_cast<float>(scale), 0);
+  };
+  dispatch(q.scalar_type(), run);
   return out;
 }
 
