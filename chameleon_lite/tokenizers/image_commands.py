@@ -73,8 +73,8 @@ def register(cli) -> None:
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model config field of the preset (JSON value), e.g. --set codebook_dim=8")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--disc-start", type=int, default=0, help="step at which the patch discriminator starts (0 = off)")
     p.add_argument("--grid-every", type=int, default=200, help="steps between PNG grids of originals vs reconstructions")
