@@ -28,8 +28,9 @@ finds the max, one computes ``e`` with exact counts and masses at a few pivots a
 ``e >= 2^-10``; top-k / top-p thresholds come from a radix selection over those candidates, or from
 more pivot passes when a cut lies below them. It reads rows through their stride (``logits[:, -1]`` of
 ``[B, L, V]`` is not copied) and keeps one fp32 row buffer per thread. The AVX-512 build is chosen at run
-time; ``CHAMELEON_LITE_SAMPLING_ISA=portable`` forces the portable one. Tensors on a device without an
-implementation are sampled on the CPU and the results moved back.
+time; ``CHAMELEON_LITE_SAMPLING_ISA=portable`` forces the portable one. The CUDA kernel (csrc/cuda/sampling.cuh, one
+block per row, radix selection over the float keys for the top-k / top-p thresholds) draws the same ids for the same
+seed and step. Tensors on a device without an implementation are sampled on the CPU and the results moved back.
 """
 from __future__ import annotations
 
