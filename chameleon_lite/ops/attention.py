@@ -75,8 +75,7 @@ def _has_kernel(t: torch.Tensor) -> bool:
         return True
     from chameleon_lite.ops._loader import HAS_CUDA_EXT
 
-    return (t.device.type == "cuda" and HAS_CUDA_EXT and t.shape[-1] <= 128
-            and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa")
+    return HAS_CUDA_EXT and t.shape[-1] <= 128 and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
 
 
 @torch.library.register_fake("chameleon_lite::attention_fwd")

@@ -60,17 +60,9 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
   sa::check_logits(logits_in, uncond_in, seed, step);
   const at::ScalarType dt = logits_in.scalar_type();
   const int64_t batch = logits_in.size(0), vocab = logits_in.size(1);
-  TORCH_CHECK_VALUE(logits_in.device().is_cpu() && (!uncond_in.has_value() || uncond_in->device().is_cpu()),
-                    "sample: the CPU kernel needs CPU logits");
   const at::Tensor logits = unit_stride_rows(logits_in);
   const at::Tensor uncond = uncond_in.has_value() ? unit_stride_rows(*uncond_in) : at::Tensor();
   const sa::Settings st = sa::read_settings(batch, temperature_t, top_k_t, top_p_t, min_p_t, cfg_scale_t, penalty_t);
-  const auto& temperature = st.temperature;
-  const auto& top_k = st.top_k;
-  const auto& top_p = st.top_p;
-  const auto& min_p = st.min_p;
-  const auto& cfg_scale = st.cfg_scale;
-  const auto& penalty = st.penalty;
   const at::Tensor ranges = ranges_in.has_value() ? sa::check_ranges(*ranges_in, batch, vocab) : at::Tensor();
   const int64_t num_ranges = ranges.defined() ? ranges.size(1) : 0;
   const at::Tensor penalty_ids = penalty_ids_in.has_value() ? sa::check_penalty_ids(*penalty_ids_in, batch, vocab) : at::Tensor();
@@ -106,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
       job.num_ranges = num_ranges;
       job.penalty_ids = pbase != nullptr ? pbase + b * num_penalty : nullptr;
       job.num_penalty = num_penalty;
-      job.settings = sampling::RowSettings{temperature[b], top_p[b], min_p[b], cfg_scale[b], penalty[b], top_k[b]};
+      job.settings = sampling::RowSettings{st.temperature[b], st.top_p[b], st.min_p[b], st.cfg_scale[b], st.penalty[b],
+                                           st.top_k[b]};
       job.uniform = philox::sampling_uniform(static_cast<uint64_t>(seed), static_cast<uint64_t>(step),
                                              static_cast<uint64_t>(b));
       const RowResult r = row_fn(job, buf.data(), *scratch);

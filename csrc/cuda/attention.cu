@@ -5,7 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "cuda/attention.cuh"
+#include "cuda/attention_op.h"
 
 namespace ck = chameleon_lite::cuda_kernels;
 
@@ -14,24 +14,6 @@ namespace ck = chameleon_lite::cuda_kernels;
   TORCH_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
 
 namespace {
-
-template <typename T, typename A>
-const T* cptr(const at::Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr<A>());
-}
-
-// Calls run(kernel type tag, ATen type tag) for float32, bfloat16 or float16.
-template <typename Run>
-void dispatch(at::ScalarType dt, const char* op, const Run& run) {
-  if (dt == at::kFloat) {
-    run(float(), float());
-  } else if (dt == at::kBFloat16) {
-    run(ck::bf16_t(), at::BFloat16());
-  } else {
-    TORCH_CHECK_VALUE(dt == at::kHalf, op, ": dtype must be float32, bfloat16 or float16, got ", dt);
-    run(ck::half_t(), at::Half());
-  }
-}
 
 // Tensor cores for 16-bit inputs on sm_80 and newer, head dims a multiple of 16.
 bool use_tensor_cores(int64_t D) {
@@ -56,19 +38,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_, cons
   const c10::cuda::CUDAGuard guard(q_.device());
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   const auto doc = doc_.contiguous(), span = span_.contiguous();
-  auto out = at::empty_like(q);
-  auto lse = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const bool tc = use_tensor_cores(D);
-  dispatch(q.scalar_type(), "attention_fwd", [&](auto tag, auto atag) {
-    using T = decltype(tag);
-    using A = decltype(atag);
-    ck::run_attention_fwd<T>(cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), doc.const_data_ptr<int32_t>(),
-                             span.const_data_ptr<int32_t>(), reinterpret_cast<T*>(out.data_ptr<A>()),
-                             lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), stream, tc);
-  });
+  auto result = ck::attention_fwd_op(q, k, v, doc, span, scale, at::cuda::getCurrentCUDAStream(), use_tensor_cores(D));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {out, lse};
+  return result;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tensor& dout_, const at::Tensor& q_,
@@ -97,22 +69,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
   const c10::cuda::CUDAGuard guard(q_.device());
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dout = dout_.contiguous(),
              out = out_.contiguous(), lse = lse_.contiguous(), doc = doc_.contiguous(), span = span_.contiguous();
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  auto delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const bool tc = use_tensor_cores(D);
-  const auto run = [&](auto tag, auto atag) {
-    using T = decltype(tag);
-    using A = decltype(atag);
-    ck::run_attention_bwd<T>(cptr<T, A>(dout), cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), cptr<T, A>(out),
-                             lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
-                             reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
-                             reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
-                             static_cast<float>(scale), stream, tc);
-  };
-  dispatch(dt, "attention_bwd", run);
+  auto grads = ck::attention_bwd_op(dout, q, k, v, out, lse, doc, span, scale, at::cuda::getCurrentCUDAStream(),
+                                    use_tensor_cores(D));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {dq, dk, dv};
+  return grads;
 }
 
 at::Tensor attention_decode_cuda(const at::Tensor& q_, const at::Tensor& kc, const at::Tensor& vc,
@@ -135,17 +95,7 @@ at::Tensor attention_decode_cuda(const at::Tensor& q_, const at::Tensor& kc, con
   const auto lens = lens_.contiguous();
   // The split count is sized for the whole cache so no length has to be read back to the host.
   const int max_len = static_cast<int>(kc.size(1));
-  auto part = at::empty({B * Hq * ck::decode_max_chunks(max_len) * Lq * (D + 2)}, q.options().dtype(at::kFloat));
-  auto out = at::empty_like(q);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch(q.scalar_type(), "attention_decode", [&](auto tag, auto atag) {
-    using T = decltype(tag);
-    using A = decltype(atag);
-    ck::run_attention_decode<T>(cptr<T, A>(q), cptr<T, A>(kc), cptr<T, A>(vc), lens.const_data_ptr<int32_t>(),
-                                part.data_ptr<float>(), reinterpret_cast<T*>(out.data_ptr<A>()), B, Lq, Hq, Hkv, D,
-                                kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
-                                max_len, static_cast<float>(scale), stream);
-  });
+  auto out = ck::attention_decode_op(q, kc, vc, lens, scale, max_len, at::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -21,6 +21,28 @@ constexpr int kThreads = 128;     // threads per block (the softmax maps 8 threa
 constexpr int kMaxD = 128;        // largest head dim
 constexpr int kDecodeChunk = 256; // keys per decode split
 constexpr int kMaxDecodeQ = 16;   // new queries per row in one decode call
+static_assert(kFwdBQ == kFwdBK, "the scalar kernels load query and key tiles with one helper");
+
+// Whether query i may read key j inside a classified tile pair: both in range, and the predicate only on a partial
+// pair (a full pair is visible everywhere in range).
+__device__ __forceinline__ bool pair_visible(int kind, bool in_range, int i, int j, const int32_t* db,
+                                             const int32_t* sb) {
+  return in_range &&
+         (kind != static_cast<int>(attn::TileKind::kPartial) || attn::allowed(i, j, db[i], db[j], sb[i], sb[j]));
+}
+
+// Rows [row0, row0 + n) of two [*, ld] matrices (the head at column `col`) into fp32 [kFwdBQ][kMaxD] tiles, zero past n;
+// the first is multiplied by `scale_a` (k and v, or q * scale and dout, of one tile).
+template <typename T>
+__device__ __forceinline__ void load_tile_pair(float (*ta)[kMaxD], float (*tb)[kMaxD], const T* a, const T* b,
+                                               int64_t row0, int n, int64_t ld, int64_t col, int D, float scale_a) {
+  for (int e = threadIdx.x; e < kFwdBQ * D; e += kThreads) {
+    const int r = e / D, c = e % D;
+    const int64_t at = (row0 + r) * ld + col + c;
+    ta[r][c] = r < n ? to_float(a[at]) * scale_a : 0.f;
+    tb[r][c] = r < n ? to_float(b[at]) : 0.f;
+  }
+}
 
 // grid (ceil(L / kFwdBQ), Hq, B), block kThreads. q: [B, L, Hq, D]; k, v: [B, L, Hkv, D]; out like q;
 // lse: [B, Hq, L] (-inf for a row with nothing visible, whose out is 0).
@@ -67,20 +89,13 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const T* q, con
     __syncthreads();
     const int kind = kind_s;
     if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
-      for (int e = tid; e < kFwdBK * D; e += kThreads) {
-        const int r = e / D, c = e % D;
-        const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + c;
-        ks[r][c] = r < nk ? to_float(k[at]) : 0.f;
-        vs[r][c] = r < nk ? to_float(v[at]) : 0.f;
-      }
+      load_tile_pair(ks, vs, k, v, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, 1.f);
       __syncthreads();
       for (int e = tid; e < kFwdBQ * kFwdBK; e += kThreads) {
         const int r = e / kFwdBK, c = e % kFwdBK;
         float acc = 0.f;
         for (int d = 0; d < D; ++d) acc += qs[r][d] * ks[c][d];
-        bool ok = r < mq && c < nk;
-        if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
-          ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+        const bool ok = pair_visible(kind, r < mq && c < nk, i0 + r, j0 + c, db, sb);
         s[r][c] = ok ? acc : -INFINITY;
       }
       __syncthreads();
@@ -220,16 +235,57 @@ __global__ void attention_decode_merge_kernel(const float* part, const int32_t* 
 // bf16 / fp16 forward on tensor cores (sm_80+): 4 warps, 64 query rows per block (16 per warp), key tiles of 32, head dims a
 // multiple of 16 up to 128. Q K^T and P V are mma m16n8k16 products with fp32 accumulation; the score fragments are
 // rounded to the input type and reused in registers as the A operand of P V (FlashAttention-2), so P never goes through shared
-// memory. Tiles hold 16-bit pairs in 32-bit words, the layout the fragments are read in. The online softmax keeps, per
+// memory. Tiles are 16-bit in shared memory (operands built by a_frag / b_frag_*). The online softmax keeps, per
 // lane, the state of its two rows (g and g + 8 of its warp's 16), reduced over the 4 lanes of a quad with shuffles.
 constexpr int kMmaBQ = 64;
 constexpr int kMmaBK = 32;
 constexpr int kMmaThreads = (kMmaBQ / 16) * 32;
 constexpr int kMmaMaxN = kMaxD / 8;  // n-tiles of the output per warp
 
+__device__ __forceinline__ uint32_t pair16(uint16_t lo, uint16_t hi) {
+  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+
+// Copies rows [row_base, row_base + n) of a [*, ld] 16-bit matrix (heads at `col`) into a [rows][kMaxD] tile, zero-filled.
 template <typename T>
-__device__ __forceinline__ uint32_t pair_of(const T* p) {
-  return static_cast<uint32_t>(bits16(p[0])) | (static_cast<uint32_t>(bits16(p[1])) << 16);
+__device__ __forceinline__ void load_tile16(uint16_t (*tile)[kMaxD], int rows, const T* src, int64_t row_base,
+                                           int n, int64_t ld, int64_t col, int D, int tid, int threads) {
+  for (int e = tid; e < rows * D; e += threads) {
+    const int r = e / D, c = e % D;
+    tile[r][c] = r < n ? bits16(src[(row_base + r) * ld + col + c]) : static_cast<uint16_t>(0);
+  }
+}
+
+// MMA operands from 16-bit [rows][kMaxD] tiles (fragment layout: cuda/emu/cuda_emu.h; c = 16 kd + 2t, the lane's
+// columns in k-step kd).
+// A operand (16 x 16) from rows r0 and r0 + 8 of `tile`, k along the row: columns c, c + 1 and c + 8, c + 9.
+__device__ __forceinline__ void a_frag(uint32_t a[4], const uint16_t (*tile)[kMaxD], int r0, int c) {
+  a[0] = pair16(tile[r0][c], tile[r0][c + 1]);
+  a[1] = pair16(tile[r0 + 8][c], tile[r0 + 8][c + 1]);
+  a[2] = pair16(tile[r0][c + 8], tile[r0][c + 9]);
+  a[3] = pair16(tile[r0 + 8][c + 8], tile[r0 + 8][c + 9]);
+}
+
+// B operand (16 x 8) whose k runs along tile row n (the n-th column of B is a tile row): columns c, c + 1, c + 8, c + 9.
+__device__ __forceinline__ void b_frag_row(uint32_t b[2], const uint16_t (*tile)[kMaxD], int n, int c) {
+  b[0] = pair16(tile[n][c], tile[n][c + 1]);
+  b[1] = pair16(tile[n][c + 8], tile[n][c + 9]);
+}
+
+// B operand (16 x 8) whose k runs down tile column d: rows k0, k0 + 1 and k0 + 8, k0 + 9 (k0 = 16 kk + 2t).
+__device__ __forceinline__ void b_frag_col(uint32_t b[2], const uint16_t (*tile)[kMaxD], int k0, int d) {
+  b[0] = pair16(tile[k0][d], tile[k0 + 1][d]);
+  b[1] = pair16(tile[k0 + 8][d], tile[k0 + 9][d]);
+}
+
+// A operand for k-step kk from two accumulator n-tiles (2 kk and 2 kk + 1) of a 16-row MMA result, rounded to T:
+// the FlashAttention-2 reuse of score fragments as the next product's operand, without shared memory.
+template <typename T>
+__device__ __forceinline__ void a_from_acc(uint32_t a[4], const float (*acc)[4], int kk) {
+  a[0] = pack2<T>(acc[2 * kk][0], acc[2 * kk][1]);
+  a[1] = pack2<T>(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = pack2<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  a[3] = pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
 }
 
 template <typename T>
@@ -237,8 +293,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_fwd_mma_kernel(const T*
                                                                        const int32_t* doc, const int32_t* span, T* out,
                                                                        float* lse, int L, int Hq, int Hkv, int D,
                                                                        float scale) {
-  __shared__ uint32_t qs[kMmaBQ][kMaxD / 2];  // bf16 pairs along the head dim
-  __shared__ uint32_t ks[kMmaBK][kMaxD / 2];
+  __shared__ uint16_t qs[kMmaBQ][kMaxD];
+  __shared__ uint16_t ks[kMmaBK][kMaxD];
   __shared__ uint16_t vs[kMmaBK][kMaxD];
   __shared__ attn::TileBounds qb, kb;
   __shared__ int kind_s;
@@ -250,17 +306,14 @@ __global__ void __launch_bounds__(kMmaThreads) attention_fwd_mma_kernel(const T*
   const int32_t* db = doc + static_cast<int64_t>(b) * L;
   const int32_t* sb = span + static_cast<int64_t>(b) * L;
   const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
-  const int half = D / 2, nn = D / 8, nd = D / 16;
+  const int nn = D / 8, nd = D / 16;
   const int row0 = warp * 16 + g;  // block-local rows of this lane: row0 and row0 + 8
 
-  for (int e = tid; e < kMmaBQ * half; e += kMmaThreads) {
-    const int r = e / half, c = e % half;
-    qs[r][c] = r < mq ? pair_of(q + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + 2 * c) : 0u;
-  }
+  load_tile16(qs, kMmaBQ, q, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D, tid, kMmaThreads);
   if (tid == 0) qb = attn::tile_bounds(db, sb, i0, i0 + mq);
   float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
   float o[kMmaMaxN][4];
-CL_UNROLL
+  CL_UNROLL
   for (int n = 0; n < kMmaMaxN; ++n)
     for (int i = 0; i < 4; ++i) o[n][i] = 0.f;
   __syncthreads();
@@ -275,39 +328,36 @@ CL_UNROLL
     __syncthreads();
     const int kind = kind_s;
     if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
-      for (int e = tid; e < kMmaBK * half; e += kMmaThreads) {
-        const int r = e / half, c = e % half;
-        const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + 2 * c;
-        ks[r][c] = r < nk ? pair_of(k + at) : 0u;
-        vs[r][2 * c] = r < nk ? bits16(v[at]) : 0;
-        vs[r][2 * c + 1] = r < nk ? bits16(v[at + 1]) : 0;
-      }
+      load_tile16(ks, kMmaBK, k, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, tid,
+                  kMmaThreads);
+      load_tile16(vs, kMmaBK, v, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, tid,
+                  kMmaThreads);
       __syncthreads();
       // S = Q K^T for this warp's 16 rows: four n-tiles of 8 keys.
       float sfr[4][4];
-CL_UNROLL
+      CL_UNROLL
       for (int n = 0; n < 4; ++n)
         for (int i = 0; i < 4; ++i) sfr[n][i] = 0.f;
       for (int kd = 0; kd < nd; ++kd) {
-        const int c = kd * 8 + t;
-        const uint32_t a[4] = {qs[row0][c], qs[row0 + 8][c], qs[row0][c + 4], qs[row0 + 8][c + 4]};
-CL_UNROLL
+        const int c = kd * 16 + 2 * t;
+        uint32_t a[4];
+        a_frag(a, qs, row0, c);
+        CL_UNROLL
         for (int n = 0; n < 4; ++n) {
-          const uint32_t bb[2] = {ks[n * 8 + g][c], ks[n * 8 + g][c + 4]};
+          uint32_t bb[2];
+          b_frag_row(bb, ks, n * 8 + g, c);
           mma16816<T>(sfr[n], a, bb, sfr[n]);
         }
       }
       // scale and mask; then the online softmax of the lane's two rows
-CL_UNROLL
+      CL_UNROLL
       for (int n = 0; n < 4; ++n)
         for (int i = 0; i < 4; ++i) {
           const int r = row0 + (i >= 2 ? 8 : 0), c = n * 8 + 2 * t + (i & 1);
-          bool ok = r < mq && c < nk;
-          if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
-            ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+          const bool ok = pair_visible(kind, r < mq && c < nk, i0 + r, j0 + c, db, sb);
           sfr[n][i] = ok ? sfr[n][i] * scale : -INFINITY;
         }
-CL_UNROLL
+      CL_UNROLL
       for (int rr = 0; rr < 2; ++rr) {
         float mx = -INFINITY;
         for (int n = 0; n < 4; ++n) mx = fmaxf(mx, fmaxf(sfr[n][2 * rr], sfr[n][2 * rr + 1]));
@@ -326,26 +376,22 @@ CL_UNROLL
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         l_r[rr] = l_r[rr] * alpha + sum;
         m_r[rr] = m_new;
-CL_UNROLL
+        CL_UNROLL
         for (int n = 0; n < kMmaMaxN; ++n) {
           o[n][2 * rr] *= alpha;
           o[n][2 * rr + 1] *= alpha;
         }
       }
       // O += P V over two k-steps of 16 keys; P's A fragment is the score fragment of n-tiles 2kk and 2kk + 1.
-CL_UNROLL
+      CL_UNROLL
       for (int kk = 0; kk < 2; ++kk) {
-        const uint32_t a[4] = {pack2<T>(sfr[2 * kk][0], sfr[2 * kk][1]), pack2<T>(sfr[2 * kk][2], sfr[2 * kk][3]),
-                               pack2<T>(sfr[2 * kk + 1][0], sfr[2 * kk + 1][1]),
-                               pack2<T>(sfr[2 * kk + 1][2], sfr[2 * kk + 1][3])};
-        const int key = kk * 16 + 2 * t;
-CL_UNROLL
+        uint32_t a[4];
+        a_from_acc<T>(a, sfr, kk);
+        CL_UNROLL
         for (int n = 0; n < kMmaMaxN; ++n) {
           if (n < nn) {
-            const int d = n * 8 + g;
-            const uint32_t bb[2] = {
-                static_cast<uint32_t>(vs[key][d]) | (static_cast<uint32_t>(vs[key + 1][d]) << 16),
-                static_cast<uint32_t>(vs[key + 8][d]) | (static_cast<uint32_t>(vs[key + 9][d]) << 16)};
+            uint32_t bb[2];
+            b_frag_col(bb, vs, kk * 16 + 2 * t, n * 8 + g);
             mma16816<T>(o[n], a, bb, o[n]);
           }
         }
@@ -354,13 +400,13 @@ CL_UNROLL
     __syncthreads();  // tiles, kb and kind_s are rewritten for the next key tile
   }
 
-CL_UNROLL
+  CL_UNROLL
   for (int rr = 0; rr < 2; ++rr) {
     const int r = row0 + 8 * rr;
     if (r < mq) {
       const float inv = l_r[rr] > 0.f ? 1.f / l_r[rr] : 0.f;
       T* orow = out + (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D;
-CL_UNROLL
+      CL_UNROLL
       for (int n = 0; n < kMmaMaxN; ++n) {
         if (n < nn) {
           orow[n * 8 + 2 * t] = from_float<T>(o[n][2 * rr] * inv);
@@ -410,12 +456,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const T* dou
   const int32_t* sb = span + static_cast<int64_t>(b) * L;
   const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
 
-  for (int e = tid; e < kFwdBQ * D; e += kThreads) {
-    const int r = e / D, c = e % D;
-    const int64_t at = (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c;
-    qs[r][c] = r < mq ? to_float(q[at]) * scale : 0.f;
-    dos[r][c] = r < mq ? to_float(dout[at]) : 0.f;
-  }
+  load_tile_pair(qs, dos, q, dout, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D, scale);
   {  // delta = rowsum(dout * out): 8 lanes per row, width-8 shuffles
     const int r = tid / 8, lane8 = tid % 8;
     float acc = 0.f;
@@ -445,12 +486,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const T* dou
     __syncthreads();
     const int kind = kind_s;
     if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
-      for (int e = tid; e < kFwdBK * D; e += kThreads) {
-        const int r = e / D, c = e % D;
-        const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + c;
-        ks[r][c] = r < nk ? to_float(k[at]) : 0.f;
-        vs[r][c] = r < nk ? to_float(v[at]) : 0.f;
-      }
+      load_tile_pair(ks, vs, k, v, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, 1.f);
       __syncthreads();
       for (int e = tid; e < kFwdBQ * kFwdBK; e += kThreads) {
         const int r = e / kFwdBK, c = e % kFwdBK;
@@ -459,9 +495,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const T* dou
           sc += qs[r][d] * ks[c][d];
           dp += dos[r][d] * vs[c][d];
         }
-        bool ok = r < mq && c < nk;
-        if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
-          ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+        const bool ok = pair_visible(kind, r < mq && c < nk, i0 + r, j0 + c, db, sb);
         ds[r][c] = bwd_prob(sc, lse_s[r], ok) * (dp - delta_s[r]);
       }
       __syncthreads();
@@ -505,12 +539,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
   const int32_t* sb = span + static_cast<int64_t>(b) * L;
   const int64_t ldq = static_cast<int64_t>(Hq) * D, ldk = static_cast<int64_t>(Hkv) * D;
 
-  for (int e = tid; e < kFwdBK * D; e += kThreads) {
-    const int r = e / D, c = e % D;
-    const int64_t at = (static_cast<int64_t>(b) * L + j0 + r) * ldk + hk * D + c;
-    ks[r][c] = r < nk ? to_float(k[at]) : 0.f;
-    vs[r][c] = r < nk ? to_float(v[at]) : 0.f;
-  }
+  load_tile_pair(ks, vs, k, v, static_cast<int64_t>(b) * L + j0, nk, ldk, static_cast<int64_t>(hk) * D, D, 1.f);
   if (tid == 0) kb = attn::tile_bounds(db, sb, j0, j0 + nk);
   float dk_acc[kBwdElems], dv_acc[kBwdElems];
   for (int i = 0; i < kBwdElems; ++i) dk_acc[i] = dv_acc[i] = 0.f;
@@ -528,12 +557,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
       __syncthreads();
       const int kind = kind_s;
       if (kind != static_cast<int>(attn::TileKind::kEmpty)) {
-        for (int e = tid; e < kFwdBQ * D; e += kThreads) {
-          const int r = e / D, c = e % D;
-          const int64_t at = (static_cast<int64_t>(b) * L + i0 + r) * ldq + h * D + c;
-          qs[r][c] = r < mq ? to_float(q[at]) * scale : 0.f;
-          dos[r][c] = r < mq ? to_float(dout[at]) : 0.f;
-        }
+        load_tile_pair(qs, dos, q, dout, static_cast<int64_t>(b) * L + i0, mq, ldq, static_cast<int64_t>(h) * D, D,
+                       scale);
         if (tid < kFwdBQ) {
           const int64_t at = (static_cast<int64_t>(b) * Hq + h) * L + i0 + tid;
           lse_s[tid] = tid < mq ? lse[at] : -INFINITY;
@@ -547,9 +572,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
             sc += qs[r][d] * ks[c][d];
             dp += dos[r][d] * vs[c][d];
           }
-          bool ok = r < mq && c < nk;
-          if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
-            ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+          const bool ok = pair_visible(kind, r < mq && c < nk, i0 + r, j0 + c, db, sb);
           const float p = bwd_prob(sc, lse_s[r], ok);
           ps[r][c] = p;
           ds[r][c] = p * (dp - delta_s[r]);
@@ -592,20 +615,6 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const T* d
 // four bf16 [*, 128] tiles of a pass stay within 48 KB of static shared memory.
 constexpr int kMmaBwdTile = 16;
 constexpr int kMmaBwdN = kMmaBwdTile / 8;  // n-tiles of 8 in the streamed dimension
-
-__device__ __forceinline__ uint32_t pair16(uint16_t lo, uint16_t hi) {
-  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-}
-
-// Copies rows [r0, r0 + n) of a [*, ld] 16-bit matrix (heads at `col`) into a [rows][kMaxD] tile, zero-filled.
-template <typename T>
-__device__ __forceinline__ void load_tile16(uint16_t (*tile)[kMaxD], int rows, const T* src, int64_t row_base,
-                                           int n, int64_t ld, int64_t col, int D, int tid, int threads) {
-  for (int e = tid; e < rows * D; e += threads) {
-    const int r = e / D, c = e % D;
-    tile[r][c] = r < n ? bits16(src[(row_base + r) * ld + col + c]) : static_cast<uint16_t>(0);
-  }
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
@@ -670,16 +679,14 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
         for (int i = 0; i < 4; ++i) sf[n][i] = dpf[n][i] = 0.f;
       for (int kd = 0; kd < nd; ++kd) {
         const int c = kd * 16 + 2 * t;
-        const uint32_t aq[4] = {pair16(qs[row0][c], qs[row0][c + 1]), pair16(qs[row0 + 8][c], qs[row0 + 8][c + 1]),
-                                pair16(qs[row0][c + 8], qs[row0][c + 9]), pair16(qs[row0 + 8][c + 8], qs[row0 + 8][c + 9])};
-        const uint32_t ado[4] = {pair16(dos[row0][c], dos[row0][c + 1]), pair16(dos[row0 + 8][c], dos[row0 + 8][c + 1]),
-                                 pair16(dos[row0][c + 8], dos[row0][c + 9]),
-                                 pair16(dos[row0 + 8][c + 8], dos[row0 + 8][c + 9])};
+        uint32_t aq[4], ado[4];
+        a_frag(aq, qs, row0, c);
+        a_frag(ado, dos, row0, c);
         CL_UNROLL
         for (int n = 0; n < kMmaBwdN; ++n) {
-          const int key = n * 8 + g;
-          const uint32_t bk[2] = {pair16(ks[key][c], ks[key][c + 1]), pair16(ks[key][c + 8], ks[key][c + 9])};
-          const uint32_t bv[2] = {pair16(vs[key][c], vs[key][c + 1]), pair16(vs[key][c + 8], vs[key][c + 9])};
+          uint32_t bk[2], bv[2];
+          b_frag_row(bk, ks, n * 8 + g, c);
+          b_frag_row(bv, vs, n * 8 + g, c);
           mma16816<T>(sf[n], aq, bk, sf[n]);
           mma16816<T>(dpf[n], ado, bv, dpf[n]);
         }
@@ -688,23 +695,19 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dq_mma_kernel(
       for (int n = 0; n < kMmaBwdN; ++n)
         for (int i = 0; i < 4; ++i) {
           const int r = row0 + (i >= 2 ? 8 : 0), c = n * 8 + 2 * t + (i & 1);
-          bool ok = r < mq && c < nk;
-          if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
-            ok = attn::allowed(i0 + r, j0 + c, db[i0 + r], db[j0 + c], sb[i0 + r], sb[j0 + c]);
+          const bool ok = pair_visible(kind, r < mq && c < nk, i0 + r, j0 + c, db, sb);
           const float p = bwd_prob(sf[n][i] * scale, lse_s[r], ok);
           sf[n][i] = p * (dpf[n][i] - delta_s[r]);  // dS
         }
       CL_UNROLL
       for (int kk = 0; kk < kMmaBwdN / 2; ++kk) {
-        const uint32_t a[4] = {pack2<T>(sf[2 * kk][0], sf[2 * kk][1]), pack2<T>(sf[2 * kk][2], sf[2 * kk][3]),
-                               pack2<T>(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
-                               pack2<T>(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
-        const int key = kk * 16 + 2 * t;
+        uint32_t a[4];
+        a_from_acc<T>(a, sf, kk);
         CL_UNROLL
         for (int n = 0; n < kMmaMaxN; ++n) {
           if (n < nn) {
-            const int d = n * 8 + g;
-            const uint32_t bb[2] = {pair16(ks[key][d], ks[key + 1][d]), pair16(ks[key + 8][d], ks[key + 9][d])};
+            uint32_t bb[2];
+            b_frag_col(bb, ks, kk * 16 + 2 * t, n * 8 + g);
             mma16816<T>(acc[n], a, bb, acc[n]);
           }
         }
@@ -788,17 +791,14 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
           for (int i = 0; i < 4; ++i) sf[n][i] = dpf[n][i] = 0.f;
         for (int kd = 0; kd < nd; ++kd) {
           const int c = kd * 16 + 2 * t;
-          const uint32_t ak[4] = {pair16(ks[key0][c], ks[key0][c + 1]), pair16(ks[key0 + 8][c], ks[key0 + 8][c + 1]),
-                                  pair16(ks[key0][c + 8], ks[key0][c + 9]),
-                                  pair16(ks[key0 + 8][c + 8], ks[key0 + 8][c + 9])};
-          const uint32_t av[4] = {pair16(vs[key0][c], vs[key0][c + 1]), pair16(vs[key0 + 8][c], vs[key0 + 8][c + 1]),
-                                  pair16(vs[key0][c + 8], vs[key0][c + 9]),
-                                  pair16(vs[key0 + 8][c + 8], vs[key0 + 8][c + 9])};
+          uint32_t ak[4], av[4];
+          a_frag(ak, ks, key0, c);
+          a_frag(av, vs, key0, c);
           CL_UNROLL
           for (int n = 0; n < kMmaBwdN; ++n) {
-            const int qr = n * 8 + g;
-            const uint32_t bq[2] = {pair16(qs[qr][c], qs[qr][c + 1]), pair16(qs[qr][c + 8], qs[qr][c + 9])};
-            const uint32_t bo[2] = {pair16(dos[qr][c], dos[qr][c + 1]), pair16(dos[qr][c + 8], dos[qr][c + 9])};
+            uint32_t bq[2], bo[2];
+            b_frag_row(bq, qs, n * 8 + g, c);
+            b_frag_row(bo, dos, n * 8 + g, c);
             mma16816<T>(sf[n], ak, bq, sf[n]);
             mma16816<T>(dpf[n], av, bo, dpf[n]);
           }
@@ -808,9 +808,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
         for (int n = 0; n < kMmaBwdN; ++n)
           for (int i = 0; i < 4; ++i) {
             const int kr = key0 + (i >= 2 ? 8 : 0), qc = n * 8 + 2 * t + (i & 1);
-            bool ok = kr < nk && qc < mq;
-            if (ok && kind == static_cast<int>(attn::TileKind::kPartial))
-              ok = attn::allowed(i0 + qc, j0 + kr, db[i0 + qc], db[j0 + kr], sb[i0 + qc], sb[j0 + kr]);
+            const bool ok = pair_visible(kind, kr < nk && qc < mq, i0 + qc, j0 + kr, db, sb);
             const float p = bwd_prob(sf[n][i] * scale, lse_s[qc], ok);
             sf[n][i] = p;
             dpf[n][i] = p * (dpf[n][i] - delta_s[qc]);  // dS^T
@@ -818,19 +816,15 @@ __global__ void __launch_bounds__(kMmaThreads) attention_bwd_dkdv_mma_kernel(
         // dV += P^T dO, dK += dS^T Q over k-steps of 16 queries
         CL_UNROLL
         for (int kk = 0; kk < kMmaBwdN / 2; ++kk) {
-          const uint32_t ap[4] = {pack2<T>(sf[2 * kk][0], sf[2 * kk][1]), pack2<T>(sf[2 * kk][2], sf[2 * kk][3]),
-                                  pack2<T>(sf[2 * kk + 1][0], sf[2 * kk + 1][1]),
-                                  pack2<T>(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
-          const uint32_t as[4] = {pack2<T>(dpf[2 * kk][0], dpf[2 * kk][1]), pack2<T>(dpf[2 * kk][2], dpf[2 * kk][3]),
-                                  pack2<T>(dpf[2 * kk + 1][0], dpf[2 * kk + 1][1]),
-                                  pack2<T>(dpf[2 * kk + 1][2], dpf[2 * kk + 1][3])};
-          const int qr = kk * 16 + 2 * t;
+          uint32_t ap[4], as[4];
+          a_from_acc<T>(ap, sf, kk);
+          a_from_acc<T>(as, dpf, kk);
           CL_UNROLL
           for (int n = 0; n < kMmaMaxN; ++n) {
             if (n < nn) {
-              const int d = n * 8 + g;
-              const uint32_t bo[2] = {pair16(dos[qr][d], dos[qr + 1][d]), pair16(dos[qr + 8][d], dos[qr + 9][d])};
-              const uint32_t bq[2] = {pair16(qs[qr][d], qs[qr + 1][d]), pair16(qs[qr + 8][d], qs[qr + 9][d])};
+              uint32_t bo[2], bq[2];
+              b_frag_col(bo, dos, kk * 16 + 2 * t, n * 8 + g);
+              b_frag_col(bq, qs, kk * 16 + 2 * t, n * 8 + g);
               mma16816<T>(dva[n], ap, bo, dva[n]);
               mma16816<T>(dka[n], as, bq, dka[n]);
             }

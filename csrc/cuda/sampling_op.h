@@ -10,14 +10,10 @@
 #include <tuple>
 
 #include "common/sampling_args.h"
+#include "cuda/op_util.h"
 #include "cuda/sampling.cuh"
 
 namespace chameleon_lite::cuda_kernels {
-
-template <typename T, typename A>
-const T* row_ptr(const at::Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr<A>());
-}
 
 inline std::tuple<at::Tensor, at::Tensor> sample_op(
     const at::Tensor& logits_in, const std::optional<at::Tensor>& uncond_in, const at::Tensor& temperature,
@@ -57,22 +53,12 @@ inline std::tuple<at::Tensor, at::Tensor> sample_op(
   const auto run = [&](auto tag, auto atag) {
     using T = decltype(tag);
     using A = decltype(atag);
-    run_sample<T>(row_ptr<T, A>(logits), ld, uncond.defined() ? row_ptr<T, A>(uncond) : nullptr, ldu, batch, vocab,
+    run_sample<T>(in_ptr<T, A>(logits), ld, uncond.defined() ? in_ptr<T, A>(uncond) : nullptr, ldu, batch, vocab,
                   settings.const_data_ptr<float>(), top_k_t.const_data_ptr<int64_t>(), rp, R, pp, P,
                   static_cast<uint64_t>(seed), static_cast<uint64_t>(step), work.data_ptr<float>(),
                   ids.data_ptr<int64_t>(), logprobs.data_ptr<float>(), status.data_ptr<int>(), stream);
   };
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      run(float(), float());
-      break;
-    case at::kBFloat16:
-      run(bf16_t(), at::BFloat16());
-      break;
-    default:
-      run(half_t(), at::Half());
-      break;
-  }
+  dispatch_float_types(logits.scalar_type(), "sample", run);
   const at::Tensor status_host = status.cpu();
   sa::raise_row_status(status_host.const_data_ptr<int>(), batch);
   return {ids, logprobs};

@@ -88,17 +88,23 @@ BWD_CASES = [  # B, L, Hq, Hkv, D, cuts, spans
 ]
 
 
-@pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", BWD_CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
-    g = torch.Generator().manual_seed(100 + L)
+def gradient_case(B, L, Hq, Hkv, D, cuts, spans, seed):
+    """fp64 q, k, v, dout and ids of one case, and the reference gradients (dq, dk, dv) of the fp64 oracle."""
+    g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64).requires_grad_() for h in (Hq, Hkv, Hkv))
     dout = torch.randn(B, L, Hq, D, generator=g, dtype=torch.float64)
     doc, span = ids(B, L, cuts, spans)
     scale = 1 / math.sqrt(D)
     ref = modality_attention_reference(q, k, v, doc, span, scale=scale)
-    dq_ref, dk_ref, dv_ref = torch.autograd.grad(ref, (q, k, v), dout)
-    qc, kc, vc = (t.detach().to(dtype) for t in (q, k, v))
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    return (q.detach(), k.detach(), v.detach()), dout, doc, span, scale, want
+
+
+@pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", BWD_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
+    qkv, dout, doc, span, scale, (dq_ref, dk_ref, dv_ref) = gradient_case(B, L, Hq, Hkv, D, cuts, spans, 100 + L)
+    qc, kc, vc = (t.to(dtype) for t in qkv)
     out, lse = emu.attention_fwd(qc, kc, vc, doc, span, scale)
     dq, dk, dv = emu.attention_bwd(dout.to(dtype), qc, kc, vc, out, lse, doc, span, scale)
     tol = dict(atol=5e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-1, rtol=5e-2)
@@ -152,14 +158,8 @@ def test_tensor_core_forward_matches_reference(emu, B, L, Hq, Hkv, D, cuts, span
 @pytest.mark.parametrize("B,L,Hq,Hkv,D,cuts,spans", MMA_CASES[1:])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_tensor_core_backward_matches_reference_gradients(emu, B, L, Hq, Hkv, D, cuts, spans, dtype):
-    g = torch.Generator().manual_seed(300 + L)
-    q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64).requires_grad_() for h in (Hq, Hkv, Hkv))
-    dout = torch.randn(B, L, Hq, D, generator=g, dtype=torch.float64)
-    doc, span = ids(B, L, cuts, spans)
-    scale = 1 / math.sqrt(D)
-    ref = modality_attention_reference(q, k, v, doc, span, scale=scale)
-    want = torch.autograd.grad(ref, (q, k, v), dout)
-    qb, kb, vb = (t.detach().to(dtype) for t in (q, k, v))
+    qkv, dout, doc, span, scale, want = gradient_case(B, L, Hq, Hkv, D, cuts, spans, 300 + L)
+    qb, kb, vb = (t.to(dtype) for t in qkv)
     out, lse = emu.attention_fwd(qb, kb, vb, doc, span, scale, tensor_cores=True)
     got = emu.attention_bwd(dout.to(dtype), qb, kb, vb, out, lse, doc, span, scale, tensor_cores=True)
     scalar = emu.attention_bwd(dout.to(dtype), qb, kb, vb, out, lse, doc, span, scale)

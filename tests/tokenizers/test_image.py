@@ -304,6 +304,10 @@ def test_train_errors(tmp_path):
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="override"):
         TrainConfig(model_overrides={"nope": 1})
+    with pytest.raises(ConfigError, match=r"betas must be two numbers in \[0, 1\)"):
+        TrainConfig(betas=(0.9, 1.0))
+    with pytest.raises(ConfigError, match="betas"):
+        TrainConfig(betas=(0.9,))
     m = tmp_path / "m.jsonl"
     m.write_text(json.dumps({"segments": [{"text": "only words"}]}) + "\n")
     with pytest.raises(DataError, match="no image segments"):

@@ -1,51 +1,21 @@
 // The CUDA kernel bodies (csrc/cuda/*.cuh) built with g++ against the CPU emulator, as a Python module for
-// tests/cuda_emu/. Same launch helpers as the CUDA build; CPU tensors in and out.
+// tests/cuda_emu/. Same tensor-level ops as the CUDA build (attention_op.h, sampling_op.h); CPU tensors in and out.
 #include <torch/extension.h>
 
-#include "cuda/attention.cuh"
+#include "cuda/attention_op.h"
 #include "cuda/sampling_op.h"
 
 namespace ck = chameleon_lite::cuda_kernels;
 
 namespace {
 
-template <typename T, typename A>
-const T* cptr(const at::Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr<A>());
-}
-
-// Calls run(kernel type tag, ATen type tag) for float32, bfloat16 or float16.
-template <typename Run>
-void dispatch(at::ScalarType dt, const Run& run) {
-  if (dt == at::kFloat) {
-    run(float(), float());
-  } else if (dt == at::kBFloat16) {
-    run(ck::bf16_t(), at::BFloat16());
-  } else {
-    TORCH_CHECK(dt == at::kHalf, "emulated attention: float32, bfloat16 or float16, got ", dt);
-    run(ck::half_t(), at::Half());
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                                  const at::Tensor& doc_, const at::Tensor& span_, double scale,
                                                  bool tensor_cores) {
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   const auto doc = doc_.to(at::kInt).contiguous(), span = span_.to(at::kInt).contiguous();
-  const int B = q.size(0), L = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
-  TORCH_CHECK(D <= ck::kMaxD && Hq % Hkv == 0, "emulated attention_fwd: D <= 128 and Hq % Hkv == 0");
-  auto out = at::empty_like(q);
-  auto lse = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
-  const auto run = [&](auto tag, auto atag) {
-    using T = decltype(tag);
-    using A = decltype(atag);
-    ck::run_attention_fwd<T>(cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), doc.const_data_ptr<int32_t>(),
-                             span.const_data_ptr<int32_t>(), reinterpret_cast<T*>(out.data_ptr<A>()),
-                             lse.data_ptr<float>(), B, L, Hq, Hkv, D, static_cast<float>(scale), 0,
-                             tensor_cores && ck::mma_supports(D));
-  };
-  dispatch(q.scalar_type(), run);
-  return {out, lse};
+  TORCH_CHECK(q.size(3) <= ck::kMaxD && q.size(2) % k.size(2) == 0, "emulated attention_fwd: D <= 128 and Hq % Hkv == 0");
+  return ck::attention_fwd_op(q, k, v, doc, span, scale, 0, tensor_cores);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& dout_, const at::Tensor& q_,
@@ -56,43 +26,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), dout = dout_.contiguous(), out = out_.contiguous();
   const auto lse = lse_.contiguous();
   const auto doc = doc_.to(at::kInt).contiguous(), span = span_.to(at::kInt).contiguous();
-  const int B = q.size(0), L = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
-  TORCH_CHECK(D <= ck::kMaxD && Hq % Hkv == 0, "emulated attention_bwd: D <= 128 and Hq % Hkv == 0");
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  auto delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
-  const auto run = [&](auto tag, auto atag) {
-    using T = decltype(tag);
-    using A = decltype(atag);
-    ck::run_attention_bwd<T>(cptr<T, A>(dout), cptr<T, A>(q), cptr<T, A>(k), cptr<T, A>(v), cptr<T, A>(out),
-                             lse.const_data_ptr<float>(), doc.const_data_ptr<int32_t>(), span.const_data_ptr<int32_t>(),
-                             reinterpret_cast<T*>(dq.data_ptr<A>()), reinterpret_cast<T*>(dk.data_ptr<A>()),
-                             reinterpret_cast<T*>(dv.data_ptr<A>()), delta.data_ptr<float>(), B, L, Hq, Hkv, D,
-                             static_cast<float>(scale), 0, tensor_cores && ck::mma_supports(D));
-  };
-  dispatch(q.scalar_type(), run);
-  return {dq, dk, dv};
+  TORCH_CHECK(q.size(3) <= ck::kMaxD && q.size(2) % k.size(2) == 0, "emulated attention_bwd: D <= 128 and Hq % Hkv == 0");
+  return ck::attention_bwd_op(dout, q, k, v, out, lse, doc, span, scale, 0, tensor_cores);
 }
 
 at::Tensor attention_decode(const at::Tensor& q_, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens_,
                             double scale) {
   const auto q = q_.contiguous();
   const auto lens = lens_.to(at::kInt).contiguous();
-  const int B = q.size(0), Lq = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = kc.size(2);
-  TORCH_CHECK(D <= ck::kMaxD && Lq <= ck::kMaxDecodeQ && kc.stride(3) == 1 && vc.stride(3) == 1,
+  TORCH_CHECK(q.size(3) <= ck::kMaxD && q.size(1) <= ck::kMaxDecodeQ && kc.stride(3) == 1 && vc.stride(3) == 1,
               "emulated attention_decode: D <= 128, Lq <= 16, caches contiguous in D");
   const int max_len = lens.numel() ? lens.max().item<int>() : 0;
-  auto part = at::empty({B * Hq * ck::decode_max_chunks(max_len) * Lq * (D + 2)}, q.options().dtype(at::kFloat));
-  auto out = at::empty_like(q);
-  const auto run = [&](auto tag, auto atag) {
-    using T = decltype(tag);
-    using A = decltype(atag);
-    ck::run_attention_decode<T>(cptr<T, A>(q), cptr<T, A>(kc), cptr<T, A>(vc), lens.const_data_ptr<int32_t>(),
-                                part.data_ptr<float>(), reinterpret_cast<T*>(out.data_ptr<A>()), B, Lq, Hq, Hkv, D,
-                                kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
-                                max_len, static_cast<float>(scale), 0);
-  };
-  dispatch(q.scalar_type(), run);
-  return out;
+  return ck::attention_decode_op(q, kc, vc, lens, scale, max_len, 0);
 }
 
 // Self-checks of the emulator's warp primitives: returns per-lane results of a few shuffles and votes.
