@@ -27,6 +27,11 @@ TORCH_LIBRARY(chameleon_lite, m) {
   m.def("sampling_uniforms(Tensor rows, int seed, int step) -> Tensor");
   // Raw Philox4x32-10 blocks (uint32 words held in int64) for known-answer tests.
   m.def("philox4x32(Tensor ctr, Tensor key) -> Tensor");
+  // Snake activation of the audio codec: x [B, C, T], log_alpha [C] (any shape holding C values) ->
+  // x + sin(a x)^2 / a with a = exp(log_alpha) per channel.
+  m.def("snake(Tensor x, Tensor log_alpha) -> Tensor");
+  // Its backward -> (grad x, grad log_alpha shaped like log_alpha).
+  m.def("snake_bwd(Tensor grad, Tensor x, Tensor log_alpha) -> (Tensor, Tensor)");
   // Unified-vocabulary id -> (modality int8, local code int64, audio level int64; -1 outside audio).
   m.def(
       "classify_ids(Tensor ids, int text_offset, int image_offset, int audio_offset, int audio_codebook, "

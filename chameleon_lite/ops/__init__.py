@@ -14,6 +14,7 @@ from chameleon_lite.ops._loader import HAS_CUDA_EXT  # noqa: E402
 from chameleon_lite.ops.attention import modality_attention, modality_attention_decode  # noqa: E402
 from chameleon_lite.ops.classify import classify_ids  # noqa: E402
 from chameleon_lite.ops.sampling import sample  # noqa: E402
+from chameleon_lite.ops.snake import snake, snake_reference  # noqa: E402
 
 __all__ = [
     "HAS_CUDA_EXT",
@@ -22,4 +23,6 @@ __all__ = [
     "modality_attention",
     "modality_attention_decode",
     "sample",
+    "snake",
+    "snake_reference",
 ]

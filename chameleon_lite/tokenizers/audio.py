@@ -70,6 +70,9 @@ class AudioCodecConfig:
     # decoder upsampling: "transposed" convolutions, or "nearest" repetition followed by a convolution (no fixed
     # checkerboard pattern at multiples of the stage rates, at about s times the cost of that stage)
     upsample: str = "transposed"
+    # decoder residual units after each upsampling, at the higher rate (so the last ones shape the waveform at the
+    # full sample rate and can draw harmonics above the previous stage's Nyquist frequency), or before it
+    res_after_upsample: bool = False
     chunk_seconds: float = 30.0
     context_frames: int = 16
     max_seconds: float = 3600.0
@@ -119,6 +122,8 @@ class AudioCodecConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown audio codec config keys {unknown}")
+        # codecs saved before the decoder order was a field had their residual units before each upsampling
+        d = {"res_after_upsample": False, **d}
         try:
             return cls(**d)
         except TypeError as e:
@@ -155,8 +160,9 @@ class Snake(nn.Module):
         self.log_alpha = nn.Parameter(torch.zeros(1, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.log_alpha.exp()
-        return x + torch.sin(a * x).pow(2) / a
+        from chameleon_lite.ops.snake import snake
+
+        return snake(x, self.log_alpha)
 
 
 class ResUnit(nn.Module):
@@ -204,12 +210,15 @@ class Decoder(nn.Module):
         for i in reversed(range(len(cfg.strides))):
             s, c_in = cfg.strides[i], chans[i]
             c_out = chans[i - 1] if i > 0 else cfg.out_channels
-            layers += _res_stack(c_in, cfg.res_blocks)
+            if not cfg.res_after_upsample:
+                layers += _res_stack(c_in, cfg.res_blocks)
             if cfg.upsample == "nearest":
                 layers += [Snake(c_in), nn.Upsample(scale_factor=s, mode="nearest"), nn.Conv1d(c_in, c_out, 7, padding=3)]
             else:
                 p = (s + 1) // 2  # exactly frames * s outputs
                 layers += [Snake(c_in), nn.ConvTranspose1d(c_in, c_out, 2 * s, stride=s, padding=p, output_padding=2 * p - s)]
+            if cfg.res_after_upsample:
+                layers += _res_stack(c_out, cfg.res_blocks)
         layers += [Snake(cfg.out_channels), nn.Conv1d(cfg.out_channels, 1, 7, padding=3)]
         self.net = nn.Sequential(*layers)
 
@@ -247,6 +256,32 @@ class AudioCodecModel(nn.Module):
         finally:
             rvq.quantize_dropout = keep
         return q.transpose(1, 2), idx.transpose(1, 2), loss.sum()
+
+    def _plain_euclidean(self) -> bool:
+        rvq = self.quantizer
+        return (isinstance(rvq.project_in, nn.Identity) and not getattr(rvq, "implicit_neural_codebook", False)
+                and all(layer.heads == 1 and not layer.use_cosine_sim and not layer.has_projections
+                        and layer._codebook.embed.dim() == 3 for layer in rvq.layers))
+
+    @torch.inference_mode()
+    def encode_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Inference: latent z [B, D, F] -> codes [B, nq, F], the nearest code of each residual per level.
+
+        One matrix product per level (argmax of 2 r.c - |c|^2) instead of the quantizer's full forward, which
+        also forms the distances' square roots, the quantised output and the losses; any other codebook kind (cosine,
+        projections) takes that forward."""
+        if self.training or not self._plain_euclidean():
+            return self.quantize(z)[1]
+        B, D, Fr = z.shape
+        residual = z.transpose(1, 2).reshape(-1, D).float()
+        codes = []
+        for layer in self.quantizer.layers:
+            embed = layer._codebook.embed[0].float()  # [K, D]
+            scores = torch.addmm(-(embed * embed).sum(-1), residual, embed.t(), alpha=2.0)
+            idx = scores.argmax(-1)
+            residual = residual - embed[idx]
+            codes.append(idx)
+        return torch.stack(codes, 0).view(-1, B, Fr).transpose(0, 1)
 
     def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, j, F] (the first j <= nq levels) -> latent [B, D, F]."""
@@ -438,7 +473,7 @@ class AudioTokenizer:
         outs = []
         for lo, hi, a, b in self._chunks(frames):
             seg = x[lo * self.hop:hi * self.hop].to(self.device).view(1, 1, -1)
-            codes = self.model.quantize(self.model.encoder(seg))[1][0]
+            codes = self.model.encode_codes(self.model.encoder(seg))[0]
             outs.append(codes[:, a - lo:b - lo].cpu())
         return torch.cat(outs, dim=1).long()
 

@@ -52,9 +52,15 @@ def test_config_and_presets():
         with torch.no_grad():
             assert m.encoder(x).shape == (1, cfg.latent_dim, 3)  # exactly one latent per hop, odd strides too
             assert m.decoder(m.encoder(x)).shape == x.shape
-    m = AudioCodecModel(preset("tiny", upsample="nearest", **SMALL)).eval()
-    with torch.no_grad():
-        assert m.decoder(m.encoder(torch.randn(1, 1, 64 * 5))).shape == (1, 1, 64 * 5)
+    for kw in (dict(upsample="nearest"), dict(res_after_upsample=False)):
+        m = AudioCodecModel(preset("tiny", **kw, **SMALL)).eval()
+        with torch.no_grad():
+            assert m.decoder(m.encoder(torch.randn(1, 1, 64 * 5))).shape == (1, 1, 64 * 5)
+    # a config file written before the decoder order was a field describes the old order
+    legacy = preset("tiny").to_dict()
+    del legacy["res_after_upsample"]
+    assert AudioCodecConfig.from_dict(legacy).res_after_upsample is False
+    assert preset("tiny", res_after_upsample=True).res_after_upsample is True
     with pytest.raises(ConfigError, match="upsample"):
         AudioCodecConfig(upsample="linear")
     with pytest.raises(ConfigError, match="strides"):
@@ -80,6 +86,21 @@ def test_encode_decode_shapes_and_frames(tok, tmp_path):
     assert torch.equal(tok.encode(path), tok.encode(sf.read(path, dtype="float32")[0]))
     assert tok.encode(np.zeros(1, np.float32)).shape == (2, 1)  # one sample still makes one frame
     assert tok.reconstruct(x).shape == x.shape
+
+
+def test_inference_codes_equal_the_quantizer_forward(tok):
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy((0.3 * rng.standard_normal(64 * 200)).astype(np.float32)).view(1, 1, -1)
+    with torch.no_grad():
+        z = tok.model.encoder(x)
+        want = tok.model.quantize(z)[1]
+    got = tok.model.encode_codes(z)
+    assert not tok.model.training and tok.model._plain_euclidean()  # the fast path, not the fallback
+    assert got.shape == want.shape == (1, 2, 200)
+    assert torch.equal(got, want)
+    cos = small_codec()
+    cos.model.quantizer.layers[0].use_cosine_sim = True  # another codebook kind takes the quantizer's forward
+    assert not cos.model._plain_euclidean()
 
 
 def test_chunked_coding_equals_one_pass(tok):
