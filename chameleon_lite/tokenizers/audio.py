@@ -151,6 +151,12 @@ def preset(name: str, **overrides: Any) -> AudioCodecConfig:
 
 
 # ---------------------------------------------------------------------------------------------- network
+def fused_ops() -> bool:
+    """Whether the codec runs its fused paths (the C++ Snake op, inference codes from one matrix product per
+    level); CHAMELEON_LITE_CODEC_OPS=reference selects plain PyTorch and the quantizer's own forward instead."""
+    return os.environ.get("CHAMELEON_LITE_CODEC_OPS", "fused") != "reference"
+
+
 class Snake(nn.Module):
     """x + sin^2(a x) / a with a learned per-channel frequency a > 0 (kept positive through its logarithm, so
     1/a can not blow up): a periodic bias that suits pitched sound."""
@@ -160,9 +166,9 @@ class Snake(nn.Module):
         self.log_alpha = nn.Parameter(torch.zeros(1, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from chameleon_lite.ops.snake import snake
+        from chameleon_lite.ops.snake import snake, snake_reference
 
-        return snake(x, self.log_alpha)
+        return snake(x, self.log_alpha) if fused_ops() else snake_reference(x, self.log_alpha)
 
 
 class ResUnit(nn.Module):
@@ -270,7 +276,7 @@ class AudioCodecModel(nn.Module):
         One matrix product per level (argmax of 2 r.c - |c|^2) instead of the quantizer's full forward, which
         also forms the distances' square roots, the quantised output and the losses; any other codebook kind (cosine,
         projections) takes that forward."""
-        if self.training or not self._plain_euclidean():
+        if self.training or not fused_ops() or not self._plain_euclidean():
             return self.quantize(z)[1]
         B, D, Fr = z.shape
         residual = z.transpose(1, 2).reshape(-1, D).float()
