@@ -73,6 +73,14 @@ class AudioCodecConfig:
     # decoder residual units after each upsampling, at the higher rate (so the last ones shape the waveform at the
     # full sample rate and can draw harmonics above the previous stage's Nyquist frequency), or before it
     res_after_upsample: bool = False
+    # "conv": the mirrored upsampling decoder above; "istft": blocks at the frame rate predict an STFT (log
+    # magnitude and phase per bin, window istft_fft_mult * hop) that an inverse STFT turns into the waveform, so
+    # harmonics are drawn as spectral lines rather than by full-rate convolutions (dec_channels, out_channels,
+    # upsample and res_after_upsample then do not apply)
+    decoder: str = "conv"
+    istft_dim: int = 256
+    istft_blocks: int = 6
+    istft_fft_mult: int = 4
     chunk_seconds: float = 30.0
     context_frames: int = 16
     max_seconds: float = 3600.0
@@ -97,6 +105,10 @@ class AudioCodecConfig:
                               f"got {self.quantizer_dropout}, {self.min_levels}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.decoder not in ("conv", "istft"):
+            raise ConfigError(f"decoder must be 'conv' or 'istft', got {self.decoder!r}")
+        if self.istft_dim < 2 or self.istft_blocks < 0 or self.istft_fft_mult < 1:
+            raise ConfigError("istft_dim >= 2, istft_blocks >= 0 and istft_fft_mult >= 1 are required")
         if self.upsample not in ("transposed", "nearest"):
             raise ConfigError(f"upsample must be 'transposed' or 'nearest', got {self.upsample!r}")
         if self.chunk_seconds * self.frame_rate < 1 or self.context_frames < 0 or self.max_seconds <= 0:
@@ -232,6 +244,50 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+class ConvNeXtBlock(nn.Module):
+    """Depthwise convolution (kernel 7) -> LayerNorm over channels -> pointwise MLP (x3, GELU), residual with a
+    learned per-channel scale: the frame-rate block of the STFT decoder."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv1d(ch, ch, 7, padding=3, groups=ch)
+        self.norm = nn.LayerNorm(ch)
+        self.pw1 = nn.Linear(ch, 3 * ch)
+        self.pw2 = nn.Linear(3 * ch, ch)
+        self.scale = nn.Parameter(torch.full((ch,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.dw(x).transpose(1, 2))
+        h = self.pw2(F.gelu(self.pw1(h))) * self.scale
+        return x + h.transpose(1, 2)
+
+
+class ISTFTDecoder(nn.Module):
+    """[B, latent_dim, frames] -> [B, 1, frames * hop]: frame-rate ConvNeXt blocks, then per frame the log
+    magnitude and phase of every bin of an n_fft = istft_fft_mult * hop STFT, and the inverse STFT (Hann window,
+    hop samples apart, centred)."""
+
+    def __init__(self, cfg: AudioCodecConfig) -> None:
+        super().__init__()
+        self.hop = cfg.hop
+        self.n_fft = cfg.istft_fft_mult * cfg.hop
+        self.bins = self.n_fft // 2 + 1
+        self.inp = nn.Conv1d(cfg.latent_dim, cfg.istft_dim, 7, padding=3)
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(cfg.istft_dim) for _ in range(cfg.istft_blocks)])
+        self.norm = nn.LayerNorm(cfg.istft_dim)
+        self.head = nn.Linear(cfg.istft_dim, 2 * self.bins)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        frames = z.shape[-1]
+        h = self.norm(self.blocks(self.inp(z)).transpose(1, 2))
+        log_mag, phase = self.head(h).float().transpose(1, 2).chunk(2, dim=1)  # [B, bins, frames] each
+        mag = log_mag.clamp(max=8.0).exp()
+        spec = torch.polar(mag, phase)
+        y = torch.istft(spec, self.n_fft, hop_length=self.hop, window=self.window, center=True, length=frames * self.hop)
+        return y.unsqueeze(1)
+
+
 class AudioCodecModel(nn.Module):
     """Encoder -> ResidualVQ -> decoder."""
 
@@ -241,7 +297,7 @@ class AudioCodecModel(nn.Module):
 
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.decoder = ISTFTDecoder(cfg) if cfg.decoder == "istft" else Decoder(cfg)
         self.quantizer = ResidualVQ(
             dim=cfg.latent_dim, num_quantizers=cfg.num_levels, codebook_size=cfg.codebook_size,
             codebook_dim=cfg.codebook_dim, decay=cfg.ema_decay, commitment_weight=cfg.commitment_weight,

@@ -48,6 +48,8 @@ class TrainConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
+    # window sizes of the multi-scale spectral losses; long windows resolve single harmonics over a whole note
+    spectral_ffts: tuple[int, ...] = (2048, 1024, 512, 256, 128)
     mel_weight: float = 1.0
     stft_weight: float = 1.0
     complex_weight: float = 2.0
@@ -70,6 +72,9 @@ class TrainConfig:
         for name in ("warmup", "disc_start", "max_clips", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.spectral_ffts = tuple(int(n) for n in self.spectral_ffts)
+        if not self.spectral_ffts or any(n < 16 for n in self.spectral_ffts):
+            raise ConfigError(f"spectral_ffts must be window sizes >= 16, got {self.spectral_ffts}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         self.model_config()
@@ -316,7 +321,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = AudioCodecModel(mcfg)
-    spectral = MultiScaleSpectralLoss(mcfg.sample_rate)
+    spectral = MultiScaleSpectralLoss(mcfg.sample_rate, cfg.spectral_ffts)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
     disc = STFTDiscriminator() if cfg.disc_start else None
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99)) if disc is not None else None

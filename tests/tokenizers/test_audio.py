@@ -56,6 +56,13 @@ def test_config_and_presets():
         m = AudioCodecModel(preset("tiny", **kw, **SMALL)).eval()
         with torch.no_grad():
             assert m.decoder(m.encoder(torch.randn(1, 1, 64 * 5))).shape == (1, 1, 64 * 5)
+    m = AudioCodecModel(preset("tiny", decoder="istft", istft_dim=16, istft_blocks=1, **SMALL)).eval()
+    with torch.no_grad():
+        assert m.decoder(m.encoder(torch.randn(1, 1, 64 * 5))).shape == (1, 1, 64 * 5)
+    with pytest.raises(ConfigError, match="decoder"):
+        AudioCodecConfig(decoder="wavenet")
+    with pytest.raises(ConfigError, match="istft"):
+        AudioCodecConfig(istft_fft_mult=0)
     # a config file written before the decoder order was a field describes the old order
     legacy = preset("tiny").to_dict()
     del legacy["res_after_upsample"]
@@ -111,6 +118,13 @@ def test_chunked_coding_equals_one_pass(tok):
     assert len(chunked._chunks(whole.shape[1])) > 5
     assert torch.equal(chunked.encode(x), whole)
     np.testing.assert_allclose(chunked.decode(whole), tok.decode(whole), atol=1e-5)
+    # the STFT decoder too: each frame reaches istft_fft_mult hops, well inside the context
+    one = small_codec(decoder="istft", istft_dim=16, istft_blocks=2)
+    many = small_codec(decoder="istft", istft_dim=16, istft_blocks=2, chunk_seconds=0.1, context_frames=24)
+    many.model.load_state_dict(one.model.state_dict())
+    codes = one.encode(x)
+    assert torch.equal(many.encode(x), codes)
+    np.testing.assert_allclose(many.decode(codes), one.decode(codes), atol=1e-5)
 
 
 def test_conversions_are_reported(tok, tmp_path):
