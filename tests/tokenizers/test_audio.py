@@ -78,6 +78,9 @@ def test_config_and_presets():
         AudioCodecConfig.from_dict({"bogus": 1})
     with pytest.raises(ConfigError, match="preset"):
         preset("huge")
+    with pytest.raises(ConfigError, match="spectral_ffts"):
+        TrainConfig(spectral_ffts=(2048, 8))
+    assert TrainConfig(spectral_ffts=[4096, 512]).spectral_ffts == (4096, 512)
 
 
 # ---------------------------------------------------------------------------------------------- coding
