@@ -4,7 +4,10 @@ Pipeline: waveform (any rate/channels; :func:`load_audio` converts to the model'
 -> encoder (strided 1-D convolutions whose strides multiply to the hop, residual units with Snake activations)
 -> ``ResidualVQ`` from vector-quantize-pytorch (nq levels x K codes, EMA updates, k-means initialisation,
 dead-code replacement, optional quantizer dropout so that the first levels alone still decode)
--> codes [nq, frames] -> decoder (the mirror image with transposed convolutions) -> float waveform.
+-> codes [nq, frames] -> decoder (the mirror image: transposed convolutions, each followed by residual units at
+its new rate, so the last units shape the waveform at the full sample rate) -> float waveform. The Snake
+activations run as one fused C++ op (``chameleon_lite.ops.snake``); inference encoding finds each level's code
+with one matrix product (:meth:`AudioCodecModel.encode_codes`).
 
 One frame covers ``hop`` samples (tiny preset: 16 kHz, hop 320 -> 50 frames/s). A clip of T samples is padded
 with zeros to ``ceil(T / hop)`` whole frames; decode returns ``frames * hop`` samples. Clips longer than
@@ -72,7 +75,7 @@ class AudioCodecConfig:
     upsample: str = "transposed"
     # decoder residual units after each upsampling, at the higher rate (so the last ones shape the waveform at the
     # full sample rate and can draw harmonics above the previous stage's Nyquist frequency), or before it
-    res_after_upsample: bool = False
+    res_after_upsample: bool = True
     # "conv": the mirrored upsampling decoder above; "istft": blocks at the frame rate predict an STFT (log
     # magnitude and phase per bin, window istft_fft_mult * hop) that an inverse STFT turns into the waveform, so
     # harmonics are drawn as spectral lines rather than by full-rate convolutions (dec_channels, out_channels,
@@ -144,7 +147,8 @@ class AudioCodecConfig:
 
 PRESETS: dict[str, AudioCodecConfig] = {
     # CPU: 16 kHz, 50 frames/s, 4 levels x 1024 codes (2 kbit/s).
-    "tiny": AudioCodecConfig(),
+    # Quantizer dropout on 3 steps in 4, keeping 2, 3 or all 4 levels: the first two levels alone carry the notes.
+    "tiny": AudioCodecConfig(quantizer_dropout=0.75, min_levels=2),
     # GPU users: 24 kHz, 75 frames/s, 8 levels x 1024 codes (6 kbit/s).
     "base": AudioCodecConfig(sample_rate=24000, strides=(2, 4, 5, 8), channels=(32, 64, 128, 256),
                              dec_channels=(64, 128, 256, 512), out_channels=32, latent_dim=128, codebook_dim=128,
@@ -352,6 +356,9 @@ class AudioCodecModel(nn.Module):
         if j < self.cfg.num_levels:
             if not self.quantizer.quantize_dropout:
                 raise DataError(f"this codec was trained without quantizer dropout; it decodes all "
+                                f"{self.cfg.num_levels} levels, got {j}")
+            if j < self.cfg.min_levels:
+                raise DataError(f"this codec was trained to decode from at least {self.cfg.min_levels} of its "
                                 f"{self.cfg.num_levels} levels, got {j}")
             idx = F.pad(idx, (0, self.cfg.num_levels - j), value=-1)
         return self.quantizer.get_output_from_indices(idx).transpose(1, 2)

@@ -448,6 +448,9 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
     sr = tok.sample_rate
     spectral = MultiScaleSpectralLoss(sr)
     low = min(levels_low, tok.num_levels)
+    mcfg = tok.model.cfg
+    if low < tok.num_levels and (mcfg.quantizer_dropout == 0 or mcfg.num_levels == 1 or low < mcfg.min_levels):
+        low = tok.num_levels  # the codec was not trained to decode from that few levels: measure all of them
     sums = dict(si_snr=0.0, mel=0.0, same=0, same_low=0, notes_low=0, timbre_low=0, truth_orig=0, truth_recon=0,
                 n_truth=0, si_snr_low=0.0)
     show_o, show_r = [], []

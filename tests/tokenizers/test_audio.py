@@ -17,7 +17,8 @@ from chameleon_lite.vocab import UnifiedVocab, VocabError
 
 # hop 64 at 16 kHz (250 frames/s), 2 levels x 16 codes: fast enough for unit tests
 SMALL = dict(strides=(4, 4, 4), channels=(4, 8, 8), dec_channels=(4, 8, 8), out_channels=4, res_blocks=1,
-             latent_dim=8, codebook_dim=8, num_levels=2, codebook_size=16, kmeans_iters=2)
+             latent_dim=8, codebook_dim=8, num_levels=2, codebook_size=16, kmeans_iters=2, quantizer_dropout=0.5,
+             min_levels=1)
 
 
 def small_codec(**kw) -> AudioTokenizer:
@@ -209,6 +210,11 @@ def test_fewer_levels_need_dropout_training():
     without = small_codec(quantizer_dropout=0.0)
     with pytest.raises(DataError, match="without quantizer dropout"):
         without.decode(without.encode(tone(0.2))[:1])
+    three = small_codec(num_levels=3, min_levels=2)  # dropout keeps 2 or 3 levels: 1 is not a trained case
+    codes = three.encode(tone(0.2))
+    assert three.decode(codes[:2]).shape == three.decode(codes).shape
+    with pytest.raises(DataError, match="at least 2"):
+        three.decode(codes[:1])
 
 
 # ---------------------------------------------------------------------------------------------- unified ids
@@ -296,6 +302,9 @@ def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
     assert os.path.isfile(os.path.join(run, "sample_000004_0.wav")) and os.path.isfile(os.path.join(run, "original_0.wav"))
     logs = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
     assert [r["step"] for r in logs] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in logs)
+    nodrop = str(tmp_path / "nodrop")
+    small_codec(num_levels=3, quantizer_dropout=0.0).save(nodrop)  # cannot decode from 2 levels: all 3 are measured
+    assert "checker_agreement_3_levels" in evaluate(nodrop, corpus, n=2, progress=False)
     res = evaluate(a, corpus, n=5, progress=False, spectrogram_path=str(tmp_path / "spec.png"))
     assert res["clips"] == 5 and 0 <= res["checker_agreement"] <= 1 and "checker_agreement_2_levels" in res
     assert res["checker_truth_original"] == 1.0 and np.isfinite(res["si_snr_db"]) and res["mel_distance"] > 0
@@ -309,7 +318,7 @@ def test_commands(corpus, tmp_path, capsys):
     assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--steps", "2", "--batch-size", "2",
                  "--segment-frames", "8", "--set", "strides=[4,4,4]", "--set", "channels=[4,8,8]",
                  "--set", "dec_channels=[4,8,8]", "--set", "num_levels=2", "--set", "codebook_size=16",
-                 "--set", "latent_dim=8", "--set", "codebook_dim=8"]) == 0
+                 "--set", "latent_dim=8", "--set", "codebook_dim=8", "--set", "min_levels=1"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     wav = next(os.path.join(os.path.dirname(corpus), "audio", f) for f in sorted(os.listdir(os.path.join(os.path.dirname(corpus), "audio"))))
     assert main(["tokenizer", "encode-audio", "--tokenizer", out, wav]) == 0
