@@ -25,6 +25,7 @@
 #include "common/attention_mask.h"
 #define CL_ATTN_ISA portable
 #include "cpu/attention_rows.h"
+#include "cpu/isa.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -108,15 +109,10 @@ void transpose(const float* src, int64_t mq, int64_t nk, float* dst) {
 // attention_avx2.cpp; chosen once at run time from the CPU (CHAMELEON_LITE_ATTENTION_ISA=portable forces the
 // portable build, which the tests compare against).
 const RowOps& row_ops() {
-  static const RowOps ops = [] {
-    const char* isa = std::getenv("CHAMELEON_LITE_ATTENTION_ISA");
-    const bool forced_portable = isa != nullptr && std::strcmp(isa, "portable") == 0;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (!forced_portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return row_ops_avx2();
-#endif
-    (void)forced_portable;
-    return RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row, &portable::dot, &portable::axpy};
-  }();
+  static const RowOps ops = use_avx2("CHAMELEON_LITE_ATTENTION_ISA")
+                                ? row_ops_avx2()
+                                : RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row,
+                                         &portable::dot, &portable::axpy};
   return ops;
 }
 

@@ -5,27 +5,20 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
 #define CL_SNAKE_ISA portable
+#include "cpu/isa.h"
 #include "cpu/snake_rows.h"
 
 namespace chameleon_lite::cpu {
 namespace {
 
 const SnakeRowOps& ops() {
-  static const SnakeRowOps chosen = [] {
-    const char* isa = std::getenv("CHAMELEON_LITE_SNAKE_ISA");
-    const bool forced_portable = isa != nullptr && std::strcmp(isa, "portable") == 0;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (!forced_portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return snake_row_ops_avx2();
-#endif
-    (void)forced_portable;
-    return SnakeRowOps{&portable::snake_forward_row, &portable::snake_backward_row};
-  }();
+  static const SnakeRowOps chosen = use_avx2("CHAMELEON_LITE_SNAKE_ISA")
+                                        ? snake_row_ops_avx2()
+                                        : SnakeRowOps{&portable::snake_forward_row, &portable::snake_backward_row};
   return chosen;
 }
 
