@@ -32,6 +32,14 @@ TORCH_LIBRARY(chameleon_lite, m) {
   m.def("snake(Tensor x, Tensor log_alpha) -> Tensor");
   // Its backward -> (grad x, grad log_alpha shaped like log_alpha).
   m.def("snake_bwd(Tensor grad, Tensor x, Tensor log_alpha) -> (Tensor, Tensor)");
+  // Weight-only bf16 linear of decode steps: x float32 [..., K], weight bfloat16 [N, K] -> x @ weight^T float32
+  // [..., N] (float32 accumulation).
+  m.def("linear_bf16w(Tensor x, Tensor weight) -> Tensor");
+  // Inference RMSNorm of float32 rows: x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // Inference rotary embedding: x [B, L, H, D] float32, cos/sin [B, L, D/2] -> x rotated in (first half, second
+  // half) pairs.
+  m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   // Unified-vocabulary id -> (modality int8, local code int64, audio level int64; -1 outside audio).
   m.def(
       "classify_ids(Tensor ids, int text_offset, int image_offset, int audio_offset, int audio_codebook, "

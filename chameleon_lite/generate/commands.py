@@ -55,7 +55,7 @@ def _generate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, text=_settings(args, "text"),
                            image=_settings(args, "image"), audio=_settings(args, "audio"), stop=tuple(args.stop or ()),
-                           dtype=args.dtype)
+                           dtype=args.dtype, weights=args.weights)
     if args.model is None:
         from chameleon_lite.demo import demo_model_dir
 
@@ -91,6 +91,8 @@ def register(cli) -> None:
     p.add_argument("--batch", type=int, default=1, help="samples of the prompt generated together (default 1)")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop a sample when its text contains TEXT (repeatable)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="compute dtype (default: bf16 where the CPU has it natively)")
+    p.add_argument("--weights", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="weights of fp32 decode steps on the CPU: bf16 halves the memory they stream (default: bf16 on the CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--out", default="generated", metavar="DIR", help="output folder (default ./generated)")
     p.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")

@@ -28,10 +28,16 @@ def rope_table(head_dim: int, max_len: int, theta: float, device: torch.device |
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, L, H, D]; cos, sin: [B, L, D/2] -> x rotated in (first half, second half) pairs, dtype of x."""
-    d = x.shape[-1] // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # fp32: type promotion computes the rotation in fp32 without copies
-    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+    return ops.rope(x, cos, sin)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, or the weight-only bf16 kernel when ``Transformer.use_bf16_weights`` gave the layer a bf16 copy
+    and x is a few float32 rows (a decode step)."""
+    w16 = layer._buffers.get("weight_bf16")
+    if w16 is not None and ops.linear_fused_supported(x, w16):
+        return torch.ops.chameleon_lite.linear_bf16w(x, w16)
+    return layer(x)
 
 
 class RMSNorm(nn.Module):
@@ -41,9 +47,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under autocast x may be bf16 while the gain is an fp32 master weight; matching dtypes keeps the fused
-        # kernel (it accumulates in fp32 either way).
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+        # Under autocast x may be bf16 while the gain is an fp32 master weight: the reference casts the gain to x's
+        # dtype, which keeps PyTorch's fused kernel (it accumulates in fp32 either way).
+        return ops.rms_norm(x, self.weight, self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -65,7 +71,7 @@ class Attention(nn.Module):
         mode "decode": a = write positions [B, L] int64, b = cache lengths after the write [B] int32."""
         B, L, _ = x.shape
         hq, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
+        q, k, v = linear(self.wqkv, x).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
         q, k, v = q.view(B, L, hq, hd), k.view(B, L, hkv, hd), v.view(B, L, hkv, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -77,7 +83,7 @@ class Attention(nn.Module):
             if mode == "prefill":
                 self.kv_cache.write_prefix(k, v)
             out = ops.modality_attention(q, k, v, a, b)
-        return self.wo(out.reshape(B, L, hq * hd))
+        return linear(self.wo, out.reshape(B, L, hq * hd))
 
 
 class FeedForward(nn.Module):
@@ -88,8 +94,8 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        gate, up = linear(self.w13, x).split(self.ffn_dim, dim=-1)
+        return linear(self.w2, F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -159,9 +165,33 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
+    @torch.no_grad()
+    def use_bf16_weights(self, enable: bool = True) -> None:
+        """Weight-only bf16 for inference with float32 activations (decode steps on CPUs without native bf16
+        matmuls): every projection and the output head keep a bf16 copy of their weight, which steps of
+        up to ``ops.linear.MAX_ROWS`` rows read through the weight-only kernel (half the memory traffic of float32,
+        float32 accumulation). The float32 weights are rounded to the same bf16 values in place, so longer inputs
+        (prompts, training) compute the same function through the float32 GEMM — the function a bf16-autocast
+        forward computes. ``enable=False`` drops the copies (the rounding stays)."""
+        head = self.tok_embeddings.weight if self.output is None else self.output.weight
+        layers = [m for m in self.layers.modules() if isinstance(m, nn.Linear)]
+        for m, w in [(m, m.weight) for m in layers] + [(self, head)]:
+            name = "head_bf16" if m is self else "weight_bf16"
+            if not enable:
+                m._buffers.pop(name, None)
+                continue
+            if w.dtype != torch.float32:
+                raise ConfigError(f"use_bf16_weights needs float32 weights, found {w.dtype}")
+            w16 = w.detach().to(torch.bfloat16)
+            w.copy_(w16.float())
+            m.register_buffer(name, w16, persistent=False)
+
     # ---- forward --------------------------------------------------------------------------------
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
+        w16 = self._buffers.get("head_bf16")
+        if w16 is not None and ops.linear_fused_supported(h, w16):
+            return torch.ops.chameleon_lite.linear_bf16w(h, w16)
         w = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(h, w)
 

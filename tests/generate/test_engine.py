@@ -233,3 +233,24 @@ def test_prompt_ids_min_new_tokens_and_span_budget(gen):
         assert v.eos not in d.ids[:8] and d.ids[8] == v.eos and d.settings["finish_reason"] == "eos"
     d = g2.generate(Prompt(text="x"), GenerationConfig(max_new_tokens=12, **FP32))[0]
     assert d.ids == [v.eos]
+
+
+def test_weight_precision_setting(tk):
+    """weights="fp32" decodes with the model's own weights; "bf16" (the CPU default) rounds them once and reads bf16
+    copies on decode steps; greedy ids of both agree on a model whose weights already are bf16 values."""
+    with pytest.raises(ConfigError, match="weights"):
+        GenerationConfig(weights="int8")
+    model = toy_model(tk.vocab)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    g = Generator(model, tk)
+    greedy = SamplingSettings(temperature=0)
+    runs = {}
+    for weights in ("fp32", "bf16"):
+        cfg = GenerationConfig(max_new_tokens=24, text=greedy, image=greedy, audio=greedy, dtype="fp32", weights=weights)
+        d = g.generate(Prompt(text="A small blue square", then="image"), cfg)[0]
+        assert d.timings["weights"] == ("bf16" if weights == "bf16" else "float32")
+        runs[weights] = d.ids
+    assert "weight_bf16" in g.model.layers["0"].attention.wqkv._buffers
+    assert runs["fp32"] == runs["bf16"]

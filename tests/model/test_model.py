@@ -181,3 +181,30 @@ def test_cache_errors():
             m.decode_step(torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ConfigError, match="max_seq_len"):
         m.setup_cache(1, 10**6)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_bf16_weights_decode_matches_full_forward(tie):
+    """use_bf16_weights: decode steps read bf16 copies through the weight-only kernel, the fp32 weights hold the same
+    rounded values, so a full fp32 forward and the cached decode compute the same function."""
+    m = _model(tie_embeddings=tie).eval()
+    state_keys = set(m.state_dict())
+    m.use_bf16_weights(True)
+    assert set(m.state_dict()) == state_keys  # the copies are not checkpoint state
+    w = m.layers["0"].attention.wqkv.weight
+    assert torch.equal(w, w.bfloat16().float())  # rounded in place
+    assert m.layers["0"].feed_forward.w2.weight_bf16.dtype == torch.bfloat16
+    B, L = 2, 14
+    ids = torch.randint(0, 1024, (B, L), generator=torch.Generator().manual_seed(3))
+    zeros = torch.zeros(B, L, dtype=torch.int32)
+    with torch.no_grad():
+        full = m(ids, torch.arange(L).expand(B, L), zeros, zeros)
+        m.setup_cache(B, L)
+        m.prefill(ids[:, :9])
+        for t in range(9, L):
+            out = m.decode_step(ids[:, t:t + 1])
+            torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-4, atol=1e-4)
+    m.use_bf16_weights(False)
+    assert "weight_bf16" not in m.layers["0"].attention.wqkv._buffers and "head_bf16" not in m._buffers
+    with pytest.raises(ConfigError, match="float32"):
+        m.to(torch.bfloat16).use_bf16_weights(True)

@@ -1,0 +1,60 @@
+"""RMSNorm and rotary embedding: one-pass C++ ops for float32 inference, differentiable PyTorch forms otherwise.
+
+A decode step normalises and rotates a few rows in every layer; eager PyTorch spends five to eight small kernels on
+each of those calls, and at batch 1 their dispatch costs more than the arithmetic. The C++ ops take CPU float32
+tensors when no gradient is needed; training, other dtypes and devices take the references, which are also the
+tests' oracles.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from chameleon_lite.ops._loader import load_extensions
+
+load_extensions()
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight (weight cast to x's dtype)."""
+    return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H, D]; cos, sin [B, L, D/2] fp32 -> x rotated in (first half, second half) pairs, dtype of x."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # fp32: type promotion computes the rotation in fp32 without copies
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+@torch.library.register_fake("chameleon_lite::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("chameleon_lite::rope")
+def _rope_fake(x, cos, sin):
+    return torch.empty_like(x)
+
+
+def _fused(*tensors: torch.Tensor) -> bool:
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or (grad and t.requires_grad):
+            return False
+    return True
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight."""
+    if _fused(x, weight) and x.dim() >= 1 and weight.shape == (x.shape[-1],):
+        return torch.ops.chameleon_lite.rms_norm(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H, D]; cos, sin [B, L, D/2] -> x rotated in (first half, second half) pairs."""
+    if _fused(x, cos, sin) and x.dim() == 4 and cos.shape == (*x.shape[:2], x.shape[3] // 2) == sin.shape:
+        return torch.ops.chameleon_lite.rope(x, cos, sin)
+    return rope_reference(x, cos, sin)
