@@ -195,12 +195,13 @@ class Transformer(nn.Module):
         w = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(h, w)
 
-    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor,
+             head: bool = True) -> torch.Tensor:
         h = self.tok_embeddings(input_ids)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         for block in self.layers.values():
             h = block(h, cos, sin, mode, a, b)
-        return self._head(h)
+        return self._head(h) if head else h
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [B, L] int64; doc_ids, span_ids: [B, L] int32 -> logits [B, L, V] (compute dtype)."""
@@ -249,9 +250,9 @@ class Transformer(nn.Module):
         doc_ids = (col >= lens.unsqueeze(1).long()).to(torch.int32)  # padding is its own document
         span_ids = torch.zeros(B, L, dtype=torch.int32, device=dev) if span_ids is None else span_ids.to(torch.int32)
         positions = col.expand(B, L) if positions is None else positions
-        logits = self._run(input_ids, positions, "prefill", doc_ids, span_ids)
+        h = self._run(input_ids, positions, "prefill", doc_ids, span_ids, head=False)
         self.cache_lens = lens.clone()
-        return logits[torch.arange(B, device=dev), lens.long() - 1]
+        return self._head(h[torch.arange(B, device=dev), lens.long() - 1])  # the output head only where it is read
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``Lq`` new tokens per row (causal among themselves) and return their logits.

@@ -112,7 +112,7 @@ const RowOps& row_ops() {
   static const RowOps ops = use_avx2("CHAMELEON_LITE_ATTENTION_ISA")
                                 ? row_ops_avx2()
                                 : RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row,
-                                         &portable::dot, &portable::axpy};
+                                         &portable::scores_f32, &portable::scores_bf16, &portable::values_f32, &portable::values_bf16};
   return ops;
 }
 
@@ -415,9 +415,9 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int64_t rec = D + 2;
   std::vector<float> part(nchunks * Hq * Lq * rec);
 
+  const auto& ops = row_ops();
   at::parallel_for(0, nchunks * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s(G * Lq * kDecodeChunk), o(G * Lq * D), qb(G * Lq * D);
-    std::vector<float> kT(D * kDecodeChunk), vb(kDecodeChunk * D);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t c = w / Hkv, hk = w % Hkv;
       const int64_t b = std::upper_bound(first.begin(), first.end(), c) - first.begin() - 1;
@@ -429,23 +429,17 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
       std::fill(o.begin(), o.end(), 0.f);
       float* pr = part.data() + ((c * Hq + hk * G) * Lq) * rec;  // rows of this group are contiguous
       if (nk > 0) {
-        // fp32 caches are read in place (a dot product per key, an axpy per value: a handful of query rows make
-        // these matrix-vector products); bf16 chunks are widened once and multiplied as small GEMMs.
-        constexpr bool kDirect = std::is_same_v<T, float>;
-        if constexpr (kDirect) {
-          const auto& ops = row_ops();
-          for (int64_t j = 0; j < nk; ++j) {
-            const float* kr = reinterpret_cast<const float*>(kp) + b * ksB + (j0 + j) * ksS + hk * ksH;
-            for (int64_t r = 0; r < rows; ++r) s[r * nk + j] = ops.dot(qb.data() + r * D, kr, D);
-          }
-        } else {
-          gather_cols(kp + b * ksB + j0 * ksS + hk * ksH, ksS, nk, D, kT.data());
-          gather_rows(vp + b * vsB + j0 * vsS + hk * vsH, vsS, nk, D, vb.data());
-          small_gemm(rows, nk, D, qb.data(), D, kT.data(), nk, s.data(), nk, false);
-        }
+        // The cache is read in place, a few query rows against each key: matrix-vector products, so the chunk
+        // streams from memory once (it stays in L2 for the group's other rows) and bf16 is widened in registers.
+        const T* kc0 = kp + b * ksB + j0 * ksS + hk * ksH;
+        const T* vc0 = vp + b * vsB + j0 * vsS + hk * vsH;
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t t = r % Lq, qpos = len - Lq + t;
           float* row = s.data() + r * nk;
+          if constexpr (std::is_same_v<T, float>)
+            ops.scores_f32(qb.data() + r * D, kc0, ksS, nk, D, row);
+          else
+            ops.scores_bf16(qb.data() + r * D, kc0, ksS, nk, D, row);
+          const int64_t t = r % Lq, qpos = len - Lq + t;
           for (int64_t j = std::max<int64_t>(0, qpos + 1 - j0); j < nk; ++j) row[j] = kNegInf;  // causal
           const float mx = row_max(row, nk);
           float sum = 0.f;
@@ -455,18 +449,10 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
             sum = exp_sub_sum(row, nk, mx);
           pr[r * rec + D] = mx;
           pr[r * rec + D + 1] = sum;
-        }
-        if constexpr (kDirect) {
-          const auto& ops = row_ops();
-          for (int64_t j = 0; j < nk; ++j) {
-            const float* vr = reinterpret_cast<const float*>(vp) + b * vsB + (j0 + j) * vsS + hk * vsH;
-            for (int64_t r = 0; r < rows; ++r) {
-              const float pj = s[r * nk + j];
-              if (pj != 0.f) ops.axpy(pj, vr, o.data() + r * D, D);
-            }
-          }
-        } else {
-          small_gemm(rows, D, nk, s.data(), nk, vb.data(), D, o.data(), D, true);
+          if constexpr (std::is_same_v<T, float>)
+            ops.values_f32(row, vc0, vsS, nk, D, o.data() + r * D);
+          else
+            ops.values_bf16(row, vc0, vsS, nk, D, o.data() + r * D);
         }
       } else {
         for (int64_t r = 0; r < rows; ++r) {

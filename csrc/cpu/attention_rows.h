@@ -1,7 +1,9 @@
 // Per-row loops of the fused attention kernels: running max, exp-and-sum, scaling. Included once per instruction
 // set (CL_ATTN_ISA names the namespace): portably from attention.cpp, with AVX2/FMA from attention_avx2.cpp, where
 // at::vec::Vectorized<float> then maps onto 256-bit registers (exp through SLEEF-style polynomials).
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,8 +18,12 @@ struct RowOps {
   float (*row_max)(const float* x, int64_t n);
   float (*exp_sub_sum)(float* x, int64_t n, float m);
   void (*scale_row)(float* x, int64_t n, float a);
-  float (*dot)(const float* a, const float* b, int64_t n);
-  void (*axpy)(float a, const float* x, float* y, int64_t n);
+  // Decode against a cache read in place (K_j = k + j * ks, V_j = v + j * vs, D values each):
+  // s[j] = q . K_j for j < nk, and o[:D] += sum_j p[j] V_j; float32 and bfloat16 caches.
+  void (*scores_f32)(const float* q, const float* k, int64_t ks, int64_t nk, int64_t D, float* s);
+  void (*scores_bf16)(const float* q, const c10::BFloat16* k, int64_t ks, int64_t nk, int64_t D, float* s);
+  void (*values_f32)(const float* p, const float* v, int64_t vs, int64_t nk, int64_t D, float* o);
+  void (*values_bf16)(const float* p, const c10::BFloat16* v, int64_t vs, int64_t nk, int64_t D, float* o);
 };
 const RowOps& row_ops_avx2();
 #endif
@@ -58,21 +64,100 @@ inline void scale_row(float* x, int64_t n, float a) {
   for (; i + Vec::size() <= n; i += Vec::size()) (Vec::loadu(x + i) * va).store(x + i);
   for (; i < n; ++i) x[i] *= a;
 }
-inline float dot(const float* a, const float* b, int64_t n) {
-  int64_t i = 0;
-  Vec acc(0.f);
-  for (; i + Vec::size() <= n; i += Vec::size()) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
-  float s = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+
+inline Vec load_vec(const float* p) { return Vec::loadu(p); }
+inline Vec load_vec(const c10::BFloat16* p) {
+  Vec out;
+  at::vec::load_to_float<c10::BFloat16>(p, out);
+  return out;
+}
+inline float to_float(float x) { return x; }
+inline float to_float(c10::BFloat16 x) { return static_cast<float>(x); }
+
+// Keys (or values) kPrefetch rows ahead are requested from memory: a head's rows are short runs spaced by the other
+// heads, a pattern the hardware prefetchers follow poorly.
+constexpr int64_t kPrefetch = 8;
+template <typename T>
+inline void prefetch_row(const T* p, int64_t D) {
+  for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(T)); b += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 1);
 }
 
-// y += a * x
-inline void axpy(float a, const float* x, float* y, int64_t n) {
-  int64_t i = 0;
-  const Vec va(a);
-  for (; i + Vec::size() <= n; i += Vec::size()) at::vec::fmadd(va, Vec::loadu(x + i), Vec::loadu(y + i)).store(y + i);
-  for (; i < n; ++i) y[i] += a * x[i];
+// Four keys per pass: four independent accumulators keep the FMA pipes busy while each key streams once.
+template <typename T>
+inline void scores(const float* q, const T* k, int64_t ks, int64_t nk, int64_t D, float* s) {
+  const auto sum = [](Vec& a, Vec& b) { return a + b; };
+  const int64_t Dv = D - D % Vec::size();
+  int64_t j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    const T *k0 = k + j * ks, *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+    for (int64_t f = j + kPrefetch; f < std::min(nk, j + kPrefetch + 4); ++f) prefetch_row(k + f * ks, D);
+    Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+    for (int64_t d = 0; d < Dv; d += Vec::size()) {
+      const Vec qv = Vec::loadu(q + d);
+      a0 = at::vec::fmadd(qv, load_vec(k0 + d), a0);
+      a1 = at::vec::fmadd(qv, load_vec(k1 + d), a1);
+      a2 = at::vec::fmadd(qv, load_vec(k2 + d), a2);
+      a3 = at::vec::fmadd(qv, load_vec(k3 + d), a3);
+    }
+    float r0 = at::vec::vec_reduce_all<float>(sum, a0), r1 = at::vec::vec_reduce_all<float>(sum, a1);
+    float r2 = at::vec::vec_reduce_all<float>(sum, a2), r3 = at::vec::vec_reduce_all<float>(sum, a3);
+    for (int64_t d = Dv; d < D; ++d) {
+      r0 += q[d] * to_float(k0[d]);
+      r1 += q[d] * to_float(k1[d]);
+      r2 += q[d] * to_float(k2[d]);
+      r3 += q[d] * to_float(k3[d]);
+    }
+    s[j] = r0, s[j + 1] = r1, s[j + 2] = r2, s[j + 3] = r3;
+  }
+  for (; j < nk; ++j) {
+    const T* kj = k + j * ks;
+    Vec a(0.f);
+    for (int64_t d = 0; d < Dv; d += Vec::size()) a = at::vec::fmadd(Vec::loadu(q + d), load_vec(kj + d), a);
+    float r = at::vec::vec_reduce_all<float>(sum, a);
+    for (int64_t d = Dv; d < D; ++d) r += q[d] * to_float(kj[d]);
+    s[j] = r;
+  }
+}
+
+// o += sum_j p[j] V_j, 32 output values per pass held in four registers across all keys.
+template <typename T>
+inline void values(const float* p, const T* v, int64_t vs, int64_t nk, int64_t D, float* o) {
+  constexpr int64_t W = 4 * Vec::size();
+  int64_t d = 0;
+  for (; d + W <= D; d += W) {
+    Vec o0 = Vec::loadu(o + d), o1 = Vec::loadu(o + d + Vec::size());
+    Vec o2 = Vec::loadu(o + d + 2 * Vec::size()), o3 = Vec::loadu(o + d + 3 * Vec::size());
+    for (int64_t j = 0; j < nk; ++j) {
+      if (d == 0 && j + kPrefetch < nk) prefetch_row(v + (j + kPrefetch) * vs, D);
+      if (p[j] == 0.f) continue;  // masked keys
+      const Vec pj(p[j]);
+      const T* vj = v + j * vs + d;
+      o0 = at::vec::fmadd(pj, load_vec(vj), o0);
+      o1 = at::vec::fmadd(pj, load_vec(vj + Vec::size()), o1);
+      o2 = at::vec::fmadd(pj, load_vec(vj + 2 * Vec::size()), o2);
+      o3 = at::vec::fmadd(pj, load_vec(vj + 3 * Vec::size()), o3);
+    }
+    o0.store(o + d), o1.store(o + d + Vec::size()), o2.store(o + d + 2 * Vec::size()), o3.store(o + d + 3 * Vec::size());
+  }
+  for (; d < D; ++d) {
+    float acc = o[d];
+    for (int64_t j = 0; j < nk; ++j) acc += p[j] * to_float(v[j * vs + d]);
+    o[d] = acc;
+  }
+}
+
+inline void scores_f32(const float* q, const float* k, int64_t ks, int64_t nk, int64_t D, float* s) {
+  scores(q, k, ks, nk, D, s);
+}
+inline void scores_bf16(const float* q, const c10::BFloat16* k, int64_t ks, int64_t nk, int64_t D, float* s) {
+  scores(q, k, ks, nk, D, s);
+}
+inline void values_f32(const float* p, const float* v, int64_t vs, int64_t nk, int64_t D, float* o) {
+  values(p, v, vs, nk, D, o);
+}
+inline void values_bf16(const float* p, const c10::BFloat16* v, int64_t vs, int64_t nk, int64_t D, float* o) {
+  values(p, v, vs, nk, D, o);
 }
 }  // namespace CL_ATTN_ISA
 

@@ -134,6 +134,23 @@ def test_decode_matches_the_last_rows_of_a_full_forward_and_fully_masked_rows_ar
     assert_close_bf16(gb, modality_attention_decode_reference(qd.double(), big_k[:3].double(), big_v[:3].double(), lens2))
 
 
+@pytest.mark.parametrize("D", [8, 36, 40, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_head_dims_off_the_vector_width(D, dtype):
+    """The decode loops run 8-wide over the head dimension and 4 keys at a time: head dims that are not multiples
+    of 32 (or 8) and cache lengths that are not multiples of 4 take the scalar tails."""
+    B, S, Hq, Hkv = 3, 301, 4, 2
+    lens = torch.tensor([301, 2, 257], dtype=torch.int32)
+    q, k, v = qkv(B, S, Hq, Hkv, D, torch.float32, seed=11)
+    qd = q[:, -2:].to(dtype)
+    got = modality_attention_decode(qd, k.to(dtype), v.to(dtype), lens)
+    want = modality_attention_decode_reference(qd.double(), k.to(dtype).double(), v.to(dtype).double(), lens)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+    else:
+        assert_close_bf16(got, want)
+
+
 def test_same_result_at_one_and_two_threads():
     B, L, Hq, Hkv, D = 2, 300, 4, 2, 64
     doc, span = make_ids(B, L, 3, "several", seed=9)
@@ -194,12 +211,15 @@ def test_portable_and_vectorised_row_loops_agree(tmp_path):
 
     code = (
         "import torch, chameleon_lite.ops\n"
-        "from chameleon_lite.ops.attention import modality_attention\n"
+        "from chameleon_lite.ops.attention import modality_attention, modality_attention_decode\n"
         "g = torch.Generator().manual_seed(0)\n"
         "q, k, v = (torch.randn(1, 200, 2, 64, generator=g) for _ in range(3))\n"
         "doc = torch.zeros(1, 200, dtype=torch.int32); doc[:, 90:] = 1\n"
         "span = torch.zeros(1, 200, dtype=torch.int32); span[:, 100:140] = 1\n"
-        f"torch.save(modality_attention(q, k, v, doc, span), {str(tmp_path / '{}.pt')!r}.format(__import__('os').environ.get('CHAMELEON_LITE_ATTENTION_ISA', 'auto')))\n"
+        "lens = torch.tensor([199], dtype=torch.int32)\n"
+        "out = (modality_attention(q, k, v, doc, span), modality_attention_decode(q[:, 197:199], k, v, lens),\n"
+        "       modality_attention_decode(q[:, 197:199].bfloat16(), k.bfloat16(), v.bfloat16(), lens).float())\n"
+        f"torch.save(out, {str(tmp_path / '{}.pt')!r}.format(__import__('os').environ.get('CHAMELEON_LITE_ATTENTION_ISA', 'auto')))\n"
     )
     import os
 
@@ -208,4 +228,5 @@ def test_portable_and_vectorised_row_loops_agree(tmp_path):
         subprocess.run([sys.executable, "-c", code], check=True, env=env)
     a = torch.load(tmp_path / "portable.pt", weights_only=True)
     b = torch.load(tmp_path / "auto.pt", weights_only=True)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[:2], b[:2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[2], b[2], atol=1e-2, rtol=1e-2)  # bf16 outputs: one rounding apart at most
