@@ -7,8 +7,8 @@ Both sides get the same shape with random weights (hidden 512, 8 layers, 8 heads
 8192 image codes), the same prompt length, the same number of new tokens, plain sampling (temperature 1, no
 top-k/top-p), the same thread count, in one process. With ``--dtype fp32`` (the default) the engine runs twice, with
 fp32 weights and with bf16 weights read by its weight-only decode kernel (fp32 activations, its default on CPUs), and
-the baseline runs twice, in fp32 (the ratio column's reference) and with the whole model in bf16; the last column
-compares against the faster of the two baseline runs. Each side is timed as whole ``generate`` calls:
+the baseline runs in fp32 (the ratio column's reference) and, on CPUs with native bf16 (or with ``--hf-bf16 on``), a
+second time with the whole model in bf16; the last column compares against the faster of the baseline runs. Each side is timed as whole ``generate`` calls:
 time to first token = a call that makes 1 token; decode rate = B * (N - 1) / (T(N tokens) - T(1 token)), medians
 of repeated calls. Hugging Face masks image ids out of text logits; the engine restricts rows to text ids through
 its state machine: both pay for a constraint. A third part times an image span (256 codes) with classifier-free
@@ -102,6 +102,9 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face baseline")
+    ap.add_argument("--hf-bf16", choices=("auto", "on", "off"), default="auto",
+                    help="also run the baseline with the whole model in bf16 (auto: only on CPUs with native bf16, "
+                         "elsewhere a bf16 GEMM runs far below fp32 and the run would take tens of minutes)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "generate.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,7 +116,12 @@ def main() -> int:
     gen, vocab = engine(dtype)
     hf = None if args.no_hf else hf_model().to(dtype)
     rng = np.random.default_rng(0)
-    hf16 = None if args.no_hf or args.dtype == "bf16" else copy.deepcopy(hf).to(torch.bfloat16)
+    from chameleon_lite.hardware import cpu_has_fast_bf16
+
+    want16 = args.hf_bf16 == "on" or (args.hf_bf16 == "auto" and cpu_has_fast_bf16())
+    hf16 = None if args.no_hf or args.dtype == "bf16" or not want16 else copy.deepcopy(hf).to(torch.bfloat16)
+    if not args.no_hf and args.dtype == "fp32" and hf16 is None:
+        print("baseline in bf16 skipped: this CPU has no native bf16 (--hf-bf16 on runs it anyway)")
     rows = []
     for B in args.batch:
         prompt = rng.integers(vocab.text_offset, vocab.image_offset, (B, args.prompt_len))

@@ -1,7 +1,7 @@
 // Fused constrained sampling, CPU: one call per decode step, rows in parallel, one fp32 row buffer per
 // thread. Semantics and the threshold search live in common/sampling.h (shared with the CUDA kernel);
-// the per-row body is in cpu/sampling_row.h, compiled here for any CPU and in sampling_avx512.cpp for
-// AVX-512, chosen at run time.
+// the per-row body is in cpu/sampling_row.h, compiled here for any CPU, in sampling_avx2.cpp for AVX2/FMA and
+// in sampling_avx512.cpp for AVX-512, the widest the CPU has chosen at run time.
 #define CL_SAMPLING_ISA portable
 #include "cpu/sampling_row.h"
 
@@ -18,6 +18,7 @@
 
 #include "common/philox.h"
 #include "common/sampling_args.h"
+#include "cpu/isa.h"
 
 namespace chameleon_lite {
 namespace sampling_cpu {
@@ -38,11 +39,17 @@ bool cpu_has_avx512() {
 #endif
 }
 
-// CHAMELEON_LITE_SAMPLING_ISA=portable forces the portable build (tests compare the two).
-bool use_avx512() {
+using RowFn = RowResult (*)(const RowJob&, float*, Scratch&);
+
+// The widest build this CPU runs; CHAMELEON_LITE_SAMPLING_ISA=portable or =avx2 caps it (the tests compare them).
+RowFn row_kernel() {
   const char* isa = std::getenv("CHAMELEON_LITE_SAMPLING_ISA");
-  if (isa != nullptr && std::strcmp(isa, "portable") == 0) return false;
-  return cpu_has_avx512();
+  const bool portable = isa != nullptr && std::strcmp(isa, "portable") == 0;
+  const bool cap_avx2 = isa != nullptr && std::strcmp(isa, "avx2") == 0;
+  if (portable) return &sample_row_default;
+  if (!cap_avx2 && cpu_has_avx512()) return &sample_row_avx512;
+  if (cpu::use_avx2("CHAMELEON_LITE_SAMPLING_ISA")) return &sample_row_avx2;
+  return &sample_row_default;
 }
 
 // Rows are read through their own stride, so a view such as logits[:, -1, :] of [B, L, V] is used in place
@@ -81,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const
   const char* ubase = uncond.defined() ? static_cast<const char*>(uncond.data_ptr()) : nullptr;
   const int64_t* rbase = ranges.defined() ? ranges.data_ptr<int64_t>() : nullptr;
   const int64_t* pbase = penalty_ids.defined() ? penalty_ids.data_ptr<int64_t>() : nullptr;
-  const auto row_fn = use_avx512() ? &sample_row_avx512 : &sample_row_default;
+  const RowFn row_fn = row_kernel();
 
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     // The one row buffer of this thread, kept across calls so decode steps do not page-fault it in again.

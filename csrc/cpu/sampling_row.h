@@ -1,6 +1,6 @@
 #pragma once
 // Body of the CPU sampling kernel for one row, compiled once per instruction set (sampling.cpp for the
-// portable build, sampling_avx512.cpp with AVX-512 enabled). The including file defines
+// portable build, sampling_avx2.cpp with AVX2/FMA, sampling_avx512.cpp with AVX-512 enabled). The including file defines
 // CL_SAMPLING_ISA (the namespace the functions land in) and, for a vector ISA, CPU_CAPABILITY and
 // CPU_CAPABILITY_<ISA> before including this header, exactly like ATen's per-capability kernels.
 // Only ATen's vector headers and plain data cross this boundary: no at::Tensor, no dispatcher.
@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 
 #include "common/sampling.h"
@@ -59,8 +60,9 @@ struct Scratch {
   int32_t cand_id[sampling::kGatherCap];
 };
 
-// Per-ISA entry points (defined in sampling.cpp and sampling_avx512.cpp).
+// Per-ISA entry points (defined in sampling.cpp, sampling_avx2.cpp and sampling_avx512.cpp).
 RowResult sample_row_default(const RowJob& job, float* buf, Scratch& scratch);
+RowResult sample_row_avx2(const RowJob& job, float* buf, Scratch& scratch);
 RowResult sample_row_avx512(const RowJob& job, float* buf, Scratch& scratch);
 
 }  // namespace sampling_cpu
@@ -357,6 +359,135 @@ inline int64_t inverse_cdf(const float* e, int64_t n, float tau, double target) 
   return n - 1;
 }
 
+// ---- top-k without the exp pass -------------------------------------------------------------------------
+// With 0 < top_k <= kFastTopK the survivors are the k largest e = exp((z - zmax) / T), and e orders like z, so the
+// k-th largest z is found first, in one compare pass with a running threshold: values above it are appended to a
+// buffer, and a full buffer is cut back to its k largest (the threshold rises to the k-th). A second compare pass
+// collects the ids whose z lies at or just below that value (the margin covers exp's last-bit rounding, so no id
+// whose rounded e ties the k-th is missed); e, top-p, min-p and the draw then come from those candidates alone. Two
+// cheap passes replace the exp pass and the threshold search over the whole row. The result is the same cut as the
+// general path's: tau = max(t_k, t_p, min_p) over the same e values; only fp64 sums run in another order.
+constexpr int64_t kFastTopK = 512;
+
+// Appends the lanes of v (the vector at z + i) that are > thr to out (capacity kGatherCap); a full buffer is cut back
+// to its k largest and thr raised to the k-th. Returns the new count.
+inline int append_above(const Vec& v, Vec& vthr, float& thr, const float* z, int64_t i, int m, int64_t k, float* out) {
+  unsigned bits = ~static_cast<unsigned>((v > vthr).zero_mask()) & ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
+  while (bits) {
+    const float x = z[i + __builtin_ctz(bits)];
+    bits &= bits - 1;
+    if (!(x > thr)) continue;  // thr rose within this vector
+    out[m++] = x;
+    if (m == sampling::kGatherCap) {
+      std::nth_element(out, out + (k - 1), out + m, std::greater<float>());
+      thr = out[k - 1];
+      vthr = Vec(thr);
+      m = static_cast<int>(k);
+    }
+  }
+  return m;
+}
+
+// The fast path; false when it does not apply (fewer than k finite logits, e underflowing to 0 at the k-th, or more
+// candidates than the scratch holds), and the general path then runs.
+inline bool sample_top_k_fast(const float* z, int64_t n, float zmax, float inv_t, const sampling::RowSettings& s,
+                              double uniform, Scratch& scratch, RowResult* result) {
+  const int64_t k = s.top_k;
+  float* sel = scratch.selection;
+  float thr = kNegInf;
+  Vec vthr(thr);
+  int m = 0;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const Vec v = Vec::loadu(z + i);
+    if ((v > vthr).zero_mask() != ((kW >= 32) ? -1 : static_cast<int>((1u << kW) - 1u)))
+      m = append_above(v, vthr, thr, z, i, m, k, sel);
+  }
+  for (; i < n; ++i) {
+    if (!(z[i] > thr)) continue;
+    sel[m++] = z[i];
+    if (m == sampling::kGatherCap) {
+      std::nth_element(sel, sel + (k - 1), sel + m, std::greater<float>());
+      thr = sel[k - 1];
+      m = static_cast<int>(k);
+    }
+  }
+  if (m < k) return false;
+  std::nth_element(sel, sel + (k - 1), sel + m, std::greater<float>());
+  const float zk = sel[k - 1];
+  const float ak = (zk - zmax) * inv_t;
+  const float zcut = zk - s.temperature * 1e-4f * (1.0f + std::fabs(ak));
+
+  // candidates z >= zcut in id order, e computed in place (vectors padded with -inf, e = 0)
+  float* cv = scratch.cand_value;
+  int32_t* cid = scratch.cand_id;
+  constexpr int kCap = sampling::kGatherCap - static_cast<int>(kW);
+  int nc = 0;
+  const Vec vcut(zcut);
+  for (i = 0; i + kW <= n; i += kW) {
+    unsigned bits = ~static_cast<unsigned>((Vec::loadu(z + i) >= vcut).zero_mask()) &
+                    ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
+    if (bits == 0) continue;
+    if (nc + __builtin_popcount(bits) > kCap) return false;
+    while (bits) {
+      const int lane = __builtin_ctz(bits);
+      cv[nc] = z[i + lane];
+      cid[nc++] = static_cast<int32_t>(i + lane);
+      bits &= bits - 1;
+    }
+  }
+  for (; i < n; ++i) {
+    if (!(z[i] >= zcut)) continue;
+    if (nc >= kCap) return false;
+    cv[nc] = z[i];
+    cid[nc++] = static_cast<int32_t>(i);
+  }
+  for (int j = nc; j % kW != 0; ++j) cv[j] = kNegInf;
+  const Vec vmax(zmax), vinv(inv_t);
+  for (int j = 0; j < nc; j += static_cast<int>(kW)) ((Vec::loadu(cv + j) - vmax) * vinv).exp().store(cv + j);
+
+  // t_k: the k-th largest e (ties kept); t_p: the largest e whose cumulative mass from the top reaches p of the
+  // top-k mass; min-p; tau = the largest of them
+  float* srt = scratch.gather;
+  std::copy(cv, cv + nc, srt);
+  std::sort(srt, srt + nc, std::greater<float>());
+  const float tk = srt[k - 1];
+  if (!(tk > 0.0f)) return false;
+  int nk = static_cast<int>(k);
+  while (nk < nc && srt[nk] == tk) ++nk;  // ties of the k-th survive
+  float tau = tk;
+  if (sampling::top_p_active(s.top_p)) {
+    double mass_k = 0.0;
+    for (int j = 0; j < nk; ++j) mass_k += srt[j];
+    const double target = static_cast<double>(s.top_p) * mass_k;
+    double cum = 0.0;
+    for (int j = 0; j < nk;) {
+      int end = j;
+      while (end < nk && srt[end] == srt[j]) cum += srt[end++];
+      if (cum >= target) {
+        tau = std::max(tau, srt[j]);
+        break;
+      }
+      j = end;
+    }
+  }
+  if (sampling::min_p_active(s.min_p) && s.min_p > tau) tau = s.min_p;
+  double w = 0.0;
+  for (int j = 0; j < nc; ++j)
+    if (cv[j] >= tau) w += cv[j];
+  const double target = uniform * w;
+  double cum = 0.0;
+  int pick = -1;
+  for (int j = 0; j < nc; ++j) {
+    if (cv[j] < tau) continue;
+    pick = j;
+    cum += cv[j];
+    if (cum > target) break;
+  }
+  *result = RowResult{cid[pick], sampling::chosen_logprob(cv[pick], w), kRowOk};
+  return true;
+}
+
 template <typename T>
 RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   const int64_t n = job.vocab;
@@ -402,6 +533,10 @@ RowResult sample_row_typed(const RowJob& job, float* buf, Scratch& scratch) {
   if (s.temperature == 0.0f) return RowResult{first_index_of(z, n, zmax), 0.0f, kRowOk};
 
   const float inv_t = 1.0f / s.temperature;
+  if (sampling::top_k_active(s.top_k, n) && s.top_k <= kFastTopK) {
+    RowResult fast;
+    if (sample_top_k_fast(z, n, zmax, inv_t, s, job.uniform, scratch, &fast)) return fast;
+  }
   sampling::PointTable table;
   table.reset();
   const bool filtering = sampling::top_k_active(s.top_k, n) || sampling::top_p_active(s.top_p) ||

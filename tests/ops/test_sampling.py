@@ -226,14 +226,48 @@ def test_property_matches_reference(batch, vocab, kind, temperature, top_k, top_
     assert bool(torch.isfinite(x.gather(1, ids[:, None])).all())
 
 
-def test_portable_build_matches_vector_build(monkeypatch):
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+@pytest.mark.parametrize("kw", [dict(top_k=64, top_p=0.9, min_p=0.01), dict(top_p=0.9), dict(top_k=2000)],
+                         ids=["top-k fast path", "top-p search", "top-k search"])
+def test_narrower_builds_match_the_widest(monkeypatch, isa, kw):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8, 5003, generator=g) * 3
-    kw = dict(top_k=64, top_p=0.9, min_p=0.01)
-    fast = [sample(x, seed=3, step=s, **kw) for s in range(5)]
-    monkeypatch.setenv("CHAMELEON_LITE_SAMPLING_ISA", "portable")
-    portable = [sample(x, seed=3, step=s, **kw) for s in range(5)]
-    assert all(torch.equal(a, b) for a, b in zip(fast, portable))
+    widest = [sample(x, seed=3, step=s, **kw) for s in range(5)]
+    monkeypatch.setenv("CHAMELEON_LITE_SAMPLING_ISA", isa)
+    narrower = [sample(x, seed=3, step=s, **kw) for s in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(widest, narrower))
+
+
+def _logits_for_top_k_path(case: str, g: torch.Generator) -> torch.Tensor:
+    v = 65536
+    if case == "ascending":  # every logit raises the running threshold: the buffer is cut back again and again
+        return torch.linspace(-4, 4, v).expand(2, v).contiguous()
+    if case == "descending":  # the k largest come first, nothing after them is kept
+        return torch.linspace(4, -4, v).expand(2, v).contiguous()
+    if case == "tied":  # thousands of ids tie the k-th: more candidates than the scratch holds, general path
+        return torch.randint(-2, 3, (2, v), generator=g).float()
+    if case == "few finite":  # fewer finite logits than k: no top-k cut, general path
+        x = torch.full((2, v), float("-inf"))
+        x[:, torch.randperm(v, generator=g)[:30]] = torch.randn(2, 30, generator=g)
+        return x
+    if case == "underflow":  # e of the k-th rounds to 0: the cut falls to the support, general path
+        x = torch.full((2, v), -300.0)
+        x[:, :5] = torch.randn(2, 5, generator=g)
+        return x
+    return torch.randn(2, v, generator=g) * 4
+
+
+@pytest.mark.parametrize("case", ["ascending", "descending", "tied", "few finite", "underflow", "normal"])
+@pytest.mark.parametrize("top_k", [1, 50, 512])
+def test_top_k_path_edge_rows_match_reference(case, top_k):
+    g = torch.Generator().manual_seed(top_k)
+    x = _logits_for_top_k_path(case, g)
+    for kw in ({"top_k": top_k}, {"top_k": top_k, "top_p": 0.7, "temperature": 0.8}, {"top_k": top_k, "min_p": 0.2}):
+        for step in range(3):
+            ids, lp = sample(x, seed=6, step=step, return_logprobs=True, **kw)
+            rids, rlp = sample_reference(x, seed=6, step=step, return_logprobs=True, **kw)
+            assert torch.equal(ids, rids), (case, kw)
+            torch.testing.assert_close(lp, rlp, atol=1e-5, rtol=5e-6)
 
 
 # ---------------------------------------------------------------- distribution (chi-square)
