@@ -4,8 +4,9 @@
 // classified from tile-level doc/span bounds (csrc/common/attention_mask.h) as empty (never touched), full (no
 // mask evaluated) or partial (the predicate per element). Tiles are gathered into fp32 buffers (bf16 inputs are
 // widened there; the softmax scale is folded into q) and multiplied with oneDNN's small-GEMM micro-kernel
-// (at::native::cpublas::brgemm) where the build and CPU have it, ATen's mm otherwise. The forward keeps an online
-// softmax per row and returns the log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2):
+// (at::native::cpublas::brgemm) where the build and CPU have it, ATen's mm otherwise. The forward takes runs of
+// consecutive non-empty key tiles (up to kWideK keys) in one step, masking only the partial tiles inside a run, keeps
+// an online softmax per row and returns the log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2):
 // one pass over key tiles for dk/dv (the GQA heads of a group summed inside the pass, so no races), one over query
 // tiles for dq. Decode splits each row's cache into chunks of kDecodeChunk keys that run in parallel and are merged
 // with the shared softmax merge; the split depends only on the cache length, so no result depends on the thread
@@ -38,6 +39,10 @@ namespace attn = chameleon_lite::attn;
 
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
+// The forward multiplies runs of up to kWideK consecutive non-empty key tiles at once (one GEMM for the scores, one
+// online-softmax update, one GEMM for the values): within a document most tiles are full, and fewer, wider calls cut
+// the per-call cost of the small GEMMs and the rescaling of the output rows.
+constexpr int64_t kWideK = 512;
 constexpr int64_t kDecodeChunk = 256;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -167,12 +172,12 @@ std::vector<attn::TileBounds> tiles_of(const int32_t* doc, const int32_t* span, 
   return out;
 }
 
-// Scores of a partial tile: disallowed pairs -> -inf.
-inline void mask_tile(float* s, int64_t mq, int64_t nk, int64_t i0, int64_t j0, const int32_t* doc,
+// Scores of a partial tile (rows ld apart): disallowed pairs -> -inf.
+inline void mask_tile(float* s, int64_t ld, int64_t mq, int64_t nk, int64_t i0, int64_t j0, const int32_t* doc,
                       const int32_t* span) {
   for (int64_t r = 0; r < mq; ++r) {
     const int64_t i = i0 + r;
-    float* row = s + r * nk;
+    float* row = s + r * ld;
     for (int64_t c = 0; c < nk; ++c) {
       const int64_t j = j0 + c;
       if (!attn::allowed(i, j, doc[i], doc[j], span[i], span[j])) row[c] = kNegInf;
@@ -203,8 +208,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const float* vfp = v_all.const_data_ptr<float>();
 
   at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(kBlockQ * kBlockK), o(kBlockQ * D), m(kBlockQ), l(kBlockQ);
+    std::vector<float> s(kBlockQ * kWideK), o(kBlockQ * D), m(kBlockQ), l(kBlockQ);
     std::vector<float> qb(kBlockQ * D);
+    std::vector<attn::TileKind> kinds(nK);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
       const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
@@ -214,14 +220,22 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       std::fill(o.begin(), o.begin() + mq * D, 0.f);
       std::fill(m.begin(), m.end(), kNegInf);
       std::fill(l.begin(), l.end(), 0.f);
-      for (int64_t kj = 0; kj < nK; ++kj) {
-        const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
-        if (kind == attn::TileKind::kEmpty) continue;
-        const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
+      for (int64_t kj = 0; kj < nK; ++kj) kinds[kj] = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
+      for (int64_t kj = 0; kj < nK;) {
+        if (kinds[kj] == attn::TileKind::kEmpty) {
+          ++kj;
+          continue;
+        }
+        // a run of non-empty key tiles [kj, ke), at most kWideK keys
+        int64_t ke = kj + 1;
+        while (ke < nK && kinds[ke] != attn::TileKind::kEmpty && (ke + 1 - kj) * kBlockK <= kWideK) ++ke;
+        const int64_t j0 = kj * kBlockK, nk = std::min(ke * kBlockK, L) - j0;
         const float* kTt = ktp + (b * Hkv + hk) * D * L + j0;  // [D, nk] with row stride L
         const float* vt = vfp + ((b * Hkv + hk) * L + j0) * D;   // [nk, D]
         small_gemm(mq, nk, D, qb.data(), D, kTt, L, s.data(), nk, false);  // S = (scale Q) Kᵀ
-        if (kind == attn::TileKind::kPartial) mask_tile(s.data(), mq, nk, i0, j0, db, sb);
+        for (int64_t t = kj; t < ke; ++t)
+          if (kinds[t] == attn::TileKind::kPartial)
+            mask_tile(s.data() + (t - kj) * kBlockK, nk, mq, std::min(kBlockK, L - t * kBlockK), i0, t * kBlockK, db, sb);
         for (int64_t r = 0; r < mq; ++r) {
           float* row = s.data() + r * nk;
           const float mx = std::max(m[r], row_max(row, nk));
@@ -236,6 +250,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           m[r] = mx;
         }
         small_gemm(mq, D, nk, s.data(), nk, vt, D, o.data(), D, true);  // O += P V
+        kj = ke;
       }
       for (int64_t r = 0; r < mq; ++r) {
         float* orow = o.data() + r * D;
@@ -274,7 +289,7 @@ inline void tile_grads(const float* qs, const float* kT, int64_t ldt, const floa
                        int64_t nk, int64_t D, attn::TileKind kind, int64_t i0, int64_t j0, const int32_t* db, const int32_t* sb,
                        const float* lse, const float* delta, float* p, float* ds) {
   small_gemm(mq, nk, D, qs, D, kT, ldt, p, nk, false);
-  if (kind == attn::TileKind::kPartial) mask_tile(p, mq, nk, i0, j0, db, sb);
+  if (kind == attn::TileKind::kPartial) mask_tile(p, nk, mq, nk, i0, j0, db, sb);
   small_gemm(mq, nk, D, g, D, vT, ldt, ds, nk, false);  // dP = dO Vᵀ
   for (int64_t r = 0; r < mq; ++r) {
     float* prow = p + r * nk;
