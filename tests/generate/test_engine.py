@@ -171,6 +171,10 @@ def test_bad_input(gen, tk, tmp_path):
         gen.generate(Prompt(text="x", images=[str(bad)]))
     with pytest.raises(DataError, match="missing.wav"):
         gen.generate(Prompt(text="x", audios=[str(tmp_path / "missing.wav")]))
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
+    with pytest.raises(DataError, match="broken.wav"):
+        gen.generate(Prompt(text="x", audios=[str(broken)]))
     other = toy_tokenizers(texts=["completely different words here"] * 30)
     with pytest.raises(ConfigError, match="vocabulary|ids"):
         Generator(gen.model, other)
