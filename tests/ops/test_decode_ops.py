@@ -1,11 +1,8 @@
 """The inference ops of a decode step: weight-only bf16 linear, RMSNorm and rotary embedding, against their
 PyTorch references."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from isa_builds import run_in_builds
 
 from chameleon_lite import ops
 from chameleon_lite.ops.linear import MAX_ROWS
@@ -123,13 +120,7 @@ def test_linear_same_result_at_one_and_two_threads_and_in_both_builds(tmp_path):
         "x, w = torch.randn(11, 517, generator=g), torch.randn(1003, 517, generator=g).bfloat16()\n"
         "torch.save(torch.ops.chameleon_lite.linear_bf16w(x, w), sys.argv[2])\n"
     )
-    out = {}
-    for isa in ("auto", "portable"):
-        for threads in (1, 2):
-            path = str(tmp_path / f"{isa}{threads}.pt")
-            env = {**os.environ, "CHAMELEON_LITE_LINEAR_ISA": isa}
-            subprocess.run([sys.executable, "-c", code, str(threads), path], check=True, env=env)
-            out[isa, threads] = torch.load(path, weights_only=True)
+    out = run_in_builds(code, "CHAMELEON_LITE_LINEAR_ISA", tmp_path)
     for isa in ("auto", "portable"):
         assert torch.equal(out[isa, 1], out[isa, 2])  # the thread count never changes a result
     torch.testing.assert_close(out["auto", 1], out["portable", 1], rtol=1e-5, atol=1e-4)

@@ -1,11 +1,8 @@
 """The fused Snake op against its fp64 PyTorch reference: values, gradients, edge shapes, both instruction-set
 builds, thread-count independence, and the wrapper's fallback for what the op does not take."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from isa_builds import run_in_builds
 
 from chameleon_lite.ops.snake import fused_supported, snake, snake_reference
 
@@ -87,13 +84,7 @@ def test_same_gradients_at_one_and_two_threads_and_in_both_builds(tmp_path):
         "y.backward(torch.randn(4, 8, 3001, generator=g))\n"
         "torch.save((y.detach(), x.grad, la.grad), sys.argv[2])\n"
     )
-    out = {}
-    for isa in ("auto", "portable"):
-        for threads in (1, 2):
-            path = str(tmp_path / f"{isa}{threads}.pt")
-            env = {**os.environ, "CHAMELEON_LITE_SNAKE_ISA": isa}
-            subprocess.run([sys.executable, "-c", code, str(threads), path], check=True, env=env)
-            out[isa, threads] = torch.load(path, weights_only=True)
+    out = run_in_builds(code, "CHAMELEON_LITE_SNAKE_ISA", tmp_path)
     for isa in ("auto", "portable"):
         for a, b in zip(out[isa, 1], out[isa, 2]):
             assert torch.equal(a, b)  # thread count never changes a result
