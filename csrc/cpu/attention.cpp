@@ -44,6 +44,7 @@ constexpr int64_t kBlockK = 64;
 // the per-call cost of the small GEMMs and the rescaling of the output rows.
 constexpr int64_t kWideK = 512;
 constexpr int64_t kDecodeChunk = 256;
+constexpr int64_t kDecodeSub = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---------------------------------------------------------------------------------------------- small GEMM
@@ -430,30 +431,39 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int64_t rec = D + 2;
   std::vector<float> part(nchunks * Hq * Lq * rec);
 
+  // One work item is one chunk with all its heads: the keys are visited in sub-blocks of kDecodeSub cache rows, every
+  // head of a sub-block before the next, while the next sub-block's whole rows are prefetched, so each thread reads
+  // the cache front to back (one head's rows alone are short runs spaced by the other heads, a pattern the hardware
+  // prefetchers follow poorly). Scores for the chunk first, then the softmax per query row, then the values, the
+  // same way. The cache is read in place and bf16 is widened in registers.
   const auto& ops = row_ops();
-  at::parallel_for(0, nchunks * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(G * Lq * kDecodeChunk), o(G * Lq * D), qb(G * Lq * D);
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t c = w / Hkv, hk = w % Hkv;
+  const int64_t rows = Hq * Lq;  // query rows of one batch row: r = h * Lq + t
+  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(rows * kDecodeChunk), o(rows * D), qb(rows * D);
+    for (int64_t c = begin; c < end; ++c) {
       const int64_t b = std::upper_bound(first.begin(), first.end(), c) - first.begin() - 1;
       const int64_t len = lens[b];
       const int64_t j0 = (c - first[b]) * kDecodeChunk, nk = std::max<int64_t>(0, std::min(kDecodeChunk, len - j0));
-      const int64_t rows = G * Lq;  // the group's query heads stacked: row = g * Lq + t
-      for (int64_t g = 0; g < G; ++g)
-        gather_rows(qp + b * Lq * ldq + (hk * G + g) * D, ldq, Lq, D, qb.data() + g * Lq * D, sc);
+      for (int64_t h = 0; h < Hq; ++h) gather_rows(qp + b * Lq * ldq + h * D, ldq, Lq, D, qb.data() + h * Lq * D, sc);
       std::fill(o.begin(), o.end(), 0.f);
-      float* pr = part.data() + ((c * Hq + hk * G) * Lq) * rec;  // rows of this group are contiguous
+      float* pr = part.data() + c * rows * rec;
       if (nk > 0) {
-        // The cache is read in place, a few query rows against each key: matrix-vector products, so the chunk
-        // streams from memory once (it stays in L2 for the group's other rows) and bf16 is widened in registers.
-        const T* kc0 = kp + b * ksB + j0 * ksS + hk * ksH;
-        const T* vc0 = vp + b * vsB + j0 * vsS + hk * vsH;
+        const T* kc0 = kp + b * ksB + j0 * ksS;
+        const T* vc0 = vp + b * vsB + j0 * vsS;
+        for (int64_t js = 0; js < nk; js += kDecodeSub) {
+          const int64_t ns = std::min(kDecodeSub, nk - js);
+          for (int64_t f = js + kDecodeSub; f < std::min(nk, js + 2 * kDecodeSub); ++f)
+            portable::prefetch_row(kc0 + f * ksS, Hkv * ksH);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* kh = kc0 + js * ksS + (r / Lq / G) * ksH;
+            if constexpr (std::is_same_v<T, float>)
+              ops.scores_f32(qb.data() + r * D, kh, ksS, ns, D, s.data() + r * nk + js);
+            else
+              ops.scores_bf16(qb.data() + r * D, kh, ksS, ns, D, s.data() + r * nk + js);
+          }
+        }
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * nk;
-          if constexpr (std::is_same_v<T, float>)
-            ops.scores_f32(qb.data() + r * D, kc0, ksS, nk, D, row);
-          else
-            ops.scores_bf16(qb.data() + r * D, kc0, ksS, nk, D, row);
           const int64_t t = r % Lq, qpos = len - Lq + t;
           for (int64_t j = std::max<int64_t>(0, qpos + 1 - j0); j < nk; ++j) row[j] = kNegInf;  // causal
           const float mx = row_max(row, nk);
@@ -464,10 +474,18 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
             sum = exp_sub_sum(row, nk, mx);
           pr[r * rec + D] = mx;
           pr[r * rec + D + 1] = sum;
-          if constexpr (std::is_same_v<T, float>)
-            ops.values_f32(row, vc0, vsS, nk, D, o.data() + r * D);
-          else
-            ops.values_bf16(row, vc0, vsS, nk, D, o.data() + r * D);
+        }
+        for (int64_t js = 0; js < nk; js += kDecodeSub) {
+          const int64_t ns = std::min(kDecodeSub, nk - js);
+          for (int64_t f = js + kDecodeSub; f < std::min(nk, js + 2 * kDecodeSub); ++f)
+            portable::prefetch_row(vc0 + f * vsS, Hkv * vsH);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* vh = vc0 + js * vsS + (r / Lq / G) * vsH;
+            if constexpr (std::is_same_v<T, float>)
+              ops.values_f32(s.data() + r * nk + js, vh, vsS, ns, D, o.data() + r * D);
+            else
+              ops.values_bf16(s.data() + r * nk + js, vh, vsS, ns, D, o.data() + r * D);
+          }
         }
       } else {
         for (int64_t r = 0; r < rows; ++r) {
