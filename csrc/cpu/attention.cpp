@@ -453,18 +453,22 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
       if (nk > 0) {
         const T* kc0 = kp + b * ksB + j0 * ksS;
         const T* vc0 = vp + b * vsB + j0 * vsS;
-        for (int64_t js = 0; js < nk; js += kDecodeSub) {
-          const int64_t ns = std::min(kDecodeSub, nk - js);
-          for (int64_t f = js + kDecodeSub; f < std::min(nk, js + 2 * kDecodeSub); ++f)
-            portable::prefetch_row(kc0 + f * ksS, Hkv * ksH);
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* kh = kc0 + js * ksS + (r / Lq / G) * ksH;
-            if constexpr (std::is_same_v<T, float>)
-              ops.scores_f32(qb.data() + r * D, kh, ksS, ns, D, s.data() + r * nk + js);
-            else
-              ops.scores_bf16(qb.data() + r * D, kh, ksS, ns, D, s.data() + r * nk + js);
+        // fn(r, js, ns, p) for each sub-block [js, js + ns) of `cache` and each query row r; p = the sub-block's rows
+        // of r's key-value head
+        const auto by_subblock = [&](const T* cache, int64_t sS, int64_t sH, auto&& fn) {
+          for (int64_t js = 0; js < nk; js += kDecodeSub) {
+            const int64_t ns = std::min(kDecodeSub, nk - js);
+            for (int64_t f = js + kDecodeSub; f < std::min(nk, js + 2 * kDecodeSub); ++f)
+              portable::prefetch_row(cache + f * sS, Hkv * sH);
+            for (int64_t r = 0; r < rows; ++r) fn(r, js, ns, cache + js * sS + (r / Lq / G) * sH);
           }
-        }
+        };
+        by_subblock(kc0, ksS, ksH, [&](int64_t r, int64_t js, int64_t ns, const T* kh) {
+          if constexpr (std::is_same_v<T, float>)
+            ops.scores_f32(qb.data() + r * D, kh, ksS, ns, D, s.data() + r * nk + js);
+          else
+            ops.scores_bf16(qb.data() + r * D, kh, ksS, ns, D, s.data() + r * nk + js);
+        });
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * nk;
           const int64_t t = r % Lq, qpos = len - Lq + t;
@@ -478,18 +482,12 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
           pr[r * rec + D] = mx;
           pr[r * rec + D + 1] = sum;
         }
-        for (int64_t js = 0; js < nk; js += kDecodeSub) {
-          const int64_t ns = std::min(kDecodeSub, nk - js);
-          for (int64_t f = js + kDecodeSub; f < std::min(nk, js + 2 * kDecodeSub); ++f)
-            portable::prefetch_row(vc0 + f * vsS, Hkv * vsH);
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* vh = vc0 + js * vsS + (r / Lq / G) * vsH;
-            if constexpr (std::is_same_v<T, float>)
-              ops.values_f32(s.data() + r * nk + js, vh, vsS, ns, D, o.data() + r * D);
-            else
-              ops.values_bf16(s.data() + r * nk + js, vh, vsS, ns, D, o.data() + r * D);
-          }
-        }
+        by_subblock(vc0, vsS, vsH, [&](int64_t r, int64_t js, int64_t ns, const T* vh) {
+          if constexpr (std::is_same_v<T, float>)
+            ops.values_f32(s.data() + r * nk + js, vh, vsS, ns, D, o.data() + r * D);
+          else
+            ops.values_bf16(s.data() + r * nk + js, vh, vsS, ns, D, o.data() + r * D);
+        });
       } else {
         for (int64_t r = 0; r < rows; ++r) {
           pr[r * rec + D] = kNegInf;
