@@ -369,52 +369,42 @@ inline int64_t inverse_cdf(const float* e, int64_t n, float tau, double target) 
 // general path's: tau = max(t_k, t_p, min_p) over the same e values; only fp64 sums run in another order.
 constexpr int64_t kFastTopK = 512;
 
-// Appends the lanes of v (the vector at z + i) that are > thr to out (capacity kGatherCap); a full buffer is cut back
-// to its k largest and thr raised to the k-th. Returns the new count.
-inline int append_above(const Vec& v, Vec& vthr, float& thr, const float* z, int64_t i, int m, int64_t k, float* out) {
-  unsigned bits = ~static_cast<unsigned>((v > vthr).zero_mask()) & ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
-  while (bits) {
-    const float x = z[i + __builtin_ctz(bits)];
-    bits &= bits - 1;
-    if (!(x > thr)) continue;  // thr rose within this vector
+constexpr unsigned kLaneMask = (kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u);  // one bit per vector lane
+
+// The running top-k buffer of the selection pass: values above thr are appended; a full buffer is cut back to its k
+// largest and thr raised to the k-th.
+struct RunningTopK {
+  float* out;  // capacity kGatherCap
+  int64_t k;
+  float thr = kNegInf;
+  int m = 0;
+
+  void push(float x) {
+    if (!(x > thr)) return;  // thr may have risen since x was compared
     out[m++] = x;
     if (m == sampling::kGatherCap) {
       std::nth_element(out, out + (k - 1), out + m, std::greater<float>());
       thr = out[k - 1];
-      vthr = Vec(thr);
       m = static_cast<int>(k);
     }
   }
-  return m;
-}
+};
 
 // The fast path; false when it does not apply (fewer than k finite logits, e underflowing to 0 at the k-th, or more
 // candidates than the scratch holds), and the general path then runs.
 inline bool sample_top_k_fast(const float* z, int64_t n, float zmax, float inv_t, const sampling::RowSettings& s,
                               double uniform, Scratch& scratch, RowResult* result) {
   const int64_t k = s.top_k;
-  float* sel = scratch.selection;
-  float thr = kNegInf;
-  Vec vthr(thr);
-  int m = 0;
+  RunningTopK top{scratch.selection, k};
   int64_t i = 0;
   for (; i + kW <= n; i += kW) {
-    const Vec v = Vec::loadu(z + i);
-    if ((v > vthr).zero_mask() != ((kW >= 32) ? -1 : static_cast<int>((1u << kW) - 1u)))
-      m = append_above(v, vthr, thr, z, i, m, k, sel);
+    unsigned bits = ~static_cast<unsigned>((Vec::loadu(z + i) > Vec(top.thr)).zero_mask()) & kLaneMask;
+    for (; bits; bits &= bits - 1) top.push(z[i + __builtin_ctz(bits)]);
   }
-  for (; i < n; ++i) {
-    if (!(z[i] > thr)) continue;
-    sel[m++] = z[i];
-    if (m == sampling::kGatherCap) {
-      std::nth_element(sel, sel + (k - 1), sel + m, std::greater<float>());
-      thr = sel[k - 1];
-      m = static_cast<int>(k);
-    }
-  }
-  if (m < k) return false;
-  std::nth_element(sel, sel + (k - 1), sel + m, std::greater<float>());
-  const float zk = sel[k - 1];
+  for (; i < n; ++i) top.push(z[i]);
+  if (top.m < k) return false;
+  std::nth_element(top.out, top.out + (k - 1), top.out + top.m, std::greater<float>());
+  const float zk = top.out[k - 1];
   const float ak = (zk - zmax) * inv_t;
   const float zcut = zk - s.temperature * 1e-4f * (1.0f + std::fabs(ak));
 
@@ -425,8 +415,7 @@ inline bool sample_top_k_fast(const float* z, int64_t n, float zmax, float inv_t
   int nc = 0;
   const Vec vcut(zcut);
   for (i = 0; i + kW <= n; i += kW) {
-    unsigned bits = ~static_cast<unsigned>((Vec::loadu(z + i) >= vcut).zero_mask()) &
-                    ((kW >= 32) ? 0xFFFFFFFFu : ((1u << kW) - 1u));
+    unsigned bits = ~static_cast<unsigned>((Vec::loadu(z + i) >= vcut).zero_mask()) & kLaneMask;
     if (bits == 0) continue;
     if (nc + __builtin_popcount(bits) > kCap) return false;
     while (bits) {
