@@ -5,9 +5,10 @@ evaluation → a demo interleaved document. Every stage is resumable (see :mod:`
 interrupted quickstart continues where it stopped; stages that train continue from their own checkpoints.
 
 Time budget: the tokenizer step counts below are the defaults for ``budget_minutes=30`` on 2 cores (another budget
-scales them linearly, never below a floor). Pretraining gets ``pretrain_share`` of the budget: before it starts,
-a few timed steps of the model on this machine turn that share into a step count (stored in
-``calibration.json``, so a resumed quickstart keeps the schedule it started with).
+scales them linearly, never below a floor; a longer budget also writes a proportionally larger corpus).
+Pretraining gets ``pretrain_share`` of the budget: before it starts, a few timed steps of the model on this machine
+turn that share into a step count (stored in ``calibration.json``, so a resumed quickstart keeps the schedule it
+started with).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class QuickstartConfig:
     n_heldout: int = 300
     workers: int = 2
     text_vocab: int = 1024
-    image_steps: int = 500
+    image_steps: int = 1000
     audio_steps: int = 600
     pretrain_share: float = 0.5
     min_train_steps: int = 30
@@ -64,6 +65,12 @@ class QuickstartConfig:
     def steps(self, base: int) -> int:
         return max(20, int(round(base * self.scale)))
 
+    @property
+    def corpus_docs(self) -> int:
+        """Training documents: ``n_docs`` at the default budget, more with a longer one (it trains for more
+        tokens, so it gets more distinct pictures and clips instead of more passes over the same ones)."""
+        return int(round(self.n_docs * max(1.0, self.scale)))
+
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
 
@@ -84,7 +91,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
     def make_corpus() -> None:
         from chameleon_lite.data.procedural import write_corpus
 
-        write_corpus(corpus, cfg.n_docs, seed=cfg.seed, workers=cfg.workers)
+        write_corpus(corpus, cfg.corpus_docs, seed=cfg.seed, workers=cfg.workers)
 
     def make_heldout() -> None:
         from chameleon_lite.data.procedural import write_corpus
@@ -155,7 +162,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
 
     s = cfg.steps
     return [
-        Stage("corpus", make_corpus, {"n": cfg.n_docs, "seed": cfg.seed}, [corpus]),
+        Stage("corpus", make_corpus, {"n": cfg.corpus_docs, "seed": cfg.seed}, [corpus]),
         Stage("heldout", make_heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [heldout]),
         Stage("text-tokenizer", text_tokenizer, {"vocab": cfg.text_vocab}, [os.path.join(tok, base.TEXT_FILE)]),
         Stage("image-tokenizer", image_tokenizer, {"steps": s(cfg.image_steps)}, [cfg.path("image_vq")], resumable=True),

@@ -41,7 +41,9 @@ Audio
 Task forms (:data:`TASKS`)
     ``caption_to_image`` [prompt, image]; ``image_to_caption`` [image, caption]; ``caption_to_audio`` [prompt,
     audio]; ``audio_to_caption`` [audio, caption]; ``interleaved`` [text, media, text, media, ...] with 2-4 media
-    items, each introduced by a sentence describing it.
+    items, each introduced by a sentence describing it; ``instruction`` [request, media, media, ...]: one
+    free-form request for 1-3 media items in order, the way a user asks for a mixed document
+    ("a large red circle in the top left, then play C5 E5 G5 on a square wave"), then the items themselves.
 
 Document i depends only on (seed, i): it draws from ``numpy.random.default_rng([seed, i])``, so the corpus is
 byte-identical for a seed whatever the number of worker processes.
@@ -102,7 +104,8 @@ ATTACK = 0.010
 RELEASE = 0.040
 HARMONIC_LIMIT = 0.45  # keep partials below 0.45 * sample_rate: no aliasing, resampling stays clean
 
-TASKS: tuple[str, ...] = ("caption_to_image", "image_to_caption", "caption_to_audio", "audio_to_caption", "interleaved")
+TASKS: tuple[str, ...] = ("caption_to_image", "image_to_caption", "caption_to_audio", "audio_to_caption", "interleaved",
+                          "instruction")
 
 IMAGE_CAPTIONS: tuple[str, ...] = ("{shapes}.", "An image of {shapes}.", "A picture with {shapes}.", "There is {shapes}.")
 IMAGE_PROMPTS: tuple[str, ...] = ("Draw {shapes}.", "Make an image of {shapes}.")
@@ -111,6 +114,9 @@ AUDIO_CAPTIONS: tuple[str, ...] = ("{notes} on a {timbre} wave.", "The {noun} {n
 AUDIO_PROMPTS: tuple[str, ...] = ("Play {notes} on a {timbre} wave.", "Play the {noun} {notes} on a {timbre} wave.")
 INTERLEAVED_FIRST: dict[str, str] = {"image": "Here is an image of {shapes}.", "audio": "Here is {notes} on a {timbre} wave."}
 INTERLEAVED_NEXT: dict[str, str] = {"image": "Next, an image of {shapes}.", "audio": "Next, {notes} on a {timbre} wave."}
+# Items of an ``instruction`` request, joined by ", then "; shapes are placed "at the" or "in the" their cell.
+INSTRUCTION_ITEMS: dict[str, tuple[str, ...]] = {"image": ("{shapes}", "draw {shapes}", "an image of {shapes}"),
+                                                 "audio": ("play {notes} on a {timbre} wave", "{notes} on a {timbre} wave")}
 
 
 def pitch_to_midi(name: str) -> int:
@@ -143,9 +149,9 @@ class Shape:
             if getattr(self, field) not in allowed:
                 raise DataError(f"shape {field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
 
-    def phrase(self) -> str:
-        """``"a large red circle at the top left"``."""
-        return f"a {self.size} {self.color} {self.kind} at the {self.position}"
+    def phrase(self, preposition: str = "at") -> str:
+        """``"a large red circle at the top left"`` (``preposition="in"``: ``"... in the top left"``)."""
+        return f"a {self.size} {self.color} {self.kind} {preposition} the {self.position}"
 
     def to_meta(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -162,8 +168,8 @@ class ImageSpec:
         if len(set(positions)) != len(positions):
             raise DataError(f"two shapes share a cell: {positions}")
 
-    def phrase(self) -> str:
-        return " and ".join(s.phrase() for s in self.shapes)
+    def phrase(self, preposition: str = "at") -> str:
+        return " and ".join(s.phrase(preposition) for s in self.shapes)
 
     def to_meta(self, height: int, width: int) -> dict[str, Any]:
         return {"type": "image", "height": height, "width": width, "shapes": [s.to_meta() for s in self.shapes]}
@@ -237,6 +243,7 @@ class CorpusConfig:
     sample_rate: int = 16000
     task_weights: dict[str, float] = dataclasses.field(default_factory=_default_task_weights)
     interleaved_media: tuple[int, int] = (2, 4)  # inclusive range of media items in an interleaved document
+    instruction_media: tuple[int, int] = (1, 3)  # ... and in an instruction document
     # In image_to_caption / audio_to_caption documents the media is an input the model reads, never one it must
     # generate: mark it "attend": "bidirectional" (ARCHITECTURE §5), as generation feeds prompt media.
     bidirectional_inputs: bool = True
@@ -252,14 +259,16 @@ class CorpusConfig:
         weights = list(self.task_weights.values())
         if any(not isinstance(w, (int, float)) or w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"task_weights must be finite, >= 0 and not all 0, got {self.task_weights}")
-        self.interleaved_media = tuple(self.interleaved_media)
-        lo, hi = self.interleaved_media
-        if not 1 <= lo <= hi <= 16:
-            raise ConfigError(f"interleaved_media must be (lo, hi) with 1 <= lo <= hi <= 16, got {self.interleaved_media}")
+        for name in ("interleaved_media", "instruction_media"):
+            setattr(self, name, tuple(getattr(self, name)))
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi <= 16:
+                raise ConfigError(f"{name} must be (lo, hi) with 1 <= lo <= hi <= 16, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["interleaved_media"] = list(self.interleaved_media)
+        d["instruction_media"] = list(self.instruction_media)
         return d
 
     @classmethod
@@ -446,6 +455,23 @@ def interleaved_text(spec: ImageSpec | AudioSpec, first: bool) -> str:
     return table["audio"].format(**_audio_fields(spec))
 
 
+def instruction_text(specs: list[ImageSpec | AudioSpec], rng: np.random.Generator) -> str:
+    """A request for ``specs`` in order: ``"a large red circle in the top left, then play C5 E5 G5 on a square wave"``
+    (item wording, preposition, capital and final period drawn from ``rng``)."""
+    items = []
+    for spec in specs:
+        if isinstance(spec, ImageSpec):
+            template = INSTRUCTION_ITEMS["image"][int(rng.integers(len(INSTRUCTION_ITEMS["image"])))]
+            items.append(template.format(shapes=spec.phrase("in" if rng.random() < 0.5 else "at")))
+        else:
+            template = INSTRUCTION_ITEMS["audio"][int(rng.integers(len(INSTRUCTION_ITEMS["audio"])))]
+            items.append(template.format(**_audio_fields(spec)))
+    text = ", then ".join(items)
+    if rng.random() < 0.5:
+        text = _sentence(text)
+    return text + "." if rng.random() < 0.5 else text
+
+
 # ---------------------------------------------------------------------------------------------- documents
 def to_pcm16(wave: np.ndarray) -> np.ndarray:
     """float [T] in [-1, 1] -> int16 [T] (round to nearest, clipped)."""
@@ -506,6 +532,13 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
         aspec = sample_audio_spec(rng)
         add_audio(aspec, as_input=True)
         segments.append({"text": caption_audio(aspec, int(rng.integers(len(AUDIO_CAPTIONS))))})
+    elif task == "instruction":
+        lo, hi = config.instruction_media
+        specs = [sample_image_spec(rng) if rng.random() < 0.5 else sample_audio_spec(rng)
+                 for _ in range(int(rng.integers(lo, hi + 1)))]
+        segments.append({"text": instruction_text(specs, rng)})
+        for s in specs:
+            (add_image if isinstance(s, ImageSpec) else add_audio)(s)
     else:
         lo, hi = config.interleaved_media
         for j in range(int(rng.integers(lo, hi + 1))):

@@ -134,7 +134,7 @@ class ModelConfig:
 # vocabulary of the data (the embedding is the only part that changes).
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(vocab_size=1024, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=2048),
-    "tiny": dict(vocab_size=8192, dim=320, n_layers=8, n_heads=5, n_kv_heads=5, ffn_dim=864, max_seq_len=4096),
+    "tiny": dict(vocab_size=8192, dim=256, n_layers=8, n_heads=4, n_kv_heads=4, ffn_dim=704, max_seq_len=4096),
     "small": dict(vocab_size=32768, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2048, max_seq_len=4096),
     "base": dict(vocab_size=65536, dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, ffn_dim=5632, max_seq_len=4096),
     # Chameleon-7B shapes (LLaMA-2-7B widths, 65536 ids, full MHA, QK-norm).

@@ -90,7 +90,7 @@ class TrainConfig:
 
 def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
     """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus)."""
-    return TrainConfig(preset="tiny", steps=steps, batch_size=64, warmup=min(50, max(1, steps // 20)), seed=seed,
+    return TrainConfig(preset="tiny", steps=steps, batch_size=32, warmup=min(50, max(1, steps // 20)), seed=seed,
                        grid_every=max(50, steps // 6), ckpt_every=max(50, steps // 6), log_every=20)
 
 

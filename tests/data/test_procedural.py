@@ -9,6 +9,7 @@ from PIL import Image
 
 from chameleon_lite.cli import main
 from chameleon_lite.data import procedural as P
+from chameleon_lite.data.checkers import compare_audio, compare_image, parse_audio_caption, parse_image_caption
 from chameleon_lite.data.manifest import iter_documents, validate_manifest
 from chameleon_lite.errors import ConfigError, DataError
 
@@ -214,6 +215,13 @@ def test_manifest_structure(corpus):
                     "caption_to_audio": ["text", "audio"], "audio_to_caption": ["audio", "text"]}
         if task in expected:
             assert kinds == expected[task]
+        elif task == "instruction":
+            assert 1 <= len(media) <= 3 and kinds == ["text"] + media
+            for meta, item in zip(r["meta"]["media"], segs[0]["text"].split(", then ")):
+                if meta["type"] == "image":
+                    assert compare_image(parse_image_caption(item), P.ImageSpec.from_meta(meta)).exact, item
+                else:
+                    assert compare_audio(parse_audio_caption(item), P.AudioSpec.from_meta(meta)).exact, item
         else:
             assert 2 <= len(media) <= 4 and kinds[0::2] == ["text"] * len(media) and kinds[1::2] == media
     report = validate_manifest(manifest)
