@@ -18,6 +18,7 @@ def _eval(args: argparse.Namespace) -> int:
         tasks=tuple(args.tasks) if args.tasks else TASKS, batch=args.batch, shards=args.shards,
         text_temperature=args.text_temperature, image_temperature=args.image_temperature,
         audio_temperature=args.audio_temperature, image_cfg=args.image_cfg, audio_cfg=args.audio_cfg,
+        samples_in_report=args.samples,
     )
     res = run_eval(cfg)
     print(f"wrote {cfg.out}/eval.json and {cfg.out}/report.html ({res['seconds']:.0f} s)")
@@ -34,6 +35,7 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=12345, help="seed of the held-out prompts and of sampling")
     p.add_argument("--tasks", nargs="+", choices=TASKS, help="tasks to run (default all)")
     p.add_argument("--batch", type=int, default=8, help="prompts generated together")
+    p.add_argument("--samples", type=int, default=16, help="samples per task shown in report.html (default 16)")
     p.add_argument("--shards", default=None, metavar="DIR", help="validation shards for per-modality perplexity")
     p.add_argument("--text-temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--image-temperature", type=float, default=0.0)

@@ -12,6 +12,8 @@ Tasks (each over ``n`` prompts drawn from a seed the training corpus never used)
 - ``interleaved``: the first sentence of an interleaved document; the continuation must be structurally valid
   (complete image spans of exactly N ids, audio spans of whole frames, ending with ``<eos>``) and each media span
   must show what the sentence before it describes.
+- ``instruction``: a request for 1-3 media items in order ("a large red circle in the top left, then play C5 E5 G5
+  on a square wave"); exact = structurally valid, exactly the requested items in that order, each read back exact.
 
 Plus the tokenizers' reconstruction on the same held-out media (image PSNR and checker agreement; audio SI-SNR
 and checker agreement) and the model's per-modality perplexity on validation shards when given.
@@ -30,7 +32,7 @@ import numpy as np
 
 from chameleon_lite.errors import ConfigError
 
-TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved")
+TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved", "instruction")
 
 
 @dataclasses.dataclass
@@ -60,6 +62,8 @@ class EvalConfig:
             raise ConfigError(f"unknown eval task(s) {unknown}; known: {list(TASKS)}")
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
+        if self.samples_in_report < 0:
+            raise ConfigError(f"--samples must be >= 0, got {self.samples_in_report}")
 
 
 @dataclasses.dataclass
@@ -212,19 +216,10 @@ def eval_audio_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
     return items
 
 
-def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | None) -> tuple[bool, int, int, str]:
-    """(structurally valid, media spans correct, media spans, note) for one generated interleaved document.
-
-    Valid: it ended with ``<eos>``, holds at least one media span, every image span has exactly ``n_image`` ids
-    and every audio span whole frames, and no span was cut off. A media span is correct when the checker reads
-    from it exactly what the sentence before it (the prompt for the first one) describes.
-    """
-    from chameleon_lite.data.checkers import (check_audio, check_image, compare_audio, compare_image,
-                                              parse_audio_caption, parse_image_caption)
-
-    spans = [s for s in doc.spans if not s.from_prompt]
+def _structure_problems(doc, n_image: int, nq: int) -> list[str]:
+    """What makes a generated document structurally invalid (empty list: valid)."""
     ended = doc.settings.get("finish_reason", "eos") == "eos" if isinstance(doc.settings, dict) else True
-    media = [s for s in spans if s.kind in ("image", "audio")]
+    media = [s for s in doc.spans if not s.from_prompt and s.kind in ("image", "audio")]
     problems = []
     if not ended:
         problems.append("no <eos>")
@@ -237,6 +232,21 @@ def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | Non
             problems.append(f"image span of {len(s.ids)} ids")
         elif s.kind == "audio" and len(s.ids) % nq:
             problems.append(f"audio span of {len(s.ids)} ids (not whole frames)")
+    return problems
+
+
+def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | None) -> tuple[bool, int, int, str]:
+    """(structurally valid, media spans correct, media spans, note) for one generated interleaved document.
+
+    Valid: it ended with ``<eos>``, holds at least one media span, every image span has exactly ``n_image`` ids
+    and every audio span whole frames, and no span was cut off. A media span is correct when the checker reads
+    from it exactly what the sentence before it (the prompt for the first one) describes.
+    """
+    from chameleon_lite.data.checkers import (check_audio, check_image, compare_audio, compare_image,
+                                              parse_audio_caption, parse_image_caption)
+
+    spans = [s for s in doc.spans if not s.from_prompt]
+    problems = _structure_problems(doc, n_image, nq)
     correct, before = 0, first_text
     for s in spans:
         if s.kind == "text":
@@ -247,7 +257,8 @@ def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | Non
         elif s.kind == "audio" and s.audio is not None:
             correct += compare_audio(check_audio(s.audio, sr), parse_audio_caption(before)).exact
         before = ""
-    return not problems, correct, len(media), "; ".join(problems)
+    n_media = sum(s.kind in ("image", "audio") for s in spans)
+    return not problems, correct, n_media, "; ".join(problems)
 
 
 def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], dict[str, Any]]:
@@ -274,6 +285,52 @@ def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
         items.append(it)
     return items, {"spans": spans_all, "spans_correct": spans_ok,
                    "span_accuracy": spans_ok / spans_all if spans_all else 0.0}
+
+
+def judge_instruction(doc, specs: list, n_image: int, nq: int, sr: int | None) -> tuple[bool, int, str]:
+    """(structurally valid, requested items read back exact in order, note) for one answer to an instruction."""
+    from chameleon_lite.data import procedural as P
+    from chameleon_lite.data.checkers import check_audio, check_image, compare_audio, compare_image
+
+    problems = _structure_problems(doc, n_image, nq)
+    media = [s for s in doc.spans if not s.from_prompt and s.kind in ("image", "audio")]
+    kinds = ["image" if isinstance(s, P.ImageSpec) else "audio" for s in specs]
+    if [s.kind for s in media] != kinds:
+        problems.append(f"media {[s.kind for s in media]} where {kinds} were asked for")
+    correct = 0
+    for s, spec in zip(media, specs):
+        if s.kind == "image" and s.image is not None and isinstance(spec, P.ImageSpec):
+            correct += compare_image(check_image(s.image), spec).exact
+        elif s.kind == "audio" and s.audio is not None and isinstance(spec, P.AudioSpec):
+            correct += compare_audio(check_audio(s.audio, sr), spec).exact
+    return not problems, correct, "; ".join(problems)
+
+
+def eval_instruction(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], dict[str, Any]]:
+    from chameleon_lite.data import procedural as P
+    from chameleon_lite.generate import Prompt
+
+    rng = _rng(cfg, "instruction")
+    lo, hi = P.CorpusConfig().instruction_media
+    requests = []
+    for _ in range(cfg.n):
+        specs = [P.sample_image_spec(rng) if rng.random() < 0.5 else P.sample_audio_spec(rng)
+                 for _ in range(int(rng.integers(lo, hi + 1)))]
+        requests.append((specs, P.instruction_text(specs, rng)))
+    docs = _batched(gen, [Prompt(text=t) for _, t in requests], _settings(cfg, cfg.interleaved_tokens), cfg.batch,
+                    "instruction", cfg.progress)
+    nq = gen.tokenizers.vocab.audio_levels or 1
+    sr = gen.tokenizers.audio.sample_rate if gen.tokenizers.audio is not None else None
+    items, ok_all, asked = [], 0, 0
+    for (specs, text), doc in zip(requests, docs):
+        valid, ok, note = judge_instruction(doc, specs, n_image, nq, sr)
+        ok_all += ok
+        asked += len(specs)
+        it = Item("instruction", text, specs, output_text=doc.text.strip(), exact=valid and ok == len(specs),
+                  attributes={"valid": valid, "items_correct": ok == len(specs)}, note=note)
+        it.image = doc.images[0] if doc.images else None
+        items.append(it)
+    return items, {"items": asked, "items_correct": ok_all, "item_accuracy": ok_all / asked if asked else 0.0}
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -348,9 +405,11 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     items: dict[str, list[Item]] = {}
     t_all = time.perf_counter()
     for task in cfg.tasks:
-        needs = {"text_to_image": tk.image, "image_to_text": tk.image, "text_to_audio": tk.audio, "audio_to_text": tk.audio}
-        if task in needs and needs[task] is None:
-            log(f"{task}: skipped (the model has no {'image' if 'image' in task else 'audio'} tokenizer)")
+        needs = {"text_to_image": ("image",), "image_to_text": ("image",), "text_to_audio": ("audio",),
+                 "audio_to_text": ("audio",), "instruction": ("image", "audio")}.get(task, ())
+        missing = [m for m in needs if getattr(tk, m) is None]
+        if missing:
+            log(f"{task}: skipped (the model has no {' or '.join(missing)} tokenizer)")
             continue
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
@@ -362,8 +421,10 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
             items[task] = eval_text_to_audio(gen, cfg)
         elif task == "audio_to_text":
             items[task] = eval_audio_to_text(gen, cfg, inputs)
-        else:
+        elif task == "interleaved":
             items[task], extra = eval_interleaved(gen, cfg, n_image)
+        else:
+            items[task], extra = eval_instruction(gen, cfg, n_image)
         res = {**summarize(items[task]), **extra, "seconds": time.perf_counter() - t0}
         results["tasks"][task] = res
         log(f"{task}: exact {res['exact']:.1%} of {res['n']} ({res['seconds']:.0f} s)")

@@ -83,6 +83,8 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
         attrs = ", ".join(f"{k} {_pct(v)}" for k, v in r["attributes"].items())
         if "span_accuracy" in r:
             attrs += f"; media spans correct {r['spans_correct']}/{r['spans']}"
+        if "item_accuracy" in r:
+            attrs += f"; requested items correct {r['items_correct']}/{r['items']}"
         parts.append(f"<tr><td>{task}</td><td>{r['n']}</td><td>{_pct(r['exact'])}</td><td>{html.escape(attrs)}</td></tr>")
     parts.append("</table>")
     if results.get("tokenizers"):
@@ -118,9 +120,11 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
             cls = "ok" if it.exact else "bad"
             player = f"<audio controls src='data:audio/wav;base64,{_wav_b64(it.audio, sample_rate)}'></audio>" if it.audio is not None else "(no clip)"
             parts.append(f"<div class='cell'><span class='{cls}'>{html.escape(it.prompt)}</span><br>{player}</div>")
-    if "interleaved" in items:
-        parts.append("<h2>Interleaved</h2>")
-        for it in items["interleaved"][: limit // 2]:
+    for task in ("interleaved", "instruction"):
+        if task not in items:
+            continue
+        parts.append(f"<h2>{task.capitalize()}</h2>")
+        for it in items[task][: limit // 2]:
             cls = "ok" if it.exact else "bad"
             img = f"<img src='data:image/png;base64,{_png_b64(it.image)}' width='96'>" if it.image is not None else ""
             note = f" ({html.escape(it.note)})" if it.note else ""

@@ -5,7 +5,7 @@ import pytest
 
 from chameleon_lite.data import procedural as P
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.eval.harness import EvalConfig, Item, judge_interleaved, summarize
+from chameleon_lite.eval.harness import EvalConfig, Item, judge_instruction, judge_interleaved, summarize
 from chameleon_lite.eval.report import prompt_grid, write_report
 from chameleon_lite.generate.document import Document, Span
 
@@ -54,6 +54,24 @@ def test_interleaved_structural_problems(spans, finish, reason):
     assert not valid and reason in note
 
 
+def test_instruction_requested_items_in_order():
+    doc = _doc([_image_span(SPEC), _audio_span(ASPEC)])
+    assert judge_instruction(doc, [SPEC, ASPEC], N_IMAGE, NQ, SR) == (True, 2, "")
+    # a wrong picture: valid, one of two right
+    assert judge_instruction(_doc([_image_span(OTHER), _audio_span(ASPEC)]), [SPEC, ASPEC], N_IMAGE, NQ, SR) == (True, 1, "")
+
+
+@pytest.mark.parametrize("spans,reason", [
+    ([_audio_span(ASPEC), _image_span(SPEC)], "where ['image', 'audio'] were asked for"),  # wrong order
+    ([_image_span(SPEC)], "where ['image', 'audio'] were asked for"),  # one missing
+    ([_image_span(SPEC), _audio_span(ASPEC), _image_span(SPEC)], "were asked for"),  # one too many
+    ([], "no media span"),
+])
+def test_instruction_wrong_media_is_invalid(spans, reason):
+    valid, _, note = judge_instruction(_doc(spans), [SPEC, ASPEC], N_IMAGE, NQ, SR)
+    assert not valid and reason in note
+
+
 def test_summarize_counts_exact_and_attributes():
     items = [Item("t", "p", None, exact=True, attributes={"color": True, "kind": True}),
              Item("t", "p", None, exact=False, attributes={"color": True, "kind": False}),
@@ -63,7 +81,7 @@ def test_summarize_counts_exact_and_attributes():
     assert s["attributes"] == {"color": pytest.approx(2 / 3), "kind": pytest.approx(1 / 3)}
 
 
-@pytest.mark.parametrize("kw", [{"n": 0}, {"tasks": ("text_to_video",)}, {"batch": 0}])
+@pytest.mark.parametrize("kw", [{"n": 0}, {"tasks": ("text_to_video",)}, {"batch": 0}, {"samples_in_report": -1}])
 def test_config_errors(kw):
     with pytest.raises(ConfigError):
         EvalConfig(model="m", out="o", **kw)
