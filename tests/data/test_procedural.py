@@ -38,12 +38,14 @@ def test_config_json_round_trip():
     assert back == cfg
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"image_size": 16}, {"image_size": 64.0}, {"sample_rate": 4000}, {"task_weights": {"caption_to_video": 1.0}},
-    {"task_weights": {"interleaved": 0.0}}, {"task_weights": {"interleaved": -1.0}}, {"interleaved_media": (3, 2)},
+@pytest.mark.parametrize("kwargs,message", [
+    ({"image_size": 16}, "image_size"), ({"image_size": 64.0}, "image_size"), ({"sample_rate": 4000}, "sample_rate"),
+    ({"task_weights": {"caption_to_video": 1.0}}, "unknown task"), ({"task_weights": {"interleaved": 0.0}}, "not all 0"),
+    ({"task_weights": {"interleaved": -1.0}}, ">= 0"), ({"interleaved_media": (3, 2)}, "interleaved_media"),
+    ({"instruction_media": (0, 2)}, "instruction_media"), ({"instruction_media": (1, 17)}, "instruction_media"),
 ])
-def test_config_rejects_bad_values(kwargs):
-    with pytest.raises(ConfigError):
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
         P.CorpusConfig(**kwargs)
 
 
