@@ -460,11 +460,11 @@ def instruction_text(specs: list[ImageSpec | AudioSpec], rng: np.random.Generato
     (item wording, preposition, capital and final period drawn from ``rng``)."""
     items = []
     for spec in specs:
+        templates = INSTRUCTION_ITEMS["image" if isinstance(spec, ImageSpec) else "audio"]
+        template = templates[int(rng.integers(len(templates)))]
         if isinstance(spec, ImageSpec):
-            template = INSTRUCTION_ITEMS["image"][int(rng.integers(len(INSTRUCTION_ITEMS["image"])))]
             items.append(template.format(shapes=spec.phrase("in" if rng.random() < 0.5 else "at")))
         else:
-            template = INSTRUCTION_ITEMS["audio"][int(rng.integers(len(INSTRUCTION_ITEMS["audio"])))]
             items.append(template.format(**_audio_fields(spec)))
     text = ", then ".join(items)
     if rng.random() < 0.5:
