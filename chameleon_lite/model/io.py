@@ -83,9 +83,9 @@ def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, ch
     return save_model_dir(model, vocab, tokenizers_dir, out_dir)
 
 
-def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transformer:
-    """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
-    the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash."""
+def read_model_weights(model_dir: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and the weights (as stored) of an exported model folder, after the checks ``load_model`` makes:
+    vocab.json and the tokenizers must match the model's vocab hash."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -100,13 +100,32 @@ def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transforme
     check_vocab_matches(model_dir, vocab)
     path = os.path.join(model_dir, WEIGHTS_FILE)
     try:
-        state = load_file(path, device=str(device))
+        state = load_file(path, device="cpu")
     except FileNotFoundError:
         raise ConfigError(f"{path}: weights not found") from None
     except SafetensorError as e:
         raise ConfigError(f"{path}: not a valid safetensors file ({e})") from None
+    return cfg, state
+
+
+def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` (casting to its dtype); every tensor must be there, with its shape."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or wrong:
+        raise ConfigError(f"{source}: weights do not fit the model (missing: {missing[:3]}, unexpected: {unexpected[:3]}, "
+                          f"wrong shape: {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]})")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
+def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transformer:
+    """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
+    the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash."""
+    cfg, state = read_model_weights(model_dir)
     model = _empty_model(cfg, device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{path}: weights do not fit config.json (missing: {missing[:3]}, unexpected: {unexpected[:3]})")
+    load_weights(model, state, os.path.join(model_dir, WEIGHTS_FILE))
     return model.eval()

@@ -28,6 +28,7 @@ class TrainConfig:
     val_data: str = ""
     out: str = ""
     tokenizers: str = ""
+    init_from: str = ""
     seq_len: int = 512
     batch_size: int = 8
     grad_accum: int = 1

@@ -110,14 +110,37 @@ def evaluate(loss_terms, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, 
     return summarize_stats(all_reduce_sum(stats), prefix="val_")
 
 
-def build_train_model(mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo) -> Transformer:
-    """Meta-device build, materialise and initialise (the same seed on every rank), then AC / compile / sharding.
+def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Tensor] | None:
+    """The weights of the exported model ``cfg.init_from`` (continued pretraining, fine-tuning), after checking
+    that it is the architecture the run builds and was trained on the data's vocabulary; None without init_from."""
+    if not cfg.init_from:
+        return None
+    from chameleon_lite.model.io import read_model_weights
+
+    src, state = read_model_weights(cfg.init_from)
+    if src.vocab_hash != mcfg.vocab_hash:
+        raise ConfigError(f"init_from={cfg.init_from}: the model was trained on vocabulary {src.vocab_hash}, the data uses {mcfg.vocab_hash}")
+    a, b = src.to_dict(), mcfg.to_dict()
+    differ = [k for k in a if k not in ("max_seq_len",) and a[k] != b.get(k)]
+    if differ:
+        raise ConfigError(f"init_from={cfg.init_from}: the model differs from the run's model ({cfg.model!r} with overrides) in "
+                          + ", ".join(f"{k}={a[k]!r} vs {b.get(k)!r}" for k in differ) + "; set --model / --model.<field> to match it")
+    return state
+
+
+def build_train_model(mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo, init: dict[str, torch.Tensor] | None = None) -> Transformer:
+    """Meta-device build, materialise and initialise (the same seed on every rank; or the weights ``init``),
+    then AC / compile / sharding.
     Under FSDP compilation goes block by block (torchtitan's way: the sharding hooks sit between blocks);
     otherwise make_loss_terms compiles model and loss as one graph."""
     with torch.device("meta"):
         model = Transformer(mcfg)
     model.to_empty(device=info.device)
     model.init_weights(seed=cfg.seed)
+    if init is not None:
+        from chameleon_lite.model.io import load_weights
+
+        load_weights(model, init, cfg.init_from)
     if cfg.activation_checkpoint:
         apply_activation_checkpointing(model)
     if cfg.compile and _blockwise_compile(cfg, info):
@@ -176,14 +199,15 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
             json.dump(run, f, indent=2)
         os.replace(tmp, os.path.join(cfg.out, RUN_FILE))
 
+    last = ckpt.latest_checkpoint(cfg.out)
+    init = init_weights_from(cfg, mcfg) if last is None else None  # a resumed run takes its weights from its checkpoint
     torch.manual_seed(cfg.seed)
-    model = build_train_model(mcfg, cfg, info)
+    model = build_train_model(mcfg, cfg, info, init)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     loss_terms = make_loss_terms(model, cfg.compile and not _blockwise_compile(cfg, info))
     loader = make_loader(cfg.data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
 
     start, nonfinite = 0, 0
-    last = ckpt.latest_checkpoint(cfg.out)
     if last is not None:
         state = ckpt.load_checkpoint(last, model, opt)
         if state.get("vocab_hash") != vocab.hash:

@@ -319,3 +319,69 @@ def test_pretrain_entry_point_reports_errors_in_one_line(tmp_path):
         r = subprocess.run([sys.executable, script, "--data", str(tmp_path), "--out", str(tmp_path / "run"), *extra], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1, r.stderr
         assert expected in r.stderr and "Traceback" not in r.stderr
+
+
+def _exported(tmp_path, name, *extra):
+    """A short run on the synthetic data with real tokenizer artifacts, exported; returns (model dir, data dir, tokenizers)."""
+    from chameleon_lite.vocab import UnifiedVocab
+
+    tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
+    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    data = write_meta(str(tmp_path / "data"), vocab)
+    run = str(tmp_path / name)
+    train(_cfg(data, run, "--steps=4", "--ckpt_every=4", f"--tokenizers={tok_dir}", *extra), make_loader=SyntheticLoader)
+    return export_run(run, str(tmp_path / f"{name}-model")), data, tok_dir
+
+
+def test_init_from_continues_from_an_exported_model(tmp_path):
+    """A run started from an exported model begins with its weights (its first loss is the exported model's
+    loss on that batch, far below a fresh start's) and a resumed continued run takes its checkpoint, not the init."""
+    from chameleon_lite.model import token_losses
+
+    src, data, tok = _exported(tmp_path, "first")
+    fresh = _run(tmp_path, "fresh", "--steps=1", f"--tokenizers={tok}")
+    cont = str(tmp_path / "cont")
+    cfg = _cfg(data, cont, "--steps=4", "--ckpt_every=2", "--stop_after=2", f"--tokenizers={tok}", f"--init_from={src}")
+    train(cfg, make_loader=SyntheticLoader)
+    model = load_model(src)
+    b = next(SyntheticLoader(data, 64, 4, seed=0))
+    with torch.no_grad():
+        ce, _ = token_losses(model(b["input_ids"], b["positions"], b["doc_ids"], b["span_ids"]), b["targets"])
+    expected = float(ce[b["loss_mask"]].mean())
+    first = _losses(cont)[0]
+    assert abs(first - expected) < 1e-4 * expected, (first, expected)
+    assert first < _losses(fresh)[0] - 0.05
+    with open(os.path.join(cont, "run.json")) as f:
+        assert json.load(f)["train"]["init_from"] == src
+    # Resuming: the checkpoint's weights win, so the continued run matches an uninterrupted one bit for bit.
+    train(_cfg(data, cont, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok}", f"--init_from={src}"), make_loader=SyntheticLoader)
+    whole = str(tmp_path / "whole")
+    train(_cfg(data, whole, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok}", f"--init_from={src}"), make_loader=SyntheticLoader)
+    assert _losses(cont) == _losses(whole)
+
+
+def test_init_from_errors(tmp_path):
+    src, data, tok = _exported(tmp_path, "first")
+    with pytest.raises(ConfigError, match="model folder not found"):
+        train(_cfg(data, str(tmp_path / "a"), "--steps=1", f"--init_from={tmp_path / 'nowhere'}"), make_loader=SyntheticLoader)
+    with pytest.raises(ConfigError, match=r"differs from the run's model .*dim=128 vs 64"):
+        train(_cfg(data, str(tmp_path / "b"), "--steps=1", "--model.dim=64", f"--init_from={src}"), make_loader=SyntheticLoader)
+    # Data on another vocabulary.
+    from chameleon_lite.vocab import UnifiedVocab
+
+    other = write_meta(str(tmp_path / "other"), UnifiedVocab(text_size=VOCAB.text_size, image_codebook=VOCAB.image_codebook, audio_levels=1, audio_codebook=VOCAB.audio_codebook))
+    with pytest.raises(ConfigError, match="trained on vocabulary .* the data uses"):
+        train(_cfg(other, str(tmp_path / "c"), "--steps=1", f"--init_from={src}"), make_loader=SyntheticLoader)
+    # Weights that do not fit config.json.
+    from safetensors.torch import load_file, save_file
+
+    w = os.path.join(src, "model.safetensors")
+    state = load_file(w)
+    state.pop(sorted(state)[0])
+    save_file(state, w)
+    with pytest.raises(ConfigError, match="weights do not fit the model .*missing"):
+        train(_cfg(data, str(tmp_path / "d"), "--steps=1", f"--init_from={src}"), make_loader=SyntheticLoader)
+    with open(w, "wb") as f:
+        f.write(b"not safetensors")
+    with pytest.raises(ConfigError, match="not a valid safetensors file"):
+        train(_cfg(data, str(tmp_path / "e"), "--steps=1", f"--init_from={src}"), make_loader=SyntheticLoader)
