@@ -59,6 +59,61 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     return out
 
 
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
+    """An eval.json without its samples: per task n, exact, attributes (and span counts), seconds."""
+    tasks = {t: {k: v for k, v in r.items() if k != "samples"} for t, r in ev["tasks"].items()}
+    return {"tasks": tasks, "tokenizers": ev.get("tokenizers"), "perplexity": ev.get("perplexity"), "seconds": ev.get("seconds")}
+
+
+def continued_recipe(first: str, second: str, machine: str = "") -> dict[str, Any]:
+    """RECIPE.json of a model made as train/demo_recipe.sh makes it: the quickstart in ``first``, then continued
+    pretraining in ``second`` (its run, the stage times the script logged in stage_seconds.jsonl, its eval)."""
+    from chameleon_lite.hardware import describe_machine
+
+    qs = _read_json(os.path.join(first, "quickstart.json"))
+    run = _read_json(os.path.join(second, "run", "run.json"))
+    stages: dict[str, float] = {}
+    log = os.path.join(second, "stage_seconds.jsonl")
+    if os.path.exists(log):
+        with open(log) as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
+    from chameleon_lite.train.metrics import read_metrics
+
+    steps = read_metrics(os.path.join(second, "run", "metrics.jsonl"))
+    train_steps = [r for r in steps if "step_time" in r]
+    val = [r for r in steps if "val_loss" in r]
+    first_s = qs.get("stage_seconds_this_run", {})
+    return {
+        "command": "bash train/demo_recipe.sh",
+        "seed": int(qs["config"]["seed"]),
+        "machine": machine or describe_machine(),
+        "stages": {
+            "quickstart": {"command": f"chameleon-lite quickstart --out {first} --budget-minutes {qs['config']['budget_minutes']:g} --seed {qs['config']['seed']}",
+                           "stage_seconds": first_s, "minutes": round(sum(first_s.values()) / 60, 1), "config": qs["config"]},
+            "continued": {"stage_seconds": stages, "minutes": round(sum(stages.values()) / 60, 1), "train": run["train"],
+                          "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
+                          "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
+                          "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]},
+        },
+        "total_minutes": round((sum(first_s.values()) + sum(stages.values())) / 60, 1),
+        "eval_command": f"chameleon-lite eval --model {second}/model --n 500 --batch 32 --shards {first}/shards/val --out {second}/eval",
+        "eval": _eval_summary(_read_json(os.path.join(second, "eval", "eval.json"))),
+    }
+
+
 def _ship(args) -> int:
     recipe: dict[str, Any] = {}
     if args.recipe:
@@ -78,3 +133,23 @@ def register(cli) -> None:
     p.add_argument("--recipe", help="JSON file with how the model was made (e.g. runs/quickstart/quickstart.json)")
     p.add_argument("--command-line", help="the exact command that produced the model")
     p.add_argument("--out", default=DEMO_DIR, metavar="DIR", help="where to write it (default: inside the package)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m chameleon_lite.demo FIRST SECOND [MACHINE]``: print the recipe of train/demo_recipe.sh's model."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) not in (2, 3):
+        print("usage: python -m chameleon_lite.demo QUICKSTART_DIR CONTINUED_DIR [MACHINE]", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(continued_recipe(*argv), indent=2))
+    except ConfigError as e:
+        print(f"demo recipe: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,3 +29,22 @@ def cpu_has_fast_bf16() -> bool:
 def fast_cpu_dtype() -> torch.dtype | None:
     """bf16 when this CPU has native bf16 arithmetic, else None (run fp32)."""
     return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def describe_machine() -> str:
+    """One line for records: CPU model, core count, the widest vector ISA torch uses here, and the GPUs."""
+    import os
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        isa = "unknown ISA"
+    gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
+    return f"{name or 'CPU'}, {os.cpu_count()} cores, {isa}, {bf16}, {gpus}"

@@ -41,3 +41,42 @@ def test_ship_demo_and_generate_without_model(model_dir, tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match="MB"):
         demo.ship_demo(model_dir, {}, out=str(tmp_path / "small"), max_bytes=1000)
     assert not os.path.exists(tmp_path / "small")
+
+
+def _write(path, obj, lines=False):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        if lines:
+            f.writelines(json.dumps(o) + "\n" for o in obj)
+        else:
+            json.dump(obj, f)
+
+
+def test_continued_recipe_collects_both_stages(tmp_path, capsys):
+    first, second = str(tmp_path / "demo"), str(tmp_path / "demo2")
+    _write(os.path.join(first, "quickstart.json"), {"config": {"seed": 0, "budget_minutes": 80.0},
+                                                    "stage_seconds_this_run": {"corpus": 30.0, "pretrain": 90.0}})
+    _write(os.path.join(second, "run", "run.json"), {"train": {"steps": 3, "init_from": f"{first}/model"}})
+    _write(os.path.join(second, "run", "metrics.jsonl"), [
+        {"step": 0, "loss": 1.0, "tokens": 100, "tokens_per_s": 10.0, "step_time": 10.0},
+        {"step": 1, "loss": 0.9, "tokens": 100, "tokens_per_s": 30.0, "step_time": 3.3},
+        {"step": 1, "val_loss": 0.91234567},
+        {"step": 2, "loss": 0.8, "tokens": 100, "tokens_per_s": 20.0, "step_time": 5.0}], lines=True)
+    _write(os.path.join(second, "stage_seconds.jsonl"), [{"stage": "corpus", "seconds": 6.0}, {"stage": "pretrain", "seconds": 20.0},
+                                                         {"stage": "pretrain", "seconds": 4.0}], lines=True)
+    _write(os.path.join(second, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.4, "samples": [1, 2]}},
+                                                       "tokenizers": {}, "perplexity": {"text": 2.0}, "seconds": 9.0})
+    rec = demo.continued_recipe(first, second, machine="test machine")
+    assert rec["machine"] == "test machine" and rec["seed"] == 0 and rec["command"] == "bash train/demo_recipe.sh"
+    q, c = rec["stages"]["quickstart"], rec["stages"]["continued"]
+    assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 80 --seed 0" and q["minutes"] == 2.0
+    assert c["stage_seconds"] == {"corpus": 6.0, "pretrain": 24.0}  # a resumed stage adds up
+    assert c["steps"] == 3 and c["tokens"] == 300 and c["median_tokens_per_second"] == 20.0
+    assert c["val_loss"] == [{"step": 1, "val_loss": 0.9123}] and c["train"]["init_from"] == f"{first}/model"
+    assert rec["total_minutes"] == 2.5
+    assert rec["eval"]["tasks"] == {"text_to_image": {"n": 5, "exact": 0.4}}  # samples left out
+    assert demo.main([first, second, "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
+    os.remove(os.path.join(second, "eval", "eval.json"))
+    assert demo.main([first, second]) == 1
+    assert "eval.json: not found" in capsys.readouterr().err
+    assert demo.main([first]) == 2

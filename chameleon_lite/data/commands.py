@@ -8,7 +8,8 @@ def _procedural(args: argparse.Namespace) -> int:
     from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 
     cfg = CorpusConfig(image_size=args.image_size, sample_rate=args.sample_rate)
-    path = write_corpus(args.out, n=args.n, seed=args.seed, config=cfg, progress=not args.quiet)
+    path = write_corpus(args.out, n=args.n, seed=args.seed, config=cfg, progress=not args.quiet,
+                        workers=args.workers)
     print(f"wrote {args.n} documents: {path}")
     return 0
 
@@ -47,6 +48,7 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate in Hz (default 16000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (the corpus is the same for any number)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = cli.command("data validate", "check a JSONL manifest: JSON, segment keys, files present and decodable", _validate)

@@ -314,6 +314,11 @@ def test_cli_writes_the_corpus(tmp_path, capsys):
     ref = tmp_path / "ref"
     P.write_corpus(ref, n=5, seed=2, config=P.CorpusConfig(image_size=32), progress=False)
     assert _same_tree(str(out), str(ref))
+    two = tmp_path / "two"
+    assert main(["data", "procedural", "--out", str(two), "--n", "5", "--seed", "2", "--image-size", "32", "--workers", "2", "--quiet"]) == 0
+    assert _same_tree(str(two), str(ref))
+    assert main(["data", "procedural", "--out", str(tmp_path / "w0"), "--n", "5", "--workers", "0", "--quiet"]) == 1
+    assert "workers" in capsys.readouterr().err
 
 
 def test_cli_bad_size_is_one_line_error(tmp_path, capsys):
