@@ -17,11 +17,11 @@ N = 8
 # task -> (what is counted, least number of the N prompts (seed 4321) that must have it): "exact" is the checker's
 # whole verdict, other names are its per-attribute verdicts. Set from this model's own results on these prompts.
 FLOORS = {
-    "text_to_image": ("count", 3),  # measured 4 of 8 (exact 1)
-    "image_to_text": ("count", 5),  # 6 (exact 2)
-    "text_to_audio": ("timbre", 5),  # 6 (exact 0)
-    "audio_to_text": ("timbre", 7),  # 8 (exact 1)
-    "instruction": ("valid", 1),  # 2 (exact 0)
+    "text_to_image": ("position", 6),  # measured 7 of 8 (count 7, exact 2)
+    "image_to_text": ("count", 6),  # 7 (exact 1)
+    "text_to_audio": ("timbre", 6),  # 7 (count 4, exact 0)
+    "audio_to_text": ("exact", 5),  # 6 (timbre 8)
+    "instruction": ("valid", 3),  # 4 (exact 1)
 }
 
 
@@ -35,7 +35,11 @@ def gen():
 def test_shipped_model_is_what_its_recipe_says():
     folder = demo.demo_model_dir()
     rec = json.load(open(os.path.join(folder, demo.RECIPE_FILE)))
-    assert rec["command"].startswith("chameleon-lite quickstart") and isinstance(rec["seed"], int)
+    assert rec["command"] == "bash train/demo_recipe.sh" and isinstance(rec["seed"], int)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_recipe.sh")
+    assert rec["stages"]["quickstart"]["command"] in open(script).read().replace('"$first"', "runs/demo")
+    assert rec["stages"]["continued"]["train"]["init_from"] == "runs/demo/model"
+    assert rec["stages"]["continued"]["steps"] == rec["stages"]["continued"]["train"]["steps"]
     assert rec["weights_dtype"] == "bfloat16"
     assert demo.folder_bytes(folder) <= demo.MAX_BYTES
     for task in ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved"):
