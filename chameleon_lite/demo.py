@@ -59,16 +59,6 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     return out
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-
-
 def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
     """An eval.json without its samples: per task n, exact, attributes (and span counts), seconds."""
     tasks = {t: {k: v for k, v in r.items() if k != "samples"} for t, r in ev["tasks"].items()}
@@ -79,9 +69,10 @@ def continued_recipe(first: str, second: str, machine: str = "") -> dict[str, An
     """RECIPE.json of a model made as train/demo_recipe.sh makes it: the quickstart in ``first``, then continued
     pretraining in ``second`` (its run, the stage times the script logged in stage_seconds.jsonl, its eval)."""
     from chameleon_lite.hardware import describe_machine
+    from chameleon_lite.tokenizers.base import read_json
 
-    qs = _read_json(os.path.join(first, "quickstart.json"))
-    run = _read_json(os.path.join(second, "run", "run.json"))
+    qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
+    run = read_json(os.path.join(second, "run", "run.json"), "training run record")
     stages: dict[str, float] = {}
     log = os.path.join(second, "stage_seconds.jsonl")
     if os.path.exists(log):
@@ -110,7 +101,7 @@ def continued_recipe(first: str, second: str, machine: str = "") -> dict[str, An
         },
         "total_minutes": round((sum(first_s.values()) + sum(stages.values())) / 60, 1),
         "eval_command": f"chameleon-lite eval --model {second}/model --n 500 --batch 32 --shards {first}/shards/val --out {second}/eval",
-        "eval": _eval_summary(_read_json(os.path.join(second, "eval", "eval.json"))),
+        "eval": _eval_summary(read_json(os.path.join(second, "eval", "eval.json"), "evaluation")),
     }
 
 

@@ -78,5 +78,5 @@ def test_continued_recipe_collects_both_stages(tmp_path, capsys):
     assert demo.main([first, second, "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
     os.remove(os.path.join(second, "eval", "eval.json"))
     assert demo.main([first, second]) == 1
-    assert "eval.json: not found" in capsys.readouterr().err
+    assert "eval.json: evaluation not found" in capsys.readouterr().err
     assert demo.main([first]) == 2
