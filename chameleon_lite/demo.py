@@ -70,19 +70,14 @@ def continued_recipe(first: str, second: str, machine: str = "") -> dict[str, An
     pretraining in ``second`` (its run, the stage times the script logged in stage_seconds.jsonl, its eval)."""
     from chameleon_lite.hardware import describe_machine
     from chameleon_lite.tokenizers.base import read_json
+    from chameleon_lite.train.metrics import read_metrics
 
     qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
     run = read_json(os.path.join(second, "run", "run.json"), "training run record")
     stages: dict[str, float] = {}
     log = os.path.join(second, "stage_seconds.jsonl")
-    if os.path.exists(log):
-        with open(log) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
-    from chameleon_lite.train.metrics import read_metrics
-
+    for rec in read_metrics(log) if os.path.exists(log) else []:
+        stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
     steps = read_metrics(os.path.join(second, "run", "metrics.jsonl"))
     train_steps = [r for r in steps if "step_time" in r]
     val = [r for r in steps if "val_loss" in r]
