@@ -65,23 +65,43 @@ def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
     return {"tasks": tasks, "tokenizers": ev.get("tokenizers"), "perplexity": ev.get("perplexity"), "seconds": ev.get("seconds")}
 
 
-def continued_recipe(first: str, second: str, machine: str = "") -> dict[str, Any]:
-    """RECIPE.json of a model made as train/demo_recipe.sh makes it: the quickstart in ``first``, then continued
-    pretraining in ``second`` (its run, the stage times the script logged in stage_seconds.jsonl, its eval)."""
-    from chameleon_lite.hardware import describe_machine
+def _continued_stage(out: str) -> dict[str, Any]:
+    """One continued-pretraining stage of train/demo_recipe.sh in ``out``: its run, the stage times the script logged
+    in stage_seconds.jsonl (a resumed stage adds up), and the exact rates of its eval when it has one."""
     from chameleon_lite.tokenizers.base import read_json
     from chameleon_lite.train.metrics import read_metrics
 
-    qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
-    run = read_json(os.path.join(second, "run", "run.json"), "training run record")
+    run = read_json(os.path.join(out, "run", "run.json"), "training run record")
     stages: dict[str, float] = {}
-    log = os.path.join(second, "stage_seconds.jsonl")
+    log = os.path.join(out, "stage_seconds.jsonl")
     for rec in read_metrics(log) if os.path.exists(log) else []:
         stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
-    steps = read_metrics(os.path.join(second, "run", "metrics.jsonl"))
+    steps = read_metrics(os.path.join(out, "run", "metrics.jsonl"))
     train_steps = [r for r in steps if "step_time" in r]
     val = [r for r in steps if "val_loss" in r]
+    stage: dict[str, Any] = {
+        "out": out, "stage_seconds": stages, "minutes": round(sum(stages.values()) / 60, 1), "train": run["train"],
+        "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
+        "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
+        "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]}
+    ev = os.path.join(out, "eval", "eval.json")
+    if os.path.exists(ev):
+        stage["eval_exact"] = {t: r.get("exact") for t, r in read_json(ev, "evaluation")["tasks"].items()}
+    return stage
+
+
+def continued_recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
+    """RECIPE.json of a model made as train/demo_recipe.sh makes it: the quickstart in ``first``, then one or more
+    stages of continued pretraining, each from the model of the one before. The recipe's eval is the last stage's."""
+    from chameleon_lite.hardware import describe_machine
+    from chameleon_lite.tokenizers.base import read_json
+
+    if not continued:
+        raise ConfigError("the demo recipe needs at least one continued-pretraining stage after the quickstart")
+    qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
     first_s = qs.get("stage_seconds_this_run", {})
+    later = [_continued_stage(out) for out in continued]
+    last = continued[-1]
     return {
         "command": "bash train/demo_recipe.sh",
         "seed": int(qs["config"]["seed"]),
@@ -89,14 +109,11 @@ def continued_recipe(first: str, second: str, machine: str = "") -> dict[str, An
         "stages": {
             "quickstart": {"command": f"chameleon-lite quickstart --out {first} --budget-minutes {qs['config']['budget_minutes']:g} --seed {qs['config']['seed']}",
                            "stage_seconds": first_s, "minutes": round(sum(first_s.values()) / 60, 1), "config": qs["config"]},
-            "continued": {"stage_seconds": stages, "minutes": round(sum(stages.values()) / 60, 1), "train": run["train"],
-                          "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
-                          "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
-                          "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]},
+            "continued": later,
         },
-        "total_minutes": round((sum(first_s.values()) + sum(stages.values())) / 60, 1),
-        "eval_command": f"chameleon-lite eval --model {second}/model --n 500 --batch 32 --shards {first}/shards/val --out {second}/eval",
-        "eval": _eval_summary(read_json(os.path.join(second, "eval", "eval.json"), "evaluation")),
+        "total_minutes": round((sum(first_s.values()) + sum(sum(c["stage_seconds"].values()) for c in later)) / 60, 1),
+        "eval_command": f"chameleon-lite eval --model {last}/model --n 500 --batch 32 --shards {first}/shards/val --out {last}/eval",
+        "eval": _eval_summary(read_json(os.path.join(last, "eval", "eval.json"), "evaluation")),
     }
 
 
@@ -122,15 +139,18 @@ def register(cli) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m chameleon_lite.demo FIRST SECOND [MACHINE]``: print the recipe of train/demo_recipe.sh's model."""
+    """``python -m chameleon_lite.demo QUICKSTART_DIR CONTINUED_DIR [CONTINUED_DIR ...] [--machine M]``: print the
+    recipe of train/demo_recipe.sh's model."""
+    import argparse
     import sys
 
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) not in (2, 3):
-        print("usage: python -m chameleon_lite.demo QUICKSTART_DIR CONTINUED_DIR [MACHINE]", file=sys.stderr)
-        return 2
+    p = argparse.ArgumentParser(prog="python -m chameleon_lite.demo", description=main.__doc__)
+    p.add_argument("first", metavar="QUICKSTART_DIR")
+    p.add_argument("continued", nargs="+", metavar="CONTINUED_DIR", help="the continued-pretraining stages, in order")
+    p.add_argument("--machine", default="", help="the machine description (default: this machine's)")
+    args = p.parse_args(argv)
     try:
-        print(json.dumps(continued_recipe(*argv), indent=2))
+        print(json.dumps(continued_recipe(args.first, *args.continued, machine=args.machine), indent=2))
     except ConfigError as e:
         print(f"demo recipe: error: {e}", file=sys.stderr)
         return 1

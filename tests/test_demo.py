@@ -52,7 +52,7 @@ def _write(path, obj, lines=False):
             json.dump(obj, f)
 
 
-def test_continued_recipe_collects_both_stages(tmp_path, capsys):
+def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     first, second = str(tmp_path / "demo"), str(tmp_path / "demo2")
     _write(os.path.join(first, "quickstart.json"), {"config": {"seed": 0, "budget_minutes": 80.0},
                                                     "stage_seconds_this_run": {"corpus": 30.0, "pretrain": 90.0}})
@@ -68,15 +68,31 @@ def test_continued_recipe_collects_both_stages(tmp_path, capsys):
                                                        "tokenizers": {}, "perplexity": {"text": 2.0}, "seconds": 9.0})
     rec = demo.continued_recipe(first, second, machine="test machine")
     assert rec["machine"] == "test machine" and rec["seed"] == 0 and rec["command"] == "bash train/demo_recipe.sh"
-    q, c = rec["stages"]["quickstart"], rec["stages"]["continued"]
+    q, (c,) = rec["stages"]["quickstart"], rec["stages"]["continued"]
     assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 80 --seed 0" and q["minutes"] == 2.0
     assert c["stage_seconds"] == {"corpus": 6.0, "pretrain": 24.0}  # a resumed stage adds up
     assert c["steps"] == 3 and c["tokens"] == 300 and c["median_tokens_per_second"] == 20.0
     assert c["val_loss"] == [{"step": 1, "val_loss": 0.9123}] and c["train"]["init_from"] == f"{first}/model"
     assert rec["total_minutes"] == 2.5
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 5, "exact": 0.4}}  # samples left out
-    assert demo.main([first, second, "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
-    os.remove(os.path.join(second, "eval", "eval.json"))
-    assert demo.main([first, second]) == 1
+    assert c["out"] == second and c["eval_exact"] == {"text_to_image": 0.4}
+    assert demo.main([first, second, "--machine", "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
+
+    # a third stage continues from the second's model; the recipe's eval is the last stage's, the times add up
+    third = str(tmp_path / "demo3")
+    _write(os.path.join(third, "run", "run.json"), {"train": {"steps": 1, "init_from": f"{second}/model"}})
+    _write(os.path.join(third, "run", "metrics.jsonl"), [{"step": 0, "loss": 0.7, "tokens": 50, "tokens_per_s": 40.0,
+                                                          "step_time": 1.0}], lines=True)
+    _write(os.path.join(third, "stage_seconds.jsonl"), [{"stage": "pretrain", "seconds": 30.0}], lines=True)
+    _write(os.path.join(third, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.8}}, "tokenizers": {},
+                                                      "perplexity": {}, "seconds": 9.0})
+    rec = demo.continued_recipe(first, second, third, machine="m")
+    assert [c["out"] for c in rec["stages"]["continued"]] == [second, third] and rec["total_minutes"] == 3.0
+    assert rec["eval"]["tasks"]["text_to_image"]["exact"] == 0.8 and f"--model {third}/model" in rec["eval_command"]
+    os.remove(os.path.join(third, "eval", "eval.json"))
+    assert demo.main([first, second, third]) == 1
     assert "eval.json: evaluation not found" in capsys.readouterr().err
-    assert demo.main([first]) == 2
+    with pytest.raises(SystemExit):  # no continued stage: a usage error
+        demo.main([first])
+    with pytest.raises(ConfigError, match="at least one continued"):
+        demo.continued_recipe(first)
