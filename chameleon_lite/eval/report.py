@@ -44,12 +44,15 @@ def prompt_grid(items: list, path: str, cols: int = 4, limit: int = 16) -> str |
     if not shown:
         return None
     rows = (len(shown) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)
+    titles = ["\n".join(textwrap.wrap(it.prompt, 38)) for it in shown]
+    # each row is as tall as its picture plus the longest prompt above it, so no prompt runs into the row above
+    row_h = 3.0 + 0.16 * max(t.count("\n") + 1 for t in titles)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, row_h * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, it in zip(axes.flat, shown):
+    for ax, it, title in zip(axes.flat, shown, titles):
         ax.imshow(it.image, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(it.prompt, 34)), fontsize=8)
+        ax.set_title(title, fontsize=8)
         color = "tab:green" if it.exact else "tab:red"
         for side in ax.spines.values():
             side.set_visible(True)
@@ -59,7 +62,6 @@ def prompt_grid(items: list, path: str, cols: int = 4, limit: int = 16) -> str |
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("text → image (green: the checker reads every requested attribute)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.6 * rows)))  # keep the first row's prompts clear of the title
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
