@@ -112,7 +112,7 @@ def continued_recipe(first: str, *continued: str, machine: str = "") -> dict[str
             "continued": later,
         },
         "total_minutes": round((sum(first_s.values()) + sum(sum(c["stage_seconds"].values()) for c in later)) / 60, 1),
-        "eval_command": f"chameleon-lite eval --model {last}/model --n 500 --batch 32 --shards {first}/shards/val --out {last}/eval",
+        "eval_command": f"chameleon-lite eval --model {last}/model --n 500 --batch 32 --samples 6 --shards {first}/shards/val --out {last}/eval",
         "eval": _eval_summary(read_json(os.path.join(last, "eval", "eval.json"), "evaluation")),
     }
 
