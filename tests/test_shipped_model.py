@@ -17,10 +17,10 @@ N = 8
 # task -> (what is counted, least number of the N prompts (seed 4321) that must have it): "exact" is the checker's
 # whole verdict, other names are its per-attribute verdicts. Set from this model's own results on these prompts.
 FLOORS = {
-    "text_to_image": ("position", 6),  # measured 7 of 8 (count 7, exact 2)
-    "image_to_text": ("count", 6),  # 7 (exact 1)
-    "text_to_audio": ("timbre", 6),  # 7 (count 4, exact 0)
-    "audio_to_text": ("exact", 5),  # 6 (timbre 8)
+    "text_to_image": ("position", 4),  # measured 5 of 8 (count 5, size 5, exact 1)
+    "image_to_text": ("count", 7),  # 8 (position 8, size 8, exact 2)
+    "text_to_audio": ("count", 7),  # 8 (timbre 7, exact 1)
+    "audio_to_text": ("exact", 7),  # 8
     "instruction": ("valid", 3),  # 4 (exact 1)
 }
 
@@ -38,8 +38,11 @@ def test_shipped_model_is_what_its_recipe_says():
     assert rec["command"] == "bash train/demo_recipe.sh" and isinstance(rec["seed"], int)
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_recipe.sh")
     assert rec["stages"]["quickstart"]["command"] in open(script).read().replace('"$first"', "runs/demo")
-    assert rec["stages"]["continued"]["train"]["init_from"] == "runs/demo/model"
-    assert rec["stages"]["continued"]["steps"] == rec["stages"]["continued"]["train"]["steps"]
+    before = "runs/demo"  # each continued stage starts from the model of the stage before, and ran all its steps
+    for stage in rec["stages"]["continued"]:
+        assert stage["train"]["init_from"] == f"{before}/model" and stage["steps"] == stage["train"]["steps"]
+        before = stage["out"]
+    assert rec["eval_command"].startswith(f"chameleon-lite eval --model {before}/model --n 500")
     assert rec["weights_dtype"] == "bfloat16"
     assert demo.folder_bytes(folder) <= demo.MAX_BYTES
     for task in ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved"):
