@@ -65,9 +65,10 @@ def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
     return {"tasks": tasks, "tokenizers": ev.get("tokenizers"), "perplexity": ev.get("perplexity"), "seconds": ev.get("seconds")}
 
 
-def _continued_stage(out: str) -> dict[str, Any]:
+def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One continued-pretraining stage of train/demo_recipe.sh in ``out``: its run, the stage times the script logged
-    in stage_seconds.jsonl (a resumed stage adds up), and the exact rates of its eval when it has one."""
+    in stage_seconds.jsonl (a resumed stage adds up), and the exact rates of its eval when it has one; also that
+    eval.json itself (None without one)."""
     from chameleon_lite.tokenizers.base import read_json
     from chameleon_lite.train.metrics import read_metrics
 
@@ -84,10 +85,11 @@ def _continued_stage(out: str) -> dict[str, Any]:
         "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
         "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
         "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]}
-    ev = os.path.join(out, "eval", "eval.json")
-    if os.path.exists(ev):
-        stage["eval_exact"] = {t: r.get("exact") for t, r in read_json(ev, "evaluation")["tasks"].items()}
-    return stage
+    path = os.path.join(out, "eval", "eval.json")
+    ev = read_json(path, "evaluation") if os.path.exists(path) else None
+    if ev is not None:
+        stage["eval_exact"] = {t: r.get("exact") for t, r in ev["tasks"].items()}
+    return stage, ev
 
 
 def continued_recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
@@ -100,8 +102,9 @@ def continued_recipe(first: str, *continued: str, machine: str = "") -> dict[str
         raise ConfigError("the demo recipe needs at least one continued-pretraining stage after the quickstart")
     qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
     first_s = qs.get("stage_seconds_this_run", {})
-    later = [_continued_stage(out) for out in continued]
+    later, evals = zip(*(_continued_stage(out) for out in continued))
     last = continued[-1]
+    last_eval = evals[-1] or read_json(os.path.join(last, "eval", "eval.json"), "evaluation")  # its not-found error
     return {
         "command": "bash train/demo_recipe.sh",
         "seed": int(qs["config"]["seed"]),
@@ -109,11 +112,11 @@ def continued_recipe(first: str, *continued: str, machine: str = "") -> dict[str
         "stages": {
             "quickstart": {"command": f"chameleon-lite quickstart --out {first} --budget-minutes {qs['config']['budget_minutes']:g} --seed {qs['config']['seed']}",
                            "stage_seconds": first_s, "minutes": round(sum(first_s.values()) / 60, 1), "config": qs["config"]},
-            "continued": later,
+            "continued": list(later),
         },
         "total_minutes": round((sum(first_s.values()) + sum(sum(c["stage_seconds"].values()) for c in later)) / 60, 1),
         "eval_command": f"chameleon-lite eval --model {last}/model --n 500 --batch 32 --samples 6 --shards {first}/shards/val --out {last}/eval",
-        "eval": _eval_summary(read_json(os.path.join(last, "eval", "eval.json"), "evaluation")),
+        "eval": _eval_summary(last_eval),
     }
 
 
