@@ -7,7 +7,7 @@ Each modality registers a function in BENCHES that returns table rows (dicts wit
 ``variant``, ``op``, ``batch``, ``items_per_s``, ``ratio_vs_baseline``); the driver prints one table, writes JSON
 and a PNG bar chart.
 
-Image: the tiny-preset VQ tokenizer at batch 64 on uint8 pictures already at 64x64 (file decoding excluded;
+Image: the tiny-preset VQ tokenizer at batch 64 on uint8 pictures already at its size (48x48) (file decoding excluded;
 it is the same for any tokenizer). Baseline: the same network in fp32; variant: bf16 autocast, chosen at run
 time only on CPUs with native bf16 (what ``ImageTokenizer`` itself does). Throughput does not depend on the
 weights, so an untrained tiny model is used when no trained folder is given or found.
@@ -51,7 +51,7 @@ def bench_image(args: argparse.Namespace) -> list[dict]:
         else:
             tok = ImageTokenizer(ImageVQModel(preset("tiny")).eval(), autocast=amp, batch_size=batch)
             with torch.no_grad():  # a training-mode pass initialises the codebook (k-means) like a real model
-                tok.model.train()(torch.rand(batch, 3, 64, 64) * 2 - 1)
+                tok.model.train()(torch.rand(batch, 3, tok.image_size, tok.image_size) * 2 - 1)
             tok.model.eval()
         rgb_in = rgb[:, :tok.image_size, :tok.image_size]
         codes = tok.encode_rgb(rgb_in)

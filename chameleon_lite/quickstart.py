@@ -5,10 +5,11 @@ evaluation → a demo interleaved document. Every stage is resumable (see :mod:`
 interrupted quickstart continues where it stopped; stages that train continue from their own checkpoints.
 
 Time budget: the tokenizer step counts below are the defaults for ``budget_minutes=30`` on 2 cores (another budget
-scales them linearly, never below a floor; a longer budget also writes a proportionally larger corpus).
-Pretraining gets ``pretrain_share`` of the budget: before it starts, a few timed steps of the model on this machine
-turn that share into a step count (stored in ``calibration.json``, so a resumed quickstart keeps the schedule it
-started with).
+scales them linearly, never below a floor and never beyond the tokenizers' full recipes; a longer budget also
+writes a proportionally larger corpus). Pretraining gets what the budget has left when it starts (the measured
+time of the stages before it, minus a reserve for the evaluation after it), and never less than
+``pretrain_share`` of the budget: a few timed steps of the model on this machine turn those minutes into a step
+count (stored in ``calibration.json``, so a resumed quickstart keeps the schedule it started with).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from chameleon_lite.errors import ConfigError
 from chameleon_lite.pipeline import Pipeline, Stage
 
 DEFAULT_BUDGET_MINUTES = 30.0
+# the stages before pretraining, whose measured time comes out of its budget
+BEFORE_PRETRAIN = ("corpus", "heldout", "text-tokenizer", "image-tokenizer", "audio-tokenizer", "vocab", "tokenize")
 DEMO_PROMPT = "a large red circle in the top left, then play C5 E5 G5 on a square wave"
 
 
@@ -39,9 +42,15 @@ class QuickstartConfig:
     text_vocab: int = 1024
     image_steps: int = 1000
     audio_steps: int = 600
+    # the tokenizers' full recipes (docs/image_tokenizer_eval.json, docs/audio_codec_eval.json): a longer budget
+    # goes to pretraining once they are reached
+    max_image_steps: int = 4000
+    max_audio_steps: int = 3000
     pretrain_share: float = 0.5
+    # minutes kept for the stages after pretraining (curves, export, evaluation, demo), as a share of the budget
+    reserve_share: float = 0.08
     min_train_steps: int = 30
-    max_train_steps: int = 5000
+    max_train_steps: int = 20000
     train_model: str = "tiny"
     seq_len: int = 512
     batch_size: int = 8
@@ -53,8 +62,10 @@ class QuickstartConfig:
             raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
         if not 0 < self.pretrain_share < 1:
             raise ConfigError(f"pretrain_share must be in (0, 1), got {self.pretrain_share}")
-        for name in ("n_docs", "n_heldout", "workers", "text_vocab", "image_steps", "audio_steps", "min_train_steps",
-                     "max_train_steps", "eval_n"):
+        if not 0 <= self.reserve_share < 1:
+            raise ConfigError(f"reserve_share must be in [0, 1), got {self.reserve_share}")
+        for name in ("n_docs", "n_heldout", "workers", "text_vocab", "image_steps", "audio_steps", "max_image_steps",
+                     "max_audio_steps", "min_train_steps", "max_train_steps", "eval_n"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -62,8 +73,17 @@ class QuickstartConfig:
     def scale(self) -> float:
         return max(self.min_scale, self.budget_minutes / DEFAULT_BUDGET_MINUTES)
 
-    def steps(self, base: int) -> int:
-        return max(20, int(round(base * self.scale)))
+    def steps(self, base: int, cap: int) -> int:
+        """A tokenizer's step count at this budget: ``base`` scaled, at least 20, at most ``cap``."""
+        return min(cap, max(20, int(round(base * self.scale))))
+
+    @property
+    def image_train_steps(self) -> int:
+        return self.steps(self.image_steps, self.max_image_steps)
+
+    @property
+    def audio_train_steps(self) -> int:
+        return self.steps(self.audio_steps, self.max_audio_steps)
 
     @property
     def corpus_docs(self) -> int:
@@ -107,14 +127,14 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         from chameleon_lite.tokenizers import image_train
 
         out = cfg.path("image_vq")
-        image_train.train(manifest, out, image_train.quickstart_config(steps=cfg.steps(cfg.image_steps), seed=cfg.seed))
+        image_train.train(manifest, out, image_train.quickstart_config(steps=cfg.image_train_steps, seed=cfg.seed))
         _copy_artifacts(out, tok, (base.IMAGE_WEIGHTS, base.IMAGE_CONFIG))
 
     def audio_tokenizer() -> None:
         from chameleon_lite.tokenizers import audio_train
 
         out = cfg.path("audio_codec")
-        audio_train.train(manifest, out, audio_train.quickstart_config(steps=cfg.steps(cfg.audio_steps), seed=cfg.seed))
+        audio_train.train(manifest, out, audio_train.quickstart_config(steps=cfg.audio_train_steps, seed=cfg.seed))
         _copy_artifacts(out, tok, (base.AUDIO_WEIGHTS, base.AUDIO_CONFIG))
 
     def vocab() -> None:
@@ -160,17 +180,15 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         doc = gen.generate(Prompt(text=DEMO_PROMPT), GenerationConfig(max_new_tokens=400, seed=cfg.seed))[0]
         doc.save(cfg.path("demo"))
 
-    s = cfg.steps
     return [
         Stage("corpus", make_corpus, {"n": cfg.corpus_docs, "seed": cfg.seed}, [corpus]),
         Stage("heldout", make_heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [heldout]),
         Stage("text-tokenizer", text_tokenizer, {"vocab": cfg.text_vocab}, [os.path.join(tok, base.TEXT_FILE)]),
-        Stage("image-tokenizer", image_tokenizer, {"steps": s(cfg.image_steps)}, [cfg.path("image_vq")], resumable=True),
-        Stage("audio-tokenizer", audio_tokenizer, {"steps": s(cfg.audio_steps)}, [cfg.path("audio_codec")], resumable=True),
+        Stage("image-tokenizer", image_tokenizer, {"steps": cfg.image_train_steps}, [cfg.path("image_vq")], resumable=True),
+        Stage("audio-tokenizer", audio_tokenizer, {"steps": cfg.audio_train_steps}, [cfg.path("audio_codec")], resumable=True),
         Stage("vocab", vocab, {}, [os.path.join(tok, base.VOCAB_FILE)]),
         Stage("tokenize", tokenize, {}, [shards], resumable=True),
-        Stage("pretrain", pretrain, {"minutes": round(cfg.budget_minutes * cfg.pretrain_share, 2), "model": cfg.train_model},
-              [run], resumable=True),
+        Stage("pretrain", pretrain, {"budget_minutes": cfg.budget_minutes, "model": cfg.train_model}, [run], resumable=True),
         Stage("curves", curves, {}),
         Stage("export", export, {}, [model_dir]),
         Stage("eval", evaluate, {"n": cfg.eval_n}, [cfg.path("eval")]),
@@ -207,14 +225,33 @@ def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_s
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+def spent_minutes(cfg: QuickstartConfig, names: tuple[str, ...]) -> float:
+    """Wall minutes the finished stages ``names`` took (from their pipeline markers; a missing one counts 0)."""
+    total = 0.0
+    for name in names:
+        try:
+            with open(cfg.path(f".stage-{name}.done")) as f:
+                total += float(json.load(f).get("seconds", 0.0))
+        except (OSError, ValueError):
+            pass
+    return total / 60.0
+
+
+def pretrain_minutes(cfg: QuickstartConfig, spent: float) -> float:
+    """Minutes pretraining gets after ``spent`` minutes of earlier stages: what is left of the budget less the
+    reserve for the stages after it, and never less than ``pretrain_share`` of the budget."""
+    left = cfg.budget_minutes * (1.0 - cfg.reserve_share) - spent
+    return max(cfg.budget_minutes * cfg.pretrain_share, left)
+
+
 def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str) -> int:
-    """The pretraining step count that fits ``pretrain_share`` of the budget on this machine (measured once, then
-    read back from calibration.json so a resumed run keeps its learning-rate schedule)."""
+    """The pretraining step count that fits :func:`pretrain_minutes` on this machine (measured once, then read
+    back from calibration.json so a resumed run keeps its learning-rate schedule)."""
     from chameleon_lite.tokenizers.base import vocab_from_tokenizer_dir
 
     path = cfg.path("calibration.json")
     key = {"model": cfg.train_model, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
-           "budget_minutes": cfg.budget_minutes, "pretrain_share": cfg.pretrain_share}
+           "budget_minutes": cfg.budget_minutes, "pretrain_share": cfg.pretrain_share, "reserve_share": cfg.reserve_share}
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
@@ -222,17 +259,19 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str) -> int:
             return int(saved["steps"])
     vocab = vocab_from_tokenizer_dir(tokenizers_dir)
     step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size)
+    spent = spent_minutes(cfg, BEFORE_PRETRAIN)
+    minutes = pretrain_minutes(cfg, spent)
     # ~8% of the stage goes to validation passes and checkpoints
-    budget_s = 60.0 * cfg.budget_minutes * cfg.pretrain_share * 0.92
+    budget_s = 60.0 * minutes * 0.92
     steps = int(min(cfg.max_train_steps, max(cfg.min_train_steps, budget_s / step_s)))
-    rec = {"key": key, "step_seconds": round(step_s, 4), "steps": steps,
-           "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1)}
+    rec = {"key": key, "step_seconds": round(step_s, 4), "steps": steps, "minutes_before": round(spent, 2),
+           "pretrain_minutes": round(minutes, 2), "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1)}
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(rec, f, indent=2)
     os.replace(tmp, path)
     print(f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
-          f"{steps} steps in {cfg.pretrain_share:.0%} of {cfg.budget_minutes:g} minutes")
+          f"{steps} steps in {minutes:.1f} of the {cfg.budget_minutes:g} budget minutes ({spent:.1f} spent before)")
     return steps
 
 

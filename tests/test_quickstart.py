@@ -4,7 +4,8 @@ import os
 import pytest
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.quickstart import QuickstartConfig, quickstart
+from chameleon_lite.quickstart import (BEFORE_PRETRAIN, QuickstartConfig, build_stages, pretrain_minutes, quickstart,
+                                      spent_minutes)
 
 
 def test_config_errors():
@@ -14,6 +15,30 @@ def test_config_errors():
         QuickstartConfig(pretrain_share=1.5)
     with pytest.raises(ConfigError, match="n_docs"):
         QuickstartConfig(n_docs=0)
+    with pytest.raises(ConfigError, match="reserve_share"):
+        QuickstartConfig(reserve_share=1.0)
+    with pytest.raises(ConfigError, match="max_image_steps"):
+        QuickstartConfig(max_image_steps=0)
+
+
+def test_budget_scales_tokenizers_up_to_their_recipes_and_gives_the_rest_to_pretraining(tmp_path):
+    default = QuickstartConfig()
+    assert (default.image_train_steps, default.audio_train_steps) == (1000, 600)
+    assert (QuickstartConfig(budget_minutes=3).image_train_steps, QuickstartConfig(budget_minutes=3).audio_train_steps) == (100, 60)
+    long = QuickstartConfig(budget_minutes=300, out=str(tmp_path))
+    assert (long.image_train_steps, long.audio_train_steps) == (4000, 3000)  # capped at the full recipes
+    assert long.corpus_docs == 60000
+    # pretraining: the budget less the time spent before it and the reserve, never below pretrain_share
+    assert pretrain_minutes(long, spent=80.0) == pytest.approx(300 * 0.92 - 80.0)
+    assert pretrain_minutes(long, spent=250.0) == pytest.approx(150.0)
+    assert pretrain_minutes(default, spent=5.0) == pytest.approx(30 * 0.92 - 5.0)
+    # the time spent is read from the pipeline's markers of the stages before pretraining
+    for name, seconds in (("corpus", 60.0), ("image-tokenizer", 600.0), ("eval", 9999.0)):
+        with open(os.path.join(str(tmp_path), f".stage-{name}.done"), "w") as f:
+            json.dump({"params": {}, "seconds": seconds}, f)
+    assert spent_minutes(long, BEFORE_PRETRAIN) == pytest.approx(11.0)
+    names = [st.name for st in build_stages(long)]
+    assert tuple(names[:names.index("pretrain")]) == BEFORE_PRETRAIN
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def register(cli) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.jsonl, images/, audio/)")
     p.add_argument("--n", type=int, default=1000, help="number of documents (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--image-size", type=int, default=48, help="image side in pixels (default 48: each grid cell is 2x2 patches of the image tokenizer)")
     p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate in Hz (default 16000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (the corpus is the same for any number)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

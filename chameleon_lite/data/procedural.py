@@ -3,7 +3,7 @@
 It writes real files plus a JSONL manifest, so it exercises exactly the path user data takes::
 
     OUT/manifest.jsonl     one document per line (ARCHITECTURE §7)
-    OUT/images/*.png       RGB, ``image_size`` x ``image_size`` (default 64)
+    OUT/images/*.png       RGB, ``image_size`` x ``image_size`` (default 48)
     OUT/audio/*.wav        16-bit PCM mono at ``sample_rate`` (default 16 kHz)
     OUT/corpus.json        the CorpusConfig, seed and n that produced the folder
 
@@ -12,7 +12,7 @@ A manifest line looks like::
     {"id": "proc-0-000007",
      "segments": [{"text": "Draw a large red circle at the top left."}, {"image": "images/000007_0.png"}],
      "meta": {"task": "caption_to_image",
-              "media": [{"type": "image", "height": 64, "width": 64,
+              "media": [{"type": "image", "height": 48, "width": 48,
                          "shapes": [{"kind": "circle", "color": "red", "size": "large", "position": "top left"}]}]}}
 
 ``meta["media"]`` holds the ground truth of every image/audio segment in segment order (see
@@ -31,13 +31,17 @@ Images
     :data:`COLORS`, a size in :data:`SIZES` and a cell of the 3x3 grid named in :data:`POSITIONS`. A shape is
     centred in its cell and lies strictly inside it; two shapes never share a cell. Edges are anti-aliased by
     4x4 supersampling; the coverage maps are shared with the checker (:func:`coverage_maps`), which is why it
-    can be exact.
+    can be exact. The default side, 48, is a multiple of 3 * 8: each grid cell is exactly 2x2 patches of the
+    image tokenizer (factor 8), so a shape is cut by the patch grid the same way in every cell and its codes
+    do not depend on where it stands.
 Audio
     1-4 notes from :data:`PITCHES` (C4 ... C6, chromatic, written like ``C#4``), each 0.20-0.40 s, one timbre
     from :data:`TIMBRES` for the whole clip. Notes are band-limited additive syntheses (harmonics below
     0.45 * sample_rate: sine = fundamental only, square = odd harmonics at 1/n, sawtooth = all harmonics at
     1/n), with a raised-cosine attack/release and :data:`NOTE_GAP` seconds of silence between notes; clips last
-    0.5-2 s.
+    0.5-2 s. Durations, gaps and the lead are whole multiples of :data:`TIME_GRID` (20 ms, one frame of the audio
+    codec at 16 kHz), so every note starts on a codec frame boundary and a note's frames depend only on its
+    pitch, timbre and length, not on where it falls in the clip.
 Task forms (:data:`TASKS`)
     ``caption_to_image`` [prompt, image]; ``image_to_caption`` [image, caption]; ``caption_to_audio`` [prompt,
     audio]; ``audio_to_caption`` [audio, caption]; ``interleaved`` [text, media, text, media, ...] with 2-4 media
@@ -94,9 +98,10 @@ _NOTE_LETTERS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"
 PITCHES: tuple[str, ...] = tuple(f"{n}{o}" for o in (4, 5) for n in _NOTE_LETTERS) + ("C6",)
 MIDI_C4 = 60
 TIMBRES: tuple[str, ...] = ("sine", "square", "sawtooth")
-NOTE_DURATIONS = (0.20, 0.40)  # seconds, drawn on a 10 ms grid
+TIME_GRID = 0.02  # seconds: note lengths, gaps and the lead are whole multiples of it (one 20 ms codec frame)
+NOTE_DURATIONS = (0.20, 0.40)  # seconds, drawn on the TIME_GRID
 NOTE_GAP = 0.08  # silence between notes, so a checker can segment them by energy
-LEAD = 0.05  # silence before the first and after the last note
+LEAD = 0.04  # silence before the first and after the last note
 MIN_CLIP = 0.5
 MAX_NOTES = 4
 AMPLITUDE = 0.5
@@ -239,7 +244,7 @@ def _default_task_weights() -> dict[str, float]:
 class CorpusConfig:
     """How the procedural corpus looks. JSON round trip via :meth:`to_dict` / :meth:`from_dict`."""
 
-    image_size: int = 64
+    image_size: int = 48
     sample_rate: int = 16000
     task_weights: dict[str, float] = dataclasses.field(default_factory=_default_task_weights)
     interleaved_media: tuple[int, int] = (2, 4)  # inclusive range of media items in an interleaved document
@@ -353,7 +358,7 @@ def coverage_maps(height: int, width: int) -> np.ndarray:
     return maps
 
 
-def render_image(spec: ImageSpec, size: int = 64) -> np.ndarray:
+def render_image(spec: ImageSpec, size: int = 48) -> np.ndarray:
     """Render ``spec`` on the plain background. Returns uint8 [size, size, 3] (RGB)."""
     maps = coverage_maps(size, size)
     bg = np.asarray(BACKGROUND, np.float32)
@@ -380,11 +385,11 @@ def image_prompt(spec: ImageSpec, template: int = 0) -> str:
 
 # ---------------------------------------------------------------------------------------------- audio
 def sample_audio_spec(rng: np.random.Generator, max_notes: int = MAX_NOTES) -> AudioSpec:
-    """Draw 1..max_notes notes (repeats allowed), durations on a 10 ms grid and a timbre, uniformly."""
+    """Draw 1..max_notes notes (repeats allowed), durations on the :data:`TIME_GRID` and a timbre, uniformly."""
     k = int(rng.integers(1, max_notes + 1))
     notes = tuple(PITCHES[int(i)] for i in rng.integers(len(PITCHES), size=k))
-    lo, hi = (round(d * 100) for d in NOTE_DURATIONS)
-    durations = tuple(int(c) / 100 for c in rng.integers(lo, hi + 1, size=k))
+    lo, hi = (round(d / TIME_GRID) for d in NOTE_DURATIONS)
+    durations = tuple(round(int(c) * TIME_GRID, 2) for c in rng.integers(lo, hi + 1, size=k))
     return AudioSpec(notes=notes, timbre=TIMBRES[int(rng.integers(len(TIMBRES)))], durations=durations)
 
 

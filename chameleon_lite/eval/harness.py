@@ -155,7 +155,8 @@ def eval_image_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
 
     rng = _rng(cfg, "image_to_text")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
-    paths = [_write_png(os.path.join(inputs, f"image_{i:04d}.png"), P.render_image(s)) for i, s in enumerate(specs)]
+    side = gen.tokenizers.image.image_size  # drawn at the size the model sees, as the corpus draws them
+    paths = [_write_png(os.path.join(inputs, f"image_{i:04d}.png"), P.render_image(s, side)) for i, s in enumerate(specs)]
     docs = _batched(gen, [Prompt(images=[p], then="text") for p in paths], _settings(cfg, 48), cfg.batch,
                     "image→text", cfg.progress)
     items = []

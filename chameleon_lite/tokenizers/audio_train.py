@@ -12,7 +12,8 @@ Run folder layout (``out``)::
 Losses: multi-scale log-mel L1, multi-scale STFT magnitude (spectral convergence + log-magnitude L1), multi-scale
 complex STFT L1 and waveform L1 plus a scale-invariant SNR term (these keep the waveform in phase, which magnitude
 losses cannot see), and the RVQ commitment loss. Optional: a multi-scale STFT discriminator (hinge) with feature matching from ``disc_start``.
-Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest.
+Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest, starting on a frame
+boundary of their clip (``frame_aligned_crops``), where encoding the whole clip puts one.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 16
     segment_frames: int = 32
+    # Crops start on frame boundaries of their clip (as encoding a clip cuts it); off: at any sample.
+    frame_aligned_crops: bool = True
     lr: float = 1e-3
     warmup: int = 100
     min_lr_ratio: float = 0.05
@@ -131,18 +134,24 @@ def load_clips(paths: list[str], sample_rate: int, progress: bool = True, desc: 
     return clips
 
 
-def random_crops(clips: list[np.ndarray], n: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """n crops of ``length`` samples ([n, 1, length]); shorter clips are zero-padded at a random offset."""
+def random_crops(clips: list[np.ndarray], n: int, length: int, gen: torch.Generator, grid: int = 1) -> torch.Tensor:
+    """n crops of ``length`` samples ([n, 1, length]); shorter clips are zero-padded at a random offset.
+
+    Offsets (where a crop starts in its clip, or where a short clip starts in its crop) are multiples of ``grid``
+    samples: with ``grid`` = the codec's hop, training sees frames cut where encoding a clip cuts them.
+    """
+    if grid < 1:
+        raise ConfigError(f"grid must be >= 1 sample, got {grid}")
     out = torch.zeros(n, 1, length)
     pick = torch.randint(0, len(clips), (n,), generator=gen).tolist()
     u = torch.rand(n, generator=gen).tolist()
     for i, (c, r) in enumerate(zip(pick, u)):
         x = clips[c]
         if len(x) >= length:
-            s = int(r * (len(x) - length + 1))
+            s = int(r * ((len(x) - length) // grid + 1)) * grid
             out[i, 0] = torch.from_numpy(x[s:s + length])
         else:
-            s = int(r * (length - len(x) + 1))
+            s = int(r * ((length - len(x)) // grid + 1)) * grid
             out[i, 0, s:s + len(x)] = torch.from_numpy(x)
     return out
 
@@ -287,12 +296,17 @@ def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- training
+def crop_grid(cfg: TrainConfig, mcfg: AudioCodecConfig) -> int:
+    """Samples between allowed crop offsets: one hop with ``frame_aligned_crops``, else 1."""
+    return mcfg.hop if cfg.frame_aligned_crops else 1
+
+
 def _kmeans_warmup(model: AudioCodecModel, clips: list[np.ndarray], cfg: TrainConfig, gen: torch.Generator) -> None:
     """Initialise every RVQ level by k-means on one large batch (enough vectors for the codebook)."""
     mcfg = model.cfg
     need = 2 * mcfg.codebook_size
     n = max(cfg.batch_size, -(-need // cfg.segment_frames))
-    x = random_crops(clips, n, cfg.segment_frames * mcfg.hop, gen)
+    x = random_crops(clips, n, cfg.segment_frames * mcfg.hop, gen, crop_grid(cfg, mcfg))
     with torch.no_grad():
         model.quantize(model.encoder(x), dropout=False)
 
@@ -357,7 +371,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        x = random_crops(clips, cfg.batch_size, seg, gen)
+        x = random_crops(clips, cfg.batch_size, seg, gen, crop_grid(cfg, mcfg))
         drop = float(torch.rand((), generator=gen)) < mcfg.quantizer_dropout
         drop_seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
         # The quantizer's dead-code replacement draws from torch's global generator: seed it per step so that a

@@ -30,6 +30,10 @@ from chameleon_lite.tokenizers.base import IMAGE_CONFIG, IMAGE_WEIGHTS, read_jso
 from chameleon_lite.vocab import UnifiedVocab
 
 QUANTIZERS = ("vq", "fsq")
+NORMS = ("channel", "group")
+PADDINGS = ("background", "zeros")
+# what configs written before a field existed meant by its absence
+LEGACY_DEFAULTS = {"norm": "group", "padding": "zeros"}
 # 4096 x 4096 RGB is ~50 MB decoded; anything bigger than this bound is refused from its header alone.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
@@ -42,16 +46,23 @@ class ImageVQConfig:
     channels: encoder widths per resolution, from the stem (image_size / 2) down to the grid; the number of
     entries fixes f = 2 ** len(channels). codebook_size: K; codebook_dim: dimension of each code vector.
     quantizer: "vq" (VectorQuantize) or "fsq" (then ``fsq_levels`` multiply to ``codebook_size``).
+    norm: "channel" normalises each position over its channels (local: a patch's code depends only on the pixels
+    in its receptive field) or "group" (GroupNorm over the whole picture: a code also depends on the rest of it).
+    padding: "background" pads every encoder feature map with the value a plain black picture has there (as if
+    the picture went on in black, so a shape reads the same next to the border as anywhere else on a black
+    background; the decoder replicates its edges) or "zeros" (zero padding everywhere).
     """
 
-    image_size: int = 64
+    image_size: int = 48  # the procedural corpus default: each 3x3 grid cell is 2x2 patches of factor 8
     factor: int = 8
     channels: tuple[int, ...] = (32, 64, 128)
     res_blocks: int = 1
     dec_channels: tuple[int, ...] = (32, 64, 128)
-    codebook_size: int = 1024
+    codebook_size: int = 512
     codebook_dim: int = 32
     quantizer: str = "vq"
+    norm: str = "channel"
+    padding: str = "background"
     fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
     ema_decay: float = 0.95
     commitment_weight: float = 0.25
@@ -68,6 +79,10 @@ class ImageVQConfig:
         self.fsq_levels = tuple(int(c) for c in self.fsq_levels)
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.factor < 2 or self.factor & (self.factor - 1):
             raise ConfigError(f"factor must be a power of two >= 2, got {self.factor}")
         if 2 ** len(self.channels) != self.factor or len(self.dec_channels) != len(self.channels):
@@ -105,7 +120,7 @@ class ImageVQConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown image tokenizer config keys {unknown}")
         try:
-            return cls(**d)
+            return cls(**{**LEGACY_DEFAULTS, **d})
         except TypeError as e:
             raise ConfigError(f"{source}: bad image tokenizer config ({e})") from None
 
@@ -127,12 +142,51 @@ def preset(name: str, **overrides: Any) -> ImageVQConfig:
 
 
 # ---------------------------------------------------------------------------------------------- network
-class ResBlock(nn.Module):
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each position of [B, C, H, W] (no statistics across positions)."""
+
     def __init__(self, ch: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(min(32, ch // 4) or 1, ch)
-        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
-        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.norm = nn.LayerNorm(ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _norm(cfg: ImageVQConfig, ch: int) -> nn.Module:
+    return ChannelNorm(ch) if cfg.norm == "channel" else nn.GroupNorm(min(32, ch // 4) or 1, ch)
+
+
+class PadConv2d(nn.Conv2d):
+    """A k x k convolution padded by (k - 1) // 2 on every side: with zeros, by replicating the edge, or with
+    ``fill`` ([1, C, 1, 1], set by :class:`Encoder` for one forward pass)."""
+
+    def __init__(self, a: int, b: int, k: int, stride: int = 1, mode: str = "zeros") -> None:
+        super().__init__(a, b, k, stride=stride, padding=0)
+        self.pad, self.mode = (k - 1) // 2, mode
+        self.fill: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = (self.pad,) * 4
+        if self.fill is not None:
+            x = F.pad(x - self.fill, p) + self.fill
+        elif self.mode == "replicate" and self.pad:
+            x = F.pad(x, p, mode="replicate")
+        else:
+            x = F.pad(x, p)
+        return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
+def _conv(cfg: ImageVQConfig, a: int, b: int, k: int, stride: int = 1, decoder: bool = False) -> PadConv2d:
+    return PadConv2d(a, b, k, stride, "replicate" if decoder and cfg.padding == "background" else "zeros")
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cfg: ImageVQConfig, ch: int, decoder: bool = False) -> None:
+        super().__init__()
+        self.norm = _norm(cfg, ch)
+        self.conv1 = _conv(cfg, ch, ch, 3, decoder=decoder)
+        self.conv2 = _conv(cfg, ch, ch, 3, decoder=decoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(self.norm(x)))))
@@ -144,15 +198,38 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ImageVQConfig) -> None:
         super().__init__()
         ch = cfg.channels
-        layers: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(12, ch[0], 3, padding=1)]
+        layers: list[nn.Module] = [nn.PixelUnshuffle(2), _conv(cfg, 12, ch[0], 3)]
         for a, b in zip(ch[:-1], ch[1:]):
-            layers += [nn.SiLU(), nn.Conv2d(a, b, 4, stride=2, padding=1)]
-        layers += [ResBlock(ch[-1]) for _ in range(cfg.res_blocks)]
-        layers += [nn.GroupNorm(min(32, ch[-1] // 4) or 1, ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.codebook_dim, 1)]
+            layers += [nn.SiLU(), _conv(cfg, a, b, 4, stride=2)]
+        layers += [ResBlock(cfg, ch[-1]) for _ in range(cfg.res_blocks)]
+        layers += [_norm(cfg, ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.codebook_dim, 1)]
         self.net = nn.Sequential(*layers)
+        self.factor, self.background = cfg.factor, cfg.padding == "background"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if not self.background:
+            return self.net(x)
+        # First a black picture of one latent position: every map of it is constant, and each padded conv's input
+        # value there is what a plain black background has at that depth. Then x, padded with those values.
+        convs = [m for m in self.net.modules() if isinstance(m, PadConv2d) and m.pad]
+        seen: dict[PadConv2d, torch.Tensor] = {}
+        hooks = [c.register_forward_pre_hook(lambda m, a: seen.__setitem__(m, a[0][:, :, :1, :1])) for c in convs]
+        for c in convs:
+            c.mode = "replicate"  # a constant map padded by its own edge stays constant
+        try:
+            self.net(x.new_full((1, x.shape[1], self.factor, self.factor), -1.0))
+        finally:
+            for c in convs:
+                c.mode = "zeros"
+            for h in hooks:
+                h.remove()
+        for c in convs:
+            c.fill = seen[c]
+        try:
+            return self.net(x)
+        finally:
+            for c in convs:
+                c.fill = None
 
 
 class Decoder(nn.Module):
@@ -161,11 +238,11 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ImageVQConfig) -> None:
         super().__init__()
         ch = cfg.dec_channels[::-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.codebook_dim, ch[0], 3, padding=1)]
-        layers += [ResBlock(ch[0]) for _ in range(cfg.res_blocks)]
+        layers: list[nn.Module] = [_conv(cfg, cfg.codebook_dim, ch[0], 3, decoder=True)]
+        layers += [ResBlock(cfg, ch[0], decoder=True) for _ in range(cfg.res_blocks)]
         for a, b in zip(ch[:-1], ch[1:]):
-            layers += [nn.SiLU(), nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), ResBlock(b)]
-        layers += [nn.SiLU(), nn.Conv2d(ch[-1], 12, 3, padding=1), nn.PixelShuffle(2)]
+            layers += [nn.SiLU(), _conv(cfg, a, 4 * b, 3, decoder=True), nn.PixelShuffle(2), ResBlock(cfg, b, decoder=True)]
+        layers += [nn.SiLU(), _conv(cfg, ch[-1], 12, 3, decoder=True), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ def register(cli) -> None:
     p = cli.command("tokenizer train-image", "train the image VQ tokenizer (image_vq.safetensors + image_vq.json); "
                     "rerun with the same --out to resume", _train_image)
     p.add_argument("--manifest", required=True, help="JSONL manifest whose image segments are the training data")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny (64x64, 64 tokens), base, chameleon")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny (48x48, 36 tokens), base, chameleon")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the tokenizer; the run state goes to DIR/run")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

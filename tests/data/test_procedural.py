@@ -151,6 +151,43 @@ def test_every_shape_stays_inside_its_cell(size):
     assert len({f.tobytes() for f in flat}) == len(P.SHAPE_KINDS)
 
 
+def test_default_cells_are_whole_patches_of_the_image_tokenizer():
+    """At the default side every grid cell is 2x2 patches of the tiny image tokenizer (factor 8), so a shape's
+    pixels are the same in every cell up to a shift by whole patches: its codes cannot depend on its cell."""
+    from chameleon_lite.tokenizers.image import preset
+
+    side, factor = P.CorpusConfig().image_size, preset("tiny").factor
+    assert preset("tiny").image_size == side and side % (3 * factor) == 0
+    step = side // 3
+    maps = P.coverage_maps(side, side)
+    for cell in range(9):
+        r, c = divmod(cell, 3)
+        assert P.cell_box(cell, side, side) == (r * step, (r + 1) * step, c * step, (c + 1) * step)
+        shifted = np.roll(maps[:, :, 0], (r * step, c * step), axis=(-2, -1))
+        assert np.array_equal(maps[:, :, cell], shifted)
+
+
+def test_notes_start_on_codec_frames():
+    """Durations, gaps and the lead are whole 20 ms frames: every onset and every clip length is a multiple of
+    the tiny codec's hop, and a note's samples depend only on its pitch, timbre and length."""
+    from chameleon_lite.tokenizers.audio import preset
+
+    sr, hop = 16000, preset("tiny").hop
+    assert round(P.TIME_GRID * sr) == hop
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        spec = P.sample_audio_spec(rng)
+        assert all(round(d / P.TIME_GRID, 6).is_integer() for d in spec.durations)
+        assert P.NOTE_DURATIONS[0] <= min(spec.durations) and max(spec.durations) <= P.NOTE_DURATIONS[1]
+        samples = [o * sr for o in spec.onsets()] + [spec.clip_seconds() * sr]
+        assert all(abs(x - round(x)) < 1e-6 and round(x) % hop == 0 for x in samples)
+    a = P.synthesize_audio(P.AudioSpec(("E5", "A4"), "square", (0.3, 0.24)), sr)
+    b = P.synthesize_audio(P.AudioSpec(("C4", "A4", "G5"), "square", (0.22, 0.24, 0.4)), sr)
+    on_a, on_b = round(0.42 * sr), round(0.34 * sr)  # lead + first note + gap
+    n = round(0.24 * sr)
+    assert on_a % hop == 0 and on_b % hop == 0 and np.array_equal(a[on_a:on_a + n], b[on_b:on_b + n])
+
+
 def test_synthesis_is_band_limited_and_pitched():
     sr = 16000
     spec = P.AudioSpec(("C6", "A4"), "sawtooth", (0.4, 0.3))
@@ -248,9 +285,9 @@ def test_files_decode_and_match_meta(corpus):
             if seg.kind == "image":
                 meta = next(media)
                 with Image.open(seg.path) as im:
-                    assert im.format == "PNG" and im.mode == "RGB" and im.size == (64, 64)
+                    assert im.format == "PNG" and im.mode == "RGB" and im.size == (48, 48)
                     arr = np.asarray(im)
-                assert (arr == P.render_image(P.ImageSpec.from_meta(meta), 64)).all()
+                assert (arr == P.render_image(P.ImageSpec.from_meta(meta), 48)).all()
                 seen["image"] += 1
             elif seg.kind == "audio":
                 meta = next(media)

@@ -11,7 +11,7 @@ from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.audio import (PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio,
                                              preset)
-from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, si_snr, train
+from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, random_crops, si_snr, train
 from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, Tokenizers
 from chameleon_lite.vocab import UnifiedVocab, VocabError
 
@@ -286,6 +286,28 @@ def corpus(tmp_path_factory):
 def _cfg(steps):
     return TrainConfig(preset="tiny", model_overrides=SMALL, steps=steps, batch_size=4, segment_frames=16,
                        sample_every=2, ckpt_every=2, log_every=1, warmup=1)
+
+
+@pytest.mark.parametrize("grid", [1, 320])
+def test_random_crops_start_on_the_grid(grid):
+    """Crops of long clips start at multiples of ``grid`` samples of their clip; short clips are padded in at such
+    offsets (each crop is located by matching the ramp it was cut from)."""
+    clips = [np.arange(1, n + 1, dtype=np.float32) for n in (5000, 3337, 640, 100)]
+    x = random_crops(clips, 400, 960, torch.Generator().manual_seed(0), grid=grid)
+    starts, pads = set(), set()
+    for row in x[:, 0].numpy():
+        nz = np.flatnonzero(row)
+        if len(nz) == 960:  # cut from a long clip: the ramp's first value is where the crop starts (1-based)
+            assert row[-1] - row[0] == 959
+            starts.add(int(row[0]) - 1)
+        else:  # a short clip padded in: its first sample (value 1) is where it starts in the crop
+            assert row[nz[0]] == 1
+            pads.add(int(nz[0]))
+    assert starts and pads
+    assert all(s % grid == 0 for s in starts | pads)
+    assert max(starts) > 320 and len(starts) > 3  # spread over the clips, not stuck at the start
+    with pytest.raises(ConfigError, match="grid"):
+        random_crops(clips, 1, 960, torch.Generator(), grid=0)
 
 
 def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):

@@ -44,9 +44,43 @@ def test_config_round_trip_and_validation():
         ImageVQConfig.from_dict({"bogus": 1})
     with pytest.raises(ConfigError, match="preset"):
         preset("huge")
+    with pytest.raises(ConfigError, match="norm"):
+        ImageVQConfig(norm="batch")
+    with pytest.raises(ConfigError, match="padding"):
+        ImageVQConfig(padding="replicate")
+    # a config written before norm/padding existed means what the network was then: GroupNorm, zero padding
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("norm", "padding")}
+    assert (ImageVQConfig.from_dict(old).norm, ImageVQConfig.from_dict(old).padding) == ("group", "zeros")
 
 
-@pytest.mark.parametrize("name,size,grid,k", [("tiny", 64, 8, 1024), ("base", 256, 16, 8192), ("chameleon", 512, 32, 8192)])
+@pytest.mark.parametrize("norm,padding,local", [("channel", "background", True), ("group", "zeros", False)])
+def test_encoder_reads_the_border_as_background(norm, padding, local):
+    """With per-position norms and background padding, a plain black picture encodes to the same latent at every
+    position (the border reads as more background), and a shape's latent does not move when a second shape is
+    drawn in the far corner. GroupNorm (picture-wide statistics) with zero padding has neither property."""
+    from chameleon_lite.data import procedural as P
+    from chameleon_lite.tokenizers.image import to_model_input
+
+    torch.manual_seed(0)
+    cfg = preset("tiny", norm=norm, padding=padding)
+    enc = ImageVQModel(cfg).encoder.eval()
+
+    def latent(*shapes):
+        with torch.no_grad():
+            return enc(to_model_input(P.render_image(P.ImageSpec(shapes), cfg.image_size)[None]))[0]
+
+    empty = latent()
+    assert torch.allclose(empty, empty[:, :1, :1].expand_as(empty), atol=1e-5) == local
+    one = latent(P.Shape("triangle", "orange", "large", "top left"))
+    two = latent(P.Shape("triangle", "orange", "large", "top left"), P.Shape("circle", "blue", "small", "bottom right"))
+    moved = (two[:, :2, :2] - one[:, :2, :2]).abs().max() / one[:, :2, :2].abs().max()
+    assert (moved < 0.01) == local
+    if local:  # training on a batch leaves inference unchanged: no state is kept between calls
+        enc(torch.randn(2, 3, cfg.image_size, cfg.image_size))
+        assert torch.equal(latent(), empty)
+
+
+@pytest.mark.parametrize("name,size,grid,k", [("tiny", 48, 6, 512), ("base", 256, 16, 8192), ("chameleon", 512, 32, 8192)])
 def test_preset_shapes(name, size, grid, k):
     cfg = PRESETS[name]
     assert (cfg.image_size, cfg.grid, cfg.codebook_size) == (size, (grid, grid), k)
@@ -61,10 +95,10 @@ def test_preset_shapes(name, size, grid, k):
 
 def test_tiny_preset_runs():
     tok = ImageTokenizer(ImageVQModel(preset("tiny")), autocast=None)
-    assert (tok.tokens_per_image, tok.grid, tok.image_size) == (64, (8, 8), 64)
-    codes = tok.encode(rand_images(2, 64))
-    assert codes.shape == (2, 8, 8) and codes.dtype == torch.int64
-    assert tok.decode(codes).shape == (2, 64, 64, 3)
+    assert (tok.tokens_per_image, tok.grid, tok.image_size) == (36, (6, 6), 48)
+    codes = tok.encode(rand_images(2, 48))
+    assert codes.shape == (2, 6, 6) and codes.dtype == torch.int64
+    assert tok.decode(codes).shape == (2, 48, 48, 3)
 
 
 # ---------------------------------------------------------------------------------------------- coding
@@ -308,6 +342,8 @@ def test_train_errors(tmp_path):
         TrainConfig(betas=(0.9, 1.0))
     with pytest.raises(ConfigError, match="betas"):
         TrainConfig(betas=(0.9,))
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        TrainConfig(foreground_weight=-1.0)
     m = tmp_path / "m.jsonl"
     m.write_text(json.dumps({"segments": [{"text": "only words"}]}) + "\n")
     with pytest.raises(DataError, match="no image segments"):
@@ -316,6 +352,23 @@ def test_train_errors(tmp_path):
     m.write_text(json.dumps({"segments": [{"image": "bad.png"}]}) + "\n")
     with pytest.raises(DataError, match="bad.png"):
         train(str(m), str(tmp_path / "o"), TrainConfig(model_overrides=SMALL, steps=1), progress=False)
+
+
+def test_pixel_losses_weigh_the_foreground():
+    from chameleon_lite.tokenizers.image_train import pixel_losses
+
+    x = -torch.ones(2, 3, 8, 8)  # black pictures, one red pixel in the first
+    x[0, 0, 3, 4] = 0.8
+    y = x.clone()
+    y[0, :, 3, 4] -= 0.5  # an error on the red pixel ...
+    y[1, :, 0, 0] += 0.5  # ... and as large an error on a background pixel
+    l1, l2 = pixel_losses(y, x, 0.0)
+    assert l1 == pytest.approx((y - x).abs().mean().item()) and l2 == pytest.approx((y - x).pow(2).mean().item())
+    (f1, _), (b1, _) = (pixel_losses(y[:1], x[:1], 4.0), pixel_losses(y[1:], x[1:], 4.0))
+    assert f1 / b1 == pytest.approx(5.0 * 64 / (64 + 4), rel=1e-5)  # 5x the weight, mean weight renormalised
+    # on pictures without a plain background every pixel is foreground: the same as unweighted
+    z = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert torch.allclose(torch.stack(pixel_losses(z + 0.1, z, 4.0)), torch.stack(pixel_losses(z + 0.1, z, 0.0)))
 
 
 def test_cli_train_and_recon(tmp_path, capsys):
