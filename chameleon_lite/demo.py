@@ -92,30 +92,41 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return stage, ev
 
 
-def continued_recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
-    """RECIPE.json of a model made as train/demo_recipe.sh makes it: the quickstart in ``first``, then one or more
-    stages of continued pretraining, each from the model of the one before. The recipe's eval is the last stage's."""
+def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
+    """RECIPE.json of a model made as train/demo_recipe.sh makes it: the quickstart in ``first`` (its stage times
+    read from the pipeline's markers, so a resumed quickstart counts every stage once), then zero or more stages of
+    continued pretraining, each from the model of the one before. The recipe's eval is the last stage's: the
+    500-prompt evaluation in ``first/eval500`` when there is no continued stage."""
     from chameleon_lite.hardware import describe_machine
+    from chameleon_lite.quickstart import stage_seconds
     from chameleon_lite.tokenizers.base import read_json
+    from chameleon_lite.train.metrics import read_metrics
 
-    if not continued:
-        raise ConfigError("the demo recipe needs at least one continued-pretraining stage after the quickstart")
     qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
-    first_s = qs.get("stage_seconds_this_run", {})
-    later, evals = zip(*(_continued_stage(out) for out in continued))
-    last = continued[-1]
-    last_eval = evals[-1] or read_json(os.path.join(last, "eval", "eval.json"), "evaluation")  # its not-found error
+    first_s = {k: round(v, 1) for k, v in stage_seconds(first).items()}
+    log = os.path.join(first, "stage_seconds.jsonl")
+    for rec in read_metrics(log) if os.path.exists(log) else []:  # what the script ran after the quickstart
+        first_s[rec["stage"]] = round(first_s.get(rec["stage"], 0.0) + float(rec["seconds"]), 1)
+    later, evals = zip(*(_continued_stage(out) for out in continued)) if continued else ((), ())
+    if continued:
+        last, eval_dir, shards = f"{continued[-1]}/model", f"{continued[-1]}/eval", f"{first}/shards/val"
+    else:
+        last, eval_dir, shards = f"{first}/model", f"{first}/eval500", f"{first}/shards/val"
+    last_eval = (evals[-1] if evals else None) or read_json(os.path.join(eval_dir, "eval.json"), "evaluation")
+    cfg = qs["config"]
+    calib = os.path.join(first, "calibration.json")
     return {
         "command": "bash train/demo_recipe.sh",
-        "seed": int(qs["config"]["seed"]),
+        "seed": int(cfg["seed"]),
         "machine": machine or describe_machine(),
         "stages": {
-            "quickstart": {"command": f"chameleon-lite quickstart --out {first} --budget-minutes {qs['config']['budget_minutes']:g} --seed {qs['config']['seed']}",
-                           "stage_seconds": first_s, "minutes": round(sum(first_s.values()) / 60, 1), "config": qs["config"]},
+            "quickstart": {"command": f"chameleon-lite quickstart --out {first} --budget-minutes {cfg['budget_minutes']:g} --seed {cfg['seed']}",
+                           "stage_seconds": first_s, "minutes": round(sum(first_s.values()) / 60, 1), "config": cfg,
+                           "pretraining": read_json(calib, "pretraining calibration") if os.path.exists(calib) else None},
             "continued": list(later),
         },
         "total_minutes": round((sum(first_s.values()) + sum(sum(c["stage_seconds"].values()) for c in later)) / 60, 1),
-        "eval_command": f"chameleon-lite eval --model {last}/model --n 500 --batch 32 --samples 6 --shards {first}/shards/val --out {last}/eval",
+        "eval_command": f"chameleon-lite eval --model {last} --n 500 --batch 32 --samples 6 --shards {shards} --out {eval_dir}",
         "eval": _eval_summary(last_eval),
     }
 
@@ -142,18 +153,18 @@ def register(cli) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m chameleon_lite.demo QUICKSTART_DIR CONTINUED_DIR [CONTINUED_DIR ...] [--machine M]``: print the
-    recipe of train/demo_recipe.sh's model."""
+    """``python -m chameleon_lite.demo QUICKSTART_DIR [CONTINUED_DIR ...] [--machine M]``: print the recipe of
+    train/demo_recipe.sh's model."""
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="python -m chameleon_lite.demo", description=main.__doc__)
     p.add_argument("first", metavar="QUICKSTART_DIR")
-    p.add_argument("continued", nargs="+", metavar="CONTINUED_DIR", help="the continued-pretraining stages, in order")
+    p.add_argument("continued", nargs="*", metavar="CONTINUED_DIR", help="continued-pretraining stages, in order")
     p.add_argument("--machine", default="", help="the machine description (default: this machine's)")
     args = p.parse_args(argv)
     try:
-        print(json.dumps(continued_recipe(args.first, *args.continued, machine=args.machine), indent=2))
+        print(json.dumps(recipe(args.first, *args.continued, machine=args.machine), indent=2))
     except ConfigError as e:
         print(f"demo recipe: error: {e}", file=sys.stderr)
         return 1

@@ -225,16 +225,23 @@ def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_s
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+def stage_seconds(out: str) -> dict[str, float]:
+    """Wall seconds of every finished stage of the quickstart in ``out``, from the pipeline's markers."""
+    times = {}
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if name.startswith(".stage-") and name.endswith(".done"):
+            try:
+                with open(os.path.join(out, name)) as f:
+                    times[name[len(".stage-"):-len(".done")]] = float(json.load(f).get("seconds", 0.0))
+            except (OSError, ValueError):
+                pass
+    return times
+
+
 def spent_minutes(cfg: QuickstartConfig, names: tuple[str, ...]) -> float:
-    """Wall minutes the finished stages ``names`` took (from their pipeline markers; a missing one counts 0)."""
-    total = 0.0
-    for name in names:
-        try:
-            with open(cfg.path(f".stage-{name}.done")) as f:
-                total += float(json.load(f).get("seconds", 0.0))
-        except (OSError, ValueError):
-            pass
-    return total / 60.0
+    """Wall minutes the finished stages ``names`` took (a stage not finished counts 0)."""
+    times = stage_seconds(cfg.out)
+    return sum(times.get(n, 0.0) for n in names) / 60.0
 
 
 def pretrain_minutes(cfg: QuickstartConfig, spent: float) -> float:

@@ -52,10 +52,34 @@ def _write(path, obj, lines=False):
             json.dump(obj, f)
 
 
+def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
+    first = str(tmp_path / "demo")
+    _write(os.path.join(first, "quickstart.json"), {"config": {"seed": 3, "budget_minutes": 240.0},
+                                                    "stage_seconds_this_run": {"pretrain": 1.0}})
+    for name, seconds in (("corpus", 60.0), ("pretrain", 600.0)):  # every stage once, even after a resume
+        _write(os.path.join(first, f".stage-{name}.done"), {"params": {}, "seconds": seconds})
+    _write(os.path.join(first, "calibration.json"), {"steps": 10, "pretrain_minutes": 11.0})
+    _write(os.path.join(first, "stage_seconds.jsonl"), [{"stage": "eval", "seconds": 120.0}], lines=True)
+    with pytest.raises(ConfigError, match="eval500.*evaluation not found"):
+        demo.recipe(first)
+    _write(os.path.join(first, "eval500", "eval.json"), {"tasks": {"text_to_image": {"n": 500, "exact": 0.9, "samples": []}},
+                                                         "tokenizers": {}, "perplexity": {}, "seconds": 9.0})
+    rec = demo.recipe(first, machine="m")
+    q = rec["stages"]["quickstart"]
+    assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 240 --seed 3"
+    assert q["stage_seconds"] == {"corpus": 60.0, "pretrain": 600.0, "eval": 120.0} and q["minutes"] == 13.0
+    assert q["pretraining"] == {"steps": 10, "pretrain_minutes": 11.0} and rec["stages"]["continued"] == []
+    assert rec["eval_command"] == (f"chameleon-lite eval --model {first}/model --n 500 --batch 32 --samples 6 "
+                                   f"--shards {first}/shards/val --out {first}/eval500")
+    assert rec["eval"]["tasks"] == {"text_to_image": {"n": 500, "exact": 0.9}} and rec["total_minutes"] == 13.0
+    assert demo.main([first]) == 0 and json.loads(capsys.readouterr().out)["seed"] == 3
+
+
 def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     first, second = str(tmp_path / "demo"), str(tmp_path / "demo2")
-    _write(os.path.join(first, "quickstart.json"), {"config": {"seed": 0, "budget_minutes": 80.0},
-                                                    "stage_seconds_this_run": {"corpus": 30.0, "pretrain": 90.0}})
+    _write(os.path.join(first, "quickstart.json"), {"config": {"seed": 0, "budget_minutes": 80.0}})
+    for name, seconds in (("corpus", 30.0), ("pretrain", 90.0)):
+        _write(os.path.join(first, f".stage-{name}.done"), {"params": {}, "seconds": seconds})
     _write(os.path.join(second, "run", "run.json"), {"train": {"steps": 3, "init_from": f"{first}/model"}})
     _write(os.path.join(second, "run", "metrics.jsonl"), [
         {"step": 0, "loss": 1.0, "tokens": 100, "tokens_per_s": 10.0, "step_time": 10.0},
@@ -66,7 +90,7 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
                                                          {"stage": "pretrain", "seconds": 4.0}], lines=True)
     _write(os.path.join(second, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.4, "samples": [1, 2]}},
                                                        "tokenizers": {}, "perplexity": {"text": 2.0}, "seconds": 9.0})
-    rec = demo.continued_recipe(first, second, machine="test machine")
+    rec = demo.recipe(first, second, machine="test machine")
     assert rec["machine"] == "test machine" and rec["seed"] == 0 and rec["command"] == "bash train/demo_recipe.sh"
     q, (c,) = rec["stages"]["quickstart"], rec["stages"]["continued"]
     assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 80 --seed 0" and q["minutes"] == 2.0
@@ -86,13 +110,9 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     _write(os.path.join(third, "stage_seconds.jsonl"), [{"stage": "pretrain", "seconds": 30.0}], lines=True)
     _write(os.path.join(third, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.8}}, "tokenizers": {},
                                                       "perplexity": {}, "seconds": 9.0})
-    rec = demo.continued_recipe(first, second, third, machine="m")
+    rec = demo.recipe(first, second, third, machine="m")
     assert [c["out"] for c in rec["stages"]["continued"]] == [second, third] and rec["total_minutes"] == 3.0
     assert rec["eval"]["tasks"]["text_to_image"]["exact"] == 0.8 and f"--model {third}/model" in rec["eval_command"]
     os.remove(os.path.join(third, "eval", "eval.json"))
     assert demo.main([first, second, third]) == 1
     assert "eval.json: evaluation not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # no continued stage: a usage error
-        demo.main([first])
-    with pytest.raises(ConfigError, match="at least one continued"):
-        demo.continued_recipe(first)

@@ -370,7 +370,8 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = 
 
     Returns PSNR (from the mean squared error over all pixels, and the mean of per-image PSNRs), the fraction
     of pictures where the procedural checker reads exactly the same shapes from the reconstruction as from the
-    original (and the fraction matching the manifest's ground truth, when present), and codebook usage.
+    original (and the fraction matching the manifest's ground truth, when present), codebook usage, and
+    :func:`cell_invariance`.
     """
     from chameleon_lite.data.checkers import check_image, compare_image
     from chameleon_lite.data.manifest import iter_documents
@@ -420,4 +421,26 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = 
         "codebook_usage": round(used / tok.codebook_size, 4),
         "codebook_size": tok.codebook_size,
         "tokens_per_image": tok.tokens_per_image,
+        "cell_invariance": cell_invariance(tok),
     }
+
+
+def cell_invariance(tok: ImageTokenizer) -> float | None:
+    """Fraction of the procedural shapes (kind x color x size) whose codes are the same in all 9 grid cells: each
+    drawn alone in each cell, the codes of the cell's patches compared. 1.0 means the transformer has one code
+    pattern to learn per shape, wherever it stands. None when the cells are not whole patches at this size."""
+    from chameleon_lite.data import procedural as P
+
+    side, (gh, gw) = tok.image_size, tok.grid
+    if side % 3 or gh % 3 or gw % 3 or gh != gw:
+        return None
+    g = gh // 3
+    shapes = [(k, c, s) for k in P.SHAPE_KINDS for c in P.COLOR_NAMES for s in P.SIZE_NAMES]
+    rgb = np.stack([P.render_image(P.ImageSpec((P.Shape(k, c, s, pos),)), side) for k, c, s in shapes for pos in P.POSITIONS])
+    codes = tok.encode_rgb(rgb).reshape(len(shapes), 9, gh, gw)
+    same = 0
+    for i in range(len(shapes)):
+        blocks = {tuple(codes[i, cell, (cell // 3) * g:(cell // 3 + 1) * g, (cell % 3) * g:(cell % 3 + 1) * g].reshape(-1).tolist())
+                  for cell in range(9)}
+        same += len(blocks) == 1
+    return round(same / len(shapes), 4)

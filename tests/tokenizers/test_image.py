@@ -354,6 +354,29 @@ def test_train_errors(tmp_path):
         train(str(m), str(tmp_path / "o"), TrainConfig(model_overrides=SMALL, steps=1), progress=False)
 
 
+def test_evaluate_on_a_procedural_manifest(tmp_path):
+    """evaluate reads the manifest's pictures and ground truth; cell_invariance compares a shape's codes over the 9
+    cells (a constant tokenizer is trivially invariant; at a side that does not split into whole patches per cell
+    there is nothing to compare)."""
+    from chameleon_lite.data.procedural import CorpusConfig, write_corpus
+    from chameleon_lite.tokenizers.image_train import cell_invariance, evaluate
+
+    manifest = write_corpus(str(tmp_path / "c"), 12, seed=1, config=CorpusConfig(image_size=48), progress=False)
+    tok = small_tokenizer(image_size=48)  # grid 6 x 6: 2 x 2 patches per cell
+    tok.save(str(tmp_path / "tok"))
+    r = evaluate(str(tmp_path / "tok"), manifest, n=5, progress=False, grid_path=str(tmp_path / "grid.png"))
+    assert r["images"] == 5 and r["checker_truth_original"] == 1.0 and 0 <= r["checker_agreement"] <= 1
+    assert r["tokens_per_image"] == 36 and 0 < r["codebook_usage"] <= 1 and os.path.isfile(tmp_path / "grid.png")
+    assert 0.0 <= r["cell_invariance"] <= 1.0
+    const = small_tokenizer(image_size=48)
+    const.encode_rgb = lambda rgb: torch.zeros(len(rgb), 6, 6, dtype=torch.int64)
+    assert cell_invariance(const) == 1.0
+    shifted = small_tokenizer(image_size=48)  # codes that carry the cell: never the same
+    shifted.encode_rgb = lambda rgb: torch.arange(len(rgb)).view(-1, 1, 1).expand(-1, 6, 6) % 9
+    assert cell_invariance(shifted) == 0.0
+    assert cell_invariance(small_tokenizer(image_size=16)) is None
+
+
 def test_pixel_losses_weigh_the_foreground():
     from chameleon_lite.tokenizers.image_train import pixel_losses
 
