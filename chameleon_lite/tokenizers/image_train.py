@@ -40,8 +40,8 @@ class TrainConfig:
 
     preset: str = "tiny"
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # The default recipe (tiny preset on the procedural corpus): 4000 steps of 32 pictures reach 38.2 dB PSNR and
-    # 99.55 % checker agreement on 2000 held-out pictures.
+    # The default recipe (tiny preset on the procedural corpus): 4000 steps of 32 pictures reach 43.6 dB PSNR,
+    # 99.35 % checker agreement and 98.75 % cell invariance on 2000 held-out pictures (docs/image_tokenizer_eval.json).
     steps: int = 4000
     batch_size: int = 32
     lr: float = 2e-3
