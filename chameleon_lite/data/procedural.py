@@ -32,8 +32,9 @@ Images
     centred in its cell and lies strictly inside it; two shapes never share a cell. Edges are anti-aliased by
     4x4 supersampling; the coverage maps are shared with the checker (:func:`coverage_maps`), which is why it
     can be exact. The default side, 48, is a multiple of 3 * 8: each grid cell is exactly 2x2 patches of the
-    image tokenizer (factor 8), so a shape is cut by the patch grid the same way in every cell and its codes
-    do not depend on where it stands.
+    image tokenizer (factor 8), so a shape is cut by the patch grid the same way in every cell, and a tokenizer
+    that reads the border as background (the tiny preset) gives it the same codes wherever it stands (for 98.75 %
+    of the shapes exactly, docs/image_tokenizer_eval.json).
 Audio
     1-4 notes from :data:`PITCHES` (C4 ... C6, chromatic, written like ``C#4``), each 0.20-0.40 s, one timbre
     from :data:`TIMBRES` for the whole clip. Notes are band-limited additive syntheses (harmonics below
