@@ -52,8 +52,9 @@ class QuickstartConfig:
     min_train_steps: int = 30
     max_train_steps: int = 20000
     train_model: str = "tiny"
-    # torch.compile the model and loss as one graph (about a quarter more tokens per second on CPU, bench_train)
-    compile: bool = True
+    # torch.compile the model and loss as one graph: off, because on a 2-core AVX2-only EPYC the compiled step of
+    # the tiny preset (8 x 512 tokens) measured 5.65 s against about 5.3 s eager; worth trying where it pays
+    compile: bool = False
     seq_len: int = 512
     batch_size: int = 8
     eval_n: int = 40
@@ -151,7 +152,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         from chameleon_lite.train.config import TrainConfig
         from chameleon_lite.train.trainer import train
 
-        steps = calibrated_train_steps(cfg, tok)
+        steps = calibrated_train_steps(cfg, tok, os.path.join(shards, "train"))
         train(TrainConfig(
             model=cfg.train_model, data=os.path.join(shards, "train"), val_data=os.path.join(shards, "val"), out=run,
             tokenizers=tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=steps, lr=2e-3,
@@ -199,11 +200,12 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
     ]
 
 
-def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_size: int, steps: int = 3,
-                         compile: bool = False) -> float:
-    """Median wall time of one optimiser step of the model on random ids, in this process's thread setting and with
-    the dtype the trainer picks on this CPU; ``compile`` as the trainer compiles (the first steps, warm-up and
-    compilation, excluded)."""
+def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_size: int, steps: int = 5,
+                         compile: bool = False, shards: str | None = None) -> float:
+    """Median wall time of one optimiser step of the model, in this process's thread setting and with the dtype the
+    trainer picks on this CPU; ``compile`` as the trainer compiles (the first two steps, allocation and compilation,
+    excluded). The batches are the first of ``shards`` when given (their packed documents are what the attention
+    kernel skips over, so they time what training will), else random ids in one document per row."""
     import torch
 
     from chameleon_lite.hardware import fast_cpu_dtype
@@ -214,17 +216,23 @@ def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_s
     model = build_model(preset(model_name, vocab_size=vocab_size, max_seq_len=max(seq_len, 64)), seed=0).train()
     loss_terms = make_loss_terms(model, compile_whole=compile)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
-    pos = torch.arange(seq_len).expand(batch_size, seq_len)
-    zeros = torch.zeros(batch_size, seq_len, dtype=torch.int32)
+    if shards:
+        from chameleon_lite.data.loader import PackedLoader
+
+        b = next(iter(PackedLoader(shards, seq_len, batch_size, seed=0)))
+        args = (b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32), b["targets"])
+    else:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
+        zeros = torch.zeros(batch_size, seq_len, dtype=torch.int32)
+        args = (ids[:, :-1], torch.arange(seq_len).expand(batch_size, seq_len), zeros, zeros, ids[:, 1:])
     dtype = fast_cpu_dtype()
-    warmup = 2 if compile else 1
+    warmup = 2  # the first steps allocate (and compile): slower than the rest
     times = []
     for _ in range(steps + warmup):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            ce, _ = loss_terms(ids[:, :-1], pos, zeros, zeros, ids[:, 1:])
+            ce, _ = loss_terms(*args)
         ce.mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -259,7 +267,7 @@ def pretrain_minutes(cfg: QuickstartConfig, spent: float) -> float:
     return max(cfg.budget_minutes * cfg.pretrain_share, left)
 
 
-def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str) -> int:
+def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: str | None = None) -> int:
     """The pretraining step count that fits :func:`pretrain_minutes` on this machine (measured once, then read
     back from calibration.json so a resumed run keeps its learning-rate schedule)."""
     from chameleon_lite.tokenizers.base import vocab_from_tokenizer_dir
@@ -274,7 +282,7 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str) -> int:
         if saved.get("key") == key:
             return int(saved["steps"])
     vocab = vocab_from_tokenizer_dir(tokenizers_dir)
-    step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size, compile=cfg.compile)
+    step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size, compile=cfg.compile, shards=shards)
     spent = spent_minutes(cfg, BEFORE_PRETRAIN)
     minutes = pretrain_minutes(cfg, spent)
     # ~8% of the stage goes to validation passes and checkpoints
