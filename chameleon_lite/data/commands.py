@@ -4,10 +4,29 @@ from __future__ import annotations
 import argparse
 
 
+def parse_task_weights(text: str) -> dict[str, float]:
+    """``"caption_to_image=2,interleaved=0.5"`` -> weights of those tasks, every other task at 1 (names checked by
+    :class:`~chameleon_lite.data.procedural.CorpusConfig`)."""
+    from chameleon_lite.data.procedural import TASKS
+    from chameleon_lite.errors import ConfigError
+
+    weights = {t: 1.0 for t in TASKS}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = item.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--task-weights: expected TASK=WEIGHT items separated by commas, got {item!r}") from None
+    return weights
+
+
 def _procedural(args: argparse.Namespace) -> int:
     from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 
-    cfg = CorpusConfig(image_size=args.image_size, sample_rate=args.sample_rate)
+    cfg = CorpusConfig(image_size=args.image_size, sample_rate=args.sample_rate,
+                       task_weights=parse_task_weights(args.task_weights or ""))
     path = write_corpus(args.out, n=args.n, seed=args.seed, config=cfg, progress=not args.quiet,
                         workers=args.workers)
     print(f"wrote {args.n} documents: {path}")
@@ -48,6 +67,8 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
     p.add_argument("--image-size", type=int, default=48, help="image side in pixels (default 48: each grid cell is 2x2 patches of the image tokenizer)")
     p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate in Hz (default 16000)")
+    p.add_argument("--task-weights", metavar="TASK=W,...", help="relative weights of the document forms (default: all 1), "
+                   "e.g. caption_to_image=2,instruction=0")
     p.add_argument("--workers", type=int, default=1, help="worker processes (the corpus is the same for any number)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

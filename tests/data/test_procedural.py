@@ -358,6 +358,22 @@ def test_cli_writes_the_corpus(tmp_path, capsys):
     assert "workers" in capsys.readouterr().err
 
 
+def test_cli_task_weights(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["data", "procedural", "--out", str(out), "--n", "12", "--task-weights",
+                 "caption_to_image=1, audio_to_caption=1,image_to_caption=0,caption_to_audio=0,interleaved=0,instruction=0",
+                 "--quiet"]) == 0
+    tasks = {json.loads(line)["meta"]["task"] for line in open(out / "manifest.jsonl")}
+    assert tasks == {"caption_to_image", "audio_to_caption"}
+    assert json.load(open(out / "corpus.json"))["config"]["task_weights"]["interleaved"] == 0
+    capsys.readouterr()
+    for bad, words in (("caption_to_image", "TASK=WEIGHT"), ("caption_to_image=x", "TASK=WEIGHT"),
+                       ("drawing=2", "unknown task"), ("caption_to_image=-1", "task_weights")):
+        assert main(["data", "procedural", "--out", str(tmp_path / "bad"), "--n", "2", "--task-weights", bad, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+
+
 def test_cli_bad_size_is_one_line_error(tmp_path, capsys):
     assert main(["data", "procedural", "--out", str(tmp_path), "--n", "5", "--image-size", "8", "--quiet"]) == 1
     err = capsys.readouterr().err
