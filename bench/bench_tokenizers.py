@@ -39,7 +39,7 @@ def bench_image(args: argparse.Namespace) -> list[dict]:
     trained = bool(folder) and os.path.isfile(os.path.join(folder, "image_vq.json"))
     batch = 64
     repeats = 3 if args.quick else 10
-    rgb = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
     rows = []
     variants: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
     if autocast_dtype() is not None:
@@ -53,7 +53,7 @@ def bench_image(args: argparse.Namespace) -> list[dict]:
             with torch.no_grad():  # a training-mode pass initialises the codebook (k-means) like a real model
                 tok.model.train()(torch.rand(batch, 3, tok.image_size, tok.image_size) * 2 - 1)
             tok.model.eval()
-        rgb_in = rgb[:, :tok.image_size, :tok.image_size]
+        rgb_in = rng.integers(0, 256, (batch, tok.image_size, tok.image_size, 3), dtype=np.uint8)
         codes = tok.encode_rgb(rgb_in)
         for op, fn in (("encode", lambda: tok.encode_rgb(rgb_in)), ("decode", lambda: tok.decode(codes))):
             t = median_time(fn, repeats=repeats, warmup=2)

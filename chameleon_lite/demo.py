@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"demo recipe: error: {e}", file=sys.stderr)
         return 1
+    except (KeyError, TypeError, ValueError) as e:  # a record that parses but lacks what the recipe reads
+        print(f"demo recipe: error: a stage record under {args.first} is malformed ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -319,7 +319,8 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def _run(args) -> int:
-    cfg = QuickstartConfig(out=args.out, budget_minutes=args.budget_minutes, seed=args.seed, workers=args.workers)
+    cfg = QuickstartConfig(out=args.out, budget_minutes=args.budget_minutes, seed=args.seed, workers=args.workers,
+                           compile=args.compile)
     summary = quickstart(cfg)
     print(f"quickstart finished ({summary['seconds_this_run'] / 60:.1f} min this run)")
     for key in ("model", "curves", "eval", "demo"):
@@ -335,3 +336,4 @@ def register(cli) -> None:
                    help="scales the training stages (default 30, tuned for 2 CPU cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus and of every training stage")
     p.add_argument("--workers", type=int, default=2, help="worker processes for corpus writing and pretokenizing")
+    p.add_argument("--compile", action="store_true", help="torch.compile the pretraining step (slower on some CPUs)")

@@ -59,7 +59,7 @@ def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
     for name, seconds in (("corpus", 60.0), ("pretrain", 600.0)):  # every stage once, even after a resume
         _write(os.path.join(first, f".stage-{name}.done"), {"params": {}, "seconds": seconds})
     _write(os.path.join(first, "calibration.json"), {"steps": 10, "pretrain_minutes": 11.0})
-    _write(os.path.join(first, "stage_seconds.jsonl"), [{"stage": "eval", "seconds": 120.0}], lines=True)
+    _write(os.path.join(first, "stage_seconds.jsonl"), [{"stage": "eval500", "seconds": 120.0}], lines=True)
     with pytest.raises(ConfigError, match="eval500.*evaluation not found"):
         demo.recipe(first)
     _write(os.path.join(first, "eval500", "eval.json"), {"tasks": {"text_to_image": {"n": 500, "exact": 0.9, "samples": []}},
@@ -67,12 +67,14 @@ def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
     rec = demo.recipe(first, machine="m")
     q = rec["stages"]["quickstart"]
     assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 240 --seed 3"
-    assert q["stage_seconds"] == {"corpus": 60.0, "pretrain": 600.0, "eval": 120.0} and q["minutes"] == 13.0
+    assert q["stage_seconds"] == {"corpus": 60.0, "pretrain": 600.0, "eval500": 120.0} and q["minutes"] == 13.0
     assert q["pretraining"] == {"steps": 10, "pretrain_minutes": 11.0} and rec["stages"]["continued"] == []
     assert rec["eval_command"] == (f"chameleon-lite eval --model {first}/model --n 500 --batch 32 --samples 6 "
                                    f"--shards {first}/shards/val --out {first}/eval500")
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 500, "exact": 0.9}} and rec["total_minutes"] == 13.0
     assert demo.main([first]) == 0 and json.loads(capsys.readouterr().out)["seed"] == 3
+    _write(os.path.join(first, "quickstart.json"), {"stage_seconds_this_run": {}})  # no config
+    assert demo.main([first]) == 1 and "malformed (KeyError: 'config')" in capsys.readouterr().err
 
 
 def test_continued_recipe_collects_every_stage(tmp_path, capsys):

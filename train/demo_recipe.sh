@@ -43,7 +43,7 @@ continue_from() {
 chameleon-lite quickstart --out "$first" --budget-minutes 240 --seed 0
 
 # 2. The 500-prompt evaluation.
-[ -f "$first/eval500/eval.json" ] || timed "$first" eval chameleon-lite eval --model "$first/model" --n 500 --batch 32 \
+[ -f "$first/eval500/eval.json" ] || timed "$first" eval500 chameleon-lite eval --model "$first/model" --n 500 --batch 32 \
   --samples 6 --shards "$first/shards/val" --out "$first/eval500"
 
 # 3. The demo model itself, with the recipe assembled from every stage's records.

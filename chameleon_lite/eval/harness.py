@@ -349,8 +349,15 @@ def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progre
     from chameleon_lite.tokenizers import base
 
     folder = os.path.join(out, "heldout_media")
-    # media-only documents, half image and half audio, so that every modality gets n items even for small n
-    media = CorpusConfig(task_weights={"caption_to_image": 1.0, "caption_to_audio": 1.0})
+    # media-only documents, half image and half audio, so that every modality gets n items even for small n; the
+    # pictures drawn at the size the image tokenizer reads (the corpus's size for its own tokenizers), not resized
+    side = CorpusConfig().image_size
+    if os.path.exists(os.path.join(model_dir, base.IMAGE_CONFIG)):
+        from chameleon_lite.tokenizers.image import ImageVQConfig
+
+        side = ImageVQConfig.from_dict(base.read_json(os.path.join(model_dir, base.IMAGE_CONFIG), "image tokenizer config")).image_size
+    side = side if 32 <= side <= 1024 else CorpusConfig().image_size  # the corpus's bounds; else resized as usual
+    media = CorpusConfig(image_size=side, task_weights={"caption_to_image": 1.0, "caption_to_audio": 1.0})
     manifest = write_corpus(folder, max(2 * n, 16), seed=seed, config=media, progress=progress)
     res: dict[str, Any] = {}
     if os.path.exists(os.path.join(model_dir, base.IMAGE_CONFIG)):

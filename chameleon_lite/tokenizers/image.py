@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class ImageVQConfig:
     quantizer: str = "vq"
     norm: str = "channel"
     padding: str = "background"
-    fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
+    fsq_levels: tuple[int, ...] = (8, 8, 8)
     ema_decay: float = 0.95
     commitment_weight: float = 0.25
     # EMA count per batch below which a code is re-seeded from the batch. Keep it well under the mean count
@@ -83,6 +83,9 @@ class ImageVQConfig:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.padding not in PADDINGS:
             raise ConfigError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.padding == "background" and self.norm != "channel":
+            raise ConfigError("padding 'background' needs norm 'channel': a picture-wide norm gives the black picture "
+                              "that defines the background other statistics than the real one")
         if self.factor < 2 or self.factor & (self.factor - 1):
             raise ConfigError(f"factor must be a power of two >= 2, got {self.factor}")
         if 2 ** len(self.channels) != self.factor or len(self.dec_channels) != len(self.channels):
@@ -158,23 +161,31 @@ def _norm(cfg: ImageVQConfig, ch: int) -> nn.Module:
 
 
 class PadConv2d(nn.Conv2d):
-    """A k x k convolution padded by (k - 1) // 2 on every side: with zeros, by replicating the edge, or with
-    ``fill`` ([1, C, 1, 1], set by :class:`Encoder` for one forward pass)."""
+    """A k x k convolution padded by (k - 1) // 2 on every side: with zeros, by replicating the edge (``mode``), or,
+    when ``fill`` ([1, C, 1, 1]) is given, with that value (the map itself is left untouched)."""
 
     def __init__(self, a: int, b: int, k: int, stride: int = 1, mode: str = "zeros") -> None:
         super().__init__(a, b, k, stride=stride, padding=0)
         self.pad, self.mode = (k - 1) // 2, mode
-        self.fill: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fill: torch.Tensor | None = None, replicate: bool = False) -> torch.Tensor:
         p = (self.pad,) * 4
-        if self.fill is not None:
-            x = F.pad(x - self.fill, p) + self.fill
-        elif self.mode == "replicate" and self.pad:
+        if self.pad and fill is not None:
+            border = F.pad(x.new_zeros((1, 1) + x.shape[2:]), p, value=1.0)  # 1 on the padding, 0 inside
+            x = F.pad(x, p) + fill.to(x.dtype) * border
+        elif self.pad and (replicate or self.mode == "replicate"):
             x = F.pad(x, p, mode="replicate")
-        else:
+        elif self.pad:
             x = F.pad(x, p)
         return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
+# conv(c, x): how a block runs its PadConv2d c on x (the encoder's background padding passes its fills this way)
+ConvRunner = Callable[[PadConv2d, torch.Tensor], torch.Tensor]
+
+
+def _plain(c: PadConv2d, x: torch.Tensor) -> torch.Tensor:
+    return c(x)
 
 
 def _conv(cfg: ImageVQConfig, a: int, b: int, k: int, stride: int = 1, decoder: bool = False) -> PadConv2d:
@@ -188,8 +199,8 @@ class ResBlock(nn.Module):
         self.conv1 = _conv(cfg, ch, ch, 3, decoder=decoder)
         self.conv2 = _conv(cfg, ch, ch, 3, decoder=decoder)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.silu(self.conv1(F.silu(self.norm(x)))))
+    def forward(self, x: torch.Tensor, conv: ConvRunner = _plain) -> torch.Tensor:
+        return x + conv(self.conv2, F.silu(conv(self.conv1, F.silu(self.norm(x)))))
 
 
 class Encoder(nn.Module):
@@ -206,30 +217,30 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.factor, self.background = cfg.factor, cfg.padding == "background"
 
+    def _run(self, x: torch.Tensor, conv: ConvRunner) -> torch.Tensor:
+        for layer in self.net:
+            if isinstance(layer, PadConv2d):
+                x = conv(layer, x)
+            elif isinstance(layer, ResBlock):
+                x = layer(x, conv)
+            else:
+                x = layer(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.background:
             return self.net(x)
-        # First a black picture of one latent position: every map of it is constant, and each padded conv's input
-        # value there is what a plain black background has at that depth. Then x, padded with those values.
-        convs = [m for m in self.net.modules() if isinstance(m, PadConv2d) and m.pad]
-        seen: dict[PadConv2d, torch.Tensor] = {}
-        hooks = [c.register_forward_pre_hook(lambda m, a: seen.__setitem__(m, a[0][:, :, :1, :1])) for c in convs]
-        for c in convs:
-            c.mode = "replicate"  # a constant map padded by its own edge stays constant
-        try:
-            self.net(x.new_full((1, x.shape[1], self.factor, self.factor), -1.0))
-        finally:
-            for c in convs:
-                c.mode = "zeros"
-            for h in hooks:
-                h.remove()
-        for c in convs:
-            c.fill = seen[c]
-        try:
-            return self.net(x)
-        finally:
-            for c in convs:
-                c.fill = None
+        # First a black picture of one latent position, padded by replicating its edge: every map of it is constant,
+        # and each conv's input there is what a plain black background has at that depth. Then x, padded with those
+        # values (passed along, no module state: the encoder can be shared between threads).
+        fills: dict[PadConv2d, torch.Tensor] = {}
+
+        def record(c: PadConv2d, h: torch.Tensor) -> torch.Tensor:
+            fills[c] = h[:, :, :1, :1]
+            return c(h, replicate=True)
+
+        self._run(x.new_full((1, x.shape[1], self.factor, self.factor), -1.0), record)
+        return self._run(x, lambda c, h: c(h, fill=fills[c]))
 
 
 class Decoder(nn.Module):

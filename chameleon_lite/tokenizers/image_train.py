@@ -9,7 +9,8 @@ Run folder layout (``out``)::
     out/run/log.jsonl                             one line per log_every steps: losses, codebook usage, images/s
     out/run/summary.json                          wall time, steps, final usage
 
-Losses: L1 + L2 on pixels, an edge term (L1 between horizontal/vertical finite differences of reconstruction and
+Losses: L1 + L2 on pixels (pixels off the plain background weighted 1 + ``foreground_weight``, so the logged l1/l2
+are weighted means), an edge term (L1 between horizontal/vertical finite differences of reconstruction and
 original, which keeps shape outlines sharp), the quantizer's commitment loss, and optionally a hinge patch
 discriminator switched on after ``disc_start`` steps (0 = off). No pretrained perceptual network is used.
 """
@@ -427,8 +428,9 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = 
 
 def cell_invariance(tok: ImageTokenizer) -> float | None:
     """Fraction of the procedural shapes (kind x color x size) whose codes are the same in all 9 grid cells: each
-    drawn alone in each cell, the codes of the cell's patches compared. 1.0 means the transformer has one code
-    pattern to learn per shape, wherever it stands. None when the cells are not whole patches at this size."""
+    drawn alone in each cell, the codes of the patches of its own cell compared (the patches around it, which its
+    edge can reach through the encoder's receptive field, are not). 1.0 means one code pattern per shape inside its
+    cell, wherever the cell is. None when the cells are not whole patches at this size."""
     from chameleon_lite.data import procedural as P
 
     side, (gh, gw) = tok.image_size, tok.grid

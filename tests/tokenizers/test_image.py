@@ -1,9 +1,11 @@
+import copy
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from chameleon_lite.errors import ConfigError, DataError
@@ -48,6 +50,10 @@ def test_config_round_trip_and_validation():
         ImageVQConfig(norm="batch")
     with pytest.raises(ConfigError, match="padding"):
         ImageVQConfig(padding="replicate")
+    with pytest.raises(ConfigError, match="needs norm 'channel'"):
+        ImageVQConfig(norm="group", padding="background")
+    fsq = preset("tiny", quantizer="fsq")  # the default levels make the default codebook
+    assert ImageVQModel(fsq).quantize(torch.randn(1, fsq.codebook_dim, 2, 2))[1].max() < fsq.codebook_size
     # a config written before norm/padding existed means what the network was then: GroupNorm, zero padding
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("norm", "padding")}
     assert (ImageVQConfig.from_dict(old).norm, ImageVQConfig.from_dict(old).padding) == ("group", "zeros")
@@ -75,9 +81,18 @@ def test_encoder_reads_the_border_as_background(norm, padding, local):
     two = latent(P.Shape("triangle", "orange", "large", "top left"), P.Shape("circle", "blue", "small", "bottom right"))
     moved = (two[:, :2, :2] - one[:, :2, :2]).abs().max() / one[:, :2, :2].abs().max()
     assert (moved < 0.01) == local
-    if local:  # training on a batch leaves inference unchanged: no state is kept between calls
+    if local:  # a call with other pictures (or one that fails) leaves the next call unchanged: no state is kept
         enc(torch.randn(2, 3, cfg.image_size, cfg.image_size))
+        with pytest.raises(RuntimeError):
+            enc(torch.randn(2, 5, cfg.image_size, cfg.image_size))
         assert torch.equal(latent(), empty)
+        # under bf16 the fill goes on the border only: the map inside keeps its values exactly
+        conv = copy.deepcopy(next(m for m in enc.modules() if getattr(m, "pad", 0))).to(torch.bfloat16)
+        h = torch.randn(1, conv.in_channels, 6, 6).to(torch.bfloat16)
+        fill = torch.full((1, conv.in_channels, 1, 1), 1.7)
+        framed = torch.full((1, conv.in_channels, 8, 8), 1.7).to(torch.bfloat16)
+        framed[..., 1:-1, 1:-1] = h
+        assert torch.equal(conv(h, fill=fill), F.conv2d(framed, conv.weight, conv.bias, conv.stride))
 
 
 @pytest.mark.parametrize("name,size,grid,k", [("tiny", 48, 6, 512), ("base", 256, 16, 8192), ("chameleon", 512, 32, 8192)])
