@@ -51,6 +51,16 @@ def test_shipped_model_is_what_its_recipe_says():
     assert cfg["n_layers"] >= 1 and cfg["vocab_size"] > 0
 
 
+def test_shipped_tokenizers_fit_the_corpus_grid(gen):
+    """The shipped image tokenizer reads pictures at the corpus's size, each grid cell is whole patches, and a shape
+    gets the same codes in every cell; the codec's frame is the corpus's time grid."""
+    from chameleon_lite.tokenizers.image_train import cell_invariance
+
+    assert gen.tokenizers.image.image_size == P.CorpusConfig().image_size
+    assert cell_invariance(gen.tokenizers.image) >= 0.95
+    assert gen.tokenizers.audio.hop == round(P.TIME_GRID * gen.tokenizers.audio.sample_rate)
+
+
 @pytest.mark.parametrize("task", sorted(FLOORS))
 def test_generations_pass_the_checkers(gen, task, tmp_path):
     cfg = H.EvalConfig(model=demo.DEMO_DIR, out=str(tmp_path), n=N, seed=4321, batch=N, progress=False)

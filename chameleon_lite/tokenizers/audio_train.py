@@ -95,9 +95,10 @@ class TrainConfig:
 def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
     """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus).
 
-    Two residual levels instead of four: the notes and the timbre live in the first two (the four-level codec
-    reads back 99.4 % exact from its first two levels, docs/audio_codec_eval.json), and half the levels is half the
-    audio tokens the transformer has to read and write."""
+    Two residual levels instead of four: the notes and the timbre live in the first two (the four-level tiny codec
+    read back 99.4 % exact from its first two levels), and half the levels is half the audio tokens the
+    transformer has to read and write. At 3000 steps (the quickstart's cap) this codec reads back 97.6 % exact on
+    500 held-out clips (docs/audio_codec_eval.json)."""
     return TrainConfig(preset="tiny", model_overrides={"num_levels": 2, "quantizer_dropout": 0.0}, steps=steps, warmup=min(100, max(1, steps // 20)), seed=seed,
                        sample_every=max(50, steps // 4), ckpt_every=max(50, steps // 8), log_every=20)
 
