@@ -85,6 +85,10 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
         "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
         "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]}
+    corpus = os.path.join(out, "corpus", "corpus.json")
+    if os.path.exists(corpus):  # the stage's own corpus: how many documents, which seed, which task weights
+        c = read_json(corpus, "corpus record")
+        stage["corpus"] = {"n": c["n"], "seed": c["seed"], "task_weights": c["config"]["task_weights"]}
     path = os.path.join(out, "eval", "eval.json")
     ev = read_json(path, "evaluation") if os.path.exists(path) else None
     if ev is not None:

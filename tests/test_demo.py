@@ -92,6 +92,7 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
                                                          {"stage": "pretrain", "seconds": 4.0}], lines=True)
     _write(os.path.join(second, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.4, "samples": [1, 2]}},
                                                        "tokenizers": {}, "perplexity": {"text": 2.0}, "seconds": 9.0})
+    _write(os.path.join(second, "corpus", "corpus.json"), {"n": 10, "seed": 100, "config": {"task_weights": {"interleaved": 0.5}}})
     rec = demo.recipe(first, second, machine="test machine")
     assert rec["machine"] == "test machine" and rec["seed"] == 0 and rec["command"] == "bash train/demo_recipe.sh"
     q, (c,) = rec["stages"]["quickstart"], rec["stages"]["continued"]
@@ -102,6 +103,7 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     assert rec["total_minutes"] == 2.5
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 5, "exact": 0.4}}  # samples left out
     assert c["out"] == second and c["eval_exact"] == {"text_to_image": 0.4}
+    assert c["corpus"] == {"n": 10, "seed": 100, "task_weights": {"interleaved": 0.5}}
     assert demo.main([first, second, "--machine", "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
 
     # a third stage continues from the second's model; the recipe's eval is the last stage's, the times add up
