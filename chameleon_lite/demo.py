@@ -88,7 +88,8 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     corpus = os.path.join(out, "corpus", "corpus.json")
     if os.path.exists(corpus):  # the stage's own corpus: how many documents, which seed, which task weights
         c = read_json(corpus, "corpus record")
-        stage["corpus"] = {"n": c["n"], "seed": c["seed"], "task_weights": c["config"]["task_weights"]}
+        stage["corpus"] = {"n": c["n"], "seed": c["seed"], "task_weights": c["config"]["task_weights"],
+                           "image_size": c["config"].get("image_size")}
     path = os.path.join(out, "eval", "eval.json")
     ev = read_json(path, "evaluation") if os.path.exists(path) else None
     if ev is not None:
@@ -135,6 +136,33 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
     }
 
 
+def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model: str, machine: str = "") -> dict[str, Any]:
+    """The recipe ``base`` (a shipped model's RECIPE.json) with one more stage of continued pretraining: the
+    train/demo_continue.sh stage in ``out``, run as ``command`` on the code of ``commit``, from ``from_model`` (what
+    the stage's init_from folder held, e.g. the shipped model of an earlier commit). The recipe's eval becomes the
+    stage's 500-prompt evaluation in ``out/eval``; the stages before keep their own records."""
+    from chameleon_lite.hardware import describe_machine
+
+    for key in ("stages", "total_minutes"):
+        if key not in base:
+            raise ConfigError(f"the recipe to extend has no {key!r}: not a demo model's RECIPE.json")
+    stage, ev = _continued_stage(out)
+    if ev is None:
+        raise ConfigError(f"{out}: the stage has no evaluation ({out}/eval/eval.json); run its 500-prompt eval first")
+    stage.update(command=command, commit=commit, machine=machine or describe_machine(), from_model=from_model)
+    rec = {k: v for k, v in base.items() if k not in ("source", "bytes", "weights_dtype", "python", "torch")}
+    before = [{"command": base.get("command"), "commit": base.get("commit"), "machine": base.get("machine")}]
+    rec["commands"] = [*base.get("commands", before), {"command": command, "commit": commit, "machine": stage["machine"]}]
+    rec["command"] = " && ".join(f"git checkout {c['commit']} && {c['command']}" if c.get("commit") else c["command"]
+                                 for c in rec["commands"])
+    rec["stages"] = {**base["stages"], "continued": [*base["stages"].get("continued", []), stage]}
+    rec["total_minutes"] = round(float(base["total_minutes"]) + stage["minutes"], 1)
+    shards = stage["train"].get("val_data") or f"{out}/shards/val"
+    rec["eval_command"] = f"chameleon-lite eval --model {out}/model --n 500 --batch 32 --samples 6 --shards {shards} --out {out}/eval"
+    rec["eval"] = _eval_summary(ev)
+    return rec
+
+
 def _ship(args) -> int:
     recipe: dict[str, Any] = {}
     if args.recipe:
@@ -158,17 +186,31 @@ def register(cli) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m chameleon_lite.demo QUICKSTART_DIR [CONTINUED_DIR ...] [--machine M]``: print the recipe of
-    train/demo_recipe.sh's model."""
+    train/demo_recipe.sh's model; ``python -m chameleon_lite.demo STAGE_DIR --extend RECIPE.json --command C
+    --commit SHA --from-model WHAT``: print RECIPE.json with one train/demo_continue.sh stage added."""
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="python -m chameleon_lite.demo", description=main.__doc__)
-    p.add_argument("first", metavar="QUICKSTART_DIR")
+    p.add_argument("first", metavar="QUICKSTART_DIR", help="(with --extend: the continued stage's folder)")
     p.add_argument("continued", nargs="*", metavar="CONTINUED_DIR", help="continued-pretraining stages, in order")
     p.add_argument("--machine", default="", help="the machine description (default: this machine's)")
+    p.add_argument("--extend", metavar="RECIPE_JSON", help="add the one train/demo_continue.sh stage to this recipe")
+    p.add_argument("--command", default="", help="with --extend: the exact command that ran the stage")
+    p.add_argument("--commit", default="", help="with --extend: the code version that ran it")
+    p.add_argument("--from-model", default="", help="with --extend: what the stage started from")
     args = p.parse_args(argv)
     try:
-        print(json.dumps(recipe(args.first, *args.continued, machine=args.machine), indent=2))
+        if args.extend:
+            if args.continued or not (args.command and args.commit and args.from_model):
+                raise ConfigError("--extend takes one stage folder and needs --command, --commit and --from-model")
+            from chameleon_lite.tokenizers.base import read_json
+
+            rec = extend(read_json(args.extend, "recipe"), args.first, args.command, args.commit, args.from_model,
+                         machine=args.machine)
+        else:
+            rec = recipe(args.first, *args.continued, machine=args.machine)
+        print(json.dumps(rec, indent=2))
     except ConfigError as e:
         print(f"demo recipe: error: {e}", file=sys.stderr)
         return 1

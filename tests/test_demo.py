@@ -103,7 +103,7 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     assert rec["total_minutes"] == 2.5
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 5, "exact": 0.4}}  # samples left out
     assert c["out"] == second and c["eval_exact"] == {"text_to_image": 0.4}
-    assert c["corpus"] == {"n": 10, "seed": 100, "task_weights": {"interleaved": 0.5}}
+    assert c["corpus"] == {"n": 10, "seed": 100, "task_weights": {"interleaved": 0.5}, "image_size": None}
     assert demo.main([first, second, "--machine", "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
 
     # a third stage continues from the second's model; the recipe's eval is the last stage's, the times add up
@@ -120,3 +120,47 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     os.remove(os.path.join(third, "eval", "eval.json"))
     assert demo.main([first, second, third]) == 1
     assert "eval.json: evaluation not found" in capsys.readouterr().err
+
+
+def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
+    """A train/demo_continue.sh stage added to a shipped model's recipe: the stages before keep their records, the
+    commands chain with the code version of each, the eval is the new stage's, the minutes add up."""
+    base = {"source": "/x", "bytes": 1, "weights_dtype": "bfloat16", "python": "3", "torch": "2",
+            "command": "bash train/demo_recipe.sh", "commit": "abc", "seed": 0, "machine": "old machine",
+            "stages": {"quickstart": {"minutes": 75.0}, "continued": [{"out": "runs/demo2"}]}, "total_minutes": 179.0,
+            "eval": {"tasks": {"text_to_image": {"n": 500, "exact": 0.4}}}}
+    out = str(tmp_path / "demo4")
+    _write(os.path.join(out, "run", "run.json"), {"train": {"steps": 2, "init_from": "runs/demo3_model",
+                                                           "val_data": f"{out}/shards/val"}})
+    _write(os.path.join(out, "run", "metrics.jsonl"), [
+        {"step": 0, "loss": 1.0, "tokens": 10, "tokens_per_s": 5.0, "step_time": 2.0},
+        {"step": 1, "loss": 0.9, "tokens": 10, "tokens_per_s": 5.0, "step_time": 2.0}], lines=True)
+    _write(os.path.join(out, "stage_seconds.jsonl"), [{"stage": "pretrain", "seconds": 60.0}], lines=True)
+    _write(os.path.join(out, "corpus", "corpus.json"), {"n": 4, "seed": 300, "config": {"task_weights": {}, "image_size": 64}})
+    with pytest.raises(ConfigError, match="no evaluation"):
+        demo.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
+    _write(os.path.join(out, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 500, "exact": 0.6, "samples": []}},
+                                                    "tokenizers": {}, "perplexity": {}, "seconds": 1.0})
+    rec = demo.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
+    assert "source" not in rec and "bytes" not in rec and rec["seed"] == 0
+    assert rec["commands"] == [{"command": "bash train/demo_recipe.sh", "commit": "abc", "machine": "old machine"},
+                               {"command": "bash train/demo_continue.sh a b", "commit": "def", "machine": "m"}]
+    assert rec["command"] == ("git checkout abc && bash train/demo_recipe.sh && "
+                              "git checkout def && bash train/demo_continue.sh a b")
+    (old, new) = rec["stages"]["continued"]
+    assert old == {"out": "runs/demo2"} and rec["stages"]["quickstart"] == {"minutes": 75.0}
+    assert new["from_model"] == "the model of abc" and new["commit"] == "def" and new["corpus"]["image_size"] == 64
+    assert rec["total_minutes"] == 180.0 and rec["eval"]["tasks"]["text_to_image"] == {"n": 500, "exact": 0.6}
+    assert rec["eval_command"].startswith(f"chameleon-lite eval --model {out}/model --n 500") and f"--shards {out}/shards/val" in rec["eval_command"]
+    # a second extension chains on the first's commands
+    again = demo.extend(rec, out, "bash train/demo_continue.sh c d", "ghi", "x", machine="m")
+    assert [c["commit"] for c in again["commands"]] == ["abc", "def", "ghi"] and len(again["stages"]["continued"]) == 3
+    with pytest.raises(ConfigError, match="no 'stages'"):
+        demo.extend({"total_minutes": 1.0}, out, "c", "d", "e")
+    recipe_file = tmp_path / "RECIPE.json"
+    recipe_file.write_text(json.dumps(base))
+    assert demo.main([out, "--extend", str(recipe_file), "--command", "c", "--commit", "d", "--from-model", "e",
+                      "--machine", "m"]) == 0
+    assert json.loads(capsys.readouterr().out)["commands"][-1] == {"command": "c", "commit": "d", "machine": "m"}
+    assert demo.main([out, "--extend", str(recipe_file)]) == 1
+    assert "needs --command, --commit and --from-model" in capsys.readouterr().err

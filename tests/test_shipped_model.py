@@ -32,15 +32,41 @@ def gen():
     return Generator.from_dir(demo.demo_model_dir())
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _recipe() -> dict:
+    return json.load(open(os.path.join(demo.demo_model_dir(), demo.RECIPE_FILE)))
+
+
+def _commands(rec: dict) -> list[dict]:
+    """The commands that made the model, in order, each with the code version it ran on (a recipe of one command
+    on the current code has no commit)."""
+    return rec.get("commands") or [{"command": rec["command"], "commit": rec.get("commit")}]
+
+
 def test_shipped_model_is_what_its_recipe_says():
     folder = demo.demo_model_dir()
-    rec = json.load(open(os.path.join(folder, demo.RECIPE_FILE)))
-    assert rec["command"] == "bash train/demo_recipe.sh" and isinstance(rec["seed"], int)
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_recipe.sh")
-    assert rec["stages"]["quickstart"]["command"] in open(script).read().replace('"$first"', "runs/demo")
+    rec = _recipe()
+    assert isinstance(rec["seed"], int)
+    cmds = _commands(rec)
+    for c in cmds:  # each runs a recipe script of this repository
+        argv = c["command"].split()
+        assert argv[0] == "bash" and argv[1] in ("train/demo_recipe.sh", "train/demo_continue.sh"), c
+        assert os.path.isfile(os.path.join(REPO, argv[1]))
+    if len(cmds) > 1:
+        assert rec["command"] == " && ".join(f"git checkout {c['commit']} && {c['command']}" for c in cmds)
+    assert rec["stages"]["quickstart"]["command"].startswith("chameleon-lite quickstart --out runs/demo ")
     before = "runs/demo"  # each continued stage starts from the model of the stage before, and ran all its steps
     for stage in rec["stages"]["continued"]:
-        assert stage["train"]["init_from"] == f"{before}/model" and stage["steps"] == stage["train"]["steps"]
+        if "from_model" in stage:  # a stage run by its own command from the model an earlier commit shipped
+            assert stage["command"] in [c["command"] for c in cmds]
+            assert f"bash train/demo_continue.sh {stage['train']['init_from']} " in stage["command"]
+            assert f" {stage['out']} {stage['corpus']['seed']} " in stage["command"]
+            assert before in stage["from_model"], (before, stage["from_model"])
+        else:
+            assert stage["train"]["init_from"] == f"{before}/model"
+        assert stage["steps"] == stage["train"]["steps"]
         before = stage["out"]
     assert rec["eval_command"].startswith(f"chameleon-lite eval --model {before}/model --n 500")
     assert rec["weights_dtype"] == "bfloat16"
@@ -51,14 +77,34 @@ def test_shipped_model_is_what_its_recipe_says():
     assert cfg["n_layers"] >= 1 and cfg["vocab_size"] > 0
 
 
-def test_shipped_tokenizers_fit_the_corpus_grid(gen):
-    """The shipped image tokenizer reads pictures at the corpus's size, each grid cell is whole patches, and a shape
-    gets the same codes in every cell; the codec's frame is the corpus's time grid."""
-    from chameleon_lite.tokenizers.image_train import cell_invariance
+def test_shipped_recipe_scripts_at_their_code_versions():
+    """Each recorded command is in its script as the repository held it at the recorded commit (the quickstart's
+    command in train/demo_recipe.sh; a continued stage's script takes its arguments)."""
+    import subprocess
 
-    assert gen.tokenizers.image.image_size == P.CorpusConfig().image_size
-    assert cell_invariance(gen.tokenizers.image) >= 0.95
-    assert gen.tokenizers.audio.hop == round(P.TIME_GRID * gen.tokenizers.audio.sample_rate)
+    def show(commit: str, path: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", REPO, "show", f"{commit}:{path}"], check=True, capture_output=True,
+                                  text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            pytest.skip(f"this checkout has no history to read {path} at {commit} from ({e})")
+
+    rec = _recipe()
+    for c in _commands(rec):
+        if not c.get("commit"):
+            continue
+        argv = c["command"].split()
+        text = show(c["commit"], argv[1])
+        if argv[1] == "train/demo_recipe.sh":
+            assert rec["stages"]["quickstart"]["command"] in text.replace('"$first"', "runs/demo")
+        else:
+            assert "from=$1 tokenizers=$2 out=$3 seed=$4 lr=$5 warmup=$6 steps=$7 weights=$8" in text
+
+
+def test_shipped_model_was_trained_on_pictures_of_its_tokenizers_size(gen):
+    """The last stage's corpus drew its pictures at the side the shipped image tokenizer reads."""
+    last = _recipe()["stages"]["continued"][-1]
+    assert last["corpus"]["image_size"] == gen.tokenizers.image.image_size
 
 
 @pytest.mark.parametrize("task", sorted(FLOORS))
