@@ -59,6 +59,11 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     return out
 
 
+def _eval_command(model: str, shards: str, out: str) -> str:
+    """The 500-prompt evaluation every demo recipe records."""
+    return f"chameleon-lite eval --model {model} --n 500 --batch 32 --samples 6 --shards {shards} --out {out}"
+
+
 def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
     """An eval.json without its samples: per task n, exact, attributes (and span counts), seconds."""
     tasks = {t: {k: v for k, v in r.items() if k != "samples"} for t, r in ev["tasks"].items()}
@@ -131,7 +136,7 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
             "continued": list(later),
         },
         "total_minutes": round((sum(first_s.values()) + sum(sum(c["stage_seconds"].values()) for c in later)) / 60, 1),
-        "eval_command": f"chameleon-lite eval --model {last} --n 500 --batch 32 --samples 6 --shards {shards} --out {eval_dir}",
+        "eval_command": _eval_command(last, shards, eval_dir),
         "eval": _eval_summary(last_eval),
     }
 
@@ -157,8 +162,7 @@ def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model
                                  for c in rec["commands"])
     rec["stages"] = {**base["stages"], "continued": [*base["stages"].get("continued", []), stage]}
     rec["total_minutes"] = round(float(base["total_minutes"]) + stage["minutes"], 1)
-    shards = stage["train"].get("val_data") or f"{out}/shards/val"
-    rec["eval_command"] = f"chameleon-lite eval --model {out}/model --n 500 --batch 32 --samples 6 --shards {shards} --out {out}/eval"
+    rec["eval_command"] = _eval_command(f"{out}/model", stage["train"].get("val_data") or f"{out}/shards/val", f"{out}/eval")
     rec["eval"] = _eval_summary(ev)
     return rec
 

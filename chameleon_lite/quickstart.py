@@ -209,14 +209,14 @@ def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_s
     import torch
 
     from chameleon_lite.hardware import fast_cpu_dtype
-    from chameleon_lite.model.config import PRESETS, preset
     from chameleon_lite.model.transformer import build_model
+    from chameleon_lite.train.config import TrainConfig
     from chameleon_lite.train.trainer import make_loss_terms
 
-    # the trainer's rule (TrainConfig.model_config): the preset's context, or seq_len when longer; a packed row's
-    # positions continue a document begun in the row before, so they can pass seq_len
-    max_seq_len = max(int(PRESETS[model_name].get("max_seq_len", 0)), seq_len)
-    model = build_model(preset(model_name, vocab_size=vocab_size, max_seq_len=max_seq_len), seed=0).train()
+    # the model exactly as the trainer configures it (its context covers a packed row's positions, which continue a
+    # document begun in the row before and so can pass seq_len)
+    mcfg = TrainConfig(model=model_name, seq_len=seq_len, batch_size=batch_size).model_config(vocab_size, "")
+    model = build_model(mcfg, seed=0).train()
     loss_terms = make_loss_terms(model, compile_whole=compile)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if shards:

@@ -164,3 +164,11 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["commands"][-1] == {"command": "c", "commit": "d", "machine": "m"}
     assert demo.main([out, "--extend", str(recipe_file)]) == 1
     assert "needs --command, --commit and --from-model" in capsys.readouterr().err
+
+
+def test_continue_script_without_its_arguments_prints_its_usage():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_continue.sh")
+    r = subprocess.run(["bash", script, "model", "tok"], capture_output=True, text=True)
+    assert r.returncode == 2 and "FROM_MODEL TOKENIZERS OUT SEED LR WARMUP STEPS WEIGHTS" in r.stderr

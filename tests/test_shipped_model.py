@@ -36,7 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _recipe() -> dict:
-    return json.load(open(os.path.join(demo.demo_model_dir(), demo.RECIPE_FILE)))
+    with open(os.path.join(demo.demo_model_dir(), demo.RECIPE_FILE)) as f:
+        return json.load(f)
 
 
 def _commands(rec: dict) -> list[dict]:

@@ -29,14 +29,10 @@ timed() {
 
 [ -f "$out/corpus/manifest.jsonl" ] || timed corpus chameleon-lite data procedural --out "$out/corpus" --n 48000 --seed "$seed" \
   --task-weights "$weights" --image-size "$image_size" --workers 2
-if [ -z "$val" ]; then
-  val=$out/shards/val
-  [ -f "$out/shards/train/meta.json" ] || timed tokenize chameleon-lite data tokenize --manifest "$out/corpus/manifest.jsonl" \
-    --tokenizers "$tokenizers" --out "$out/shards" --workers 2 --seed "$seed" --val-fraction 0.02
-else
-  [ -f "$out/shards/train/meta.json" ] || timed tokenize chameleon-lite data tokenize --manifest "$out/corpus/manifest.jsonl" \
-    --tokenizers "$tokenizers" --out "$out/shards" --workers 2 --seed "$seed"
-fi
+held_out=0  # with no VAL_SHARDS, 2 % of the new corpus is held out as the stage's validation shards
+[ -n "$val" ] || { val=$out/shards/val; held_out=0.02; }
+[ -f "$out/shards/train/meta.json" ] || timed tokenize chameleon-lite data tokenize --manifest "$out/corpus/manifest.jsonl" \
+  --tokenizers "$tokenizers" --out "$out/shards" --workers 2 --seed "$seed" --val-fraction "$held_out"
 timed pretrain python train/pretrain.py --config tiny --data "$out/shards/train" --val-data "$val" --out "$out/run" \
   --tokenizers="$tokenizers" --init_from="$from" --steps="$steps" --lr="$lr" --warmup="$warmup" --min_lr_ratio=0.1 \
   --parallel=none --ckpt_every=100 --val_every=100 --val_batches=4 --seed=$((seed / 100))
