@@ -43,6 +43,23 @@ def test_ship_demo_and_generate_without_model(model_dir, tmp_path, monkeypatch, 
     assert not os.path.exists(tmp_path / "small")
 
 
+def test_exported_and_shipped_files_are_readable_by_everyone_the_umask_allows(tmp_path):
+    tk = toy_tokenizers(audio=False)
+    old = os.umask(0o022)
+    try:
+        tok_dir = str(tmp_path / "tok")
+        tk.text.save(tok_dir)
+        tk.image.save(tok_dir)
+        model = save_model_dir(toy_model(tk.vocab), tk.vocab, tok_dir, str(tmp_path / "model"))
+        shipped = demo.ship_demo(model, {}, out=str(tmp_path / "shipped"))
+    finally:
+        os.umask(old)
+    for folder in (tok_dir, model, shipped):
+        modes = {f: oct(os.stat(os.path.join(folder, f)).st_mode & 0o777) for f in os.listdir(folder)}
+        assert any(f.endswith(".safetensors") for f in modes)
+        assert set(modes.values()) == {oct(0o644)}, modes
+
+
 def _write(path, obj, lines=False):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

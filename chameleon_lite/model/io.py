@@ -12,7 +12,7 @@ import torch
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_vocab_matches
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_vocab_matches, write_safetensors_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 WEIGHTS_FILE = "model.safetensors"
@@ -31,8 +31,6 @@ def _empty_model(cfg: ModelConfig, device: str | torch.device) -> Transformer:
 def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str, out_dir: str) -> str:
     """Write ``model`` (a plain, unsharded Transformer) with its tokenizers into ``out_dir``, atomically: the folder
     is assembled beside the target and renamed into place. An existing non-export folder is never replaced."""
-    from safetensors.torch import save_file
-
     cfg = model.config
     if cfg.vocab_hash != vocab.hash:
         raise ConfigError(f"model vocab_hash {cfg.vocab_hash!r} does not match the vocabulary {vocab.hash}")
@@ -44,7 +42,7 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(tmp, WEIGHTS_FILE), metadata={"vocab_hash": vocab.hash, "format": "chameleon-lite"})
+    write_safetensors_atomic(os.path.join(tmp, WEIGHTS_FILE), state, {"vocab_hash": vocab.hash, "format": "chameleon-lite"})
     cfg.save(os.path.join(tmp, CONFIG_FILE))
     for name in TOKENIZER_FILES:
         src = os.path.join(tokenizers_dir, name)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, read_json, write_json_atomic
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, read_json, write_json_atomic, write_safetensors_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 log = logging.getLogger(__name__)
@@ -616,14 +616,9 @@ class AudioTokenizer:
 
 def save_model(model: AudioCodecModel, folder: str) -> None:
     """Write audio_codec.safetensors + audio_codec.json into ``folder`` (each atomically)."""
-    from safetensors.torch import save_file
-
     os.makedirs(folder, exist_ok=True)
-    wpath = os.path.join(folder, AUDIO_WEIGHTS)
-    tmp = f"{wpath}.tmp.{os.getpid()}"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp, metadata={"format": "chameleon_lite.audio_codec"})
-    os.replace(tmp, wpath)
+    write_safetensors_atomic(os.path.join(folder, AUDIO_WEIGHTS), state, {"format": "chameleon_lite.audio_codec"})
     write_json_atomic(os.path.join(folder, AUDIO_CONFIG), model.cfg.to_dict())
 
 

@@ -49,6 +49,20 @@ def write_json_atomic(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as safetensors to a temp file beside ``path``, then rename it into place. The file gets the
+    permissions the umask gives any new file (safetensors itself creates it readable by its owner only, so a folder
+    copied to other users would not load)."""
+    from safetensors.torch import save_file
+
+    tmp = f"{path}.tmp.{os.getpid()}"
+    save_file(tensors, tmp, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _sizes_from_dir(path: str) -> tuple[int, int, int, int]:
     from chameleon_lite.tokenizers.text import TextTokenizer
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import IMAGE_CONFIG, IMAGE_WEIGHTS, read_json, write_json_atomic
+from chameleon_lite.tokenizers.base import IMAGE_CONFIG, IMAGE_WEIGHTS, read_json, write_json_atomic, write_safetensors_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 QUANTIZERS = ("vq", "fsq")
@@ -560,14 +560,9 @@ class ImageTokenizer:
 
 
 def save_model(model: ImageVQModel, folder: str) -> None:
-    from safetensors.torch import save_file
-
     os.makedirs(folder, exist_ok=True)
-    wpath = os.path.join(folder, IMAGE_WEIGHTS)
-    tmp = f"{wpath}.tmp.{os.getpid()}"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp, metadata={"format": "chameleon_lite.image_vq"})
-    os.replace(tmp, wpath)
+    write_safetensors_atomic(os.path.join(folder, IMAGE_WEIGHTS), state, {"format": "chameleon_lite.image_vq"})
     write_json_atomic(os.path.join(folder, IMAGE_CONFIG), model.cfg.to_dict())
 
 

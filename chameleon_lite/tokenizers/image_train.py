@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import read_json, write_json_atomic
+from chameleon_lite.tokenizers.base import read_json, write_json_atomic, write_safetensors_atomic
 from chameleon_lite.tokenizers.image import (ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype,
                                              from_model_output, load_images, preset, save_model, to_model_input)
 
@@ -215,8 +215,6 @@ def save_checkpoint(run: str, step: int, cfg: TrainConfig, model: ImageVQModel, 
                     disc: nn.Module | None, dopt: torch.optim.Optimizer | None, gen: torch.Generator,
                     extra: dict[str, Any]) -> None:
     """Write run/checkpoint atomically: build checkpoint.tmp, then swap it in by renames."""
-    from safetensors.torch import save_file
-
     final, tmp, old = (os.path.join(run, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -231,7 +229,7 @@ def save_checkpoint(run: str, step: int, cfg: TrainConfig, model: ImageVQModel, 
         tensors.update(d_t)
         state["dopt"] = d_meta
     tensors["rng"] = gen.get_state()
-    save_file(tensors, os.path.join(tmp, "state.safetensors"))
+    write_safetensors_atomic(os.path.join(tmp, "state.safetensors"), tensors)
     write_json_atomic(os.path.join(tmp, "state.json"), state)
     if os.path.isdir(final):
         shutil.rmtree(old, ignore_errors=True)
