@@ -17,9 +17,9 @@ N = 8
 # task -> (what is counted, least number of the N prompts (seed 4321) that must have it): "exact" is the checker's
 # whole verdict, other names are its per-attribute verdicts. Set from this model's own results on these prompts.
 FLOORS = {
-    "text_to_image": ("position", 5),  # measured 6 of 8 (count 6, size 5, color 4, kind 3, exact 2)
-    "image_to_text": ("exact", 6),  # 7 (color, count, kind, position 8; size 7)
-    "text_to_audio": ("exact", 5),  # 6 (count 8, notes 7, timbre 7)
+    "text_to_image": ("exact", 3),  # measured 4 of 8 (count, position, size 8; color 6, kind 5)
+    "image_to_text": ("exact", 5),  # 6 (color, count, kind, position, size 8)
+    "text_to_audio": ("exact", 4),  # 5 (count 7, notes 6, timbre 7)
     "audio_to_text": ("exact", 7),  # 8
     "instruction": ("valid", 4),  # 5 (exact 1)
 }
