@@ -40,27 +40,27 @@ def read_json(path: str, what: str) -> dict[str, Any]:
     return d
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path`` (created by open(), so with the permissions the umask gives any
+    new file), fsync it, then rename it into place."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` as safetensors to a temp file beside ``path``, then rename it into place. The file gets the
-    permissions the umask gives any new file (safetensors itself creates it readable by its owner only, so a folder
-    copied to other users would not load)."""
-    from safetensors.torch import save_file
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=2).encode())
 
-    tmp = f"{path}.tmp.{os.getpid()}"
-    save_file(tensors, tmp, metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+
+def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Safetensors through write_bytes_atomic (safetensors' own save_file creates its file readable by its owner
+    only, so a folder copied to other users would not load)."""
+    from safetensors.torch import save
+
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def _sizes_from_dir(path: str) -> tuple[int, int, int, int]:
