@@ -9,11 +9,13 @@
 # FROM_MODEL: an exported model folder (the shipped one is chameleon_lite/assets/demo_model); TOKENIZERS: the folder
 # of its tokenizers (an exported model folder holds them too); WEIGHTS: `chameleon-lite data procedural
 # --task-weights`; IMAGE_SIZE: the corpus's picture side, which must be the image tokenizer's (default 48);
-# VAL_SHARDS: validation shards (default: 2 % of the new corpus, held out).
+# VAL_SHARDS: validation shards (default: 2 % of the new corpus, held out). Extra trainer options come from the
+# environment variable PRETRAIN_FLAGS, e.g. PRETRAIN_FLAGS=--compile=true (model and loss compiled as one graph:
+# 0.93 s instead of 1.70 s per step on 2 AVX-512/AMX cores, after a minute of compiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 8 ]; then
-  sed -n '2,12p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 fi
 from=$1 tokenizers=$2 out=$3 seed=$4 lr=$5 warmup=$6 steps=$7 weights=$8 image_size=${9:-48} val=${10:-}
@@ -35,7 +37,7 @@ held_out=0  # with no VAL_SHARDS, 2 % of the new corpus is held out as the stage
   --tokenizers "$tokenizers" --out "$out/shards" --workers 2 --seed "$seed" --val-fraction "$held_out"
 timed pretrain python train/pretrain.py --config tiny --data "$out/shards/train" --val-data "$val" --out "$out/run" \
   --tokenizers="$tokenizers" --init_from="$from" --steps="$steps" --lr="$lr" --warmup="$warmup" --min_lr_ratio=0.1 \
-  --parallel=none --ckpt_every=100 --val_every=100 --val_batches=4 --seed=$((seed / 100))
+  --parallel=none --ckpt_every=100 --val_every=100 --val_batches=4 --seed=$((seed / 100)) ${PRETRAIN_FLAGS:-}
 timed export chameleon-lite export "$out/run" --out "$out/model"
 chameleon-lite plot "$out/run" --title "demo model: continued pretraining from $from"
 [ -f "$out/eval/eval.json" ] || timed eval chameleon-lite eval --model "$out/model" --n 500 --batch 32 --samples 6 \
