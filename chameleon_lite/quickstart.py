@@ -180,7 +180,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         from chameleon_lite.generate import GenerationConfig, Generator, Prompt
 
         gen = Generator.from_dir(model_dir)
-        doc = gen.generate(Prompt(text=DEMO_PROMPT), GenerationConfig(max_new_tokens=400, seed=cfg.seed))[0]
+        doc = gen.generate(Prompt(text=DEMO_PROMPT, then="media"), GenerationConfig(max_new_tokens=400, seed=cfg.seed))[0]
         doc.save(cfg.path("demo"))
 
     return [
@@ -328,7 +328,7 @@ def _run(args) -> int:
     print(f"quickstart finished ({summary['seconds_this_run'] / 60:.1f} min this run)")
     for key in ("model", "curves", "eval", "demo"):
         print(f"  {key:7s} {summary[key]}")
-    print(f"try: chameleon-lite generate --model {summary['model']} --prompt \"{DEMO_PROMPT}\" --out {cfg.path('try')}")
+    print(f"try: chameleon-lite generate --model {summary['model']} --prompt \"{DEMO_PROMPT}\" --then media --out {cfg.path('try')}")
     return 0
 
 

@@ -13,7 +13,8 @@ Tasks (each over ``n`` prompts drawn from a seed the training corpus never used)
   (complete image spans of exactly N ids, audio spans of whole frames, ending with ``<eos>``) and each media span
   must show what the sentence before it describes.
 - ``instruction``: a request for 1-3 media items in order ("a large red circle in the top left, then play C5 E5 G5
-  on a square wave"); exact = structurally valid, exactly the requested items in that order, each read back exact.
+  on a square wave"), given as a complete request (the model's first id opens a picture or a clip: ``then="media"``);
+  exact = structurally valid, exactly the requested items in that order, each read back exact.
 
 Plus the tokenizers' reconstruction on the same held-out media (image PSNR and checker agreement; audio SI-SNR
 and checker agreement) and the model's per-modality perplexity on validation shards when given.
@@ -318,8 +319,8 @@ def eval_instruction(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
         specs = [P.sample_image_spec(rng) if rng.random() < 0.5 else P.sample_audio_spec(rng)
                  for _ in range(int(rng.integers(lo, hi + 1)))]
         requests.append((specs, P.instruction_text(specs, rng)))
-    docs = _batched(gen, [Prompt(text=t) for _, t in requests], _settings(cfg, cfg.interleaved_tokens), cfg.batch,
-                    "instruction", cfg.progress)
+    docs = _batched(gen, [Prompt(text=t, then="media") for _, t in requests], _settings(cfg, cfg.interleaved_tokens),
+                    cfg.batch, "instruction", cfg.progress)
     nq = gen.tokenizers.vocab.audio_levels or 1
     sr = gen.tokenizers.audio.sample_rate if gen.tokenizers.audio is not None else None
     items, ok_all, asked = [], 0, 0

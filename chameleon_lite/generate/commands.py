@@ -84,8 +84,10 @@ def register(cli) -> None:
     p.add_argument("--prompt", default="", help="prompt text")
     p.add_argument("--image", action="append", metavar="PATH", help="prompt image (repeatable)")
     p.add_argument("--audio", action="append", metavar="PATH", help="prompt audio clip (repeatable)")
-    p.add_argument("--then", choices=("text", "image", "audio"), default=None,
-                   help="open a span after the prompt: the model continues with an image or audio (default: its choice)")
+    p.add_argument("--then", choices=("text", "image", "audio", "media"), default=None,
+                   help="what follows the prompt: image or audio opens that span; media: a picture or a clip, the "
+                        "model's choice (the prompt is a complete request, not text to go on writing); default: "
+                        "the model's choice of anything")
     p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per sample (default 256)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same document)")
     p.add_argument("--batch", type=int, default=1, help="samples of the prompt generated together (default 1)")

@@ -27,7 +27,7 @@ from chameleon_lite.errors import ConfigError, UserError
 from chameleon_lite.generate.document import Document, detokenize, split_spans
 from chameleon_lite.generate.state_machine import Mode, ModalityStateMachine
 
-THEN = (None, "text", "image", "audio")
+THEN = (None, "text", "image", "audio", "media")
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -112,7 +112,9 @@ class Prompt:
     ``ids``: unified ids as they are, ``<bos>`` prepended when missing).
 
     Prompt media are bidirectional input spans. ``then`` opens a span the model must continue with:
-    "image" appends ``<boi>``, "audio" ``<boa>``; None or "text" leaves the choice to the model.
+    "image" appends ``<boi>``, "audio" ``<boa>``; "media" makes the model's first id ``<boi>`` or ``<boa>``, its
+    choice (the prompt is a complete request such as "a red circle, then play C5 on a sine wave", not text to go
+    on writing); None or "text" leaves the choice to the model.
     """
 
     text: str = ""
@@ -255,6 +257,8 @@ class Generator:
                                   allow_image=cfg.allow_image, allow_audio=cfg.allow_audio)
         for b, (ids, _) in enumerate(encoded):
             sm.feed_prompt(b, ids)
+            if isinstance(prompts[b], Prompt) and prompts[b].then == "media":
+                sm.require_media(b)
             need = {Mode.IMAGE: self.image_tokens - int(sm.count[b]) + 1, Mode.AUDIO: v.audio_levels + 1}.get(Mode(int(sm.mode[b])), 1)
             if left[b] < need:
                 raise UserError(f"prompt {b} opens a {Mode(int(sm.mode[b])).name.lower()} span that needs {need} new tokens, "

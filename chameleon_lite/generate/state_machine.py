@@ -4,6 +4,8 @@ Each row is in one of four modes:
 
 - TEXT: text ids, ``<eos>``, ``<boi>`` (only if a whole image still fits: N image ids + ``<eoi>`` + one more
   position, i.e. at least N+2 positions remain) and ``<boa>`` (only if one frame + ``<eoa>`` + one more fit).
+  A row told that its prompt is a complete request (``require_media``) allows only ``<boi>``/``<boa>`` until it
+  opens its first span.
 - IMAGE: exactly N image ids, then ``<eoi>`` is forced.
 - AUDIO: the position inside the span fixes the RVQ level, so only that level's id range is allowed; ``<eoa>``
   only at a frame boundary after at least one frame; ``<eoa>`` is forced at a boundary when another frame +
@@ -64,6 +66,7 @@ class ModalityStateMachine:
         self.max_audio_frames = max_audio_frames
         self.mode = torch.full((batch,), int(Mode.TEXT), dtype=torch.int64)
         self.count = torch.zeros(batch, dtype=torch.int64)  # ids emitted inside the current image/audio span
+        self.media_next = torch.zeros(batch, dtype=torch.bool)  # the next id must open an image or audio span
         left = torch.as_tensor(positions_left, dtype=torch.int64)
         self.left = left.expand(batch).clone() if left.dim() == 0 else left.clone()
         if self.left.shape != (batch,):
@@ -90,6 +93,18 @@ class ModalityStateMachine:
         finally:
             self.left[row] = left
 
+    def require_media(self, row: int) -> None:
+        """Row ``row`` (in TEXT mode, after its prompt) must open an image or audio span next: its prompt is a
+        complete request, not text to go on writing. Raises UserError when neither kind of span fits."""
+        if Mode(int(self.mode[row])) != Mode.TEXT:
+            raise UserError(f"a media span must come next, but {self.describe(row)}")
+        if not (self.allow_image or self.allow_audio):
+            raise UserError("a media span must come next, but the model makes neither images nor audio")
+        left = int(self.left[row])
+        if not ((self.allow_image and left >= self.n_image + 2) or (self.allow_audio and left >= self.nq + 2)):
+            raise UserError(f"a media span must come next, but none fits in the {left} new positions left")
+        self.media_next[row] = True
+
     # ---- queries ----------------------------------------------------------------------------------
     def _ranges_row(self, b: int) -> list[tuple[int, int]]:
         v = self.vocab
@@ -97,6 +112,13 @@ class ModalityStateMachine:
         left = int(self.left[b])
         if mode == Mode.DONE or left <= 0:
             return [(v.pad, v.pad + 1)]
+        if mode == Mode.TEXT and bool(self.media_next[b]):
+            out = []
+            if self.allow_image and left >= self.n_image + 2:
+                out.append((v.boi, v.boi + 1))
+            if self.allow_audio and left >= self.nq + 2:
+                out.append((v.boa, v.boa + 1))
+            return out or [(v.eos, v.eos + 1)]  # (require_media saw room; this keeps a row from sticking)
         if mode == Mode.TEXT:
             out = [v.text_range()]
             lo_s = v.eos
@@ -166,9 +188,9 @@ class ModalityStateMachine:
             if t == v.eos:
                 self.mode[b] = int(Mode.DONE)
             elif t == v.boi:
-                self.mode[b], self.count[b] = int(Mode.IMAGE), 0
+                self.mode[b], self.count[b], self.media_next[b] = int(Mode.IMAGE), 0, False
             elif t == v.boa:
-                self.mode[b], self.count[b] = int(Mode.AUDIO), 0
+                self.mode[b], self.count[b], self.media_next[b] = int(Mode.AUDIO), 0, False
         elif mode == Mode.IMAGE:
             if t == v.eoi:
                 self.mode[b], self.count[b] = int(Mode.TEXT), 0

@@ -200,10 +200,26 @@ def test_generate_command(tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, "image_000.png"))
     rc = main(["generate", "--model", model_dir, "--prompt", "x", "--batch", "2", "--max-new-tokens", "5", "--out", out, "--quiet"])
     assert rc == 0 and os.path.isfile(os.path.join(out, "sample_001", "document.json"))
+    rc = main(["generate", "--model", model_dir, "--prompt", "x", "--then", "media", "--max-new-tokens", "20", "--out",
+               os.path.join(out, "media"), "--quiet"])  # a model without audio: its span is a picture
+    assert rc == 0 and os.path.isfile(os.path.join(out, "media", "image_000.png"))
     assert main(["generate", "--model", model_dir, "--prompt", "x", "--then", "audio"]) == 1
     assert "no audio tokenizer" in capsys.readouterr().err
     assert main(["generate", "--model", model_dir, "--image", str(tmp_path / "none.png")]) == 1
     assert "none.png" in capsys.readouterr().err
+
+
+def test_then_media_opens_a_span_of_the_models_choice(gen):
+    v = gen.vocab
+    for seed in range(6):
+        d = gen.generate(Prompt(text="Draw", then="media"), GenerationConfig(max_new_tokens=gen.image_tokens + 8, seed=seed, **FP32))[0]
+        assert d.ids[0] in (v.boi, v.boa), d.ids[:3]
+        assert [s.kind for s in d.spans if not s.from_prompt][0] in ("image", "audio")
+    # room for a clip but not a picture: the clip it is
+    d = gen.generate(Prompt(text="Draw", then="media"), GenerationConfig(max_new_tokens=v.audio_levels + 2, **FP32))[0]
+    assert d.ids[0] == v.boa
+    with pytest.raises(UserError, match="none fits"):
+        gen.generate(Prompt(text="Draw", then="media"), GenerationConfig(max_new_tokens=v.audio_levels + 1, **FP32))
 
 
 def test_prompt_ids_min_new_tokens_and_span_budget(gen):

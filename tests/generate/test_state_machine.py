@@ -111,3 +111,32 @@ def test_random_walks_always_produce_valid_streams():
                 else:
                     assert V.text_offset <= s[i] < V.image_offset or s[i] in (V.eos, V.pad)
                     i += 1
+
+
+def test_required_media_span_comes_first_then_anything():
+    sm = ModalityStateMachine(V, N, 2, 100)
+    sm.feed_prompt(0, [V.bos, V.text_offset])
+    sm.require_media(0)
+    assert set(allowed_ids(sm, 0)) == {V.boi, V.boa}  # row 0: no text, no <eos> before its first span
+    assert V.eos in allowed_ids(sm, 1)  # row 1 is not affected
+    with pytest.raises(RuntimeError, match="not allowed"):
+        sm.advance(torch.tensor([V.text_offset, V.text_offset]))
+    sm.advance(torch.tensor([V.boa, V.eos]))
+    for level in range(3):
+        sm.advance(torch.tensor([V.audio_level_range(level)[0], V.pad]))
+    sm.advance(torch.tensor([V.eoa, V.pad]))
+    assert set(allowed_ids(sm, 0)) == set(range(*V.text_range())) | {V.eos, V.boi, V.boa}  # free again after it
+    # only the kinds that fit are offered; none fitting, or a row inside a span, is the user's error
+    sm = ModalityStateMachine(V, N, 1, 3 + 2)
+    sm.require_media(0)
+    assert allowed_ids(sm, 0) == [V.boa] and int(sm.forced()[0]) == V.boa
+    sm = ModalityStateMachine(V, N, 1, 3 + 1)
+    with pytest.raises(UserError, match="none fits in the 4 new positions"):
+        sm.require_media(0)
+    sm = ModalityStateMachine(V, N, 1, 100, allow_image=False, allow_audio=False)
+    with pytest.raises(UserError, match="neither images nor audio"):
+        sm.require_media(0)
+    sm = ModalityStateMachine(V, N, 1, 100)
+    sm.feed_prompt(0, [V.bos, V.boi])
+    with pytest.raises(UserError, match="in image span"):
+        sm.require_media(0)
