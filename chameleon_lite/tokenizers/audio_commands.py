@@ -23,10 +23,16 @@ def _overrides(items: list[str] | None) -> dict:
 def _train_audio(args: argparse.Namespace) -> int:
     from chameleon_lite.tokenizers.audio_train import TrainConfig, train
 
-    cfg = TrainConfig(preset=args.preset, model_overrides=_overrides(args.set), steps=args.steps,
+    from chameleon_lite.errors import UserError
+
+    overrides = _overrides(args.set)
+    if args.finetune_decoder and overrides:
+        raise UserError("--finetune-decoder keeps that codec's shape: --set does not apply")
+    cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                       batch_size=args.batch_size, segment_frames=args.segment_frames, lr=args.lr,
                       disc_start=args.disc_start, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
-                      max_clips=args.max_clips, seed=args.seed, threads=args.threads)
+                      max_clips=args.max_clips, seed=args.seed, threads=args.threads,
+                      finetune_decoder=args.finetune_decoder or "")
     summary = train(args.manifest, args.out, cfg)
     last = summary["last"]
     print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['clips']} clips "
@@ -82,6 +88,9 @@ def register(cli) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the codec; the run state goes to DIR/run")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a codec config field of the preset (JSON value), e.g. --set num_levels=8")
+    p.add_argument("--finetune-decoder", metavar="CODEC_DIR",
+                   help="train only the decoder of this trained codec: its encoder and codebooks (so every clip's "
+                        "codes, and a transformer trained on them) stay the same")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--segment-frames", type=int, default=32, help="training crop length in codec frames")

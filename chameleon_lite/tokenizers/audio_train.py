@@ -14,6 +14,10 @@ complex STFT L1 and waveform L1 plus a scale-invariant SNR term (these keep the 
 losses cannot see), and the RVQ commitment loss. Optional: a multi-scale STFT discriminator (hinge) with feature matching from ``disc_start``.
 Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest, starting on a frame
 boundary of their clip (``frame_aligned_crops``), where encoding the whole clip puts one.
+
+Decoder fine-tuning (``finetune_decoder``): start from a trained codec and train only its decoder on the inference
+path (frozen encoder -> nearest codes of every level -> codebook latents -> decoder). Encoder and codebooks stay
+bit-identical, so every clip keeps its codes and a transformer trained on them keeps working.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio, preset,
                                              save_model)
 from chameleon_lite.tokenizers.base import read_json, write_json_atomic
-from chameleon_lite.tokenizers.image_train import _restore_optimizer, find_checkpoint, lr_at, save_checkpoint
+from chameleon_lite.tokenizers.image_train import (_restore_optimizer, check_finetune_resume, code_path_changed,
+                                                   code_path_state, find_checkpoint, lr_at, save_checkpoint)
 
 
 @dataclasses.dataclass
@@ -67,6 +72,9 @@ class TrainConfig:
     max_clips: int = 0
     seed: int = 0
     threads: int = 0
+    # A trained codec folder: train only its decoder (see the module docstring); the model's shape is that
+    # codec's, so ``preset`` and ``model_overrides`` are not used.
+    finetune_decoder: str = ""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "segment_frames", "sample_every", "log_every", "ckpt_every"):
@@ -83,6 +91,8 @@ class TrainConfig:
         self.model_config()
 
     def model_config(self) -> AudioCodecConfig:
+        if self.finetune_decoder:
+            return _finetune_base(self.finetune_decoder).cfg
         try:
             return preset(self.preset, **self.model_overrides)
         except TypeError as e:
@@ -90,6 +100,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _finetune_base(folder: str) -> AudioCodecModel:
+    """The trained codec whose decoder a fine-tuning run trains (clear errors for a folder without one)."""
+    from chameleon_lite.tokenizers.audio import load_model
+
+    if not os.path.isdir(folder):
+        raise ConfigError(f"finetune_decoder: {folder} is not a folder holding an audio codec")
+    return load_model(folder)
 
 
 def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
@@ -339,9 +358,15 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = AudioCodecModel(mcfg)
+    finetune = bool(cfg.finetune_decoder)
+    model = _finetune_base(cfg.finetune_decoder) if finetune else AudioCodecModel(mcfg)
+    frozen = {k: v.clone() for k, v in code_path_state(model).items()} if finetune else {}
+    if finetune:
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
     spectral = MultiScaleSpectralLoss(mcfg.sample_rate, cfg.spectral_ffts)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
     disc = STFTDiscriminator() if cfg.disc_start else None
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99)) if disc is not None else None
     start, elapsed = 0, 0.0
@@ -350,22 +375,34 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
         if state["model_config"] != mcfg.to_dict():
             raise ConfigError(f"{ckpt}: checkpoint was trained with a different model config; use another --out")
+        check_finetune_resume(ckpt, state, cfg.finetune_decoder)
         tensors = load_file(os.path.join(ckpt, "state.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if finetune and code_path_changed(model, frozen):
+            raise ConfigError(f"{ckpt}: the encoder or codebooks of {cfg.finetune_decoder} changed since this "
+                              "fine-tuning run started; use another --out")
         _restore_optimizer(opt, "opt", tensors, state["opt"])
         if disc is not None and "dopt" in state:
             disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
             _restore_optimizer(dopt, "dopt", tensors, state["dopt"])
         gen.set_state(tensors["rng"])
         start, elapsed = int(state["step"]), float(state["extra"].get("elapsed", 0.0))
-    else:
+    elif not finetune:
         model.train()
         _kmeans_warmup(model, clips, cfg, gen)
     seg = cfg.segment_frames * mcfg.hop
     log_path = os.path.join(run, "log.jsonl")
     usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=start, desc="audio codec", unit="step", disable=not progress)
+
+    def train_mode() -> None:
+        model.train()
+        if finetune:  # frozen parts in eval mode: no codebook EMA updates, no dead-code replacement
+            model.encoder.eval()
+            model.quantizer.eval()
+
+    train_mode()
+    bar = tqdm(total=cfg.steps, initial=start, desc="audio decoder" if finetune else "audio codec", unit="step",
+               disable=not progress)
     t_seg = t_log = time.perf_counter()
     seen = 0.0
     rec: dict[str, float] = {}
@@ -378,7 +415,18 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         # The quantizer's dead-code replacement draws from torch's global generator: seed it per step so that a
         # resumed run repeats exactly the steps an uninterrupted one takes.
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        y, codes, commit = model(x, dropout=drop, dropout_seed=drop_seed)
+        if finetune:  # the inference path: frozen encoder -> nearest codes -> codebook latents -> decoder
+            with torch.no_grad():
+                codes = model.encode_codes(model.encoder(x)).clone()
+                if drop and mcfg.num_levels > mcfg.min_levels:  # quantizer dropout: the first j levels only
+                    j = mcfg.min_levels + drop_seed % (mcfg.num_levels - mcfg.min_levels)  # j in [min_levels, nq)
+                    codes[:, j:] = -1
+                    q = model.codes_to_latent(codes[:, :j])
+                else:
+                    q = model.codes_to_latent(codes)
+            y, commit = model.decoder(q), torch.zeros(())
+        else:
+            y, codes, commit = model(x, dropout=drop, dropout_seed=drop_seed)
         ys, xs = y[:, 0], x[:, 0]
         mel_l, stft_l, cplx_l = spectral(ys, xs)
         wave_l = (ys - xs).abs().mean()
@@ -395,7 +443,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
             loss = loss + cfg.disc_weight * adv + cfg.feature_weight * fm / max(1, sum(len(f) for _, f in real))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if use_disc:
             real, fake = disc(xs), disc(ys.detach())
@@ -432,13 +480,15 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
                 if not os.path.exists(os.path.join(run, f"original_{k}.wav")):
                     write_wav(os.path.join(run, f"original_{k}.wav"), w, mcfg.sample_rate)
                 write_wav(os.path.join(run, f"sample_{done:06d}_{k}.wav"), r, mcfg.sample_rate)
-            model.train()
+            train_mode()
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg})
         bar.update(1)
     bar.close()
     elapsed += time.perf_counter() - t_seg
     model.eval()
+    if finetune and code_path_changed(model, frozen):
+        raise RuntimeError("decoder fine-tuning changed the encoder or codebooks")  # a bug, never the user's input
     save_model(model, out)
     summary = {"manifest": os.fspath(manifest), "clips": len(clips), "steps": cfg.steps,
                "train_seconds": round(elapsed, 1), "threads": torch.get_num_threads(), "last": rec,

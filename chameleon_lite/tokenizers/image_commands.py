@@ -21,9 +21,12 @@ def _train_image(args: argparse.Namespace) -> int:
             raise UserError(f"--set {key}: value {value!r} is not JSON (e.g. 8, 0.5, [32, 64, 128], \"vq\")") from None
     if args.quantizer:
         overrides["quantizer"] = args.quantizer
+    if args.finetune_decoder and overrides:
+        raise UserError("--finetune-decoder keeps that tokenizer's shape: --set and --quantizer do not apply")
     cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, disc_start=args.disc_start, grid_every=args.grid_every, ckpt_every=args.ckpt_every,
-                      max_images=args.max_images, seed=args.seed, threads=args.threads)
+                      max_images=args.max_images, seed=args.seed, threads=args.threads,
+                      finetune_decoder=args.finetune_decoder or "")
     summary = train(args.manifest, args.out, cfg)
     last = summary["last"]
     print(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['images']} images "
@@ -73,6 +76,9 @@ def register(cli) -> None:
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model config field of the preset (JSON value), e.g. --set codebook_dim=8")
+    p.add_argument("--finetune-decoder", metavar="TOKENIZER_DIR",
+                   help="train only the decoder of this trained tokenizer: its encoder and codebook (so every "
+                        "picture's codes, and a transformer trained on them) stay the same")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)

@@ -13,6 +13,12 @@ Losses: L1 + L2 on pixels (pixels off the plain background weighted 1 + ``foregr
 are weighted means), an edge term (L1 between horizontal/vertical finite differences of reconstruction and
 original, which keeps shape outlines sharp), the quantizer's commitment loss, and optionally a hinge patch
 discriminator switched on after ``disc_start`` steps (0 = off). No pretrained perceptual network is used.
+
+Decoder fine-tuning (``finetune_decoder``): start from a trained tokenizer and train only its decoder, on exactly the
+inference path (frozen encoder -> nearest codes -> codebook latents -> decoder). The encoder and codebook stay
+bit-identical, so every picture keeps its codes and a transformer trained on them keeps working, while pictures
+decoded from its codes get sharper. A cheap fix for a tokenizer whose codes carry the picture but whose decoder
+was trained too briefly.
 """
 from __future__ import annotations
 
@@ -68,6 +74,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     autocast: bool = True
+    # A trained tokenizer folder: train only its decoder (see the module docstring); the model's shape is that
+    # tokenizer's, so ``preset`` and ``model_overrides`` are not used.
+    finetune_decoder: str = ""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grid_every", "log_every", "ckpt_every"):
@@ -86,6 +95,8 @@ class TrainConfig:
         self.model_config()  # validates preset name and overrides
 
     def model_config(self) -> ImageVQConfig:
+        if self.finetune_decoder:
+            return _finetune_base(self.finetune_decoder).cfg
         try:
             return preset(self.preset, **self.model_overrides)
         except TypeError as e:
@@ -93,6 +104,32 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _finetune_base(folder: str) -> ImageVQModel:
+    """The trained tokenizer whose decoder a fine-tuning run trains (clear errors for a folder without one)."""
+    from chameleon_lite.tokenizers.image import load_model
+
+    if not os.path.isdir(folder):
+        raise ConfigError(f"finetune_decoder: {folder} is not a folder holding an image tokenizer")
+    return load_model(folder)
+
+
+def code_path_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of a tokenizer that makes the codes (all but ``decoder.*``): what decoder fine-tuning keeps."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+
+
+def code_path_changed(model: nn.Module, frozen: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(v, frozen[k]) for k, v in code_path_state(model).items())
+
+
+def check_finetune_resume(ckpt: str, state: dict[str, Any], finetune_decoder: str) -> None:
+    """A checkpoint resumes only the same kind of run: both from scratch, or both fine-tuning the same decoder."""
+    have = state["train_config"].get("finetune_decoder", "")
+    if have != finetune_decoder:
+        raise ConfigError(f"{ckpt}: checkpoint of a run with finetune_decoder={have!r}, this run has "
+                          f"{finetune_decoder!r}; use another --out")
 
 
 def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
@@ -275,8 +312,14 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = ImageVQModel(mcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    finetune = bool(cfg.finetune_decoder)
+    model = _finetune_base(cfg.finetune_decoder) if finetune else ImageVQModel(mcfg)
+    frozen = {k: v.clone() for k, v in code_path_state(model).items()} if finetune else {}
+    if finetune:
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     disc = PatchDiscriminator() if cfg.disc_start else None
     dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
     start, elapsed = 0, 0.0
@@ -285,8 +328,12 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
         if state["model_config"] != mcfg.to_dict():
             raise ConfigError(f"{ckpt}: checkpoint was trained with a different model config; use another --out")
+        check_finetune_resume(ckpt, state, cfg.finetune_decoder)
         tensors = load_file(os.path.join(ckpt, "state.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if finetune and code_path_changed(model, frozen):
+            raise ConfigError(f"{ckpt}: the encoder or codebook of {cfg.finetune_decoder} changed since this "
+                              "fine-tuning run started; use another --out")
         _restore_optimizer(opt, "opt", tensors, state["opt"])
         if disc is not None and "dopt" in state:
             disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
@@ -296,8 +343,16 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     amp = autocast_dtype() if cfg.autocast else None
     usage = torch.zeros(mcfg.codebook_size, dtype=torch.int64)
     log_path = os.path.join(run, "log.jsonl")
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=start, desc="image VQ", unit="step", disable=not progress)
+
+    def train_mode() -> None:
+        model.train()
+        if finetune:  # frozen parts in eval mode: no codebook EMA updates, no dead-code replacement
+            model.encoder.eval()
+            model.quantizer.eval()
+
+    train_mode()
+    bar = tqdm(total=cfg.steps, initial=start, desc="image decoder" if finetune else "image VQ", unit="step",
+               disable=not progress)
     t_seg = time.perf_counter()
     t_log, seen = time.perf_counter(), 0
     rec: dict[str, float] = {}
@@ -306,8 +361,18 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
             g["lr"] = lr_at(step, cfg)
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen).numpy()
         x = to_model_input(images[idx])
-        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            y, codes, aux = model(x)
+        if finetune:  # the inference path: frozen encoder -> nearest codes -> codebook latents -> decoder
+            with torch.no_grad():
+                with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                    z = model.encoder(x)
+                codes = model.quantize(z.float())[1]
+                q = model.codes_to_latent(codes)
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                y = model.decoder(q)
+            aux = torch.zeros(())
+        else:
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                y, codes, aux = model(x)
         y = y.float()
         l1, l2, le = pixel_losses(y, x, cfg.foreground_weight) + (edge_loss(y, x),)
         loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.edge_weight * le + aux
@@ -318,7 +383,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
             loss = loss + cfg.disc_weight * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if use_disc:
             with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
@@ -346,7 +411,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         if done % cfg.grid_every == 0 or done == cfg.steps:
             tok = ImageTokenizer(model, autocast=amp)
             save_grid(os.path.join(run, f"grid_{done:06d}.png"), show, tok.decode(tok.encode_rgb(show)))
-            model.train()
+            train_mode()
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen,
                             {"elapsed": elapsed + time.perf_counter() - t_seg})
@@ -354,6 +419,8 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     bar.close()
     elapsed += time.perf_counter() - t_seg
     model.eval()
+    if finetune and code_path_changed(model, frozen):
+        raise RuntimeError("decoder fine-tuning changed the encoder or codebook")  # a bug, never the user's input
     save_model(model, out)
     summary = {"manifest": os.fspath(manifest), "images": int(len(images)), "steps": cfg.steps,
                "train_seconds": round(elapsed, 1), "autocast": str(amp), "threads": torch.get_num_threads(),

@@ -354,3 +354,52 @@ def test_commands(corpus, tmp_path, capsys):
     assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--set", "oops"]) != 0
     assert main(["tokenizer", "encode-audio", "--tokenizer", out, str(tmp_path / "nope.wav")]) != 0
     assert "nope.wav" in capsys.readouterr().err
+
+
+def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
+    """Decoder fine-tuning trains only the codec's decoder: encoder and codebooks stay bit-identical (every clip keeps
+    its codes), its reconstructions get closer to the clips, a resumed run repeats an uninterrupted one, and a
+    checkpoint of another kind of run is refused."""
+    from chameleon_lite.tokenizers.audio_train import MultiScaleSpectralLoss, code_path_state, load_clips, manifest_audio
+
+    base = str(tmp_path / "base")
+    small_codec().save(base)
+
+    def cfg(steps):
+        return TrainConfig(finetune_decoder=base, steps=steps, batch_size=4, segment_frames=16, lr=3e-3, warmup=1,
+                           sample_every=100, ckpt_every=20, log_every=5)
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    s = train(corpus, a, cfg(40), progress=False)
+    assert s["train_config"]["finetune_decoder"] == base
+    before, after = AudioTokenizer.load(base), AudioTokenizer.load(a)
+    frozen, tuned = code_path_state(before.model), code_path_state(after.model)
+    assert frozen.keys() == tuned.keys() and all(torch.equal(frozen[k], tuned[k]) for k in frozen)
+    clips = load_clips([p for p, _ in manifest_audio(corpus)][:4], before.sample_rate, progress=False)
+    spectral = MultiScaleSpectralLoss(before.sample_rate)
+
+    def mel(tok):
+        out = 0.0
+        for w in clips:
+            codes = tok.encode_waveform(w)
+            assert torch.equal(codes, before.encode_waveform(w))
+            r = torch.as_tensor(tok.decode(codes)[:len(w)])[None]
+            out += float(spectral(r, torch.as_tensor(w)[None])[0])
+        return out / len(clips)
+
+    assert mel(after) < 0.9 * mel(before)
+
+    train(corpus, b, cfg(2), progress=False)  # (the learning rate of steps 0 and 1 does not depend on steps)
+    train(corpus, b, cfg(40), progress=False)  # resumes at step 2
+    wa, wb = after.model.state_dict(), AudioTokenizer.load(b).model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ConfigError, match="finetune_decoder"):
+        train(corpus, a, _cfg(60), progress=False)
+    with pytest.raises(ConfigError, match="not a folder"):
+        TrainConfig(finetune_decoder=str(tmp_path / "nope"))
+    out = str(tmp_path / "cli")
+    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--finetune-decoder", a,
+                 "--steps", "1", "--batch-size", "2", "--segment-frames", "8"]) == 0
+    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", str(tmp_path / "x"),
+                 "--finetune-decoder", a, "--set", "num_levels=3"]) == 1
+    assert "--set" in capsys.readouterr().err
