@@ -71,17 +71,30 @@ def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One continued-pretraining stage of train/demo_recipe.sh in ``out``: its run, the stage times the script logged
+    """One continued-pretraining stage (train/demo_continue.sh) in ``out``, or one decoder fine-tuning stage
+    (train/demo_decoders.sh: the summaries of its two tokenizer runs instead of a training run): its run, the stage times the script logged
     in stage_seconds.jsonl (a resumed stage adds up), and the exact rates of its eval when it has one; also that
     eval.json itself (None without one)."""
     from chameleon_lite.tokenizers.base import read_json
     from chameleon_lite.train.metrics import read_metrics
 
-    run = read_json(os.path.join(out, "run", "run.json"), "training run record")
     stages: dict[str, float] = {}
     log = os.path.join(out, "stage_seconds.jsonl")
     for rec in read_metrics(log) if os.path.exists(log) else []:
         stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
+    run_json = os.path.join(out, "run", "run.json")
+    decoders = {m: os.path.join(out, m, "run", "summary.json") for m in ("image", "audio")}
+    if not os.path.exists(run_json) and any(os.path.exists(p) for p in decoders.values()):
+        # a train/demo_decoders.sh stage: the two tokenizer runs that fine-tuned a decoder each
+        stage = {"out": out, "kind": "decoder fine-tuning", "stage_seconds": stages,
+                 "minutes": round(sum(stages.values()) / 60, 1)}
+        for m, p in decoders.items():
+            if os.path.exists(p):
+                summ = read_json(p, f"{m} tokenizer run summary")
+                stage[f"{m}_decoder"] = {k: summ[k] for k in ("steps", "train_seconds", "threads", "last", "train_config")
+                                         if k in summ}
+        return _stage_corpus_and_eval(out, stage)
+    run = read_json(run_json, "training run record")
     steps = read_metrics(os.path.join(out, "run", "metrics.jsonl"))
     train_steps = [r for r in steps if "step_time" in r]
     val = [r for r in steps if "val_loss" in r]
@@ -90,6 +103,13 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
         "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
         "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]}
+    return _stage_corpus_and_eval(out, stage)
+
+
+def _stage_corpus_and_eval(out: str, stage: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``stage`` with the record of its own corpus and its eval's exact rates added; also that eval.json (or None)."""
+    from chameleon_lite.tokenizers.base import read_json
+
     corpus = os.path.join(out, "corpus", "corpus.json")
     if os.path.exists(corpus):  # the stage's own corpus: how many documents, which seed, which task weights
         c = read_json(corpus, "corpus record")
@@ -142,8 +162,8 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
 
 
 def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model: str, machine: str = "") -> dict[str, Any]:
-    """The recipe ``base`` (a shipped model's RECIPE.json) with one more stage of continued pretraining: the
-    train/demo_continue.sh stage in ``out``, run as ``command`` on the code of ``commit``, from ``from_model`` (what
+    """The recipe ``base`` (a shipped model's RECIPE.json) with one more stage: the train/demo_continue.sh
+    (continued pretraining) or train/demo_decoders.sh (decoder fine-tuning) stage in ``out``, run as ``command`` on the code of ``commit``, from ``from_model`` (what
     the stage's init_from folder held, e.g. the shipped model of an earlier commit). The recipe's eval becomes the
     stage's 500-prompt evaluation in ``out/eval``; the stages before keep their own records."""
     from chameleon_lite.hardware import describe_machine
@@ -162,7 +182,8 @@ def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model
                                  for c in rec["commands"])
     rec["stages"] = {**base["stages"], "continued": [*base["stages"].get("continued", []), stage]}
     rec["total_minutes"] = round(float(base["total_minutes"]) + stage["minutes"], 1)
-    rec["eval_command"] = _eval_command(f"{out}/model", stage["train"].get("val_data") or f"{out}/shards/val", f"{out}/eval")
+    shards = stage.get("train", {}).get("val_data") or (ev.get("config") or {}).get("shards") or f"{out}/shards/val"
+    rec["eval_command"] = _eval_command(f"{out}/model", shards, f"{out}/eval")
     rec["eval"] = _eval_summary(ev)
     return rec
 
@@ -191,7 +212,8 @@ def register(cli) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m chameleon_lite.demo QUICKSTART_DIR [CONTINUED_DIR ...] [--machine M]``: print the recipe of
     train/demo_recipe.sh's model; ``python -m chameleon_lite.demo STAGE_DIR --extend RECIPE.json --command C
-    --commit SHA --from-model WHAT``: print RECIPE.json with one train/demo_continue.sh stage added."""
+    --commit SHA --from-model WHAT``: print RECIPE.json with one train/demo_continue.sh or train/demo_decoders.sh
+    stage added."""
     import argparse
     import sys
 
@@ -199,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("first", metavar="QUICKSTART_DIR", help="(with --extend: the continued stage's folder)")
     p.add_argument("continued", nargs="*", metavar="CONTINUED_DIR", help="continued-pretraining stages, in order")
     p.add_argument("--machine", default="", help="the machine description (default: this machine's)")
-    p.add_argument("--extend", metavar="RECIPE_JSON", help="add the one train/demo_continue.sh stage to this recipe")
+    p.add_argument("--extend", metavar="RECIPE_JSON",
+                   help="add the one train/demo_continue.sh or train/demo_decoders.sh stage to this recipe")
     p.add_argument("--command", default="", help="with --extend: the exact command that ran the stage")
     p.add_argument("--commit", default="", help="with --extend: the code version that ran it")
     p.add_argument("--from-model", default="", help="with --extend: what the stage started from")

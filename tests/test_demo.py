@@ -183,6 +183,36 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
     assert "needs --command, --commit and --from-model" in capsys.readouterr().err
 
 
+def test_extend_with_a_decoder_fine_tuning_stage(tmp_path):
+    """A train/demo_decoders.sh stage (no training run: two tokenizer runs) is recorded with both runs' summaries;
+    the eval command names the shards its evaluation used."""
+    base = {"command": "bash train/demo_recipe.sh", "commit": "abc", "seed": 0, "machine": "m",
+            "stages": {"quickstart": {"minutes": 75.0}, "continued": []}, "total_minutes": 75.0}
+    out = str(tmp_path / "demo8")
+    for m in ("image", "audio"):
+        _write(os.path.join(out, m, "run", "summary.json"), {"steps": 3, "train_seconds": 6.0, "threads": 2,
+                                                             "last": {"step": 3}, "train_config": {"finetune_decoder": "x"},
+                                                             "manifest": "ignored"})
+    _write(os.path.join(out, "stage_seconds.jsonl"), [{"stage": "image-decoder", "seconds": 30.0},
+                                                      {"stage": "audio-decoder", "seconds": 30.0}], lines=True)
+    _write(os.path.join(out, "eval", "eval.json"), {"config": {"shards": "runs/demo7/shards/val"},
+                                                    "tasks": {"text_to_audio": {"n": 500, "exact": 0.8}}})
+    rec = demo.extend(base, out, "bash train/demo_decoders.sh a b", "def", "the model of abc", machine="m")
+    (stage,) = rec["stages"]["continued"]
+    assert stage["kind"] == "decoder fine-tuning" and stage["minutes"] == 1.0 and rec["total_minutes"] == 76.0
+    assert stage["image_decoder"] == stage["audio_decoder"] == {"steps": 3, "train_seconds": 6.0, "threads": 2,
+                                                                "last": {"step": 3}, "train_config": {"finetune_decoder": "x"}}
+    assert "--shards runs/demo7/shards/val" in rec["eval_command"] and rec["eval"]["tasks"]["text_to_audio"]["exact"] == 0.8
+
+
+def test_decoders_script_without_its_arguments_prints_its_usage():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_decoders.sh")
+    r = subprocess.run(["bash", script, "model"], capture_output=True, text=True)
+    assert r.returncode == 2 and "FROM_MODEL OUT SEED IMAGE_STEPS AUDIO_STEPS VAL_SHARDS" in r.stderr
+
+
 def test_continue_script_without_its_arguments_prints_its_usage():
     import subprocess
 
