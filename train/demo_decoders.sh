@@ -5,18 +5,18 @@
 # 500-prompt evaluation. Every step resumes when re-run; each step's wall time is appended to
 # OUT/stage_seconds.jsonl (read into RECIPE.json by `python -m chameleon_lite.demo`).
 #
-#   bash train/demo_decoders.sh FROM_MODEL OUT SEED IMAGE_STEPS AUDIO_STEPS VAL_SHARDS [IMAGE_SIZE]
+#   bash train/demo_decoders.sh FROM_MODEL OUT SEED IMAGE_STEPS AUDIO_STEPS [VAL_SHARDS [IMAGE_SIZE]]
 #
 # FROM_MODEL: an exported model folder (the shipped one is chameleon_lite/assets/demo_model); VAL_SHARDS: validation
-# shards for the evaluation's perplexities (the tokens do not change, so those of the model's last stage);
-# IMAGE_SIZE: the corpus's picture side, which must be the image tokenizer's (default 64).
+# shards for the evaluation's perplexities (the tokens do not change, so those of the model's last stage; none or
+# "": no perplexities); IMAGE_SIZE: the corpus's picture side, which must be the image tokenizer's (default 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 6 ]; then
+if [ $# -lt 5 ]; then
   sed -n '2,12p' "$0" >&2
   exit 2
 fi
-from=$1 out=$2 seed=$3 image_steps=$4 audio_steps=$5 val=$6 image_size=${7:-64}
+from=$1 out=$2 seed=$3 image_steps=$4 audio_steps=$5 val=${6:-} image_size=${7:-64}
 mkdir -p "$out"
 
 # timed NAME CMD...: run CMD and append its wall time to OUT/stage_seconds.jsonl.
@@ -45,4 +45,4 @@ done
 cp "$out"/image/image_vq.* "$out"/audio/audio_codec.* "$out/model.tmp/"
 rm -rf "$out/model" && mv "$out/model.tmp" "$out/model"
 [ -f "$out/eval/eval.json" ] || timed eval chameleon-lite eval --model "$out/model" --n 500 --batch 32 --samples 6 \
-  --shards "$val" --out "$out/eval"
+  ${val:+--shards "$val"} --out "$out/eval"
