@@ -21,13 +21,7 @@ fi
 from=$1 tokenizers=$2 out=$3 seed=$4 lr=$5 warmup=$6 steps=$7 weights=$8 image_size=${9:-48} val=${10:-}
 mkdir -p "$out"
 
-# timed NAME CMD...: run CMD and append its wall time to OUT/stage_seconds.jsonl.
-timed() {
-  local name=$1 t0=$EPOCHREALTIME; shift
-  "$@"
-  python -c "import json,sys; print(json.dumps({'stage': sys.argv[1], 'seconds': round(float(sys.argv[3]) - float(sys.argv[2]), 1)}))" \
-    "$name" "$t0" "$EPOCHREALTIME" >> "$out/stage_seconds.jsonl"
-}
+. train/stage_timer.sh  # timed NAME CMD...: run CMD, append its wall time to OUT/stage_seconds.jsonl
 
 [ -f "$out/corpus/manifest.jsonl" ] || timed corpus chameleon-lite data procedural --out "$out/corpus" --n 48000 --seed "$seed" \
   --task-weights "$weights" --image-size "$image_size" --workers 2

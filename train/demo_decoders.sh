@@ -19,13 +19,7 @@ fi
 from=$1 out=$2 seed=$3 image_steps=$4 audio_steps=$5 val=${6:-} image_size=${7:-64}
 mkdir -p "$out"
 
-# timed NAME CMD...: run CMD and append its wall time to OUT/stage_seconds.jsonl.
-timed() {
-  local name=$1 t0=$EPOCHREALTIME; shift
-  "$@"
-  python -c "import json,sys; print(json.dumps({'stage': sys.argv[1], 'seconds': round(float(sys.argv[3]) - float(sys.argv[2]), 1)}))" \
-    "$name" "$t0" "$EPOCHREALTIME" >> "$out/stage_seconds.jsonl"
-}
+. train/stage_timer.sh  # timed NAME CMD...: run CMD, append its wall time to OUT/stage_seconds.jsonl
 
 [ -f "$out/corpus/manifest.jsonl" ] || timed corpus chameleon-lite data procedural --out "$out/corpus" --n 16000 \
   --seed "$seed" --task-weights "caption_to_image=1,caption_to_audio=1" --image-size "$image_size" --workers 2

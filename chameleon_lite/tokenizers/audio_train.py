@@ -38,7 +38,8 @@ from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, 
                                              save_model)
 from chameleon_lite.tokenizers.base import read_json, write_json_atomic
 from chameleon_lite.tokenizers.image_train import (_restore_optimizer, check_finetune_resume, code_path_changed,
-                                                   code_path_state, find_checkpoint, lr_at, save_checkpoint)
+                                                   find_checkpoint, freeze_code_path, lr_at, save_checkpoint,
+                                                   set_train_mode)
 
 
 @dataclasses.dataclass
@@ -360,10 +361,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     gen = torch.Generator().manual_seed(cfg.seed)
     finetune = bool(cfg.finetune_decoder)
     model = _finetune_base(cfg.finetune_decoder) if finetune else AudioCodecModel(mcfg)
-    frozen = {k: v.clone() for k, v in code_path_state(model).items()} if finetune else {}
-    if finetune:
-        model.encoder.requires_grad_(False)
-        model.quantizer.requires_grad_(False)
+    frozen = freeze_code_path(model) if finetune else {}
     params = [p for p in model.parameters() if p.requires_grad]
     spectral = MultiScaleSpectralLoss(mcfg.sample_rate, cfg.spectral_ffts)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
@@ -393,14 +391,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     seg = cfg.segment_frames * mcfg.hop
     log_path = os.path.join(run, "log.jsonl")
     usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
-
-    def train_mode() -> None:
-        model.train()
-        if finetune:  # frozen parts in eval mode: no codebook EMA updates, no dead-code replacement
-            model.encoder.eval()
-            model.quantizer.eval()
-
-    train_mode()
+    set_train_mode(model, finetune)
     bar = tqdm(total=cfg.steps, initial=start, desc="audio decoder" if finetune else "audio codec", unit="step",
                disable=not progress)
     t_seg = t_log = time.perf_counter()
@@ -480,7 +471,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
                 if not os.path.exists(os.path.join(run, f"original_{k}.wav")):
                     write_wav(os.path.join(run, f"original_{k}.wav"), w, mcfg.sample_rate)
                 write_wav(os.path.join(run, f"sample_{done:06d}_{k}.wav"), r, mcfg.sample_rate)
-            train_mode()
+            set_train_mode(model, finetune)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg})
         bar.update(1)

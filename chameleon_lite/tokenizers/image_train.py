@@ -124,6 +124,22 @@ def code_path_changed(model: nn.Module, frozen: dict[str, torch.Tensor]) -> bool
     return any(not torch.equal(v, frozen[k]) for k, v in code_path_state(model).items())
 
 
+def freeze_code_path(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Stop gradients to the encoder and quantizer; returns a copy of their tensors to check against later."""
+    model.encoder.requires_grad_(False)
+    model.quantizer.requires_grad_(False)
+    return {k: v.clone() for k, v in code_path_state(model).items()}
+
+
+def set_train_mode(model: nn.Module, finetune: bool) -> None:
+    """Training mode; when fine-tuning the decoder, the frozen parts stay in eval mode (no codebook EMA updates,
+    no dead-code replacement)."""
+    model.train()
+    if finetune:
+        model.encoder.eval()
+        model.quantizer.eval()
+
+
 def check_finetune_resume(ckpt: str, state: dict[str, Any], finetune_decoder: str) -> None:
     """A checkpoint resumes only the same kind of run: both from scratch, or both fine-tuning the same decoder."""
     have = state["train_config"].get("finetune_decoder", "")
@@ -314,10 +330,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     gen = torch.Generator().manual_seed(cfg.seed)
     finetune = bool(cfg.finetune_decoder)
     model = _finetune_base(cfg.finetune_decoder) if finetune else ImageVQModel(mcfg)
-    frozen = {k: v.clone() for k, v in code_path_state(model).items()} if finetune else {}
-    if finetune:
-        model.encoder.requires_grad_(False)
-        model.quantizer.requires_grad_(False)
+    frozen = freeze_code_path(model) if finetune else {}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     disc = PatchDiscriminator() if cfg.disc_start else None
@@ -343,14 +356,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     amp = autocast_dtype() if cfg.autocast else None
     usage = torch.zeros(mcfg.codebook_size, dtype=torch.int64)
     log_path = os.path.join(run, "log.jsonl")
-
-    def train_mode() -> None:
-        model.train()
-        if finetune:  # frozen parts in eval mode: no codebook EMA updates, no dead-code replacement
-            model.encoder.eval()
-            model.quantizer.eval()
-
-    train_mode()
+    set_train_mode(model, finetune)
     bar = tqdm(total=cfg.steps, initial=start, desc="image decoder" if finetune else "image VQ", unit="step",
                disable=not progress)
     t_seg = time.perf_counter()
@@ -411,7 +417,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         if done % cfg.grid_every == 0 or done == cfg.steps:
             tok = ImageTokenizer(model, autocast=amp)
             save_grid(os.path.join(run, f"grid_{done:06d}.png"), show, tok.decode(tok.encode_rgb(show)))
-            train_mode()
+            set_train_mode(model, finetune)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen,
                             {"elapsed": elapsed + time.perf_counter() - t_seg})

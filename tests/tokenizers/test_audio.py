@@ -360,7 +360,8 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
     """Decoder fine-tuning trains only the codec's decoder: encoder and codebooks stay bit-identical (every clip keeps
     its codes), its reconstructions get closer to the clips, a resumed run repeats an uninterrupted one, and a
     checkpoint of another kind of run is refused."""
-    from chameleon_lite.tokenizers.audio_train import MultiScaleSpectralLoss, code_path_state, load_clips, manifest_audio
+    from chameleon_lite.tokenizers.audio_train import MultiScaleSpectralLoss, load_clips, manifest_audio
+    from chameleon_lite.tokenizers.image_train import code_path_state
 
     base = str(tmp_path / "base")
     small_codec().save(base)
