@@ -96,6 +96,9 @@ def test_shipped_model_is_what_its_recipe_says():
         assert rec["eval"]["tasks"][task]["n"] >= 100, task
     cfg = json.load(open(os.path.join(folder, "config.json")))
     assert cfg["n_layers"] >= 1 and cfg["vocab_size"] > 0
+    from chameleon_lite.tokenizers.base import codes_hash
+
+    assert cfg["codes_hash"] == codes_hash(folder)  # bound to the tokenizers shipped beside it
 
 
 def test_shipped_recipe_scripts_at_their_code_versions():

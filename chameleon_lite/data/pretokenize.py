@@ -93,6 +93,8 @@ def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int 
     is_val = split_validation(len(docs), val_fraction, seed)
     tok_dir = os.path.abspath(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else ""
     extra = {"tokenizers": tok_dir, "manifest": os.path.abspath(manifest), "seed": seed, "val_fraction": val_fraction}
+    if getattr(tk, "codes_hash", ""):
+        extra["codes_hash"] = tk.codes_hash  # which codes these are: checked by training against its tokenizers
     writers = {"train": ShardWriter(os.path.join(out, "train"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "train"})}
     if is_val.any():
         writers["val"] = ShardWriter(os.path.join(out, "val"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "val"})

@@ -175,6 +175,10 @@ class Generator:
             raise ConfigError(f"the tokenizers define vocabulary {vocab.hash} but the model was trained on {cfg.vocab_hash}")
         if cfg.vocab_size != vocab.size:
             raise ConfigError(f"the tokenizers define {vocab.size} ids but the model has {cfg.vocab_size}")
+        have = getattr(tokenizers, "codes_hash", "")
+        if cfg.codes_hash and have and have != cfg.codes_hash:
+            raise ConfigError(f"the tokenizers make other codes (codes hash {have}) than the model was trained on ({cfg.codes_hash}); "
+                              "use the tokenizers the model was trained with")
         self.model = model.eval()
         self.tokenizers = tokenizers
         self.vocab = vocab

@@ -18,6 +18,9 @@ class ModelConfig:
     Args:
         vocab_size: size of the unified vocabulary (ids in [0, vocab_size)).
         vocab_hash: hash of the UnifiedVocab the model is trained on ("" when not yet bound to a vocabulary).
+        codes_hash: hash of the tokenizers' code-making parts the model is trained on (tokenizers.base.codes_hash;
+            "" = not recorded). The vocab hash covers only the layout, so this is what tells a retrained tokenizer
+            of the same sizes apart.
         dim: model width.
         n_layers: number of transformer blocks.
         n_heads: query heads; head_dim = dim // n_heads.
@@ -34,6 +37,7 @@ class ModelConfig:
 
     vocab_size: int = 1024
     vocab_hash: str = ""
+    codes_hash: str = ""
     dim: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -67,8 +71,9 @@ class ModelConfig:
         for name in ("qk_norm", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.vocab_hash, str):
-            raise ConfigError(f"model config: vocab_hash must be a string, got {self.vocab_hash!r}")
+        for name in ("vocab_hash", "codes_hash"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"model config: {name} must be a string, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -1,8 +1,9 @@
 """Exported models: ``model.safetensors`` + ``config.json`` + the tokenizer artifacts + ``vocab.json`` in one folder
 (ARCHITECTURE §7). ``export_model`` turns a training run's checkpoint into such a folder, ``load_model`` reads it
-back and refuses tokenizers whose vocabulary is not the one the model was trained on."""
+back and refuses tokenizers whose vocabulary or codes are not the ones the model was trained on."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import torch
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_vocab_matches, write_safetensors_atomic
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_codes_match, check_vocab_matches, codes_hash, write_safetensors_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 WEIGHTS_FILE = "model.safetensors"
@@ -35,6 +36,8 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     if cfg.vocab_hash != vocab.hash:
         raise ConfigError(f"model vocab_hash {cfg.vocab_hash!r} does not match the vocabulary {vocab.hash}")
     check_vocab_matches(tokenizers_dir, vocab)
+    check_codes_match(tokenizers_dir, cfg.codes_hash)
+    cfg = dataclasses.replace(cfg, codes_hash=codes_hash(tokenizers_dir))  # the folder binds the model to its tokenizers
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
         raise ConfigError(f"{out_dir}: exists and is not an exported model; choose an empty or new folder")
@@ -83,7 +86,7 @@ def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, ch
 
 def read_model_weights(model_dir: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and the weights (as stored) of an exported model folder, after the checks ``load_model`` makes:
-    vocab.json and the tokenizers must match the model's vocab hash."""
+    vocab.json and the tokenizers must match the model's vocab hash, and the tokenizers its codes hash."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -96,6 +99,7 @@ def read_model_weights(model_dir: str) -> tuple[ModelConfig, dict[str, torch.Ten
     if vocab.size != cfg.vocab_size:
         raise ConfigError(f"{model_dir}: vocab.json has {vocab.size} ids but the model has {cfg.vocab_size}")
     check_vocab_matches(model_dir, vocab)
+    check_codes_match(model_dir, cfg.codes_hash)
     path = os.path.join(model_dir, WEIGHTS_FILE)
     try:
         state = load_file(path, device="cpu")

@@ -93,6 +93,57 @@ def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> 
         )
 
 
+def codes_hash(path: str) -> str:
+    """sha256 (hex, 16 chars) of everything in the tokenizer folder ``path`` that decides which codes a text,
+    picture or clip becomes: the BPE file and the image and audio tokenizers' encoder and quantizer tensors. The
+    decoders are left out, so a tokenizer whose decoder was fine-tuned (``--finetune-decoder``) keeps its hash,
+    while a retrained one of the same sizes (same vocabulary layout, other codes) gets a new one."""
+    import hashlib
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: tokenizer folder not found")
+    h = hashlib.sha256()
+    text = os.path.join(path, TEXT_FILE)
+    try:
+        with open(text, "rb") as f:
+            h.update(f.read())
+    except FileNotFoundError:
+        raise ConfigError(f"{text}: text tokenizer not found") from None
+    for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS):
+        weights = os.path.join(path, name)
+        h.update(name.encode())
+        if not os.path.exists(weights):
+            continue
+        try:
+            with safe_open(weights, framework="pt") as f:
+                for key in sorted(f.keys()):
+                    if key.startswith("decoder."):
+                        continue
+                    t = f.get_tensor(key).contiguous()
+                    h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+                    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"{weights}: not a readable safetensors file ({e})") from None
+    return h.hexdigest()[:16]
+
+
+def check_codes_match(path: str, expected: str, what: str = "model") -> None:
+    """Refuse tokenizers in ``path`` whose codes are not the ones the ``what`` was trained on (``expected``, from
+    :func:`codes_hash`; "" = not recorded, nothing to check)."""
+    if not expected:
+        return
+    have = codes_hash(path)
+    if have != expected:
+        raise ConfigError(
+            f"{path}: these tokenizers make other codes (codes hash {have}) than the ones the {what} was trained on "
+            f"({expected}), although the vocabulary sizes agree (a retrained tokenizer?); use the tokenizers the "
+            f"{what} was trained with"
+        )
+
+
 @dataclasses.dataclass
 class Tokenizers:
     """The three tokenizers plus the unified vocabulary they define, loaded from one folder."""
@@ -101,6 +152,7 @@ class Tokenizers:
     text: Any
     image: Any | None = None
     audio: Any | None = None
+    codes_hash: str = ""  # codes_hash() of the folder they were loaded from ("" when built in memory)
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "Tokenizers":
@@ -124,4 +176,4 @@ class Tokenizers:
             saved = UnifiedVocab.load(vf)
             if saved.hash != vocab.hash:
                 raise ConfigError(f"{vf}: vocab.json ({saved.hash}) does not match the tokenizer artifacts beside it ({vocab.hash})")
-        return cls(vocab=vocab, text=text, image=image, audio=audio)
+        return cls(vocab=vocab, text=text, image=image, audio=audio, codes_hash=codes_hash(path))

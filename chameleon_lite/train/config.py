@@ -81,9 +81,10 @@ class TrainConfig:
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train config: parallel must be one of {PARALLEL}, got {self.parallel!r}")
 
-    def model_config(self, vocab_size: int, vocab_hash: str) -> ModelConfig:
-        """The preset with the overrides and the data's vocabulary; max_seq_len covers seq_len."""
-        d = {**PRESETS[self.model], **self.model_overrides, "vocab_size": vocab_size, "vocab_hash": vocab_hash}
+    def model_config(self, vocab_size: int, vocab_hash: str, codes_hash: str = "") -> ModelConfig:
+        """The preset with the overrides and the data's vocabulary (and tokenizers' codes hash); max_seq_len covers
+        seq_len."""
+        d = {**PRESETS[self.model], **self.model_overrides, "vocab_size": vocab_size, "vocab_hash": vocab_hash, "codes_hash": codes_hash}
         d["max_seq_len"] = max(int(d.get("max_seq_len", 0)), self.seq_len)
         return ModelConfig.from_dict(d, source=f"model preset {self.model!r} with overrides")
 

@@ -110,6 +110,35 @@ def evaluate(loss_terms, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, 
     return summarize_stats(all_reduce_sum(stats), prefix="val_")
 
 
+def run_codes_hash(cfg: TrainConfig, meta: dict[str, Any], val_meta: dict[str, Any], tokenizers: str) -> str:
+    """Which codes the run trains on: the hash the training shards recorded when they were tokenized, which the
+    validation shards and the tokenizer folder must share (the vocab hash alone cannot tell a retrained tokenizer
+    of the same sizes apart); the folder's hash for shards that recorded none; "" when neither is known."""
+    from chameleon_lite.tokenizers.base import codes_hash
+
+    codes = meta.get("codes_hash", "")
+    val = val_meta.get("codes_hash", "")
+    if codes and val and val != codes:
+        raise DataError(f"{cfg.val_data}: the validation shards were tokenized with other tokenizers (codes hash {val}) "
+                        f"than the training shards {cfg.data} ({codes})")
+    if tokenizers and os.path.isdir(tokenizers):
+        have = codes_hash(tokenizers)
+        if codes and have != codes:
+            raise ConfigError(f"{cfg.data}: the shards were tokenized with other tokenizers (codes hash {codes}) than the "
+                              f"ones in {tokenizers} ({have}); pass the tokenizers they were made with, or tokenize again")
+        codes = codes or have
+    return codes
+
+
+def check_resume(last: str, state: dict[str, Any], vocab: UnifiedVocab, mcfg: ModelConfig) -> None:
+    """A checkpoint resumes only on data of its vocabulary and codes."""
+    if state.get("vocab_hash") != vocab.hash:
+        raise ConfigError(f"{last}: checkpoint was trained on vocabulary {state.get('vocab_hash')}, the data uses {vocab.hash}")
+    if state.get("codes_hash") and mcfg.codes_hash and state["codes_hash"] != mcfg.codes_hash:
+        raise ConfigError(f"{last}: checkpoint was trained on other codes (codes hash {state['codes_hash']}) than the data's "
+                          f"tokenizers make ({mcfg.codes_hash})")
+
+
 def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Tensor] | None:
     """The weights of the exported model ``cfg.init_from`` (continued pretraining, fine-tuning), after checking
     that it is the architecture the run builds and was trained on the data's vocabulary; None without init_from."""
@@ -120,8 +149,11 @@ def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Te
     src, state = read_model_weights(cfg.init_from)
     if src.vocab_hash != mcfg.vocab_hash:
         raise ConfigError(f"init_from={cfg.init_from}: the model was trained on vocabulary {src.vocab_hash}, the data uses {mcfg.vocab_hash}")
+    if src.codes_hash and mcfg.codes_hash and src.codes_hash != mcfg.codes_hash:
+        raise ConfigError(f"init_from={cfg.init_from}: the model was trained on other codes (codes hash {src.codes_hash}) than the "
+                          f"data's tokenizers make ({mcfg.codes_hash}); tokenize the data with the model's own tokenizers")
     a, b = src.to_dict(), mcfg.to_dict()
-    differ = [k for k in a if k not in ("max_seq_len",) and a[k] != b.get(k)]
+    differ = [k for k in a if k not in ("max_seq_len", "codes_hash") and a[k] != b.get(k)]
     if differ:
         raise ConfigError(f"init_from={cfg.init_from}: the model differs from the run's model ({cfg.model!r} with overrides) in "
                           + ", ".join(f"{k}={a[k]!r} vs {b.get(k)!r}" for k in differ) + "; set --model / --model.<field> to match it")
@@ -183,15 +215,19 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
         raise ConfigError("parallel=none cannot train with more than one process; use fsdp or ddp")
     vocab, meta = read_data_meta(cfg.data)
     make_loader = make_loader or default_loader_factory()
+    val_meta: dict[str, Any] = {}
     if cfg.val_data:
-        val_vocab, _ = read_data_meta(cfg.val_data)
+        val_vocab, val_meta = read_data_meta(cfg.val_data)
         if val_vocab.hash != vocab.hash:
             raise DataError(f"{cfg.val_data}: validation shards use vocabulary {val_vocab.hash}, training shards {vocab.hash}")
-    mcfg = cfg.model_config(vocab.size, vocab.hash)
-    dtype = compute_dtype(cfg, info.device)
     tokenizers = cfg.tokenizers or meta.get("tokenizers", "")
+    mcfg = cfg.model_config(vocab.size, vocab.hash, run_codes_hash(cfg, meta, val_meta, tokenizers))
+    dtype = compute_dtype(cfg, info.device)
 
     os.makedirs(cfg.out, exist_ok=True)
+    last = ckpt.latest_checkpoint(cfg.out)
+    if last is not None:  # before run.json is rewritten: a refused resume leaves the run as it was
+        check_resume(last, ckpt.read_train_state(last), vocab, mcfg)
     if info.is_main:
         run = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "vocab": {**vocab.to_dict(), "hash": vocab.hash}, "tokenizers": tokenizers, "world_size": info.world_size, "compute_dtype": str(dtype).replace("torch.", "")}
         tmp = os.path.join(cfg.out, RUN_FILE + ".tmp")
@@ -199,7 +235,6 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
             json.dump(run, f, indent=2)
         os.replace(tmp, os.path.join(cfg.out, RUN_FILE))
 
-    last = ckpt.latest_checkpoint(cfg.out)
     init = init_weights_from(cfg, mcfg) if last is None else None  # a resumed run takes its weights from its checkpoint
     torch.manual_seed(cfg.seed)
     model = build_train_model(mcfg, cfg, info, init)
@@ -210,8 +245,6 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
     start, nonfinite = 0, 0
     if last is not None:
         state = ckpt.load_checkpoint(last, model, opt)
-        if state.get("vocab_hash") != vocab.hash:
-            raise ConfigError(f"{last}: checkpoint was trained on vocabulary {state.get('vocab_hash')}, the data uses {vocab.hash}")
         loader.load_state_dict(state["loader"])
         start, nonfinite = int(state["step"]), int(state.get("nonfinite", 0))
     it = iter(loader)
@@ -277,7 +310,7 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
                 log.log({"step": step, **val}, advance=False)
                 log.message(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items() if k.startswith("val_loss")))
             if done % cfg.ckpt_every == 0 or done == end:
-                state = {"step": done, "loader": loader.state_dict(), "nonfinite": nonfinite, "vocab_hash": vocab.hash, "world_size": W}
+                state = {"step": done, "loader": loader.state_dict(), "nonfinite": nonfinite, "vocab_hash": vocab.hash, "codes_hash": mcfg.codes_hash, "world_size": W}
                 ckpt.save_checkpoint(cfg.out, done, model, opt, state, info, cfg.keep_ckpts)
     finally:
         log.close()

@@ -102,6 +102,10 @@ def test_workers_give_the_same_shards(corpus):
         assert len(a) == len(b) > 0
         for i in range(len(a)):
             assert a.document(i)[0].tolist() == b.document(i)[0].tolist()
+    # shards tokenized from a folder record which codes they hold (what training checks its tokenizers against)
+    from chameleon_lite.tokenizers.base import codes_hash
+
+    assert ShardSet(os.path.join(outs[0], "train")).meta["codes_hash"] == codes_hash(corpus["tok_dir"])
 
 
 def test_bad_media_is_named_and_can_be_skipped(corpus, tmp_path):

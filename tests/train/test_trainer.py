@@ -385,3 +385,72 @@ def test_init_from_errors(tmp_path):
         f.write(b"not safetensors")
     with pytest.raises(ConfigError, match="not a valid safetensors file"):
         train(_cfg(data, str(tmp_path / "e"), "--steps=1", f"--init_from={src}"), make_loader=SyntheticLoader)
+
+
+def _codes_weights(path, codebook=0.0, decoder=0.0):
+    """A stand-in image tokenizer weights file: encoder, quantizer and decoder tensors (codes_hash reads only these)."""
+    from safetensors.torch import save_file
+
+    save_file({"encoder.conv.weight": torch.ones(4, 3), "quantizer.codebook": torch.full((16, 4), codebook),
+               "decoder.conv.weight": torch.full((3, 4), decoder)}, os.path.join(path, "image_vq.safetensors"))
+
+
+def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
+    """The vocab hash covers only the id layout; the codes hash binds shards, checkpoints and exported models to
+    the tokenizers that made their codes: a retrained tokenizer of the same sizes is refused everywhere, a
+    fine-tuned decoder is not."""
+    from chameleon_lite.generate.engine import Generator
+    from chameleon_lite.tokenizers.base import Tokenizers, codes_hash
+    from chameleon_lite.vocab import UnifiedVocab
+
+    tok, t = _tokenizer_dir(str(tmp_path / "tok"))
+    _codes_weights(tok)
+    h = codes_hash(tok)
+    retrained = shutil.copytree(tok, str(tmp_path / "retrained"))
+    _codes_weights(retrained, codebook=0.5)
+    decoder_tuned = shutil.copytree(tok, str(tmp_path / "decoder_tuned"))
+    _codes_weights(decoder_tuned, decoder=0.5)
+    assert codes_hash(decoder_tuned) == h != codes_hash(retrained)
+    other_text = shutil.copytree(tok, str(tmp_path / "other_text"))
+    with open(os.path.join(other_text, "tokenizer.json"), "a") as f:
+        f.write(" ")
+    assert codes_hash(other_text) != h
+    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+
+    def shards(name, codes):
+        d = write_meta(str(tmp_path / name), vocab)
+        meta = json.load(open(os.path.join(d, "meta.json")))
+        json.dump({**meta, "codes_hash": codes}, open(os.path.join(d, "meta.json"), "w"))
+        return d
+
+    data = shards("data", h)
+    run = str(tmp_path / "run")
+    train(_cfg(data, run, "--steps=2", "--ckpt_every=2", f"--tokenizers={tok}"), make_loader=SyntheticLoader)
+    model_dir = export_run(run, str(tmp_path / "model"))
+    assert load_model(model_dir).config.codes_hash == h
+    # shards made by other tokenizers than the run is given; validation shards of other codes
+    with pytest.raises(ConfigError, match="tokenized with other tokenizers"):
+        train(_cfg(data, str(tmp_path / "r1"), "--steps=1", f"--tokenizers={retrained}"), make_loader=SyntheticLoader)
+    with pytest.raises(DataError, match="validation shards were tokenized with other tokenizers"):
+        train(_cfg(data, str(tmp_path / "r2"), "--steps=1", f"--val_data={shards('val', codes_hash(retrained))}"), make_loader=SyntheticLoader)
+    # continued pretraining on data of other codes; resuming a checkpoint with other tokenizers
+    with pytest.raises(ConfigError, match="trained on other codes"):
+        train(_cfg(shards("data2", codes_hash(retrained)), str(tmp_path / "r3"), "--steps=1", f"--init_from={model_dir}"), make_loader=SyntheticLoader)
+    with pytest.raises(ConfigError, match="checkpoint was trained on other codes"):
+        train(_cfg(write_meta(str(tmp_path / "plain"), vocab), run, "--steps=4", f"--tokenizers={retrained}"), make_loader=SyntheticLoader)
+    with open(os.path.join(run, "run.json")) as f:
+        assert json.load(f)["model"]["codes_hash"] == h  # the refused resume left the run as it was
+    # export with other tokenizers; a model folder whose tokenizers were swapped; a Generator given other tokenizers
+    with pytest.raises(ConfigError, match="make other codes"):
+        export_run(run, str(tmp_path / "model2"), tokenizers_dir=retrained)
+    shutil.copy(os.path.join(decoder_tuned, "image_vq.safetensors"), model_dir)
+    model = load_model(model_dir)  # a fine-tuned decoder keeps the codes
+    shutil.copy(os.path.join(retrained, "image_vq.safetensors"), model_dir)
+    with pytest.raises(ConfigError, match="make other codes .* although the vocabulary sizes agree"):
+        load_model(model_dir)
+    with pytest.raises(ConfigError, match="the tokenizers make other codes"):
+        Generator(model, Tokenizers(vocab=vocab, text=None, codes_hash=codes_hash(retrained)))
+    with open(os.path.join(model_dir, "image_vq.safetensors"), "wb") as f:
+        f.write(b"not safetensors")
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
+        load_model(model_dir)
