@@ -13,7 +13,7 @@ import torch
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_codes_match, check_vocab_matches, codes_hash, write_safetensors_atomic
+from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_codes_match, check_vocab_matches, write_safetensors_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 WEIGHTS_FILE = "model.safetensors"
@@ -36,8 +36,8 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     if cfg.vocab_hash != vocab.hash:
         raise ConfigError(f"model vocab_hash {cfg.vocab_hash!r} does not match the vocabulary {vocab.hash}")
     check_vocab_matches(tokenizers_dir, vocab)
-    check_codes_match(tokenizers_dir, cfg.codes_hash)
-    cfg = dataclasses.replace(cfg, codes_hash=codes_hash(tokenizers_dir))  # the folder binds the model to its tokenizers
+    # the folder binds the model to its tokenizers' codes
+    cfg = dataclasses.replace(cfg, codes_hash=check_codes_match(tokenizers_dir, cfg.codes_hash))
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
         raise ConfigError(f"{out_dir}: exists and is not an exported model; choose an empty or new folder")

@@ -93,6 +93,12 @@ def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> 
         )
 
 
+def makes_codes(key: str) -> bool:
+    """Whether a tensor of an image or audio tokenizer (by state-dict key) takes part in making the codes: all but
+    the decoder's. Decoder fine-tuning trains only the others; :func:`codes_hash` hashes only these."""
+    return not key.startswith("decoder.")
+
+
 def codes_hash(path: str) -> str:
     """sha256 (hex, 16 chars) of everything in the tokenizer folder ``path`` that decides which codes a text,
     picture or clip becomes: the BPE file and the image and audio tokenizers' encoder and quantizer tensors. The
@@ -119,9 +125,7 @@ def codes_hash(path: str) -> str:
             continue
         try:
             with safe_open(weights, framework="pt") as f:
-                for key in sorted(f.keys()):
-                    if key.startswith("decoder."):
-                        continue
+                for key in sorted(filter(makes_codes, f.keys())):
                     t = f.get_tensor(key).contiguous()
                     h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
                     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -130,18 +134,17 @@ def codes_hash(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def check_codes_match(path: str, expected: str, what: str = "model") -> None:
-    """Refuse tokenizers in ``path`` whose codes are not the ones the ``what`` was trained on (``expected``, from
-    :func:`codes_hash`; "" = not recorded, nothing to check)."""
-    if not expected:
-        return
+def check_codes_match(path: str, expected: str, what: str = "model") -> str:
+    """The codes hash of the tokenizers in ``path``; refuses them when their codes are not the ones the ``what``
+    was trained on (``expected``; "" = not recorded, nothing to check)."""
     have = codes_hash(path)
-    if have != expected:
+    if expected and have != expected:
         raise ConfigError(
             f"{path}: these tokenizers make other codes (codes hash {have}) than the ones the {what} was trained on "
             f"({expected}), although the vocabulary sizes agree (a retrained tokenizer?); use the tokenizers the "
             f"{what} was trained with"
         )
+    return have
 
 
 @dataclasses.dataclass

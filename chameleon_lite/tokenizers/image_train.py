@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import read_json, write_json_atomic, write_safetensors_atomic
+from chameleon_lite.tokenizers.base import makes_codes, read_json, write_json_atomic, write_safetensors_atomic
 from chameleon_lite.tokenizers.image import (ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype,
                                              from_model_output, load_images, preset, save_model, to_model_input)
 
@@ -117,7 +117,7 @@ def _finetune_base(folder: str) -> ImageVQModel:
 
 def code_path_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of a tokenizer that makes the codes (all but ``decoder.*``): what decoder fine-tuning keeps."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+    return {k: v for k, v in model.state_dict().items() if makes_codes(k)}
 
 
 def code_path_changed(model: nn.Module, frozen: dict[str, torch.Tensor]) -> bool:

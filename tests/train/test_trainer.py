@@ -431,6 +431,10 @@ def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
     # shards made by other tokenizers than the run is given; validation shards of other codes
     with pytest.raises(ConfigError, match="tokenized with other tokenizers"):
         train(_cfg(data, str(tmp_path / "r1"), "--steps=1", f"--tokenizers={retrained}"), make_loader=SyntheticLoader)
+    no_text = shutil.copytree(tok, str(tmp_path / "no_text"))
+    os.remove(os.path.join(no_text, "tokenizer.json"))
+    with pytest.raises(ConfigError, match="no_text/tokenizer.json: text tokenizer not found"):
+        train(_cfg(data, str(tmp_path / "r0"), "--steps=1", f"--tokenizers={no_text}"), make_loader=SyntheticLoader)
     with pytest.raises(DataError, match="validation shards were tokenized with other tokenizers"):
         train(_cfg(data, str(tmp_path / "r2"), "--steps=1", f"--val_data={shards('val', codes_hash(retrained))}"), make_loader=SyntheticLoader)
     # continued pretraining on data of other codes; resuming a checkpoint with other tokenizers
