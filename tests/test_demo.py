@@ -35,6 +35,11 @@ def test_ship_demo_and_generate_without_model(model_dir, tmp_path, monkeypatch, 
     # bf16 weights: about half of the fp32 export
     assert os.path.getsize(os.path.join(out, "model.safetensors")) < 0.6 * os.path.getsize(os.path.join(model_dir, "model.safetensors"))
     assert demo.demo_model_dir() == out
+    # generate's defaults for the shipped model: the sampling its recorded evaluation used
+    from chameleon_lite.eval.harness import EvalConfig, sampling_settings
+    from chameleon_lite.generate import Generator
+
+    assert Generator.from_dir(out).sampling == sampling_settings(EvalConfig(out, str(tmp_path)))
     assert main(["generate", "--prompt", "Draw a", "--max-new-tokens", "6", "--out", str(tmp_path / "g"), "--quiet",
                  "--dtype", "fp32"]) == 0
     assert os.path.isfile(tmp_path / "g" / "document.json")

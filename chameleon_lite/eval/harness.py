@@ -102,16 +102,19 @@ def _write_wav(path: str, wave: np.ndarray, sr: int) -> str:
     return path
 
 
-def _settings(cfg: EvalConfig, max_new_tokens: int) -> Any:
-    from chameleon_lite.generate import GenerationConfig, SamplingSettings
+def sampling_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """Per kind of span (text, image, audio): the SamplingSettings every task generates with."""
+    from chameleon_lite.generate import SamplingSettings
 
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        seed=cfg.seed,
-        text=SamplingSettings(temperature=cfg.text_temperature),
-        image=SamplingSettings(temperature=cfg.image_temperature, cfg_scale=cfg.image_cfg),
-        audio=SamplingSettings(temperature=cfg.audio_temperature, cfg_scale=cfg.audio_cfg),
-    )
+    return {"text": SamplingSettings(temperature=cfg.text_temperature),
+            "image": SamplingSettings(temperature=cfg.image_temperature, cfg_scale=cfg.image_cfg),
+            "audio": SamplingSettings(temperature=cfg.audio_temperature, cfg_scale=cfg.audio_cfg)}
+
+
+def _settings(cfg: EvalConfig, max_new_tokens: int) -> Any:
+    from chameleon_lite.generate import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, seed=cfg.seed, **sampling_settings(cfg))
 
 
 def _batched(gen, prompts: list, settings, batch: int, desc: str, progress: bool) -> list:

@@ -6,12 +6,16 @@ import os
 import sys
 
 
-def _settings(args: argparse.Namespace, kind: str):
-    from chameleon_lite.generate import SamplingSettings
+FLAGS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "cfg": "cfg_scale",
+         "repetition_penalty": "repetition_penalty"}  # --{kind}-{flag} -> SamplingSettings field
 
-    g = lambda name: getattr(args, f"{kind}_{name}")  # noqa: E731
-    return SamplingSettings(temperature=g("temperature"), top_k=g("top_k"), top_p=g("top_p"), min_p=g("min_p"),
-                            cfg_scale=g("cfg"), repetition_penalty=g("repetition_penalty"))
+
+def _settings(args: argparse.Namespace, kind: str, base):
+    """``base`` (the model's sampling defaults for ``kind``) with the flags given on the command line."""
+    import dataclasses
+
+    given = {field: getattr(args, f"{kind}_{flag}") for flag, field in FLAGS.items()}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 class _Printer:
@@ -53,14 +57,13 @@ def _generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch must be >= 1, got {args.batch}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, text=_settings(args, "text"),
-                           image=_settings(args, "image"), audio=_settings(args, "audio"), stop=tuple(args.stop or ()),
-                           dtype=args.dtype, weights=args.weights)
     if args.model is None:
         from chameleon_lite.demo import demo_model_dir
 
         args.model = demo_model_dir()
     gen = Generator.from_dir(args.model)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop or ()), dtype=args.dtype,
+                           weights=args.weights, **{k: _settings(args, k, gen.sampling[k]) for k in ("text", "image", "audio")})
     prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)
     printer = None if args.quiet else _Printer()
     docs = gen.generate([prompt] * args.batch, cfg, stream=printer)
@@ -98,11 +101,14 @@ def register(cli) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--out", default="generated", metavar="DIR", help="output folder (default ./generated)")
     p.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
-    defaults = {"text": (0.8, 0, 0.95), "image": (1.0, 0, 1.0), "audio": (1.0, 0, 1.0)}
-    for kind, (temp, k, top_p) in defaults.items():
-        p.add_argument(f"--{kind}-temperature", type=float, default=temp, help=f"{kind} temperature (0 = greedy; default {temp})")
-        p.add_argument(f"--{kind}-top-k", type=int, default=k, help=f"{kind} top-k (0 = off)")
-        p.add_argument(f"--{kind}-top-p", type=float, default=top_p, help=f"{kind} top-p (default {top_p})")
-        p.add_argument(f"--{kind}-min-p", type=float, default=0.0, help=f"{kind} min-p (default 0)")
-        p.add_argument(f"--{kind}-cfg", type=float, default=1.0, help=f"{kind} classifier-free guidance scale (1 = off)")
-        p.add_argument(f"--{kind}-repetition-penalty", type=float, default=1.0, help=f"{kind} repetition penalty (1 = off)")
+    p.epilog = ("A sampling flag left out takes the model folder's generation.json (the shipped model's holds the settings "
+                "its evaluation was measured with), else the built-in default: text temperature 0.8, top-p 0.95; image "
+                "and audio temperature 1; top-k, min-p, guidance and repetition penalty off.")
+    for kind in ("text", "image", "audio"):
+        d = "default: the model's generation.json, else built-in"
+        p.add_argument(f"--{kind}-temperature", type=float, help=f"{kind} temperature (0 = greedy; {d})")
+        p.add_argument(f"--{kind}-top-k", type=int, help=f"{kind} top-k (0 = off; {d})")
+        p.add_argument(f"--{kind}-top-p", type=float, help=f"{kind} top-p ({d})")
+        p.add_argument(f"--{kind}-min-p", type=float, help=f"{kind} min-p ({d})")
+        p.add_argument(f"--{kind}-cfg", type=float, help=f"{kind} classifier-free guidance scale (1 = off; {d})")
+        p.add_argument(f"--{kind}-repetition-penalty", type=float, help=f"{kind} repetition penalty (1 = off; {d})")

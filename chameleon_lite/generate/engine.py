@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import json
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -106,6 +108,47 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
 
+GENERATION_FILE = "generation.json"
+KINDS = ("text", "image", "audio")
+
+
+def sampling_defaults(model_dir: str | None = None) -> dict[str, SamplingSettings]:
+    """Per kind (text, image, audio): the sampling settings a model is generated with when the caller names none.
+    A model folder may hold its own in ``generation.json`` (per kind, any SamplingSettings fields, e.g.
+    ``{"image": {"temperature": 0}}``; the fields it leaves out keep the built-in defaults)."""
+    out = {"text": _text_default(), "image": SamplingSettings(), "audio": SamplingSettings()}
+    path = os.path.join(model_dir, GENERATION_FILE) if model_dir else ""
+    if not path or not os.path.exists(path):
+        return out
+    from chameleon_lite.tokenizers.base import read_json
+
+    d = read_json(path, "generation settings")
+    fields = {f.name for f in dataclasses.fields(SamplingSettings)}
+    for kind, given in d.items():
+        if kind not in KINDS or not isinstance(given, dict):
+            raise ConfigError(f"{path}: {kind!r} is not a kind of span with settings; known: {list(KINDS)}, each an object")
+        unknown = sorted(set(given) - fields)
+        if unknown:
+            raise ConfigError(f"{path}: unknown {kind} setting(s) {unknown}; known: {sorted(fields)}")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in given.values()):
+            raise ConfigError(f"{path}: {kind} settings must be numbers, got {given}")
+        try:
+            out[kind] = dataclasses.replace(out[kind], **given)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {kind}: {e}") from None
+    return out
+
+
+def write_sampling_defaults(model_dir: str, settings: dict[str, dict[str, float]]) -> str:
+    """Write a model folder's ``generation.json`` (validated by reading it back)."""
+    from chameleon_lite.tokenizers.base import write_bytes_atomic
+
+    path = os.path.join(model_dir, GENERATION_FILE)
+    write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
+    sampling_defaults(model_dir)
+    return path
+
+
 @dataclasses.dataclass
 class Prompt:
     """What a row starts from: images, then audio clips, then text (or ``parts`` for any interleaving, or
@@ -186,6 +229,7 @@ class Generator:
         self.encoder = SequenceEncoder(tokenizers)
         self._dtype: torch.dtype | None = None
         self._bf16_weights = False
+        self.sampling = sampling_defaults()  # per kind: what generate() samples with when given no config
 
     @classmethod
     def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> "Generator":
@@ -194,7 +238,13 @@ class Generator:
         from chameleon_lite.tokenizers.base import Tokenizers
 
         model = load_model(model_dir, device=device)
-        return cls(model, Tokenizers.load(model_dir, device=str(device)), device=device)
+        gen = cls(model, Tokenizers.load(model_dir, device=str(device)), device=device)
+        gen.sampling = sampling_defaults(model_dir)
+        return gen
+
+    def default_config(self, **kw: Any) -> GenerationConfig:
+        """A GenerationConfig with this model's sampling defaults (its folder's ``generation.json``, if any)."""
+        return GenerationConfig(**{**{k: dataclasses.replace(v) for k, v in self.sampling.items()}, **kw})
 
     @property
     def context(self) -> int:
@@ -241,9 +291,9 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompts: Prompt | str | Sequence[Prompt | str], config: GenerationConfig | None = None,
                  stream: Callable[[StreamEvent], None] | None = None) -> list[Document]:
-        """Generate one document per prompt, all prompts in one batch. Returns Documents whose
+        """Generate one document per prompt, all prompts in one batch (no ``config``: :meth:`default_config`). Returns Documents whose
         ``settings["finish_reason"]`` is "eos", "length" or "stop"."""
-        cfg = config or GenerationConfig()
+        cfg = config or self.default_config()
         if isinstance(prompts, (Prompt, str)):
             prompts = [prompts]
         if not prompts:

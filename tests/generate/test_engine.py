@@ -209,6 +209,48 @@ def test_generate_command(tmp_path, capsys):
     assert "none.png" in capsys.readouterr().err
 
 
+def test_model_folder_sampling_defaults(tmp_path, capsys):
+    """A model folder's generation.json sets what generate samples with when the caller names nothing: the Python
+    API without a config, the command without sampling flags; a flag given wins; a bad file is a clear error."""
+    from chameleon_lite.generate.engine import GENERATION_FILE, write_sampling_defaults
+
+    tk = toy_tokenizers(audio=False)
+    tok_dir = str(tmp_path / "tok")
+    tk.text.save(tok_dir)
+    tk.image.save(tok_dir)
+    model_dir = save_model_dir(toy_model(tk.vocab), tk.vocab, tok_dir, str(tmp_path / "model"))
+    assert Generator.from_dir(model_dir).sampling["image"] == SamplingSettings()  # no file: the built-in defaults
+    write_sampling_defaults(model_dir, {"image": {"temperature": 0.0, "top_k": 7}, "text": {"top_k": 5}})
+    g = Generator.from_dir(model_dir)
+    assert g.sampling["image"] == SamplingSettings(temperature=0.0, top_k=7)
+    assert g.sampling["text"] == SamplingSettings(temperature=0.8, top_p=0.95, top_k=5)  # the rest stay built-in
+    doc = g.generate(Prompt(text="Draw", then="image"))[0]
+    assert doc.settings["image"]["temperature"] == 0.0 and doc.settings["text"]["top_k"] == 5
+
+    def settings(*flags):
+        out = str(tmp_path / "out")
+        assert main(["generate", "--model", model_dir, "--prompt", "x", "--max-new-tokens", "3", "--out", out, "--quiet",
+                     "--dtype", "fp32", *flags]) == 0
+        return json.load(open(os.path.join(out, "document.json")))["settings"]
+
+    got = settings()
+    assert got["image"]["temperature"] == 0.0 and got["image"]["top_k"] == 7 and got["text"]["top_k"] == 5
+    got = settings("--image-temperature", "0.5", "--text-top-k", "0", "--audio-cfg", "2")
+    assert (got["image"]["temperature"], got["image"]["top_k"], got["text"]["top_k"], got["audio"]["cfg_scale"]) == (0.5, 7, 0, 2.0)
+
+    path = os.path.join(model_dir, GENERATION_FILE)
+    for text, message in [("{", "not valid JSON"), ('{"video": {}}', "'video' is not a kind"),
+                          ('{"image": {"temp": 1}}', "unknown image setting"), ('{"text": {"top_p": 0}}', "top_p"),
+                          ('{"audio": {"temperature": "hot"}}', "must be numbers"), ('{"image": 1}', "each an object")]:
+        with open(path, "w") as f:
+            f.write(text)
+        with pytest.raises(ConfigError, match=message):
+            Generator.from_dir(model_dir)
+        assert main(["generate", "--model", model_dir, "--prompt", "x", "--out", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err
+        assert GENERATION_FILE in err and "Traceback" not in err
+
+
 def test_then_media_opens_a_span_of_the_models_choice(gen):
     v = gen.vocab
     for seed in range(6):
