@@ -63,7 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
         args.model = demo_model_dir()
     gen = Generator.from_dir(args.model)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop or ()), dtype=args.dtype,
-                           weights=args.weights, **{k: _settings(args, k, gen.sampling[k]) for k in ("text", "image", "audio")})
+                           weights=args.weights, **{k: _settings(args, k, v) for k, v in gen.sampling.items()})
     prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)
     printer = None if args.quiet else _Printer()
     docs = gen.generate([prompt] * args.batch, cfg, stream=printer)

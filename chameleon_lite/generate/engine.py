@@ -116,36 +116,40 @@ def sampling_defaults(model_dir: str | None = None) -> dict[str, SamplingSetting
     """Per kind (text, image, audio): the sampling settings a model is generated with when the caller names none.
     A model folder may hold its own in ``generation.json`` (per kind, any SamplingSettings fields, e.g.
     ``{"image": {"temperature": 0}}``; the fields it leaves out keep the built-in defaults)."""
-    out = {"text": _text_default(), "image": SamplingSettings(), "audio": SamplingSettings()}
     path = os.path.join(model_dir, GENERATION_FILE) if model_dir else ""
     if not path or not os.path.exists(path):
-        return out
+        return _apply_sampling({}, "")
     from chameleon_lite.tokenizers.base import read_json
 
-    d = read_json(path, "generation settings")
+    return _apply_sampling(read_json(path, "generation settings"), path)
+
+
+def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings]:
+    """The built-in defaults with ``d`` (generation.json's content) applied; errors name ``where``."""
+    out = {"text": _text_default(), "image": SamplingSettings(), "audio": SamplingSettings()}
     fields = {f.name for f in dataclasses.fields(SamplingSettings)}
     for kind, given in d.items():
         if kind not in KINDS or not isinstance(given, dict):
-            raise ConfigError(f"{path}: {kind!r} is not a kind of span with settings; known: {list(KINDS)}, each an object")
+            raise ConfigError(f"{where}: {kind!r} is not a kind of span with settings; known: {list(KINDS)}, each an object")
         unknown = sorted(set(given) - fields)
         if unknown:
-            raise ConfigError(f"{path}: unknown {kind} setting(s) {unknown}; known: {sorted(fields)}")
+            raise ConfigError(f"{where}: unknown {kind} setting(s) {unknown}; known: {sorted(fields)}")
         if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in given.values()):
-            raise ConfigError(f"{path}: {kind} settings must be numbers, got {given}")
+            raise ConfigError(f"{where}: {kind} settings must be numbers, got {given}")
         try:
             out[kind] = dataclasses.replace(out[kind], **given)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {kind}: {e}") from None
+            raise ConfigError(f"{where}: {kind}: {e}") from None
     return out
 
 
 def write_sampling_defaults(model_dir: str, settings: dict[str, dict[str, float]]) -> str:
-    """Write a model folder's ``generation.json`` (validated by reading it back)."""
+    """Write a model folder's ``generation.json`` (checked before it is written)."""
     from chameleon_lite.tokenizers.base import write_bytes_atomic
 
     path = os.path.join(model_dir, GENERATION_FILE)
+    _apply_sampling(settings, path)
     write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
-    sampling_defaults(model_dir)
     return path
 
 
@@ -211,7 +215,8 @@ def _resolve_dtype(name: str) -> torch.dtype:
 class Generator:
     """A model plus the tokenizers it was trained with. ``generate`` is the Python face of `chameleon-lite generate`."""
 
-    def __init__(self, model: Any, tokenizers: Any, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: Any, tokenizers: Any, device: str | torch.device = "cpu",
+                 sampling: dict[str, SamplingSettings] | None = None) -> None:
         cfg = model.config
         vocab = tokenizers.vocab
         if cfg.vocab_hash and cfg.vocab_hash != vocab.hash:
@@ -229,7 +234,7 @@ class Generator:
         self.encoder = SequenceEncoder(tokenizers)
         self._dtype: torch.dtype | None = None
         self._bf16_weights = False
-        self.sampling = sampling_defaults()  # per kind: what generate() samples with when given no config
+        self.sampling = sampling or sampling_defaults()  # per kind: what generate() samples with when given no config
 
     @classmethod
     def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> "Generator":
@@ -238,9 +243,7 @@ class Generator:
         from chameleon_lite.tokenizers.base import Tokenizers
 
         model = load_model(model_dir, device=device)
-        gen = cls(model, Tokenizers.load(model_dir, device=str(device)), device=device)
-        gen.sampling = sampling_defaults(model_dir)
-        return gen
+        return cls(model, Tokenizers.load(model_dir, device=str(device)), device=device, sampling=sampling_defaults(model_dir))
 
     def default_config(self, **kw: Any) -> GenerationConfig:
         """A GenerationConfig with this model's sampling defaults (its folder's ``generation.json``, if any)."""
