@@ -218,6 +218,16 @@ def test_decoders_script_without_its_arguments_prints_its_usage():
     assert r.returncode == 2 and "FROM_MODEL OUT SEED IMAGE_STEPS AUDIO_STEPS [VAL_SHARDS" in r.stderr
 
 
+def test_decoders_script_refuses_a_stage_with_nothing_to_fine_tune(tmp_path):
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_decoders.sh")
+    out = tmp_path / "stage"
+    r = subprocess.run(["bash", script, "model", str(out), "1", "0", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "IMAGE_STEPS and AUDIO_STEPS are both 0: nothing to fine-tune" in r.stderr
+    assert not (out / "corpus").exists()
+
+
 def test_continue_script_without_its_arguments_prints_its_usage():
     import subprocess
 
