@@ -7,7 +7,6 @@ were measured with, which `generate` uses unless told otherwise. :func:`ship_dem
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -38,8 +37,7 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     would exceed ``max_bytes``. Written beside ``out`` and renamed into place."""
     import torch
 
-    from chameleon_lite.eval.harness import EvalConfig, sampling_settings
-    from chameleon_lite.generate.engine import write_sampling_defaults
+    from chameleon_lite.eval.harness import write_eval_sampling
     from chameleon_lite.model.io import load_model, save_model_dir
     from chameleon_lite.tokenizers.base import Tokenizers
 
@@ -53,8 +51,7 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(f"{model_dir}: the demo model would take {size / 2**20:.1f} MB, more than "
                           f"{max_bytes / 2**20:.0f} MB; ship a smaller preset")
-    # generate's defaults for this model: the sampling its recorded 500-prompt evaluation used (greedy, no guidance)
-    write_sampling_defaults(tmp, {k: dataclasses.asdict(v) for k, v in sampling_settings(EvalConfig(model_dir, tmp)).items()})
+    write_eval_sampling(tmp)  # generate's defaults: the sampling its recorded 500-prompt evaluation used
     rec = {"source": os.path.abspath(model_dir), "bytes": size, "weights_dtype": "bfloat16",
            "python": platform.python_version(), "torch": torch.__version__, **recipe}
     with open(os.path.join(tmp, RECIPE_FILE), "w") as f:

@@ -166,9 +166,11 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         plot_run(run, title="quickstart: tiny preset on the procedural corpus")
 
     def export() -> None:
+        from chameleon_lite.eval.harness import write_eval_sampling
         from chameleon_lite.model.io import export_run
 
         export_run(run, model_dir, tokenizers_dir=tok)
+        write_eval_sampling(model_dir)  # `generate --model` and the demo document sample as the eval does
 
     def evaluate() -> None:
         from chameleon_lite.eval.harness import EvalConfig, run_eval
@@ -177,10 +179,10 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
                             shards=os.path.join(shards, "val")))
 
     def demo() -> None:
-        from chameleon_lite.generate import GenerationConfig, Generator, Prompt
+        from chameleon_lite.generate import Generator, Prompt
 
         gen = Generator.from_dir(model_dir)
-        doc = gen.generate(Prompt(text=DEMO_PROMPT, then="media"), GenerationConfig(max_new_tokens=400, seed=cfg.seed))[0]
+        doc = gen.generate(Prompt(text=DEMO_PROMPT, then="media"), gen.default_config(max_new_tokens=400, seed=cfg.seed))[0]
         doc.save(cfg.path("demo"))
 
     return [

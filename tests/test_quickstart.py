@@ -51,6 +51,10 @@ def test_short_quickstart_end_to_end(tmp_path):
     for key in ("model", "eval", "demo", "curves"):
         assert os.path.exists(summary[key]), key
     assert os.path.isfile(os.path.join(summary["model"], "audio_codec.json"))
+    # the exported model samples as its evaluation does (generate --model and the demo document show what eval measures)
+    from chameleon_lite.generate.engine import sampling_defaults
+
+    assert {k: v.temperature for k, v in sampling_defaults(summary["model"]).items()} == {"text": 0.0, "image": 0.0, "audio": 0.0}
     calib = json.load(open(os.path.join(cfg.out, "calibration.json")))
     assert calib["steps"] == 8 and calib["step_seconds"] > 0
     ev = json.load(open(os.path.join(cfg.out, "eval", "eval.json")))

@@ -111,6 +111,15 @@ def sampling_settings(cfg: EvalConfig) -> dict[str, Any]:
             "audio": SamplingSettings(temperature=cfg.audio_temperature, cfg_scale=cfg.audio_cfg)}
 
 
+def write_eval_sampling(model_dir: str) -> str:
+    """Make the sampling the evaluation uses (greedy, no guidance, by default) the model folder's own defaults
+    (``generation.json``), so what ``generate`` shows with this model is what the eval numbers measure."""
+    from chameleon_lite.generate.engine import write_sampling_defaults
+
+    cfg = EvalConfig(model_dir, model_dir)
+    return write_sampling_defaults(model_dir, {k: dataclasses.asdict(v) for k, v in sampling_settings(cfg).items()})
+
+
 def _settings(cfg: EvalConfig, max_new_tokens: int) -> Any:
     from chameleon_lite.generate import GenerationConfig
 
