@@ -54,15 +54,16 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
-    best = 0.0
-    for _ in range(max(1, windows)):
+    windows = max(1, windows)
+    window_seconds, best = seconds / windows, 0.0
+    for _ in range(windows):
         reps, t0 = 0, time.perf_counter()
         while True:
             torch.mm(a, b)
             reps += 1
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if time.perf_counter() - t0 > seconds / max(1, windows):
+            if time.perf_counter() - t0 > window_seconds:
                 break
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     return best
