@@ -495,7 +495,9 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
 
     SI-SNR (mean of per-clip dB), multi-scale log-mel distance, and checker agreement: the fraction of clips whose
     reconstruction reads exactly the same notes and timbre as the original, with all levels and with only the
-    first ``levels_low`` (notes alone too); plus agreement with the manifest's ground truth when present.
+    first ``levels_low`` (notes alone too), and with all levels per timbre of the original
+    (``checker_agreement_<timbre>``, over ``clips_<timbre>`` clips: where a codec loses a timbre); plus agreement
+    with the manifest's ground truth when present.
     """
     from tqdm import tqdm
 
@@ -514,6 +516,7 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
     sums = dict(si_snr=0.0, mel=0.0, same=0, same_low=0, notes_low=0, timbre_low=0, truth_orig=0, truth_recon=0,
                 n_truth=0, si_snr_low=0.0)
     show_o, show_r = [], []
+    per_timbre: dict[str, list[int]] = {}  # timbre of the original -> [clips, exact reconstructions]
     for i, (path, truth) in enumerate(tqdm(items, desc="audio eval", unit="clip", disable=not progress)):
         wave, _ = load_audio(path, sr)
         codes = tok.encode_waveform(wave)
@@ -525,7 +528,12 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
         pad = max(0, 2048 - xo.shape[1])
         sums["mel"] += float(spectral(F.pad(xr, (0, pad)), F.pad(xo, (0, pad)))[0])  # log-mel L1, mean over scales
         a, b, c = check_audio(wave, sr), check_audio(rec, sr), check_audio(rec_low, sr)
-        sums["same"] += compare_audio(b, a).exact
+        exact = compare_audio(b, a).exact
+        sums["same"] += exact
+        if a.timbre is not None:
+            t = per_timbre.setdefault(a.timbre, [0, 0])
+            t[0] += 1
+            t[1] += exact
         m_low = compare_audio(c, a)
         sums["same_low"] += m_low.exact
         sums["notes_low"] += m_low.attributes["notes"]
@@ -546,6 +554,8 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
         "si_snr_db": round(sums["si_snr"] / k, 3),
         "mel_distance": round(sums["mel"] / k, 4),
         "checker_agreement": round(sums["same"] / k, 5),
+        **{f"checker_agreement_{t}": round(same / n, 5) for t, (n, same) in sorted(per_timbre.items())},
+        **{f"clips_{t}": n for t, (n, _) in sorted(per_timbre.items())},
         f"checker_agreement_{low}_levels": round(sums["same_low"] / k, 5),
         f"notes_agreement_{low}_levels": round(sums["notes_low"] / k, 5),
         f"timbre_agreement_{low}_levels": round(sums["timbre_low"] / k, 5),

@@ -330,6 +330,13 @@ def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
     res = evaluate(a, corpus, n=5, progress=False, spectrogram_path=str(tmp_path / "spec.png"))
     assert res["clips"] == 5 and 0 <= res["checker_agreement"] <= 1 and "checker_agreement_2_levels" in res
     assert res["checker_truth_original"] == 1.0 and np.isfinite(res["si_snr_db"]) and res["mel_distance"] > 0
+    # per timbre of the original: every clip counted once, and together they are the overall agreement
+    from chameleon_lite.data.checkers import check_audio
+    from chameleon_lite.tokenizers.audio_train import manifest_audio
+
+    timbres = [check_audio(load_audio(p, 16000)[0], 16000).timbre for p, _ in manifest_audio(corpus)[:5]]
+    assert {k[6:]: v for k, v in res.items() if k.startswith("clips_")} == {t: timbres.count(t) for t in set(timbres)}
+    assert sum(res[f"checker_agreement_{t}"] * res[f"clips_{t}"] for t in set(timbres)) == pytest.approx(res["checker_agreement"] * 5)
     assert os.path.isfile(str(tmp_path / "spec.png"))
     with pytest.raises(ConfigError, match="different model config"):
         train(corpus, b, TrainConfig(preset="tiny", model_overrides={**SMALL, "latent_dim": 4}, steps=5), progress=False)
