@@ -234,3 +234,48 @@ def test_continue_script_without_its_arguments_prints_its_usage():
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_continue.sh")
     r = subprocess.run(["bash", script, "model", "tok"], capture_output=True, text=True)
     assert r.returncode == 2 and "FROM_MODEL TOKENIZERS OUT SEED LR WARMUP STEPS WEIGHTS" in r.stderr
+
+
+def _timer_script(tmp_path, body: str) -> str:
+    timer = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "stage_timer.sh")
+    script = tmp_path / "stage.sh"
+    script.write_text(f"set -euo pipefail\nout={tmp_path}\n. {timer}\n{body}\necho after\n")
+    return str(script)
+
+
+def _timer_log(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in open(tmp_path / "stage_seconds.jsonl")]
+
+
+def test_stage_timer_logs_failed_steps(tmp_path):
+    """train/stage_timer.sh: a step that fails is logged with its exit status, and the script stops there."""
+    import subprocess
+
+    r = subprocess.run(["bash", _timer_script(tmp_path, "timed ok true\n[ -f nope ] || timed bad bash -c 'exit 3'")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and "after" not in r.stdout
+    log = _timer_log(tmp_path)
+    assert [(x["stage"], x.get("exit_status")) for x in log] == [("ok", None), ("bad", 3)]
+
+
+@pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_stage_timer_logs_stopped_steps(tmp_path, sig, status):
+    """A step stopped by Ctrl-C or a kill is logged with the time it ran, so that a resumed stage's recorded time
+    includes the stopped attempt."""
+    import signal
+    import subprocess
+    import time
+
+    started = tmp_path / "started"
+    p = subprocess.Popen(["bash", _timer_script(tmp_path, f"timed pretrain bash -c 'touch {started}; sleep 30'")],
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    while not started.exists():
+        assert time.monotonic() - t0 < 20 and p.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(p.pid, getattr(signal, sig))  # the whole group, as a terminal's Ctrl-C or a job's kill does
+    out, _ = p.communicate(timeout=20)
+    assert p.returncode == status and "after" not in out
+    (rec,) = _timer_log(tmp_path)
+    assert rec["stage"] == "pretrain" and rec["exit_status"] == status and 0.3 <= rec["seconds"] < 25
