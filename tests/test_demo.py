@@ -1,5 +1,8 @@
 import json
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -8,6 +11,8 @@ from chameleon_lite.cli import main
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.io import save_model_dir
 from toy import toy_model, toy_tokenizers
+
+TRAIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train")  # the stage scripts
 
 
 @pytest.fixture
@@ -211,17 +216,15 @@ def test_extend_with_a_decoder_fine_tuning_stage(tmp_path):
 
 
 def test_decoders_script_without_its_arguments_prints_its_usage():
-    import subprocess
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_decoders.sh")
+    script = os.path.join(TRAIN_DIR, "demo_decoders.sh")
     r = subprocess.run(["bash", script, "model"], capture_output=True, text=True)
     assert r.returncode == 2 and "FROM_MODEL OUT SEED IMAGE_STEPS AUDIO_STEPS [VAL_SHARDS" in r.stderr
 
 
 def test_decoders_script_refuses_a_stage_with_nothing_to_fine_tune(tmp_path):
-    import subprocess
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_decoders.sh")
+    script = os.path.join(TRAIN_DIR, "demo_decoders.sh")
     out = tmp_path / "stage"
     r = subprocess.run(["bash", script, "model", str(out), "1", "0", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "IMAGE_STEPS and AUDIO_STEPS are both 0: nothing to fine-tune" in r.stderr
@@ -229,15 +232,14 @@ def test_decoders_script_refuses_a_stage_with_nothing_to_fine_tune(tmp_path):
 
 
 def test_continue_script_without_its_arguments_prints_its_usage():
-    import subprocess
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "demo_continue.sh")
+    script = os.path.join(TRAIN_DIR, "demo_continue.sh")
     r = subprocess.run(["bash", script, "model", "tok"], capture_output=True, text=True)
     assert r.returncode == 2 and "FROM_MODEL TOKENIZERS OUT SEED LR WARMUP STEPS WEIGHTS" in r.stderr
 
 
 def _timer_script(tmp_path, body: str) -> str:
-    timer = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "stage_timer.sh")
+    timer = os.path.join(TRAIN_DIR, "stage_timer.sh")
     script = tmp_path / "stage.sh"
     script.write_text(f"set -euo pipefail\nout={tmp_path}\n. {timer}\n{body}\necho after\n")
     return str(script)
@@ -249,7 +251,6 @@ def _timer_log(tmp_path) -> list[dict]:
 
 def test_stage_timer_logs_failed_steps(tmp_path):
     """train/stage_timer.sh: a step that fails is logged with its exit status, and the script stops there."""
-    import subprocess
 
     r = subprocess.run(["bash", _timer_script(tmp_path, "timed ok true\n[ -f nope ] || timed bad bash -c 'exit 3'")],
                        capture_output=True, text=True)
@@ -262,10 +263,6 @@ def test_stage_timer_logs_failed_steps(tmp_path):
 def test_stage_timer_logs_stopped_steps(tmp_path, sig, status):
     """A step stopped by Ctrl-C or a kill is logged with the time it ran, so that a resumed stage's recorded time
     includes the stopped attempt."""
-    import signal
-    import subprocess
-    import time
-
     started = tmp_path / "started"
     p = subprocess.Popen(["bash", _timer_script(tmp_path, f"timed pretrain bash -c 'touch {started}; sleep 30'")],
                          stdout=subprocess.PIPE, text=True, start_new_session=True)
