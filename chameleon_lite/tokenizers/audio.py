@@ -84,6 +84,13 @@ class AudioCodecConfig:
     istft_dim: int = 256
     istft_blocks: int = 6
     istft_fft_mult: int = 4
+    # Bidirectional self-attention blocks at the frame rate in front of either decoder (0: none), over each decoded
+    # chunk: every frame's output can draw on all the chunk's codes, so what one part of a clip shows clearly (a
+    # timbre heard unambiguously in its low notes) can settle frames whose codes two sounds share. Their residual
+    # branches start near zero, so blocks can be added to a trained decoder and fine-tuned with it. Each chunk is
+    # decoded on its own (chunk_seconds), so a long clip's frames attend only within their chunk.
+    decoder_attention: int = 0
+    decoder_attention_heads: int = 4
     chunk_seconds: float = 30.0
     context_frames: int = 16
     max_seconds: float = 3600.0
@@ -112,6 +119,10 @@ class AudioCodecConfig:
             raise ConfigError(f"decoder must be 'conv' or 'istft', got {self.decoder!r}")
         if self.istft_dim < 2 or self.istft_blocks < 0 or self.istft_fft_mult < 1:
             raise ConfigError("istft_dim >= 2, istft_blocks >= 0 and istft_fft_mult >= 1 are required")
+        if self.decoder_attention < 0 or self.decoder_attention_heads < 1 \
+                or self.latent_dim % self.decoder_attention_heads:
+            raise ConfigError(f"decoder_attention must be >= 0 and decoder_attention_heads >= 1 dividing latent_dim "
+                              f"{self.latent_dim}, got {self.decoder_attention}, {self.decoder_attention_heads}")
         if self.upsample not in ("transposed", "nearest"):
             raise ConfigError(f"upsample must be 'transposed' or 'nearest', got {self.upsample!r}")
         if self.chunk_seconds * self.frame_rate < 1 or self.context_frames < 0 or self.max_seconds <= 0:
@@ -242,10 +253,47 @@ class Decoder(nn.Module):
             if cfg.res_after_upsample:
                 layers += _res_stack(c_out, cfg.res_blocks)
         layers += [Snake(cfg.out_channels), nn.Conv1d(cfg.out_channels, 1, 7, padding=3)]
+        self.context = frame_context(cfg)
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        return self.net(self.context(z))
+
+
+class FrameAttention(nn.Module):
+    """One pre-norm transformer block over the frames of [B, C, F]: bidirectional multi-head self-attention, then
+    an MLP (x4, GELU), each a residual branch with a learned per-channel scale that starts at ``scale``. The
+    attention's input carries where each frame is through a depthwise convolution (kernel 7) of its neighbours, so
+    the block needs no position table and takes any length."""
+
+    def __init__(self, ch: int, heads: int, scale: float = 0.01) -> None:
+        super().__init__()
+        self.heads = heads
+        self.pos = nn.Conv1d(ch, ch, 7, padding=3, groups=ch)
+        self.norm1 = nn.LayerNorm(ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = nn.Linear(ch, ch)
+        self.norm2 = nn.LayerNorm(ch)
+        self.fc1 = nn.Linear(ch, 4 * ch)
+        self.fc2 = nn.Linear(4 * ch, ch)
+        self.scale1 = nn.Parameter(torch.full((ch,), scale))
+        self.scale2 = nn.Parameter(torch.full((ch,), scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, Fr = x.shape
+        h = x.transpose(1, 2)  # [B, F, C]
+        a = self.norm1(h + self.pos(x).transpose(1, 2))
+        q, k, v = self.qkv(a).view(B, Fr, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, Fr, C)
+        h = h + self.proj(a) * self.scale1
+        h = h + self.fc2(F.gelu(self.fc1(self.norm2(h)))) * self.scale2
+        return h.transpose(1, 2)
+
+
+def frame_context(cfg: AudioCodecConfig) -> nn.Sequential:
+    """The ``decoder_attention`` blocks a decoder runs its latent through first (empty: the identity)."""
+    return nn.Sequential(*[FrameAttention(cfg.latent_dim, cfg.decoder_attention_heads)
+                           for _ in range(cfg.decoder_attention)])
 
 
 class ConvNeXtBlock(nn.Module):
@@ -276,6 +324,7 @@ class ISTFTDecoder(nn.Module):
         self.hop = cfg.hop
         self.n_fft = cfg.istft_fft_mult * cfg.hop
         self.bins = self.n_fft // 2 + 1
+        self.context = frame_context(cfg)
         self.inp = nn.Conv1d(cfg.latent_dim, cfg.istft_dim, 7, padding=3)
         self.blocks = nn.Sequential(*[ConvNeXtBlock(cfg.istft_dim) for _ in range(cfg.istft_blocks)])
         self.norm = nn.LayerNorm(cfg.istft_dim)
@@ -284,7 +333,7 @@ class ISTFTDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         frames = z.shape[-1]
-        h = self.norm(self.blocks(self.inp(z)).transpose(1, 2))
+        h = self.norm(self.blocks(self.inp(self.context(z))).transpose(1, 2))
         log_mag, phase = self.head(h).float().transpose(1, 2).chunk(2, dim=1)  # [B, bins, frames] each
         mag = log_mag.clamp(max=8.0).exp()
         spec = torch.polar(mag, phase)

@@ -21,13 +21,13 @@ def _overrides(items: list[str] | None) -> dict:
 
 
 def _train_audio(args: argparse.Namespace) -> int:
-    from chameleon_lite.tokenizers.audio_train import TrainConfig, train
-
     from chameleon_lite.errors import UserError
+    from chameleon_lite.tokenizers.audio_train import FINETUNE_OVERRIDES, TrainConfig, train
 
     overrides = _overrides(args.set)
-    if args.finetune_decoder and overrides:
-        raise UserError("--finetune-decoder keeps that codec's shape: --set does not apply")
+    if args.finetune_decoder and set(overrides) - set(FINETUNE_OVERRIDES):
+        raise UserError(f"--finetune-decoder keeps that codec's shape: --set may only add decoder attention blocks "
+                        f"({', '.join(FINETUNE_OVERRIDES)}), got {', '.join(sorted(set(overrides) - set(FINETUNE_OVERRIDES)))}")
     cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                       batch_size=args.batch_size, segment_frames=args.segment_frames, lr=args.lr,
                       disc_start=args.disc_start, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
@@ -87,7 +87,9 @@ def register(cli) -> None:
     p.add_argument("--preset", default="tiny", help="codec preset: tiny (16 kHz, 4 x 1024), base, large (24 kHz, 8 levels)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the codec; the run state goes to DIR/run")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a codec config field of the preset (JSON value), e.g. --set num_levels=8")
+                   help="override a codec config field of the preset (JSON value), e.g. --set num_levels=8; with "
+                        "--finetune-decoder only decoder_attention (and decoder_attention_heads): add that many "
+                        "attention blocks in front of the decoder")
     p.add_argument("--finetune-decoder", metavar="CODEC_DIR",
                    help="train only the decoder of this trained codec: its encoder and codebooks (so every clip's "
                         "codes, and a transformer trained on them) stay the same")

@@ -74,7 +74,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     # A trained codec folder: train only its decoder (see the module docstring); the model's shape is that
-    # codec's, so ``preset`` and ``model_overrides`` are not used.
+    # codec's, so ``preset`` is not used and ``model_overrides`` may only add decoder attention blocks
+    # (FINETUNE_OVERRIDES), which start near the identity and train with the decoder.
     finetune_decoder: str = ""
 
     def __post_init__(self) -> None:
@@ -93,7 +94,7 @@ class TrainConfig:
 
     def model_config(self) -> AudioCodecConfig:
         if self.finetune_decoder:
-            return _finetune_base(self.finetune_decoder).cfg
+            return finetune_config(_finetune_base(self.finetune_decoder).cfg, self.model_overrides)
         try:
             return preset(self.preset, **self.model_overrides)
         except TypeError as e:
@@ -110,6 +111,48 @@ def _finetune_base(folder: str) -> AudioCodecModel:
     if not os.path.isdir(folder):
         raise ConfigError(f"finetune_decoder: {folder} is not a folder holding an audio codec")
     return load_model(folder)
+
+
+# codec fields a decoder fine-tuning run may change: they add blocks to the decoder and touch nothing that makes codes
+FINETUNE_OVERRIDES = ("decoder_attention", "decoder_attention_heads")
+
+
+def finetune_config(base: AudioCodecConfig, overrides: dict[str, Any]) -> AudioCodecConfig:
+    """The shape of a decoder fine-tuned from a codec of config ``base``: ``base`` with ``overrides`` applied, which
+    may only add decoder attention blocks (a trained block is never dropped, nor its heads regrouped)."""
+    if not overrides:
+        return base
+    bad = sorted(set(overrides) - set(FINETUNE_OVERRIDES))
+    if bad:
+        raise ConfigError(f"finetune_decoder keeps the codec's shape; of its fields only {list(FINETUNE_OVERRIDES)} "
+                          f"may be set (to add decoder attention blocks), got {bad}")
+    try:
+        cfg = dataclasses.replace(base, **overrides)
+    except TypeError as e:
+        raise ConfigError(f"bad model override ({e})") from None
+    if cfg.decoder_attention < base.decoder_attention:
+        raise ConfigError(f"finetune_decoder: the codec has {base.decoder_attention} decoder attention blocks; "
+                          f"fine-tuning can add blocks but not drop trained ones (asked for {cfg.decoder_attention})")
+    if base.decoder_attention and cfg.decoder_attention_heads != base.decoder_attention_heads:
+        raise ConfigError(f"finetune_decoder: the codec's decoder attention blocks have "
+                          f"{base.decoder_attention_heads} heads; their trained weights can not be regrouped into "
+                          f"{cfg.decoder_attention_heads}")
+    return cfg
+
+
+def finetune_model(folder: str, cfg: AudioCodecConfig) -> AudioCodecModel:
+    """The codec of ``folder`` shaped as ``cfg`` (from :func:`finetune_config`): its trained weights, plus fresh
+    decoder attention blocks where ``cfg`` adds them."""
+    base = _finetune_base(folder)
+    if cfg == base.cfg:
+        return base
+    model = AudioCodecModel(cfg)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    prefixes = ("decoder.context.",)
+    if unexpected or any(not k.startswith(prefixes) for k in missing):  # finetune_config allows nothing else
+        raise ConfigError(f"finetune_decoder: {folder} does not fit the fine-tuned shape (missing "
+                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.eval()
 
 
 def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
@@ -360,7 +403,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     finetune = bool(cfg.finetune_decoder)
-    model = _finetune_base(cfg.finetune_decoder) if finetune else AudioCodecModel(mcfg)
+    model = finetune_model(cfg.finetune_decoder, mcfg) if finetune else AudioCodecModel(mcfg)
     frozen = freeze_code_path(model) if finetune else {}
     params = [p for p in model.parameters() if p.requires_grad]
     spectral = MultiScaleSpectralLoss(mcfg.sample_rate, cfg.spectral_ffts)
