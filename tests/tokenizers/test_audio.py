@@ -84,6 +84,36 @@ def test_config_and_presets():
     assert TrainConfig(spectral_ffts=[4096, 512]).spectral_ffts == (4096, 512)
 
 
+def test_decoder_attention_sees_the_whole_chunk():
+    """Attention blocks in front of either decoder: same shapes, near the identity when new, and a frame's output
+    depends on codes far beyond the convolutions' reach (but only within its decoding chunk)."""
+    for kw in (dict(), dict(decoder="istft", istft_dim=16, istft_blocks=1)):
+        plain = small_codec(**kw)
+        attn = small_codec(decoder_attention=2, decoder_attention_heads=2, **kw)
+        missing, unexpected = attn.model.load_state_dict(plain.model.state_dict(), strict=False)
+        assert not unexpected and missing and all(k.startswith("decoder.context.") for k in missing)
+        codes = plain.encode(tone(1.0, f=300.0))  # 250 frames
+        y0, y1 = plain.decode(codes), attn.decode(codes)
+        assert y1.shape == y0.shape and np.isfinite(y1).all()
+        # new blocks start near the identity: residual branches scaled by 0.01
+        assert 0 < np.abs(y1 - y0).max() < 0.1 * np.abs(y0).max()
+        far = codes.clone()
+        far[:, -20:] = (far[:, -20:] + 1) % 16  # change only the last 20 frames
+        head = slice(0, 100 * 64)  # the first 100 frames' samples: out of reach of every convolution
+        np.testing.assert_array_equal(plain.decode(far)[head], y0[head])
+        assert not np.array_equal(attn.decode(far)[head], y1[head])
+        chunked = small_codec(decoder_attention=2, decoder_attention_heads=2, chunk_seconds=0.2, context_frames=8, **kw)
+        chunked.model.load_state_dict(attn.model.state_dict())
+        np.testing.assert_array_equal(chunked.decode(far)[head], chunked.decode(codes)[head])  # 50-frame chunks
+    with pytest.raises(ConfigError, match="decoder_attention"):
+        AudioCodecConfig(decoder_attention=-1)
+    with pytest.raises(ConfigError, match="decoder_attention"):
+        AudioCodecConfig(latent_dim=64, decoder_attention=1, decoder_attention_heads=5)  # 5 does not divide 64
+    legacy = preset("tiny").to_dict()  # a config file written before the field: no blocks
+    del legacy["decoder_attention"], legacy["decoder_attention_heads"]
+    assert AudioCodecConfig.from_dict(legacy).decoder_attention == 0
+
+
 # ---------------------------------------------------------------------------------------------- coding
 def test_encode_decode_shapes_and_frames(tok, tmp_path):
     x = tone(0.3)
@@ -411,3 +441,53 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
     assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", str(tmp_path / "x"),
                  "--finetune-decoder", a, "--set", "num_levels=3"]) == 1
     assert "--set" in capsys.readouterr().err
+
+
+def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
+    """--finetune-decoder with --set decoder_attention=N: the codec's trained weights plus N new blocks, trained
+    with the decoder; codes unchanged; resumes exactly; trained blocks can not be dropped or regrouped."""
+    from chameleon_lite.tokenizers.audio_train import finetune_config, finetune_model
+    from chameleon_lite.tokenizers.image_train import code_path_state
+
+    base = str(tmp_path / "base")
+    small_codec().save(base)
+
+    def cfg(steps, **over):
+        return TrainConfig(finetune_decoder=base, model_overrides={"decoder_attention": 1, **over}, steps=steps,
+                           batch_size=4, segment_frames=16, lr=3e-3, warmup=1, sample_every=100, ckpt_every=20,
+                           log_every=5)
+
+    start = finetune_model(base, cfg(1).model_config())
+    before = AudioTokenizer.load(base)
+    ref = before.model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in start.state_dict().items() if k in ref)  # trained weights kept
+    assert {k for k in start.state_dict() if k not in ref} and all(
+        k.startswith("decoder.context.0.") for k in start.state_dict() if k not in ref)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train(corpus, a, cfg(30), progress=False)
+    after = AudioTokenizer.load(a)
+    assert after.model.cfg.decoder_attention == 1
+    frozen, tuned = code_path_state(before.model), code_path_state(after.model)
+    assert frozen.keys() == tuned.keys() and all(torch.equal(frozen[k], tuned[k]) for k in frozen)
+    scale = after.model.decoder.context[0].scale1
+    assert not torch.allclose(scale, torch.full_like(scale, 0.01))  # the new block trained
+    x = tone(0.4)
+    assert torch.equal(after.encode(x), before.encode(x))
+    train(corpus, b, cfg(2), progress=False)
+    train(corpus, b, cfg(30), progress=False)  # resumes at step 2
+    wa, wb = after.model.state_dict(), AudioTokenizer.load(b).model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a codec with blocks: more can be added, none dropped, heads not regrouped, nothing else changed
+    two = finetune_config(after.model.cfg, {"decoder_attention": 2})
+    assert two.decoder_attention == 2 and finetune_model(a, two).cfg == two
+    assert finetune_config(after.model.cfg, {}) == after.model.cfg
+    with pytest.raises(ConfigError, match="not drop"):
+        finetune_config(after.model.cfg, {"decoder_attention": 0})
+    with pytest.raises(ConfigError, match="heads"):
+        finetune_config(after.model.cfg, {"decoder_attention": 2, "decoder_attention_heads": 2})
+    with pytest.raises(ConfigError, match="num_levels"):
+        TrainConfig(finetune_decoder=base, model_overrides={"num_levels": 3})
+    out = str(tmp_path / "cli")
+    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--finetune-decoder", base,
+                 "--set", "decoder_attention=1", "--steps", "1", "--batch-size", "2", "--segment-frames", "8"]) == 0
+    assert AudioTokenizer.load(out).model.cfg.decoder_attention == 1
