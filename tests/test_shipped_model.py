@@ -21,9 +21,9 @@ N = 8
 FLOORS = {
     "text_to_image": ("position", 7),  # measured 8 of 8 (color 8, count 8, size 8, kind 7, exact 7)
     "image_to_text": ("exact", 7),  # 8
-    "text_to_audio": ("exact", 5),  # 6 (count 8, notes 7, timbre 7)
+    "text_to_audio": ("exact", 6),  # 7 (count 8, notes 7, timbre 8)
     "audio_to_text": ("exact", 7),  # 8
-    "instruction": ("valid", 6),  # 8 (exact 5)
+    "instruction": ("valid", 6),  # 8 (exact 6)
 }
 
 
@@ -71,11 +71,14 @@ def test_shipped_model_is_what_its_recipe_says():
     assert rec["stages"]["quickstart"]["command"].startswith("chameleon-lite quickstart --out runs/demo ")
     before = "runs/demo"  # each continued stage starts from the model of the stage before, and ran all its steps
     for stage in rec["stages"]["continued"]:
-        if stage.get("kind") == "decoder fine-tuning":  # both decoders of the model before, the steps asked for
+        if stage.get("kind") == "decoder fine-tuning":  # decoders of the model before, the steps asked for
             argv = _argv(stage["command"])
             assert argv[1] == "train/demo_decoders.sh" and argv[3:5] == [stage["out"], str(stage["corpus"]["seed"])]
             assert before in stage["from_model"], (before, stage["from_model"])
             for part, steps in (("image_decoder", argv[5]), ("audio_decoder", argv[6])):
+                if int(steps) == 0:  # that tokenizer was kept as it was: no run to record
+                    assert part not in stage, part
+                    continue
                 assert stage[part]["steps"] == stage[part]["train_config"]["steps"] == int(steps)
                 assert stage[part]["train_config"]["finetune_decoder"] == argv[2]
             before = stage["out"]
