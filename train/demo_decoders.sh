@@ -27,7 +27,9 @@ if [ "$image_steps" -eq 0 ] && [ "$audio_steps" -eq 0 ]; then
   echo "demo_decoders.sh: IMAGE_STEPS and AUDIO_STEPS are both 0: nothing to fine-tune" >&2
   exit 2
 fi
-weights=()  # the corpus holds only the media whose decoder is fine-tuned
+# (--task-weights gives the named forms weight 1, as every other form has by default: the corpus holds all six
+# document forms, and each tokenizer run trains on the pictures or clips of all of them)
+weights=()
 [ "$image_steps" -eq 0 ] || weights+=(caption_to_image=1)
 [ "$audio_steps" -eq 0 ] || weights+=(caption_to_audio=1)
 [ -f "$out/corpus/manifest.jsonl" ] || timed corpus chameleon-lite data procedural --out "$out/corpus" --n 16000 \
