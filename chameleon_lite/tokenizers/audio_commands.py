@@ -21,13 +21,9 @@ def _overrides(items: list[str] | None) -> dict:
 
 
 def _train_audio(args: argparse.Namespace) -> int:
-    from chameleon_lite.errors import UserError
-    from chameleon_lite.tokenizers.audio_train import FINETUNE_OVERRIDES, TrainConfig, train
+    from chameleon_lite.tokenizers.audio_train import TrainConfig, train
 
     overrides = _overrides(args.set)
-    if args.finetune_decoder and set(overrides) - set(FINETUNE_OVERRIDES):
-        raise UserError(f"--finetune-decoder keeps that codec's shape: --set may only add decoder attention blocks "
-                        f"({', '.join(FINETUNE_OVERRIDES)}), got {', '.join(sorted(set(overrides) - set(FINETUNE_OVERRIDES)))}")
     cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                       batch_size=args.batch_size, segment_frames=args.segment_frames, lr=args.lr,
                       disc_start=args.disc_start, sample_every=args.sample_every, ckpt_every=args.ckpt_every,

@@ -487,6 +487,8 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
         finetune_config(after.model.cfg, {"decoder_attention": 2, "decoder_attention_heads": 2})
     with pytest.raises(ConfigError, match="num_levels"):
         TrainConfig(finetune_decoder=base, model_overrides={"num_levels": 3})
+    with pytest.raises(ConfigError, match="bad model override"):
+        finetune_config(after.model.cfg, {"decoder_attention_heads": "4"})  # --set decoder_attention_heads='"4"'
     out = str(tmp_path / "cli")
     assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--finetune-decoder", base,
                  "--set", "decoder_attention=1", "--steps", "1", "--batch-size", "2", "--segment-frames", "8"]) == 0
