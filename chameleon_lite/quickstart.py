@@ -8,8 +8,9 @@ Time budget: the tokenizer step counts below are the defaults for ``budget_minut
 scales them linearly, never below a floor and never beyond the tokenizers' full recipes; a longer budget also
 writes a proportionally larger corpus). Pretraining gets what the budget has left when it starts (the measured
 time of the stages before it, minus a reserve for the evaluation after it), and never less than
-``pretrain_share`` of the budget: a few timed steps of the model on this machine turn those minutes into a step
-count (stored in ``calibration.json``, so a resumed quickstart keeps the schedule it started with).
+``pretrain_share`` of the budget: a few timed steps of the model on this machine turn those minutes into a first
+step count, and the run's own warm-up (whose learning rates do not depend on the count) then refits it to the step
+time it measured. Both are stored in ``calibration.json``, so a resumed quickstart keeps the schedule it started with.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from chameleon_lite.pipeline import Pipeline, Stage
 
 DEFAULT_BUDGET_MINUTES = 30.0
 # the stages before pretraining, whose measured time comes out of its budget
+# the share of pretraining's minutes planned as optimiser steps at the measured step time; the rest covers validation
+# passes, checkpoints and the step time drifting up later in the run (on a shared 2-core EPYC the later steps of the
+# default quickstart ran up to 25 % slower than its warm-up, and with a share of 0.92 the whole run took 31.3 min)
+STEP_TIME_SHARE = 0.80
 BEFORE_PRETRAIN = ("corpus", "heldout", "text-tokenizer", "image-tokenizer", "audio-tokenizer", "vocab", "tokenize")
 DEMO_PROMPT = "a large red circle in the top left, then play C5 E5 G5 on a square wave"
 
@@ -152,13 +157,25 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         from chameleon_lite.train.config import TrainConfig
         from chameleon_lite.train.trainer import train
 
-        steps = calibrated_train_steps(cfg, tok, os.path.join(shards, "train"))
-        train(TrainConfig(
-            model=cfg.train_model, data=os.path.join(shards, "train"), val_data=os.path.join(shards, "val"), out=run,
-            tokenizers=tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=steps, lr=2e-3,
-            warmup=min(50, steps // 10), ckpt_every=max(25, steps // 10), val_every=max(25, steps // 15), val_batches=4,
-            seed=cfg.seed, parallel="none", compile=cfg.compile,
-        ))
+        first = calibrated_train_steps(cfg, tok, os.path.join(shards, "train"))
+        warmup = min(50, first // 10)
+
+        def run_steps(steps: int, stop_after: int = 0) -> None:
+            train(TrainConfig(
+                model=cfg.train_model, data=os.path.join(shards, "train"), val_data=os.path.join(shards, "val"), out=run,
+                tokenizers=tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=steps, stop_after=stop_after,
+                lr=2e-3, warmup=warmup, ckpt_every=max(25, steps // 10), val_every=max(25, steps // 15), val_batches=4,
+                seed=cfg.seed, parallel="none", compile=cfg.compile,
+            ))
+
+        steps = replanned_steps(cfg)
+        if steps is None:
+            # the warm-up's learning rates do not depend on the step count: run it, then fit the count to the step
+            # time the run itself measured (a timed step outside the run misses its loader, statistics and noise)
+            if warmup:
+                run_steps(first, stop_after=warmup)
+            steps = replan_train_steps(cfg, run, first, warmup)
+        run_steps(steps)
 
     def curves() -> None:
         from chameleon_lite.train.plotting import plot_run
@@ -290,17 +307,71 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: s
     step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size, compile=cfg.compile, shards=shards)
     spent = spent_minutes(cfg, BEFORE_PRETRAIN)
     minutes = pretrain_minutes(cfg, spent)
-    # ~8% of the stage goes to validation passes and checkpoints
-    budget_s = 60.0 * minutes * 0.92
+    budget_s = 60.0 * minutes * STEP_TIME_SHARE
     steps = int(min(cfg.max_train_steps, max(cfg.min_train_steps, budget_s / step_s)))
     rec = {"key": key, "step_seconds": round(step_s, 4), "steps": steps, "minutes_before": round(spent, 2),
            "pretrain_minutes": round(minutes, 2), "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1)}
+    _write_calibration(cfg, rec)
+    print(f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
+          f"{steps} steps in {minutes:.1f} of the {cfg.budget_minutes:g} budget minutes ({spent:.1f} spent before)")
+    return steps
+
+
+def _write_calibration(cfg: QuickstartConfig, rec: dict[str, Any]) -> None:
+    path = cfg.path("calibration.json")
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(rec, f, indent=2)
     os.replace(tmp, path)
-    print(f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
-          f"{steps} steps in {minutes:.1f} of the {cfg.budget_minutes:g} budget minutes ({spent:.1f} spent before)")
+
+
+def replanned_steps(cfg: QuickstartConfig) -> int | None:
+    """The step count fixed after the warm-up (see :func:`replan_train_steps`), or None before that."""
+    path = cfg.path("calibration.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        steps = json.load(f).get("replanned_steps")
+    return int(steps) if steps is not None else None
+
+
+def measured_step_seconds(run: str, upto: int) -> float | None:
+    """Median ``step_time`` of the run's steps before ``upto`` (its first step, which allocates, left out when
+    there are others), from its metrics.jsonl; None when it logged none."""
+    from chameleon_lite.train.metrics import METRICS_FILE
+
+    path = os.path.join(run, METRICS_FILE)
+    times: dict[int, float] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if "step_time" in r and r.get("step", upto) < upto:
+                    times[int(r["step"])] = float(r["step_time"])
+    if len(times) > 1:
+        times.pop(min(times))
+    if not times:
+        return None
+    timed = sorted(times.values())
+    return timed[len(timed) // 2]
+
+
+def replan_train_steps(cfg: QuickstartConfig, run: str, first: int, warmup: int) -> int:
+    """After ``warmup`` steps of a run planned for ``first``: the step count that fits the pretraining minutes at
+    the median step time the run measured (never fewer than the warm-up), recorded in calibration.json so a
+    resumed quickstart keeps it."""
+    path = cfg.path("calibration.json")
+    with open(path) as f:
+        rec = json.load(f)
+    step_s = measured_step_seconds(run, warmup) if warmup else None
+    if step_s is None:
+        steps = first
+    else:
+        steps = int(min(cfg.max_train_steps, max(cfg.min_train_steps, warmup, 60.0 * rec["pretrain_minutes"] * STEP_TIME_SHARE / step_s)))
+        print(f"pretraining: the warm-up ran at {step_s:.2f} s per step (timed beforehand: {rec['step_seconds']:.2f} s) -> "
+              f"{steps} steps instead of {first}")
+    rec.update(replanned_steps=steps, warmup=warmup, run_step_seconds=None if step_s is None else round(step_s, 4))
+    _write_calibration(cfg, rec)
     return steps
 
 

@@ -4,8 +4,8 @@ import os
 import pytest
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.quickstart import (BEFORE_PRETRAIN, QuickstartConfig, build_stages, pretrain_minutes, quickstart,
-                                      spent_minutes)
+from chameleon_lite.quickstart import (BEFORE_PRETRAIN, QuickstartConfig, build_stages, measured_step_seconds,
+                                      STEP_TIME_SHARE, pretrain_minutes, quickstart, replan_train_steps, replanned_steps, spent_minutes)
 
 
 def test_config_errors():
@@ -41,12 +41,45 @@ def test_budget_scales_tokenizers_up_to_their_recipes_and_gives_the_rest_to_pret
     assert tuple(names[:names.index("pretrain")]) == BEFORE_PRETRAIN
 
 
+def _metrics(run, rows):
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_step_count_is_refit_to_the_step_time_the_warm_up_measured(tmp_path):
+    cfg = QuickstartConfig(out=str(tmp_path))
+    run = str(tmp_path / "run")
+    with open(cfg.path("calibration.json"), "w") as f:
+        json.dump({"steps": 900, "step_seconds": 1.2, "pretrain_minutes": 20.0}, f)
+    assert replanned_steps(cfg) is None
+    # step 0 (allocation) left out; validation rows and steps from after the warm-up are not step times of it
+    rows = [{"step": 0, "step_time": 9.0}] + [{"step": i, "step_time": t} for i, t in enumerate([1.5, 1.6, 1.4, 1.5, 1.5], 1)]
+    _metrics(run, rows + [{"step": 5, "val_loss": 2.0}, {"step": 9, "step_time": 50.0}])
+    assert measured_step_seconds(run, 6) == pytest.approx(1.5)
+    steps = replan_train_steps(cfg, run, first=900, warmup=6)
+    assert steps == int(20.0 * 60 * STEP_TIME_SHARE / 1.5)  # 640: the run is slower than the timed step, so fewer steps
+    assert replanned_steps(cfg) == steps  # kept for a resumed quickstart, with what it was fit to
+    rec = json.load(open(cfg.path("calibration.json")))
+    assert rec["run_step_seconds"] == 1.5 and rec["warmup"] == 6 and rec["steps"] == 900
+    # bounds: never fewer than the warm-up nor min_train_steps, never more than max_train_steps
+    _metrics(run, [{"step": i, "step_time": 1000.0} for i in range(6)])
+    assert replan_train_steps(cfg, run, first=900, warmup=6) == 30
+    _metrics(run, [{"step": i, "step_time": 1e-4} for i in range(6)])
+    assert replan_train_steps(cfg, run, first=900, warmup=6) == 20000
+    # no warm-up (or nothing logged): the first plan stands
+    assert replan_train_steps(cfg, run, first=40, warmup=0) == 40
+    _metrics(run, [])
+    assert replan_train_steps(cfg, run, first=41, warmup=4) == 41
+
+
 @pytest.mark.slow
 def test_short_quickstart_end_to_end(tmp_path):
     """The whole loop at toy sizes: every stage runs, the outputs exist, and a second call resumes (does nothing)."""
     cfg = QuickstartConfig(out=str(tmp_path / "qs"), budget_minutes=1.0, n_docs=120, n_heldout=12, workers=1,
                            text_vocab=300, train_model="debug", seq_len=128, batch_size=4, eval_n=3,
-                           min_train_steps=8, max_train_steps=8)
+                           min_train_steps=20, max_train_steps=20)
     summary = quickstart(cfg)
     for key in ("model", "eval", "demo", "curves"):
         assert os.path.exists(summary[key]), key
@@ -56,7 +89,10 @@ def test_short_quickstart_end_to_end(tmp_path):
 
     assert {k: v.temperature for k, v in sampling_defaults(summary["model"]).items()} == {"text": 0.0, "image": 0.0, "audio": 0.0}
     calib = json.load(open(os.path.join(cfg.out, "calibration.json")))
-    assert calib["steps"] == 8 and calib["step_seconds"] > 0
+    # the warm-up (2 steps) ran first, then the run continued from its checkpoint with the refit count: every step once
+    assert calib["steps"] == 20 and calib["step_seconds"] > 0 and calib["replanned_steps"] == 20 and calib["warmup"] == 2
+    steps = [json.loads(line)["step"] for line in open(os.path.join(cfg.out, "run", "metrics.jsonl")) if "step_time" in line]
+    assert steps == list(range(20))
     ev = json.load(open(os.path.join(cfg.out, "eval", "eval.json")))
     assert "text_to_image" in json.dumps(ev) and "audio" in json.dumps(ev)
     again = quickstart(cfg)
