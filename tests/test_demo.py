@@ -2,6 +2,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -264,7 +265,9 @@ def test_stage_timer_logs_stopped_steps(tmp_path, sig, status):
     """A step stopped by Ctrl-C or a kill is logged with the time it ran, so that a resumed stage's recorded time
     includes the stopped attempt."""
     started = tmp_path / "started"
-    p = subprocess.Popen(["bash", _timer_script(tmp_path, f"timed pretrain bash -c 'touch {started}; sleep 30'")],
+    # the waiting process marks itself started, so the signal cannot fall between a marker command and the wait
+    step = f"{sys.executable} -c 'import pathlib, time; pathlib.Path(\"{started}\").touch(); time.sleep(30)'"
+    p = subprocess.Popen(["bash", _timer_script(tmp_path, f"timed pretrain {step}")],
                          stdout=subprocess.PIPE, text=True, start_new_session=True)
     t0 = time.monotonic()
     while not started.exists():
