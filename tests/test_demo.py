@@ -268,7 +268,9 @@ def test_stage_timer_logs_stopped_steps(tmp_path, sig, status):
     # the waiting process marks itself started, so the signal cannot fall between a marker command and the wait
     step = f"{sys.executable} -c 'import pathlib, time; pathlib.Path(\"{started}\").touch(); time.sleep(30)'"
     p = subprocess.Popen(["bash", _timer_script(tmp_path, f"timed pretrain {step}")],
-                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, text=True, start_new_session=True,
+                         # as from a terminal: a shell's background job (pytest run with `&`) inherits SIGINT ignored
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not started.exists():
         assert time.monotonic() - t0 < 20 and p.poll() is None
