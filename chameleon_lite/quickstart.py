@@ -25,11 +25,11 @@ from chameleon_lite.errors import ConfigError
 from chameleon_lite.pipeline import Pipeline, Stage
 
 DEFAULT_BUDGET_MINUTES = 30.0
-# the stages before pretraining, whose measured time comes out of its budget
 # the share of pretraining's minutes planned as optimiser steps at the measured step time; the rest covers validation
 # passes, checkpoints and the step time drifting up later in the run (on a shared 2-core EPYC the later steps of the
 # default quickstart ran up to 25 % slower than its warm-up, and with a share of 0.92 the whole run took 31.3 min)
 STEP_TIME_SHARE = 0.80
+# the stages before pretraining, whose measured time comes out of its budget
 BEFORE_PRETRAIN = ("corpus", "heldout", "text-tokenizer", "image-tokenizer", "audio-tokenizer", "vocab", "tokenize")
 DEMO_PROMPT = "a large red circle in the top left, then play C5 E5 G5 on a square wave"
 
@@ -307,8 +307,7 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: s
     step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size, compile=cfg.compile, shards=shards)
     spent = spent_minutes(cfg, BEFORE_PRETRAIN)
     minutes = pretrain_minutes(cfg, spent)
-    budget_s = 60.0 * minutes * STEP_TIME_SHARE
-    steps = int(min(cfg.max_train_steps, max(cfg.min_train_steps, budget_s / step_s)))
+    steps = _fit_steps(cfg, minutes, step_s)
     rec = {"key": key, "step_seconds": round(step_s, 4), "steps": steps, "minutes_before": round(spent, 2),
            "pretrain_minutes": round(minutes, 2), "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1)}
     _write_calibration(cfg, rec)
@@ -318,11 +317,14 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: s
 
 
 def _write_calibration(cfg: QuickstartConfig, rec: dict[str, Any]) -> None:
-    path = cfg.path("calibration.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(rec, f, indent=2)
-    os.replace(tmp, path)
+    from chameleon_lite.tokenizers.base import write_json_atomic
+
+    write_json_atomic(cfg.path("calibration.json"), rec)
+
+
+def _fit_steps(cfg: QuickstartConfig, minutes: float, step_s: float, floor: int = 0) -> int:
+    """Optimiser steps of ``step_s`` seconds in STEP_TIME_SHARE of ``minutes``, within the config's bounds."""
+    return int(min(cfg.max_train_steps, max(cfg.min_train_steps, floor, 60.0 * minutes * STEP_TIME_SHARE / step_s)))
 
 
 def replanned_steps(cfg: QuickstartConfig) -> int | None:
@@ -367,7 +369,7 @@ def replan_train_steps(cfg: QuickstartConfig, run: str, first: int, warmup: int)
     if step_s is None:
         steps = first
     else:
-        steps = int(min(cfg.max_train_steps, max(cfg.min_train_steps, warmup, 60.0 * rec["pretrain_minutes"] * STEP_TIME_SHARE / step_s)))
+        steps = _fit_steps(cfg, rec["pretrain_minutes"], step_s, floor=warmup)
         print(f"pretraining: the warm-up ran at {step_s:.2f} s per step (timed beforehand: {rec['step_seconds']:.2f} s) -> "
               f"{steps} steps instead of {first}")
     rec.update(replanned_steps=steps, warmup=warmup, run_step_seconds=None if step_s is None else round(step_s, 4))
