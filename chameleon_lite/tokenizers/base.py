@@ -13,46 +13,17 @@ turns local codes into unified ids through :class:`~chameleon_lite.vocab.Unified
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: F401  (re-exported)
 from chameleon_lite.vocab import UnifiedVocab
 
 TEXT_FILE = "tokenizer.json"
 IMAGE_WEIGHTS, IMAGE_CONFIG = "image_vq.safetensors", "image_vq.json"
 AUDIO_WEIGHTS, AUDIO_CONFIG = "audio_codec.safetensors", "audio_codec.json"
 VOCAB_FILE = "vocab.json"
-
-
-def read_json(path: str, what: str) -> dict[str, Any]:
-    """Read a JSON object from path, with errors that name the file."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: {what} is not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: {what} must be a JSON object")
-    return d
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path`` (created by open(), so with the permissions the umask gives any
-    new file), fsync it, then rename it into place."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_bytes_atomic(path, json.dumps(obj, indent=2).encode())
 
 
 def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
