@@ -10,12 +10,14 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator
 
 import torch
 
 from chameleon_lite.errors import ConfigError, DataError, UserError
+from chameleon_lite.files import RUN, check_output_dir, write_json_atomic
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer, token_losses
 from chameleon_lite.train import checkpoint as ckpt
@@ -194,6 +196,10 @@ def _grad_sync(model, enabled: bool):
     return contextlib.nullcontext()
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining as described by ``cfg``; returns the last step's record.
 
@@ -213,6 +219,7 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
         raise ConfigError(f"batch_size={cfg.batch_size} (global rows) must be a multiple of the world size {info.world_size}")
     if info.distributed and cfg.parallel == "none":
         raise ConfigError("parallel=none cannot train with more than one process; use fsdp or ddp")
+    check_output_dir(cfg.out, RUN)  # a folder with files but no run.json is not a run to resume or write into
     vocab, meta = read_data_meta(cfg.data)
     make_loader = make_loader or default_loader_factory()
     val_meta: dict[str, Any] = {}
@@ -225,26 +232,24 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
     dtype = compute_dtype(cfg, info.device)
 
     os.makedirs(cfg.out, exist_ok=True)
-    last = ckpt.latest_checkpoint(cfg.out)
-    if last is not None:  # before run.json is rewritten: a refused resume leaves the run as it was
-        check_resume(last, ckpt.read_train_state(last), vocab, mcfg)
+    newest = ckpt.newest_train_state(cfg.out)
+    if newest is not None:  # before run.json is rewritten: a refused resume leaves the run as it was
+        check_resume(*newest, vocab, mcfg)
     if info.is_main:
         run = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "vocab": {**vocab.to_dict(), "hash": vocab.hash}, "tokenizers": tokenizers, "world_size": info.world_size, "compute_dtype": str(dtype).replace("torch.", "")}
-        tmp = os.path.join(cfg.out, RUN_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(run, f, indent=2)
-        os.replace(tmp, os.path.join(cfg.out, RUN_FILE))
+        write_json_atomic(os.path.join(cfg.out, RUN_FILE), run)
 
-    init = init_weights_from(cfg, mcfg) if last is None else None  # a resumed run takes its weights from its checkpoint
+    init = init_weights_from(cfg, mcfg) if newest is None else None  # a resumed run takes its weights from its checkpoint
     torch.manual_seed(cfg.seed)
     model = build_train_model(mcfg, cfg, info, init)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     loss_terms = make_loss_terms(model, cfg.compile and not _blockwise_compile(cfg, info))
     loader = make_loader(cfg.data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
 
-    start, nonfinite = 0, 0
-    if last is not None:
-        state = ckpt.load_checkpoint(last, model, opt)
+    start, nonfinite, last = 0, 0, None
+    resumed = ckpt.resume_newest(cfg.out, model, opt, warn=_warn if info.is_main else lambda _: None) if newest else None
+    if resumed is not None:
+        last, state = resumed
         loader.load_state_dict(state["loader"])
         start, nonfinite = int(state["step"]), int(state.get("nonfinite", 0))
     it = iter(loader)

@@ -258,7 +258,7 @@ def test_export_and_load_errors(tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="not an exported model"):
+    with pytest.raises(UserError, match="not an exported model folder"):
         export_run(run, str(busy))
     assert (busy / "notes.txt").read_text() == "keep me"
     out = export_run(run, str(tmp_path / "model"))
