@@ -14,6 +14,7 @@ import shutil
 from typing import Any
 
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import MODEL, check_output_dir, replace_dir, write_json_atomic
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
 RECIPE_FILE = "RECIPE.json"
@@ -41,11 +42,11 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     from chameleon_lite.model.io import load_model, save_model_dir
     from chameleon_lite.tokenizers.base import Tokenizers
 
+    tmp = f"{out}.new"
+    check_output_dir(out, MODEL)
     model = load_model(model_dir).to(torch.bfloat16)
     vocab = Tokenizers.load(model_dir).vocab
-    tmp = f"{out}.new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, vocab, model_dir, tmp)
+    save_model_dir(model, vocab, model_dir, tmp)  # refuses a leftover tmp that is not a model folder
     size = folder_bytes(tmp)
     if size > max_bytes:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -54,11 +55,8 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     write_eval_sampling(tmp)  # generate's defaults: the sampling its recorded 500-prompt evaluation used
     rec = {"source": os.path.abspath(model_dir), "bytes": size, "weights_dtype": "bfloat16",
            "python": platform.python_version(), "torch": torch.__version__, **recipe}
-    with open(os.path.join(tmp, RECIPE_FILE), "w") as f:
-        json.dump(rec, f, indent=2)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_json_atomic(os.path.join(tmp, RECIPE_FILE), rec)
+    replace_dir(tmp, out, MODEL)
     return out
 
 

@@ -14,6 +14,8 @@ import shutil
 import time
 from typing import Any, Callable
 
+from chameleon_lite.files import PIPELINE, check_output_dir, write_json_atomic
+
 
 @dataclasses.dataclass
 class Stage:
@@ -28,7 +30,11 @@ class Pipeline:
     def __init__(self, root: str, log: Callable[[str], None] = print) -> None:
         self.root = root
         self.log = log
+        check_output_dir(root, PIPELINE)
         os.makedirs(root, exist_ok=True)
+        claim = os.path.join(root, ".stage-pipeline")  # marks the folder as a pipeline's before any stage finishes
+        if not os.path.exists(claim):
+            write_json_atomic(claim, {})
 
     def _marker(self, name: str) -> str:
         return os.path.join(self.root, f".stage-{name}.done")

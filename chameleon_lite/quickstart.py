@@ -21,7 +21,9 @@ import shutil
 import time
 from typing import Any
 
+from chameleon_lite import argtypes as at
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import write_json_atomic
 from chameleon_lite.pipeline import Pipeline, Stage
 
 DEFAULT_BUDGET_MINUTES = 30.0
@@ -317,7 +319,6 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: s
 
 
 def _write_calibration(cfg: QuickstartConfig, rec: dict[str, Any]) -> None:
-    from chameleon_lite.tokenizers.base import write_json_atomic
 
     write_json_atomic(cfg.path("calibration.json"), rec)
 
@@ -391,8 +392,7 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         "demo": cfg.path("demo", "document.html"),
         "curves": cfg.path("run", "curves.png"),
     }
-    with open(cfg.path("quickstart.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomic(cfg.path("quickstart.json"), summary)
     return summary
 
 
@@ -410,8 +410,8 @@ def _run(args) -> int:
 def register(cli) -> None:
     p = cli.command("quickstart", "corpus → tokenizers → shards → pretraining → export → eval → demo, resumable", _run)
     p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="working folder (default runs/quickstart)")
-    p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+    p.add_argument("--budget-minutes", type=at.float_range(1.0, 100000.0), default=DEFAULT_BUDGET_MINUTES,
                    help="scales the training stages (default 30, tuned for 2 CPU cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corpus and of every training stage")
-    p.add_argument("--workers", type=int, default=2, help="worker processes for corpus writing and pretokenizing")
+    p.add_argument("--seed", type=at.seed, default=0, help="seed of the corpus and of every training stage (default 0)")
+    p.add_argument("--workers", type=at.int_range(1, 256), default=2, help="worker processes for corpus writing and pretokenizing (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile the pretraining step (slower on some CPUs)")

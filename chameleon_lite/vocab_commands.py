@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from chameleon_lite import argtypes as at
+
 
 def _vocab(args: argparse.Namespace) -> int:
     from chameleon_lite.vocab import UnifiedVocab
@@ -34,9 +36,9 @@ def register(cli) -> None:
     p = cli.command("vocab", "build the unified vocabulary (vocab.json) or describe an existing one", _vocab)
     p.add_argument("--show", metavar="FILE", help="describe an existing vocab.json (or a folder holding one)")
     p.add_argument("--tokenizers", metavar="DIR", help="derive the vocabulary from trained tokenizer artifacts in DIR")
-    p.add_argument("--text-size", type=int, help="number of text BPE ids")
-    p.add_argument("--image-codebook", type=int, help="image VQ codebook size")
-    p.add_argument("--audio-levels", type=int, help="audio residual VQ levels")
-    p.add_argument("--audio-codebook", type=int, help="codes per audio level")
-    p.add_argument("--num-special", type=int, default=16, help="size of the special-token range (default 16)")
+    p.add_argument("--text-size", type=at.int_range(1, 1 << 24), help="number of text BPE ids")
+    p.add_argument("--image-codebook", type=at.int_range(0, 1 << 24), help="image VQ codebook size")
+    p.add_argument("--audio-levels", type=at.int_range(0, 64), help="audio residual VQ levels")
+    p.add_argument("--audio-codebook", type=at.int_range(0, 1 << 24), help="codes per audio level")
+    p.add_argument("--num-special", type=at.int_range(8, 4096), default=16, help="size of the special-token range (default 16)")
     p.add_argument("--out", metavar="DIR", help="write vocab.json into DIR")

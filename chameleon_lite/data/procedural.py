@@ -66,6 +66,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.files import CORPUS, check_output_dir, write_json_atomic
 
 # ---------------------------------------------------------------------------------------------- vocabulary
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -610,11 +611,12 @@ def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusCo
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise DataError(f"{out}: exists and is not a folder")
+    check_output_dir(out, CORPUS)
     for sub in ("images", "audio"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     cfg = config.to_dict()
+    # corpus.json first: it marks the folder as this command's, so an interrupted run may be rerun into it
+    write_json_atomic(os.path.join(out, "corpus.json"), {"n": n, "seed": seed, "config": cfg})
     jobs: Iterable[tuple[str, int, int, dict[str, Any]]] = ((out, i, seed, cfg) for i in range(n))
     manifest = os.path.join(out, "manifest.jsonl")
     tmp = manifest + ".tmp"
@@ -634,7 +636,4 @@ def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusCo
         bar.close()
         if os.path.exists(tmp):
             os.remove(tmp)
-    with open(os.path.join(out, "corpus.json.tmp"), "w") as f:
-        json.dump({"n": n, "seed": seed, "config": cfg}, f, indent=2)
-    os.replace(os.path.join(out, "corpus.json.tmp"), os.path.join(out, "corpus.json"))
     return manifest

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from chameleon_lite.errors import DataError
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.files import SHARDS, check_output_dir, replace_dir, write_json_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 FORMAT_VERSION = 1
@@ -39,7 +40,8 @@ class ShardWriter:
 
     def __init__(self, out: str, vocab: UnifiedVocab, *, shard_tokens: int = 1 << 26, extra_meta: dict[str, Any] | None = None) -> None:
         if shard_tokens < 1:
-            raise ValueError("shard_tokens must be positive")
+            raise ConfigError(f"shard_tokens must be positive, got {shard_tokens}")
+        check_output_dir(out, SHARDS)  # before any work: never replace a folder this tool did not write
         self.out, self.vocab, self.shard_tokens = out, vocab, shard_tokens
         self.extra = dict(extra_meta or {})
         self.tmp = f"{out.rstrip(os.sep)}.tmp.{os.getpid()}"
@@ -106,11 +108,8 @@ class ShardWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         self._flush()
-        with open(os.path.join(self.tmp, META_FILE), "w") as f:
-            json.dump(self.meta(), f, indent=2)
-        if os.path.exists(self.out):
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
+        write_json_atomic(os.path.join(self.tmp, META_FILE), self.meta())
+        replace_dir(self.tmp, self.out, SHARDS)
 
 
 def read_meta(folder: str) -> dict[str, Any]:

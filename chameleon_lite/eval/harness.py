@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import EVAL, check_output_dir, write_bytes_atomic, write_json_atomic
 
 TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved", "instruction")
 
@@ -416,7 +417,10 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     from chameleon_lite.eval.report import write_report
     from chameleon_lite.generate import Generator
 
+    check_output_dir(cfg.out, EVAL)
     os.makedirs(cfg.out, exist_ok=True)
+    # eval.json first, marking the folder as this command's (an interrupted run may be rerun into it)
+    write_json_atomic(os.path.join(cfg.out, "eval.json"), {"model": os.path.abspath(cfg.model), "finished": False})
     inputs = os.path.join(cfg.out, "inputs")
     os.makedirs(inputs, exist_ok=True)
     gen = Generator.from_dir(cfg.model)
@@ -453,10 +457,7 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     if cfg.shards:
         results["perplexity"] = perplexity(gen.model, cfg.shards, cfg.ppl_batches, min(512, gen.model.config.max_seq_len))
     results["seconds"] = time.perf_counter() - t_all
-    tmp = os.path.join(cfg.out, "eval.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(cfg.out, "eval.json"))
+    write_bytes_atomic(os.path.join(cfg.out, "eval.json"), json.dumps(results, indent=2, default=str).encode())
     write_report(cfg.out, results, items, sample_rate=tk.audio.sample_rate if tk.audio is not None else None,
                  limit=cfg.samples_in_report)
     return results

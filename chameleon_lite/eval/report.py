@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from chameleon_lite.files import write_text_atomic
+
 GRID_FILE = "text_to_image_grid.png"
 
 
@@ -133,7 +135,5 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
             parts.append(f"<div class='cell'><b>{html.escape(it.prompt)}</b> <span class='{cls}'>{html.escape(it.output_text)}{note}</span><br>{img}</div>")
     parts.append("</body></html>\n")
     path = os.path.join(out, "report.html")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(parts))
-    os.replace(path + ".tmp", path)
+    write_text_atomic(path, "\n".join(parts))
     return path

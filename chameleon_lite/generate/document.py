@@ -10,10 +10,12 @@ import html
 import io
 import json
 import os
+import shutil
 from typing import Any
 
 import numpy as np
 
+from chameleon_lite.files import DOCUMENT, check_output_dir, replace_dir, write_bytes_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 
@@ -125,13 +127,6 @@ def _png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
     import soundfile as sf
 
@@ -140,25 +135,49 @@ def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
     return buf.getvalue()
 
 
+def _text_after(prev: Span | None, span: Span) -> str:
+    """A text span's text, with a space in front where the answer's first word would run into the prompt's last."""
+    text = span.text or ""
+    joined = prev is not None and prev.kind == "text" and prev.from_prompt != span.from_prompt
+    if joined and prev.text and text and not prev.text[-1].isspace() and not text[0].isspace():
+        return " " + text
+    return text
+
+
 def write_document(doc: Document, out_dir: str) -> str:
     """Write the output folder; returns its path. Files: document.md, document.html, document.json,
-    image_###.png, audio_###.wav (16-bit PCM)."""
-    os.makedirs(out_dir, exist_ok=True)
+    image_###.png, audio_###.wav (16-bit PCM). The folder is built beside ``out_dir`` and replaces it whole, so no
+    file of an earlier, longer document is left behind; a folder this tool did not write is refused."""
+    out_dir = os.path.abspath(out_dir)
+    check_output_dir(out_dir, DOCUMENT)
+    tmp = f"{out_dir.rstrip(os.sep)}.tmp.{os.getpid()}"
+    os.makedirs(tmp)
+    try:
+        _write_files(doc, tmp)
+        replace_dir(tmp, out_dir, DOCUMENT)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write_files(doc: Document, tmp: str) -> None:
     md: list[str] = []
     body: list[str] = []
     seg_json: list[dict[str, Any]] = []
     n_img = n_aud = 0
+    prev: Span | None = None
     for s in doc.spans:
         entry: dict[str, Any] = {"kind": s.kind, "ids": s.ids, "complete": s.complete, "from_prompt": s.from_prompt}
         if s.kind == "text":
             entry["text"] = s.text
-            md.append(s.text or "")
-            body.append(f"<span class=\"text\">{html.escape(s.text or '')}</span>".replace("\n", "<br>"))
+            text = _text_after(prev, s)
+            md.append(text)
+            body.append(f"<span class=\"text\">{html.escape(text)}</span>".replace("\n", "<br>"))
         elif s.kind == "image" and s.image is not None:
             name = f"image_{n_img:03d}.png"
             n_img += 1
             png = _png_bytes(s.image)
-            _write_atomic(os.path.join(out_dir, name), png)
+            write_bytes_atomic(os.path.join(tmp, name), png)
             entry["file"] = name
             md.append(f"\n\n![{name}]({name})\n\n")
             b64 = base64.b64encode(png).decode()
@@ -167,7 +186,7 @@ def write_document(doc: Document, out_dir: str) -> str:
             name = f"audio_{n_aud:03d}.wav"
             n_aud += 1
             wav = _wav_bytes(s.audio, int(s.sample_rate or 16000))
-            _write_atomic(os.path.join(out_dir, name), wav)
+            write_bytes_atomic(os.path.join(tmp, name), wav)
             entry["file"] = name
             entry["seconds"] = len(s.audio) / float(s.sample_rate or 16000)
             md.append(f"\n\n[{name}]({name})\n\n")
@@ -177,13 +196,13 @@ def write_document(doc: Document, out_dir: str) -> str:
             md.append(f"\n\n*(unfinished {s.kind} span: {len(s.ids)} ids)*\n\n")
             body.append(f"<p><em>unfinished {s.kind} span ({len(s.ids)} ids)</em></p>")
         seg_json.append(entry)
-    _write_atomic(os.path.join(out_dir, "document.md"), "".join(md).strip().encode() + b"\n")
+        prev = s
+    write_bytes_atomic(os.path.join(tmp, "document.md"), "".join(md).strip().encode() + b"\n")
     page = (
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>chameleon-lite document</title>"
         "<style>body{font-family:sans-serif;max-width:48em;margin:2em auto;line-height:1.5}"
         "figure{margin:1em 0}</style></head><body>" + "\n".join(body) + "</body></html>\n"
     )
-    _write_atomic(os.path.join(out_dir, "document.html"), page.encode())
+    write_bytes_atomic(os.path.join(tmp, "document.html"), page.encode())
     meta = {"segments": seg_json, "ids": doc.ids, "prompt_ids": doc.prompt_ids, "settings": doc.settings, "timings": doc.timings}
-    _write_atomic(os.path.join(out_dir, "document.json"), json.dumps(meta, indent=1).encode())
-    return out_dir
+    write_bytes_atomic(os.path.join(tmp, "document.json"), json.dumps(meta, indent=1).encode())

@@ -11,6 +11,7 @@ import shutil
 import torch
 
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import MODEL, check_output_dir, replace_dir
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
 from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_codes_match, check_vocab_matches, write_safetensors_atomic
@@ -39,8 +40,7 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     # the folder binds the model to its tokenizers' codes
     cfg = dataclasses.replace(cfg, codes_hash=check_codes_match(tokenizers_dir, cfg.codes_hash))
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
-        raise ConfigError(f"{out_dir}: exists and is not an exported model; choose an empty or new folder")
+    check_output_dir(out_dir, MODEL)
     tmp = f"{out_dir}.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -52,9 +52,7 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
         if os.path.exists(src):
             shutil.copy2(src, os.path.join(tmp, name))
     vocab.save(os.path.join(tmp, VOCAB_FILE))
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir, MODEL)
     return out_dir
 
 
@@ -79,6 +77,7 @@ def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, ch
     ck = checkpoint or latest_checkpoint(run_dir)
     if ck is None:
         raise ConfigError(f"{run_dir}: no complete checkpoint to export")
+    check_output_dir(os.path.abspath(out_dir), MODEL)  # before the weights are read
     model = _empty_model(cfg, "cpu")
     load_checkpoint(ck, model)
     return save_model_dir(model, vocab, tokenizers_dir, out_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import PNG_SOFTWARE, check_png_output
 from chameleon_lite.train.metrics import METRICS_FILE, read_metrics
 from chameleon_lite.vocab import MODALITY_NAMES
 
@@ -22,6 +23,9 @@ def plot_run(run_dir: str, out: str | None = None, title: str | None = None) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if out is not None:  # run_dir/curves.png is the run folder's own file; any other path must not be someone else's
+        check_png_output(out)
+    out = out or os.path.join(run_dir, "curves.png")
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.exists(path):
         raise ConfigError(f"{path}: no metrics to plot; is {run_dir} a training run folder?")
@@ -62,9 +66,8 @@ def plot_run(run_dir: str, out: str | None = None, title: str | None = None) -> 
         axes[1, 1].set_title(f"tokens/s (median MFU {sorted(mfu)[len(mfu) // 2]:.1%})")
     fig.suptitle(title or os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "curves.png")
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    tmp = f"{out}.tmp.{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
     os.replace(tmp, out)
     return out

@@ -11,7 +11,7 @@ from chameleon_lite.cli import main
 from chameleon_lite.data import procedural as P
 from chameleon_lite.data.checkers import compare_audio, compare_image, parse_audio_caption, parse_image_caption
 from chameleon_lite.data.manifest import iter_documents, validate_manifest
-from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.errors import ConfigError, DataError, UserError
 
 
 def _same_tree(a: str, b: str) -> bool:
@@ -340,7 +340,7 @@ def test_write_corpus_rejects_bad_arguments(tmp_path):
         P.write_corpus(tmp_path / "x", n=3, workers=0, progress=False)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(DataError, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         P.write_corpus(blocker, n=3, progress=False)
 
 
@@ -354,8 +354,9 @@ def test_cli_writes_the_corpus(tmp_path, capsys):
     two = tmp_path / "two"
     assert main(["data", "procedural", "--out", str(two), "--n", "5", "--seed", "2", "--image-size", "32", "--workers", "2", "--quiet"]) == 0
     assert _same_tree(str(two), str(ref))
-    assert main(["data", "procedural", "--out", str(tmp_path / "w0"), "--n", "5", "--workers", "0", "--quiet"]) == 1
-    assert "workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        main(["data", "procedural", "--out", str(tmp_path / "w0"), "--n", "5", "--workers", "0", "--quiet"])
+    assert e.value.code == 2 and "--workers: must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_task_weights(tmp_path, capsys):

@@ -198,8 +198,9 @@ def test_generate_command(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and "document.html" in text and "tokens/s" in text and "[image:" in text
     assert os.path.isfile(os.path.join(out, "image_000.png"))
-    rc = main(["generate", "--model", model_dir, "--prompt", "x", "--batch", "2", "--max-new-tokens", "5", "--out", out, "--quiet"])
-    assert rc == 0 and os.path.isfile(os.path.join(out, "sample_001", "document.json"))
+    batch = str(tmp_path / "batch")  # a folder of samples is another kind of output than one document's
+    rc = main(["generate", "--model", model_dir, "--prompt", "x", "--batch", "2", "--max-new-tokens", "5", "--out", batch, "--quiet"])
+    assert rc == 0 and os.path.isfile(os.path.join(batch, "sample_001", "document.json"))
     rc = main(["generate", "--model", model_dir, "--prompt", "x", "--then", "media", "--max-new-tokens", "20", "--out",
                os.path.join(out, "media"), "--quiet"])  # a model without audio: its span is a picture
     assert rc == 0 and os.path.isfile(os.path.join(out, "media", "image_000.png"))
