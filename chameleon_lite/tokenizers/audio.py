@@ -22,17 +22,19 @@ Artifacts: ``audio_codec.safetensors`` (weights incl. codebooks) + ``audio_codec
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chameleon_lite.data.media import check_media_path
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, read_json, write_json_atomic, write_safetensors_atomic
 from chameleon_lite.vocab import UnifiedVocab
@@ -41,6 +43,13 @@ log = logging.getLogger(__name__)
 
 MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768000
 MAX_CHANNELS = 64
+# One sample at 16 kHz: a shorter clip could resample to no sample at all (soxr rounds; model rates are >= 8 kHz).
+MIN_SECONDS = 1 / 16000
+# Decoded samples (frames x channels) one clip may hold, 2 GiB as float32 (an hour of 48 kHz stereo fits): bounds
+# what a small compressed file (an hour of FLAC silence at 768 kHz) can make the reader allocate.
+MAX_DECODED_SAMPLES = 1 << 29
+_UNKNOWN_SIZE = (0, 0xFFFFFFFF)  # what streaming WAV writers put in a size field they cannot know yet
+_MAX_WAV_CHUNKS = 64  # the data chunk follows fmt and a few metadata chunks; do not walk a hostile chain forever
 
 
 @dataclasses.dataclass
@@ -445,44 +454,120 @@ def _name(value: Any) -> str:
     return os.fspath(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
 
 
-def _riff_truncated(path: str) -> bool:
-    """True when a RIFF/WAVE file is shorter than its header says (libsndfile would quietly read what is there)."""
+def _reason(e: BaseException) -> str:
+    """The first line of an exception's message: the CLI prints errors as one line."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+@contextlib.contextmanager
+def _quiet_decoder() -> Iterator[None]:
+    """Silence file descriptor 2 around a libsndfile call: its MP3 decoder (mpg123) prints notes about a damaged
+    stream straight to it, while the damage is reported as the one-line DataError raised here."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _wav_truncated(path: str) -> bool:
+    """True when a RIFF/WAVE file is shorter than its header says: its RIFF size or its ``data`` chunk runs past the
+    end of the file (libsndfile would quietly read what is there)."""
     with open(path, "rb") as f:
-        head = f.read(12)
         size = os.fstat(f.fileno()).st_size
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return False
-    declared = int.from_bytes(head[4:8], "little")
-    return declared not in (0, 0xFFFFFFFF) and declared + 8 > size  # 0 / all ones: size unknown (streamed writers)
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return False
+        declared = int.from_bytes(head[4:8], "little")
+        if declared not in _UNKNOWN_SIZE and declared + 8 > size:
+            return True
+        pos = 12
+        for _ in range(_MAX_WAV_CHUNKS):
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return False
+            n = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                return n not in _UNKNOWN_SIZE and pos + 8 + n > size
+            pos += 8 + n + (n & 1)  # chunks are padded to an even length
+    return False
 
 
-def _read_file(path: str, max_seconds: float) -> tuple[np.ndarray, int]:
+def _check_clip(name: str, frames: int, sr: int, channels: int, max_seconds: float) -> None:
+    """The limits of a clip's shape: from a file's header before decoding it, or from an array's shape."""
+    if channels > MAX_CHANNELS:
+        raise DataError(f"{name}: {channels} channels is more than {MAX_CHANNELS}")
+    if not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
+        raise DataError(f"{name}: sample rate {sr} Hz is outside [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}]")
+    if frames > max_seconds * sr:
+        raise DataError(f"{name}: {frames / sr:.4g} s of audio is longer than the limit of {max_seconds:.4g} s "
+                        "(AudioCodecConfig.max_seconds)")
+    if frames * channels > MAX_DECODED_SAMPLES:
+        raise DataError(f"{name}: {frames} frames x {channels} channels is more than {MAX_DECODED_SAMPLES} decoded "
+                        "samples; cut it into shorter clips")
+
+
+def _checked_samples(data: np.ndarray, sr: int, name: str) -> np.ndarray:
+    """float32 [T, C] -> the same, checked: no clip without samples, NaN/inf or shorter than MIN_SECONDS.
+
+    Samples beyond [-1, 1] (float files and arrays can hold them) are clipped to [-1, 1] with a one-line warning
+    on stderr: the codec represents only that range, and a peak a little over full scale is common in float
+    masters, too common to refuse them.
+    """
+    if data.size == 0:
+        raise DataError(f"{name}: empty audio clip (no samples)")
+    if not np.isfinite(data).all():
+        raise DataError(f"{name}: audio holds NaN or infinite samples")
+    if len(data) < MIN_SECONDS * sr:
+        raise DataError(f"{name}: {len(data)} sample(s) at {sr} Hz is shorter than the minimum of "
+                        f"{MIN_SECONDS * 1000:g} ms (one sample at 16 kHz)")
+    peak = float(np.abs(data).max())
+    if peak > 1.0:
+        over = int(np.count_nonzero(np.abs(data) > 1.0))
+        log.warning("%s: %d samples beyond [-1, 1] (peak %.4g) clipped to [-1, 1]", name, over, peak)
+        data = np.clip(data, -1.0, 1.0)
+    return data
+
+
+def read_audio_file(path: str, max_seconds: float = AudioCodecConfig.max_seconds) -> tuple[np.ndarray, int]:
+    """Decode one audio file -> (float32 [T, C] in [-1, 1], its sample rate), at the file's own rate and channels.
+
+    The one judge of audio files: tokenizing, ``generate --audio`` and ``data validate`` all read files through
+    it, so validation passes exactly what tokenizing accepts. Refused with a DataError naming the file: a path
+    that is not a non-empty regular file, anything libsndfile cannot read (text, 0 or over 1024 channels), a WAV
+    shorter than its header says, no samples, more than MAX_CHANNELS channels, a rate outside [MIN_SOURCE_RATE,
+    MAX_SOURCE_RATE], more than ``max_seconds`` or MAX_DECODED_SAMPLES (all judged from the header, before
+    decoding), NaN/inf samples, less than MIN_SECONDS. Samples beyond [-1, 1] are clipped with a warning.
+    """
     import soundfile as sf
 
-    if not os.path.exists(path):
-        raise DataError(f"{path}: audio file not found")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a folder, not an audio file")
+    check_media_path(path, "audio")
     try:
-        info = sf.info(path)
-    except (RuntimeError, OSError, ValueError) as e:  # libsndfile errors are RuntimeError subclasses
-        raise DataError(f"{path}: not a readable audio file ({str(e).splitlines()[0]})") from None
-    if _riff_truncated(path):
+        with _quiet_decoder():
+            info = sf.info(path)
+    except (RuntimeError, OSError, ValueError, TypeError) as e:  # libsndfile errors are RuntimeError subclasses
+        raise DataError(f"{path}: not a readable audio file ({_reason(e)})") from None
+    if _wav_truncated(path):
         raise DataError(f"{path}: truncated audio file (shorter than its WAV header says)")
     if info.frames <= 0:
-        raise DataError(f"{path}: audio file holds no samples")
-    if not MIN_SOURCE_RATE <= info.samplerate <= MAX_SOURCE_RATE:
-        raise DataError(f"{path}: sample rate {info.samplerate} Hz is outside [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}]")
-    if info.frames > max_seconds * info.samplerate:
-        raise DataError(f"{path}: {info.frames / info.samplerate:.0f} s of audio is longer than the limit of "
-                        f"{max_seconds:.0f} s (AudioCodecConfig.max_seconds)")
+        raise DataError(f"{path}: empty audio file (no samples)")
+    _check_clip(path, info.frames, info.samplerate, info.channels, max_seconds)
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode audio ({str(e).splitlines()[0]})") from None
+        with _quiet_decoder():
+            data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: cannot decode audio ({_reason(e)})") from None
     if len(data) < info.frames:
         raise DataError(f"{path}: truncated audio file (header promises {info.frames} frames, {len(data)} present)")
-    return data, int(sr)
+    return _checked_samples(data, int(sr), path), int(sr)
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -502,30 +587,25 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def load_audio(value: Any, target_rate: int, sample_rate: int | None = None,
-               max_seconds: float = 3600.0) -> tuple[np.ndarray, AudioInfo]:
+               max_seconds: float = AudioCodecConfig.max_seconds) -> tuple[np.ndarray, AudioInfo]:
     """A path or waveform -> (mono float32 [T] at ``target_rate``, what was done to it).
 
-    Files are read with soundfile at their own rate. Arrays/tensors are [T], [T, C] or [C, T] (C <= 64), floats in
-    [-1, 1] or integer PCM, at ``sample_rate`` (default: ``target_rate``). Several channels are averaged; another
-    rate is converted with soxr (band-limited, high quality). Conversions are logged and returned in the info.
-    Empty clips and NaN/inf samples are refused with an error naming the source.
+    Files are read by :func:`read_audio_file` at their own rate. Arrays/tensors are [T], [T, C] or [C, T]
+    (C <= 64), floats in [-1, 1] or integer PCM, at ``sample_rate`` (default: ``target_rate``), and meet the same
+    limits. Several channels are averaged; another rate is converted with soxr (band-limited, high quality).
+    Conversions are logged and returned in the info. Empty or too short clips and NaN/inf samples are refused
+    with an error naming the source; samples beyond [-1, 1] are clipped with a warning.
     """
     name = _name(value)
     if isinstance(value, (str, os.PathLike)):
-        data, sr = _read_file(os.fspath(value), max_seconds)
+        data, sr = read_audio_file(os.fspath(value), max_seconds)
     else:
         data = _as_array(value)
         sr = target_rate if sample_rate is None else sample_rate
         if not isinstance(sr, (int, np.integer)) or not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
             raise DataError(f"{name}: sample_rate must be an integer in [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}] Hz, got {sr!r}")
-        if len(data) > max_seconds * sr:
-            raise DataError(f"{name}: {len(data) / sr:.0f} s of audio is longer than the limit of {max_seconds:.0f} s")
-    if data.size == 0 or len(data) == 0:
-        raise DataError(f"{name}: empty audio clip")
-    if data.shape[1] > MAX_CHANNELS:
-        raise DataError(f"{name}: {data.shape[1]} channels is more than {MAX_CHANNELS}")
-    if not np.isfinite(data).all():
-        raise DataError(f"{name}: audio holds NaN or infinite samples")
+        _check_clip(name, len(data), int(sr), data.shape[1], max_seconds)
+        data = _checked_samples(data, int(sr), name)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     info = AudioInfo(name, int(sr), int(data.shape[1]), len(mono) / float(sr), int(sr) != target_rate, data.shape[1] > 1)
     if info.resampled:

@@ -216,7 +216,7 @@ def test_bad_input_names_the_file(tok, tmp_path):
         tok.encode(tone(0.1), sample_rate=10)
     with pytest.raises(DataError, match="waveform"):
         tok.encode(np.zeros((2, 3, 4)))
-    with pytest.raises(DataError, match="is a folder"):
+    with pytest.raises(DataError, match="is a directory, not an audio file"):
         tok.encode(str(tmp_path))
     # codes for decode
     with pytest.raises(DataError, match="outside"):
