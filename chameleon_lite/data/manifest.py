@@ -10,7 +10,9 @@ Media paths are relative to the manifest's folder (absolute paths are kept). A s
 span the model reads in both directions and is not trained to produce). ``id`` and ``meta`` are optional.
 
 :func:`iter_documents` is lazy and raises :class:`DataError` at the first bad line; :func:`validate_manifest`
-reads everything and collects every problem as ``file:line: reason``.
+reads everything and collects every problem as ``file:line: reason``. Media files are judged by the readers the
+tokenizers use (:func:`check_image_file`, :func:`check_audio_file`), so ``data validate`` passes exactly the files
+``data tokenize`` accepts with the default limits.
 """
 from __future__ import annotations
 
@@ -19,14 +21,13 @@ import json
 import os
 from typing import Any, Iterator
 
+from chameleon_lite.data.media import check_media_path
 from chameleon_lite.errors import DataError
 
 KINDS = ("text", "image", "audio")
 ATTEND = ("causal", "bidirectional")
 SEGMENT_KEYS = set(KINDS) | {"attend"}
 DOCUMENT_KEYS = {"id", "segments", "meta"}
-# Bounds media checks so a hostile file cannot exhaust memory while being validated.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,8 @@ def _open_manifest(path: str):
 def iter_documents(path: str | os.PathLike, *, check_files: bool = True) -> Iterator[Document]:
     """Lazily yield the documents of a JSONL manifest; raise DataError (file:line: reason) at the first bad one.
 
-    check_files: also require every media file to exist (cheap; decoding is checked by validate_manifest).
+    check_files: also require every media path to be a non-empty regular file (cheap: one ``stat``; decoding is
+    checked by validate_manifest).
     """
     path = os.fspath(path)
     with _open_manifest(path) as f:
@@ -139,45 +141,31 @@ def iter_documents(path: str | os.PathLike, *, check_files: bool = True) -> Iter
                 continue
             if check_files:
                 for i, s in enumerate(doc.segments):
-                    if s.path is not None and not os.path.isfile(s.path):
-                        raise DataError(f"{doc.where}: segment {i}: {s.kind} file not found: {s.path}")
+                    if s.path is not None:
+                        try:
+                            check_media_path(s.path, s.kind)
+                        except DataError as e:
+                            raise DataError(f"{doc.where}: segment {i}: {e}") from None
             yield doc
 
 
-def check_image_file(path: str) -> tuple[int, int]:
-    """Decode an image fully; return (width, height). Raises DataError naming the file."""
-    from PIL import Image, UnidentifiedImageError
+def check_image_file(path: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """Decode an image file as the image tokenizer does; return (width, height). Raises DataError naming the file.
 
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w == 0 or h == 0:
-                raise DataError(f"{path}: zero-size image ({w}x{h})")
-            if w * h > MAX_IMAGE_PIXELS:
-                raise DataError(f"{path}: image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
-            im.load()
-            return w, h
-    except DataError:
-        raise
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({e})") from None
+    max_pixels: None for the default of ImageVQConfig (what tokenizing uses unless its config says otherwise).
+    """
+    from chameleon_lite.tokenizers.image import DEFAULT_MAX_PIXELS, read_image_file
+
+    rgb = read_image_file(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    return rgb.shape[1], rgb.shape[0]
 
 
-def check_audio_file(path: str) -> tuple[int, int, int]:
-    """Decode an audio file fully; return (frames, sample_rate, channels). Raises DataError naming the file."""
-    import numpy as np
-    import soundfile as sf
+def check_audio_file(path: str, max_seconds: float | None = None) -> tuple[int, int, int]:
+    """Decode an audio file as the audio tokenizer does; return (frames, sample_rate, channels). Raises DataError
+    naming the file. max_seconds: None for the default of AudioCodecConfig (what tokenizing uses by default)."""
+    from chameleon_lite.tokenizers.audio import AudioCodecConfig, read_audio_file
 
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: not a readable audio file ({e})") from None
-    if data.shape[0] == 0:
-        raise DataError(f"{path}: empty audio (0 samples)")
-    if not np.isfinite(data).all():
-        raise DataError(f"{path}: audio contains NaN or infinite samples")
+    data, sr = read_audio_file(path, AudioCodecConfig.max_seconds if max_seconds is None else max_seconds)
     return data.shape[0], sr, data.shape[1]
 
 
@@ -211,8 +199,11 @@ class ValidationReport:
         return "\n".join(x for x in lines if x)
 
 
-def validate_manifest(path: str | os.PathLike, *, check_media: bool = True, progress: bool = False) -> ValidationReport:
-    """Check every line of a manifest: JSON, keys, non-empty documents, files present and (check_media) decodable.
+def validate_manifest(path: str | os.PathLike, *, check_media: bool = True, progress: bool = False,
+                      max_pixels: int | None = None, max_seconds: float | None = None) -> ValidationReport:
+    """Check every line of a manifest: JSON, keys, non-empty documents, media paths regular files and (check_media)
+    decodable by the tokenizers' own readers, within max_pixels / max_seconds (None: the defaults of ImageVQConfig
+    and AudioCodecConfig, which tokenizing uses unless a tokenizer config sets other limits).
 
     Returns a report listing every problem as ``file:line: reason`` instead of stopping at the first.
     """
@@ -248,10 +239,11 @@ def validate_manifest(path: str | os.PathLike, *, check_media: bool = True, prog
             if s.path is None:
                 continue
             try:
-                if not os.path.isfile(s.path):
-                    raise DataError(f"{s.kind} file not found: {s.path}")
-                if check_media:
-                    (check_image_file if s.kind == "image" else check_audio_file)(s.path)
+                check_media_path(s.path, s.kind)
+                if check_media and s.kind == "image":
+                    check_image_file(s.path, max_pixels)
+                elif check_media:
+                    check_audio_file(s.path, max_seconds)
             except DataError as e:
                 report.errors.append(f"{doc.where}: segment {i}: {e}")
                 bad = True

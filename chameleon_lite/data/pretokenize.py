@@ -70,8 +70,10 @@ def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int 
     """Tokenize every document of ``manifest`` into ``out/train`` (and ``out/val`` when ``val_fraction > 0``).
 
     tokenizers: a tokenizer folder (tokenizer.json, image_vq.*, audio_codec.*) or a loaded ``Tokenizers``.
-    on_error: "raise" stops at the first unreadable media file (DataError naming file and manifest line);
-    "skip" leaves such documents out and reports them. Returns a summary (counts, skipped, seconds).
+    on_error: "raise" stops at the first unreadable media file (DataError naming file and manifest line; a path
+    that is missing or not a regular file is found before anything is encoded); "skip" leaves such documents out
+    (those with missing files too) and reports them. Media files are judged by the tokenizers' readers, the same
+    checks ``data validate`` runs. Returns a summary (counts, skipped, seconds).
     """
     from tqdm import tqdm
 
@@ -83,7 +85,7 @@ def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int 
         raise ConfigError(f"chunk_docs must be >= 1, got {chunk_docs}")
     t0 = time.perf_counter()
     tk = _load_tokenizers(tokenizers)
-    docs = list(iter_documents(manifest))
+    docs = list(iter_documents(manifest, check_files=on_error == "raise"))
     if not docs:
         raise DataError(f"{manifest}: no documents")
     for d in docs:
