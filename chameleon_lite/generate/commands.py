@@ -57,6 +57,11 @@ def _generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch must be >= 1, got {args.batch}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from chameleon_lite.data.media import check_media_path
+
+    for kind, paths in (("image", args.image), ("audio", args.audio)):
+        for path in paths or ():
+            check_media_path(path, kind)  # before the model loads: a wrong path is named at once
     if args.model is None:
         from chameleon_lite.demo import demo_model_dir
 
