@@ -48,8 +48,10 @@ MIN_SECONDS = 1 / 16000
 # Decoded samples (frames x channels) one clip may hold, 2 GiB as float32 (an hour of 48 kHz stereo fits): bounds
 # what a small compressed file (an hour of FLAC silence at 768 kHz) can make the reader allocate.
 MAX_DECODED_SAMPLES = 1 << 29
-_UNKNOWN_SIZE = (0, 0xFFFFFFFF)  # what streaming WAV writers put in a size field they cannot know yet
-_MAX_WAV_CHUNKS = 64  # the data chunk follows fmt and a few metadata chunks; do not walk a hostile chain forever
+_UNKNOWN_SIZE = (0, 0xFFFFFFFF)  # what streaming writers put in a size field they cannot know yet
+# (container id, form types, id of the chunk holding the samples, byte order of sizes): WAV and AIFF
+_CONTAINERS = ((b"RIFF", (b"WAVE",), b"data", "little"), (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"))
+_MAX_CHUNKS = 64  # the samples follow a format chunk and a few metadata chunks; do not walk a hostile chain forever
 
 
 @dataclasses.dataclass
@@ -477,28 +479,37 @@ def _quiet_decoder() -> Iterator[None]:
         os.close(saved)
 
 
-def _wav_truncated(path: str) -> bool:
-    """True when a RIFF/WAVE file is shorter than its header says: its RIFF size or its ``data`` chunk runs past the
-    end of the file (libsndfile would quietly read what is there)."""
+def _container_truncated(path: str) -> bool:
+    """True when a WAV or AIFF file is shorter than its header says: its container size or the chunk holding its
+    samples runs past the end of the file (libsndfile would quietly read what is there)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        form = next((c for c in _CONTAINERS if head[:4] == c[0] and head[8:12] in c[1]), None)
+        if len(head) < 12 or form is None:
             return False
-        declared = int.from_bytes(head[4:8], "little")
+        samples_id, order = form[2], form[3]
+        declared = int.from_bytes(head[4:8], order)
         if declared not in _UNKNOWN_SIZE and declared + 8 > size:
             return True
         pos = 12
-        for _ in range(_MAX_WAV_CHUNKS):
+        for _ in range(_MAX_CHUNKS):
             f.seek(pos)
             chunk = f.read(8)
             if len(chunk) < 8:
                 return False
-            n = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"data":
+            n = int.from_bytes(chunk[4:8], order)
+            if chunk[:4] == samples_id:
                 return n not in _UNKNOWN_SIZE and pos + 8 + n > size
             pos += 8 + n + (n & 1)  # chunks are padded to an even length
     return False
+
+
+def _sf_reason(e: BaseException, path: str) -> str:
+    """libsndfile's message without the path it repeats. Its 'not a regular file' is wrong here (check_media_path
+    ran first): it is what an unrecognised MP3-like stream gets."""
+    reason = _reason(e).removeprefix(f"Error opening {path!r}: ")
+    return "format not recognised" if reason.startswith("File does not exist or is not a regular file") else reason
 
 
 def _check_clip(name: str, frames: int, sr: int, channels: int, max_seconds: float) -> None:
@@ -543,7 +554,7 @@ def read_audio_file(path: str, max_seconds: float = AudioCodecConfig.max_seconds
     The one judge of audio files: tokenizing, ``generate --audio`` and ``data validate`` all read files through
     it, so validation passes exactly what tokenizing accepts. Refused with a DataError naming the file: a path
     that is not a non-empty regular file, anything libsndfile cannot read (text, 0 or over 1024 channels), a WAV
-    shorter than its header says, no samples, more than MAX_CHANNELS channels, a rate outside [MIN_SOURCE_RATE,
+    or AIFF shorter than its header says, no samples, more than MAX_CHANNELS channels, a rate outside [MIN_SOURCE_RATE,
     MAX_SOURCE_RATE], more than ``max_seconds`` or MAX_DECODED_SAMPLES (all judged from the header, before
     decoding), NaN/inf samples, less than MIN_SECONDS. Samples beyond [-1, 1] are clipped with a warning.
     """
@@ -554,9 +565,9 @@ def read_audio_file(path: str, max_seconds: float = AudioCodecConfig.max_seconds
         with _quiet_decoder():
             info = sf.info(path)
     except (RuntimeError, OSError, ValueError, TypeError) as e:  # libsndfile errors are RuntimeError subclasses
-        raise DataError(f"{path}: not a readable audio file ({_reason(e)})") from None
-    if _wav_truncated(path):
-        raise DataError(f"{path}: truncated audio file (shorter than its WAV header says)")
+        raise DataError(f"{path}: not a readable audio file ({_sf_reason(e, path)})") from None
+    if _container_truncated(path):
+        raise DataError(f"{path}: truncated audio file (shorter than its header says)")
     if info.frames <= 0:
         raise DataError(f"{path}: empty audio file (no samples)")
     _check_clip(path, info.frames, info.samplerate, info.channels, max_seconds)
@@ -564,7 +575,7 @@ def read_audio_file(path: str, max_seconds: float = AudioCodecConfig.max_seconds
         with _quiet_decoder():
             data, sr = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, OSError, ValueError, TypeError) as e:
-        raise DataError(f"{path}: cannot decode audio ({_reason(e)})") from None
+        raise DataError(f"{path}: cannot decode audio ({_sf_reason(e, path)})") from None
     if len(data) < info.frames:
         raise DataError(f"{path}: truncated audio file (header promises {info.frames} frames, {len(data)} present)")
     return _checked_samples(data, int(sr), path), int(sr)

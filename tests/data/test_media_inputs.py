@@ -1,5 +1,6 @@
 """Reliability of every reader of user media (issue 31): each bad input gets one clear line, never a traceback,
 a hang or silent corruption; ``data validate`` and ``data tokenize`` judge every file alike."""
+import io
 import json
 import logging
 import os
@@ -481,6 +482,12 @@ def test_clipping_warning_is_one_line_on_the_cli_stderr(tmp_path):
     assert run.stderr.splitlines() == [f"{p}: {over} samples beyond [-1, 1] (peak 1.5) clipped to [-1, 1]"]
 
 
+def cut_aiff() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, tone(), 16000, format="AIFF", subtype="PCM_16")
+    return buf.getvalue()[:1000]
+
+
 AUDIO_BAD = {
     "zero_bytes.wav": (b"", "empty file \\(0 bytes\\), expected an audio file"),
     "text.wav": (b"this is not audio at all\n", "not a readable audio file"),
@@ -493,6 +500,9 @@ AUDIO_BAD = {
     "data_cut.wav": (wav_bytes(frames=100, data_size=20000), "truncated audio file"),
     "no_samples.wav": (wav_bytes(frames=0), "empty audio file \\(no samples\\)"),
     "one_sample_44k.wav": (wav_bytes(sr=44100, frames=1), "shorter than the minimum"),
+    "cut.aiff": (cut_aiff(), "truncated audio file \\(shorter than its header says\\)"),
+    "junk.mp3": (np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+                 "not a readable audio file \\((format not recognised|Format not recognised)"),
     "nan.wav": (wav_bytes(bits=32, fmt=3, data=np.array([0.1, np.nan] * 40, "<f4").tobytes()), "NaN or infinite"),
 }
 
