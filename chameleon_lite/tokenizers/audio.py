@@ -49,8 +49,9 @@ MIN_SECONDS = 1 / 16000
 # what a small compressed file (an hour of FLAC silence at 768 kHz) can make the reader allocate.
 MAX_DECODED_SAMPLES = 1 << 29
 _UNKNOWN_SIZE = (0, 0xFFFFFFFF)  # what streaming writers put in a size field they cannot know yet
-# (container id, form types, id of the chunk holding the samples, byte order of sizes): WAV and AIFF
-_CONTAINERS = ((b"RIFF", (b"WAVE",), b"data", "little"), (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"))
+# (container id, form types, id of the chunk holding the samples, byte order of sizes): WAV, RF64, AIFF
+_CONTAINERS = ((b"RIFF", (b"WAVE",), b"data", "little"), (b"RF64", (b"WAVE",), b"data", "little"),
+               (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"))
 _MAX_CHUNKS = 64  # the samples follow a format chunk and a few metadata chunks; do not walk a hostile chain forever
 
 
@@ -480,29 +481,63 @@ def _quiet_decoder() -> Iterator[None]:
 
 
 def _container_truncated(path: str) -> bool:
-    """True when a WAV or AIFF file is shorter than its header says: its container size or the chunk holding its
-    samples runs past the end of the file (libsndfile would quietly read what is there)."""
+    """True when a WAV, RF64, W64, AIFF or AU file is shorter than its header says: its container size or the
+    chunk holding its samples runs past the end of the file (libsndfile would quietly read what is there)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(12)
-        form = next((c for c in _CONTAINERS if head[:4] == c[0] and head[8:12] in c[1]), None)
-        if len(head) < 12 or form is None:
+        head = f.read(40)
+        if len(head) < 12:
             return False
-        samples_id, order = form[2], form[3]
-        declared = int.from_bytes(head[4:8], order)
+        if head[:4] == b".snd":  # AU: the header holds the data offset and size
+            n = int.from_bytes(head[8:12], "big")
+            return n != 0xFFFFFFFF and int.from_bytes(head[4:8], "big") + n > size
+        if head[:4] == b"riff" and head[24:28] == b"wave":  # Sony Wave64: GUID ids, 64-bit sizes
+            return int.from_bytes(head[16:24], "little") > size or _w64_samples_end(f) > size
+        form = next((c for c in _CONTAINERS if head[:4] == c[0] and head[8:12] in c[1]), None)
+        if form is None:
+            return False
+        declared = int.from_bytes(head[4:8], form[3])
         if declared not in _UNKNOWN_SIZE and declared + 8 > size:
             return True
-        pos = 12
-        for _ in range(_MAX_CHUNKS):
-            f.seek(pos)
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return False
-            n = int.from_bytes(chunk[4:8], order)
-            if chunk[:4] == samples_id:
-                return n not in _UNKNOWN_SIZE and pos + 8 + n > size
-            pos += 8 + n + (n & 1)  # chunks are padded to an even length
-    return False
+        return _samples_end(f, form[2], form[3]) > size
+
+
+def _w64_samples_end(f: Any) -> int:
+    """Where a Wave64 data chunk says it ends (0: not found). Chunk sizes count the 24-byte chunk header; chunks
+    are aligned to 8 bytes."""
+    pos = 40
+    for _ in range(_MAX_CHUNKS):
+        f.seek(pos)
+        chunk = f.read(24)
+        if len(chunk) < 24:
+            return 0
+        n = int.from_bytes(chunk[16:24], "little")
+        if chunk[:4] == b"data":
+            return pos + n
+        if n < 24:  # a size short of its own header: malformed, left to libsndfile to refuse
+            return 0
+        pos += (n + 7) & ~7
+    return 0
+
+
+def _samples_end(f: Any, samples_id: bytes, order: str) -> int:
+    """Where the chunk holding the samples says it ends (0: not found, or its size left unknown). RF64 keeps the
+    size of a data chunk over 4 GiB in its ds64 chunk."""
+    pos, ds64_data = 12, None
+    for _ in range(_MAX_CHUNKS):
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return 0
+        n = int.from_bytes(chunk[4:8], order)
+        if chunk[:4] == b"ds64":
+            ds64 = f.read(16)
+            ds64_data = int.from_bytes(ds64[8:16], "little") if len(ds64) == 16 else None
+        if chunk[:4] == samples_id:
+            n = ds64_data if n == 0xFFFFFFFF and ds64_data is not None else n
+            return 0 if n in _UNKNOWN_SIZE else pos + 8 + n
+        pos += 8 + n + (n & 1)  # chunks are padded to an even length
+    return 0
 
 
 def _sf_reason(e: BaseException, path: str) -> str:
@@ -553,8 +588,8 @@ def read_audio_file(path: str, max_seconds: float = AudioCodecConfig.max_seconds
 
     The one judge of audio files: tokenizing, ``generate --audio`` and ``data validate`` all read files through
     it, so validation passes exactly what tokenizing accepts. Refused with a DataError naming the file: a path
-    that is not a non-empty regular file, anything libsndfile cannot read (text, 0 or over 1024 channels), a WAV
-    or AIFF shorter than its header says, no samples, more than MAX_CHANNELS channels, a rate outside [MIN_SOURCE_RATE,
+    that is not a non-empty regular file, anything libsndfile cannot read (text, 0 or over 1024 channels), a WAV,
+    RF64, W64, AIFF or AU file shorter than its header says, no samples, more than MAX_CHANNELS channels, a rate outside [MIN_SOURCE_RATE,
     MAX_SOURCE_RATE], more than ``max_seconds`` or MAX_DECODED_SAMPLES (all judged from the header, before
     decoding), NaN/inf samples, less than MIN_SECONDS. Samples beyond [-1, 1] are clipped with a warning.
     """

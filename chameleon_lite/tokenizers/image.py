@@ -16,10 +16,12 @@ Artifacts: ``image_vq.safetensors`` (weights incl. the codebook) + ``image_vq.js
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterable, Sequence
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -334,38 +336,46 @@ def _too_large(path: str, e: Exception, max_pixels: int) -> DataError:
     return DataError(f"{path}: {found.group(1) + ' pixels' if found else 'image'} exceeds the limit of {limit} pixels")
 
 
+@contextlib.contextmanager
+def _quiet_pil() -> Iterator[None]:
+    """Hush PIL's warnings about a user's file, which would print as multi-line Python warnings: the bomb warning
+    (max_pixels, checked from the header before decoding, is the judge; PIL's would repeat it or contradict a limit
+    raised in the tokenizer config) and notes on damaged metadata such as a corrupt EXIF block (the picture is
+    used as decoded). Failures to decode still raise."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
 def _open_file(path: str, max_pixels: int):
     """Open and decode an image file, refusing from its header alone a picture of more than ``max_pixels``."""
-    import warnings
-
     from PIL import Image, UnidentifiedImageError
 
     check_media_path(path, "image")
-    with warnings.catch_warnings():
-        # max_pixels is the judge of size (checked below, before decoding); PIL's own bomb warning would only repeat
-        # it as a multi-line Python warning, or contradict a limit raised in the tokenizer config.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(path)
-        except UnidentifiedImageError:
-            raise DataError(f"{path}: not an image PIL can read") from None
-        except Image.DecompressionBombError as e:
-            raise _too_large(path, e, max_pixels) from None
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise DataError(f"{path}: cannot read image header ({_reason(e)})") from None
-        w, h = im.size
-        if w == 0 or h == 0 or w * h > max_pixels:
-            im.close()
-            raise DataError(f"{path}: zero-size image ({w}x{h})" if w * h == 0 else
-                            f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels")
-        try:
-            im.load()
-        except Image.DecompressionBombError as e:
-            im.close()
-            raise _too_large(path, e, max_pixels) from None
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            im.close()
-            raise DataError(f"{path}: truncated or corrupt image data ({_reason(e)})") from None
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image PIL can read") from None
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e, max_pixels) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"{path}: cannot read image header ({_reason(e)})") from None
+    w, h = im.size
+    if w == 0 or h == 0 or w * h > max_pixels:
+        im.close()
+        raise DataError(f"{path}: zero-size image ({w}x{h})" if w * h == 0 else
+                        f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels")
+    try:
+        im.load()
+    except Image.DecompressionBombError as e:
+        im.close()
+        raise _too_large(path, e, max_pixels) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        im.close()
+        raise DataError(f"{path}: truncated or corrupt image data ({_reason(e)})") from None
     return im
 
 
@@ -446,7 +456,7 @@ def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     The one judge of image files: tokenizing, ``generate --image`` and ``data validate`` all read files through
     it, so validation passes exactly what tokenizing accepts. Raises DataError naming the file.
     """
-    with _open_file(path, max_pixels) as im:
+    with _quiet_pil(), _open_file(path, max_pixels) as im:
         _apply_orientation(im)
         return _pil_to_rgb(im, path)
 

@@ -316,6 +316,30 @@ def test_exif_orientation_is_applied_to_files(tmp_path):
     assert rgb[:8].min() == 255 and rgb[8:].max() == 0  # the white half is now on top
 
 
+def test_damaged_metadata_is_no_python_warning(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "bad_exif.jpg"
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(p, exif=exif)
+    data = bytearray(p.read_bytes())
+    at = data.find(b"Exif")
+    data[at + 10:at + 30] = b"\xff" * 20  # the EXIF directory is garbage now
+    p.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image_file(str(p)).shape in ((8, 16, 3), (16, 8, 3))
+
+
+def test_a_png_text_bomb_is_one_line(tmp_path):
+    p = tmp_path / "ztxt.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+                  + png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * (64 << 20)))
+                  + png_chunk(b"IDAT", zlib.compress(b"\0" * 20)) + png_chunk(b"IEND", b""))
+    with pytest.raises(DataError, match="ztxt.png: cannot read image header") as e:
+        check_image_file(str(p))
+    one_line(e)
+
+
 # ---------------------------------------------------------------------------------------------- image files
 @pytest.mark.parametrize("kind", ["image", "audio"])
 def test_a_directory_is_named_as_such(tmp_path, kind):
@@ -517,6 +541,20 @@ def test_bad_audio_files_give_one_line_in_tokenize_and_validate(tmp_path, name, 
             f()
         assert one_line(e).startswith(str(p))
     assert capfd.readouterr().err == ""  # nothing else on stderr (no decoder notes)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "RF64", "W64", "AIFF", "AU", "CAF", "FLAC", "OGG"])
+def test_audio_files_cut_short_are_refused(tmp_path, fmt, capfd):
+    full, cut = tmp_path / f"full.{fmt.lower()}", tmp_path / f"cut.{fmt.lower()}"
+    sf.write(full, np.tile(tone(), 10), 16000, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert load_audio(str(full), 16000)[0].shape == (16000,)
+    for f in (lambda: load_audio(str(cut), 16000), lambda: check_audio_file(str(cut))):
+        with pytest.raises(DataError, match="truncated|malformed|lost sync") as e:
+            f()
+        assert one_line(e).startswith(str(cut))
+    assert capfd.readouterr().err == ""
 
 
 def test_over_the_length_limit_is_refused_from_the_header(tmp_path, monkeypatch):
