@@ -81,7 +81,8 @@ def register(cli) -> None:
                     "rerun with the same --out to resume", _train_audio)
     p.add_argument("--manifest", required=True, help="JSONL manifest whose audio segments are the training data")
     p.add_argument("--preset", default="tiny", help="codec preset: tiny (16 kHz, 4 x 1024), base, large (24 kHz, 8 levels)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the codec; the run state goes to DIR/run")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the codec; the run state goes to DIR/run/audio "
+                        "(the text, image and audio tokenizers can share one DIR)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a codec config field of the preset (JSON value), e.g. --set num_levels=8; with "
                         "--finetune-decoder only decoder_attention (and decoder_attention_heads): add that many "

@@ -3,11 +3,14 @@
 Run folder layout (``out``)::
 
     out/audio_codec.safetensors, out/audio_codec.json   the tokenizer (written at the end, atomically)
-    out/run/checkpoint/                                 resumable state (safetensors + state.json), swapped in atomically
-    out/run/spectrogram_XXXXXX.png                      log-mel of originals (top) vs reconstructions (bottom)
-    out/run/sample_XXXXXX_K.wav                         reconstructed clips at that step (originals: original_K.wav)
-    out/run/log.jsonl                                   losses, SI-SNR, codebook usage, seconds of audio per second
-    out/run/summary.json                                wall time, steps, last record
+    out/run/audio/checkpoint/                           resumable state (safetensors + state.json), swapped in atomically
+    out/run/audio/spectrogram_XXXXXX.png                log-mel of originals (top) vs reconstructions (bottom)
+    out/run/audio/sample_XXXXXX_K.wav                   reconstructed clips at that step (originals: original_K.wav)
+    out/run/audio/log.jsonl                             losses, SI-SNR, codebook usage, seconds of audio per second
+    out/run/audio/summary.json                          wall time, steps, last record
+
+(out/run/audio, not out/run: the image tokenizer trained into the same folder keeps its run in out/run/image; see
+``image_train.run_folder``, which also resumes a run begun in out/run by an older version.)
 
 Losses: multi-scale log-mel L1, multi-scale STFT magnitude (spectral convergence + log-magnitude L1), multi-scale
 complex STFT L1 and waveform L1 plus a scale-invariant SNR term (these keep the waveform in phase, which magnitude
@@ -38,8 +41,8 @@ from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, 
                                              save_model)
 from chameleon_lite.tokenizers.base import read_json, write_json_atomic
 from chameleon_lite.tokenizers.image_train import (_restore_optimizer, check_finetune_resume, code_path_changed,
-                                                   find_checkpoint, freeze_code_path, lr_at, save_checkpoint,
-                                                   set_train_mode)
+                                                   different_config_error, find_checkpoint, freeze_code_path, lr_at,
+                                                   run_folder, save_checkpoint, set_train_mode)
 
 
 @dataclasses.dataclass
@@ -377,7 +380,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     """Train (or resume) an audio codec on the audio segments of ``manifest``; write it into ``out``.
 
     clips: optionally the training waveforms already loaded (mono float32 at the model rate); then ``manifest``
-    only names the data in the summary. Returns the summary (also written to out/run/summary.json).
+    only names the data in the summary. Returns the summary (also written to out/run/audio/summary.json).
     """
     from safetensors.torch import load_file
     from tqdm import tqdm
@@ -385,7 +388,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mcfg = cfg.model_config()
-    run = os.path.join(out, "run")
+    run = run_folder(out, "audio")
     os.makedirs(run, exist_ok=True)
     if clips is None:
         items = manifest_audio(manifest)
@@ -412,7 +415,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if ckpt is not None:
         state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
         if state["model_config"] != mcfg.to_dict():
-            raise ConfigError(f"{ckpt}: checkpoint was trained with a different model config; use another --out")
+            raise different_config_error(ckpt, run)
         check_finetune_resume(ckpt, state, cfg.finetune_decoder)
         tensors = load_file(os.path.join(ckpt, "state.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -72,7 +72,8 @@ def register(cli) -> None:
                     "rerun with the same --out to resume", _train_image)
     p.add_argument("--manifest", required=True, help="JSONL manifest whose image segments are the training data")
     p.add_argument("--preset", default="tiny", help="model preset: tiny (48x48, 36 tokens), base, chameleon")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the tokenizer; the run state goes to DIR/run")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the tokenizer; the run state goes to DIR/run/image "
+                        "(the text, image and audio tokenizers can share one DIR)")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model config field of the preset (JSON value), e.g. --set codebook_dim=8")

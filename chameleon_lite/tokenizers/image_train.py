@@ -3,11 +3,14 @@
 Run folder layout (``out``)::
 
     out/image_vq.safetensors, out/image_vq.json   the tokenizer (written at the end, atomically)
-    out/run/checkpoint/                           resumable state: weights + optimiser tensors (safetensors),
+    out/run/image/checkpoint/                     resumable state: weights + optimiser tensors (safetensors),
                                                   step, config and RNG in state.json; swapped in atomically
-    out/run/grid_XXXXXX.png                       originals (top) vs reconstructions (bottom), every grid_every steps
-    out/run/log.jsonl                             one line per log_every steps: losses, codebook usage, images/s
-    out/run/summary.json                          wall time, steps, final usage
+    out/run/image/grid_XXXXXX.png                 originals (top) vs reconstructions (bottom), every grid_every steps
+    out/run/image/log.jsonl                       one line per log_every steps: losses, codebook usage, images/s
+    out/run/image/summary.json                    wall time, steps, final usage
+
+The run state is kept per tokenizer kind (``run_folder``: out/run/image here, out/run/audio for the audio codec), so
+the text, image and audio tokenizers can all be trained into one folder, as the README's commands do.
 
 Losses: L1 + L2 on pixels (pixels off the plain background weighted 1 + ``foreground_weight``, so the logged l1/l2
 are weighted means), an edge term (L1 between horizontal/vertical finite differences of reconstruction and
@@ -300,13 +303,42 @@ def find_checkpoint(run: str) -> str | None:
     return None
 
 
+# a model config field that only the tokenizers of that kind have: tells whose checkpoint a run folder holds
+RUN_KINDS = {"image": "image_size", "audio": "sample_rate"}
+
+
+def run_folder(out: str, kind: str) -> str:
+    """The folder of a tokenizer trainer's run state (checkpoint, log, samples, summary): ``out/run/<kind>``, so the
+    image tokenizer and the audio codec trained into the same ``out`` keep separate runs.
+
+    A run started before the run state was kept per kind has it in ``out/run`` itself: when that folder holds a
+    checkpoint of this kind (and ``out/run/<kind>`` none), the run resumes there; a checkpoint of the other kind
+    is left alone.
+    """
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    run = os.path.join(out, "run")
+    legacy = find_checkpoint(run)
+    if legacy is not None and find_checkpoint(os.path.join(run, kind)) is None:
+        state = read_json(os.path.join(legacy, "state.json"), "checkpoint state")
+        if RUN_KINDS[kind] in state.get("model_config", {}):
+            return run
+    return os.path.join(run, kind)
+
+
+def different_config_error(ckpt: str, run: str) -> ConfigError:
+    """The error for a checkpoint whose model config is not this run's."""
+    return ConfigError(f"{ckpt}: checkpoint was trained with a different model config (another --preset or --set, "
+                       f"or another tokenizer to fine-tune); use another --out, or delete {run} to train from scratch")
+
+
 # ---------------------------------------------------------------------------------------------- training
 def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval_images: int = 8,
           images: np.ndarray | None = None) -> dict[str, Any]:
     """Train (or resume) an image tokenizer on the image segments of ``manifest``; write it into ``out``.
 
     images: optionally the training pictures already decoded (uint8 [N, S, S, 3]); then ``manifest`` only names
-    the data in the summary. Returns the summary dict (also written to out/run/summary.json).
+    the data in the summary. Returns the summary dict (also written to out/run/image/summary.json).
     """
     from safetensors.torch import load_file
     from tqdm import tqdm
@@ -314,7 +346,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mcfg = cfg.model_config()
-    run = os.path.join(out, "run")
+    run = run_folder(out, "image")
     os.makedirs(run, exist_ok=True)
     if images is None:
         paths = manifest_image_paths(manifest)
@@ -340,7 +372,7 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if ckpt is not None:
         state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
         if state["model_config"] != mcfg.to_dict():
-            raise ConfigError(f"{ckpt}: checkpoint was trained with a different model config; use another --out")
+            raise different_config_error(ckpt, run)
         check_finetune_resume(ckpt, state, cfg.finetune_decoder)
         tensors = load_file(os.path.join(ckpt, "state.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
