@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from chameleon_lite import argtypes as at
+
 
 FLAGS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "cfg": "cfg_scale",
          "repetition_penalty": "repetition_penalty"}  # --{kind}-{flag} -> SamplingSettings field
@@ -51,10 +53,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     from chameleon_lite.generate import GenerationConfig, Generator, Prompt
 
-    from chameleon_lite.errors import ConfigError
+    from chameleon_lite.files import DOCUMENT, DOCUMENTS, check_output_dir
 
-    if args.batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    check_output_dir(args.out, DOCUMENT if args.batch == 1 else DOCUMENTS)  # before any generation work
     if args.threads:
         torch.set_num_threads(args.threads)
     from chameleon_lite.data.media import check_media_path
@@ -96,14 +97,14 @@ def register(cli) -> None:
                    help="what follows the prompt: image or audio opens that span; media: a picture or a clip, the "
                         "model's choice (the prompt is a complete request, not text to go on writing); default: "
                         "the model's choice of anything")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per sample (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same document)")
-    p.add_argument("--batch", type=int, default=1, help="samples of the prompt generated together (default 1)")
+    p.add_argument("--max-new-tokens", type=at.int_range(1, 1 << 20), default=256, help="new tokens per sample (default 256)")
+    p.add_argument("--seed", type=at.seed, default=0, help="sampling seed (same seed, same document)")
+    p.add_argument("--batch", type=at.int_range(1, 4096), default=1, help="samples of the prompt generated together (default 1)")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop a sample when its text contains TEXT (repeatable)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="compute dtype (default: bf16 where the CPU has it natively)")
     p.add_argument("--weights", choices=("auto", "fp32", "bf16"), default="auto",
                    help="weights of fp32 decode steps on the CPU: bf16 halves the memory they stream (default: bf16 on the CPU)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--out", default="generated", metavar="DIR", help="output folder (default ./generated)")
     p.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
     p.epilog = ("A sampling flag left out takes the model folder's generation.json (the shipped model's holds the settings "
@@ -111,9 +112,9 @@ def register(cli) -> None:
                 "and audio temperature 1; top-k, min-p, guidance and repetition penalty off.")
     for kind in ("text", "image", "audio"):
         d = "default: the model's generation.json, else built-in"
-        p.add_argument(f"--{kind}-temperature", type=float, help=f"{kind} temperature (0 = greedy; {d})")
-        p.add_argument(f"--{kind}-top-k", type=int, help=f"{kind} top-k (0 = off; {d})")
-        p.add_argument(f"--{kind}-top-p", type=float, help=f"{kind} top-p ({d})")
-        p.add_argument(f"--{kind}-min-p", type=float, help=f"{kind} min-p ({d})")
-        p.add_argument(f"--{kind}-cfg", type=float, help=f"{kind} classifier-free guidance scale (1 = off; {d})")
-        p.add_argument(f"--{kind}-repetition-penalty", type=float, help=f"{kind} repetition penalty (1 = off; {d})")
+        p.add_argument(f"--{kind}-temperature", type=at.nonnegative_float, help=f"{kind} temperature (0 = greedy; {d})")
+        p.add_argument(f"--{kind}-top-k", type=at.nonnegative_int, help=f"{kind} top-k (0 = off; {d})")
+        p.add_argument(f"--{kind}-top-p", type=at.float_range(0.0, 1.0, lo_open=True), help=f"{kind} top-p ({d})")
+        p.add_argument(f"--{kind}-min-p", type=at.probability, help=f"{kind} min-p ({d})")
+        p.add_argument(f"--{kind}-cfg", type=at.nonnegative_float, help=f"{kind} classifier-free guidance scale (1 = off; {d})")
+        p.add_argument(f"--{kind}-repetition-penalty", type=at.positive_float, help=f"{kind} repetition penalty (1 = off; {d})")

@@ -349,7 +349,7 @@ def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
     wb = AudioTokenizer.load(b).model.state_dict()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    run = os.path.join(b, "run")
+    run = os.path.join(b, "run", "audio")
     assert s["steps"] == 4 and os.path.isfile(os.path.join(run, "spectrogram_000004.png"))
     assert os.path.isfile(os.path.join(run, "sample_000004_0.wav")) and os.path.isfile(os.path.join(run, "original_0.wav"))
     logs = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]

@@ -333,11 +333,11 @@ def test_train_resume_and_outputs(tmp_path):
                       disc_start=1, warmup=1)
     s = train(manifest, out, cfg, progress=False)
     assert s["images"] == 6 and s["steps"] == 2
-    assert os.path.isfile(os.path.join(out, "run", "grid_000002.png"))
-    ckpt = find_checkpoint(os.path.join(out, "run"))
+    assert os.path.isfile(os.path.join(out, "run", "image", "grid_000002.png"))
+    ckpt = find_checkpoint(os.path.join(out, "run", "image"))
     assert json.loads(open(os.path.join(ckpt, "state.json")).read())["step"] == 2
     train(manifest, out, TrainConfig(**{**cfg.to_dict(), "steps": 3}), progress=False)
-    log = [json.loads(line) for line in open(os.path.join(out, "run", "log.jsonl"))]
+    log = [json.loads(line) for line in open(os.path.join(out, "run", "image", "log.jsonl"))]
     assert [r["step"] for r in log] == [1, 2, 3]  # resumed at step 2, not restarted
     assert "d_loss" in log[-1]
     tok = ImageTokenizer.load(out)
