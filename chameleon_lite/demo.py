@@ -14,7 +14,7 @@ import shutil
 from typing import Any
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import MODEL, check_output_dir, replace_dir, write_json_atomic
+from chameleon_lite.files import MODEL, check_output_dir, read_json, replace_dir, write_json_atomic
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
 RECIPE_FILE = "RECIPE.json"
@@ -27,6 +27,10 @@ def demo_model_dir() -> str:
         raise ConfigError(f"no demo model is shipped in this install ({DEMO_DIR}); pass --model DIR "
                           "(train one with `chameleon-lite quickstart`)")
     return DEMO_DIR
+
+
+def _first_existing(*paths: str) -> str:
+    return next((p for p in paths if os.path.exists(p)), paths[0])
 
 
 def folder_bytes(path: str) -> int:
@@ -76,7 +80,6 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     (train/demo_decoders.sh: the summaries of its two tokenizer runs instead of a training run): its run, the stage times the script logged
     in stage_seconds.jsonl (a resumed stage adds up), and the exact rates of its eval when it has one; also that
     eval.json itself (None without one)."""
-    from chameleon_lite.tokenizers.base import read_json
     from chameleon_lite.train.metrics import read_metrics
 
     stages: dict[str, float] = {}
@@ -84,7 +87,8 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     for rec in read_metrics(log) if os.path.exists(log) else []:
         stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
     run_json = os.path.join(out, "run", "run.json")
-    decoders = {m: os.path.join(out, m, "run", "summary.json") for m in ("image", "audio")}
+    decoders = {m: _first_existing(os.path.join(out, m, "run", m, "summary.json"), os.path.join(out, m, "run", "summary.json"))
+                for m in ("image", "audio")}  # the run folder of each tokenizer trainer (before: one shared run/)
     if not os.path.exists(run_json) and any(os.path.exists(p) for p in decoders.values()):
         # a train/demo_decoders.sh stage: the two tokenizer runs that fine-tuned a decoder each
         stage = {"out": out, "kind": "decoder fine-tuning", "stage_seconds": stages,
@@ -109,8 +113,6 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 def _stage_corpus_and_eval(out: str, stage: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``stage`` with the record of its own corpus and its eval's exact rates added; also that eval.json (or None)."""
-    from chameleon_lite.tokenizers.base import read_json
-
     corpus = os.path.join(out, "corpus", "corpus.json")
     if os.path.exists(corpus):  # the stage's own corpus: how many documents, which seed, which task weights
         c = read_json(corpus, "corpus record")
@@ -130,7 +132,6 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
     500-prompt evaluation in ``first/eval500`` when there is no continued stage."""
     from chameleon_lite.hardware import describe_machine
     from chameleon_lite.quickstart import stage_seconds
-    from chameleon_lite.tokenizers.base import read_json
     from chameleon_lite.train.metrics import read_metrics
 
     qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")
@@ -192,8 +193,7 @@ def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model
 def _ship(args) -> int:
     recipe: dict[str, Any] = {}
     if args.recipe:
-        with open(args.recipe) as f:
-            recipe = json.load(f)
+        recipe = read_json(args.recipe, "recipe")
     if args.command_line:
         recipe["command"] = args.command_line
     out = ship_demo(args.model, recipe, out=args.out)
@@ -232,8 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.extend:
             if args.continued or not (args.command and args.commit and args.from_model):
                 raise ConfigError("--extend takes one stage folder and needs --command, --commit and --from-model")
-            from chameleon_lite.tokenizers.base import read_json
-
             rec = extend(read_json(args.extend, "recipe"), args.first, args.command, args.commit, args.from_model,
                          machine=args.machine)
         else:

@@ -47,10 +47,14 @@ def read_json(path: str, what: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             d = json.loads(f.read())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
+    except (FileNotFoundError, NotADirectoryError):
+        parent = os.path.dirname(path)
+        hint = f" ({parent} is not a folder)" if parent and os.path.exists(parent) and not os.path.isdir(parent) else ""
+        raise ConfigError(f"{path}: {what} not found{hint}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: {what} expected, found a folder") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {what} cannot be read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"{path}: {what} is not valid JSON ({e})") from None
     if not isinstance(d, dict):
@@ -133,6 +137,39 @@ def _is_our_png(path: str) -> bool:
         return False
 
 
+def png_info():
+    """PIL's PngInfo carrying ``Software: chameleon-lite`` (pass as ``pnginfo=`` to ``Image.save``)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    return info
+
+
+JSON_MARK = "written_by"  # key of every JSON result a command writes at a path the user names
+
+
+def check_json_output(path: str, flag: str = "--json") -> None:
+    """Refuse a JSON output path that is a folder or an existing file this tool did not write (a JSON result it
+    wrote holds ``"written_by": "chameleon-lite"``)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give {flag} a file path")
+    if not os.path.lexists(path):
+        return
+    try:
+        ours = read_json(path, "JSON result").get(JSON_MARK) == PNG_SOFTWARE
+    except UserError:
+        ours = False
+    if not ours or os.path.islink(path):
+        raise UserError(f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
+                        f"another path or move this file away")
+
+
+def write_json_result(path: str, obj: dict[str, Any]) -> None:
+    """A command's JSON result at a user-named path, marked as this tool's (see :func:`check_json_output`)."""
+    write_json_atomic(path, {JSON_MARK: PNG_SOFTWARE, **obj})
+
+
 def check_png_output(path: str, flag: str = "--out") -> None:
     """Refuse a PNG output path that is a folder, lacks the .png suffix, lies in a missing folder, or is an existing
     file this tool did not write (a PNG it wrote carries ``Software: chameleon-lite``)."""
@@ -171,3 +208,6 @@ EVAL = OutputKind("an evaluation folder", "chameleon-lite eval", "eval.json", ("
                    ("heldout_media", CORPUS)))
 RUN = OutputKind("a training run folder", "train/pretrain.py", "run.json", (), strict=False)
 PIPELINE = OutputKind("a quickstart folder", "chameleon-lite quickstart", ".stage-*", (), strict=False)
+RUN_FOLDER = OutputKind("a tokenizer training run", "chameleon-lite tokenizer train-*", None, (), strict=False)
+TOKENIZERS = OutputKind("a tokenizer or model folder", "chameleon-lite tokenizer train-*", None, MODEL_FILES,
+                        (("run", RUN_FOLDER),))

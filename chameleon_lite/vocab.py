@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from chameleon_lite.errors import UserError
+from chameleon_lite.errors import ConfigError, UserError
+from chameleon_lite.files import read_json, write_json_atomic
 
 TEXT, IMAGE, AUDIO = 0, 1, 2
 MODALITY_NAMES = ("text", "image", "audio")
@@ -240,10 +241,7 @@ class UnifiedVocab:
             path = os.path.join(path, "vocab.json")
         d = self.to_dict()
         d["hash"] = self.hash
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(d, f, indent=2)
-        os.replace(tmp, path)
+        write_json_atomic(path, d)
         return path
 
     @classmethod
@@ -258,9 +256,9 @@ class UnifiedVocab:
                 audio_codebook=int(d["audio_codebook"]),
                 num_special=int(d["num_special"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, VocabError):
-                raise
+        except VocabError as e:
+            raise VocabError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VocabError(f"{source}: not a valid vocab description ({type(e).__name__}: {e})") from None
         if "hash" in d and d["hash"] != v.hash:
             raise VocabError(f"{source}: stored hash {d['hash']} does not match its contents ({v.hash}); the file was edited or is corrupt")
@@ -272,12 +270,9 @@ class UnifiedVocab:
         if os.path.isdir(path):
             path = os.path.join(path, "vocab.json")
         try:
-            with open(path) as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise VocabError(f"{path}: vocab file not found") from None
-        except json.JSONDecodeError as e:
-            raise VocabError(f"{path}: not valid JSON ({e})") from None
+            d = read_json(path, "vocab file")
+        except ConfigError as e:
+            raise VocabError(str(e)) from None
         return cls.from_dict(d, source=path)
 
     def describe(self) -> str:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import read_json, write_json_atomic
 
 NORM_PLACEMENTS = ("pre", "post")
 
@@ -114,25 +113,15 @@ class ModelConfig:
             return cls(**d)
         except TypeError as e:
             raise ConfigError(f"{source}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {str(e).removeprefix('model config: ')}") from None
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "ModelConfig":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: model config not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: model config is not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: model config must be a JSON object")
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(read_json(path, "model config"), source=path)
 
 
 # Named sizes. vocab_size here is a stand-in used for the parameter counts; training replaces it with the

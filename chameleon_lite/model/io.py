@@ -4,14 +4,13 @@ back and refuses tokenizers whose vocabulary or codes are not the ones the model
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 
 import torch
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import MODEL, check_output_dir, replace_dir
+from chameleon_lite.files import MODEL, check_output_dir, read_json, replace_dir
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
 from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_codes_match, check_vocab_matches, write_safetensors_atomic
@@ -22,10 +21,26 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILES = (TEXT_FILE, IMAGE_WEIGHTS, IMAGE_CONFIG, AUDIO_WEIGHTS, AUDIO_CONFIG)
 
 
-def _empty_model(cfg: ModelConfig, device: str | torch.device) -> Transformer:
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no bound
+
+
+def _empty_model(cfg: ModelConfig, device: str | torch.device, source: str = "model config") -> Transformer:
+    """The Transformer of ``cfg`` with uninitialised weights; a config larger than this machine's memory is refused
+    before anything is allocated."""
+    need = cfg.num_params() * 4
+    if torch.device(device).type == "cpu" and need > _memory_bytes():
+        raise ConfigError(f"{source}: the model has {cfg.num_params() / 1e9:.1f}B parameters ({need / 2**30:.1f} GiB in "
+                          f"fp32), more than this machine's {_memory_bytes() / 2**30:.1f} GiB of memory")
     with torch.device("meta"):
         model = Transformer(cfg)
-    model.to_empty(device=device)
+    try:
+        model.to_empty(device=device)
+    except (RuntimeError, MemoryError) as e:
+        raise ConfigError(f"{source}: cannot allocate the model's weights ({type(e).__name__}: {str(e)[:200]})") from None
     model.init_buffers()
     return model
 
@@ -62,13 +77,12 @@ def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, ch
     from chameleon_lite.train.checkpoint import latest_checkpoint, load_checkpoint
 
     run_file = os.path.join(run_dir, "run.json")
-    try:
-        with open(run_file) as f:
-            run = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{run_file}: not found; is {run_dir} a training run folder?") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{run_file}: not valid JSON ({e})") from None
+    if not os.path.exists(run_file):
+        raise ConfigError(f"{run_file}: not found; is {run_dir} a training run folder?")
+    run = read_json(run_file, "training run record")
+    for key in ("model", "vocab"):
+        if not isinstance(run.get(key), dict):
+            raise ConfigError(f"{run_file}: no \"{key}\" object; the run record is damaged")
     cfg = ModelConfig.from_dict(run["model"], source=f"{run_file} (model)")
     vocab = UnifiedVocab.from_dict(run["vocab"], source=f"{run_file} (vocab)")
     tokenizers_dir = tokenizers_dir or run.get("tokenizers") or ""
@@ -78,7 +92,7 @@ def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, ch
     if ck is None:
         raise ConfigError(f"{run_dir}: no complete checkpoint to export")
     check_output_dir(os.path.abspath(out_dir), MODEL)  # before the weights are read
-    model = _empty_model(cfg, "cpu")
+    model = _empty_model(cfg, "cpu", run_file)
     load_checkpoint(ck, model)
     return save_model_dir(model, vocab, tokenizers_dir, out_dir)
 
@@ -127,6 +141,6 @@ def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transforme
     """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
     the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash."""
     cfg, state = read_model_weights(model_dir)
-    model = _empty_model(cfg, device)
+    model = _empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE))
     load_weights(model, state, os.path.join(model_dir, WEIGHTS_FILE))
     return model.eval()

@@ -166,6 +166,8 @@ class AudioCodecConfig:
             return cls(**d)
         except TypeError as e:
             raise ConfigError(f"{source}: bad audio codec config ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
 
 
 PRESETS: dict[str, AudioCodecConfig] = {
@@ -810,7 +812,10 @@ def load_model(folder: str) -> AudioCodecModel:
     except (SafetensorError, OSError) as e:
         raise ConfigError(f"{wpath}: cannot read audio codec weights ({e})") from None
     model = AudioCodecModel(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ConfigError(f"{wpath}: weights do not match {cpath} ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise ConfigError(f"{wpath}: weights do not match {cpath} (missing {sorted(missing)[:3]}, "
                           f"unexpected {sorted(unexpected)[:3]})")

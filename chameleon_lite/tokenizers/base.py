@@ -38,12 +38,21 @@ def _sizes_from_dir(path: str) -> tuple[int, int, int, int]:
     from chameleon_lite.tokenizers.text import TextTokenizer
 
     text = TextTokenizer.load(path)
-    img = read_json(os.path.join(path, IMAGE_CONFIG), "image tokenizer config") if os.path.exists(os.path.join(path, IMAGE_CONFIG)) else None
-    aud = read_json(os.path.join(path, AUDIO_CONFIG), "audio tokenizer config") if os.path.exists(os.path.join(path, AUDIO_CONFIG)) else None
-    k_img = int(img["codebook_size"]) if img else 0
-    nq = int(aud["num_levels"]) if aud else 0
-    k_aud = int(aud["codebook_size"]) if aud else 0
+    k_img = _size_field(path, IMAGE_CONFIG, "codebook_size")
+    nq = _size_field(path, AUDIO_CONFIG, "num_levels")
+    k_aud = _size_field(path, AUDIO_CONFIG, "codebook_size")
     return text.vocab_size, k_img, nq, k_aud
+
+
+def _size_field(folder: str, name: str, key: str) -> int:
+    """A positive integer field of a tokenizer config in ``folder`` (0 when the tokenizer is absent)."""
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        return 0
+    value = read_json(path, "tokenizer config").get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+    return value
 
 
 def vocab_from_tokenizer_dir(path: str) -> UnifiedVocab:
@@ -110,10 +119,13 @@ def check_codes_match(path: str, expected: str, what: str = "model") -> str:
     was trained on (``expected``; "" = not recorded, nothing to check)."""
     have = codes_hash(path)
     if expected and have != expected:
+        missing = [os.path.join(path, w) for w, c in ((IMAGE_WEIGHTS, IMAGE_CONFIG), (AUDIO_WEIGHTS, AUDIO_CONFIG))
+                   if os.path.exists(os.path.join(path, c)) and not os.path.exists(os.path.join(path, w))]
+        note = f" (tokenizer weights not found: {', '.join(missing)})" if missing else ""
         raise ConfigError(
             f"{path}: these tokenizers make other codes (codes hash {have}) than the ones the {what} was trained on "
             f"({expected}), although the vocabulary sizes agree (a retrained tokenizer?); use the tokenizers the "
-            f"{what} was trained with"
+            f"{what} was trained with{note}"
         )
     return have
 

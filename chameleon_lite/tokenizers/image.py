@@ -130,6 +130,8 @@ class ImageVQConfig:
             return cls(**{**LEGACY_DEFAULTS, **d})
         except TypeError as e:
             raise ConfigError(f"{source}: bad image tokenizer config ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
 
 
 PRESETS: dict[str, ImageVQConfig] = {
