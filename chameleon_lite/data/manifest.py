@@ -114,8 +114,10 @@ def parse_line(line: str, source: str, lineno: int) -> Document | None:
 
 
 def _open_manifest(path: str):
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; give the manifest file (.jsonl) inside it")
     if not os.path.isfile(path):
-        raise DataError(f"{path}: manifest not found")
+        raise DataError(f"{path}: manifest not found" if not os.path.exists(path) else f"{path}: not a regular file")
     return open(path, encoding="utf-8", errors="strict")
 
 

@@ -114,9 +114,11 @@ class ShardWriter:
 
 def read_meta(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, META_FILE)
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: not a folder; give the shard folder made by `chameleon-lite data tokenize` (e.g. SHARDS/train)")
     try:
-        with open(path) as f:
-            meta = json.load(f)
+        with open(path, "rb") as f:
+            meta = json.loads(f.read())
     except FileNotFoundError:
         raise DataError(f"{path}: shard metadata not found; is {folder} a folder made by `chameleon-lite data tokenize`?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -134,6 +136,14 @@ def read_vocab(folder: str) -> tuple[UnifiedVocab, dict[str, Any]]:
     if meta.get("vocab_hash", vocab.hash) != vocab.hash:
         raise DataError(f"{where}: vocab_hash {meta['vocab_hash']} does not match the vocab recorded beside it ({vocab.hash})")
     return vocab, meta
+
+
+def _load_index(path: str) -> np.ndarray:
+    """An index array of a shard (never unpickled), with errors that name the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: shard index cannot be read ({str(e)[:200]})") from None
 
 
 class ShardSet:
@@ -154,23 +164,26 @@ class ShardSet:
             try:
                 tok_path = os.path.join(folder, s["tokens"])
                 n_tokens = int(s["n_tokens"])
-                offsets = np.load(os.path.join(folder, s["docs"]), allow_pickle=False)
-                spans = np.load(os.path.join(folder, s["spans"]), allow_pickle=False)
+                offsets = _load_index(os.path.join(folder, s["docs"]))
+                spans = _load_index(os.path.join(folder, s["spans"]))
             except (KeyError, TypeError) as e:
                 raise DataError(f"{where}: shard entry {k} is malformed ({e})") from None
-            except (OSError, ValueError) as e:
-                raise DataError(f"{folder}: shard {k} index cannot be read ({e})") from None
             size = os.path.getsize(tok_path) if os.path.exists(tok_path) else -1
             if size != 4 * n_tokens:
                 raise DataError(f"{tok_path}: expected {4 * n_tokens} bytes ({n_tokens} tokens), found "
                                 f"{'no file' if size < 0 else f'{size} bytes'}; the shard folder is incomplete or corrupt")
             if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets) < 0):
                 raise DataError(f"{os.path.join(folder, s['docs'])}: document offsets do not describe {n_tokens} tokens")
+            spans_path = os.path.join(folder, s["spans"])
+            if spans.size and (spans.ndim != 2 or spans.shape[1] != 2 or spans.dtype.kind not in "iu"
+                               or spans.min() < 0 or spans.max() > n_tokens or np.any(spans[:, 1] < spans[:, 0])
+                               or np.any(np.diff(spans[:, 0]) < 0)):
+                raise DataError(f"{spans_path}: span ranges are not sorted [start, end) pairs within {n_tokens} tokens")
             self._tokens.append(np.memmap(tok_path, dtype="<u4", mode="r", shape=(n_tokens,)) if n_tokens else np.zeros(0, "<u4"))
             starts.append(offsets[:-1])
             lens.append(np.diff(offsets))
             shard_of.append(np.full(offsets.size - 1, k, dtype=np.int32))
-            self._spans.append(spans.reshape(-1, 2) if spans.size else np.zeros((0, 2), dtype=np.int64))
+            self._spans.append(spans.astype(np.int64) if spans.size else np.zeros((0, 2), dtype=np.int64))
         self.doc_start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         self.doc_lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
         self.doc_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
@@ -188,4 +201,8 @@ class ShardSet:
         b = a + int(self.doc_lengths[i])
         sp = self._spans[k]
         lo, hi = np.searchsorted(sp[:, 0], a, "left"), np.searchsorted(sp[:, 0], b, "left")
-        return self._tokens[k][a:b], sp[lo:hi] - a
+        ids = self._tokens[k][a:b]
+        if ids.size and int(ids.max()) >= self.vocab.size:  # written in range: a larger id means the file changed since
+            raise DataError(f"{os.path.join(self.folder, self.meta['shards'][k]['tokens'])}: token id {int(ids.max())} "
+                            f"outside the vocabulary [0, {self.vocab.size}); the shard is corrupt")
+        return ids, sp[lo:hi] - a

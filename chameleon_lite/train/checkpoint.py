@@ -200,6 +200,8 @@ def save_checkpoint(run_dir: str, step: int, model: nn.Module, optimizer: torch.
 
 def read_train_state(path: str) -> dict[str, Any]:
     p = os.path.join(path, STATE_FILE)
+    if not os.path.isdir(path):
+        raise CorruptCheckpoint(f"{path}: not a checkpoint folder" + ("" if os.path.exists(path) else " (not found)"))
     try:
         with open(p, "rb") as f:
             state = json.loads(f.read())

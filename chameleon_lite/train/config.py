@@ -13,6 +13,8 @@ DTYPES = ("auto", "fp32", "bf16")
 PARALLEL = ("fsdp", "ddp", "none")
 
 
+MAX_SEQ_LEN = 1 << 17
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a pretraining run needs besides the data itself.
@@ -65,6 +67,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"train config: {name} must be a positive int, got {v!r}")
+        if self.seq_len > MAX_SEQ_LEN:  # a row is packed and attended whole: past this it only exhausts memory
+            raise ConfigError(f"train config: seq_len must be at most {MAX_SEQ_LEN}, got {self.seq_len}")
         for name in ("stop_after", "warmup", "val_batches", "seed", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
