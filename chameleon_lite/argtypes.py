@@ -1,13 +1,16 @@
 """Argument types for the command line: each checks its value when the flag is parsed, so a bad value is one line
 (``chameleon-lite generate: error: argument --threads: must be >= 0, got -2``) before any work starts.
 
-Bottom layer: every command module may use them; they import nothing of the package.
+Bottom layer: every command module may use them; they import nothing of the package but its errors.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from typing import Callable
+from typing import Any, Callable
+
+from chameleon_lite.errors import UserError
 
 
 def _number(text: str, kind: type) -> int | float:
@@ -57,3 +60,17 @@ nonnegative_float = float_range(0.0)
 positive_float = float_range(0.0, lo_open=True)
 probability = float_range(0.0, 1.0)
 seed = int_range(0, 2**63 - 1)
+
+
+def parse_set(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> {key: JSON value}; one line naming the item for anything else."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            raise UserError(f"{flag} {key}: value {value!r} is not JSON (e.g. 8, 0.5, [32, 64, 128], \"vq\")") from None
+    return out

@@ -380,9 +380,9 @@ def replan_train_steps(cfg: QuickstartConfig, run: str, first: int, warmup: int)
 
 def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run (or continue) the quickstart in ``cfg.out``; returns the stage wall times and where things are."""
-    os.makedirs(cfg.out, exist_ok=True)
+    pipeline = Pipeline(cfg.out)  # refuses a folder that is not a quickstart's, before any work
     t0 = time.perf_counter()
-    times = Pipeline(cfg.out).run(build_stages(cfg))
+    times = pipeline.run(build_stages(cfg))
     summary = {
         "config": dataclasses.asdict(cfg),
         "seconds_this_run": time.perf_counter() - t0,

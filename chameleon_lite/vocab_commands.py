@@ -5,6 +5,7 @@ import argparse
 import os
 
 from chameleon_lite import argtypes as at
+from chameleon_lite.errors import UserError
 
 
 def _vocab(args: argparse.Namespace) -> int:
@@ -21,12 +22,12 @@ def _vocab(args: argparse.Namespace) -> int:
     else:
         missing = [n for n in ("text_size", "image_codebook", "audio_levels", "audio_codebook") if getattr(args, n) is None]
         if missing:
-            from chameleon_lite.errors import UserError
-
             raise UserError("give --tokenizers DIR, --show FILE, or all of " + ", ".join("--" + m.replace("_", "-") for m in missing))
         v = UnifiedVocab(args.text_size, args.image_codebook, args.audio_levels, args.audio_codebook, args.num_special)
     print(v.describe())
     if args.out:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UserError(f"{args.out}: exists and is not a folder; give --out the tokenizer folder")
         os.makedirs(args.out, exist_ok=True)
         print("wrote", v.save(args.out))
     return 0

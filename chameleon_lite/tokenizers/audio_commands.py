@@ -4,26 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _overrides(items: list[str] | None) -> dict:
-    from chameleon_lite.errors import UserError
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            raise UserError(f"--set {key}: value {value!r} is not JSON (e.g. 8, 0.5, [8, 4, 10])") from None
-    return out
+from chameleon_lite import argtypes as at
 
 
 def _train_audio(args: argparse.Namespace) -> int:
     from chameleon_lite.tokenizers.audio_train import TrainConfig, train
 
-    overrides = _overrides(args.set)
+    overrides = at.parse_set(args.set)
     cfg = TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                       batch_size=args.batch_size, segment_frames=args.segment_frames, lr=args.lr,
                       disc_start=args.disc_start, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
@@ -37,13 +24,17 @@ def _train_audio(args: argparse.Namespace) -> int:
 
 
 def _eval_audio(args: argparse.Namespace) -> int:
+    from chameleon_lite.files import check_json_output, check_png_output, write_json_result
     from chameleon_lite.tokenizers.audio_train import evaluate
-    from chameleon_lite.tokenizers.base import write_json_atomic
 
+    if args.json:
+        check_json_output(args.json)
+    if args.spectrogram:
+        check_png_output(args.spectrogram, "--spectrogram")
     res = evaluate(args.tokenizer, args.manifest, n=args.n, levels_low=args.levels, spectrogram_path=args.spectrogram)
     print(json.dumps(res, indent=2))
     if args.json:
-        write_json_atomic(args.json, res)
+        write_json_result(args.json, res)
     return 0
 
 
@@ -90,29 +81,29 @@ def register(cli) -> None:
     p.add_argument("--finetune-decoder", metavar="CODEC_DIR",
                    help="train only the decoder of this trained codec: its encoder and codebooks (so every clip's "
                         "codes, and a transformer trained on them) stay the same")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--segment-frames", type=int, default=32, help="training crop length in codec frames")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--disc-start", type=int, default=0, help="step at which the STFT discriminator starts (0 = off)")
-    p.add_argument("--sample-every", type=int, default=500, help="steps between spectrogram PNGs and WAV samples")
-    p.add_argument("--ckpt-every", type=int, default=250, help="steps between resumable checkpoints")
-    p.add_argument("--max-clips", type=int, default=0, help="use at most this many clips (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--steps", type=at.positive_int, default=3000, help="optimiser steps (default 3000)")
+    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=16, help="clips per step (default 16)")
+    p.add_argument("--segment-frames", type=at.int_range(1, 100000), default=32, help="training crop length in codec frames (default 32)")
+    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--disc-start", type=at.nonnegative_int, default=0, help="step at which the STFT discriminator starts (default 0 = off)")
+    p.add_argument("--sample-every", type=at.positive_int, default=500, help="steps between spectrogram PNGs and WAV samples (default 500)")
+    p.add_argument("--ckpt-every", type=at.positive_int, default=250, help="steps between resumable checkpoints (default 250)")
+    p.add_argument("--max-clips", type=at.nonnegative_int, default=0, help="use at most this many clips (0 = all)")
+    p.add_argument("--seed", type=at.seed, default=0, help="seed of initialisation and batches (default 0)")
+    p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="torch threads (0 = torch's default)")
 
     p = cli.command("tokenizer eval-audio", "SI-SNR, mel distance and checker agreement of an audio codec", _eval_audio)
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--manifest", required=True, help="held-out JSONL manifest")
-    p.add_argument("--n", type=int, default=500, help="number of clips (default 500)")
-    p.add_argument("--levels", type=int, default=2, help="also measure decoding from only this many levels")
+    p.add_argument("--n", type=at.int_range(1, 1000000), default=500, help="number of clips (default 500)")
+    p.add_argument("--levels", type=at.nonnegative_int, default=2, help="also measure decoding from only this many levels (default 2)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--spectrogram", help="write a PNG of original vs reconstructed spectrograms here")
 
     p = cli.command("tokenizer audio-recon", "encode and decode clips, write the reconstructions as WAV", _recon)
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--levels", type=int, default=0, help="decode from only the first N levels (0 = all)")
+    p.add_argument("--levels", type=at.nonnegative_int, default=0, help="decode from only the first N levels (0 = all)")
     p.add_argument("audio", nargs="+")
 
     p = cli.command("tokenizer encode-audio", "print the codes of clips, one line per level", _encode)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.files import PNG_SOFTWARE
 from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio, preset,
                                              save_model)
 from chameleon_lite.tokenizers.base import read_json, write_json_atomic
@@ -344,7 +345,7 @@ def save_spectrograms(path: str, originals: list[np.ndarray], recons: list[np.nd
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80)
+    fig.savefig(tmp, dpi=80, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
     os.replace(tmp, path)
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from chameleon_lite import argtypes as at
+
 
 def _train_image(args: argparse.Namespace) -> int:
     from chameleon_lite.tokenizers.image_train import TrainConfig, train
 
     from chameleon_lite.errors import UserError
 
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            raise UserError(f"--set {key}: value {value!r} is not JSON (e.g. 8, 0.5, [32, 64, 128], \"vq\")") from None
+    overrides = at.parse_set(args.set)
     if args.quantizer:
         overrides["quantizer"] = args.quantizer
     if args.finetune_decoder and overrides:
@@ -35,13 +29,17 @@ def _train_image(args: argparse.Namespace) -> int:
 
 
 def _eval_image(args: argparse.Namespace) -> int:
-    from chameleon_lite.tokenizers.base import write_json_atomic
+    from chameleon_lite.files import check_json_output, check_png_output, write_json_result
     from chameleon_lite.tokenizers.image_train import evaluate
 
+    if args.json:
+        check_json_output(args.json)
+    if args.grid:
+        check_png_output(args.grid, "--grid")
     res = evaluate(args.tokenizer, args.manifest, n=args.n, grid_path=args.grid)
     print(json.dumps(res, indent=2))
     if args.json:
-        write_json_atomic(args.json, res)
+        write_json_result(args.json, res)
     return 0
 
 
@@ -49,8 +47,11 @@ def _recon(args: argparse.Namespace) -> int:
     from chameleon_lite.tokenizers.image import ImageTokenizer
     from chameleon_lite.tokenizers.image_train import save_grid
 
-    tok = ImageTokenizer.load(args.tokenizer)
+    from chameleon_lite.files import check_png_output
     from chameleon_lite.tokenizers.image import load_images
+
+    check_png_output(args.out)
+    tok = ImageTokenizer.load(args.tokenizer)
 
     rgb = load_images(args.images, tok.image_size, tok.cfg.max_pixels)
     save_grid(args.out, rgb, tok.decode(tok.encode_rgb(rgb)))
@@ -80,20 +81,20 @@ def register(cli) -> None:
     p.add_argument("--finetune-decoder", metavar="TOKENIZER_DIR",
                    help="train only the decoder of this trained tokenizer: its encoder and codebook (so every "
                         "picture's codes, and a transformer trained on them) stay the same")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--disc-start", type=int, default=0, help="step at which the patch discriminator starts (0 = off)")
-    p.add_argument("--grid-every", type=int, default=200, help="steps between PNG grids of originals vs reconstructions")
-    p.add_argument("--ckpt-every", type=int, default=200, help="steps between resumable checkpoints")
-    p.add_argument("--max-images", type=int, default=0, help="use at most this many images (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--steps", type=at.positive_int, default=4000, help="optimiser steps (default 4000)")
+    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=32, help="pictures per step (default 32)")
+    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--disc-start", type=at.nonnegative_int, default=0, help="step at which the patch discriminator starts (default 0 = off)")
+    p.add_argument("--grid-every", type=at.positive_int, default=200, help="steps between PNG grids of originals vs reconstructions (default 200)")
+    p.add_argument("--ckpt-every", type=at.positive_int, default=200, help="steps between resumable checkpoints (default 200)")
+    p.add_argument("--max-images", type=at.nonnegative_int, default=0, help="use at most this many images (0 = all)")
+    p.add_argument("--seed", type=at.seed, default=0, help="seed of initialisation and batches (default 0)")
+    p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="torch threads (0 = torch's default)")
 
     p = cli.command("tokenizer eval-image", "PSNR, checker agreement and codebook usage of an image tokenizer", _eval_image)
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--manifest", required=True, help="held-out JSONL manifest")
-    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    p.add_argument("--n", type=at.int_range(1, 1000000), default=2000, help="number of images (default 2000)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--grid", help="write a PNG grid of originals vs reconstructions here")
 

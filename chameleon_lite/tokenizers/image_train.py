@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.files import TOKENIZERS, check_output_dir, png_info
 from chameleon_lite.tokenizers.base import makes_codes, read_json, write_json_atomic, write_safetensors_atomic
 from chameleon_lite.tokenizers.image import (ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype,
                                              from_model_output, load_images, preset, save_model, to_model_input)
@@ -238,7 +239,7 @@ def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int =
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     tmp = f"{path}.tmp.{os.getpid()}.png"
-    img.save(tmp)
+    img.save(tmp, pnginfo=png_info())
     os.replace(tmp, path)
 
 
@@ -317,6 +318,7 @@ def run_folder(out: str, kind: str) -> str:
     """
     if kind not in RUN_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}")
+    check_output_dir(out, TOKENIZERS)  # never write tokenizer files into a folder that is not one
     run = os.path.join(out, "run")
     legacy = find_checkpoint(run)
     if legacy is not None and find_checkpoint(os.path.join(run, kind)) is None:
