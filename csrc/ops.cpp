@@ -1,8 +1,10 @@
-// Operator schemas of the chameleon_lite library. Per-device implementations register themselves with
-// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/.
+// Operator schemas of the chameleon_lite library and the registration of its CPU kernels (declared in
+// cpu/kernels.h; registered here so that only this file parses <torch/library.h>). The CUDA kernels register
+// themselves with TORCH_LIBRARY_IMPL in csrc/cuda/.
 #include <torch/library.h>
 
 #include "common/py_module.h"
+#include "cpu/kernels.h"
 
 CHAMELEON_LITE_PY_MODULE(_C)
 
@@ -44,4 +46,21 @@ TORCH_LIBRARY(chameleon_lite, m) {
   m.def(
       "classify_ids(Tensor ids, int text_offset, int image_offset, int audio_offset, int audio_codebook, "
       "int vocab_size) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
+  namespace cpu = chameleon_lite::cpu;
+  namespace sampling = chameleon_lite::sampling_cpu;
+  m.impl("attention_fwd", &cpu::attention_fwd_cpu);
+  m.impl("attention_bwd", &cpu::attention_bwd_cpu);
+  m.impl("attention_decode", &cpu::attention_decode_cpu);
+  m.impl("classify_ids", &cpu::classify_ids_cpu);
+  m.impl("linear_bf16w", &cpu::linear_bf16w_cpu);
+  m.impl("rms_norm", &cpu::rms_norm_cpu);
+  m.impl("rope", &cpu::rope_cpu);
+  m.impl("sample", &sampling::sample_cpu);
+  m.impl("sampling_uniforms", &sampling::sampling_uniforms_cpu);
+  m.impl("philox4x32", &sampling::philox4x32_cpu);
+  m.impl("snake", &cpu::snake_cpu);
+  m.impl("snake_bwd", &cpu::snake_bwd_cpu);
 }

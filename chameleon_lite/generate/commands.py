@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from chameleon_lite import argtypes as at
 
@@ -67,7 +68,11 @@ def _generate(args: argparse.Namespace) -> int:
         from chameleon_lite.demo import demo_model_dir
 
         args.model = demo_model_dir()
+    say = (lambda *a, **k: None) if args.quiet else print
+    say(f"loading the model from {args.model} ...", end="", flush=True)
+    t0 = time.perf_counter()
     gen = Generator.from_dir(args.model)
+    say(f" {time.perf_counter() - t0:.1f} s")
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop or ()), dtype=args.dtype,
                            weights=args.weights, **{k: _settings(args, k, v) for k, v in gen.sampling.items()})
     prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)

@@ -2,7 +2,7 @@
 // Host-side argument checks of the `sample` op, shared by the CPU kernel (cpu/sampling.cpp) and the CUDA launcher
 // (cuda/sampling.cu) so both refuse the same inputs with the same messages. Host C++ only (ATen); the small
 // per-row tensors are read on the host (a device copy for CUDA inputs).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cmath>
 #include <cstdint>

@@ -11,11 +11,16 @@
 // tiles for dq. Decode splits each row's cache into chunks of kDecodeChunk keys that run in parallel and are merged
 // with the shared softmax merge; the split depends only on the cache length, so no result depends on the thread
 // count.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,6 +32,7 @@
 #define CL_ATTN_ISA portable
 #include "cpu/attention_rows.h"
 #include "cpu/isa.h"
+#include "cpu/kernels.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -266,6 +272,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_, const at::Tensor& k_,
                                                      const at::Tensor& v_, const at::Tensor& doc_,
                                                      const at::Tensor& span_, double scale) {
@@ -285,6 +293,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_, const
     forward_impl<at::BFloat16>(q, k, v, doc, span, scale, sh, out, lse);
   return {out, lse};
 }
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------- backward
 // Probabilities and dS of one tile pair from the saved lse and delta = rowsum(dO * O), all fp32:
@@ -310,6 +320,8 @@ inline void tile_grads(const float* qs, const float* kT, int64_t ldt, const floa
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tensor& dout_, const at::Tensor& q_,
                                                                  const at::Tensor& k_, const at::Tensor& v_,
                                                                  const at::Tensor& out_, const at::Tensor& lse_,
@@ -327,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
   const auto lse = lse_.to(at::kFloat).contiguous();
   const auto doc = doc_.contiguous(), span = span_.contiguous();
   // delta[b, h, i] = sum_d dO * O, laid out like lse
-  const auto delta = (dout * out_.to(at::kFloat)).sum(-1).permute({0, 2, 1}).contiguous();
+  const auto delta = dout.mul(out_.to(at::kFloat)).sum(-1).permute({0, 2, 1}).contiguous();
   auto dq = at::zeros({B, L, Hq, D}, q.options());
   auto dk = at::zeros({B, L, Hkv, D}, q.options());
   auto dv = at::zeros({B, L, Hkv, D}, q.options());
@@ -346,9 +358,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
 
   // Per-head fp32 layouts, made once: qs = scale * q and g = dout as [B, Hq, L, D]; ks = scale * k and v as
   // [B, Hkv, L, D]; kT, vT as [B, Hkv, D, L]. Every tile below is then a strided view, never a gather.
-  const auto qs_t = (q * sc).permute({0, 2, 1, 3}).contiguous();
+  const auto qs_t = q.mul(sc).permute({0, 2, 1, 3}).contiguous();
   const auto g_t = dout.permute({0, 2, 1, 3}).contiguous();
-  const auto ks_t = (k * sc).permute({0, 2, 1, 3}).contiguous();
+  const auto ks_t = k.mul(sc).permute({0, 2, 1, 3}).contiguous();
   const auto kT_t = k.permute({0, 2, 3, 1}).contiguous();
   const auto vT_t = v.permute({0, 2, 3, 1}).contiguous();
   const float *qsp = qs_t.const_data_ptr<float>(), *gtp = g_t.const_data_ptr<float>();
@@ -411,6 +423,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
   const auto dt = q_.scalar_type();
   return {dq.to(dt), dk.to(dt), dv.to(dt)};
 }
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------- decode
 template <typename T>
@@ -517,6 +531,8 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   });
 }
 
+}  // namespace
+
 at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& cache_lens, double scale) {
   TORCH_CHECK_VALUE(q_.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4,
@@ -548,14 +564,6 @@ at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
   else
     decode_impl<at::BFloat16>(q, k_cache, v_cache, lens, scale, out);
   return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
-  m.impl("attention_fwd", &attention_fwd_cpu);
-  m.impl("attention_bwd", &attention_bwd_cpu);
-  m.impl("attention_decode", &attention_decode_cpu);
 }
 
 }  // namespace chameleon_lite::cpu

@@ -1,14 +1,18 @@
 // Vectorised unified-id classification used by the data loader and the generation engine.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <atomic>
 #include <cstdint>
 #include <limits>
 #include <tuple>
 
-namespace chameleon_lite {
+#include "cpu/kernels.h"
+
+namespace chameleon_lite::cpu {
 namespace {
 
 template <typename T>
@@ -44,6 +48,8 @@ void classify_kernel(const T* ids, int64_t n, int64_t text_off, int64_t image_of
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> classify_ids_cpu(const at::Tensor& ids_in, int64_t text_offset,
                                                                  int64_t image_offset, int64_t audio_offset,
                                                                  int64_t audio_codebook, int64_t vocab_size) {
@@ -71,8 +77,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> classify_ids_cpu(const at::Tensor
   return {mod, local, level};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) { m.impl("classify_ids", &classify_ids_cpu); }
-
-}  // namespace chameleon_lite
+}  // namespace chameleon_lite::cpu

@@ -3,14 +3,16 @@
 // the time to stream the weights from memory; bf16 weights halve it, while the activations stay float32. Work is split
 // over blocks of output features (each block reads its weight rows once for every x row), so the result does not
 // depend on the thread count.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
 #define CL_LINEAR_ISA portable
 #include "cpu/isa.h"
+#include "cpu/kernels.h"
 #include "cpu/linear_rows.h"
 
 namespace chameleon_lite::cpu {
@@ -21,6 +23,8 @@ LinearBlockFn block_fn() {
       use_avx2("CHAMELEON_LITE_LINEAR_ISA") ? linear_block_avx2() : &portable::linear_block;
   return chosen;
 }
+
+}  // namespace
 
 at::Tensor linear_bf16w_cpu(const at::Tensor& x_in, const at::Tensor& w_in) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "linear_bf16w: x must be float32, got ", x_in.scalar_type());
@@ -53,9 +57,5 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x_in, const at::Tensor& w_in) {
   }
   return y.view(out_shape);
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) { m.impl("linear_bf16w", &linear_bf16w_cpu); }
 
 }  // namespace chameleon_lite::cpu

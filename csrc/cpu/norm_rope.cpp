@@ -1,15 +1,16 @@
 // Inference-time RMSNorm and rotary embedding for float32 activations. A decode step normalises and rotates a few
 // rows per layer, where eager PyTorch spends five to eight small kernels (and their dispatch) per call; these run
 // each call as one pass. Training keeps the differentiable PyTorch forms (chameleon_lite/model/transformer.py).
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+
+#include "cpu/kernels.h"
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cmath>
 
 namespace chameleon_lite::cpu {
-namespace {
-
 // x [..., D] -> x / sqrt(mean(x^2) + eps) * weight, row by row (the sum of squares in double).
 at::Tensor rms_norm_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, double eps) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight_in.scalar_type() == at::kFloat,
@@ -65,13 +66,6 @@ at::Tensor rope_cpu(const at::Tensor& x_in, const at::Tensor& cos_in, const at::
     }
   });
   return y;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
-  m.impl("rms_norm", &rms_norm_cpu);
-  m.impl("rope", &rope_cpu);
 }
 
 }  // namespace chameleon_lite::cpu

@@ -2,12 +2,14 @@
 // thread. Semantics and the threshold search live in common/sampling.h (shared with the CUDA kernel);
 // the per-row body is in cpu/sampling_row.h, compiled here for any CPU, in sampling_avx2.cpp for AVX2/FMA and
 // in sampling_avx512.cpp for AVX-512, the widest the CPU has chosen at run time.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
 #define CL_SAMPLING_ISA portable
 #include "cpu/sampling_row.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +21,7 @@
 #include "common/philox.h"
 #include "common/sampling_args.h"
 #include "cpu/isa.h"
+#include "cpu/kernels.h"
 
 namespace chameleon_lite {
 namespace sampling_cpu {
@@ -55,6 +58,8 @@ RowFn row_kernel() {
 // Rows are read through their own stride, so a view such as logits[:, -1, :] of [B, L, V] is used in place
 // instead of being copied into a [B, V] temporary; only rows that are not unit-stride get copied.
 at::Tensor unit_stride_rows(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in, const std::optional<at::Tensor>& uncond_in,
                                               const at::Tensor& temperature_t, const at::Tensor& top_k_t,
@@ -152,14 +157,6 @@ at::Tensor philox4x32_cpu(const at::Tensor& ctr_in, const at::Tensor& key_in) {
     for (int j = 0; j < 4; ++j) o[4 * i + j] = static_cast<int64_t>(y.v[j]);
   }
   return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
-  m.impl("sample", &sample_cpu);
-  m.impl("sampling_uniforms", &sampling_uniforms_cpu);
-  m.impl("philox4x32", &philox4x32_cpu);
 }
 
 }  // namespace sampling_cpu

@@ -1,8 +1,10 @@
 // Snake activation y = x + sin(a_c x)^2 / a_c with a_c = exp(log_alpha[c]) per channel, for x [B, C, T] fp32: one
 // pass over x forward and one backward (eager PyTorch takes five to eight). Rows (b, c) run in parallel.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <tuple>
@@ -10,6 +12,7 @@
 
 #define CL_SNAKE_ISA portable
 #include "cpu/isa.h"
+#include "cpu/kernels.h"
 #include "cpu/snake_rows.h"
 
 namespace chameleon_lite::cpu {
@@ -41,6 +44,8 @@ std::pair<std::vector<float>, std::vector<float>> alphas(const at::Tensor& log_a
   }
   return {a, inv};
 }
+
+}  // namespace
 
 at::Tensor snake_cpu(const at::Tensor& x_in, const at::Tensor& log_alpha) {
   check_args("snake", x_in, log_alpha);
@@ -89,13 +94,6 @@ std::tuple<at::Tensor, at::Tensor> snake_bwd_cpu(const at::Tensor& grad_in, cons
     gap[c] = static_cast<float>(s);
   }
   return {gx, ga.reshape(log_alpha.sizes())};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
-  m.impl("snake", &snake_cpu);
-  m.impl("snake_bwd", &snake_bwd_cpu);
 }
 
 }  // namespace chameleon_lite::cpu
