@@ -7,12 +7,14 @@ so torch's guess from the location of `nvcc` can point at a folder that holds no
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 from setuptools import setup
 
@@ -70,6 +72,11 @@ if BUILD_CUDA:
         sys.exit("CHAMELEON_LITE_BUILD_CUDA=1 but no CUDA toolkit (include/cuda_runtime.h + lib64/libcudart.so) was found; set CUDA_HOME")
     # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
     os.environ["CUDA_HOME"] = CUDA_HOME
+
+# Two notes torch prints on import that say nothing about this build: numpy is not installed yet while pip reads
+# the metadata, and no CUDA runtime is found on a machine without a GPU.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
