@@ -52,3 +52,46 @@ def test_vocab_command(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("vocab", "--show", str(tmp_path))
     assert r.returncode == 0 and "audio" in r.stdout
+
+
+def _options(parser, prefix=()):
+    """(command path, option string, action) for every option of every command."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, prefix + (name,))
+        elif action.option_strings and action.type is not None:
+            yield prefix, action.option_strings[-1], action
+
+
+NUMERIC = [(p, o, a) for p, o, a in _options(build_parser()) if getattr(a.type, "__name__", "") in ("int", "float",
+                                                                                                  "integer", "number")]
+
+
+def test_numeric_flags_are_checked_when_parsed():
+    """Every number flag goes through argtypes (int_range/float_range with stated bounds), never a bare int/float
+    whose bad values (-2 threads, 0 tokens per shard) reach the command's work as a traceback."""
+    bare = [" ".join(p) + " " + o for p, o, a in NUMERIC if a.type in (int, float)]
+    assert NUMERIC and not bare, bare
+
+
+@pytest.mark.parametrize("path,option", [(p, o) for p, o, _ in NUMERIC], ids=lambda x: " ".join(x) if isinstance(x, tuple) else x)
+def test_every_numeric_flag_refuses_non_numbers_in_one_line(path, option, capsys):
+    for value in ("abc", "nan", "inf", "1e400", ""):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*path, f"{option}={value}"])
+        assert e.value.code == 2, (path, option, value)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"argument {option}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--threads", "-2", "--prompt", "x"], "argument --threads: must be >= 0, got -2"),
+    (["data", "tokenize", "m.jsonl", "--tokenizers", "t", "--out", "o", "--shard-tokens", "0"],
+     "argument --shard-tokens: must be >= 1024, got 0"),
+])
+def test_flag_values_from_the_issue_are_one_line(argv, message):
+    r = run(*argv)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
