@@ -22,15 +22,24 @@ def _settings(args: argparse.Namespace, kind: str, base):
 
 
 class _Printer:
-    """Streams row 0's text; shows a progress line while an image/audio span is being generated."""
+    """Streams row 0's text; shows a progress line while an image/audio span is being generated.
+
+    On a terminal the line is redrawn in place; into a file or pipe only the span's final count is written.
+    """
 
     def __init__(self, out=None) -> None:
         self._out = out
         self.in_span = False
+        self._last = ""
+        self._line_open = False
 
     @property
     def out(self):
         return self._out if self._out is not None else sys.stdout  # looked up late: stdout may be replaced
+
+    def _live(self) -> bool:
+        isatty = getattr(self.out, "isatty", None)
+        return bool(isatty and isatty())
 
     def __call__(self, ev) -> None:
         if ev.row != 0:
@@ -38,14 +47,29 @@ class _Printer:
         if ev.span is not None:
             done, total = ev.span
             what = "image" if total else "audio"
-            progress = f"{done}/{total} tokens" if total else f"{done} tokens"
-            self.out.write(f"\r[{what}: {progress}]")
+            self._last = f"[{what}: {done}/{total} tokens]" if total else f"[{what}: {done} tokens]"
+            if self._live():
+                self._write("\r" + self._last)
             self.in_span = True
         else:
-            if self.in_span:
-                self.out.write("\n")
-                self.in_span = False
-            self.out.write(ev.text)
+            self._end_span()
+            self._write(ev.text)
+        self.out.flush()
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self._line_open = not text.endswith("\n")
+
+    def _end_span(self) -> None:
+        if self.in_span:
+            self._write("\n" if self._live() else self._last + "\n")
+            self.in_span = False
+
+    def finish(self) -> None:
+        """After the last event: close a span still open and end the line."""
+        self._end_span()
+        self._write("\n" if self._line_open else "")
         self.out.flush()
 
 
@@ -79,7 +103,7 @@ def _generate(args: argparse.Namespace) -> int:
     printer = None if args.quiet else _Printer()
     docs = gen.generate([prompt] * args.batch, cfg, stream=printer)
     if printer is not None:
-        sys.stdout.write("\n")
+        printer.finish()
     for i, doc in enumerate(docs):
         out = args.out if args.batch == 1 else os.path.join(args.out, f"sample_{i:03d}")
         doc.save(out)
