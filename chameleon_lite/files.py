@@ -170,6 +170,24 @@ def write_json_result(path: str, obj: dict[str, Any]) -> None:
     write_json_atomic(path, {JSON_MARK: PNG_SOFTWARE, **obj})
 
 
+def _is_our_wav(path: str) -> bool:
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(path) as f:
+            software = f.software or ""  # libsndfile appends " (libsndfile-VERSION)" to what was written
+            return f.format == "WAV" and (software == PNG_SOFTWARE or software.startswith(PNG_SOFTWARE + " (libsndfile"))
+    except (OSError, RuntimeError, sf.LibsndfileError):
+        return False
+
+
+def check_wav_output(path: str, flag: str = "--out") -> None:
+    """Refuse to replace a file at ``path`` unless it is a WAV this tool wrote (its INFO chunk's software field)."""
+    if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path) and _is_our_wav(path)):
+        raise UserError(f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
+                        f"another folder or move this file away")
+
+
 def check_png_output(path: str, flag: str = "--out") -> None:
     """Refuse a PNG output path that is a folder, lacks the .png suffix, lies in a missing folder, or is an existing
     file this tool did not write (a PNG it wrote carries ``Software: chameleon-lite``)."""

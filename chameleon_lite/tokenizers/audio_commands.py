@@ -5,6 +5,7 @@ import argparse
 import json
 
 from chameleon_lite import argtypes as at
+from chameleon_lite.errors import UserError
 
 
 def _train_audio(args: argparse.Namespace) -> int:
@@ -41,16 +42,24 @@ def _eval_audio(args: argparse.Namespace) -> int:
 def _recon(args: argparse.Namespace) -> int:
     import os
 
+    from chameleon_lite.files import check_wav_output
     from chameleon_lite.tokenizers.audio import AudioTokenizer
     from chameleon_lite.tokenizers.audio_train import write_wav
 
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"{args.out}: exists and is not a folder; give --out a folder")
+    outs = [os.path.join(args.out, os.path.splitext(os.path.basename(p))[0] + ".recon.wav") for p in args.audio]
+    for i, out in enumerate(outs):
+        if out in outs[:i]:
+            raise UserError(f"{args.audio[i]}: its reconstruction {out} would replace an earlier input's; give "
+                            f"files with different names")
+        check_wav_output(out)  # every output checked before any work
     tok = AudioTokenizer.load(args.tokenizer)
     os.makedirs(args.out, exist_ok=True)
-    for path in args.audio:
+    for path, out in zip(args.audio, outs):
         wave = tok.reconstruct(path, levels=args.levels)
-        name = os.path.splitext(os.path.basename(path))[0] + ".recon.wav"
-        write_wav(os.path.join(args.out, name), wave, tok.sample_rate)
-        print(f"{tok.last_info.describe()} -> {os.path.join(args.out, name)} "
+        write_wav(out, wave, tok.sample_rate)
+        print(f"{tok.last_info.describe()} -> {out} "
               f"({tok.frames_for(len(wave))} frames x {args.levels or tok.num_levels} levels)")
     return 0
 
@@ -71,7 +80,7 @@ def register(cli) -> None:
     p = cli.command("tokenizer train-audio", "train the audio codec (audio_codec.safetensors + audio_codec.json); "
                     "rerun with the same --out to resume", _train_audio)
     p.add_argument("--manifest", required=True, help="JSONL manifest whose audio segments are the training data")
-    p.add_argument("--preset", default="tiny", help="codec preset: tiny (16 kHz, 4 x 1024), base, large (24 kHz, 8 levels)")
+    p.add_argument("--preset", default="tiny", help="codec preset: tiny (16 kHz, 4 x 1024), base, large (24 kHz, 8 levels) (default tiny)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the codec; the run state goes to DIR/run/audio "
                         "(the text, image and audio tokenizers can share one DIR)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -93,7 +102,7 @@ def register(cli) -> None:
     p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="torch threads (0 = torch's default)")
 
     p = cli.command("tokenizer eval-audio", "SI-SNR, mel distance and checker agreement of an audio codec", _eval_audio)
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding audio_codec.json and its weights")
     p.add_argument("--manifest", required=True, help="held-out JSONL manifest")
     p.add_argument("--n", type=at.int_range(1, 1000000), default=500, help="number of clips (default 500)")
     p.add_argument("--levels", type=at.nonnegative_int, default=2, help="also measure decoding from only this many levels (default 2)")
@@ -101,11 +110,11 @@ def register(cli) -> None:
     p.add_argument("--spectrogram", help="write a PNG of original vs reconstructed spectrograms here")
 
     p = cli.command("tokenizer audio-recon", "encode and decode clips, write the reconstructions as WAV", _recon)
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding audio_codec.json and its weights")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the WAV files (created; a folder of other files is refused)")
     p.add_argument("--levels", type=at.nonnegative_int, default=0, help="decode from only the first N levels (0 = all)")
-    p.add_argument("audio", nargs="+")
+    p.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG, ...)")
 
     p = cli.command("tokenizer encode-audio", "print the codes of clips, one line per level", _encode)
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("audio", nargs="+")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding audio_codec.json and its weights")
+    p.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG, ...)")

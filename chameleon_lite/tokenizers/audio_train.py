@@ -351,11 +351,13 @@ def save_spectrograms(path: str, originals: list[np.ndarray], recons: list[np.nd
 
 
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> str:
-    """16-bit PCM WAV, written atomically."""
+    """16-bit PCM WAV, written atomically and marked as this tool's (see :func:`files.check_wav_output`)."""
     import soundfile as sf
 
     tmp = f"{path}.tmp.{os.getpid()}.wav"
-    sf.write(tmp, np.clip(np.nan_to_num(np.asarray(wave, np.float32)), -1, 1), sample_rate, subtype="PCM_16")
+    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format="WAV", subtype="PCM_16") as f:
+        f.software = PNG_SOFTWARE
+        f.write(np.clip(np.nan_to_num(np.asarray(wave, np.float32)), -1, 1))
     os.replace(tmp, path)
     return path
 

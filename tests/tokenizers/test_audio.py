@@ -385,6 +385,18 @@ def test_commands(corpus, tmp_path, capsys):
     assert "level 0:" in text and "level 1:" in text
     assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec"), "--levels", "1", wav]) == 0
     assert len(os.listdir(tmp_path / "rec")) == 1
+    capsys.readouterr()
+    # its own WAV is replaced on a rerun; a user's file of the same name is not, and nothing is written
+    assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec"), wav]) == 0
+    recon = tmp_path / "rec" / os.listdir(tmp_path / "rec")[0]
+    recon.write_bytes(open(wav, "rb").read())  # a WAV this tool did not write
+    assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec"), wav]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "was not written by chameleon-lite" in err
+    assert recon.read_bytes() == open(wav, "rb").read()
+    assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec2"), wav, wav]) == 1
+    assert "would replace an earlier input's" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "rec2")
     assert main(["tokenizer", "eval-audio", "--tokenizer", out, "--manifest", corpus, "--n", "3",
                  "--json", str(tmp_path / "e.json")]) == 0
     assert json.load(open(tmp_path / "e.json"))["clips"] == 3
