@@ -26,6 +26,16 @@ COMMAND_MODULES = (
     "chameleon_lite.demo",
 )
 
+DESCRIPTION = """\
+One decoder-only transformer that reads and writes text, images and audio as one token stream.
+Train the three tokenizers and the transformer on your own data, generate interleaved documents
+(text, PNG, WAV) and judge models with held-out evals. With no --model, generate and eval use the
+demo model the package ships."""
+EPILOG = """\
+start with:
+  chameleon-lite generate --prompt "a large red circle in the top left" --out out/demo
+each command has its own --help, e.g. chameleon-lite data tokenize --help"""
+
 GROUP_HELP = {
     "data": "build, validate and pretokenize data",
     "tokenizer": "train and inspect the text, image and audio tokenizers",
@@ -41,7 +51,8 @@ class CLI:
     """Registry the command modules add their subcommands to."""
 
     def __init__(self) -> None:
-        self.parser = _Parser(prog="chameleon-lite", description=__doc__.splitlines()[0])
+        self.parser = _Parser(prog="chameleon-lite", description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
         self._top = self.parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
         self._top.required = True
         self._groups: dict[str, argparse._SubParsersAction] = {}

@@ -29,6 +29,41 @@ def test_every_command_has_help(path, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+def _arguments(parser, prefix=()):
+    """(command path, argparse action) for every argument of every command."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _arguments(sub, prefix + (name,))
+        elif not isinstance(action, argparse._HelpAction):
+            yield " ".join(prefix), action
+
+
+def test_every_argument_has_help_that_states_its_default():
+    missing, no_default = [], []
+    for path, a in _arguments(build_parser()):
+        name = "/".join(a.option_strings) or a.dest
+        if not a.help:
+            missing.append(f"{path} {name}")
+        elif a.option_strings and a.default not in (None, False) and "default" not in a.help \
+                and f"{a.default} =" not in a.help:
+            no_default.append(f"{path} {name} (default {a.default!r})")
+    assert not missing, f"arguments without help: {missing}"
+    assert not no_default, f"options whose help does not state the default: {no_default}"
+
+
+def test_top_level_help_says_what_the_tool_does():
+    r = run("--help")
+    assert r.returncode == 0
+    head = r.stdout.split("positional arguments")[0]
+    assert "text, images and audio" in head and "command-line entry point" not in r.stdout
+    for command in ("quickstart", "data", "tokenizer", "vocab", "plot", "export", "generate", "eval", "ship-demo"):
+        assert f"\n    {command}" in r.stdout
+    assert "chameleon-lite generate --prompt" in r.stdout.split("positional arguments")[1]
+
+
 def test_unknown_command_is_one_line_error():
     r = run("no-such-command")
     assert r.returncode == 2
@@ -95,3 +130,12 @@ def test_every_numeric_flag_refuses_non_numbers_in_one_line(path, option, capsys
 def test_flag_values_from_the_issue_are_one_line(argv, message):
     r = run(*argv)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_help_imports_neither_torch_nor_the_extension():
+    """--help must stay fast: building the whole parser tree imports no torch, no compiled kernels."""
+    code = ("import sys; from chameleon_lite.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('chameleon_lite._C')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -78,7 +78,7 @@ def register(cli) -> None:
     p.add_argument("--sample-rate", type=at.int_range(4000, 192000), default=16000, help="audio sample rate in Hz (default 16000)")
     p.add_argument("--task-weights", metavar="TASK=W,...", help="relative weights of the document forms (default: all 1), "
                    "e.g. caption_to_image=2,instruction=0")
-    p.add_argument("--workers", type=at.int_range(1, 256), default=1, help="worker processes (the corpus is the same for any number)")
+    p.add_argument("--workers", type=at.int_range(1, 256), default=1, help="worker processes; the corpus is the same for any number (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = cli.command("data validate", "check a JSONL manifest: JSON, segment keys, files present and decodable", _validate)

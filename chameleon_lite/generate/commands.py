@@ -119,7 +119,7 @@ def register(cli) -> None:
     p = cli.command("generate", "generate an interleaved text/image/audio document from a prompt", _generate)
     p.add_argument("--model", default=None, metavar="DIR",
                    help="exported model folder (model.safetensors, config.json, tokenizers); default: the shipped demo model")
-    p.add_argument("--prompt", default="", help="prompt text")
+    p.add_argument("--prompt", default="", help="prompt text (default: none; the model starts from the images/audio given, or from nothing)")
     p.add_argument("--image", action="append", metavar="PATH", help="prompt image (repeatable)")
     p.add_argument("--audio", action="append", metavar="PATH", help="prompt audio clip (repeatable)")
     p.add_argument("--then", choices=("text", "image", "audio", "media"), default=None,

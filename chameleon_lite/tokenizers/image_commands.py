@@ -72,7 +72,7 @@ def register(cli) -> None:
     p = cli.command("tokenizer train-image", "train the image VQ tokenizer (image_vq.safetensors + image_vq.json); "
                     "rerun with the same --out to resume", _train_image)
     p.add_argument("--manifest", required=True, help="JSONL manifest whose image segments are the training data")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny (48x48, 36 tokens), base, chameleon")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny (48x48, 36 tokens), base, chameleon (default tiny)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the tokenizer; the run state goes to DIR/run/image "
                         "(the text, image and audio tokenizers can share one DIR)")
     p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
@@ -92,17 +92,17 @@ def register(cli) -> None:
     p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="torch threads (0 = torch's default)")
 
     p = cli.command("tokenizer eval-image", "PSNR, checker agreement and codebook usage of an image tokenizer", _eval_image)
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding image_vq.json and its weights")
     p.add_argument("--manifest", required=True, help="held-out JSONL manifest")
     p.add_argument("--n", type=at.int_range(1, 1000000), default=2000, help="number of images (default 2000)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--grid", help="write a PNG grid of originals vs reconstructions here")
 
     p = cli.command("tokenizer image-recon", "encode and decode pictures, write originals vs reconstructions as a PNG", _recon)
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding image_vq.json and its weights")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
 
     p = cli.command("tokenizer encode-image", "print the codes of pictures (raster order)", _encode)
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("images", nargs="+")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding image_vq.json and its weights")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")

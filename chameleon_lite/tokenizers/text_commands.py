@@ -53,4 +53,4 @@ def register(cli) -> None:
 
     p = cli.command("tokenizer encode-text", "print the local BPE ids of a string", _encode)
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding tokenizer.json")
-    p.add_argument("text")
+    p.add_argument("text", help="the string to encode")
