@@ -62,7 +62,7 @@ def engine(dtype: torch.dtype):
     from chameleon_lite.generate import Generator
     from chameleon_lite.model.config import ModelConfig
     from chameleon_lite.model.transformer import build_model
-    from chameleon_lite.tokenizers.base import Tokenizers
+    from chameleon_lite.tokenizers.loader import Tokenizers
     from chameleon_lite.vocab import UnifiedVocab
 
     probe = UnifiedVocab(text_size=1, image_codebook=IMAGE_CODES, audio_levels=0, audio_codebook=0)

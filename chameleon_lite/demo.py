@@ -13,20 +13,12 @@ import platform
 import shutil
 from typing import Any
 
+from chameleon_lite.bundle import DEMO_DIR, demo_model_dir  # noqa: F401  (demo_model_dir re-exported)
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import MODEL, check_output_dir, read_json, replace_dir, write_json_atomic
 
-DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
 RECIPE_FILE = "RECIPE.json"
 MAX_BYTES = 30 * 1024 * 1024
-
-
-def demo_model_dir() -> str:
-    """The shipped demo model folder; a clear error when this install has none."""
-    if not os.path.isfile(os.path.join(DEMO_DIR, "config.json")):
-        raise ConfigError(f"no demo model is shipped in this install ({DEMO_DIR}); pass --model DIR "
-                          "(train one with `chameleon-lite quickstart`)")
-    return DEMO_DIR
 
 
 def _first_existing(*paths: str) -> str:
@@ -44,7 +36,7 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
 
     from chameleon_lite.eval.harness import write_eval_sampling
     from chameleon_lite.model.io import load_model, save_model_dir
-    from chameleon_lite.tokenizers.base import Tokenizers
+    from chameleon_lite.tokenizers.loader import Tokenizers
 
     tmp = f"{out}.new"
     check_output_dir(out, MODEL)

@@ -112,7 +112,8 @@ def _copy_artifacts(src: str, dst: str, names: tuple[str, ...]) -> None:
 
 
 def build_stages(cfg: QuickstartConfig) -> list[Stage]:
-    from chameleon_lite.tokenizers import base
+    from chameleon_lite import bundle
+    from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
 
     corpus, heldout, tok = cfg.path("corpus"), cfg.path("heldout"), cfg.path("tokenizers")
     manifest = os.path.join(corpus, "manifest.jsonl")
@@ -138,17 +139,17 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
 
         out = cfg.path("image_vq")
         image_train.train(manifest, out, image_train.quickstart_config(steps=cfg.image_train_steps, seed=cfg.seed))
-        _copy_artifacts(out, tok, (base.IMAGE_WEIGHTS, base.IMAGE_CONFIG))
+        _copy_artifacts(out, tok, (bundle.IMAGE_WEIGHTS, bundle.IMAGE_CONFIG))
 
     def audio_tokenizer() -> None:
         from chameleon_lite.tokenizers import audio_train
 
         out = cfg.path("audio_codec")
         audio_train.train(manifest, out, audio_train.quickstart_config(steps=cfg.audio_train_steps, seed=cfg.seed))
-        _copy_artifacts(out, tok, (base.AUDIO_WEIGHTS, base.AUDIO_CONFIG))
+        _copy_artifacts(out, tok, (bundle.AUDIO_WEIGHTS, bundle.AUDIO_CONFIG))
 
     def vocab() -> None:
-        base.vocab_from_tokenizer_dir(tok).save(os.path.join(tok, base.VOCAB_FILE))
+        vocab_from_tokenizer_dir(tok).save(os.path.join(tok, bundle.VOCAB_FILE))
 
     def tokenize() -> None:
         from chameleon_lite.data.pretokenize import pretokenize
@@ -186,7 +187,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
 
     def export() -> None:
         from chameleon_lite.eval.harness import write_eval_sampling
-        from chameleon_lite.model.io import export_run
+        from chameleon_lite.train.export import export_run
 
         export_run(run, model_dir, tokenizers_dir=tok)
         write_eval_sampling(model_dir)  # `generate --model` and the demo document sample as the eval does
@@ -207,10 +208,10 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
     return [
         Stage("corpus", make_corpus, {"n": cfg.corpus_docs, "seed": cfg.seed}, [corpus]),
         Stage("heldout", make_heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [heldout]),
-        Stage("text-tokenizer", text_tokenizer, {"vocab": cfg.text_vocab}, [os.path.join(tok, base.TEXT_FILE)]),
+        Stage("text-tokenizer", text_tokenizer, {"vocab": cfg.text_vocab}, [os.path.join(tok, bundle.TEXT_FILE)]),
         Stage("image-tokenizer", image_tokenizer, {"steps": cfg.image_train_steps}, [cfg.path("image_vq")], resumable=True),
         Stage("audio-tokenizer", audio_tokenizer, {"steps": cfg.audio_train_steps}, [cfg.path("audio_codec")], resumable=True),
-        Stage("vocab", vocab, {}, [os.path.join(tok, base.VOCAB_FILE)]),
+        Stage("vocab", vocab, {}, [os.path.join(tok, bundle.VOCAB_FILE)]),
         Stage("tokenize", tokenize, {}, [shards], resumable=True),
         Stage("pretrain", pretrain, {"budget_minutes": cfg.budget_minutes, "model": cfg.train_model, "compile": cfg.compile},
               [run], resumable=True),
@@ -294,7 +295,7 @@ def pretrain_minutes(cfg: QuickstartConfig, spent: float) -> float:
 def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: str | None = None) -> int:
     """The pretraining step count that fits :func:`pretrain_minutes` on this machine (measured once, then read
     back from calibration.json so a resumed run keeps its learning-rate schedule)."""
-    from chameleon_lite.tokenizers.base import vocab_from_tokenizer_dir
+    from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
 
     path = cfg.path("calibration.json")
     key = {"model": cfg.train_model, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,

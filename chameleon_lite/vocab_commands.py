@@ -16,7 +16,7 @@ def _vocab(args: argparse.Namespace) -> int:
         print(v.describe())
         return 0
     if args.tokenizers:
-        from chameleon_lite.tokenizers.base import vocab_from_tokenizer_dir
+        from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
 
         v = vocab_from_tokenizer_dir(args.tokenizers)
     else:

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import chameleon_lite.demo as demo
+from chameleon_lite import bundle
 from chameleon_lite.cli import main
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.io import save_model_dir
@@ -27,9 +28,9 @@ def model_dir(tmp_path):
 
 def test_ship_demo_and_generate_without_model(model_dir, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "shipped")
-    monkeypatch.setattr(demo, "DEMO_DIR", out)
+    monkeypatch.setattr(bundle, "DEMO_DIR", out)
     with pytest.raises(ConfigError, match="no demo model"):
-        demo.demo_model_dir()
+        bundle.demo_model_dir()
     assert main(["generate", "--prompt", "x", "--max-new-tokens", "3", "--out", str(tmp_path / "g0")]) == 1
     assert "no demo model" in capsys.readouterr().err
     recipe = tmp_path / "recipe.json"
@@ -40,7 +41,7 @@ def test_ship_demo_and_generate_without_model(model_dir, tmp_path, monkeypatch, 
     assert rec["seed"] == 7 and rec["command"] == "chameleon-lite quickstart" and rec["weights_dtype"] == "bfloat16"
     # bf16 weights: about half of the fp32 export
     assert os.path.getsize(os.path.join(out, "model.safetensors")) < 0.6 * os.path.getsize(os.path.join(model_dir, "model.safetensors"))
-    assert demo.demo_model_dir() == out
+    assert bundle.demo_model_dir() == out
     # generate's defaults for the shipped model: the sampling its recorded evaluation used
     from chameleon_lite.eval.harness import EvalConfig, sampling_settings
     from chameleon_lite.generate import Generator

@@ -99,7 +99,7 @@ def test_shipped_model_is_what_its_recipe_says():
         assert rec["eval"]["tasks"][task]["n"] >= 100, task
     cfg = json.load(open(os.path.join(folder, "config.json")))
     assert cfg["n_layers"] >= 1 and cfg["vocab_size"] > 0
-    from chameleon_lite.tokenizers.base import codes_hash
+    from chameleon_lite.bundle import codes_hash
 
     assert cfg["codes_hash"] == codes_hash(folder)  # bound to the tokenizers shipped beside it
 

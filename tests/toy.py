@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from chameleon_lite.tokenizers.audio import load_audio
-from chameleon_lite.tokenizers.base import Tokenizers
+from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.tokenizers.image import ImageTokenizer, ImageVQModel, preset
 from chameleon_lite.tokenizers.text import TextTokenizer
 from chameleon_lite.vocab import UnifiedVocab

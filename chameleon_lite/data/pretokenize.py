@@ -25,7 +25,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _load_tokenizers(tokenizers: str | Any):
-    from chameleon_lite.tokenizers.base import Tokenizers
+    from chameleon_lite.tokenizers.loader import Tokenizers
 
     return Tokenizers.load(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else tokenizers
 

@@ -68,7 +68,7 @@ def _check_file(value: Any, kind: str) -> None:
 
 
 class SequenceEncoder:
-    """Turns documents into unified ids with the tokenizers of one :class:`~chameleon_lite.tokenizers.base.Tokenizers`."""
+    """Turns documents into unified ids with the tokenizers of one :class:`~chameleon_lite.tokenizers.loader.Tokenizers`."""
 
     def __init__(self, tokenizers: Any) -> None:
         self.tk = tokenizers

@@ -10,7 +10,7 @@ def _eval(args: argparse.Namespace) -> int:
     from chameleon_lite.eval.harness import TASKS, EvalConfig, run_eval
 
     if args.model is None:
-        from chameleon_lite.demo import demo_model_dir
+        from chameleon_lite.bundle import demo_model_dir
 
         args.model = demo_model_dir()
         args.out = args.out or "demo-eval"

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import EVAL, check_output_dir, write_bytes_atomic, write_json_atomic
+from chameleon_lite.files import EVAL, check_output_dir, read_json, write_bytes_atomic, write_json_atomic
 
 TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved", "instruction")
 
@@ -359,27 +359,27 @@ def summarize(items: list[Item]) -> dict[str, Any]:
 
 def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progress: bool) -> dict[str, Any]:
     """Reconstruction of held-out procedural media by the model's own tokenizers."""
+    from chameleon_lite import bundle
     from chameleon_lite.data.procedural import CorpusConfig, write_corpus
-    from chameleon_lite.tokenizers import base
 
     folder = os.path.join(out, "heldout_media")
     # media-only documents, half image and half audio, so that every modality gets n items even for small n; the
     # pictures drawn at the size the image tokenizer reads (the corpus's size for its own tokenizers), not resized
     side = CorpusConfig().image_size
-    if os.path.exists(os.path.join(model_dir, base.IMAGE_CONFIG)):
+    if os.path.exists(os.path.join(model_dir, bundle.IMAGE_CONFIG)):
         from chameleon_lite.tokenizers.image import ImageVQConfig
 
-        side = ImageVQConfig.from_dict(base.read_json(os.path.join(model_dir, base.IMAGE_CONFIG), "image tokenizer config")).image_size
+        side = ImageVQConfig.from_dict(read_json(os.path.join(model_dir, bundle.IMAGE_CONFIG), "image tokenizer config")).image_size
     side = side if 32 <= side <= 1024 else CorpusConfig().image_size  # the corpus's bounds; else resized as usual
     media = CorpusConfig(image_size=side, task_weights={"caption_to_image": 1.0, "caption_to_audio": 1.0})
     manifest = write_corpus(folder, max(2 * n, 16), seed=seed, config=media, progress=progress)
     res: dict[str, Any] = {}
-    if os.path.exists(os.path.join(model_dir, base.IMAGE_CONFIG)):
+    if os.path.exists(os.path.join(model_dir, bundle.IMAGE_CONFIG)):
         from chameleon_lite.tokenizers.image_train import evaluate as eval_image
 
         r = eval_image(model_dir, manifest, n=n, progress=progress)
         res["image"] = {k: r[k] for k in r if isinstance(r[k], (int, float, str))}
-    if os.path.exists(os.path.join(model_dir, base.AUDIO_CONFIG)):
+    if os.path.exists(os.path.join(model_dir, bundle.AUDIO_CONFIG)):
         from chameleon_lite.tokenizers.audio_train import evaluate as eval_audio
 
         r = eval_audio(model_dir, manifest, n=n, progress=progress)

@@ -89,7 +89,7 @@ def _generate(args: argparse.Namespace) -> int:
         for path in paths or ():
             check_media_path(path, kind)  # before the model loads: a wrong path is named at once
     if args.model is None:
-        from chameleon_lite.demo import demo_model_dir
+        from chameleon_lite.bundle import demo_model_dir
 
         args.model = demo_model_dir()
     say = (lambda *a, **k: None) if args.quiet else print

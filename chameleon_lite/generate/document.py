@@ -66,7 +66,7 @@ def split_spans(ids: list[int], vocab: UnifiedVocab) -> list[Span]:
 
 
 def detokenize(spans: list[Span], tokenizers: Any) -> list[Span]:
-    """Fill each span's text/image/audio with its detokenizer (tokenizers: a tokenizers.base.Tokenizers bundle)."""
+    """Fill each span's text/image/audio with its detokenizer (tokenizers: a tokenizers.loader.Tokenizers bundle)."""
     import torch
 
     vocab = tokenizers.vocab

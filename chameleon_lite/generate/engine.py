@@ -119,7 +119,7 @@ def sampling_defaults(model_dir: str | None = None) -> dict[str, SamplingSetting
     path = os.path.join(model_dir, GENERATION_FILE) if model_dir else ""
     if not path or not os.path.exists(path):
         return _apply_sampling({}, "")
-    from chameleon_lite.tokenizers.base import read_json
+    from chameleon_lite.files import read_json
 
     return _apply_sampling(read_json(path, "generation settings"), path)
 
@@ -145,7 +145,7 @@ def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings
 
 def write_sampling_defaults(model_dir: str, settings: dict[str, dict[str, float]]) -> str:
     """Write a model folder's ``generation.json`` (checked before it is written)."""
-    from chameleon_lite.tokenizers.base import write_bytes_atomic
+    from chameleon_lite.files import write_bytes_atomic
 
     path = os.path.join(model_dir, GENERATION_FILE)
     _apply_sampling(settings, path)
@@ -240,7 +240,7 @@ class Generator:
     def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> "Generator":
         """Load an exported model folder (model.safetensors, config.json and the tokenizer artifacts)."""
         from chameleon_lite.model.io import load_model
-        from chameleon_lite.tokenizers.base import Tokenizers
+        from chameleon_lite.tokenizers.loader import Tokenizers
 
         model = load_model(model_dir, device=device)
         return cls(model, Tokenizers.load(model_dir, device=str(device)), device=device, sampling=sampling_defaults(model_dir))

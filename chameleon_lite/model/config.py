@@ -17,7 +17,7 @@ class ModelConfig:
     Args:
         vocab_size: size of the unified vocabulary (ids in [0, vocab_size)).
         vocab_hash: hash of the UnifiedVocab the model is trained on ("" when not yet bound to a vocabulary).
-        codes_hash: hash of the tokenizers' code-making parts the model is trained on (tokenizers.base.codes_hash;
+        codes_hash: hash of the tokenizers' code-making parts the model is trained on (bundle.codes_hash;
             "" = not recorded). The vocab hash covers only the layout, so this is what tells a retrained tokenizer
             of the same sizes apart.
         dim: model width.

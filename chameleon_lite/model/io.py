@@ -1,5 +1,5 @@
 """Exported models: ``model.safetensors`` + ``config.json`` + the tokenizer artifacts + ``vocab.json`` in one folder
-(ARCHITECTURE §7). ``export_model`` turns a training run's checkpoint into such a folder, ``load_model`` reads it
+(ARCHITECTURE §7). ``save_model_dir`` writes such a folder (``train.export.export_run`` from a run's checkpoint), ``load_model`` reads it
 back and refuses tokenizers whose vocabulary or codes are not the ones the model was trained on."""
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import shutil
 
 import torch
 
+from chameleon_lite.bundle import (AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE,
+                                   check_codes_match, write_safetensors_atomic)
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import MODEL, check_output_dir, read_json, replace_dir
+from chameleon_lite.files import MODEL, check_output_dir, replace_dir
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, check_codes_match, check_vocab_matches, write_safetensors_atomic
+from chameleon_lite.tokenizers.loader import check_vocab_matches
 from chameleon_lite.vocab import UnifiedVocab
 
 WEIGHTS_FILE = "model.safetensors"
@@ -28,7 +30,7 @@ def _memory_bytes() -> int:
         return 1 << 62  # unknown: no bound
 
 
-def _empty_model(cfg: ModelConfig, device: str | torch.device, source: str = "model config") -> Transformer:
+def empty_model(cfg: ModelConfig, device: str | torch.device, source: str = "model config") -> Transformer:
     """The Transformer of ``cfg`` with uninitialised weights; a config larger than this machine's memory is refused
     before anything is allocated."""
     need = cfg.num_params() * 4
@@ -69,32 +71,6 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     vocab.save(os.path.join(tmp, VOCAB_FILE))
     replace_dir(tmp, out_dir, MODEL)
     return out_dir
-
-
-def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, checkpoint: str | None = None) -> str:
-    """Export the newest checkpoint of a training run (or ``checkpoint``) to ``out_dir``. The tokenizer folder
-    defaults to the one recorded when the run started."""
-    from chameleon_lite.train.checkpoint import latest_checkpoint, load_checkpoint
-
-    run_file = os.path.join(run_dir, "run.json")
-    if not os.path.exists(run_file):
-        raise ConfigError(f"{run_file}: not found; is {run_dir} a training run folder?")
-    run = read_json(run_file, "training run record")
-    for key in ("model", "vocab"):
-        if not isinstance(run.get(key), dict):
-            raise ConfigError(f"{run_file}: no \"{key}\" object; the run record is damaged")
-    cfg = ModelConfig.from_dict(run["model"], source=f"{run_file} (model)")
-    vocab = UnifiedVocab.from_dict(run["vocab"], source=f"{run_file} (vocab)")
-    tokenizers_dir = tokenizers_dir or run.get("tokenizers") or ""
-    if not tokenizers_dir:
-        raise ConfigError(f"{run_dir}: the run does not record its tokenizer folder; pass --tokenizers DIR")
-    ck = checkpoint or latest_checkpoint(run_dir)
-    if ck is None:
-        raise ConfigError(f"{run_dir}: no complete checkpoint to export")
-    check_output_dir(os.path.abspath(out_dir), MODEL)  # before the weights are read
-    model = _empty_model(cfg, "cpu", run_file)
-    load_checkpoint(ck, model)
-    return save_model_dir(model, vocab, tokenizers_dir, out_dir)
 
 
 def read_model_weights(model_dir: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -141,6 +117,6 @@ def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transforme
     """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
     the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash."""
     cfg, state = read_model_weights(model_dir)
-    model = _empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE))
+    model = empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE))
     load_weights(model, state, os.path.join(model_dir, WEIGHTS_FILE))
     return model.eval()

@@ -36,7 +36,8 @@ from torch import nn
 
 from chameleon_lite.data.media import check_media_path
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, read_json, write_json_atomic, write_safetensors_atomic
+from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS, write_safetensors_atomic
+from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 log = logging.getLogger(__name__)

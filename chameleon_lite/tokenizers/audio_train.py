@@ -40,7 +40,7 @@ from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import PNG_SOFTWARE
 from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio, preset,
                                              save_model)
-from chameleon_lite.tokenizers.base import read_json, write_json_atomic
+from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.tokenizers.image_train import (_restore_optimizer, check_finetune_resume, code_path_changed,
                                                    different_config_error, find_checkpoint, freeze_code_path, lr_at,
                                                    run_folder, save_checkpoint, set_train_mode)

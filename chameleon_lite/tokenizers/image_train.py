@@ -40,7 +40,8 @@ from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import TOKENIZERS, check_output_dir, png_info
-from chameleon_lite.tokenizers.base import makes_codes, read_json, write_json_atomic, write_safetensors_atomic
+from chameleon_lite.bundle import makes_codes, write_safetensors_atomic
+from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.tokenizers.image import (ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype,
                                              from_model_output, load_images, preset, save_model, to_model_input)
 

@@ -10,7 +10,7 @@ import os
 from typing import Iterable, Iterator, Sequence
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.tokenizers.base import TEXT_FILE
+from chameleon_lite.bundle import TEXT_FILE
 
 DEFAULT_VOCAB_SIZE = 4096
 

@@ -12,7 +12,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from chameleon_lite.model.io import export_run
+    from chameleon_lite.train.export import export_run
 
     out = export_run(args.run, args.out, tokenizers_dir=args.tokenizers, checkpoint=args.checkpoint)
     print(f"exported {args.run} -> {out}")

@@ -116,7 +116,7 @@ def run_codes_hash(cfg: TrainConfig, meta: dict[str, Any], val_meta: dict[str, A
     """Which codes the run trains on: the hash the training shards recorded when they were tokenized, which the
     validation shards and the tokenizer folder must share (the vocab hash alone cannot tell a retrained tokenizer
     of the same sizes apart); the folder's hash for shards that recorded none; "" when neither is known."""
-    from chameleon_lite.tokenizers.base import codes_hash
+    from chameleon_lite.bundle import codes_hash
 
     codes = meta.get("codes_hash", "")
     val = val_meta.get("codes_hash", "")

@@ -23,7 +23,7 @@ from chameleon_lite.data.pretokenize import pretokenize
 from chameleon_lite.errors import DataError
 from chameleon_lite.tokenizers import audio as audio_mod
 from chameleon_lite.tokenizers.audio import AudioCodecModel, AudioTokenizer, load_audio, preset, read_audio_file
-from chameleon_lite.tokenizers.base import Tokenizers
+from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.tokenizers.image import fit_square, load_images, read_image_file
 from chameleon_lite.tokenizers.text import TextTokenizer
 from chameleon_lite.vocab import UnifiedVocab

@@ -13,7 +13,7 @@ from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.data.shards import ShardSet
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import Tokenizers
+from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.tokenizers.text import TextTokenizer, iter_manifest_texts
 from chameleon_lite.vocab import UnifiedVocab
 from toy import ToyAudio, small_image_tokenizer
@@ -103,7 +103,7 @@ def test_workers_give_the_same_shards(corpus):
         for i in range(len(a)):
             assert a.document(i)[0].tolist() == b.document(i)[0].tolist()
     # shards tokenized from a folder record which codes they hold (what training checks its tokenizers against)
-    from chameleon_lite.tokenizers.base import codes_hash
+    from chameleon_lite.bundle import codes_hash
 
     assert ShardSet(os.path.join(outs[0], "train")).meta["codes_hash"] == codes_hash(corpus["tok_dir"])
 

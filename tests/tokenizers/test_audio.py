@@ -12,7 +12,8 @@ from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.audio import (PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio,
                                              preset)
 from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, random_crops, si_snr, train
-from chameleon_lite.tokenizers.base import AUDIO_CONFIG, AUDIO_WEIGHTS, Tokenizers
+from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS
+from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.vocab import UnifiedVocab, VocabError
 
 # hop 64 at 16 kHz (250 frames/s), 2 levels x 16 codes: fast enough for unit tests

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.base import IMAGE_CONFIG, IMAGE_WEIGHTS, vocab_from_tokenizer_dir
+from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS
+from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
 from chameleon_lite.tokenizers.image import (PRESETS, ImageTokenizer, ImageVQConfig, ImageVQModel, fit_square,
                                              load_images, preset)
 from chameleon_lite.vocab import UnifiedVocab

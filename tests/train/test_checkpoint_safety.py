@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.model.io import export_run
+from chameleon_lite.train.export import export_run
 from chameleon_lite.train import checkpoint as ckpt
 from chameleon_lite.train.config import load_config
 from chameleon_lite.train.metrics import read_metrics

@@ -10,7 +10,7 @@ import torch
 
 from chameleon_lite.errors import ConfigError, DataError, UserError
 from chameleon_lite.model import load_model
-from chameleon_lite.model.io import export_run
+from chameleon_lite.train.export import export_run
 from chameleon_lite.train import trainer as trainer_mod
 from chameleon_lite.train.checkpoint import list_checkpoints
 from chameleon_lite.train.config import TrainConfig, load_config
@@ -400,7 +400,8 @@ def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
     the tokenizers that made their codes: a retrained tokenizer of the same sizes is refused everywhere, a
     fine-tuned decoder is not."""
     from chameleon_lite.generate.engine import Generator
-    from chameleon_lite.tokenizers.base import Tokenizers, codes_hash
+    from chameleon_lite.bundle import codes_hash
+    from chameleon_lite.tokenizers.loader import Tokenizers
     from chameleon_lite.vocab import UnifiedVocab
 
     tok, t = _tokenizer_dir(str(tmp_path / "tok"))

@@ -1,29 +1,33 @@
-"""What the three tokenizers share: artifact names, the bundle that loads them together, and the vocabulary
-they define.
+"""The exported model folder (ARCHITECTURE §7): its file names, the hashes that tie its parts together, and where the
+shipped demo model lives. The bottom floor every reader and writer of such a folder uses; it imports no tokenizer
+or model code, so the tokenizers, the model, the trainer and the generator all depend on it and not on each other.
 
-Each tokenizer class offers ``load(dir)`` / ``save(dir)`` and maps its modality to *local* codes; the bundle
-turns local codes into unified ids through :class:`~chameleon_lite.vocab.UnifiedVocab`.
-
-- TextTokenizer (text.py):   encode(str) -> list[int] local BPE ids; decode(ids) -> str; vocab_size
-- ImageTokenizer (image.py): encode(images) -> codes [B, h, w]; decode(codes) -> uint8 [B, H, W, 3];
-                             codebook_size; tokens_per_image (N = h*w); grid (h, w)
-- AudioTokenizer (audio.py): encode(waveform or path) -> codes [nq, frames]; decode(codes) -> float waveform;
-                             num_levels (nq); codebook_size; sample_rate; frame_rate
+A model folder holds ``config.json`` + ``model.safetensors`` (the transformer), the tokenizers (``tokenizer.json``,
+``image_vq.*``, ``audio_codec.*``), ``vocab.json`` and optionally ``generation.json``; a tokenizer folder holds
+the tokenizer files alone. Loading the tokenizers is :class:`chameleon_lite.tokenizers.loader.Tokenizers`; the
+model, :func:`chameleon_lite.model.io.load_model`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import read_json, write_bytes_atomic, write_json_atomic  # noqa: F401  (re-exported)
-from chameleon_lite.vocab import UnifiedVocab
+from chameleon_lite.files import read_json, write_bytes_atomic
 
 TEXT_FILE = "tokenizer.json"
 IMAGE_WEIGHTS, IMAGE_CONFIG = "image_vq.safetensors", "image_vq.json"
 AUDIO_WEIGHTS, AUDIO_CONFIG = "audio_codec.safetensors", "audio_codec.json"
 VOCAB_FILE = "vocab.json"
+DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
+
+
+def demo_model_dir() -> str:
+    """The shipped demo model folder; a clear error when this install has none."""
+    if not os.path.isfile(os.path.join(DEMO_DIR, "config.json")):
+        raise ConfigError(f"no demo model is shipped in this install ({DEMO_DIR}); pass --model DIR "
+                          "(train one with `chameleon-lite quickstart`)")
+    return DEMO_DIR
 
 
 def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
@@ -34,17 +38,7 @@ def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[
     write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
-def _sizes_from_dir(path: str) -> tuple[int, int, int, int]:
-    from chameleon_lite.tokenizers.text import TextTokenizer
-
-    text = TextTokenizer.load(path)
-    k_img = _size_field(path, IMAGE_CONFIG, "codebook_size")
-    nq = _size_field(path, AUDIO_CONFIG, "num_levels")
-    k_aud = _size_field(path, AUDIO_CONFIG, "codebook_size")
-    return text.vocab_size, k_img, nq, k_aud
-
-
-def _size_field(folder: str, name: str, key: str) -> int:
+def size_field(folder: str, name: str, key: str) -> int:
     """A positive integer field of a tokenizer config in ``folder`` (0 when the tokenizer is absent)."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
@@ -53,24 +47,6 @@ def _size_field(folder: str, name: str, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
     return value
-
-
-def vocab_from_tokenizer_dir(path: str) -> UnifiedVocab:
-    """The vocabulary the tokenizer artifacts in ``path`` define (a missing image/audio tokenizer gives an empty range)."""
-    if not os.path.isdir(path):
-        raise ConfigError(f"{path}: tokenizer folder not found")
-    t, k_img, nq, k_aud = _sizes_from_dir(path)
-    return UnifiedVocab(text_size=t, image_codebook=k_img, audio_levels=nq, audio_codebook=k_aud)
-
-
-def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> None:
-    """Refuse tokenizer artifacts in ``path`` whose vocabulary differs from ``vocab`` (e.g. a checkpoint's)."""
-    have = vocab_from_tokenizer_dir(path)
-    if have.hash != vocab.hash:
-        raise ConfigError(
-            f"{path}: the tokenizers define vocabulary {have.hash} ({have.size} ids) but the {what} was trained on "
-            f"{vocab.hash} ({vocab.size} ids); use the tokenizers the {what} was trained with"
-        )
 
 
 def makes_codes(key: str) -> bool:
@@ -128,38 +104,3 @@ def check_codes_match(path: str, expected: str, what: str = "model") -> str:
             f"{what} was trained with{note}"
         )
     return have
-
-
-@dataclasses.dataclass
-class Tokenizers:
-    """The three tokenizers plus the unified vocabulary they define, loaded from one folder."""
-
-    vocab: UnifiedVocab
-    text: Any
-    image: Any | None = None
-    audio: Any | None = None
-    codes_hash: str = ""  # codes_hash() of the folder they were loaded from ("" when built in memory)
-
-    @classmethod
-    def load(cls, path: str, device: str = "cpu") -> "Tokenizers":
-        from chameleon_lite.tokenizers.text import TextTokenizer
-
-        if not os.path.isdir(path):
-            raise ConfigError(f"{path}: tokenizer folder not found")
-        text = TextTokenizer.load(path)
-        image = audio = None
-        if os.path.exists(os.path.join(path, IMAGE_CONFIG)):
-            from chameleon_lite.tokenizers.image import ImageTokenizer
-
-            image = ImageTokenizer.load(path, device=device)
-        if os.path.exists(os.path.join(path, AUDIO_CONFIG)):
-            from chameleon_lite.tokenizers.audio import AudioTokenizer
-
-            audio = AudioTokenizer.load(path, device=device)
-        vocab = vocab_from_tokenizer_dir(path)
-        vf = os.path.join(path, VOCAB_FILE)
-        if os.path.exists(vf):
-            saved = UnifiedVocab.load(vf)
-            if saved.hash != vocab.hash:
-                raise ConfigError(f"{vf}: vocab.json ({saved.hash}) does not match the tokenizer artifacts beside it ({vocab.hash})")
-        return cls(vocab=vocab, text=text, image=image, audio=audio, codes_hash=codes_hash(path))
