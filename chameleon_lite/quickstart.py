@@ -152,7 +152,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         vocab_from_tokenizer_dir(tok).save(os.path.join(tok, bundle.VOCAB_FILE))
 
     def tokenize() -> None:
-        from chameleon_lite.data.pretokenize import pretokenize
+        from chameleon_lite.pretokenize import pretokenize
 
         pretokenize(manifest, tok, shards, workers=cfg.workers, val_fraction=0.03, seed=cfg.seed)
 

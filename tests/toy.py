@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chameleon_lite.tokenizers.audio import load_audio
+from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.tokenizers.image import ImageTokenizer, ImageVQModel, preset
 from chameleon_lite.tokenizers.text import TextTokenizer

@@ -11,7 +11,7 @@ span the model reads in both directions and is not trained to produce). ``id`` a
 
 :func:`iter_documents` is lazy and raises :class:`DataError` at the first bad line; :func:`validate_manifest`
 reads everything and collects every problem as ``file:line: reason``. Media files are judged by the readers the
-tokenizers use (:func:`check_image_file`, :func:`check_audio_file`), so ``data validate`` passes exactly the files
+tokenizers use (:mod:`~chameleon_lite.data.image_files`, :mod:`~chameleon_lite.data.audio_files`), so ``data validate`` passes exactly the files
 ``data tokenize`` accepts with the default limits.
 """
 from __future__ import annotations
@@ -21,6 +21,8 @@ import json
 import os
 from typing import Any, Iterator
 
+from chameleon_lite.data.audio_files import DEFAULT_MAX_SECONDS, read_audio_file
+from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, read_image_file
 from chameleon_lite.data.media import check_media_path
 from chameleon_lite.errors import DataError
 
@@ -156,8 +158,6 @@ def check_image_file(path: str, max_pixels: int | None = None) -> tuple[int, int
 
     max_pixels: None for the default of ImageVQConfig (what tokenizing uses unless its config says otherwise).
     """
-    from chameleon_lite.tokenizers.image import DEFAULT_MAX_PIXELS, read_image_file
-
     rgb = read_image_file(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     return rgb.shape[1], rgb.shape[0]
 
@@ -165,9 +165,7 @@ def check_image_file(path: str, max_pixels: int | None = None) -> tuple[int, int
 def check_audio_file(path: str, max_seconds: float | None = None) -> tuple[int, int, int]:
     """Decode an audio file as the audio tokenizer does; return (frames, sample_rate, channels). Raises DataError
     naming the file. max_seconds: None for the default of AudioCodecConfig (what tokenizing uses by default)."""
-    from chameleon_lite.tokenizers.audio import AudioCodecConfig, read_audio_file
-
-    data, sr = read_audio_file(path, AudioCodecConfig.max_seconds if max_seconds is None else max_seconds)
+    data, sr = read_audio_file(path, DEFAULT_MAX_SECONDS if max_seconds is None else max_seconds)
     return data.shape[0], sr, data.shape[1]
 
 

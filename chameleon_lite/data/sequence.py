@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from chameleon_lite.data.image_files import load_images
 from chameleon_lite.errors import ConfigError, DataError
 
 KINDS = ("text", "image", "audio")
@@ -82,8 +83,6 @@ class SequenceEncoder:
 
     def _image_codes(self, values: list[Any]) -> tuple[list[np.ndarray | None], list[DataError | None]]:
         """Decode each picture (errors per item), then encode the good ones in one batch -> unified ids [N]."""
-        from chameleon_lite.tokenizers.image import load_images
-
         tok = self._require("image")
         rgbs, errors = [], []
         for v in values:

@@ -1,6 +1,7 @@
 """Exported models: ``model.safetensors`` + ``config.json`` + the tokenizer artifacts + ``vocab.json`` in one folder
-(ARCHITECTURE §7). ``save_model_dir`` writes such a folder (``train.export.export_run`` from a run's checkpoint), ``load_model`` reads it
-back and refuses tokenizers whose vocabulary or codes are not the ones the model was trained on."""
+(ARCHITECTURE §7). ``save_model_dir`` writes such a folder (``train.export.export_run`` does so from a training
+run's checkpoint); ``load_model`` reads it back and refuses tokenizers whose vocabulary or codes are not the ones
+the model was trained on. File names and hashes belong to :mod:`chameleon_lite.bundle`."""
 from __future__ import annotations
 
 import dataclasses

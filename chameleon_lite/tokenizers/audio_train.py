@@ -38,8 +38,8 @@ from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import PNG_SOFTWARE
-from chameleon_lite.tokenizers.audio import (AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio, preset,
-                                             save_model)
+from chameleon_lite.tokenizers.audio import AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset, save_model
+from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.tokenizers.image_train import (_restore_optimizer, check_finetune_resume, code_path_changed,
                                                    different_config_error, find_checkpoint, freeze_code_path, lr_at,

@@ -48,7 +48,7 @@ def _recon(args: argparse.Namespace) -> int:
     from chameleon_lite.tokenizers.image_train import save_grid
 
     from chameleon_lite.files import check_png_output
-    from chameleon_lite.tokenizers.image import load_images
+    from chameleon_lite.data.image_files import load_images
 
     check_png_output(args.out)
     tok = ImageTokenizer.load(args.tokenizer)

@@ -42,8 +42,8 @@ from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import TOKENIZERS, check_output_dir, png_info
 from chameleon_lite.bundle import makes_codes, write_safetensors_atomic
 from chameleon_lite.files import read_json, write_json_atomic
-from chameleon_lite.tokenizers.image import (ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype,
-                                             from_model_output, load_images, preset, save_model, to_model_input)
+from chameleon_lite.tokenizers.image import ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype, from_model_output, preset, save_model, to_model_input
+from chameleon_lite.data.image_files import load_images
 
 
 @dataclasses.dataclass

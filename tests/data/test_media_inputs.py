@@ -19,12 +19,13 @@ from PIL import Image
 
 from chameleon_lite.cli import main
 from chameleon_lite.data.manifest import check_audio_file, check_image_file, iter_documents, validate_manifest
-from chameleon_lite.data.pretokenize import pretokenize
+from chameleon_lite.pretokenize import pretokenize
 from chameleon_lite.errors import DataError
-from chameleon_lite.tokenizers import audio as audio_mod
-from chameleon_lite.tokenizers.audio import AudioCodecModel, AudioTokenizer, load_audio, preset, read_audio_file
+from chameleon_lite.data import audio_files as audio_mod
+from chameleon_lite.tokenizers.audio import AudioCodecModel, AudioTokenizer, preset
+from chameleon_lite.data.audio_files import load_audio, read_audio_file
 from chameleon_lite.tokenizers.loader import Tokenizers
-from chameleon_lite.tokenizers.image import fit_square, load_images, read_image_file
+from chameleon_lite.data.image_files import fit_square, load_images, read_image_file
 from chameleon_lite.tokenizers.text import TextTokenizer
 from chameleon_lite.vocab import UnifiedVocab
 from toy import small_image_tokenizer

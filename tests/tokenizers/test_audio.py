@@ -9,8 +9,8 @@ import torch
 from chameleon_lite.cli import main
 from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.tokenizers.audio import (PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, load_audio,
-                                             preset)
+from chameleon_lite.tokenizers.audio import PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset
+from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, random_crops, si_snr, train
 from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS
 from chameleon_lite.tokenizers.loader import Tokenizers

@@ -11,8 +11,8 @@ from PIL import Image
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS
 from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
-from chameleon_lite.tokenizers.image import (PRESETS, ImageTokenizer, ImageVQConfig, ImageVQModel, fit_square,
-                                             load_images, preset)
+from chameleon_lite.tokenizers.image import PRESETS, ImageTokenizer, ImageVQConfig, ImageVQModel, preset
+from chameleon_lite.data.image_files import fit_square, load_images
 from chameleon_lite.vocab import UnifiedVocab
 
 SMALL = dict(image_size=16, channels=(8, 8, 8), dec_channels=(8, 8, 8), codebook_size=16, codebook_dim=4)

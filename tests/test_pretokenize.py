@@ -8,7 +8,7 @@ import torch
 from chameleon_lite.cli import main
 from chameleon_lite.data.loader import PackedLoader
 from chameleon_lite.data.manifest import iter_documents
-from chameleon_lite.data.pretokenize import pretokenize, split_validation
+from chameleon_lite.pretokenize import pretokenize, split_validation
 from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.data.shards import ShardSet

@@ -20,13 +20,12 @@ from chameleon_lite.data.manifest import Document, iter_documents
 from chameleon_lite.data.sequence import EncodedSequence, SequenceEncoder, parts_from_segments
 from chameleon_lite.data.shards import ShardWriter
 from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.loader import Tokenizers
 
 _WORKER: dict[str, Any] = {}
 
 
 def _load_tokenizers(tokenizers: str | Any):
-    from chameleon_lite.tokenizers.loader import Tokenizers
-
     return Tokenizers.load(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else tokenizers
 
 

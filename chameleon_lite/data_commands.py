@@ -1,4 +1,4 @@
-"""CLI commands of the data layer (registered by chameleon_lite.cli)."""
+"""CLI commands of the data layer: procedural corpus, validate, tokenize (registered by chameleon_lite.cli)."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +45,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from chameleon_lite.data.pretokenize import pretokenize
+    from chameleon_lite.pretokenize import pretokenize
     from chameleon_lite.files import SHARDS, check_output_dir
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
