@@ -55,45 +55,73 @@ def makes_codes(key: str) -> bool:
     return not key.startswith("decoder.")
 
 
+def read_weights(path: str, what: str) -> dict[str, Any]:
+    """The tensors of a safetensors file (read once, no code executed); a missing or damaged file is one
+    :class:`ConfigError` naming it. ``what`` names the file in the message ("image tokenizer", ...)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: {what} weights not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def codes_hash_of(text: bytes, weights: dict[str, dict[str, Any] | None]) -> str:
+    """:func:`codes_hash` of tokenizer files already read: the bytes of ``tokenizer.json`` and, per weights file
+    name (IMAGE_WEIGHTS, AUDIO_WEIGHTS), its tensors as read or None when the folder has none."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(text)
+    for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS):
+        h.update(name.encode())
+        state = weights.get(name)
+        for key in sorted(filter(makes_codes, state or ())):
+            t = state[key].contiguous()
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_text_tokenizer(path: str) -> bytes:
+    """The bytes of the ``tokenizer.json`` in folder ``path``."""
+    text = os.path.join(path, TEXT_FILE)
+    try:
+        with open(text, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{text}: text tokenizer not found") from None
+    except OSError as e:
+        raise ConfigError(f"{text}: cannot read the text tokenizer ({e.strerror or e})") from None
+
+
 def codes_hash(path: str) -> str:
     """sha256 (hex, 16 chars) of everything in the tokenizer folder ``path`` that decides which codes a text,
     picture or clip becomes: the BPE file and the image and audio tokenizers' encoder and quantizer tensors. The
     decoders are left out, so a tokenizer whose decoder was fine-tuned (``--finetune-decoder``) keeps its hash,
-    while a retrained one of the same sizes (same vocabulary layout, other codes) gets a new one."""
-    import hashlib
-
-    import torch
-    from safetensors import SafetensorError, safe_open
-
+    while a retrained one of the same sizes (same vocabulary layout, other codes) gets a new one. A loader that has
+    read the files already hashes what it read with :func:`codes_hash_of`."""
     if not os.path.isdir(path):
         raise ConfigError(f"{path}: tokenizer folder not found")
-    h = hashlib.sha256()
-    text = os.path.join(path, TEXT_FILE)
-    try:
-        with open(text, "rb") as f:
-            h.update(f.read())
-    except FileNotFoundError:
-        raise ConfigError(f"{text}: text tokenizer not found") from None
-    for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS):
-        weights = os.path.join(path, name)
-        h.update(name.encode())
-        if not os.path.exists(weights):
-            continue
-        try:
-            with safe_open(weights, framework="pt") as f:
-                for key in sorted(filter(makes_codes, f.keys())):
-                    t = f.get_tensor(key).contiguous()
-                    h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-                    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        except (SafetensorError, OSError) as e:
-            raise ConfigError(f"{weights}: not a readable safetensors file ({e})") from None
-    return h.hexdigest()[:16]
+    text = read_text_tokenizer(path)
+    weights = {name: read_weights(os.path.join(path, name), "tokenizer") if os.path.exists(os.path.join(path, name)) else None
+               for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS)}
+    return codes_hash_of(text, weights)
 
 
 def check_codes_match(path: str, expected: str, what: str = "model") -> str:
     """The codes hash of the tokenizers in ``path``; refuses them when their codes are not the ones the ``what``
     was trained on (``expected``; "" = not recorded, nothing to check)."""
-    have = codes_hash(path)
+    return check_codes(path, codes_hash(path), expected, what)
+
+
+def check_codes(path: str, have: str, expected: str, what: str = "model") -> str:
+    """Refuse tokenizers (in folder ``path``, with codes hash ``have``) that make other codes than the ones the
+    ``what`` was trained on (``expected``; "" = not recorded, nothing to check); returns ``have``."""
     if expected and have != expected:
         missing = [os.path.join(path, w) for w, c in ((IMAGE_WEIGHTS, IMAGE_CONFIG), (AUDIO_WEIGHTS, AUDIO_CONFIG))
                    if os.path.exists(os.path.join(path, c)) and not os.path.exists(os.path.join(path, w))]

@@ -74,12 +74,12 @@ MODEL_CASES = {
     "tokenizer.json not JSON": ("tokenizer.json", _write(b"{"), "not a valid tokenizer.json"),
     "tokenizer.json empty object": ("tokenizer.json", _write(b"{}"), "not a valid tokenizer.json"),
     "image_vq.json not JSON": ("image_vq.json", _write(b"x"), "not valid JSON"),
-    "image_vq.json bad size": ("image_vq.json", _edit_json("codebook_size", -1), "image_vq.json: codebook_size must be a positive"),
+    "image_vq.json bad size": ("image_vq.json", _edit_json("codebook_size", -1), "image_vq.json: codebook_size must be"),
     "image_vq.safetensors truncated": ("image_vq.safetensors", _truncate(100), "not a readable safetensors file"),
     "image_vq.safetensors missing": ("image_vq.safetensors", os.remove, "tokenizer weights not found"),
     "audio_codec.json bad rate": ("audio_codec.json", _edit_json("sample_rate", 0), "audio_codec.json: sample_rate"),
     "audio_codec.safetensors truncated": ("audio_codec.safetensors", _truncate(100), "not a readable safetensors file"),
-    "audio_codec.safetensors missing": ("audio_codec.safetensors", os.remove, "tokenizer weights not found"),
+    "audio_codec.safetensors missing": ("audio_codec.safetensors", os.remove, "audio_codec.safetensors: audio codec weights not found"),
 }
 
 

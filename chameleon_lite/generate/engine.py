@@ -242,8 +242,11 @@ class Generator:
         from chameleon_lite.model.io import load_model
         from chameleon_lite.tokenizers.loader import Tokenizers
 
-        model = load_model(model_dir, device=device)
-        return cls(model, Tokenizers.load(model_dir, device=str(device)), device=device, sampling=sampling_defaults(model_dir))
+        if not os.path.isdir(model_dir):
+            raise ConfigError(f"{model_dir}: model folder not found")
+        tokenizers = Tokenizers.load(model_dir, device=str(device))
+        model = load_model(model_dir, device=device, tokenizers=tokenizers)  # each file of the folder read once
+        return cls(model, tokenizers, device=device, sampling=sampling_defaults(model_dir))
 
     def default_config(self, **kw: Any) -> GenerationConfig:
         """A GenerationConfig with this model's sampling defaults (its folder's ``generation.json``, if any)."""

@@ -11,12 +11,12 @@ import shutil
 import torch
 
 from chameleon_lite.bundle import (AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE,
-                                   check_codes_match, write_safetensors_atomic)
+                                   check_codes, check_codes_match, write_safetensors_atomic)
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import MODEL, check_output_dir, replace_dir
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
-from chameleon_lite.tokenizers.loader import check_vocab_matches
+from chameleon_lite.tokenizers.loader import Tokenizers, check_vocab_matches
 from chameleon_lite.vocab import UnifiedVocab
 
 WEIGHTS_FILE = "model.safetensors"
@@ -74,22 +74,32 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     return out_dir
 
 
-def read_model_weights(model_dir: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_model_weights(model_dir: str, tokenizers: Tokenizers | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and the weights (as stored) of an exported model folder, after the checks ``load_model`` makes:
-    vocab.json and the tokenizers must match the model's vocab hash, and the tokenizers its codes hash."""
+    vocab.json and the tokenizers must match the model's vocab hash, and the tokenizers its codes hash.
+    ``tokenizers``: the folder's tokenizers when already loaded (their vocabulary and codes hash are compared
+    instead of reading the tokenizer files again)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not os.path.isdir(model_dir):
         raise ConfigError(f"{model_dir}: model folder not found")
     cfg = ModelConfig.load(os.path.join(model_dir, CONFIG_FILE))
-    vocab = UnifiedVocab.load(os.path.join(model_dir, VOCAB_FILE))
+    if tokenizers is None:
+        vocab = UnifiedVocab.load(os.path.join(model_dir, VOCAB_FILE))
+    elif not tokenizers.vocab_file:
+        raise ConfigError(f"{os.path.join(model_dir, VOCAB_FILE)}: vocab file not found")
+    else:
+        vocab = tokenizers.vocab  # Tokenizers.load checked vocab.json against the tokenizers
     if vocab.hash != cfg.vocab_hash:
         raise ConfigError(f"{model_dir}: vocab.json ({vocab.hash}) is not the vocabulary the model was trained on ({cfg.vocab_hash})")
     if vocab.size != cfg.vocab_size:
         raise ConfigError(f"{model_dir}: vocab.json has {vocab.size} ids but the model has {cfg.vocab_size}")
-    check_vocab_matches(model_dir, vocab)
-    check_codes_match(model_dir, cfg.codes_hash)
+    if tokenizers is None:
+        check_vocab_matches(model_dir, vocab)
+        check_codes_match(model_dir, cfg.codes_hash)
+    else:
+        check_codes(model_dir, tokenizers.codes_hash, cfg.codes_hash)
     path = os.path.join(model_dir, WEIGHTS_FILE)
     try:
         state = load_file(path, device="cpu")
@@ -114,10 +124,11 @@ def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str
             own[k].copy_(v)
 
 
-def load_model(model_dir: str, device: str | torch.device = "cpu") -> Transformer:
+def load_model(model_dir: str, device: str | torch.device = "cpu", tokenizers: Tokenizers | None = None) -> Transformer:
     """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
-    the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash."""
-    cfg, state = read_model_weights(model_dir)
+    the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash
+    (``tokenizers``: the folder's, when already loaded, so that no file is read twice)."""
+    cfg, state = read_model_weights(model_dir, tokenizers)
     model = empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE))
     load_weights(model, state, os.path.join(model_dir, WEIGHTS_FILE))
     return model.eval()

@@ -35,7 +35,7 @@ from torch import nn
 
 from chameleon_lite.data.audio_files import DEFAULT_MAX_SECONDS, AudioInfo, load_audio
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS, write_safetensors_atomic
+from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS, read_weights, write_safetensors_atomic
 from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
@@ -544,8 +544,11 @@ class AudioTokenizer:
         return os.fspath(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "AudioTokenizer":
-        return cls(load_model(os.fspath(path)), device=device)
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             state: dict[str, torch.Tensor] | None = None) -> "AudioTokenizer":
+        """Load from a folder holding audio_codec.safetensors + audio_codec.json (``state``: its weights, already
+        read)."""
+        return cls(load_model(os.fspath(path), state), device=device)
 
 
 def save_model(model: AudioCodecModel, folder: str) -> None:
@@ -556,18 +559,12 @@ def save_model(model: AudioCodecModel, folder: str) -> None:
     write_json_atomic(os.path.join(folder, AUDIO_CONFIG), model.cfg.to_dict())
 
 
-def load_model(folder: str) -> AudioCodecModel:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def load_model(folder: str, state: dict[str, torch.Tensor] | None = None) -> AudioCodecModel:
+    """The audio codec of ``folder`` (``state``: the tensors of its weights file when already read)."""
     cpath, wpath = os.path.join(folder, AUDIO_CONFIG), os.path.join(folder, AUDIO_WEIGHTS)
     cfg = AudioCodecConfig.from_dict(read_json(cpath, "audio codec config"), cpath)
-    if not os.path.exists(wpath):
-        raise ConfigError(f"{wpath}: audio codec weights not found")
-    try:
-        state = load_file(wpath)
-    except (SafetensorError, OSError) as e:
-        raise ConfigError(f"{wpath}: cannot read audio codec weights ({e})") from None
+    if state is None:
+        state = read_weights(wpath, "audio codec")
     model = AudioCodecModel(cfg)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

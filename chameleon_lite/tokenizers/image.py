@@ -28,7 +28,7 @@ from torch import nn
 
 from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, load_images
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, write_safetensors_atomic
+from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, read_weights, write_safetensors_atomic
 from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
@@ -435,9 +435,10 @@ class ImageTokenizer:
         return os.fspath(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> "ImageTokenizer":
-        """Load from a folder holding image_vq.safetensors + image_vq.json."""
-        return cls(load_model(os.fspath(path)), device=device, **kwargs)
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", state: dict[str, torch.Tensor] | None = None,
+             **kwargs: Any) -> "ImageTokenizer":
+        """Load from a folder holding image_vq.safetensors + image_vq.json (``state``: its weights, already read)."""
+        return cls(load_model(os.fspath(path), state), device=device, **kwargs)
 
 
 def save_model(model: ImageVQModel, folder: str) -> None:
@@ -447,18 +448,12 @@ def save_model(model: ImageVQModel, folder: str) -> None:
     write_json_atomic(os.path.join(folder, IMAGE_CONFIG), model.cfg.to_dict())
 
 
-def load_model(folder: str) -> ImageVQModel:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def load_model(folder: str, state: dict[str, torch.Tensor] | None = None) -> ImageVQModel:
+    """The image tokenizer of ``folder`` (``state``: the tensors of its weights file when already read)."""
     cpath, wpath = os.path.join(folder, IMAGE_CONFIG), os.path.join(folder, IMAGE_WEIGHTS)
     cfg = ImageVQConfig.from_dict(read_json(cpath, "image tokenizer config"), cpath)
-    if not os.path.exists(wpath):
-        raise ConfigError(f"{wpath}: image tokenizer weights not found")
-    try:
-        state = load_file(wpath)
-    except (SafetensorError, OSError) as e:
-        raise ConfigError(f"{wpath}: cannot read image tokenizer weights ({e})") from None
+    if state is None:
+        state = read_weights(wpath, "image tokenizer")
     model = ImageVQModel(cfg)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -17,7 +17,8 @@ import dataclasses
 import os
 from typing import Any
 
-from chameleon_lite.bundle import AUDIO_CONFIG, IMAGE_CONFIG, VOCAB_FILE, codes_hash, size_field
+from chameleon_lite.bundle import (AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE,
+                                   codes_hash_of, read_text_tokenizer, read_weights, size_field)
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.tokenizers.audio import AudioTokenizer
 from chameleon_lite.tokenizers.image import ImageTokenizer
@@ -56,22 +57,32 @@ class Tokenizers:
     text: Any
     image: Any | None = None
     audio: Any | None = None
-    codes_hash: str = ""  # codes_hash() of the folder they were loaded from ("" when built in memory)
+    codes_hash: str = ""  # bundle.codes_hash() of the folder they were loaded from ("" when built in memory)
+    vocab_file: bool = False  # whether the folder holds a vocab.json (checked against the tokenizers when it does)
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "Tokenizers":
+        """Each file of the folder is read once: the codes hash is taken from the bytes and tensors the tokenizers
+        were built from, and the vocabulary from their configs."""
         if not os.path.isdir(path):
             raise ConfigError(f"{path}: tokenizer folder not found")
-        text = TextTokenizer.load(path)
+        text_bytes = read_text_tokenizer(path)
+        text = TextTokenizer.from_bytes(text_bytes, os.path.join(path, TEXT_FILE))
+        weights: dict[str, dict[str, Any] | None] = {IMAGE_WEIGHTS: None, AUDIO_WEIGHTS: None}
         image = audio = None
         if os.path.exists(os.path.join(path, IMAGE_CONFIG)):
-            image = ImageTokenizer.load(path, device=device)
+            weights[IMAGE_WEIGHTS] = read_weights(os.path.join(path, IMAGE_WEIGHTS), "image tokenizer")
+            image = ImageTokenizer.load(path, device=device, state=weights[IMAGE_WEIGHTS])
         if os.path.exists(os.path.join(path, AUDIO_CONFIG)):
-            audio = AudioTokenizer.load(path, device=device)
-        vocab = _vocab(path, text.vocab_size)  # the text tokenizer is read once
+            weights[AUDIO_WEIGHTS] = read_weights(os.path.join(path, AUDIO_WEIGHTS), "audio codec")
+            audio = AudioTokenizer.load(path, device=device, state=weights[AUDIO_WEIGHTS])
+        vocab = UnifiedVocab(text_size=text.vocab_size, image_codebook=image.codebook_size if image else 0,
+                             audio_levels=audio.num_levels if audio else 0,
+                             audio_codebook=audio.codebook_size if audio else 0)
         vf = os.path.join(path, VOCAB_FILE)
         if os.path.exists(vf):
             saved = UnifiedVocab.load(vf)
             if saved.hash != vocab.hash:
                 raise ConfigError(f"{vf}: vocab.json ({saved.hash}) does not match the tokenizer artifacts beside it ({vocab.hash})")
-        return cls(vocab=vocab, text=text, image=image, audio=audio, codes_hash=codes_hash(path))
+        return cls(vocab=vocab, text=text, image=image, audio=audio, codes_hash=codes_hash_of(text_bytes, weights),
+                   vocab_file=os.path.exists(vf))

@@ -78,17 +78,23 @@ class TextTokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextTokenizer":
         """Load from a folder holding tokenizer.json, or from the file itself."""
-        from tokenizers import Tokenizer
-
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, TEXT_FILE)
         if not os.path.isfile(path):
             raise ConfigError(f"{path}: text tokenizer not found")
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = TEXT_FILE) -> "TextTokenizer":
+        """From the contents of a tokenizer.json already read (``source`` names it in errors)."""
+        from tokenizers import Tokenizer
+
         try:
-            tk = Tokenizer.from_file(path)
+            tk = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as e:  # the Rust side raises a plain Exception for any parse problem
-            raise ConfigError(f"{path}: not a valid tokenizer.json ({e})") from None
+            raise ConfigError(f"{source}: not a valid tokenizer.json ({str(e)[:200]})") from None
         return cls(tk)
 
     # ---- use ------------------------------------------------------------------------------------

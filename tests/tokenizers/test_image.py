@@ -303,7 +303,7 @@ def test_load_errors(tmp_path):
         ImageTokenizer.load(tmp_path)
     small_tokenizer().save(tmp_path)
     (tmp_path / IMAGE_WEIGHTS).write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
         ImageTokenizer.load(tmp_path)
     cfg = json.loads((tmp_path / IMAGE_CONFIG).read_text())
     small_tokenizer().save(tmp_path)
