@@ -8,30 +8,40 @@ anything else is refused with one line before any work starts (:func:`check_outp
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
 import os
 import shutil
 import stat
-from typing import Any
+from typing import Any, Iterator
 
 from chameleon_lite.errors import ConfigError, UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """A temp path beside ``path`` for a writer that needs a file name (matplotlib, soundfile, the BPE library):
+    renamed onto ``path`` when the block ends, removed when it raises, so ``path`` is either the old file or
+    the whole new one. ``suffix`` keeps the extension a writer picks its format from (".png")."""
+    tmp = f"{path}.tmp.{os.getpid()}{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path`` (created by open(), so with the permissions the umask gives any
     new file), fsync it, then rename it into place."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -66,9 +66,6 @@ class Pipeline:
             t0 = time.perf_counter()
             st.fn()
             times[st.name] = time.perf_counter() - t0
-            tmp = marker + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"params": st.params, "seconds": times[st.name]}, f)
-            os.replace(tmp, marker)
+            write_json_atomic(marker, {"params": st.params, "seconds": times[st.name]})
             self.log(f"{head}: finished in {times[st.name]:.1f} s")
         return times

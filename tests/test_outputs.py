@@ -90,6 +90,21 @@ def test_atomic_writer_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["a.json"] and target.read_text() == '{\n  "a": 1\n}'
 
 
+def test_atomic_path_is_the_old_file_or_the_whole_new_one(tmp_path):
+    target = tmp_path / "plot.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with files.atomic_path(str(target), ".png") as tmp:
+            assert tmp.endswith(".png") and os.path.dirname(tmp) == str(tmp_path)
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("the writer failed")
+    assert os.listdir(tmp_path) == ["plot.png"] and target.read_bytes() == b"old"
+    with files.atomic_path(str(target), ".png") as tmp:
+        open(tmp, "wb").write(b"new")
+        assert target.read_bytes() == b"old"  # nothing changes until the block ends
+    assert os.listdir(tmp_path) == ["plot.png"] and target.read_bytes() == b"new"
+
+
 def test_tokenize_refuses_a_users_train_folder(tmp_path):
     out = tmp_path / "out"
     user = _user_folder(out / "train")

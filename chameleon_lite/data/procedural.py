@@ -59,6 +59,7 @@ import dataclasses
 import functools
 import json
 import math
+import multiprocessing
 import os
 import wave
 from typing import Any, Iterable
@@ -66,7 +67,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.files import CORPUS, check_output_dir, write_json_atomic
+from chameleon_lite.files import CORPUS, atomic_path, check_output_dir, write_json_atomic
 
 # ---------------------------------------------------------------------------------------------- vocabulary
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -619,21 +620,15 @@ def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusCo
     write_json_atomic(os.path.join(out, "corpus.json"), {"n": n, "seed": seed, "config": cfg})
     jobs: Iterable[tuple[str, int, int, dict[str, Any]]] = ((out, i, seed, cfg) for i in range(n))
     manifest = os.path.join(out, "manifest.jsonl")
-    tmp = manifest + ".tmp"
     bar = tqdm(total=n, disable=not progress, desc="procedural corpus", unit="doc")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(manifest) as tmp, open(tmp, "w", encoding="utf-8") as f:
             if workers == 1:
                 _write_lines(f, map(_produce, jobs), bar)
             else:
-                import multiprocessing
-
                 # spawn: no inherited state (threads, torch) in the workers; imap keeps index order.
                 with multiprocessing.get_context("spawn").Pool(workers) as pool:
                     _write_lines(f, pool.imap(_produce, jobs, chunksize=64), bar)
-        os.replace(tmp, manifest)
     finally:
         bar.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return manifest

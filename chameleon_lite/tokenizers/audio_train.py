@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.files import PNG_SOFTWARE
+from chameleon_lite.files import PNG_SOFTWARE, atomic_path
 from chameleon_lite.tokenizers.audio import AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset, save_model
 from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.files import read_json, write_json_atomic
@@ -344,21 +344,19 @@ def save_spectrograms(path: str, originals: list[np.ndarray], recons: list[np.nd
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80, metadata={"Software": PNG_SOFTWARE})
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=80, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> str:
     """16-bit PCM WAV, written atomically and marked as this tool's (see :func:`files.check_wav_output`)."""
     import soundfile as sf
 
-    tmp = f"{path}.tmp.{os.getpid()}.wav"
-    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format="WAV", subtype="PCM_16") as f:
-        f.software = PNG_SOFTWARE
-        f.write(np.clip(np.nan_to_num(np.asarray(wave, np.float32)), -1, 1))
-    os.replace(tmp, path)
+    with atomic_path(path, ".wav") as tmp:
+        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format="WAV", subtype="PCM_16") as f:
+            f.software = PNG_SOFTWARE
+            f.write(np.clip(np.nan_to_num(np.asarray(wave, np.float32)), -1, 1))
     return path
 
 

@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.files import TOKENIZERS, check_output_dir, png_info
 from chameleon_lite.bundle import makes_codes, write_safetensors_atomic
-from chameleon_lite.files import read_json, write_json_atomic
+from chameleon_lite.files import TOKENIZERS, atomic_path, check_output_dir, png_info, read_json, write_json_atomic
 from chameleon_lite.tokenizers.image import ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype, from_model_output, preset, save_model, to_model_input
 from chameleon_lite.data.image_files import load_images
 
@@ -239,9 +238,8 @@ def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int =
     img = Image.fromarray(canvas)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    img.save(tmp, pnginfo=png_info())
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        img.save(tmp, pnginfo=png_info())
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint

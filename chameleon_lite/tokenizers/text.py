@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator, Sequence
 
-from chameleon_lite.errors import ConfigError
 from chameleon_lite.bundle import TEXT_FILE
+from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import atomic_path
 
 DEFAULT_VOCAB_SIZE = 4096
 
@@ -70,9 +71,8 @@ class TextTokenizer:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, TEXT_FILE)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        self._tk.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self._tk.save(tmp)
         return path
 
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from chameleon_lite.files import write_text_atomic
 from chameleon_lite.vocab import MODALITY_NAMES, UnifiedVocab
 
 METRICS_FILE = "metrics.jsonl"
@@ -114,11 +115,7 @@ def truncate_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
     keep = [line for line in read_metrics(path) if line.get("step", 0) < step]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        for r in keep:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import PNG_SOFTWARE, check_png_output
+from chameleon_lite.files import PNG_SOFTWARE, atomic_path, check_png_output
 from chameleon_lite.train.metrics import METRICS_FILE, read_metrics
 from chameleon_lite.vocab import MODALITY_NAMES
 
@@ -66,8 +66,7 @@ def plot_run(run_dir: str, out: str | None = None, title: str | None = None) -> 
         axes[1, 1].set_title(f"tokens/s (median MFU {sorted(mfu)[len(mfu) // 2]:.1%})")
     fig.suptitle(title or os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
-    tmp = f"{out}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, metadata={"Software": PNG_SOFTWARE})
+    with atomic_path(out, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
-    os.replace(tmp, out)
     return out
