@@ -4,6 +4,7 @@ CHAMELEON_LITE_BUILD_CUDA=1 or a GPU is visible).
 The CUDA toolkit root is located here rather than left to torch: `nvcc` on PATH may be a wrapper script,
 so torch's guess from the location of `nvcc` can point at a folder that holds no toolkit.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,8 +23,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _is_toolkit_root(path: str) -> bool:
-    return bool(path) and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) and any(
-        os.path.exists(os.path.join(path, lib, "libcudart.so")) for lib in ("lib64", "lib")
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+        and any(os.path.exists(os.path.join(path, lib, "libcudart.so")) for lib in ("lib64", "lib"))
     )
 
 
@@ -69,7 +72,9 @@ BUILD_CUDA = _want_cuda()
 CUDA_HOME = find_cuda_home() if BUILD_CUDA else None
 if BUILD_CUDA:
     if CUDA_HOME is None:
-        sys.exit("CHAMELEON_LITE_BUILD_CUDA=1 but no CUDA toolkit (include/cuda_runtime.h + lib64/libcudart.so) was found; set CUDA_HOME")
+        sys.exit(
+            "CHAMELEON_LITE_BUILD_CUDA=1 but no CUDA toolkit (include/cuda_runtime.h + lib64/libcudart.so) was found; set CUDA_HOME"
+        )
     # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
     os.environ["CUDA_HOME"] = CUDA_HOME
 
@@ -95,8 +100,16 @@ def _sources(*patterns: str) -> list[str]:
     return out
 
 
-common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-sign-compare", "-Wno-unknown-pragmas",
-              "-Wno-psabi"]  # psabi: notes about AVX argument passing in the per-ISA files, not our ABI
+common_cxx = [
+    "-O3",
+    "-std=c++20",
+    "-fopenmp",
+    "-Wall",
+    "-Wno-unused-function",
+    "-Wno-sign-compare",
+    "-Wno-unknown-pragmas",
+    "-Wno-psabi",
+]  # psabi: notes about AVX argument passing in the per-ISA files, not our ABI
 if os.environ.get("CHAMELEON_LITE_WERROR") == "1":
     common_cxx.append("-Werror")
 # Python's own CFLAGS carry -g, which makes every object several times larger and its build about a third slower;
@@ -135,7 +148,6 @@ if BUILD_CUDA:
     )
 
 
-
 def _jobs() -> int:
     """Parallel compile jobs: MAX_JOBS when set, else the cores this process may run on (ninja's own default,
     cores + 2, only makes two-core machines swap between jobs)."""
@@ -156,8 +168,14 @@ def _run_ninja(build_directory: str, verbose: bool, error_prefix: str) -> None:
     """Runs ninja and prints one short line per compiled file ("[3/12 8 s] csrc/cpu/attention.cpp") instead of
     torch's full command lines; on failure the compiler's whole output is printed."""
     t0 = time.time()
-    proc = subprocess.Popen(["ninja", "-v", "-j", str(_jobs())], cwd=build_directory, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.Popen(
+        ["ninja", "-v", "-j", str(_jobs())],
+        cwd=build_directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -177,8 +195,10 @@ class Build(BuildExtension):
     def build_extensions(self) -> None:
         n = sum(len(e.sources) for e in self.extensions)
         isa = torch.backends.cpu.get_cpu_capability()
-        _say(f"compiling {n} C++{'/CUDA' if BUILD_CUDA else ''} files with {_jobs()} parallel jobs ({isa} CPU): "
-             f"about 30 s on two cores{', and 1-2 min more for the CUDA kernels' if BUILD_CUDA else ''}")
+        _say(
+            f"compiling {n} C++{'/CUDA' if BUILD_CUDA else ''} files with {_jobs()} parallel jobs ({isa} CPU): "
+            f"about 30 s on two cores{', and 1-2 min more for the CUDA kernels' if BUILD_CUDA else ''}"
+        )
         from torch.utils import cpp_extension
 
         t0, runner = time.time(), getattr(cpp_extension, "_run_ninja_build", None)

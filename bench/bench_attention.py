@@ -23,6 +23,7 @@ Decode: one new query per row against a 2048-position KV cache, B in {1, 16}: fu
 
 Writes bench/results/attention.json and attention.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, save_bar_chart, write_json  # noqa: E402
 
-from chameleon_lite.ops.attention import attention_mask_reference, modality_attention  # noqa: E402
-from chameleon_lite.ops.attention import modality_attention_decode, modality_attention_sdpa  # noqa: E402
+from chameleon_lite.ops.attention import (  # noqa: E402  # noqa: E402
+    attention_mask_reference,
+    modality_attention,
+    modality_attention_decode,
+    modality_attention_sdpa,
+)
 
 HEADS, DIM, SPAN = 8, 64, 256
 
@@ -55,7 +60,7 @@ def packed_ids(L: int, n_docs: int, span: bool, device: str, seed: int = 0) -> t
         longest = max(range(n_docs), key=lambda d: bounds[d + 1] - bounds[d])
         lo, hi = bounds[longest], bounds[longest + 1]
         s = lo + max(0, (hi - lo - SPAN) // 2)
-        sp[0, s:min(hi, s + SPAN)] = 1
+        sp[0, s : min(hi, s + SPAN)] = 1
     return doc.to(device), sp.to(device)
 
 
@@ -104,8 +109,9 @@ def per_doc_sdpa(q, k, v, doc, span):
 
 
 def sdpa_causal(q, k, v, doc, span):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                          enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=q.shape[2] != k.shape[2]
+    ).transpose(1, 2)
 
 
 def make_flex(doc, span, L: int, device: str):
@@ -122,8 +128,13 @@ def make_flex(doc, span, L: int, device: str):
     compiled = torch.compile(flex_attention, dynamic=False)
 
     def run(q, k, v, doc_, span_):
-        return compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
-                        enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)
+        return compiled(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            block_mask=block_mask,
+            enable_gqa=q.shape[2] != k.shape[2],
+        ).transpose(1, 2)
 
     return run, mask_ms
 
@@ -135,14 +146,20 @@ def bench_full(L, n_docs, span, hkv, dtype, backward, repeats, device, peak, use
     v = torch.randn(1, L, hkv, DIM, generator=g).to(device, dtype).requires_grad_(backward)
     doc, sp = packed_ids(L, n_docs, span, device)
     dout = torch.randn(1, L, HEADS, DIM, generator=g).to(device, dtype)
-    impls = {"fused": modality_attention, "sdpa_mask": modality_attention_sdpa, "sdpa_causal": sdpa_causal,
-             "per_doc": per_doc_sdpa}
+    impls = {
+        "fused": modality_attention,
+        "sdpa_mask": modality_attention_sdpa,
+        "sdpa_causal": sdpa_causal,
+        "per_doc": per_doc_sdpa,
+    }
     mask_ms = None
     if use_flex:
         try:
             impls["flex"], mask_ms = make_flex(doc, sp, L, device)
         except Exception as e:  # noqa: BLE001 - reported, the other sides still run
-            print(f"flex_attention unavailable here: {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+            print(
+                f"flex_attention unavailable here: {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr
+            )
             use_flex = False
 
     def wrap(fn):
@@ -150,6 +167,7 @@ def bench_full(L, n_docs, span, hkv, dtype, backward, repeats, device, peak, use
             out = fn(q, k, v, doc, sp)
             if backward:
                 torch.autograd.grad(out, (q, k, v), dout)
+
         return go
 
     with torch.set_grad_enabled(backward):
@@ -164,8 +182,14 @@ def bench_full(L, n_docs, span, hkv, dtype, backward, repeats, device, peak, use
             t = timed({name: wrap(fn) for name, fn in impls.items()}, repeats, device)
     live = int(attention_mask_reference(doc, sp).sum())
     flops = live * HEADS * DIM * (10 if backward else 4)
-    row = {"op": "fwd+bwd" if backward else "forward", "L": L, "docs": n_docs, "span": span, "heads": f"{HEADS}/{hkv}",
-           "dtype": str(dtype).replace("torch.", "")}
+    row = {
+        "op": "fwd+bwd" if backward else "forward",
+        "L": L,
+        "docs": n_docs,
+        "span": span,
+        "heads": f"{HEADS}/{hkv}",
+        "dtype": str(dtype).replace("torch.", ""),
+    }
     for name in ("fused", "sdpa_mask", "sdpa_causal", "flex", "per_doc"):
         row[f"{name}_ms"] = 1e3 * t[name] if name in t else None
     for name in ("sdpa_mask", "sdpa_causal", "flex", "per_doc"):
@@ -185,19 +209,45 @@ def bench_decode(B: int, S: int, hkv: int, dtype: torch.dtype, repeats: int, dev
 
     def sdpa():
         mask = (torch.arange(S, device=device)[None, :] < lens[:, None])[:, None, None, :]
-        return F.scaled_dot_product_attention(q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), attn_mask=mask,
-                                              enable_gqa=hkv != HEADS)
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), attn_mask=mask, enable_gqa=hkv != HEADS
+        )
 
     with torch.no_grad():
         t = timed({"fused": lambda: modality_attention_decode(q, kc, vc, lens), "sdpa_mask": sdpa}, repeats, device)
-    return {"op": "decode", "L": S, "docs": B, "span": False, "heads": f"{HEADS}/{hkv}",
-            "dtype": str(dtype).replace("torch.", ""), "fused_ms": 1e3 * t["fused"], "sdpa_mask_ms": 1e3 * t["sdpa_mask"],
-            "x_vs_sdpa_mask": t["sdpa_mask"] / t["fused"]}
+    return {
+        "op": "decode",
+        "L": S,
+        "docs": B,
+        "span": False,
+        "heads": f"{HEADS}/{hkv}",
+        "dtype": str(dtype).replace("torch.", ""),
+        "fused_ms": 1e3 * t["fused"],
+        "sdpa_mask_ms": 1e3 * t["sdpa_mask"],
+        "x_vs_sdpa_mask": t["sdpa_mask"] / t["fused"],
+    }
 
 
-COLUMNS = ["op", "L", "docs", "span", "heads", "dtype", "fused_ms", "sdpa_mask_ms", "sdpa_causal_ms", "flex_ms",
-           "per_doc_ms", "x_vs_sdpa_mask", "x_vs_sdpa_causal", "x_vs_flex", "x_vs_per_doc", "flex_mask_ms",
-           "live_gflops", "of_peak"]
+COLUMNS = [
+    "op",
+    "L",
+    "docs",
+    "span",
+    "heads",
+    "dtype",
+    "fused_ms",
+    "sdpa_mask_ms",
+    "sdpa_causal_ms",
+    "flex_ms",
+    "per_doc_ms",
+    "x_vs_sdpa_mask",
+    "x_vs_sdpa_causal",
+    "x_vs_flex",
+    "x_vs_per_doc",
+    "flex_mask_ms",
+    "live_gflops",
+    "of_peak",
+]
 
 
 def main() -> int:
@@ -223,7 +273,10 @@ def main() -> int:
     doc_counts = args.docs or ([1, 4] if args.quick else [1, 4, 16])
     dtypes = [getattr(torch, d) for d in args.dtypes]
     peaks = {d: matmul_peak_gflops(d, args.device) for d in dtypes}
-    print("matmul peak (1024^3): " + ", ".join(f"{str(d).replace('torch.', '')} {p:.1f} GFLOP/s" for d, p in peaks.items()))
+    print(
+        "matmul peak (1024^3): "
+        + ", ".join(f"{str(d).replace('torch.', '')} {p:.1f} GFLOP/s" for d, p in peaks.items())
+    )
     rows = []
     for dtype in dtypes:
         for L in lengths:
@@ -232,25 +285,56 @@ def main() -> int:
                     for backward in (False, True):
                         if backward and (L == 4096 or dtype != torch.float32) and not args.quick:
                             continue  # fwd+bwd: fp32 at L <= 2048 (the SDPA+mask baseline needs seconds per call)
-                        rows.append(bench_full(L, n_docs, span, HEADS, dtype, backward, repeats, args.device,
-                                               peaks[dtype], not args.no_flex))
-                        print(f"  {rows[-1]['op']} L={L} docs={n_docs} span={span} {rows[-1]['dtype']}: "
-                              f"{rows[-1]['fused_ms']:.1f} ms, {rows[-1]['x_vs_sdpa_mask']:.2f}x SDPA+mask", flush=True)
-        rows.append(bench_full(lengths[-1] if args.quick else 2048, 4, True, 2, dtype, False, repeats, args.device,
-                               peaks[dtype], False))  # GQA 8/2
-        for B in ((1, 16) if not args.no_decode else ()):
+                        rows.append(
+                            bench_full(
+                                L,
+                                n_docs,
+                                span,
+                                HEADS,
+                                dtype,
+                                backward,
+                                repeats,
+                                args.device,
+                                peaks[dtype],
+                                not args.no_flex,
+                            )
+                        )
+                        print(
+                            f"  {rows[-1]['op']} L={L} docs={n_docs} span={span} {rows[-1]['dtype']}: "
+                            f"{rows[-1]['fused_ms']:.1f} ms, {rows[-1]['x_vs_sdpa_mask']:.2f}x SDPA+mask",
+                            flush=True,
+                        )
+        rows.append(
+            bench_full(
+                lengths[-1] if args.quick else 2048, 4, True, 2, dtype, False, repeats, args.device, peaks[dtype], False
+            )
+        )  # GQA 8/2
+        for B in (1, 16) if not args.no_decode else ():
             rows.append(bench_decode(B, 2048, HEADS, dtype, repeats, args.device))
     print(f"\ndevice={args.device} threads={args.threads} repeats={repeats} (median, interleaved); B=1, head dim {DIM}")
     table = print_table(rows, COLUMNS)
     name = args.name or f"attention{'' if args.device == 'cpu' else '_' + args.device}"
-    path = write_json(os.path.join(args.out, f"{name}.json"),
-                      {"benchmark": "attention", "quick": args.quick, "device": args.device, "repeats": repeats,
-                       "matmul_peak_gflops": {str(d): p for d, p in peaks.items()}, "rows": rows, "table": table})
+    path = write_json(
+        os.path.join(args.out, f"{name}.json"),
+        {
+            "benchmark": "attention",
+            "quick": args.quick,
+            "device": args.device,
+            "repeats": repeats,
+            "matmul_peak_gflops": {str(d): p for d, p in peaks.items()},
+            "rows": rows,
+            "table": table,
+        },
+    )
     shown = [r for r in rows if r["op"] != "decode"]
-    save_bar_chart(os.path.splitext(path)[0] + ".png",
-                   [f"{r['op']} L={r['L']} d={r['docs']}{' span' if r['span'] else ''} {r['dtype']}" for r in shown],
-                   [r["x_vs_sdpa_mask"] for r in shown], "speed-up over SDPA with a materialised mask (x)",
-                   f"fused modality-aware attention ({args.threads} threads)", horizontal=True)
+    save_bar_chart(
+        os.path.splitext(path)[0] + ".png",
+        [f"{r['op']} L={r['L']} d={r['docs']}{' span' if r['span'] else ''} {r['dtype']}" for r in shown],
+        [r["x_vs_sdpa_mask"] for r in shown],
+        "speed-up over SDPA with a materialised mask (x)",
+        f"fused modality-aware attention ({args.threads} threads)",
+        horizontal=True,
+    )
     print(f"wrote {path}")
     return 0
 

@@ -15,6 +15,7 @@ its state machine: both pay for a constraint. A third part times an image span (
 guidance (one unconditional row beside the conditional one), which the baseline cannot generate; it is timed by
 the engine's own clock (first token, then the rate of the remaining ids).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import save_bar_chart, median_time, print_table, write_json  # noqa: E402
+from common import median_time, print_table, save_bar_chart, write_json  # noqa: E402
 
 VOCAB, DIM, LAYERS, HEADS, FFN, IMAGE_CODES = 16384, 512, 8, 8, 1408, 8192
 IMAGE_TOKENS = 256
@@ -66,9 +67,19 @@ def engine(dtype: torch.dtype):
     from chameleon_lite.vocab import UnifiedVocab
 
     probe = UnifiedVocab(text_size=1, image_codebook=IMAGE_CODES, audio_levels=0, audio_codebook=0)
-    vocab = UnifiedVocab(text_size=VOCAB - IMAGE_CODES - probe.text_offset, image_codebook=IMAGE_CODES, audio_levels=0, audio_codebook=0)
-    cfg = ModelConfig(vocab_size=vocab.size, vocab_hash=vocab.hash, dim=DIM, n_layers=LAYERS, n_heads=HEADS,
-                      n_kv_heads=HEADS, ffn_dim=FFN, max_seq_len=4096)
+    vocab = UnifiedVocab(
+        text_size=VOCAB - IMAGE_CODES - probe.text_offset, image_codebook=IMAGE_CODES, audio_levels=0, audio_codebook=0
+    )
+    cfg = ModelConfig(
+        vocab_size=vocab.size,
+        vocab_hash=vocab.hash,
+        dim=DIM,
+        n_layers=LAYERS,
+        n_heads=HEADS,
+        n_kv_heads=HEADS,
+        ffn_dim=FFN,
+        max_seq_len=4096,
+    )
     gen = Generator(build_model(cfg, seed=0), Tokenizers(vocab=vocab, text=_Text(vocab.text_size), image=_Image()))
     return gen, vocab
 
@@ -80,9 +91,16 @@ def hf_model():
         return "IMGIMG" + "".join(chr(ord("A") + int(c)) for c in str(i)) + "Z"
 
     vocab_map = {"<image>": 8711, **{name(i): VOCAB - IMAGE_CODES + i for i in range(IMAGE_CODES)}}
-    cfg = ChameleonConfig(vocab_size=VOCAB, hidden_size=DIM, intermediate_size=FFN, num_hidden_layers=LAYERS,
-                          num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=4096,
-                          vocabulary_map=vocab_map)
+    cfg = ChameleonConfig(
+        vocab_size=VOCAB,
+        hidden_size=DIM,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=4096,
+        vocabulary_map=vocab_map,
+    )
     torch.manual_seed(0)
     return ChameleonForConditionalGeneration(cfg).eval()
 
@@ -102,10 +120,16 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face baseline")
-    ap.add_argument("--hf-bf16", choices=("auto", "on", "off"), default="auto",
-                    help="also run the baseline with the whole model in bf16 (auto: only on CPUs with native bf16, "
-                         "elsewhere a bf16 GEMM runs far below fp32 and the run would take tens of minutes)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "generate.json"))
+    ap.add_argument(
+        "--hf-bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also run the baseline with the whole model in bf16 (auto: only on CPUs with native bf16, "
+        "elsewhere a bf16 GEMM runs far below fp32 and the run would take tens of minutes)",
+    )
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "generate.json")
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from chameleon_lite.generate import GenerationConfig, Prompt, SamplingSettings
@@ -130,13 +154,31 @@ def main() -> int:
         group = []
         # fp32 weights first: switching to bf16 weights rounds the model's weights for good
         for weights in ("fp32", "bf16") if args.dtype == "fp32" else ("bf16",):
+
             def ours(n: int, weights: str = weights) -> None:
-                gen.generate(prompts, GenerationConfig(max_new_tokens=n, min_new_tokens=n, text=plain, allow_image=False,
-                                                       allow_audio=False, dtype=args.dtype, weights=weights))
+                gen.generate(
+                    prompts,
+                    GenerationConfig(
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        text=plain,
+                        allow_image=False,
+                        allow_audio=False,
+                        dtype=args.dtype,
+                        weights=weights,
+                    ),
+                )
 
             label = "chameleon-lite engine" + (f", {weights} weights" if args.dtype == "fp32" else "")
-            group.append({"impl": label, "batch": B, "dtype": args.dtype, "weights": weights,
-                          **time_pair(ours, n_new, B, repeats)})
+            group.append(
+                {
+                    "impl": label,
+                    "batch": B,
+                    "dtype": args.dtype,
+                    "weights": weights,
+                    **time_pair(ours, n_new, B, repeats),
+                }
+            )
         ids = torch.from_numpy(prompt)
         for model, dt in ((hf, args.dtype), (hf16, "bf16")):
             if model is None:
@@ -144,11 +186,27 @@ def main() -> int:
 
             def theirs(n: int, model=model) -> None:
                 with torch.inference_mode():
-                    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                   do_sample=True, top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
+                    model.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        do_sample=True,
+                        top_k=0,
+                        top_p=1.0,
+                        temperature=1.0,
+                        pad_token_id=0,
+                    )
 
-            group.append({"impl": "HF transformers Chameleon" + (f", {dt}" if hf16 is not None else ""), "batch": B,
-                          "dtype": dt, "weights": dt, **time_pair(theirs, n_new, B, repeats)})
+            group.append(
+                {
+                    "impl": "HF transformers Chameleon" + (f", {dt}" if hf16 is not None else ""),
+                    "batch": B,
+                    "dtype": dt,
+                    "weights": dt,
+                    **time_pair(theirs, n_new, B, repeats),
+                }
+            )
         base = next((r for r in group if r["impl"].startswith("HF") and r["dtype"] == args.dtype), None)
         best = max((r for r in group if r["impl"].startswith("HF")), key=lambda r: r["decode_tok_s"], default=None)
         for r in group:
@@ -161,26 +219,58 @@ def main() -> int:
     prompt = [Prompt(ids=rng.integers(vocab.text_offset, vocab.image_offset, args.prompt_len).tolist(), then="image")]
     n_img = IMAGE_TOKENS  # a span must be completed: the engine refuses a budget it cannot fit
 
-    img_cfg = GenerationConfig(max_new_tokens=n_img + 1, image=SamplingSettings(temperature=1.0, cfg_scale=3.0), dtype=args.dtype)
+    img_cfg = GenerationConfig(
+        max_new_tokens=n_img + 1, image=SamplingSettings(temperature=1.0, cfg_scale=3.0), dtype=args.dtype
+    )
     gen.generate(prompt, img_cfg)  # warm-up
     runs = [gen.generate(prompt, img_cfg)[0].timings for _ in range(repeats)]
-    rows.append({"impl": "chameleon-lite engine, image span + CFG", "batch": 1,
-                 "ttft_ms": 1e3 * float(np.median([t["time_to_first_token_s"] for t in runs])),
-                 "decode_tok_s": float(np.median([t["decode_tokens_per_s"] for t in runs]))})
-    cols = ["impl", "batch", "ttft_ms", "decode_tok_s", "decode_ratio_vs_hf", "ttft_ratio_vs_hf", "decode_ratio_vs_best_hf"]
-    print(f"prompt {args.prompt_len} tokens, {n_new} new tokens (image span {n_img}), {args.dtype}, {args.threads} threads")
+    rows.append(
+        {
+            "impl": "chameleon-lite engine, image span + CFG",
+            "batch": 1,
+            "ttft_ms": 1e3 * float(np.median([t["time_to_first_token_s"] for t in runs])),
+            "decode_tok_s": float(np.median([t["decode_tokens_per_s"] for t in runs])),
+        }
+    )
+    cols = [
+        "impl",
+        "batch",
+        "ttft_ms",
+        "decode_tok_s",
+        "decode_ratio_vs_hf",
+        "ttft_ratio_vs_hf",
+        "decode_ratio_vs_best_hf",
+    ]
+    print(
+        f"prompt {args.prompt_len} tokens, {n_new} new tokens (image span {n_img}), {args.dtype}, {args.threads} threads"
+    )
     print_table(rows, cols)
-    write_json(args.out, {"quick": args.quick, "prompt_len": args.prompt_len, "new_tokens": n_new, "dtype": args.dtype,
-                          "shape": {"vocab": VOCAB, "dim": DIM, "layers": LAYERS, "heads": HEADS, "ffn": FFN}, "rows": rows})
+    write_json(
+        args.out,
+        {
+            "quick": args.quick,
+            "prompt_len": args.prompt_len,
+            "new_tokens": n_new,
+            "dtype": args.dtype,
+            "shape": {"vocab": VOCAB, "dim": DIM, "layers": LAYERS, "heads": HEADS, "ffn": FFN},
+            "rows": rows,
+        },
+    )
     plot(rows, os.path.splitext(args.out)[0] + ".png")
     print(f"wrote {args.out}")
     return 0
 
 
 def plot(rows: list[dict], path: str) -> None:
-    save_bar_chart(path, [f"{r['impl']}\nB={r['batch']}" for r in rows], [r["decode_tok_s"] for r in rows],
-                   "decode tokens / s", f"generation ({torch.get_num_threads()} threads)", horizontal=True,
-                   colors=["tab:blue" if "engine" in r["impl"] else "tab:gray" for r in rows])
+    save_bar_chart(
+        path,
+        [f"{r['impl']}\nB={r['batch']}" for r in rows],
+        [r["decode_tok_s"] for r in rows],
+        "decode tokens / s",
+        f"generation ({torch.get_num_threads()} threads)",
+        horizontal=True,
+        colors=["tab:blue" if "engine" in r["impl"] else "tab:gray" for r in rows],
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ other processes hits them alike; times are medians.
 
 Writes bench/results/sampling.json and bench/results/sampling.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,20 +84,27 @@ def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype,
             def fused_greedy():
                 return sample(logits, seed=1, step=0, temperature=0.0)
 
-            t = interleaved_medians({
-                "fused": fused,
-                "fused_greedy": fused_greedy,
-                "sort_chain": lambda: sort_chain(logits, gen),
-                "multinomial": lambda: multinomial(logits, gen),
-                "argmax": lambda: logits.argmax(-1),
-            }, repeats, device=device)
+            t = interleaved_medians(
+                {
+                    "fused": fused,
+                    "fused_greedy": fused_greedy,
+                    "sort_chain": lambda: sort_chain(logits, gen),
+                    "multinomial": lambda: multinomial(logits, gen),
+                    "argmax": lambda: logits.argmax(-1),
+                },
+                repeats,
+                device=device,
+            )
             row = {"B": b, "V": v, **{f"{k}_ms": s * 1e3 for k, s in t.items()}}
             row["x_vs_sort"] = t["sort_chain"] / t["fused"]
             row["x_vs_multinomial"] = t["multinomial"] / t["fused"]
             row["fused_over_argmax"] = t["fused"] / t["argmax"]
             rows.append(row)
-            print(f"B={b:3d} V={v:6d}  fused {row['fused_ms']:.3f} ms  sort {row['sort_chain_ms']:.2f} ms  "
-                  f"argmax {row['argmax_ms']:.3f} ms", flush=True)
+            print(
+                f"B={b:3d} V={v:6d}  fused {row['fused_ms']:.3f} ms  sort {row['sort_chain_ms']:.2f} ms  "
+                f"argmax {row['argmax_ms']:.3f} ms",
+                flush=True,
+            )
     return rows
 
 
@@ -114,8 +122,13 @@ def plot(rows: list[dict], path: str) -> None:
         axes[1].plot(bs, [r["fused_over_argmax"] for r in sub], marker="o", label=f"V={v}")
     axes[0].axhline(GOAL_VS_SORT, color="grey", ls="--", lw=1, label="goal")
     axes[1].axhline(GOAL_VS_ARGMAX, color="grey", ls="--", lw=1, label="goal")
-    axes[0].set(xscale="log", yscale="log", xlabel="batch B", ylabel="speedup (sort chain / fused)",
-                title="fused top-k+top-p vs sort-based chain")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch B",
+        ylabel="speedup (sort chain / fused)",
+        title="fused top-k+top-p vs sort-based chain",
+    )
     axes[1].set(xscale="log", xlabel="batch B", ylabel="fused time / argmax time", title="fused vs argmax (floor)")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -131,8 +144,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every side")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="cuda: the CUDA kernel (chameleon_lite._C_cuda) against the same baselines on the GPU")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: the CUDA kernel (chameleon_lite._C_cuda) against the same baselines on the GPU",
+    )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -145,10 +162,22 @@ def main() -> int:
     repeats = args.repeats or (5 if args.quick else 15)
     rows = run(batches, vocabs, repeats, getattr(torch, args.dtype), args.device)
 
-    cols = ["B", "V", "fused_ms", "fused_greedy_ms", "sort_chain_ms", "multinomial_ms", "argmax_ms", "x_vs_sort",
-            "x_vs_multinomial", "fused_over_argmax"]
-    print(f"\ndevice={args.device} threads={args.threads} dtype={args.dtype} repeats={repeats} (median); "
-          f"fused and sort chain: T={TEMPERATURE}, top-k={TOP_K}, top-p={TOP_P}")
+    cols = [
+        "B",
+        "V",
+        "fused_ms",
+        "fused_greedy_ms",
+        "sort_chain_ms",
+        "multinomial_ms",
+        "argmax_ms",
+        "x_vs_sort",
+        "x_vs_multinomial",
+        "fused_over_argmax",
+    ]
+    print(
+        f"\ndevice={args.device} threads={args.threads} dtype={args.dtype} repeats={repeats} (median); "
+        f"fused and sort chain: T={TEMPERATURE}, top-k={TOP_K}, top-p={TOP_P}"
+    )
     table = print_table(rows, cols)
     goal = next((r for r in rows if (r["B"], r["V"]) == GOAL_SHAPE), None)
     goals = None
@@ -161,16 +190,27 @@ def main() -> int:
             "fused_over_argmax_goal": GOAL_VS_ARGMAX,
             "met": goal["x_vs_sort"] >= GOAL_VS_SORT and goal["fused_over_argmax"] <= GOAL_VS_ARGMAX,
         }
-        print(f"\ngoal at B={GOAL_SHAPE[0]}, V={GOAL_SHAPE[1]}: {goal['x_vs_sort']:.1f}x the sort chain "
-              f"(goal >= {GOAL_VS_SORT}), {goal['fused_over_argmax']:.2f}x argmax (goal <= {GOAL_VS_ARGMAX}) -> "
-              f"{'met' if goals['met'] else 'NOT met'}")
+        print(
+            f"\ngoal at B={GOAL_SHAPE[0]}, V={GOAL_SHAPE[1]}: {goal['x_vs_sort']:.1f}x the sort chain "
+            f"(goal >= {GOAL_VS_SORT}), {goal['fused_over_argmax']:.2f}x argmax (goal <= {GOAL_VS_ARGMAX}) -> "
+            f"{'met' if goals['met'] else 'NOT met'}"
+        )
     os.makedirs(args.out, exist_ok=True)
     stem = "sampling" if args.device == "cpu" else f"sampling_{args.device}"
-    path = write_json(os.path.join(args.out, f"{stem}.json"), {
-        "benchmark": "sampling", "device": args.device, "quick": args.quick, "dtype": args.dtype, "repeats": repeats,
-        "settings": {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P},
-        "rows": rows, "goals": goals, "table": table,
-    })
+    path = write_json(
+        os.path.join(args.out, f"{stem}.json"),
+        {
+            "benchmark": "sampling",
+            "device": args.device,
+            "quick": args.quick,
+            "dtype": args.dtype,
+            "repeats": repeats,
+            "settings": {"temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P},
+            "rows": rows,
+            "goals": goals,
+            "table": table,
+        },
+    )
     png = os.path.join(args.out, f"{stem}.png")
     plot(rows, png)
     print(f"wrote {path} and {png}")

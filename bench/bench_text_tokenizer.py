@@ -5,6 +5,7 @@
 Real text = the Python standard library's own .py/.txt files (present on every machine that runs this).
 Encode throughput is reported for single-string `encode` calls and for `encode_batch` (HF's Rust thread pool).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,10 @@ from chameleon_lite.tokenizers.text import TextTokenizer, iter_manifest_texts  #
 
 def stdlib_texts(max_bytes: int) -> list[str]:
     root = sysconfig.get_paths()["stdlib"]
-    files = sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True) + glob.glob(os.path.join(root, "**", "*.txt"), recursive=True))
+    files = sorted(
+        glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
+        + glob.glob(os.path.join(root, "**", "*.txt"), recursive=True)
+    )
     out, total = [], 0
     for f in files:
         if "site-packages" in f:
@@ -84,7 +88,10 @@ def main() -> None:
         bench_corpus("python-stdlib", stdlib_texts(1_000_000 if args.quick else 8_000_000), 16384, repeats),
     ]
     table = print_table(rows, list(rows[0].keys()))
-    print("wrote", write_json(args.out, {"bench": "text_tokenizer", "threads": args.threads, "rows": rows, "table": table}))
+    print(
+        "wrote",
+        write_json(args.out, {"bench": "text_tokenizer", "threads": args.threads, "rows": rows, "table": table}),
+    )
 
 
 if __name__ == "__main__":

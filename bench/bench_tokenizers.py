@@ -17,19 +17,19 @@ the network's speed, not the chunking's), fp32. ``x_realtime`` says how many sec
 time encodes or decodes; the baseline is the same network in plain PyTorch (eager Snake activations, the
 quantizer library's own forward), timed in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import save_bar_chart, median_time, print_table, write_json  # noqa: E402
-
+from common import median_time, print_table, save_bar_chart, write_json  # noqa: E402
 
 
 def bench_image(args: argparse.Namespace) -> list[dict]:
@@ -59,9 +59,18 @@ def bench_image(args: argparse.Namespace) -> list[dict]:
             t = median_time(fn, repeats=repeats, warmup=2)
             ips = batch / t
             base.setdefault(op, ips)
-            rows.append({"modality": "image", "variant": name, "op": op, "batch": batch, "ms_per_batch": 1e3 * t,
-                         "items_per_s": ips, "ratio_vs_baseline": ips / base[op],
-                         "weights": folder if trained else "untrained tiny"})
+            rows.append(
+                {
+                    "modality": "image",
+                    "variant": name,
+                    "op": op,
+                    "batch": batch,
+                    "ms_per_batch": 1e3 * t,
+                    "items_per_s": ips,
+                    "ratio_vs_baseline": ips / base[op],
+                    "weights": folder if trained else "untrained tiny",
+                }
+            )
     return rows
 
 
@@ -104,10 +113,20 @@ def bench_audio(args: argparse.Namespace) -> list[dict]:
             else:
                 os.environ["CHAMELEON_LITE_CODEC_OPS"] = old
     for (variant, op), t in times.items():
-        rows.append({"modality": "audio", "variant": variant, "op": op, "batch": f"1 x {seconds:.0f} s",
-                     "ms_per_batch": 1e3 * t, "items_per_s": 1.0 / t, "x_realtime": seconds / t,
-                     "ratio_vs_baseline": times["reference", op] / t, "baseline": "reference",
-                     "weights": folder if trained else "untrained tiny"})
+        rows.append(
+            {
+                "modality": "audio",
+                "variant": variant,
+                "op": op,
+                "batch": f"1 x {seconds:.0f} s",
+                "ms_per_batch": 1e3 * t,
+                "items_per_s": 1.0 / t,
+                "x_realtime": seconds / t,
+                "ratio_vs_baseline": times["reference", op] / t,
+                "baseline": "reference",
+                "weights": folder if trained else "untrained tiny",
+            }
+        )
     return rows
 
 
@@ -115,8 +134,13 @@ BENCHES: dict[str, Callable[[argparse.Namespace], list[dict]]] = {"image": bench
 
 
 def plot(rows: list[dict], path: str) -> None:
-    save_bar_chart(path, [f"{r['modality']} {r['op']}\n{r['variant']}" for r in rows], [r["items_per_s"] for r in rows],
-                   "items / s", f"tokenizer throughput ({torch.get_num_threads()} threads)")
+    save_bar_chart(
+        path,
+        [f"{r['modality']} {r['op']}\n{r['variant']}" for r in rows],
+        [r["items_per_s"] for r in rows],
+        "items / s",
+        f"tokenizer throughput ({torch.get_num_threads()} threads)",
+    )
 
 
 def main() -> int:
@@ -124,10 +148,18 @@ def main() -> int:
     ap.add_argument("--modality", default="all", choices=[*BENCHES, "all"])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--image-tokenizer", default=None, metavar="DIR",
-                    help="a trained image tokenizer folder (default: an untrained tiny one; speed does not depend on weights)")
-    ap.add_argument("--audio-tokenizer", default=None, metavar="DIR",
-                    help="a trained audio codec folder (default: an untrained tiny one)")
+    ap.add_argument(
+        "--image-tokenizer",
+        default=None,
+        metavar="DIR",
+        help="a trained image tokenizer folder (default: an untrained tiny one; speed does not depend on weights)",
+    )
+    ap.add_argument(
+        "--audio-tokenizer",
+        default=None,
+        metavar="DIR",
+        help="a trained audio codec folder (default: an untrained tiny one)",
+    )
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/tokenizers_<modality>.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,9 +169,23 @@ def main() -> int:
         print(f"no benchmark registered for {missing}; available: {sorted(BENCHES)}", file=sys.stderr)
         return 1
     rows = [r for n in names for r in BENCHES[n](args)]
-    print_table(rows, ["modality", "variant", "op", "batch", "ms_per_batch", "items_per_s", "x_realtime", "ratio_vs_baseline",
-                       "baseline"])
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"tokenizers_{args.modality}.json")
+    print_table(
+        rows,
+        [
+            "modality",
+            "variant",
+            "op",
+            "batch",
+            "ms_per_batch",
+            "items_per_s",
+            "x_realtime",
+            "ratio_vs_baseline",
+            "baseline",
+        ],
+    )
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"tokenizers_{args.modality}.json"
+    )
     write_json(out, {"quick": args.quick, "rows": rows})
     plot(rows, os.path.splitext(out)[0] + ".png")
     print(f"wrote {out}")

@@ -14,6 +14,7 @@ trainer's --compile flag (model and loss compiled as one graph, as in a single-p
 
 Needs the optional `bench` extra (pip install -e .[bench]). Writes bench/results/train.json and .png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -147,14 +148,20 @@ def main() -> None:
 
     rows = []
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    grid = [(n, d, int(k)) for n in args.presets.split(",") for d in args.dtypes.split(",") for k in args.docs.split(",")]
+    grid = [
+        (n, d, int(k)) for n in args.presets.split(",") for d in args.dtypes.split(",") for k in args.docs.split(",")
+    ]
     for name, dname, docs in grid:
         cfg = preset(name, max_seq_len=max(args.seq_len, 2048))
         dtype = dtypes[dname]
-        ours_step, hf_step, n_ours, n_hf = make_steps(cfg, args.batch, args.seq_len, compile_ours=False, dtype=dtype, docs=docs)
+        ours_step, hf_step, n_ours, n_hf = make_steps(
+            cfg, args.batch, args.seq_len, compile_ours=False, dtype=dtype, docs=docs
+        )
         fns = {"ours": ours_step, "hf": hf_step}
         if not args.no_compile:
-            fns["ours_compiled"] = make_steps(cfg, args.batch, args.seq_len, compile_ours=True, dtype=dtype, docs=docs)[0]
+            fns["ours_compiled"] = make_steps(cfg, args.batch, args.seq_len, compile_ours=True, dtype=dtype, docs=docs)[
+                0
+            ]
         t = interleaved(fns, args.repeats, warmup=2)
         tokens = args.batch * args.seq_len
         row = {
@@ -172,10 +179,22 @@ def main() -> None:
             row["compiled tok/s"] = tokens / t["ours_compiled"]
             row["compiled ratio"] = t["hf"] / t["ours_compiled"]
         rows.append(row)
-    cols = ["preset", "dtype", "docs/row", "params_M", "tokens/step", "hf tok/s", "ours tok/s", "ratio"] + (["compiled tok/s", "compiled ratio"] if not args.no_compile else [])
+    cols = ["preset", "dtype", "docs/row", "params_M", "tokens/step", "hf tok/s", "ours tok/s", "ratio"] + (
+        ["compiled tok/s", "compiled ratio"] if not args.no_compile else []
+    )
     print(f"\ntraining step, {args.threads} threads, seq_len {args.seq_len}, batch {args.batch} (goal ratio >= {GOAL})")
     table = print_table(rows, cols)
-    write_json(args.out, {"seq_len": args.seq_len, "batch": args.batch, "threads": args.threads, "goal_ratio": GOAL, "rows": rows, "table": table})
+    write_json(
+        args.out,
+        {
+            "seq_len": args.seq_len,
+            "batch": args.batch,
+            "threads": args.threads,
+            "goal_ratio": GOAL,
+            "rows": rows,
+            "table": table,
+        },
+    )
     plot(rows, args.out.replace(".json", ".png"))
 
 
@@ -185,13 +204,20 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sides = [("hf tok/s", "HF Chameleon"), ("ours tok/s", "chameleon-lite"), ("compiled tok/s", "chameleon-lite (compiled)")]
+    sides = [
+        ("hf tok/s", "HF Chameleon"),
+        ("ours tok/s", "chameleon-lite"),
+        ("compiled tok/s", "chameleon-lite (compiled)"),
+    ]
     sides = [s for s in sides if s[0] in rows[0]]
     fig, ax = plt.subplots(figsize=(7, 4))
     w = 0.8 / len(sides)
     for i, (key, label) in enumerate(sides):
         ax.bar([j + i * w for j in range(len(rows))], [r[key] for r in rows], w, label=label)
-    ax.set_xticks([j + w * (len(sides) - 1) / 2 for j in range(len(rows))], [f"{r['preset']} {r['dtype']}\n{r['docs/row']} doc/row" for r in rows])
+    ax.set_xticks(
+        [j + w * (len(sides) - 1) / 2 for j in range(len(rows))],
+        [f"{r['preset']} {r['dtype']}\n{r['docs/row']} doc/row" for r in rows],
+    )
     ax.set_ylabel("training tokens/s")
     ax.set_title("training step throughput (same shapes, dtype and threads)")
     ax.legend()

@@ -8,6 +8,7 @@ and generations. Also measures corpus generation speed (documents/s) and checker
     python bench/checker_accuracy.py --n 2000          # JSON in bench/results/, PNG beside it
     python bench/checker_accuracy.py --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import soundfile as sf
@@ -143,8 +144,12 @@ def bench_audio(n: int, seed: int, sample_rate: int) -> tuple[list[dict], list[d
             exact += m.exact
             attrs.update({k: int(v) for k, v in m.attributes.items()})
             if name == "clean" and not m.exact and len(failures) < 20:
-                failures.append({"truth": spec.to_meta(sample_rate), "read": {"notes": reading.notes, "timbre": reading.timbre,
-                                                                             "frequencies": reading.frequencies}})
+                failures.append(
+                    {
+                        "truth": spec.to_meta(sample_rate),
+                        "read": {"notes": reading.notes, "timbre": reading.timbre, "frequencies": reading.frequencies},
+                    }
+                )
         rows.append(_row("audio", name, n, exact, attrs, seconds))
     return rows, failures
 
@@ -159,7 +164,9 @@ def bench_corpus_speed(n: int, seed: int) -> list[dict]:
             P.write_corpus(d, n=n, seed=seed, progress=False, workers=workers)
             seconds = time.perf_counter() - t0
             media = sum(len(files) for _, _, files in os.walk(d)) - 2  # minus manifest.jsonl and corpus.json
-        rows.append({"workers": workers, "documents": n, "media files": media, "seconds": seconds, "documents/s": n / seconds})
+        rows.append(
+            {"workers": workers, "documents": n, "media files": media, "seconds": seconds, "documents/s": n / seconds}
+        )
     return rows
 
 
@@ -199,19 +206,42 @@ def main() -> None:
     image_rows, image_failures = bench_images(n, args.seed, args.image_size)
     audio_rows, audio_failures = bench_audio(n, args.seed, args.sample_rate)
     rows = image_rows + audio_rows
-    columns = ["modality", "condition", "n", "exact", "count", "kind", "color", "size", "position", "notes",
-               "pitch_set", "timbre", "ms/sample"]
-    shown = [{k: (f"{100 * v:.2f}%" if k not in ("n", "ms/sample") and isinstance(v, float) else v) for k, v in r.items()}
-             for r in rows]
+    columns = [
+        "modality",
+        "condition",
+        "n",
+        "exact",
+        "count",
+        "kind",
+        "color",
+        "size",
+        "position",
+        "notes",
+        "pitch_set",
+        "timbre",
+        "ms/sample",
+    ]
+    shown = [
+        {k: (f"{100 * v:.2f}%" if k not in ("n", "ms/sample") and isinstance(v, float) else v) for k, v in r.items()}
+        for r in rows
+    ]
     table = print_table(shown, columns)
     speed = bench_corpus_speed(min(n, 2000), args.seed)
     speed_table = print_table(speed, list(speed[0]))
     png = os.path.splitext(args.out)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(rows, png)
-    payload = {"bench": "checker_accuracy", "n": n, "seed": args.seed, "rows": rows, "table": table,
-               "corpus_speed": speed, "corpus_speed_table": speed_table,
-               "clean_failures": {"image": image_failures, "audio": audio_failures}, "plot": png}
+    payload = {
+        "bench": "checker_accuracy",
+        "n": n,
+        "seed": args.seed,
+        "rows": rows,
+        "table": table,
+        "corpus_speed": speed,
+        "corpus_speed_table": speed_table,
+        "clean_failures": {"image": image_failures, "audio": audio_failures},
+        "plot": png,
+    }
     print("wrote", write_json(args.out, payload), "and", png)
 
 

@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark scripts: timing, machine description, JSON/PNG output."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -74,8 +75,15 @@ def print_table(rows: list[dict], columns: list[str]) -> str:
     return out
 
 
-def save_bar_chart(path: str, labels: list[str], values: list[float], value_label: str, title: str,
-                   horizontal: bool = False, colors: list[str] | None = None) -> str:
+def save_bar_chart(
+    path: str,
+    labels: list[str],
+    values: list[float],
+    value_label: str,
+    title: str,
+    horizontal: bool = False,
+    colors: list[str] | None = None,
+) -> str:
     """A bar chart PNG of one value per label, written atomically."""
     import matplotlib
 

@@ -3,12 +3,14 @@
 
 Bottom layer: every command module may use them; they import nothing of the package but its errors.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from chameleon_lite.errors import UserError
 
@@ -17,7 +19,9 @@ def _number(text: str, kind: type) -> int | float:
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
@@ -25,6 +29,7 @@ def _number(text: str, kind: type) -> int | float:
 
 def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     """An integer in [lo, hi] (either bound may be open-ended)."""
+
     def parse(text: str) -> int:
         value = int(_number(text, int))
         _check(value, lo, hi, text)
@@ -36,6 +41,7 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], i
 
 def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], float]:
     """A finite number in [lo, hi] ((lo, hi] with ``lo_open``)."""
+
     def parse(text: str) -> float:
         value = float(_number(text, float))
         if lo_open and lo is not None and value <= lo:
@@ -72,5 +78,5 @@ def parse_set(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
         try:
             out[key] = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
-            raise UserError(f"{flag} {key}: value {value!r} is not JSON (e.g. 8, 0.5, [32, 64, 128], \"vq\")") from None
+            raise UserError(f'{flag} {key}: value {value!r} is not JSON (e.g. 8, 0.5, [32, 64, 128], "vq")') from None
     return out

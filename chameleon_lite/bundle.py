@@ -7,6 +7,7 @@ A model folder holds ``config.json`` + ``model.safetensors`` (the transformer), 
 the tokenizer files alone. Loading the tokenizers is :class:`chameleon_lite.tokenizers.loader.Tokenizers`; the
 model, :func:`chameleon_lite.model.io.load_model`.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,10 @@ DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "d
 def demo_model_dir() -> str:
     """The shipped demo model folder; a clear error when this install has none."""
     if not os.path.isfile(os.path.join(DEMO_DIR, "config.json")):
-        raise ConfigError(f"no demo model is shipped in this install ({DEMO_DIR}); pass --model DIR "
-                          "(train one with `chameleon-lite quickstart`)")
+        raise ConfigError(
+            f"no demo model is shipped in this install ({DEMO_DIR}); pass --model DIR "
+            "(train one with `chameleon-lite quickstart`)"
+        )
     return DEMO_DIR
 
 
@@ -108,8 +111,10 @@ def codes_hash(path: str) -> str:
     if not os.path.isdir(path):
         raise ConfigError(f"{path}: tokenizer folder not found")
     text = read_text_tokenizer(path)
-    weights = {name: read_weights(os.path.join(path, name), "tokenizer") if os.path.exists(os.path.join(path, name)) else None
-               for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS)}
+    weights = {
+        name: read_weights(os.path.join(path, name), "tokenizer") if os.path.exists(os.path.join(path, name)) else None
+        for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS)
+    }
     return codes_hash_of(text, weights)
 
 
@@ -123,8 +128,11 @@ def check_codes(path: str, have: str, expected: str, what: str = "model") -> str
     """Refuse tokenizers (in folder ``path``, with codes hash ``have``) that make other codes than the ones the
     ``what`` was trained on (``expected``; "" = not recorded, nothing to check); returns ``have``."""
     if expected and have != expected:
-        missing = [os.path.join(path, w) for w, c in ((IMAGE_WEIGHTS, IMAGE_CONFIG), (AUDIO_WEIGHTS, AUDIO_CONFIG))
-                   if os.path.exists(os.path.join(path, c)) and not os.path.exists(os.path.join(path, w))]
+        missing = [
+            os.path.join(path, w)
+            for w, c in ((IMAGE_WEIGHTS, IMAGE_CONFIG), (AUDIO_WEIGHTS, AUDIO_CONFIG))
+            if os.path.exists(os.path.join(path, c)) and not os.path.exists(os.path.join(path, w))
+        ]
         note = f" (tokenizer weights not found: {', '.join(missing)})" if missing else ""
         raise ConfigError(
             f"{path}: these tokenizers make other codes (codes hash {have}) than the ones the {what} was trained on "

@@ -3,12 +3,13 @@
 Each layer owns the file that declares its commands (``register(cli)``); this module only builds the parser
 tree, dispatches, and turns user errors into one line and a non-zero exit.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from chameleon_lite.errors import UserError
 
@@ -51,13 +52,19 @@ class CLI:
     """Registry the command modules add their subcommands to."""
 
     def __init__(self) -> None:
-        self.parser = _Parser(prog="chameleon-lite", description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.parser = _Parser(
+            prog="chameleon-lite",
+            description=DESCRIPTION,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         self._top = self.parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
         self._top.required = True
         self._groups: dict[str, argparse._SubParsersAction] = {}
 
-    def command(self, path: str, help: str, handler: Callable[[argparse.Namespace], int | None]) -> argparse.ArgumentParser:
+    def command(
+        self, path: str, help: str, handler: Callable[[argparse.Namespace], int | None]
+    ) -> argparse.ArgumentParser:
         """Add a command at ``path`` ("generate" or "data validate"); handler(args) returns an exit code or None."""
         parts = path.split()
         if len(parts) == 1:

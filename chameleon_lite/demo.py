@@ -5,6 +5,7 @@ weights are stored in bf16 to keep the package small, plus ``RECIPE.json`` — t
 wall times that produced it, and its evaluation numbers — and ``generation.json``, the sampling settings those numbers
 were measured with, which `generate` uses unless told otherwise. :func:`ship_demo` writes it from any exported model.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,11 +47,19 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     size = folder_bytes(tmp)
     if size > max_bytes:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"{model_dir}: the demo model would take {size / 2**20:.1f} MB, more than "
-                          f"{max_bytes / 2**20:.0f} MB; ship a smaller preset")
+        raise ConfigError(
+            f"{model_dir}: the demo model would take {size / 2**20:.1f} MB, more than "
+            f"{max_bytes / 2**20:.0f} MB; ship a smaller preset"
+        )
     write_eval_sampling(tmp)  # generate's defaults: the sampling its recorded 500-prompt evaluation used
-    rec = {"source": os.path.abspath(model_dir), "bytes": size, "weights_dtype": "bfloat16",
-           "python": platform.python_version(), "torch": torch.__version__, **recipe}
+    rec = {
+        "source": os.path.abspath(model_dir),
+        "bytes": size,
+        "weights_dtype": "bfloat16",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **recipe,
+    }
     write_json_atomic(os.path.join(tmp, RECIPE_FILE), rec)
     replace_dir(tmp, out, MODEL)
     return out
@@ -64,7 +73,12 @@ def _eval_command(model: str, shards: str, out: str) -> str:
 def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
     """An eval.json without its samples: per task n, exact, attributes (and span counts), seconds."""
     tasks = {t: {k: v for k, v in r.items() if k != "samples"} for t, r in ev["tasks"].items()}
-    return {"tasks": tasks, "tokenizers": ev.get("tokenizers"), "perplexity": ev.get("perplexity"), "seconds": ev.get("seconds")}
+    return {
+        "tasks": tasks,
+        "tokenizers": ev.get("tokenizers"),
+        "perplexity": ev.get("perplexity"),
+        "seconds": ev.get("seconds"),
+    }
 
 
 def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -79,27 +93,41 @@ def _continued_stage(out: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     for rec in read_metrics(log) if os.path.exists(log) else []:
         stages[rec["stage"]] = stages.get(rec["stage"], 0.0) + float(rec["seconds"])
     run_json = os.path.join(out, "run", "run.json")
-    decoders = {m: _first_existing(os.path.join(out, m, "run", m, "summary.json"), os.path.join(out, m, "run", "summary.json"))
-                for m in ("image", "audio")}  # the run folder of each tokenizer trainer (before: one shared run/)
+    decoders = {
+        m: _first_existing(os.path.join(out, m, "run", m, "summary.json"), os.path.join(out, m, "run", "summary.json"))
+        for m in ("image", "audio")
+    }  # the run folder of each tokenizer trainer (before: one shared run/)
     if not os.path.exists(run_json) and any(os.path.exists(p) for p in decoders.values()):
         # a train/demo_decoders.sh stage: the two tokenizer runs that fine-tuned a decoder each
-        stage = {"out": out, "kind": "decoder fine-tuning", "stage_seconds": stages,
-                 "minutes": round(sum(stages.values()) / 60, 1)}
+        stage = {
+            "out": out,
+            "kind": "decoder fine-tuning",
+            "stage_seconds": stages,
+            "minutes": round(sum(stages.values()) / 60, 1),
+        }
         for m, p in decoders.items():
             if os.path.exists(p):
                 summ = read_json(p, f"{m} tokenizer run summary")
-                stage[f"{m}_decoder"] = {k: summ[k] for k in ("steps", "train_seconds", "threads", "last", "train_config")
-                                         if k in summ}
+                stage[f"{m}_decoder"] = {
+                    k: summ[k] for k in ("steps", "train_seconds", "threads", "last", "train_config") if k in summ
+                }
         return _stage_corpus_and_eval(out, stage)
     run = read_json(run_json, "training run record")
     steps = read_metrics(os.path.join(out, "run", "metrics.jsonl"))
     train_steps = [r for r in steps if "step_time" in r]
     val = [r for r in steps if "val_loss" in r]
     stage: dict[str, Any] = {
-        "out": out, "stage_seconds": stages, "minutes": round(sum(stages.values()) / 60, 1), "train": run["train"],
-        "steps": len(train_steps), "tokens": int(sum(r["tokens"] for r in train_steps)),
-        "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2] if train_steps else None,
-        "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val]}
+        "out": out,
+        "stage_seconds": stages,
+        "minutes": round(sum(stages.values()) / 60, 1),
+        "train": run["train"],
+        "steps": len(train_steps),
+        "tokens": int(sum(r["tokens"] for r in train_steps)),
+        "median_tokens_per_second": sorted(r["tokens_per_s"] for r in train_steps)[len(train_steps) // 2]
+        if train_steps
+        else None,
+        "val_loss": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in val],
+    }
     return _stage_corpus_and_eval(out, stage)
 
 
@@ -108,8 +136,12 @@ def _stage_corpus_and_eval(out: str, stage: dict[str, Any]) -> tuple[dict[str, A
     corpus = os.path.join(out, "corpus", "corpus.json")
     if os.path.exists(corpus):  # the stage's own corpus: how many documents, which seed, which task weights
         c = read_json(corpus, "corpus record")
-        stage["corpus"] = {"n": c["n"], "seed": c["seed"], "task_weights": c["config"]["task_weights"],
-                           "image_size": c["config"].get("image_size")}
+        stage["corpus"] = {
+            "n": c["n"],
+            "seed": c["seed"],
+            "task_weights": c["config"]["task_weights"],
+            "image_size": c["config"].get("image_size"),
+        }
     path = os.path.join(out, "eval", "eval.json")
     ev = read_json(path, "evaluation") if os.path.exists(path) else None
     if ev is not None:
@@ -144,9 +176,13 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
         "seed": int(cfg["seed"]),
         "machine": machine or describe_machine(),
         "stages": {
-            "quickstart": {"command": f"chameleon-lite quickstart --out {first} --budget-minutes {cfg['budget_minutes']:g} --seed {cfg['seed']}",
-                           "stage_seconds": first_s, "minutes": round(sum(first_s.values()) / 60, 1), "config": cfg,
-                           "pretraining": read_json(calib, "pretraining calibration") if os.path.exists(calib) else None},
+            "quickstart": {
+                "command": f"chameleon-lite quickstart --out {first} --budget-minutes {cfg['budget_minutes']:g} --seed {cfg['seed']}",
+                "stage_seconds": first_s,
+                "minutes": round(sum(first_s.values()) / 60, 1),
+                "config": cfg,
+                "pretraining": read_json(calib, "pretraining calibration") if os.path.exists(calib) else None,
+            },
             "continued": list(later),
         },
         "total_minutes": round((sum(first_s.values()) + sum(sum(c["stage_seconds"].values()) for c in later)) / 60, 1),
@@ -155,7 +191,9 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
     }
 
 
-def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model: str, machine: str = "") -> dict[str, Any]:
+def extend(
+    base: dict[str, Any], out: str, command: str, commit: str, from_model: str, machine: str = ""
+) -> dict[str, Any]:
     """The recipe ``base`` (a shipped model's RECIPE.json) with one more stage: the train/demo_continue.sh
     (continued pretraining) or train/demo_decoders.sh (decoder fine-tuning) stage in ``out``, run as ``command`` on the code of ``commit``, from ``from_model`` (what
     the stage's init_from folder held, e.g. the shipped model of an earlier commit). The recipe's eval becomes the
@@ -171,9 +209,13 @@ def extend(base: dict[str, Any], out: str, command: str, commit: str, from_model
     stage.update(command=command, commit=commit, machine=machine or describe_machine(), from_model=from_model)
     rec = {k: v for k, v in base.items() if k not in ("source", "bytes", "weights_dtype", "python", "torch")}
     before = [{"command": base.get("command"), "commit": base.get("commit"), "machine": base.get("machine")}]
-    rec["commands"] = [*base.get("commands", before), {"command": command, "commit": commit, "machine": stage["machine"]}]
-    rec["command"] = " && ".join(f"git checkout {c['commit']} && {c['command']}" if c.get("commit") else c["command"]
-                                 for c in rec["commands"])
+    rec["commands"] = [
+        *base.get("commands", before),
+        {"command": command, "commit": commit, "machine": stage["machine"]},
+    ]
+    rec["command"] = " && ".join(
+        f"git checkout {c['commit']} && {c['command']}" if c.get("commit") else c["command"] for c in rec["commands"]
+    )
     rec["stages"] = {**base["stages"], "continued": [*base["stages"].get("continued", []), stage]}
     rec["total_minutes"] = round(float(base["total_minutes"]) + stage["minutes"], 1)
     shards = stage.get("train", {}).get("val_data") or (ev.get("config") or {}).get("shards") or f"{out}/shards/val"
@@ -194,8 +236,9 @@ def _ship(args) -> int:
 
 
 def register(cli) -> None:
-    p = cli.command("ship-demo", "store an exported model (bf16) as the demo model the package ships, with its recipe",
-                    _ship)
+    p = cli.command(
+        "ship-demo", "store an exported model (bf16) as the demo model the package ships, with its recipe", _ship
+    )
     p.add_argument("--model", required=True, metavar="DIR", help="exported model folder (e.g. runs/quickstart/model)")
     p.add_argument("--recipe", help="JSON file with how the model was made (e.g. runs/quickstart/quickstart.json)")
     p.add_argument("--command-line", help="the exact command that produced the model")
@@ -214,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("first", metavar="QUICKSTART_DIR", help="(with --extend: the continued stage's folder)")
     p.add_argument("continued", nargs="*", metavar="CONTINUED_DIR", help="continued-pretraining stages, in order")
     p.add_argument("--machine", default="", help="the machine description (default: this machine's)")
-    p.add_argument("--extend", metavar="RECIPE_JSON",
-                   help="add the one train/demo_continue.sh or train/demo_decoders.sh stage to this recipe")
+    p.add_argument(
+        "--extend",
+        metavar="RECIPE_JSON",
+        help="add the one train/demo_continue.sh or train/demo_decoders.sh stage to this recipe",
+    )
     p.add_argument("--command", default="", help="with --extend: the exact command that ran the stage")
     p.add_argument("--commit", default="", help="with --extend: the code version that ran it")
     p.add_argument("--from-model", default="", help="with --extend: what the stage started from")
@@ -224,8 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.extend:
             if args.continued or not (args.command and args.commit and args.from_model):
                 raise ConfigError("--extend takes one stage folder and needs --command, --commit and --from-model")
-            rec = extend(read_json(args.extend, "recipe"), args.first, args.command, args.commit, args.from_model,
-                         machine=args.machine)
+            rec = extend(
+                read_json(args.extend, "recipe"),
+                args.first,
+                args.command,
+                args.commit,
+                args.from_model,
+                machine=args.machine,
+            )
         else:
             rec = recipe(args.first, *args.continued, machine=args.machine)
         print(json.dumps(rec, indent=2))
@@ -233,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo recipe: error: {e}", file=sys.stderr)
         return 1
     except (KeyError, TypeError, ValueError) as e:  # a record that parses but lacks what the recipe reads
-        print(f"demo recipe: error: a stage record under {args.first} is malformed ({type(e).__name__}: {e})", file=sys.stderr)
+        print(
+            f"demo recipe: error: a stage record under {args.first} is malformed ({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,4 +1,5 @@
 """Errors a user can act on. The CLI prints them as one line and exits non-zero; anything else is a bug."""
+
 from __future__ import annotations
 
 

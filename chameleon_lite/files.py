@@ -6,6 +6,7 @@ No command deletes or overwrites what it did not write. Every folder a command w
 may write into, or replace, a folder that does not exist, is empty, or is of its kind and holds nothing else;
 anything else is refused with one line before any work starts (:func:`check_output_dir`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,8 @@ import json
 import os
 import shutil
 import stat
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from chameleon_lite.errors import ConfigError, UserError
 
@@ -82,7 +84,7 @@ class OutputKind:
     command: str
     signature: str | None
     names: tuple[str, ...]
-    folders: tuple[tuple[str, "OutputKind"], ...] = ()
+    folders: tuple[tuple[str, OutputKind], ...] = ()
     strict: bool = True  # False: a working folder where other files may sit beside ours (never deleted)
 
     def owns(self, path: str) -> tuple[bool, str]:
@@ -119,8 +121,10 @@ def check_output_dir(path: str, kind: OutputKind, flag: str = "--out") -> None:
         raise UserError(f"{path}: exists and is not a folder; give {flag} a new or empty folder")
     ok, why = kind.owns(path)
     if not ok:
-        raise UserError(f"{path}: exists and is not {kind.what} written by `{kind.command}` (it {why}); nothing was "
-                        f"changed; give {flag} a new or empty folder, or move this one away")
+        raise UserError(
+            f"{path}: exists and is not {kind.what} written by `{kind.command}` (it {why}); nothing was "
+            f"changed; give {flag} a new or empty folder, or move this one away"
+        )
 
 
 def replace_dir(tmp: str, final: str, kind: OutputKind) -> None:
@@ -171,8 +175,10 @@ def check_json_output(path: str, flag: str = "--json") -> None:
     except UserError:
         ours = False
     if not ours or os.path.islink(path):
-        raise UserError(f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
-                        f"another path or move this file away")
+        raise UserError(
+            f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
+            f"another path or move this file away"
+        )
 
 
 def write_json_result(path: str, obj: dict[str, Any]) -> None:
@@ -186,7 +192,9 @@ def _is_our_wav(path: str) -> bool:
     try:
         with sf.SoundFile(path) as f:
             software = f.software or ""  # libsndfile appends " (libsndfile-VERSION)" to what was written
-            return f.format == "WAV" and (software == PNG_SOFTWARE or software.startswith(PNG_SOFTWARE + " (libsndfile"))
+            return f.format == "WAV" and (
+                software == PNG_SOFTWARE or software.startswith(PNG_SOFTWARE + " (libsndfile")
+            )
     except (OSError, RuntimeError, sf.LibsndfileError):
         return False
 
@@ -194,8 +202,10 @@ def _is_our_wav(path: str) -> bool:
 def check_wav_output(path: str, flag: str = "--out") -> None:
     """Refuse to replace a file at ``path`` unless it is a WAV this tool wrote (its INFO chunk's software field)."""
     if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path) and _is_our_wav(path)):
-        raise UserError(f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
-                        f"another folder or move this file away")
+        raise UserError(
+            f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
+            f"another folder or move this file away"
+        )
 
 
 def check_png_output(path: str, flag: str = "--out") -> None:
@@ -209,33 +219,79 @@ def check_png_output(path: str, flag: str = "--out") -> None:
     if not os.path.isdir(parent):
         raise UserError(f"{path}: the folder {parent} does not exist")
     if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path) and _is_our_png(path)):
-        raise UserError(f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
-                        f"another path or move this file away")
+        raise UserError(
+            f"{path}: exists and was not written by chameleon-lite; nothing was changed; give {flag} "
+            f"another path or move this file away"
+        )
 
 
 # The kinds of folder the commands write.
-MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "image_vq.safetensors", "image_vq.json",
-               "audio_codec.safetensors", "audio_codec.json", "vocab.json", "generation.json", "RECIPE.json")
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "image_vq.safetensors",
+    "image_vq.json",
+    "audio_codec.safetensors",
+    "audio_codec.json",
+    "vocab.json",
+    "generation.json",
+    "RECIPE.json",
+)
 MODEL = OutputKind("an exported model folder", "chameleon-lite export", "config.json", MODEL_FILES)
-SHARDS = OutputKind("a shard folder", "chameleon-lite data tokenize", "meta.json",
-                    ("meta.json", "tokens_*.bin", "docs_*.npy", "spans_*.npy"))
-SHARD_SET = OutputKind("a shard set", "chameleon-lite data tokenize", None, ("tokenize.json",),
-                       (("train", SHARDS), ("val", SHARDS)))
-DOCUMENT = OutputKind("a generated document", "chameleon-lite generate", "document.json",
-                      ("document.json", "document.md", "document.html", "image_[0-9][0-9][0-9].png",
-                       "audio_[0-9][0-9][0-9].wav"))
-DOCUMENTS = OutputKind("a folder of generated samples", "chameleon-lite generate --batch", None, (),
-                       (("sample_[0-9][0-9][0-9]", DOCUMENT),))
-CORPUS = OutputKind("a procedural corpus", "chameleon-lite data procedural", "corpus.json",
-                    ("corpus.json", "manifest.jsonl"),
-                    (("images", OutputKind("corpus pictures", "chameleon-lite data procedural", None, ("*.png",))),
-                     ("audio", OutputKind("corpus clips", "chameleon-lite data procedural", None, ("*.wav",)))))
-EVAL = OutputKind("an evaluation folder", "chameleon-lite eval", "eval.json", ("eval.json", "report.html", "*.png"),
-                  (("inputs", OutputKind("evaluation inputs", "chameleon-lite eval", None,
-                                         ("image_[0-9][0-9][0-9][0-9].png", "audio_[0-9][0-9][0-9][0-9].wav"))),
-                   ("heldout_media", CORPUS)))
+SHARDS = OutputKind(
+    "a shard folder",
+    "chameleon-lite data tokenize",
+    "meta.json",
+    ("meta.json", "tokens_*.bin", "docs_*.npy", "spans_*.npy"),
+)
+SHARD_SET = OutputKind(
+    "a shard set", "chameleon-lite data tokenize", None, ("tokenize.json",), (("train", SHARDS), ("val", SHARDS))
+)
+DOCUMENT = OutputKind(
+    "a generated document",
+    "chameleon-lite generate",
+    "document.json",
+    ("document.json", "document.md", "document.html", "image_[0-9][0-9][0-9].png", "audio_[0-9][0-9][0-9].wav"),
+)
+DOCUMENTS = OutputKind(
+    "a folder of generated samples",
+    "chameleon-lite generate --batch",
+    None,
+    (),
+    (("sample_[0-9][0-9][0-9]", DOCUMENT),),
+)
+CORPUS = OutputKind(
+    "a procedural corpus",
+    "chameleon-lite data procedural",
+    "corpus.json",
+    ("corpus.json", "manifest.jsonl"),
+    (
+        ("images", OutputKind("corpus pictures", "chameleon-lite data procedural", None, ("*.png",))),
+        ("audio", OutputKind("corpus clips", "chameleon-lite data procedural", None, ("*.wav",))),
+    ),
+)
+EVAL = OutputKind(
+    "an evaluation folder",
+    "chameleon-lite eval",
+    "eval.json",
+    ("eval.json", "report.html", "*.png"),
+    (
+        (
+            "inputs",
+            OutputKind(
+                "evaluation inputs",
+                "chameleon-lite eval",
+                None,
+                ("image_[0-9][0-9][0-9][0-9].png", "audio_[0-9][0-9][0-9][0-9].wav"),
+            ),
+        ),
+        ("heldout_media", CORPUS),
+    ),
+)
 RUN = OutputKind("a training run folder", "train/pretrain.py", "run.json", (), strict=False)
 PIPELINE = OutputKind("a quickstart folder", "chameleon-lite quickstart", ".stage-*", (), strict=False)
 RUN_FOLDER = OutputKind("a tokenizer training run", "chameleon-lite tokenizer train-*", None, (), strict=False)
-TOKENIZERS = OutputKind("a tokenizer or model folder", "chameleon-lite tokenizer train-*", None, MODEL_FILES,
-                        (("run", RUN_FOLDER),))
+TOKENIZERS = OutputKind(
+    "a tokenizer or model folder", "chameleon-lite tokenizer train-*", None, MODEL_FILES, (("run", RUN_FOLDER),)
+)

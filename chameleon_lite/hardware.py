@@ -1,4 +1,5 @@
 """What this machine's CPU can do, detected at run time (never assumed)."""
+
 from __future__ import annotations
 
 import functools
@@ -6,7 +7,7 @@ import functools
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), where bf16 beats fp32
     (on a 2-core AVX512-BF16 machine a bf16 GEMM of training shapes ran 2.4x faster than fp32)."""

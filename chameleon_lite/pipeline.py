@@ -5,6 +5,7 @@ skips stages whose marker exists with the same parameters and reruns (after clea
 changed. Stages that are themselves resumable (tokenizer training, pretraining) are simply called again after
 an interruption and continue from their own checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,8 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from chameleon_lite.files import PIPELINE, check_output_dir, write_json_atomic
 

@@ -5,6 +5,7 @@ Documents are read from a JSONL manifest, split into train/validation by a seede
 ``OUT/train`` (and ``OUT/val``). With ``workers > 1`` chunks are encoded in worker processes that each load the
 tokenizers once; the output does not depend on the number of workers.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -12,7 +13,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +50,7 @@ def _worker_chunk(docs: list[Document]) -> list[EncodedSequence | str]:
 
 def _chunks(docs: list[Document], size: int) -> Iterator[list[Document]]:
     for i in range(0, len(docs), size):
-        yield docs[i:i + size]
+        yield docs[i : i + size]
 
 
 def split_validation(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -63,9 +65,19 @@ def split_validation(n: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int = 1, val_fraction: float = 0.0,
-                seed: int = 0, chunk_docs: int = 128, shard_tokens: int = 1 << 26, on_error: str = "raise",
-                progress: bool = True) -> dict[str, Any]:
+def pretokenize(
+    manifest: str,
+    tokenizers: str | Any,
+    out: str,
+    *,
+    workers: int = 1,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    chunk_docs: int = 128,
+    shard_tokens: int = 1 << 26,
+    on_error: str = "raise",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Tokenize every document of ``manifest`` into ``out/train`` (and ``out/val`` when ``val_fraction > 0``).
 
     tokenizers: a tokenizer folder (tokenizer.json, image_vq.*, audio_codec.*) or a loaded ``Tokenizers``.
@@ -90,15 +102,23 @@ def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int 
     for d in docs:
         for kind in ("image", "audio"):
             if getattr(tk, kind) is None and any(s.kind == kind for s in d.segments):
-                raise ConfigError(f"{d.where}: the document has {kind} segments but the tokenizers have no {kind} tokenizer")
+                raise ConfigError(
+                    f"{d.where}: the document has {kind} segments but the tokenizers have no {kind} tokenizer"
+                )
     is_val = split_validation(len(docs), val_fraction, seed)
     tok_dir = os.path.abspath(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else ""
     extra = {"tokenizers": tok_dir, "manifest": os.path.abspath(manifest), "seed": seed, "val_fraction": val_fraction}
     if getattr(tk, "codes_hash", ""):
         extra["codes_hash"] = tk.codes_hash  # which codes these are: checked by training against its tokenizers
-    writers = {"train": ShardWriter(os.path.join(out, "train"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "train"})}
+    writers = {
+        "train": ShardWriter(
+            os.path.join(out, "train"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "train"}
+        )
+    }
     if is_val.any():
-        writers["val"] = ShardWriter(os.path.join(out, "val"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "val"})
+        writers["val"] = ShardWriter(
+            os.path.join(out, "val"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "val"}
+        )
     os.makedirs(out, exist_ok=True)
     skipped: list[str] = []
     use_pool = workers > 1 and bool(tok_dir) and len(docs) > chunk_docs
@@ -109,7 +129,9 @@ def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int 
         chunks = list(_chunks(list(range(len(docs))), chunk_docs))
         if use_pool:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(tok_dir, threads))
+            pool = cf.ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(tok_dir, threads)
+            )
             results = pool.map(_worker_chunk, [[docs[i] for i in c] for c in chunks])
         else:
             pool = None
@@ -137,9 +159,13 @@ def pretokenize(manifest: str, tokenizers: str | Any, out: str, *, workers: int 
     if writers["train"].n_docs == 0:
         for w in writers.values():
             w.__exit__(DataError, None, None)
-        raise DataError(f"{manifest}: no document could be tokenized ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
+        raise DataError(
+            f"{manifest}: no document could be tokenized ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})"
+        )
     for w in writers.values():
         w.__exit__(None, None, None)
-    summary = {name: {k: w.meta()[k] for k in ("documents", "tokens", "tokens_per_modality")} for name, w in writers.items()}
+    summary = {
+        name: {k: w.meta()[k] for k in ("documents", "tokens", "tokens_per_modality")} for name, w in writers.items()
+    }
     summary.update(skipped=len(skipped), skipped_examples=skipped[:10], seconds=round(time.perf_counter() - t0, 2))
     return summary

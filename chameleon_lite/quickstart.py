@@ -12,6 +12,7 @@ time of the stages before it, minus a reserve for the evaluation after it), and 
 step count, and the run's own warm-up (whose learning rates do not depend on the count) then refits it to the step
 time it measured. Both are stored in ``calibration.json``, so a resumed quickstart keeps the schedule it started with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,19 @@ class QuickstartConfig:
             raise ConfigError(f"pretrain_share must be in (0, 1), got {self.pretrain_share}")
         if not 0 <= self.reserve_share < 1:
             raise ConfigError(f"reserve_share must be in [0, 1), got {self.reserve_share}")
-        for name in ("n_docs", "n_heldout", "workers", "text_vocab", "image_steps", "audio_steps", "max_image_steps",
-                     "max_audio_steps", "min_train_steps", "max_train_steps", "eval_n"):
+        for name in (
+            "n_docs",
+            "n_heldout",
+            "workers",
+            "text_vocab",
+            "image_steps",
+            "audio_steps",
+            "max_image_steps",
+            "max_audio_steps",
+            "min_train_steps",
+            "max_train_steps",
+            "eval_n",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -164,12 +176,27 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         warmup = min(50, first // 10)
 
         def run_steps(steps: int, stop_after: int = 0) -> None:
-            train(TrainConfig(
-                model=cfg.train_model, data=os.path.join(shards, "train"), val_data=os.path.join(shards, "val"), out=run,
-                tokenizers=tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, steps=steps, stop_after=stop_after,
-                lr=2e-3, warmup=warmup, ckpt_every=max(25, steps // 10), val_every=max(25, steps // 15), val_batches=4,
-                seed=cfg.seed, parallel="none", compile=cfg.compile,
-            ))
+            train(
+                TrainConfig(
+                    model=cfg.train_model,
+                    data=os.path.join(shards, "train"),
+                    val_data=os.path.join(shards, "val"),
+                    out=run,
+                    tokenizers=tok,
+                    seq_len=cfg.seq_len,
+                    batch_size=cfg.batch_size,
+                    steps=steps,
+                    stop_after=stop_after,
+                    lr=2e-3,
+                    warmup=warmup,
+                    ckpt_every=max(25, steps // 10),
+                    val_every=max(25, steps // 15),
+                    val_batches=4,
+                    seed=cfg.seed,
+                    parallel="none",
+                    compile=cfg.compile,
+                )
+            )
 
         steps = replanned_steps(cfg)
         if steps is None:
@@ -195,26 +222,48 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
     def evaluate() -> None:
         from chameleon_lite.eval.harness import EvalConfig, run_eval
 
-        run_eval(EvalConfig(model=model_dir, out=cfg.path("eval"), n=cfg.eval_n, seed=cfg.seed + 2000,
-                            shards=os.path.join(shards, "val")))
+        run_eval(
+            EvalConfig(
+                model=model_dir,
+                out=cfg.path("eval"),
+                n=cfg.eval_n,
+                seed=cfg.seed + 2000,
+                shards=os.path.join(shards, "val"),
+            )
+        )
 
     def demo() -> None:
         from chameleon_lite.generate import Generator, Prompt
 
         gen = Generator.from_dir(model_dir)
-        doc = gen.generate(Prompt(text=DEMO_PROMPT, then="media"), gen.default_config(max_new_tokens=400, seed=cfg.seed))[0]
+        doc = gen.generate(
+            Prompt(text=DEMO_PROMPT, then="media"), gen.default_config(max_new_tokens=400, seed=cfg.seed)
+        )[0]
         doc.save(cfg.path("demo"))
 
     return [
         Stage("corpus", make_corpus, {"n": cfg.corpus_docs, "seed": cfg.seed}, [corpus]),
         Stage("heldout", make_heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [heldout]),
         Stage("text-tokenizer", text_tokenizer, {"vocab": cfg.text_vocab}, [os.path.join(tok, bundle.TEXT_FILE)]),
-        Stage("image-tokenizer", image_tokenizer, {"steps": cfg.image_train_steps}, [cfg.path("image_vq")], resumable=True),
-        Stage("audio-tokenizer", audio_tokenizer, {"steps": cfg.audio_train_steps}, [cfg.path("audio_codec")], resumable=True),
+        Stage(
+            "image-tokenizer", image_tokenizer, {"steps": cfg.image_train_steps}, [cfg.path("image_vq")], resumable=True
+        ),
+        Stage(
+            "audio-tokenizer",
+            audio_tokenizer,
+            {"steps": cfg.audio_train_steps},
+            [cfg.path("audio_codec")],
+            resumable=True,
+        ),
         Stage("vocab", vocab, {}, [os.path.join(tok, bundle.VOCAB_FILE)]),
         Stage("tokenize", tokenize, {}, [shards], resumable=True),
-        Stage("pretrain", pretrain, {"budget_minutes": cfg.budget_minutes, "model": cfg.train_model, "compile": cfg.compile},
-              [run], resumable=True),
+        Stage(
+            "pretrain",
+            pretrain,
+            {"budget_minutes": cfg.budget_minutes, "model": cfg.train_model, "compile": cfg.compile},
+            [run],
+            resumable=True,
+        ),
         Stage("curves", curves, {}),
         Stage("export", export, {}, [model_dir]),
         Stage("eval", evaluate, {"n": cfg.eval_n}, [cfg.path("eval")]),
@@ -222,8 +271,15 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
     ]
 
 
-def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_size: int, steps: int = 5,
-                         compile: bool = False, shards: str | None = None) -> float:
+def measure_step_seconds(
+    model_name: str,
+    vocab_size: int,
+    seq_len: int,
+    batch_size: int,
+    steps: int = 5,
+    compile: bool = False,
+    shards: str | None = None,
+) -> float:
     """Median wall time of one optimiser step of the model, in this process's thread setting and with the dtype the
     trainer picks on this CPU; ``compile`` as the trainer compiles (the first two steps, allocation and compilation,
     excluded). The batches are the first of ``shards`` when given (their packed documents are what the attention
@@ -245,7 +301,13 @@ def measure_step_seconds(model_name: str, vocab_size: int, seq_len: int, batch_s
         from chameleon_lite.data.loader import PackedLoader
 
         b = next(iter(PackedLoader(shards, seq_len, batch_size, seed=0)))
-        args = (b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32), b["targets"])
+        args = (
+            b["input_ids"],
+            b["positions"],
+            b["doc_ids"].to(torch.int32),
+            b["span_ids"].to(torch.int32),
+            b["targets"],
+        )
     else:
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
@@ -273,7 +335,7 @@ def stage_seconds(out: str) -> dict[str, float]:
         if name.startswith(".stage-") and name.endswith(".done"):
             try:
                 with open(os.path.join(out, name)) as f:
-                    times[name[len(".stage-"):-len(".done")]] = float(json.load(f).get("seconds", 0.0))
+                    times[name[len(".stage-") : -len(".done")]] = float(json.load(f).get("seconds", 0.0))
             except (OSError, ValueError):
                 pass
     return times
@@ -298,24 +360,40 @@ def calibrated_train_steps(cfg: QuickstartConfig, tokenizers_dir: str, shards: s
     from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
 
     path = cfg.path("calibration.json")
-    key = {"model": cfg.train_model, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
-           "budget_minutes": cfg.budget_minutes, "pretrain_share": cfg.pretrain_share, "reserve_share": cfg.reserve_share,
-           "compile": cfg.compile}
+    key = {
+        "model": cfg.train_model,
+        "seq_len": cfg.seq_len,
+        "batch_size": cfg.batch_size,
+        "budget_minutes": cfg.budget_minutes,
+        "pretrain_share": cfg.pretrain_share,
+        "reserve_share": cfg.reserve_share,
+        "compile": cfg.compile,
+    }
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
         if saved.get("key") == key:
             return int(saved["steps"])
     vocab = vocab_from_tokenizer_dir(tokenizers_dir)
-    step_s = measure_step_seconds(cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size, compile=cfg.compile, shards=shards)
+    step_s = measure_step_seconds(
+        cfg.train_model, vocab.size, cfg.seq_len, cfg.batch_size, compile=cfg.compile, shards=shards
+    )
     spent = spent_minutes(cfg, BEFORE_PRETRAIN)
     minutes = pretrain_minutes(cfg, spent)
     steps = _fit_steps(cfg, minutes, step_s)
-    rec = {"key": key, "step_seconds": round(step_s, 4), "steps": steps, "minutes_before": round(spent, 2),
-           "pretrain_minutes": round(minutes, 2), "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1)}
+    rec = {
+        "key": key,
+        "step_seconds": round(step_s, 4),
+        "steps": steps,
+        "minutes_before": round(spent, 2),
+        "pretrain_minutes": round(minutes, 2),
+        "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1),
+    }
     _write_calibration(cfg, rec)
-    print(f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
-          f"{steps} steps in {minutes:.1f} of the {cfg.budget_minutes:g} budget minutes ({spent:.1f} spent before)")
+    print(
+        f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
+        f"{steps} steps in {minutes:.1f} of the {cfg.budget_minutes:g} budget minutes ({spent:.1f} spent before)"
+    )
     return steps
 
 
@@ -372,8 +450,10 @@ def replan_train_steps(cfg: QuickstartConfig, run: str, first: int, warmup: int)
         steps = first
     else:
         steps = _fit_steps(cfg, rec["pretrain_minutes"], step_s, floor=warmup)
-        print(f"pretraining: the warm-up ran at {step_s:.2f} s per step (timed beforehand: {rec['step_seconds']:.2f} s) -> "
-              f"{steps} steps instead of {first}")
+        print(
+            f"pretraining: the warm-up ran at {step_s:.2f} s per step (timed beforehand: {rec['step_seconds']:.2f} s) -> "
+            f"{steps} steps instead of {first}"
+        )
     rec.update(replanned_steps=steps, warmup=warmup, run_step_seconds=None if step_s is None else round(step_s, 4))
     _write_calibration(cfg, rec)
     return steps
@@ -398,21 +478,33 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def _run(args) -> int:
-    cfg = QuickstartConfig(out=args.out, budget_minutes=args.budget_minutes, seed=args.seed, workers=args.workers,
-                           compile=args.compile)
+    cfg = QuickstartConfig(
+        out=args.out, budget_minutes=args.budget_minutes, seed=args.seed, workers=args.workers, compile=args.compile
+    )
     summary = quickstart(cfg)
     print(f"quickstart finished ({summary['seconds_this_run'] / 60:.1f} min this run)")
     for key in ("model", "curves", "eval", "demo"):
         print(f"  {key:7s} {summary[key]}")
-    print(f"try: chameleon-lite generate --model {summary['model']} --prompt \"{DEMO_PROMPT}\" --then media --out {cfg.path('try')}")
+    print(
+        f'try: chameleon-lite generate --model {summary["model"]} --prompt "{DEMO_PROMPT}" --then media --out {cfg.path("try")}'
+    )
     return 0
 
 
 def register(cli) -> None:
     p = cli.command("quickstart", "corpus → tokenizers → shards → pretraining → export → eval → demo, resumable", _run)
     p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="working folder (default runs/quickstart)")
-    p.add_argument("--budget-minutes", type=at.float_range(1.0, 100000.0), default=DEFAULT_BUDGET_MINUTES,
-                   help="scales the training stages (default 30, tuned for 2 CPU cores)")
+    p.add_argument(
+        "--budget-minutes",
+        type=at.float_range(1.0, 100000.0),
+        default=DEFAULT_BUDGET_MINUTES,
+        help="scales the training stages (default 30, tuned for 2 CPU cores)",
+    )
     p.add_argument("--seed", type=at.seed, default=0, help="seed of the corpus and of every training stage (default 0)")
-    p.add_argument("--workers", type=at.int_range(1, 256), default=2, help="worker processes for corpus writing and pretokenizing (default 2)")
+    p.add_argument(
+        "--workers",
+        type=at.int_range(1, 256),
+        default=2,
+        help="worker processes for corpus writing and pretokenizing (default 2)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the pretraining step (slower on some CPUs)")

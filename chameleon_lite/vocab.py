@@ -9,6 +9,7 @@ Layout (ARCHITECTURE §3)::
 
 Every id maps to a modality by range in O(1): TEXT=0 (specials included), IMAGE=1, AUDIO=2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -135,7 +136,9 @@ class UnifiedVocab:
         raise VocabError(f"id {idx} is not a special token (specials are [0, {self.num_special}))")
 
     # ---- validation -----------------------------------------------------------------------------
-    def check_ids(self, ids: torch.Tensor | list[int], lo: int | None = None, hi: int | None = None, what: str = "token") -> None:
+    def check_ids(
+        self, ids: torch.Tensor | list[int], lo: int | None = None, hi: int | None = None, what: str = "token"
+    ) -> None:
         """Raise VocabError naming the first id outside [lo, hi) (default: the whole vocabulary)."""
         lo = 0 if lo is None else lo
         hi = self.size if hi is None else hi
@@ -225,7 +228,12 @@ class UnifiedVocab:
             "image_codebook": self.image_codebook,
             "audio_levels": self.audio_levels,
             "audio_codebook": self.audio_codebook,
-            "offsets": {"text": self.text_offset, "image": self.image_offset, "audio": self.audio_offset, "end": self.size},
+            "offsets": {
+                "text": self.text_offset,
+                "image": self.image_offset,
+                "audio": self.audio_offset,
+                "end": self.size,
+            },
         }
 
     @property
@@ -245,7 +253,7 @@ class UnifiedVocab:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "UnifiedVocab":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> UnifiedVocab:
         try:
             if d.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
                 raise VocabError(f"{source}: unsupported vocab format_version {d.get('format_version')}")
@@ -261,11 +269,13 @@ class UnifiedVocab:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VocabError(f"{source}: not a valid vocab description ({type(e).__name__}: {e})") from None
         if "hash" in d and d["hash"] != v.hash:
-            raise VocabError(f"{source}: stored hash {d['hash']} does not match its contents ({v.hash}); the file was edited or is corrupt")
+            raise VocabError(
+                f"{source}: stored hash {d['hash']} does not match its contents ({v.hash}); the file was edited or is corrupt"
+            )
         return v
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "UnifiedVocab":
+    def load(cls, path: str | os.PathLike) -> UnifiedVocab:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "vocab.json")
@@ -277,7 +287,9 @@ class UnifiedVocab:
 
     def describe(self) -> str:
         lines = [f"unified vocabulary: {self.size} ids (hash {self.hash})"]
-        lines.append(f"  special [0, {self.text_offset})  " + " ".join(f"{n}={i}" for i, n in enumerate(SPECIAL_TOKENS)))
+        lines.append(
+            f"  special [0, {self.text_offset})  " + " ".join(f"{n}={i}" for i, n in enumerate(SPECIAL_TOKENS))
+        )
         lines.append(f"  text    [{self.text_offset}, {self.image_offset})  {self.text_size} BPE ids")
         lines.append(f"  image   [{self.image_offset}, {self.audio_offset})  codebook {self.image_codebook}")
         lines.append(

@@ -1,4 +1,5 @@
 """`chameleon-lite vocab`: build or inspect vocab.json."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,14 @@ def _vocab(args: argparse.Namespace) -> int:
 
         v = vocab_from_tokenizer_dir(args.tokenizers)
     else:
-        missing = [n for n in ("text_size", "image_codebook", "audio_levels", "audio_codebook") if getattr(args, n) is None]
+        missing = [
+            n for n in ("text_size", "image_codebook", "audio_levels", "audio_codebook") if getattr(args, n) is None
+        ]
         if missing:
-            raise UserError("give --tokenizers DIR, --show FILE, or all of " + ", ".join("--" + m.replace("_", "-") for m in missing))
+            raise UserError(
+                "give --tokenizers DIR, --show FILE, or all of "
+                + ", ".join("--" + m.replace("_", "-") for m in missing)
+            )
         v = UnifiedVocab(args.text_size, args.image_codebook, args.audio_levels, args.audio_codebook, args.num_special)
     print(v.describe())
     if args.out:
@@ -41,5 +47,7 @@ def register(cli) -> None:
     p.add_argument("--image-codebook", type=at.int_range(0, 1 << 24), help="image VQ codebook size")
     p.add_argument("--audio-levels", type=at.int_range(0, 64), help="audio residual VQ levels")
     p.add_argument("--audio-codebook", type=at.int_range(0, 1 << 24), help="codes per audio level")
-    p.add_argument("--num-special", type=at.int_range(8, 4096), default=16, help="size of the special-token range (default 16)")
+    p.add_argument(
+        "--num-special", type=at.int_range(8, 4096), default=16, help="size of the special-token range (default 16)"
+    )
     p.add_argument("--out", metavar="DIR", help="write vocab.json into DIR")

@@ -1,4 +1,5 @@
 """Runs a snippet in fresh processes for each (kernel build, thread count): a build is picked once per process."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Bad input to every reader of model folders, runs, checkpoints, shards and JSON files gets one clear line (a
 UserError through the CLI, exit 1), never a traceback. Media files have their own battery in
 tests/data/test_media_inputs.py; checkpoints in tests/train/test_checkpoint_safety.py."""
+
 import json
 import os
 
@@ -31,6 +32,7 @@ def _edit_json(key, value):
         d = json.load(open(path))
         d[key] = value
         json.dump(d, open(path, "w"))
+
     return edit
 
 
@@ -38,6 +40,7 @@ def _write(data):
     def edit(path):
         with open(path, "wb") as f:
             f.write(data)
+
     return edit
 
 
@@ -45,6 +48,7 @@ def _truncate(n):
     def edit(path):
         with open(path, "r+b") as f:
             f.truncate(n)
+
     return edit
 
 
@@ -62,24 +66,40 @@ MODEL_CASES = {
     "vocab.json edited": ("vocab.json", _edit_json("text_size", 5), "does not match its contents"),
     "vocab.json negative": ("vocab.json", _edit_json("image_codebook", -3), "vocab.json: image_codebook"),
     "generation.json not JSON": ("generation.json", _write(b"{"), "not valid JSON"),
-    "generation.json bad value": ("generation.json", _edit_json("image", {"temperature": -1}), "temperature must be >= 0"),
+    "generation.json bad value": (
+        "generation.json",
+        _edit_json("image", {"temperature": -1}),
+        "temperature must be >= 0",
+    ),
     "generation.json a string": ("generation.json", _write(b'"x"'), "must be a JSON object"),
     "model.safetensors missing": ("model.safetensors", os.remove, "weights not found"),
     "model.safetensors truncated": ("model.safetensors", _truncate(1000), "not a valid safetensors file"),
     "model.safetensors empty": ("model.safetensors", _write(b""), "not a valid safetensors file"),
     "model.safetensors zeros": ("model.safetensors", _write(bytes(5000)), "not a valid safetensors file"),
-    "model.safetensors huge header": ("model.safetensors", _write((2**60).to_bytes(8, "little") + b"{}"), "not a valid safetensors"),
+    "model.safetensors huge header": (
+        "model.safetensors",
+        _write((2**60).to_bytes(8, "little") + b"{}"),
+        "not a valid safetensors",
+    ),
     "model.safetensors a pickle": ("model.safetensors", _write(b"\x80\x04K\x01."), "not a valid safetensors file"),
     "tokenizer.json missing": ("tokenizer.json", os.remove, "text tokenizer not found"),
     "tokenizer.json not JSON": ("tokenizer.json", _write(b"{"), "not a valid tokenizer.json"),
     "tokenizer.json empty object": ("tokenizer.json", _write(b"{}"), "not a valid tokenizer.json"),
     "image_vq.json not JSON": ("image_vq.json", _write(b"x"), "not valid JSON"),
-    "image_vq.json bad size": ("image_vq.json", _edit_json("codebook_size", -1), "image_vq.json: codebook_size must be"),
+    "image_vq.json bad size": (
+        "image_vq.json",
+        _edit_json("codebook_size", -1),
+        "image_vq.json: codebook_size must be",
+    ),
     "image_vq.safetensors truncated": ("image_vq.safetensors", _truncate(100), "not a readable safetensors file"),
     "image_vq.safetensors missing": ("image_vq.safetensors", os.remove, "tokenizer weights not found"),
     "audio_codec.json bad rate": ("audio_codec.json", _edit_json("sample_rate", 0), "audio_codec.json: sample_rate"),
     "audio_codec.safetensors truncated": ("audio_codec.safetensors", _truncate(100), "not a readable safetensors file"),
-    "audio_codec.safetensors missing": ("audio_codec.safetensors", os.remove, "audio_codec.safetensors: audio codec weights not found"),
+    "audio_codec.safetensors missing": (
+        "audio_codec.safetensors",
+        os.remove,
+        "audio_codec.safetensors: audio codec weights not found",
+    ),
 }
 
 
@@ -88,7 +108,20 @@ def test_damaged_model_folder_is_one_line(case, tmp_path, capsys):
     name, damage, message = MODEL_CASES[case]
     model = _model_copy(tmp_path, name)
     damage(os.path.join(model, name))
-    rc = main(["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "1", "--quiet", "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "o").exists()
@@ -123,14 +156,33 @@ def _shard_copy(src, tmp_path):
 
 SHARD_CASES = {
     "meta.json not JSON": ("meta.json", _write(b"{"), "not valid JSON"),
-    "meta.json a list": ("meta.json", _write(b"[]"), "no \"vocab\" object"),
-    "meta.json without shards": ("meta.json", lambda p: json.dump({k: v for k, v in json.load(open(p)).items() if k != "shards"}, open(p + ".x", "w")) or os.replace(p + ".x", p), "no \"shards\" list"),
+    "meta.json a list": ("meta.json", _write(b"[]"), 'no "vocab" object'),
+    "meta.json without shards": (
+        "meta.json",
+        lambda p: (
+            json.dump({k: v for k, v in json.load(open(p)).items() if k != "shards"}, open(p + ".x", "w"))
+            or os.replace(p + ".x", p)
+        ),
+        'no "shards" list',
+    ),
     "tokens truncated": ("tokens_00000.bin", _truncate(8), "the shard folder is incomplete or corrupt"),
     "tokens missing": ("tokens_00000.bin", os.remove, "found no file"),
-    "tokens outside the vocabulary": ("tokens_00000.bin", lambda p: np.full(21, 10**6, "<u4").tofile(p), "outside the vocabulary"),
+    "tokens outside the vocabulary": (
+        "tokens_00000.bin",
+        lambda p: np.full(21, 10**6, "<u4").tofile(p),
+        "outside the vocabulary",
+    ),
     "docs index garbage": ("docs_00000.npy", _write(b"garbage"), "docs_00000.npy: shard index cannot be read"),
-    "docs index pickled": ("docs_00000.npy", lambda p: np.save(p, np.array([None, 1], dtype=object), allow_pickle=True), "shard index cannot be read"),
-    "docs offsets past the end": ("docs_00000.npy", lambda p: np.save(p, np.array([0, 10**9], "int64")), "document offsets"),
+    "docs index pickled": (
+        "docs_00000.npy",
+        lambda p: np.save(p, np.array([None, 1], dtype=object), allow_pickle=True),
+        "shard index cannot be read",
+    ),
+    "docs offsets past the end": (
+        "docs_00000.npy",
+        lambda p: np.save(p, np.array([0, 10**9], "int64")),
+        "document offsets",
+    ),
     "spans wrong shape": ("spans_00000.npy", lambda p: np.save(p, np.zeros((3, 3), "int64")), "span ranges"),
     "spans past the end": ("spans_00000.npy", lambda p: np.save(p, np.array([[0, 10**6]], "int64")), "span ranges"),
 }
@@ -163,7 +215,7 @@ def test_shards_path_that_is_no_folder(path, tmp_path):
 RUN_CASES = {
     "run.json not JSON": (b"{", "not valid JSON"),
     "run.json a list": (b"[]", "must be a JSON object"),
-    "run.json without model": (b'{"vocab": {}}', "no \"model\" object"),
+    "run.json without model": (b'{"vocab": {}}', 'no "model" object'),
 }
 
 
@@ -186,23 +238,47 @@ def test_export_checkpoint_flag_that_is_a_file(tmp_path, capsys):
         read_train_state(str(tmp_path / "f"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["vocab", "--tokenizers", DEMO, "--out", "FILE"], "exists and is not a folder"),
-    (["quickstart", "--out", "FILE"], "exists and is not a folder"),
-    (["ship-demo", "--model", DEMO, "--recipe", "BAD", "--out", "NEW"], "recipe is not valid JSON"),
-    (["data", "validate", "DIR"], None),
-    (["data", "tokenize", "--manifest", "DIR", "--tokenizers", DEMO, "--out", "NEW"], "is a folder; give the manifest file"),
-    (["tokenizer", "train-image", "--manifest", "FILE", "--out", "NEW", "--set", "codebook_size"], "--set expects KEY=VALUE"),
-    (["tokenizer", "train-audio", "--manifest", "FILE", "--out", "NEW", "--set", "x=[1"], "is not JSON"),
-    (["tokenizer", "eval-image", "--tokenizer", DEMO, "--manifest", "FILE", "--json", "FILE"], "was not written by chameleon-lite"),
-    (["tokenizer", "eval-image", "--tokenizer", DEMO, "--manifest", "FILE", "--grid", "FILE.png"], "was not written by chameleon-lite"),
-    (["tokenizer", "image-recon", "--tokenizer", DEMO, "--out", "FILE.png", "x.png"], "was not written by chameleon-lite"),
-    (["tokenizer", "train-text", "--manifest", "MANIFEST", "--out", "FILE"], "exists and is not a folder"),
-    (["tokenizer", "train-text", "--manifest", "IMAGES_ONLY", "--out", "NEW"], "no text segments to train on"),
-    (["tokenizer", "train-image", "--manifest", "MANIFEST", "--out", "FILE", "--steps", "1"], "exists and is not a folder"),
-    (["tokenizer", "train-audio", "--manifest", "MANIFEST", "--out", "DIR_WITH_NOTES", "--steps", "1"], "holds notes.txt"),
-    (["tokenizer", "eval-audio", "--tokenizer", "FILE", "--manifest", "MANIFEST"], "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["vocab", "--tokenizers", DEMO, "--out", "FILE"], "exists and is not a folder"),
+        (["quickstart", "--out", "FILE"], "exists and is not a folder"),
+        (["ship-demo", "--model", DEMO, "--recipe", "BAD", "--out", "NEW"], "recipe is not valid JSON"),
+        (["data", "validate", "DIR"], None),
+        (
+            ["data", "tokenize", "--manifest", "DIR", "--tokenizers", DEMO, "--out", "NEW"],
+            "is a folder; give the manifest file",
+        ),
+        (
+            ["tokenizer", "train-image", "--manifest", "FILE", "--out", "NEW", "--set", "codebook_size"],
+            "--set expects KEY=VALUE",
+        ),
+        (["tokenizer", "train-audio", "--manifest", "FILE", "--out", "NEW", "--set", "x=[1"], "is not JSON"),
+        (
+            ["tokenizer", "eval-image", "--tokenizer", DEMO, "--manifest", "FILE", "--json", "FILE"],
+            "was not written by chameleon-lite",
+        ),
+        (
+            ["tokenizer", "eval-image", "--tokenizer", DEMO, "--manifest", "FILE", "--grid", "FILE.png"],
+            "was not written by chameleon-lite",
+        ),
+        (
+            ["tokenizer", "image-recon", "--tokenizer", DEMO, "--out", "FILE.png", "x.png"],
+            "was not written by chameleon-lite",
+        ),
+        (["tokenizer", "train-text", "--manifest", "MANIFEST", "--out", "FILE"], "exists and is not a folder"),
+        (["tokenizer", "train-text", "--manifest", "IMAGES_ONLY", "--out", "NEW"], "no text segments to train on"),
+        (
+            ["tokenizer", "train-image", "--manifest", "MANIFEST", "--out", "FILE", "--steps", "1"],
+            "exists and is not a folder",
+        ),
+        (
+            ["tokenizer", "train-audio", "--manifest", "MANIFEST", "--out", "DIR_WITH_NOTES", "--steps", "1"],
+            "holds notes.txt",
+        ),
+        (["tokenizer", "eval-audio", "--tokenizer", "FILE", "--manifest", "MANIFEST"], "is not a folder"),
+    ],
+)
 def test_paths_and_files_of_the_wrong_kind(argv, message, tmp_path, capsys):
     for name in ("FILE", "FILE.png", "BAD"):
         (tmp_path / name).write_text("{x")

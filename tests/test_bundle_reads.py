@@ -4,6 +4,7 @@ The kernel counts the opens (inotify), so reads by compiled code (safetensors, t
 Python's. A safetensors file may be opened more than once by one ``load_file``; each file's count is compared with
 what one read of that file takes, measured in the same test.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,7 +33,7 @@ class _Opens:
         self.folder = folder
         self.counts: collections.Counter[str] = collections.Counter()
 
-    def __enter__(self) -> "_Opens":
+    def __enter__(self) -> _Opens:
         self.fd = self.libc.inotify_init1(IN_NONBLOCK)
         assert self.fd >= 0, os.strerror(ctypes.get_errno())
         # the kernel merges an event into an identical one still unread just before it: watching the closes too
@@ -49,7 +50,7 @@ class _Opens:
             i = 0
             while i < len(data):
                 _, mask, _, n = struct.unpack_from("iIII", data, i)
-                name = data[i + 16:i + 16 + n].rstrip(b"\0").decode()
+                name = data[i + 16 : i + 16 + n].rstrip(b"\0").decode()
                 if mask & IN_OPEN and name:
                     self.counts[name] += 1
                 i += 16 + n

@@ -47,8 +47,12 @@ def test_every_argument_has_help_that_states_its_default():
         name = "/".join(a.option_strings) or a.dest
         if not a.help:
             missing.append(f"{path} {name}")
-        elif a.option_strings and a.default not in (None, False) and "default" not in a.help \
-                and f"{a.default} =" not in a.help:
+        elif (
+            a.option_strings
+            and a.default not in (None, False)
+            and "default" not in a.help
+            and f"{a.default} =" not in a.help
+        ):
             no_default.append(f"{path} {name} (default {a.default!r})")
     assert not missing, f"arguments without help: {missing}"
     assert not no_default, f"options whose help does not state the default: {no_default}"
@@ -83,7 +87,19 @@ def test_user_error_is_one_line(tmp_path):
 
 
 def test_vocab_command(tmp_path):
-    r = run("vocab", "--text-size", "300", "--image-codebook", "64", "--audio-levels", "2", "--audio-codebook", "32", "--out", str(tmp_path))
+    r = run(
+        "vocab",
+        "--text-size",
+        "300",
+        "--image-codebook",
+        "64",
+        "--audio-levels",
+        "2",
+        "--audio-codebook",
+        "32",
+        "--out",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     r = run("vocab", "--show", str(tmp_path))
     assert r.returncode == 0 and "audio" in r.stdout
@@ -101,8 +117,11 @@ def _options(parser, prefix=()):
             yield prefix, action.option_strings[-1], action
 
 
-NUMERIC = [(p, o, a) for p, o, a in _options(build_parser()) if getattr(a.type, "__name__", "") in ("int", "float",
-                                                                                                  "integer", "number")]
+NUMERIC = [
+    (p, o, a)
+    for p, o, a in _options(build_parser())
+    if getattr(a.type, "__name__", "") in ("int", "float", "integer", "number")
+]
 
 
 def test_numeric_flags_are_checked_when_parsed():
@@ -112,7 +131,9 @@ def test_numeric_flags_are_checked_when_parsed():
     assert NUMERIC and not bare, bare
 
 
-@pytest.mark.parametrize("path,option", [(p, o) for p, o, _ in NUMERIC], ids=lambda x: " ".join(x) if isinstance(x, tuple) else x)
+@pytest.mark.parametrize(
+    "path,option", [(p, o) for p, o, _ in NUMERIC], ids=lambda x: " ".join(x) if isinstance(x, tuple) else x
+)
 def test_every_numeric_flag_refuses_non_numbers_in_one_line(path, option, capsys):
     for value in ("abc", "nan", "inf", "1e400", ""):
         with pytest.raises(SystemExit) as e:
@@ -122,20 +143,29 @@ def test_every_numeric_flag_refuses_non_numbers_in_one_line(path, option, capsys
         assert err.count("\n") == 1 and f"argument {option}" in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["generate", "--threads", "-2", "--prompt", "x"], "argument --threads: must be >= 0, got -2"),
-    (["data", "tokenize", "m.jsonl", "--tokenizers", "t", "--out", "o", "--shard-tokens", "0"],
-     "argument --shard-tokens: must be >= 1024, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["generate", "--threads", "-2", "--prompt", "x"], "argument --threads: must be >= 0, got -2"),
+        (
+            ["data", "tokenize", "m.jsonl", "--tokenizers", "t", "--out", "o", "--shard-tokens", "0"],
+            "argument --shard-tokens: must be >= 1024, got 0",
+        ),
+    ],
+)
 def test_flag_values_from_the_issue_are_one_line(argv, message):
     r = run(*argv)
-    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (
+        r.stderr
+    )
 
 
 def test_help_imports_neither_torch_nor_the_extension():
     """--help must stay fast: building the whole parser tree imports no torch, no compiled kernels."""
-    code = ("import sys; from chameleon_lite.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('chameleon_lite._C')))")
+    code = (
+        "import sys; from chameleon_lite.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('chameleon_lite._C')))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -6,13 +6,13 @@ import sys
 import time
 
 import pytest
+from toy import toy_model, toy_tokenizers
 
 import chameleon_lite.demo as demo
 from chameleon_lite import bundle
 from chameleon_lite.cli import main
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.io import save_model_dir
-from toy import toy_model, toy_tokenizers
 
 TRAIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train")  # the stage scripts
 
@@ -35,20 +35,51 @@ def test_ship_demo_and_generate_without_model(model_dir, tmp_path, monkeypatch, 
     assert "no demo model" in capsys.readouterr().err
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"seed": 7}))
-    assert main(["ship-demo", "--model", model_dir, "--recipe", str(recipe), "--command-line", "chameleon-lite quickstart",
-                 "--out", out]) == 0
+    assert (
+        main(
+            [
+                "ship-demo",
+                "--model",
+                model_dir,
+                "--recipe",
+                str(recipe),
+                "--command-line",
+                "chameleon-lite quickstart",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     rec = json.load(open(os.path.join(out, demo.RECIPE_FILE)))
     assert rec["seed"] == 7 and rec["command"] == "chameleon-lite quickstart" and rec["weights_dtype"] == "bfloat16"
     # bf16 weights: about half of the fp32 export
-    assert os.path.getsize(os.path.join(out, "model.safetensors")) < 0.6 * os.path.getsize(os.path.join(model_dir, "model.safetensors"))
+    assert os.path.getsize(os.path.join(out, "model.safetensors")) < 0.6 * os.path.getsize(
+        os.path.join(model_dir, "model.safetensors")
+    )
     assert bundle.demo_model_dir() == out
     # generate's defaults for the shipped model: the sampling its recorded evaluation used
     from chameleon_lite.eval.harness import EvalConfig, sampling_settings
     from chameleon_lite.generate import Generator
 
     assert Generator.from_dir(out).sampling == sampling_settings(EvalConfig(out, str(tmp_path)))
-    assert main(["generate", "--prompt", "Draw a", "--max-new-tokens", "6", "--out", str(tmp_path / "g"), "--quiet",
-                 "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "Draw a",
+                "--max-new-tokens",
+                "6",
+                "--out",
+                str(tmp_path / "g"),
+                "--quiet",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert os.path.isfile(tmp_path / "g" / "document.json")
     with pytest.raises(ConfigError, match="MB"):
         demo.ship_demo(model_dir, {}, out=str(tmp_path / "small"), max_bytes=1000)
@@ -83,23 +114,34 @@ def _write(path, obj, lines=False):
 
 def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
     first = str(tmp_path / "demo")
-    _write(os.path.join(first, "quickstart.json"), {"config": {"seed": 3, "budget_minutes": 240.0},
-                                                    "stage_seconds_this_run": {"pretrain": 1.0}})
+    _write(
+        os.path.join(first, "quickstart.json"),
+        {"config": {"seed": 3, "budget_minutes": 240.0}, "stage_seconds_this_run": {"pretrain": 1.0}},
+    )
     for name, seconds in (("corpus", 60.0), ("pretrain", 600.0)):  # every stage once, even after a resume
         _write(os.path.join(first, f".stage-{name}.done"), {"params": {}, "seconds": seconds})
     _write(os.path.join(first, "calibration.json"), {"steps": 10, "pretrain_minutes": 11.0})
     _write(os.path.join(first, "stage_seconds.jsonl"), [{"stage": "eval500", "seconds": 120.0}], lines=True)
     with pytest.raises(ConfigError, match="eval500.*evaluation not found"):
         demo.recipe(first)
-    _write(os.path.join(first, "eval500", "eval.json"), {"tasks": {"text_to_image": {"n": 500, "exact": 0.9, "samples": []}},
-                                                         "tokenizers": {}, "perplexity": {}, "seconds": 9.0})
+    _write(
+        os.path.join(first, "eval500", "eval.json"),
+        {
+            "tasks": {"text_to_image": {"n": 500, "exact": 0.9, "samples": []}},
+            "tokenizers": {},
+            "perplexity": {},
+            "seconds": 9.0,
+        },
+    )
     rec = demo.recipe(first, machine="m")
     q = rec["stages"]["quickstart"]
     assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 240 --seed 3"
     assert q["stage_seconds"] == {"corpus": 60.0, "pretrain": 600.0, "eval500": 120.0} and q["minutes"] == 13.0
     assert q["pretraining"] == {"steps": 10, "pretrain_minutes": 11.0} and rec["stages"]["continued"] == []
-    assert rec["eval_command"] == (f"chameleon-lite eval --model {first}/model --n 500 --batch 32 --samples 6 "
-                                   f"--shards {first}/shards/val --out {first}/eval500")
+    assert rec["eval_command"] == (
+        f"chameleon-lite eval --model {first}/model --n 500 --batch 32 --samples 6 "
+        f"--shards {first}/shards/val --out {first}/eval500"
+    )
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 500, "exact": 0.9}} and rec["total_minutes"] == 13.0
     assert demo.main([first]) == 0 and json.loads(capsys.readouterr().out)["seed"] == 3
     _write(os.path.join(first, "quickstart.json"), {"stage_seconds_this_run": {}})  # no config
@@ -112,20 +154,44 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     for name, seconds in (("corpus", 30.0), ("pretrain", 90.0)):
         _write(os.path.join(first, f".stage-{name}.done"), {"params": {}, "seconds": seconds})
     _write(os.path.join(second, "run", "run.json"), {"train": {"steps": 3, "init_from": f"{first}/model"}})
-    _write(os.path.join(second, "run", "metrics.jsonl"), [
-        {"step": 0, "loss": 1.0, "tokens": 100, "tokens_per_s": 10.0, "step_time": 10.0},
-        {"step": 1, "loss": 0.9, "tokens": 100, "tokens_per_s": 30.0, "step_time": 3.3},
-        {"step": 1, "val_loss": 0.91234567},
-        {"step": 2, "loss": 0.8, "tokens": 100, "tokens_per_s": 20.0, "step_time": 5.0}], lines=True)
-    _write(os.path.join(second, "stage_seconds.jsonl"), [{"stage": "corpus", "seconds": 6.0}, {"stage": "pretrain", "seconds": 20.0},
-                                                         {"stage": "pretrain", "seconds": 4.0}], lines=True)
-    _write(os.path.join(second, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.4, "samples": [1, 2]}},
-                                                       "tokenizers": {}, "perplexity": {"text": 2.0}, "seconds": 9.0})
-    _write(os.path.join(second, "corpus", "corpus.json"), {"n": 10, "seed": 100, "config": {"task_weights": {"interleaved": 0.5}}})
+    _write(
+        os.path.join(second, "run", "metrics.jsonl"),
+        [
+            {"step": 0, "loss": 1.0, "tokens": 100, "tokens_per_s": 10.0, "step_time": 10.0},
+            {"step": 1, "loss": 0.9, "tokens": 100, "tokens_per_s": 30.0, "step_time": 3.3},
+            {"step": 1, "val_loss": 0.91234567},
+            {"step": 2, "loss": 0.8, "tokens": 100, "tokens_per_s": 20.0, "step_time": 5.0},
+        ],
+        lines=True,
+    )
+    _write(
+        os.path.join(second, "stage_seconds.jsonl"),
+        [
+            {"stage": "corpus", "seconds": 6.0},
+            {"stage": "pretrain", "seconds": 20.0},
+            {"stage": "pretrain", "seconds": 4.0},
+        ],
+        lines=True,
+    )
+    _write(
+        os.path.join(second, "eval", "eval.json"),
+        {
+            "tasks": {"text_to_image": {"n": 5, "exact": 0.4, "samples": [1, 2]}},
+            "tokenizers": {},
+            "perplexity": {"text": 2.0},
+            "seconds": 9.0,
+        },
+    )
+    _write(
+        os.path.join(second, "corpus", "corpus.json"),
+        {"n": 10, "seed": 100, "config": {"task_weights": {"interleaved": 0.5}}},
+    )
     rec = demo.recipe(first, second, machine="test machine")
     assert rec["machine"] == "test machine" and rec["seed"] == 0 and rec["command"] == "bash train/demo_recipe.sh"
     q, (c,) = rec["stages"]["quickstart"], rec["stages"]["continued"]
-    assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 80 --seed 0" and q["minutes"] == 2.0
+    assert (
+        q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 80 --seed 0" and q["minutes"] == 2.0
+    )
     assert c["stage_seconds"] == {"corpus": 6.0, "pretrain": 24.0}  # a resumed stage adds up
     assert c["steps"] == 3 and c["tokens"] == 300 and c["median_tokens_per_second"] == 20.0
     assert c["val_loss"] == [{"step": 1, "val_loss": 0.9123}] and c["train"]["init_from"] == f"{first}/model"
@@ -138,11 +204,16 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     # a third stage continues from the second's model; the recipe's eval is the last stage's, the times add up
     third = str(tmp_path / "demo3")
     _write(os.path.join(third, "run", "run.json"), {"train": {"steps": 1, "init_from": f"{second}/model"}})
-    _write(os.path.join(third, "run", "metrics.jsonl"), [{"step": 0, "loss": 0.7, "tokens": 50, "tokens_per_s": 40.0,
-                                                          "step_time": 1.0}], lines=True)
+    _write(
+        os.path.join(third, "run", "metrics.jsonl"),
+        [{"step": 0, "loss": 0.7, "tokens": 50, "tokens_per_s": 40.0, "step_time": 1.0}],
+        lines=True,
+    )
     _write(os.path.join(third, "stage_seconds.jsonl"), [{"stage": "pretrain", "seconds": 30.0}], lines=True)
-    _write(os.path.join(third, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 5, "exact": 0.8}}, "tokenizers": {},
-                                                      "perplexity": {}, "seconds": 9.0})
+    _write(
+        os.path.join(third, "eval", "eval.json"),
+        {"tasks": {"text_to_image": {"n": 5, "exact": 0.8}}, "tokenizers": {}, "perplexity": {}, "seconds": 9.0},
+    )
     rec = demo.recipe(first, second, third, machine="m")
     assert [c["out"] for c in rec["stages"]["continued"]] == [second, third] and rec["total_minutes"] == 3.0
     assert rec["eval"]["tasks"]["text_to_image"]["exact"] == 0.8 and f"--model {third}/model" in rec["eval_command"]
@@ -154,33 +225,66 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
 def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
     """A train/demo_continue.sh stage added to a shipped model's recipe: the stages before keep their records, the
     commands chain with the code version of each, the eval is the new stage's, the minutes add up."""
-    base = {"source": "/x", "bytes": 1, "weights_dtype": "bfloat16", "python": "3", "torch": "2",
-            "command": "bash train/demo_recipe.sh", "commit": "abc", "seed": 0, "machine": "old machine",
-            "stages": {"quickstart": {"minutes": 75.0}, "continued": [{"out": "runs/demo2"}]}, "total_minutes": 179.0,
-            "eval": {"tasks": {"text_to_image": {"n": 500, "exact": 0.4}}}}
+    base = {
+        "source": "/x",
+        "bytes": 1,
+        "weights_dtype": "bfloat16",
+        "python": "3",
+        "torch": "2",
+        "command": "bash train/demo_recipe.sh",
+        "commit": "abc",
+        "seed": 0,
+        "machine": "old machine",
+        "stages": {"quickstart": {"minutes": 75.0}, "continued": [{"out": "runs/demo2"}]},
+        "total_minutes": 179.0,
+        "eval": {"tasks": {"text_to_image": {"n": 500, "exact": 0.4}}},
+    }
     out = str(tmp_path / "demo4")
-    _write(os.path.join(out, "run", "run.json"), {"train": {"steps": 2, "init_from": "runs/demo3_model",
-                                                           "val_data": f"{out}/shards/val"}})
-    _write(os.path.join(out, "run", "metrics.jsonl"), [
-        {"step": 0, "loss": 1.0, "tokens": 10, "tokens_per_s": 5.0, "step_time": 2.0},
-        {"step": 1, "loss": 0.9, "tokens": 10, "tokens_per_s": 5.0, "step_time": 2.0}], lines=True)
+    _write(
+        os.path.join(out, "run", "run.json"),
+        {"train": {"steps": 2, "init_from": "runs/demo3_model", "val_data": f"{out}/shards/val"}},
+    )
+    _write(
+        os.path.join(out, "run", "metrics.jsonl"),
+        [
+            {"step": 0, "loss": 1.0, "tokens": 10, "tokens_per_s": 5.0, "step_time": 2.0},
+            {"step": 1, "loss": 0.9, "tokens": 10, "tokens_per_s": 5.0, "step_time": 2.0},
+        ],
+        lines=True,
+    )
     _write(os.path.join(out, "stage_seconds.jsonl"), [{"stage": "pretrain", "seconds": 60.0}], lines=True)
-    _write(os.path.join(out, "corpus", "corpus.json"), {"n": 4, "seed": 300, "config": {"task_weights": {}, "image_size": 64}})
+    _write(
+        os.path.join(out, "corpus", "corpus.json"),
+        {"n": 4, "seed": 300, "config": {"task_weights": {}, "image_size": 64}},
+    )
     with pytest.raises(ConfigError, match="no evaluation"):
         demo.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
-    _write(os.path.join(out, "eval", "eval.json"), {"tasks": {"text_to_image": {"n": 500, "exact": 0.6, "samples": []}},
-                                                    "tokenizers": {}, "perplexity": {}, "seconds": 1.0})
+    _write(
+        os.path.join(out, "eval", "eval.json"),
+        {
+            "tasks": {"text_to_image": {"n": 500, "exact": 0.6, "samples": []}},
+            "tokenizers": {},
+            "perplexity": {},
+            "seconds": 1.0,
+        },
+    )
     rec = demo.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
     assert "source" not in rec and "bytes" not in rec and rec["seed"] == 0
-    assert rec["commands"] == [{"command": "bash train/demo_recipe.sh", "commit": "abc", "machine": "old machine"},
-                               {"command": "bash train/demo_continue.sh a b", "commit": "def", "machine": "m"}]
-    assert rec["command"] == ("git checkout abc && bash train/demo_recipe.sh && "
-                              "git checkout def && bash train/demo_continue.sh a b")
+    assert rec["commands"] == [
+        {"command": "bash train/demo_recipe.sh", "commit": "abc", "machine": "old machine"},
+        {"command": "bash train/demo_continue.sh a b", "commit": "def", "machine": "m"},
+    ]
+    assert rec["command"] == (
+        "git checkout abc && bash train/demo_recipe.sh && git checkout def && bash train/demo_continue.sh a b"
+    )
     (old, new) = rec["stages"]["continued"]
     assert old == {"out": "runs/demo2"} and rec["stages"]["quickstart"] == {"minutes": 75.0}
     assert new["from_model"] == "the model of abc" and new["commit"] == "def" and new["corpus"]["image_size"] == 64
     assert rec["total_minutes"] == 180.0 and rec["eval"]["tasks"]["text_to_image"] == {"n": 500, "exact": 0.6}
-    assert rec["eval_command"].startswith(f"chameleon-lite eval --model {out}/model --n 500") and f"--shards {out}/shards/val" in rec["eval_command"]
+    assert (
+        rec["eval_command"].startswith(f"chameleon-lite eval --model {out}/model --n 500")
+        and f"--shards {out}/shards/val" in rec["eval_command"]
+    )
     # a second extension chains on the first's commands
     again = demo.extend(rec, out, "bash train/demo_continue.sh c d", "ghi", "x", machine="m")
     assert [c["commit"] for c in again["commands"]] == ["abc", "def", "ghi"] and len(again["stages"]["continued"]) == 3
@@ -188,8 +292,24 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
         demo.extend({"total_minutes": 1.0}, out, "c", "d", "e")
     recipe_file = tmp_path / "RECIPE.json"
     recipe_file.write_text(json.dumps(base))
-    assert demo.main([out, "--extend", str(recipe_file), "--command", "c", "--commit", "d", "--from-model", "e",
-                      "--machine", "m"]) == 0
+    assert (
+        demo.main(
+            [
+                out,
+                "--extend",
+                str(recipe_file),
+                "--command",
+                "c",
+                "--commit",
+                "d",
+                "--from-model",
+                "e",
+                "--machine",
+                "m",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["commands"][-1] == {"command": "c", "commit": "d", "machine": "m"}
     assert demo.main([out, "--extend", str(recipe_file)]) == 1
     assert "needs --command, --commit and --from-model" in capsys.readouterr().err
@@ -198,23 +318,54 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
 def test_extend_with_a_decoder_fine_tuning_stage(tmp_path):
     """A train/demo_decoders.sh stage (no training run: two tokenizer runs) is recorded with both runs' summaries;
     the eval command names the shards its evaluation used."""
-    base = {"command": "bash train/demo_recipe.sh", "commit": "abc", "seed": 0, "machine": "m",
-            "stages": {"quickstart": {"minutes": 75.0}, "continued": []}, "total_minutes": 75.0}
+    base = {
+        "command": "bash train/demo_recipe.sh",
+        "commit": "abc",
+        "seed": 0,
+        "machine": "m",
+        "stages": {"quickstart": {"minutes": 75.0}, "continued": []},
+        "total_minutes": 75.0,
+    }
     out = str(tmp_path / "demo8")
     for m in ("image", "audio"):
-        _write(os.path.join(out, m, "run", "summary.json"), {"steps": 3, "train_seconds": 6.0, "threads": 2,
-                                                             "last": {"step": 3}, "train_config": {"finetune_decoder": "x"},
-                                                             "manifest": "ignored"})
-    _write(os.path.join(out, "stage_seconds.jsonl"), [{"stage": "image-decoder", "seconds": 30.0},
-                                                      {"stage": "audio-decoder", "seconds": 30.0}], lines=True)
-    _write(os.path.join(out, "eval", "eval.json"), {"config": {"shards": "runs/demo7/shards/val"},
-                                                    "tasks": {"text_to_audio": {"n": 500, "exact": 0.8}}})
+        _write(
+            os.path.join(out, m, "run", "summary.json"),
+            {
+                "steps": 3,
+                "train_seconds": 6.0,
+                "threads": 2,
+                "last": {"step": 3},
+                "train_config": {"finetune_decoder": "x"},
+                "manifest": "ignored",
+            },
+        )
+    _write(
+        os.path.join(out, "stage_seconds.jsonl"),
+        [{"stage": "image-decoder", "seconds": 30.0}, {"stage": "audio-decoder", "seconds": 30.0}],
+        lines=True,
+    )
+    _write(
+        os.path.join(out, "eval", "eval.json"),
+        {"config": {"shards": "runs/demo7/shards/val"}, "tasks": {"text_to_audio": {"n": 500, "exact": 0.8}}},
+    )
     rec = demo.extend(base, out, "bash train/demo_decoders.sh a b", "def", "the model of abc", machine="m")
     (stage,) = rec["stages"]["continued"]
     assert stage["kind"] == "decoder fine-tuning" and stage["minutes"] == 1.0 and rec["total_minutes"] == 76.0
-    assert stage["image_decoder"] == stage["audio_decoder"] == {"steps": 3, "train_seconds": 6.0, "threads": 2,
-                                                                "last": {"step": 3}, "train_config": {"finetune_decoder": "x"}}
-    assert "--shards runs/demo7/shards/val" in rec["eval_command"] and rec["eval"]["tasks"]["text_to_audio"]["exact"] == 0.8
+    assert (
+        stage["image_decoder"]
+        == stage["audio_decoder"]
+        == {
+            "steps": 3,
+            "train_seconds": 6.0,
+            "threads": 2,
+            "last": {"step": 3},
+            "train_config": {"finetune_decoder": "x"},
+        }
+    )
+    assert (
+        "--shards runs/demo7/shards/val" in rec["eval_command"]
+        and rec["eval"]["tasks"]["text_to_audio"]["exact"] == 0.8
+    )
 
 
 def test_decoders_script_without_its_arguments_prints_its_usage():
@@ -254,8 +405,11 @@ def _timer_log(tmp_path) -> list[dict]:
 def test_stage_timer_logs_failed_steps(tmp_path):
     """train/stage_timer.sh: a step that fails is logged with its exit status, and the script stops there."""
 
-    r = subprocess.run(["bash", _timer_script(tmp_path, "timed ok true\n[ -f nope ] || timed bad bash -c 'exit 3'")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["bash", _timer_script(tmp_path, "timed ok true\n[ -f nope ] || timed bad bash -c 'exit 3'")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 3 and "after" not in r.stdout
     log = _timer_log(tmp_path)
     assert [(x["stage"], x.get("exit_status")) for x in log] == [("ok", None), ("bad", 3)]
@@ -268,10 +422,14 @@ def test_stage_timer_logs_stopped_steps(tmp_path, sig, status):
     started = tmp_path / "started"
     # the waiting process marks itself started, so the signal cannot fall between a marker command and the wait
     step = f"{sys.executable} -c 'import pathlib, time; pathlib.Path(\"{started}\").touch(); time.sleep(30)'"
-    p = subprocess.Popen(["bash", _timer_script(tmp_path, f"timed pretrain {step}")],
-                         stdout=subprocess.PIPE, text=True, start_new_session=True,
-                         # as from a terminal: a shell's background job (pytest run with `&`) inherits SIGINT ignored
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        ["bash", _timer_script(tmp_path, f"timed pretrain {step}")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as from a terminal: a shell's background job (pytest run with `&`) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     t0 = time.monotonic()
     while not started.exists():
         assert time.monotonic() - t0 < 20 and p.poll() is None

@@ -3,6 +3,7 @@
 Imports written inside functions count the same as those at the top of a file (an import moved into a function
 still ties the two modules together), so neither a cycle nor an upward import can hide there.
 """
+
 from __future__ import annotations
 
 import ast
@@ -89,8 +90,10 @@ def test_imports_point_down():
         for line, target in _imports(path):
             there = _unit(target)
             if there != here and FLOOR[there] >= FLOOR[here]:
-                wrong.append(f"{os.path.relpath(path, os.path.dirname(PACKAGE))}:{line}: {module} ({here}, floor "
-                             f"{FLOOR[here]}) imports {target} ({there}, floor {FLOOR[there]})")
+                wrong.append(
+                    f"{os.path.relpath(path, os.path.dirname(PACKAGE))}:{line}: {module} ({here}, floor "
+                    f"{FLOOR[here]}) imports {target} ({there}, floor {FLOOR[there]})"
+                )
     assert not wrong, "imports that do not point down:\n" + "\n".join(wrong)
 
 
@@ -103,7 +106,7 @@ def test_no_import_cycle_between_modules():
         state[m] = 1
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                cycle.extend(path[path.index(t):] + [m, t] if t in path else [m, t])
+                cycle.extend(path[path.index(t) :] + [m, t] if t in path else [m, t])
                 return True
             if t not in state and visit(t, path + [m]):
                 return True
@@ -116,10 +119,15 @@ def test_no_import_cycle_between_modules():
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("module", ["chameleon_lite.data.media", "chameleon_lite.data.manifest", "chameleon_lite.bundle"])
+@pytest.mark.parametrize(
+    "module", ["chameleon_lite.data.media", "chameleon_lite.data.manifest", "chameleon_lite.bundle"]
+)
 def test_the_floor_check_sees_imports_inside_functions(module, tmp_path):
     """The test above must not be blind to a function-level import: plant one and check it is found."""
-    src = open(MODULES[module], encoding="utf-8").read() + "\n\ndef _planted():\n    from chameleon_lite.eval import harness\n"
+    src = (
+        open(MODULES[module], encoding="utf-8").read()
+        + "\n\ndef _planted():\n    from chameleon_lite.eval import harness\n"
+    )
     planted = tmp_path / "planted.py"
     planted.write_text(src)
-    assert ("chameleon_lite.eval.harness" in {t for _, t in _imports(str(planted))})
+    assert "chameleon_lite.eval.harness" in {t for _, t in _imports(str(planted))}

@@ -1,6 +1,7 @@
 """No command deletes or overwrites what it did not write: every output folder (and PNG path) that exists and is
 not this tool's own is refused with one line before any work, and left as it was; the tool's own earlier output
 is replaced whole."""
+
 import os
 import subprocess
 import sys
@@ -25,7 +26,9 @@ def _user_folder(path, *names):
 
 def _untouched(path, *names):
     names = names or ("notes.txt",)
-    return sorted(os.listdir(path)) == sorted(names) and all(open(os.path.join(path, n)).read() == "keep me" for n in names)
+    return sorted(os.listdir(path)) == sorted(names) and all(
+        open(os.path.join(path, n)).read() == "keep me" for n in names
+    )
 
 
 def _refused(r, what):
@@ -108,7 +111,9 @@ def test_atomic_path_is_the_old_file_or_the_whole_new_one(tmp_path):
 def test_tokenize_refuses_a_users_train_folder(tmp_path):
     out = tmp_path / "out"
     user = _user_folder(out / "train")
-    r = cli("data", "tokenize", "--manifest", str(tmp_path / "m.jsonl"), "--tokenizers", str(tmp_path), "--out", str(out))
+    r = cli(
+        "data", "tokenize", "--manifest", str(tmp_path / "m.jsonl"), "--tokenizers", str(tmp_path), "--out", str(out)
+    )
     assert _refused(r, "is not a shard folder"), r.stderr
     assert _untouched(user)
     (out / "file").write_text("x")
@@ -223,8 +228,20 @@ def test_pretrain_and_quickstart_refuse_a_users_folder(tmp_path):
 
     user = _user_folder(tmp_path / "user")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, os.path.join(repo, "train", "pretrain.py"), "--config", "debug",
-                        "--data", str(tmp_path / "no-data"), "--out", user], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(repo, "train", "pretrain.py"),
+            "--config",
+            "debug",
+            "--data",
+            str(tmp_path / "no-data"),
+            "--out",
+            user,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "not a training run folder" in r.stderr, r.stderr
     with pytest.raises(UserError, match="not a quickstart folder"):
         Pipeline(user)

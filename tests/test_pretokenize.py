@@ -4,19 +4,20 @@ import os
 import numpy as np
 import pytest
 import torch
+from toy import ToyAudio, small_image_tokenizer
 
 from chameleon_lite.cli import main
 from chameleon_lite.data.loader import PackedLoader
 from chameleon_lite.data.manifest import iter_documents
-from chameleon_lite.pretokenize import pretokenize, split_validation
 from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.data.shards import ShardSet
 from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.pretokenize import pretokenize, split_validation
 from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.tokenizers.text import TextTokenizer, iter_manifest_texts
 from chameleon_lite.vocab import UnifiedVocab
-from toy import ToyAudio, small_image_tokenizer
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -41,7 +42,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shards(corpus):
     out = os.path.join(corpus["root"], "shards")
-    summary = pretokenize(corpus["manifest"], corpus["tk"], out, val_fraction=0.25, seed=1, chunk_docs=5, shard_tokens=500, progress=False)
+    summary = pretokenize(
+        corpus["manifest"], corpus["tk"], out, val_fraction=0.25, seed=1, chunk_docs=5, shard_tokens=500, progress=False
+    )
     return out, summary
 
 
@@ -50,18 +53,20 @@ def test_sequence_format(corpus):
     v = tk.vocab
     img = np.zeros((20, 24, 3), np.uint8)
     wav = np.full(16000 // 2, 0.25, np.float32)
-    enc = SequenceEncoder(tk).encode([Part("text", "hi"), Part("image", img, bidirectional=True), Part("audio", wav), Part("text", "x")])
+    enc = SequenceEncoder(tk).encode(
+        [Part("text", "hi"), Part("image", img, bidirectional=True), Part("audio", wav), Part("text", "x")]
+    )
     ids = enc.ids.tolist()
     assert ids[0] == v.bos and ids[-1] == v.eos
     i = ids.index(v.boi)
     n = tk.image.tokens_per_image
-    assert ids[i + n + 1] == v.eoi and all(v.image_offset <= t < v.audio_offset for t in ids[i + 1:i + n + 1])
+    assert ids[i + n + 1] == v.eoi and all(v.image_offset <= t < v.audio_offset for t in ids[i + 1 : i + n + 1])
     assert enc.spans == [(i + 1, i + n + 1)]
-    assert enc.span_ids()[i + 1:i + n + 1].tolist() == [1] * n and enc.span_ids().sum() == n
+    assert enc.span_ids()[i + 1 : i + n + 1].tolist() == [1] * n and enc.span_ids().sum() == n
     a = ids.index(v.boa)
     b = ids.index(v.eoa)
     assert b - a - 1 == 25 * 2  # 25 frames of 2 levels
-    v.unified_to_audio(ids[a + 1:b])  # frame-major, levels in order
+    v.unified_to_audio(ids[a + 1 : b])  # frame-major, levels in order
     assert tk.text.decode((np.array(ids[1:i]) - v.text_offset).tolist()) == "hi"
 
 
@@ -81,10 +86,14 @@ def test_shards_hold_every_document(corpus, shards):
         total = np.zeros(3, np.int64)
         for i, d in enumerate(expect[name]):
             ids, sp = ss.document(i)
-            ref = enc.encode([Part(s.kind, s.text if s.kind == "text" else s.path, s.bidirectional) for s in d.segments])
+            ref = enc.encode(
+                [Part(s.kind, s.text if s.kind == "text" else s.path, s.bidirectional) for s in d.segments]
+            )
             assert ids.tolist() == ref.ids.tolist()
             assert sp.tolist() == [list(s) for s in ref.spans]
-            total += np.bincount(np.searchsorted([ss.vocab.image_offset, ss.vocab.audio_offset], ids, "right"), minlength=3)
+            total += np.bincount(
+                np.searchsorted([ss.vocab.image_offset, ss.vocab.audio_offset], ids, "right"), minlength=3
+            )
         assert ss.meta["tokens_per_modality"] == dict(zip(("text", "image", "audio"), total.tolist()))
         assert ss.meta["vocab_hash"] == corpus["tk"].vocab.hash
     # the procedural corpus marks captioned media as bidirectional inputs
@@ -95,7 +104,9 @@ def test_workers_give_the_same_shards(corpus):
     outs = []
     for w in (1, 2):
         out = os.path.join(corpus["root"], f"w{w}")
-        pretokenize(corpus["ti_manifest"], corpus["tok_dir"], out, workers=w, val_fraction=0.2, chunk_docs=3, progress=False)
+        pretokenize(
+            corpus["ti_manifest"], corpus["tok_dir"], out, workers=w, val_fraction=0.2, chunk_docs=3, progress=False
+        )
         outs.append(out)
     for split in ("train", "val"):
         a, b = (ShardSet(os.path.join(o, split)) for o in outs)
@@ -136,12 +147,30 @@ def test_missing_tokenizer_and_bad_options(corpus, tmp_path):
 
 def test_cli_tokenize(corpus, tmp_path, capsys):
     out = str(tmp_path / "cli")
-    rc = main(["data", "tokenize", "--manifest", corpus["ti_manifest"], "--tokenizers", corpus["tok_dir"], "--out", out,
-               "--val-fraction", "0.1", "--quiet"])
+    rc = main(
+        [
+            "data",
+            "tokenize",
+            "--manifest",
+            corpus["ti_manifest"],
+            "--tokenizers",
+            corpus["tok_dir"],
+            "--out",
+            out,
+            "--val-fraction",
+            "0.1",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert "train:" in capsys.readouterr().out
-    assert os.path.isfile(os.path.join(out, "train", "meta.json")) and os.path.isfile(os.path.join(out, "val", "meta.json"))
-    assert main(["data", "tokenize", "--manifest", corpus["manifest"], "--tokenizers", corpus["tok_dir"], "--out", out]) == 1
+    assert os.path.isfile(os.path.join(out, "train", "meta.json")) and os.path.isfile(
+        os.path.join(out, "val", "meta.json")
+    )
+    assert (
+        main(["data", "tokenize", "--manifest", corpus["manifest"], "--tokenizers", corpus["tok_dir"], "--out", out])
+        == 1
+    )
     assert "no audio tokenizer" in capsys.readouterr().err
 
 
@@ -234,10 +263,23 @@ def test_trainer_resumes_exactly_on_real_shards(shards, tmp_path):
 
     def run(name, *extra):
         out = str(tmp_path / name)
-        cfg = load_config("debug", configs_dir="", base={"data": os.path.join(shards[0], "train"),
-                                                          "val_data": os.path.join(shards[0], "val"), "out": out},
-                          overrides=["--seq_len=32", "--batch_size=2", "--dtype=fp32", "--warmup=1", "--steps=4",
-                                     "--ckpt_every=2", "--val_every=2", "--val_batches=1", "--parallel=none", *extra])
+        cfg = load_config(
+            "debug",
+            configs_dir="",
+            base={"data": os.path.join(shards[0], "train"), "val_data": os.path.join(shards[0], "val"), "out": out},
+            overrides=[
+                "--seq_len=32",
+                "--batch_size=2",
+                "--dtype=fp32",
+                "--warmup=1",
+                "--steps=4",
+                "--ckpt_every=2",
+                "--val_every=2",
+                "--val_batches=1",
+                "--parallel=none",
+                *extra,
+            ],
+        )
         train(cfg)
         return {r["step"]: r["loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "lr" in r}
 

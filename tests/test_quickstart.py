@@ -4,8 +4,18 @@ import os
 import pytest
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.quickstart import (BEFORE_PRETRAIN, QuickstartConfig, build_stages, measured_step_seconds,
-                                      STEP_TIME_SHARE, pretrain_minutes, quickstart, replan_train_steps, replanned_steps, spent_minutes)
+from chameleon_lite.quickstart import (
+    BEFORE_PRETRAIN,
+    STEP_TIME_SHARE,
+    QuickstartConfig,
+    build_stages,
+    measured_step_seconds,
+    pretrain_minutes,
+    quickstart,
+    replan_train_steps,
+    replanned_steps,
+    spent_minutes,
+)
 
 
 def test_config_errors():
@@ -24,7 +34,10 @@ def test_config_errors():
 def test_budget_scales_tokenizers_up_to_their_recipes_and_gives_the_rest_to_pretraining(tmp_path):
     default = QuickstartConfig()
     assert (default.image_train_steps, default.audio_train_steps) == (1000, 600)
-    assert (QuickstartConfig(budget_minutes=3).image_train_steps, QuickstartConfig(budget_minutes=3).audio_train_steps) == (100, 60)
+    assert (
+        QuickstartConfig(budget_minutes=3).image_train_steps,
+        QuickstartConfig(budget_minutes=3).audio_train_steps,
+    ) == (100, 60)
     long = QuickstartConfig(budget_minutes=300, out=str(tmp_path))
     assert (long.image_train_steps, long.audio_train_steps) == (4000, 3000)  # capped at the full recipes
     assert long.corpus_docs == 60000
@@ -38,7 +51,7 @@ def test_budget_scales_tokenizers_up_to_their_recipes_and_gives_the_rest_to_pret
             json.dump({"params": {}, "seconds": seconds}, f)
     assert spent_minutes(long, BEFORE_PRETRAIN) == pytest.approx(11.0)
     names = [st.name for st in build_stages(long)]
-    assert tuple(names[:names.index("pretrain")]) == BEFORE_PRETRAIN
+    assert tuple(names[: names.index("pretrain")]) == BEFORE_PRETRAIN
 
 
 def _metrics(run, rows):
@@ -55,7 +68,9 @@ def test_step_count_is_refit_to_the_step_time_the_warm_up_measured(tmp_path):
         json.dump({"steps": 900, "step_seconds": 1.2, "pretrain_minutes": 20.0}, f)
     assert replanned_steps(cfg) is None
     # step 0 (allocation) left out; validation rows and steps from after the warm-up are not step times of it
-    rows = [{"step": 0, "step_time": 9.0}] + [{"step": i, "step_time": t} for i, t in enumerate([1.5, 1.6, 1.4, 1.5, 1.5], 1)]
+    rows = [{"step": 0, "step_time": 9.0}] + [
+        {"step": i, "step_time": t} for i, t in enumerate([1.5, 1.6, 1.4, 1.5, 1.5], 1)
+    ]
     _metrics(run, rows + [{"step": 5, "val_loss": 2.0}, {"step": 9, "step_time": 50.0}])
     assert measured_step_seconds(run, 6) == pytest.approx(1.5)
     steps = replan_train_steps(cfg, run, first=900, warmup=6)
@@ -77,9 +92,20 @@ def test_step_count_is_refit_to_the_step_time_the_warm_up_measured(tmp_path):
 @pytest.mark.slow
 def test_short_quickstart_end_to_end(tmp_path):
     """The whole loop at toy sizes: every stage runs, the outputs exist, and a second call resumes (does nothing)."""
-    cfg = QuickstartConfig(out=str(tmp_path / "qs"), budget_minutes=1.0, n_docs=120, n_heldout=12, workers=1,
-                           text_vocab=300, train_model="debug", seq_len=128, batch_size=4, eval_n=3,
-                           min_train_steps=20, max_train_steps=20)
+    cfg = QuickstartConfig(
+        out=str(tmp_path / "qs"),
+        budget_minutes=1.0,
+        n_docs=120,
+        n_heldout=12,
+        workers=1,
+        text_vocab=300,
+        train_model="debug",
+        seq_len=128,
+        batch_size=4,
+        eval_n=3,
+        min_train_steps=20,
+        max_train_steps=20,
+    )
     summary = quickstart(cfg)
     for key in ("model", "eval", "demo", "curves"):
         assert os.path.exists(summary[key]), key
@@ -87,11 +113,19 @@ def test_short_quickstart_end_to_end(tmp_path):
     # the exported model samples as its evaluation does (generate --model and the demo document show what eval measures)
     from chameleon_lite.generate.engine import sampling_defaults
 
-    assert {k: v.temperature for k, v in sampling_defaults(summary["model"]).items()} == {"text": 0.0, "image": 0.0, "audio": 0.0}
+    assert {k: v.temperature for k, v in sampling_defaults(summary["model"]).items()} == {
+        "text": 0.0,
+        "image": 0.0,
+        "audio": 0.0,
+    }
     calib = json.load(open(os.path.join(cfg.out, "calibration.json")))
     # the warm-up (2 steps) ran first, then the run continued from its checkpoint with the refit count: every step once
-    assert calib["steps"] == 20 and calib["step_seconds"] > 0 and calib["replanned_steps"] == 20 and calib["warmup"] == 2
-    steps = [json.loads(line)["step"] for line in open(os.path.join(cfg.out, "run", "metrics.jsonl")) if "step_time" in line]
+    assert (
+        calib["steps"] == 20 and calib["step_seconds"] > 0 and calib["replanned_steps"] == 20 and calib["warmup"] == 2
+    )
+    steps = [
+        json.loads(line)["step"] for line in open(os.path.join(cfg.out, "run", "metrics.jsonl")) if "step_time" in line
+    ]
     assert steps == list(range(20))
     ev = json.load(open(os.path.join(cfg.out, "eval", "eval.json")))
     assert "text_to_image" in json.dumps(ev) and "audio" in json.dumps(ev)

@@ -12,6 +12,7 @@
   ``--help`` lists, and each path into the repository exists.
 * The tokenizer trainers that README's block trains into one ``--out`` folder keep separate run folders.
 """
+
 from __future__ import annotations
 
 import glob
@@ -49,10 +50,23 @@ SMALL_SIZES = [
 REPO_SCRIPTS = [("train/pretrain.py", 2)]
 # what the block must have made when every command succeeded (relative to the folder it ran in)
 EXPECTED_OUTPUTS = [
-    "corpus/manifest.jsonl", "heldout/manifest.jsonl", "tok/tokenizer.json", "tok/image_vq.json", "tok/audio_codec.json",
-    "tok/run/image/checkpoint/state.json", "tok/run/audio/checkpoint/state.json", "tok2/image_vq.json",
-    "tok/vocab.json", "shards/train/meta.json", "shards/val/meta.json", "runs/pt/run.json",
-    "runs/pt/model/model.safetensors", "out/document.html", "out4", "runs/pt/model-eval/eval.json", "runs/pt2/run.json",
+    "corpus/manifest.jsonl",
+    "heldout/manifest.jsonl",
+    "tok/tokenizer.json",
+    "tok/image_vq.json",
+    "tok/audio_codec.json",
+    "tok/run/image/checkpoint/state.json",
+    "tok/run/audio/checkpoint/state.json",
+    "tok2/image_vq.json",
+    "tok/vocab.json",
+    "shards/train/meta.json",
+    "shards/val/meta.json",
+    "runs/pt/run.json",
+    "runs/pt/model/model.safetensors",
+    "out/document.html",
+    "out4",
+    "runs/pt/model-eval/eval.json",
+    "runs/pt2/run.json",
 ]
 COMMAND_TIMEOUT_S = 900  # one command; at the small sizes none takes a minute on 2 cores
 # top-level folders of the checkout: an argument that starts with one names a file that must exist
@@ -116,14 +130,18 @@ def commands(block: str) -> list[str]:
 def small_block(block: str) -> str:
     """README's block with SMALL_SIZES and REPO_SCRIPTS applied; each must match exactly as often as listed."""
     for old, new, count in SMALL_SIZES:
-        assert block.count(old) == count, (f"README's {RUN_MARKER} block holds {old!r} {block.count(old)} time(s), "
-                                           f"SMALL_SIZES expects {count}: update SMALL_SIZES to README's commands")
+        assert block.count(old) == count, (
+            f"README's {RUN_MARKER} block holds {old!r} {block.count(old)} time(s), "
+            f"SMALL_SIZES expects {count}: update SMALL_SIZES to README's commands"
+        )
         block = block.replace(old, new)
     for script, count in REPO_SCRIPTS:
         assert os.path.isfile(os.path.join(REPO, script)), script
         pattern = re.compile(r"(?<![\w/.])" + re.escape(script))
-        assert len(pattern.findall(block)) == count, (f"README's {RUN_MARKER} block runs {script} "
-                                                      f"{len(pattern.findall(block))} time(s), REPO_SCRIPTS expects {count}")
+        assert len(pattern.findall(block)) == count, (
+            f"README's {RUN_MARKER} block runs {script} "
+            f"{len(pattern.findall(block))} time(s), REPO_SCRIPTS expects {count}"
+        )
         block = pattern.sub(os.path.join(REPO, script), block)
     return block
 
@@ -144,12 +162,19 @@ def test_readme_has_the_block_and_every_small_size_matches_it():
     cmds = commands(small_block(block))
     steps = [c.split()[:3] for c in cmds]
     # the loop a newcomer follows, in this order
-    order = [["chameleon-lite", "data", "procedural"], ["chameleon-lite", "data", "validate"],
-             ["chameleon-lite", "tokenizer", "train-text"], ["chameleon-lite", "tokenizer", "train-image"],
-             ["chameleon-lite", "tokenizer", "train-audio"], ["chameleon-lite", "vocab", "--tokenizers"],
-             ["chameleon-lite", "data", "tokenize"], ["torchrun", "--standalone", "--nproc_per_node=2"],
-             ["chameleon-lite", "export", "runs/pt"], ["chameleon-lite", "generate", "--model"],
-             ["chameleon-lite", "eval", "--model"]]
+    order = [
+        ["chameleon-lite", "data", "procedural"],
+        ["chameleon-lite", "data", "validate"],
+        ["chameleon-lite", "tokenizer", "train-text"],
+        ["chameleon-lite", "tokenizer", "train-image"],
+        ["chameleon-lite", "tokenizer", "train-audio"],
+        ["chameleon-lite", "vocab", "--tokenizers"],
+        ["chameleon-lite", "data", "tokenize"],
+        ["torchrun", "--standalone", "--nproc_per_node=2"],
+        ["chameleon-lite", "export", "runs/pt"],
+        ["chameleon-lite", "generate", "--model"],
+        ["chameleon-lite", "eval", "--model"],
+    ]
     at = [steps.index(s) for s in order]
     assert at == sorted(at), "README's block runs the loop out of order"
 
@@ -165,15 +190,27 @@ def test_readme_commands_run_in_a_fresh_folder(tmp_path):
     for i, cmd in enumerate(cmds, 1):
         t0 = time.perf_counter()
         try:
-            r = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                               timeout=COMMAND_TIMEOUT_S)
+            r = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", cmd],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+            )
         except subprocess.TimeoutExpired as e:
             err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            pytest.fail(f"README command {i}/{len(cmds)} ran past {COMMAND_TIMEOUT_S} s:\n  {cmd}\n"
-                        f"stderr (tail):\n{_tail(err)}", pytrace=False)
+            pytest.fail(
+                f"README command {i}/{len(cmds)} ran past {COMMAND_TIMEOUT_S} s:\n  {cmd}\n"
+                f"stderr (tail):\n{_tail(err)}",
+                pytrace=False,
+            )
         if r.returncode != 0:
-            pytest.fail(f"README command {i}/{len(cmds)} failed with exit code {r.returncode}:\n  {cmd}\n"
-                        f"stderr (tail):\n{_tail(r.stderr)}\nstdout (tail):\n{_tail(r.stdout, 800)}", pytrace=False)
+            pytest.fail(
+                f"README command {i}/{len(cmds)} failed with exit code {r.returncode}:\n  {cmd}\n"
+                f"stderr (tail):\n{_tail(r.stderr)}\nstdout (tail):\n{_tail(r.stdout, 800)}",
+                pytrace=False,
+            )
         print(f"[{i:2d}/{len(cmds)}] {time.perf_counter() - t0:6.1f} s  {cmd.replace(REPO + os.sep, '')}")
     print(f"all {len(cmds)} README commands: {time.perf_counter() - t_all:.1f} s")
     missing = [p for p in EXPECTED_OUTPUTS if not os.path.exists(os.path.join(cwd, p))]
@@ -187,13 +224,16 @@ def _tail(text: str, n: int = 3000) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- every other block
-@pytest.mark.parametrize("page,line,block", _checked_blocks(),
-                         ids=[f"{os.path.relpath(p, REPO)}:{n}" for p, n, _ in _checked_blocks()])
+@pytest.mark.parametrize(
+    "page,line,block", _checked_blocks(), ids=[f"{os.path.relpath(p, REPO)}:{n}" for p, n, _ in _checked_blocks()]
+)
 def test_every_command_block_names_commands_scripts_and_flags_that_exist(page, line, block):
     problems = []
     for cmd in commands(block):
         for segment in re.split(r"\s&&\s", cmd):
-            problems += [f"{os.path.relpath(page, REPO)}:{line}: {segment.strip()}\n  {p}" for p in check_segment(segment)]
+            problems += [
+                f"{os.path.relpath(page, REPO)}:{line}: {segment.strip()}\n  {p}" for p in check_segment(segment)
+            ]
     assert not problems, "\n".join(problems)
 
 
@@ -207,7 +247,9 @@ def check_segment(segment: str) -> list[str]:
     if not words:
         return []
     prog, args = words[0], words[1:]
-    problems = [f"{a} does not exist in the repository" for a in args if _repo_path(a) and not os.path.exists(_repo_path(a))]
+    problems = [
+        f"{a} does not exist in the repository" for a in args if _repo_path(a) and not os.path.exists(_repo_path(a))
+    ]
     if prog == "chameleon-lite":
         problems += _parse_cli(args)
     elif prog == "bash":
@@ -225,7 +267,7 @@ def check_segment(segment: str) -> list[str]:
         if at is None:
             problems.append("torchrun runs no .py script")
         else:
-            problems += _check_python_script(args[at], args[at + 1:])
+            problems += _check_python_script(args[at], args[at + 1 :])
     elif prog not in ("pip", ".", "source", "cd", "mkdir"):  # installing and moving around: nothing to check here
         problems.append(f"the test does not know how to check `{prog}`: teach check_segment")
     return problems
@@ -311,29 +353,57 @@ def _check_python_script(script: str, args: list[str]) -> list[str]:
         if r.returncode:
             return [f"{script} --help failed ({r.returncode}): {r.stderr.strip()[-500:]}"]
         _HELP[script] = r.stdout
-    return [f"{script} --help does not list {a.split('=')[0]}" for a in args
-            if a.startswith("--") and not re.search(re.escape(a.split("=")[0]) + r"\b", _HELP[script])]
+    return [
+        f"{script} --help does not list {a.split('=')[0]}"
+        for a in args
+        if a.startswith("--") and not re.search(re.escape(a.split("=")[0]) + r"\b", _HELP[script])
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- the run folders
 # tokenizers small enough to train a step in a moment (as tests/tokenizers/ build them)
 IMAGE_SMALL = dict(image_size=16, channels=(8, 8, 8), dec_channels=(8, 8, 8), codebook_size=16, codebook_dim=4)
-AUDIO_SMALL = dict(strides=(4, 4, 4), channels=(4, 8, 8), dec_channels=(4, 8, 8), out_channels=4, res_blocks=1,
-                   latent_dim=8, codebook_dim=8, num_levels=2, codebook_size=16, kmeans_iters=2)
+AUDIO_SMALL = dict(
+    strides=(4, 4, 4),
+    channels=(4, 8, 8),
+    dec_channels=(4, 8, 8),
+    out_channels=4,
+    res_blocks=1,
+    latent_dim=8,
+    codebook_dim=8,
+    num_levels=2,
+    codebook_size=16,
+    kmeans_iters=2,
+)
 
 
 def _image_cfg(steps: int, **kw):
     from chameleon_lite.tokenizers.image_train import TrainConfig
 
-    return TrainConfig(model_overrides={**IMAGE_SMALL, **kw}, steps=steps, batch_size=4, warmup=1, log_every=1,
-                       ckpt_every=1, grid_every=1)
+    return TrainConfig(
+        model_overrides={**IMAGE_SMALL, **kw},
+        steps=steps,
+        batch_size=4,
+        warmup=1,
+        log_every=1,
+        ckpt_every=1,
+        grid_every=1,
+    )
 
 
 def _audio_cfg(steps: int):
     from chameleon_lite.tokenizers.audio_train import TrainConfig
 
-    return TrainConfig(model_overrides=AUDIO_SMALL, steps=steps, batch_size=2, segment_frames=16, warmup=1, log_every=1,
-                       ckpt_every=1, sample_every=1)
+    return TrainConfig(
+        model_overrides=AUDIO_SMALL,
+        steps=steps,
+        batch_size=2,
+        segment_frames=16,
+        warmup=1,
+        log_every=1,
+        ckpt_every=1,
+        sample_every=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +452,9 @@ def test_a_run_begun_in_the_old_shared_run_folder_resumes_there(small_corpus, tm
     for name in os.listdir(os.path.join(run, "image")):  # the old layout
         os.replace(os.path.join(run, "image", name), os.path.join(run, name))
     os.rmdir(os.path.join(run, "image"))
-    assert image_train.run_folder(out, "image") == run and audio_train.run_folder(out, "audio") == os.path.join(run, "audio")
+    assert image_train.run_folder(out, "image") == run and audio_train.run_folder(out, "audio") == os.path.join(
+        run, "audio"
+    )
     audio_train.train(small_corpus, out, _audio_cfg(1), progress=False)
     image_train.train(small_corpus, out, _image_cfg(2), progress=False)
     assert _logged_steps(run) == [1, 2] and not os.path.exists(os.path.join(run, "image"))

@@ -1,6 +1,7 @@
 """The demo model shipped inside the package: it loads without --model, it is what its recipe says, and a few of its
 greedy generations per task are read back right by the checkers (the floors leave room for a near-tie decided
 differently by another CPU's kernels; the numbers on 500 prompts are in RECIPE.json)."""
+
 import json
 import os
 import re
@@ -63,8 +64,11 @@ def test_shipped_model_is_what_its_recipe_says():
     cmds = _commands(rec)
     for c in cmds:  # each runs a recipe script of this repository
         argv = _argv(c["command"])
-        assert argv[0] == "bash" and argv[1] in ("train/demo_recipe.sh", "train/demo_continue.sh",
-                                                 "train/demo_decoders.sh"), c
+        assert argv[0] == "bash" and argv[1] in (
+            "train/demo_recipe.sh",
+            "train/demo_continue.sh",
+            "train/demo_decoders.sh",
+        ), c
         assert os.path.isfile(os.path.join(REPO, argv[1]))
     if len(cmds) > 1:
         assert rec["command"] == " && ".join(f"git checkout {c['commit']} && {c['command']}" for c in cmds)
@@ -111,8 +115,9 @@ def test_shipped_recipe_scripts_at_their_code_versions():
 
     def show(commit: str, path: str) -> str:
         try:
-            return subprocess.run(["git", "-C", REPO, "show", f"{commit}:{path}"], check=True, capture_output=True,
-                                  text=True).stdout
+            return subprocess.run(
+                ["git", "-C", REPO, "show", f"{commit}:{path}"], check=True, capture_output=True, text=True
+            ).stdout
         except (OSError, subprocess.CalledProcessError) as e:
             pytest.skip(f"this checkout has no history to read {path} at {commit} from ({e})")
 
@@ -135,7 +140,10 @@ def test_generate_samples_the_shipped_model_as_its_eval_did(gen, tmp_path):
     so README's first command shows what those numbers measure."""
     assert os.path.isfile(os.path.join(demo.demo_model_dir(), "generation.json"))
     assert gen.sampling == H.sampling_settings(H.EvalConfig(demo.DEMO_DIR, str(tmp_path)))
-    assert _recipe()["eval_command"].split()[:2] == ["chameleon-lite", "eval"] and "temperature" not in _recipe()["eval_command"]
+    assert (
+        _recipe()["eval_command"].split()[:2] == ["chameleon-lite", "eval"]
+        and "temperature" not in _recipe()["eval_command"]
+    )
 
 
 def test_shipped_model_was_trained_on_pictures_of_its_tokenizers_size(gen):
@@ -165,8 +173,15 @@ def test_generations_pass_the_checkers(gen, task, tmp_path):
         assert all(it.audio is not None for it in items), [it.note for it in items]
     what, floor = FLOORS[task]
     got = [it.exact if what == "exact" else bool(it.attributes.get(what)) for it in items]
-    print(task, "exact", sum(it.exact for it in items), {k: sum(bool(it.attributes.get(k)) for it in items)
-                                                       for k in sorted({k for it in items for k in it.attributes})})
+    print(
+        task,
+        "exact",
+        sum(it.exact for it in items),
+        {
+            k: sum(bool(it.attributes.get(k)) for it in items)
+            for k in sorted({k for it in items for k in it.attributes})
+        },
+    )
     assert sum(got) >= floor, [(it.prompt, it.output_text, it.note) for it, ok in zip(items, got) if not ok]
 
 

@@ -37,7 +37,9 @@ def test_classify_kernel_matches_reference(vocab, dtype, shape):
 
 
 def test_classify_ranges(vocab):
-    ids = torch.tensor([0, 6, 16, vocab.image_offset - 1, vocab.image_offset, vocab.audio_offset, vocab.audio_offset + 32 * 3 + 5])
+    ids = torch.tensor(
+        [0, 6, 16, vocab.image_offset - 1, vocab.image_offset, vocab.audio_offset, vocab.audio_offset + 32 * 3 + 5]
+    )
     mod, local, level = vocab.classify(ids)
     assert mod.tolist() == [TEXT, TEXT, TEXT, TEXT, IMAGE, AUDIO, AUDIO]
     assert local.tolist() == [0, 6, 0, 499, 0, 0, 5]
@@ -49,7 +51,14 @@ def test_out_of_range_names_id_and_range(vocab, bad):
     with pytest.raises(VocabError, match=rf"{bad}.*\[0, {vocab.size}\)"):
         vocab.classify(torch.tensor([3, bad]))
     with pytest.raises(IndexError, match=str(bad)):
-        classify_ids(torch.tensor([bad]), vocab.text_offset, vocab.image_offset, vocab.audio_offset, vocab.audio_codebook, vocab.size)
+        classify_ids(
+            torch.tensor([bad]),
+            vocab.text_offset,
+            vocab.image_offset,
+            vocab.audio_offset,
+            vocab.audio_codebook,
+            vocab.size,
+        )
 
 
 def test_conversions_roundtrip(vocab):

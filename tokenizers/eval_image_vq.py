@@ -4,6 +4,7 @@
 
 Same as ``chameleon-lite tokenizer eval-image``.
 """
+
 import sys
 
 from chameleon_lite.cli import main

@@ -4,6 +4,7 @@
 
 Same as ``chameleon-lite tokenizer train-audio``; run it again with the same --out to resume.
 """
+
 import sys
 
 from chameleon_lite.cli import main

@@ -5,6 +5,7 @@
 
 Same as `chameleon-lite tokenizer train-text`.
 """
+
 import sys
 
 from chameleon_lite.cli import main

@@ -8,6 +8,7 @@ chameleon_lite.train.config.TrainConfig can be overridden with ``--key=value`` a
 ``--model.key=value``. Re-running the same command resumes from RUN's newest checkpoint (at any world size).
 See train/launch.sh for the single-CPU, 8-GPU and 2-node lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Any other --key=value overrides a training option.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Any other --key=value overrides a training option."
+    )
     parser.add_argument("--config", default="tiny", help="train/configs/<name>.json, a JSON path, or a model preset")
     parser.add_argument("--data", required=True, help="shard folder (made by `chameleon-lite data tokenize`)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, run.json")

@@ -2,6 +2,7 @@
 length bounded before decoding, several channels averaged, another rate converted with soxr, and every failure
 one :class:`DataError` naming the file. The audio codec, the manifest checks and ``generate --audio`` all read
 clips through here."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,8 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -28,14 +30,20 @@ MIN_SECONDS = 1 / 16000
 MAX_DECODED_SAMPLES = 1 << 29
 _UNKNOWN_SIZE = (0, 0xFFFFFFFF)  # what streaming writers put in a size field they cannot know yet
 # (container id, form types, id of the chunk holding the samples, byte order of sizes): WAV, RF64, AIFF
-_CONTAINERS = ((b"RIFF", (b"WAVE",), b"data", "little"), (b"RF64", (b"WAVE",), b"data", "little"),
-               (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"))
+_CONTAINERS = (
+    (b"RIFF", (b"WAVE",), b"data", "little"),
+    (b"RF64", (b"WAVE",), b"data", "little"),
+    (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+)
 _MAX_CHUNKS = 64  # the samples follow a format chunk and a few metadata chunks; do not walk a hostile chain forever
 
 
 def _is_tensor(value: Any) -> bool:
-    torch = sys.modules.get("torch")  # a torch tensor can only exist once torch is imported; reading files needs no torch
+    torch = sys.modules.get(
+        "torch"
+    )  # a torch tensor can only exist once torch is imported; reading files needs no torch
     return torch is not None and isinstance(value, torch.Tensor)
+
 
 @dataclasses.dataclass
 class AudioInfo:
@@ -158,11 +166,15 @@ def _check_clip(name: str, frames: int, sr: int, channels: int, max_seconds: flo
     if not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
         raise DataError(f"{name}: sample rate {sr} Hz is outside [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}]")
     if frames > max_seconds * sr:
-        raise DataError(f"{name}: {frames / sr:.4g} s of audio is longer than the limit of {max_seconds:.4g} s "
-                        "(AudioCodecConfig.max_seconds)")
+        raise DataError(
+            f"{name}: {frames / sr:.4g} s of audio is longer than the limit of {max_seconds:.4g} s "
+            "(AudioCodecConfig.max_seconds)"
+        )
     if frames * channels > MAX_DECODED_SAMPLES:
-        raise DataError(f"{name}: {frames} frames x {channels} channels is more than {MAX_DECODED_SAMPLES} decoded "
-                        "samples; cut it into shorter clips")
+        raise DataError(
+            f"{name}: {frames} frames x {channels} channels is more than {MAX_DECODED_SAMPLES} decoded "
+            "samples; cut it into shorter clips"
+        )
 
 
 def _checked_samples(data: np.ndarray, sr: int, name: str) -> np.ndarray:
@@ -177,8 +189,10 @@ def _checked_samples(data: np.ndarray, sr: int, name: str) -> np.ndarray:
     if not np.isfinite(data).all():
         raise DataError(f"{name}: audio holds NaN or infinite samples")
     if len(data) < MIN_SECONDS * sr:
-        raise DataError(f"{name}: {len(data)} sample(s) at {sr} Hz is shorter than the minimum of "
-                        f"{MIN_SECONDS * 1000:g} ms (one sample at 16 kHz)")
+        raise DataError(
+            f"{name}: {len(data)} sample(s) at {sr} Hz is shorter than the minimum of "
+            f"{MIN_SECONDS * 1000:g} ms (one sample at 16 kHz)"
+        )
     peak = float(np.abs(data).max())
     if peak > 1.0:
         over = int(np.count_nonzero(np.abs(data) > 1.0))
@@ -236,8 +250,9 @@ def _as_array(value: Any) -> np.ndarray:
     return arr
 
 
-def load_audio(value: Any, target_rate: int, sample_rate: int | None = None,
-               max_seconds: float = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, AudioInfo]:
+def load_audio(
+    value: Any, target_rate: int, sample_rate: int | None = None, max_seconds: float = DEFAULT_MAX_SECONDS
+) -> tuple[np.ndarray, AudioInfo]:
     """A path or waveform -> (mono float32 [T] at ``target_rate``, what was done to it).
 
     Files are read by :func:`read_audio_file` at their own rate. Arrays/tensors are [T], [T, C] or [C, T]
@@ -253,11 +268,15 @@ def load_audio(value: Any, target_rate: int, sample_rate: int | None = None,
         data = _as_array(value)
         sr = target_rate if sample_rate is None else sample_rate
         if not isinstance(sr, (int, np.integer)) or not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
-            raise DataError(f"{name}: sample_rate must be an integer in [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}] Hz, got {sr!r}")
+            raise DataError(
+                f"{name}: sample_rate must be an integer in [{MIN_SOURCE_RATE}, {MAX_SOURCE_RATE}] Hz, got {sr!r}"
+            )
         _check_clip(name, len(data), int(sr), data.shape[1], max_seconds)
         data = _checked_samples(data, int(sr), name)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    info = AudioInfo(name, int(sr), int(data.shape[1]), len(mono) / float(sr), int(sr) != target_rate, data.shape[1] > 1)
+    info = AudioInfo(
+        name, int(sr), int(data.shape[1]), len(mono) / float(sr), int(sr) != target_rate, data.shape[1] > 1
+    )
     if info.resampled:
         import soxr
 

@@ -28,6 +28,7 @@ Comparisons (:func:`compare_image`, :func:`compare_audio`) return a :class:`Matc
 attribute. Caption parsers (:func:`parse_image_caption`, :func:`parse_audio_caption`) read the corpus's own
 caption/prompt wording, so a generated caption can be judged with the same comparisons.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,22 @@ from typing import Any
 import numpy as np
 
 from chameleon_lite.data.procedural import (
-    BACKGROUND, COLOR_NAMES, COLORS, MIDI_C4, PITCHES, POSITIONS, SHAPE_KINDS, SIZE_NAMES, TIMBRES, AudioSpec,
-    ImageSpec, Shape, cell_box, coverage_maps, midi_to_pitch, pitch_frequency,
+    BACKGROUND,
+    COLOR_NAMES,
+    COLORS,
+    MIDI_C4,
+    PITCHES,
+    POSITIONS,
+    SHAPE_KINDS,
+    SIZE_NAMES,
+    TIMBRES,
+    AudioSpec,
+    ImageSpec,
+    Shape,
+    cell_box,
+    coverage_maps,
+    midi_to_pitch,
+    pitch_frequency,
 )
 from chameleon_lite.errors import DataError
 
@@ -136,8 +151,14 @@ def _load_image(image: Any) -> np.ndarray:
         arr = np.moveaxis(arr, 0, -1)  # [C, H, W] -> [H, W, C]
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DataError(f"expected an image array [H, W], [H, W, 1|3|4] or [3, H, W], got shape {arr.shape} dtype {arr.dtype}")
+    if (
+        arr.ndim != 3
+        or arr.shape[-1] not in (1, 3, 4)
+        or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
+    ):
+        raise DataError(
+            f"expected an image array [H, W], [H, W, 1|3|4] or [3, H, W], got shape {arr.shape} dtype {arr.dtype}"
+        )
     arr = arr[..., :3] if arr.shape[-1] != 1 else np.repeat(arr, 3, axis=-1)
     out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
     if not np.issubdtype(arr.dtype, np.integer) and out.size and out.max() <= 1.0:
@@ -168,15 +189,14 @@ def _templates(height: int, width: int) -> tuple[_CellTemplates, ...]:
     m = MAX_SHIFT
     padded = np.pad(maps, ((0, 0), (0, 0), (0, 0), (m, m), (m, m)))
     scale = min(height, width) / 64.0
-    blurred = np.stack([
-        _blur_matrix(height + 2 * m, b * scale) @ padded @ _blur_matrix(width + 2 * m, b * scale).T
-        for b in BLURS
-    ])  # [B, K, S, 9, H+2m, W+2m]
+    blurred = np.stack(
+        [_blur_matrix(height + 2 * m, b * scale) @ padded @ _blur_matrix(width + 2 * m, b * scale).T for b in BLURS]
+    )  # [B, K, S, 9, H+2m, W+2m]
     min_area = maps.sum(axis=(-2, -1)).min(axis=(0, 1))  # [9]
     cells = []
     for cell in range(len(POSITIONS)):
         r0, r1, c0, c1 = cell_box(cell, height, width)
-        t = np.ascontiguousarray(blurred[:, :, :, cell, r0:r1 + 2 * m, c0:c1 + 2 * m])
+        t = np.ascontiguousarray(blurred[:, :, :, cell, r0 : r1 + 2 * m, c0 : c1 + 2 * m])
         windows = np.lib.stride_tricks.sliding_window_view(t, (r1 - r0, c1 - c0), axis=(-2, -1))
         energy = np.einsum("...hw,...hw->...", windows, windows)
         cells.append(_CellTemplates(windows=windows, energy=energy, presence=PRESENCE * float(min_area[cell])))
@@ -227,7 +247,9 @@ def check_image(image: Any) -> ImageAttributes:
     for cell in range(len(POSITIONS)):
         r0, r1, c0, c1 = cell_box(cell, h, w)
         cb, cc = best[r0:r1, c0:c1], cov[r0:r1, c0:c1]
-        votes = np.bincount(cb.reshape(-1), weights=np.where(cc >= SOLID, cc, 0.0).reshape(-1), minlength=len(COLOR_NAMES))
+        votes = np.bincount(
+            cb.reshape(-1), weights=np.where(cc >= SOLID, cc, 0.0).reshape(-1), minlength=len(COLOR_NAMES)
+        )
         color = int(votes.argmax())
         tc = templates[cell]
         if votes[color] < max(tc.presence, 1.0):  # at least one pixel's worth, even on degenerate grids
@@ -247,8 +269,11 @@ def check_image(image: Any) -> ImageAttributes:
         b, k, s, dy, dx = np.unravel_index(choice, plain.shape)
         tw = tc.windows[b, k, s, dy, dx]
         score = float(np.minimum(tw, a).sum() / max(np.maximum(tw, a).sum(), 1e-6))
-        shapes.append(ShapeReading(kind=SHAPE_KINDS[k], color=COLOR_NAMES[color], size=SIZE_NAMES[s],
-                                   position=POSITIONS[cell], score=score))
+        shapes.append(
+            ShapeReading(
+                kind=SHAPE_KINDS[k], color=COLOR_NAMES[color], size=SIZE_NAMES[s], position=POSITIONS[cell], score=score
+            )
+        )
     return ImageAttributes(tuple(shapes))
 
 
@@ -320,9 +345,9 @@ def _spectrum(x: np.ndarray, min_fft: int) -> tuple[np.ndarray, float]:
 def _peak_frequency(mag: np.ndarray, bin_hz: float) -> float:
     """Frequency of the strongest peak inside the pitch band, refined by parabolic interpolation on log magnitude."""
     lo, hi = int(_BAND[0] / bin_hz), min(int(math.ceil(_BAND[1] / bin_hz)), len(mag) - 2)
-    i = lo + int(mag[lo:hi + 1].argmax())
+    i = lo + int(mag[lo : hi + 1].argmax())
     if 0 < i < len(mag) - 1:
-        a, b, c = np.log(mag[i - 1:i + 2] + 1e-12)
+        a, b, c = np.log(mag[i - 1 : i + 2] + 1e-12)
         denom = a - 2 * b + c
         off = 0.5 * (a - c) / denom if denom < 0 else 0.0
         return (i + float(np.clip(off, -0.5, 0.5))) * bin_hz
@@ -340,7 +365,7 @@ def _split_by_pitch(x: np.ndarray) -> list[tuple[int, int]]:
     if n < TRACK_WINDOW + TRACK_MIN_RUN * TRACK_HOP:
         return [(0, n)]
     starts = np.arange(0, n - TRACK_WINDOW + 1, TRACK_HOP)
-    track = np.array([_to_midi(_peak_frequency(*_spectrum(x[s:s + TRACK_WINDOW], 4096))) for s in starts])
+    track = np.array([_to_midi(_peak_frequency(*_spectrum(x[s : s + TRACK_WINDOW], 4096))) for s in starts])
     pad = np.pad(track, 2, mode="edge")
     track = np.median(np.lib.stride_tricks.sliding_window_view(pad, 5), axis=1).astype(int)
     runs: list[list[int]] = []  # [first window, last window, midi]
@@ -368,7 +393,7 @@ def _harmonic(mag: np.ndarray, bin_hz: float, f: float) -> float:
         return 0.0
     half = max(0.02 * f / bin_hz, 2.0)
     lo, hi = int(max(f / bin_hz - half, 0)), int(min(f / bin_hz + half, len(mag) - 1))
-    return float(mag[lo:hi + 1].max())
+    return float(mag[lo : hi + 1].max())
 
 
 def _tonality(mag: np.ndarray, bin_hz: float, f0: float, length: int) -> float:
@@ -382,7 +407,7 @@ def _tonality(mag: np.ndarray, bin_hz: float, f0: float, length: int) -> float:
     for k in (1, 2, 3):
         half = max(0.03 * k * f0, lobe)
         lo, hi = int(max(k * f0 - half, 0) / bin_hz), int(min(k * f0 + half, 0.5 * ANALYSIS_RATE) / bin_hz)
-        harmonic += float(power[lo:hi + 1].sum())
+        harmonic += float(power[lo : hi + 1].sum())
     return harmonic / total
 
 
@@ -404,9 +429,9 @@ def check_audio(audio: Any, sample_rate: int | None = None) -> AudioAttributes:
     for a, b in _active_runs(env):
         s0, s1 = a * HOP, min((b - 1) * HOP + FRAME, len(x))
         for p0, p1 in _split_by_pitch(x[s0:s1]):
-            seg = x[s0 + p0:s0 + p1]
+            seg = x[s0 + p0 : s0 + p1]
             trim = len(seg) // 10  # skip attack and release
-            core = seg[trim:len(seg) - trim] if len(seg) - 2 * trim >= 64 else seg
+            core = seg[trim : len(seg) - trim] if len(seg) - 2 * trim >= 64 else seg
             core = core - core.mean()
             mag, bin_hz = _spectrum(core, 16384)
             f0 = _peak_frequency(mag, bin_hz)
@@ -465,7 +490,12 @@ def compare_audio(reading: AudioAttributes | AudioSpec | dict[str, Any], truth: 
     ``notes`` (the sequence), ``pitch_set`` (the notes ignoring order and repeats), ``timbre``.
     """
     (got, gt), (want, wt) = _as_notes(reading), _as_notes(truth)
-    attrs = {"count": len(got) == len(want), "notes": got == want, "pitch_set": set(got) == set(want), "timbre": gt == wt}
+    attrs = {
+        "count": len(got) == len(want),
+        "notes": got == want,
+        "pitch_set": set(got) == set(want),
+        "timbre": gt == wt,
+    }
     return Match(exact=attrs["notes"] and attrs["timbre"], attributes=attrs)
 
 

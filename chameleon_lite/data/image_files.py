@@ -1,13 +1,15 @@
 """Reading pictures a user gives (files, PIL images, arrays): every PIL mode scaled to 8-bit RGB, EXIF orientation
 applied, alpha composited, size bounded from the header, and every failure one :class:`DataError` naming the file.
 The image tokenizer, the manifest checks and ``generate --image`` all read pictures through here."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
 import warnings
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +20,11 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
 def _is_tensor(value: Any) -> bool:
-    torch = sys.modules.get("torch")  # a torch tensor can only exist once torch is imported; reading files needs no torch
+    torch = sys.modules.get(
+        "torch"
+    )  # a torch tensor can only exist once torch is imported; reading files needs no torch
     return torch is not None and isinstance(value, torch.Tensor)
+
 
 # Alpha is composited over this colour: the background of the procedural corpus and the neutral choice for codes.
 ALPHA_BACKGROUND = (0, 0, 0)
@@ -81,8 +86,11 @@ def _open_file(path: str, max_pixels: int):
     w, h = im.size
     if w == 0 or h == 0 or w * h > max_pixels:
         im.close()
-        raise DataError(f"{path}: zero-size image ({w}x{h})" if w * h == 0 else
-                        f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels")
+        raise DataError(
+            f"{path}: zero-size image ({w}x{h})"
+            if w * h == 0
+            else f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels"
+        )
     try:
         im.load()
     except Image.DecompressionBombError as e:
@@ -114,8 +122,10 @@ def _composite(rgba: np.ndarray) -> np.ndarray:
 def _wide_gray_to_uint8(values: np.ndarray, mode: str, name: str) -> np.ndarray:
     """16-bit (or mode I) gray -> uint8 by the full-range convention: round(v / 257), so 65535 -> 255."""
     if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
-        raise DataError(f"{name}: 32-bit integer image (mode I) has values in [{values.min()}, {values.max()}]; "
-                        "only the 16-bit range [0, 65535] is supported: convert it to 8- or 16-bit")
+        raise DataError(
+            f"{name}: 32-bit integer image (mode I) has values in [{values.min()}, {values.max()}]; "
+            "only the 16-bit range [0, 65535] is supported: convert it to 8- or 16-bit"
+        )
     return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
@@ -126,8 +136,10 @@ def _float_to_uint8(values: np.ndarray, name: str) -> np.ndarray:
         raise DataError(f"{name}: float image (mode F) holds NaN or infinite values")
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if lo < 0.0 or hi > 1.0:
-        raise DataError(f"{name}: float image (mode F) has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]: "
-                        "convert it to 8- or 16-bit")
+        raise DataError(
+            f"{name}: float image (mode F) has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]: "
+            "convert it to 8- or 16-bit"
+        )
     return np.rint(values * 255.0).astype(np.uint8)
 
 
@@ -203,7 +215,7 @@ def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
         return rgb
     if min(h, w) == size:
         top, left = (h - size) // 2, (w - size) // 2
-        return rgb[top:top + size, left:left + size]
+        return rgb[top : top + size, left : left + size]
     from PIL import Image
 
     s = size / min(h, w)

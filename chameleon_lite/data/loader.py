@@ -15,6 +15,7 @@ A batch (all ``[rows, L]``)::
     span_ids   int32   0, or k > 0 for the k-th bidirectional span of the row
     positions  int64   offset of the token inside its document (RoPE)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,12 +28,23 @@ from chameleon_lite.errors import ConfigError, DataError
 
 
 class PackedLoader:
-    def __init__(self, shards_dir: str, seq_len: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        shards_dir: str,
+        seq_len: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
         if seq_len < 1 or batch_size < 1:
             raise ConfigError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         if batch_size % world_size:
-            raise ConfigError(f"the global batch ({batch_size} rows) must be divisible by the world size ({world_size})")
+            raise ConfigError(
+                f"the global batch ({batch_size} rows) must be divisible by the world size ({world_size})"
+            )
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} outside world size {world_size}")
         self.shards = ShardSet(shards_dir)
@@ -76,14 +88,14 @@ class PackedLoader:
             ids, sp = self.shards.document(int(order[j]))
             take = min(len(ids) - off, need - filled)
             sl = slice(filled, filled + take)
-            toks[sl] = ids[off:off + take]
+            toks[sl] = ids[off : off + take]
             docs[sl] = piece
             pos[sl] = np.arange(off, off + take)
             for a, b in sp:
                 a, b = max(int(a), off), min(int(b), off + take)
                 if a < b:
                     n_spans += 1
-                    spans[filled + a - off:filled + b - off] = n_spans
+                    spans[filled + a - off : filled + b - off] = n_spans
             filled += take
             p += take
             piece += 1
@@ -98,7 +110,7 @@ class PackedLoader:
         }
 
     # ---- iteration -------------------------------------------------------------------------------
-    def __iter__(self) -> "PackedLoader":
+    def __iter__(self) -> PackedLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
@@ -118,6 +130,8 @@ class PackedLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("batch_size", "seq_len", "seed"):
             if key in state and int(state[key]) != getattr(self, key):
-                raise ConfigError(f"the loader state was saved with {key}={state[key]}, this run uses {getattr(self, key)}; "
-                                  "resuming would not continue the same stream")
+                raise ConfigError(
+                    f"the loader state was saved with {key}={state[key]}, this run uses {getattr(self, key)}; "
+                    "resuming would not continue the same stream"
+                )
         self.batch = int(state["batch"])

@@ -14,12 +14,14 @@ reads everything and collects every problem as ``file:line: reason``. Media file
 tokenizers use (:mod:`~chameleon_lite.data.image_files`, :mod:`~chameleon_lite.data.audio_files`), so ``data validate`` passes exactly the files
 ``data tokenize`` accepts with the default limits.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from chameleon_lite.data.audio_files import DEFAULT_MAX_SECONDS, read_audio_file
 from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, read_image_file
@@ -64,7 +66,9 @@ def _parse_segment(seg: Any, where: str, base: str, index: int) -> Segment:
         raise DataError(f"{where}: segment {index} must be an object, got {type(seg).__name__}")
     unknown = set(seg) - SEGMENT_KEYS
     if unknown:
-        raise DataError(f"{where}: segment {index} has unknown key(s) {sorted(unknown)}; allowed: text, image, audio, attend")
+        raise DataError(
+            f"{where}: segment {index} has unknown key(s) {sorted(unknown)}; allowed: text, image, audio, attend"
+        )
     kinds = [k for k in KINDS if k in seg]
     if len(kinds) != 1:
         raise DataError(f"{where}: segment {index} must have exactly one of text/image/audio, has {kinds or 'none'}")
@@ -199,8 +203,14 @@ class ValidationReport:
         return "\n".join(x for x in lines if x)
 
 
-def validate_manifest(path: str | os.PathLike, *, check_media: bool = True, progress: bool = False,
-                      max_pixels: int | None = None, max_seconds: float | None = None) -> ValidationReport:
+def validate_manifest(
+    path: str | os.PathLike,
+    *,
+    check_media: bool = True,
+    progress: bool = False,
+    max_pixels: int | None = None,
+    max_seconds: float | None = None,
+) -> ValidationReport:
     """Check every line of a manifest: JSON, keys, non-empty documents, media paths regular files and (check_media)
     decodable by the tokenizers' own readers, within max_pixels / max_seconds (None: the defaults of ImageVQConfig
     and AudioCodecConfig, which tokenizing uses unless a tokenizer config sets other limits).

@@ -4,6 +4,7 @@ Every reader of user media (the image and audio loaders, manifest checks, ``gene
 :func:`check_media_path` first, so a folder, a device or a pipe is named as such in one line instead of
 "file not found", a decoder error, or a read that never ends (``/dev/zero``) or never starts (a FIFO).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,12 @@ import stat
 
 from chameleon_lite.errors import DataError
 
-_NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _article(kind: str) -> str:

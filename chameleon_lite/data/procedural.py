@@ -53,6 +53,7 @@ Task forms (:data:`TASKS`)
 Document i depends only on (seed, i): it draws from ``numpy.random.default_rng([seed, i])``, so the corpus is
 byte-identical for a seed whatever the number of worker processes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +63,8 @@ import math
 import multiprocessing
 import os
 import wave
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -90,9 +92,15 @@ SIZES: dict[str, float] = {"small": 0.24, "large": 0.42}
 SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
 # Row-major 3x3 grid: index = 3 * row + column.
 POSITIONS: tuple[str, ...] = (
-    "top left", "top middle", "top right",
-    "middle left", "center", "middle right",
-    "bottom left", "bottom middle", "bottom right",
+    "top left",
+    "top middle",
+    "top right",
+    "middle left",
+    "center",
+    "middle right",
+    "bottom left",
+    "bottom middle",
+    "bottom right",
 )
 MAX_SHAPES = 2
 SUPERSAMPLE = 4
@@ -112,19 +120,41 @@ ATTACK = 0.010
 RELEASE = 0.040
 HARMONIC_LIMIT = 0.45  # keep partials below 0.45 * sample_rate: no aliasing, resampling stays clean
 
-TASKS: tuple[str, ...] = ("caption_to_image", "image_to_caption", "caption_to_audio", "audio_to_caption", "interleaved",
-                          "instruction")
+TASKS: tuple[str, ...] = (
+    "caption_to_image",
+    "image_to_caption",
+    "caption_to_audio",
+    "audio_to_caption",
+    "interleaved",
+    "instruction",
+)
 
-IMAGE_CAPTIONS: tuple[str, ...] = ("{shapes}.", "An image of {shapes}.", "A picture with {shapes}.", "There is {shapes}.")
+IMAGE_CAPTIONS: tuple[str, ...] = (
+    "{shapes}.",
+    "An image of {shapes}.",
+    "A picture with {shapes}.",
+    "There is {shapes}.",
+)
 IMAGE_PROMPTS: tuple[str, ...] = ("Draw {shapes}.", "Make an image of {shapes}.")
-AUDIO_CAPTIONS: tuple[str, ...] = ("{notes} on a {timbre} wave.", "The {noun} {notes} on a {timbre} wave.",
-                                   "A {timbre} wave playing {notes}.")
+AUDIO_CAPTIONS: tuple[str, ...] = (
+    "{notes} on a {timbre} wave.",
+    "The {noun} {notes} on a {timbre} wave.",
+    "A {timbre} wave playing {notes}.",
+)
 AUDIO_PROMPTS: tuple[str, ...] = ("Play {notes} on a {timbre} wave.", "Play the {noun} {notes} on a {timbre} wave.")
-INTERLEAVED_FIRST: dict[str, str] = {"image": "Here is an image of {shapes}.", "audio": "Here is {notes} on a {timbre} wave."}
-INTERLEAVED_NEXT: dict[str, str] = {"image": "Next, an image of {shapes}.", "audio": "Next, {notes} on a {timbre} wave."}
+INTERLEAVED_FIRST: dict[str, str] = {
+    "image": "Here is an image of {shapes}.",
+    "audio": "Here is {notes} on a {timbre} wave.",
+}
+INTERLEAVED_NEXT: dict[str, str] = {
+    "image": "Next, an image of {shapes}.",
+    "audio": "Next, {notes} on a {timbre} wave.",
+}
 # Items of an ``instruction`` request, joined by ", then "; shapes are placed "at the" or "in the" their cell.
-INSTRUCTION_ITEMS: dict[str, tuple[str, ...]] = {"image": ("{shapes}", "draw {shapes}", "an image of {shapes}"),
-                                                 "audio": ("play {notes} on a {timbre} wave", "{notes} on a {timbre} wave")}
+INSTRUCTION_ITEMS: dict[str, tuple[str, ...]] = {
+    "image": ("{shapes}", "draw {shapes}", "an image of {shapes}"),
+    "audio": ("play {notes} on a {timbre} wave", "{notes} on a {timbre} wave"),
+}
 
 
 def pitch_to_midi(name: str) -> int:
@@ -153,7 +183,12 @@ class Shape:
     position: str
 
     def __post_init__(self) -> None:
-        for field, allowed in (("kind", SHAPE_KINDS), ("color", COLOR_NAMES), ("size", SIZE_NAMES), ("position", POSITIONS)):
+        for field, allowed in (
+            ("kind", SHAPE_KINDS),
+            ("color", COLOR_NAMES),
+            ("size", SIZE_NAMES),
+            ("position", POSITIONS),
+        ):
             if getattr(self, field) not in allowed:
                 raise DataError(f"shape {field} must be one of {list(allowed)}, got {getattr(self, field)!r}")
 
@@ -183,7 +218,7 @@ class ImageSpec:
         return {"type": "image", "height": height, "width": width, "shapes": [s.to_meta() for s in self.shapes]}
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "ImageSpec":
+    def from_meta(cls, meta: dict[str, Any]) -> ImageSpec:
         """Inverse of :meth:`to_meta` (extra keys are ignored)."""
         try:
             return cls(tuple(Shape(**{k: s[k] for k in ("kind", "color", "size", "position")}) for s in meta["shapes"]))
@@ -226,11 +261,16 @@ class AudioSpec:
         return tuple(out)
 
     def to_meta(self, sample_rate: int) -> dict[str, Any]:
-        return {"type": "audio", "sample_rate": sample_rate, "notes": list(self.notes), "timbre": self.timbre,
-                "durations": list(self.durations)}
+        return {
+            "type": "audio",
+            "sample_rate": sample_rate,
+            "notes": list(self.notes),
+            "timbre": self.timbre,
+            "durations": list(self.durations),
+        }
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "AudioSpec":
+    def from_meta(cls, meta: dict[str, Any]) -> AudioSpec:
         """Inverse of :meth:`to_meta` (extra keys are ignored)."""
         try:
             return cls(tuple(meta["notes"]), meta["timbre"], tuple(float(d) for d in meta["durations"]))
@@ -280,7 +320,7 @@ class CorpusConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CorpusConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CorpusConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -294,8 +334,12 @@ def sample_image_spec(rng: np.random.Generator, max_shapes: int = MAX_SHAPES) ->
     k = int(rng.integers(1, max_shapes + 1))
     cells = rng.choice(len(POSITIONS), size=k, replace=False)
     shapes = tuple(
-        Shape(kind=SHAPE_KINDS[rng.integers(len(SHAPE_KINDS))], color=COLOR_NAMES[rng.integers(len(COLOR_NAMES))],
-              size=SIZE_NAMES[rng.integers(len(SIZE_NAMES))], position=POSITIONS[int(c)])
+        Shape(
+            kind=SHAPE_KINDS[rng.integers(len(SHAPE_KINDS))],
+            color=COLOR_NAMES[rng.integers(len(COLOR_NAMES))],
+            size=SIZE_NAMES[rng.integers(len(SIZE_NAMES))],
+            position=POSITIONS[int(c)],
+        )
         for c in cells
     )
     return ImageSpec(shapes)
@@ -353,10 +397,14 @@ def coverage_maps(height: int, width: int) -> np.ndarray:
 
     Shared by the renderer and the checker; cached per image size and read-only.
     """
-    maps = np.stack([
-        np.stack([np.stack([_shape_coverage(k, s, c, height, width) for c in range(len(POSITIONS))]) for s in SIZE_NAMES])
-        for k in SHAPE_KINDS
-    ])
+    maps = np.stack(
+        [
+            np.stack(
+                [np.stack([_shape_coverage(k, s, c, height, width) for c in range(len(POSITIONS))]) for s in SIZE_NAMES]
+            )
+            for k in SHAPE_KINDS
+        ]
+    )
     maps.setflags(write=False)
     return maps
 
@@ -414,7 +462,7 @@ def _envelope(n: int, sample_rate: int) -> np.ndarray:
     env = np.ones(n, np.float64)
     a, r = int(round(ATTACK * sample_rate)), int(round(RELEASE * sample_rate))
     env[:a] = 0.5 - 0.5 * np.cos(np.pi * np.arange(a) / a)
-    env[n - r:] = 0.5 + 0.5 * np.cos(np.pi * (np.arange(r) + 1) / r)
+    env[n - r :] = 0.5 + 0.5 * np.cos(np.pi * (np.arange(r) + 1) / r)
     return env
 
 
@@ -437,7 +485,7 @@ def synthesize_audio(spec: AudioSpec, sample_rate: int = 16000) -> np.ndarray:
     for pitch, onset, d in zip(spec.notes, spec.onsets(), spec.durations):
         note = synthesize_note(pitch, spec.timbre, d, sample_rate)
         i = int(round(onset * sample_rate))
-        out[i:i + len(note)] += note[: len(out) - i]
+        out[i : i + len(note)] += note[: len(out) - i]
     return out.astype(np.float32)
 
 
@@ -542,8 +590,10 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
         segments.append({"text": caption_audio(aspec, int(rng.integers(len(AUDIO_CAPTIONS))))})
     elif task == "instruction":
         lo, hi = config.instruction_media
-        specs = [sample_image_spec(rng) if rng.random() < 0.5 else sample_audio_spec(rng)
-                 for _ in range(int(rng.integers(lo, hi + 1)))]
+        specs = [
+            sample_image_spec(rng) if rng.random() < 0.5 else sample_audio_spec(rng)
+            for _ in range(int(rng.integers(lo, hi + 1)))
+        ]
         segments.append({"text": instruction_text(specs, rng)})
         for s in specs:
             (add_image if isinstance(s, ImageSpec) else add_audio)(s)
@@ -595,8 +645,14 @@ def _write_lines(f, lines: Iterable[str], bar) -> None:
         bar.update(1)
 
 
-def write_corpus(out: str | os.PathLike, n: int, seed: int = 0, config: CorpusConfig | None = None,
-                 progress: bool = True, workers: int = 1) -> str:
+def write_corpus(
+    out: str | os.PathLike,
+    n: int,
+    seed: int = 0,
+    config: CorpusConfig | None = None,
+    progress: bool = True,
+    workers: int = 1,
+) -> str:
     """Write ``n`` documents into folder ``out``; returns the path of ``out/manifest.jsonl``.
 
     The output is byte-identical for equal (n, seed, config), whatever ``workers`` is (documents are built

@@ -11,11 +11,13 @@ from the loss.
 Images of a batch of documents are decoded one by one (so a bad file is named and, if asked, skipped) and
 encoded by the VQ tokenizer in one batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,8 +109,9 @@ class SequenceEncoder:
             raise DataError(f"{_describe(value)}: audio clip is too short to hold one codec frame")
         return ids
 
-    def encode_many(self, docs: Sequence[Sequence[Part]], *, bos: bool = True, eos: bool = True,
-                    on_error: str = "raise") -> list[EncodedSequence | DataError]:
+    def encode_many(
+        self, docs: Sequence[Sequence[Part]], *, bos: bool = True, eos: bool = True, on_error: str = "raise"
+    ) -> list[EncodedSequence | DataError]:
         """Encode documents; with ``on_error="skip"`` a document whose media cannot be read comes back as the
         DataError instead of raising it."""
         if on_error not in ("raise", "skip"):
@@ -128,8 +131,9 @@ class SequenceEncoder:
         for _, _, t in texts:
             if not isinstance(t, str):
                 raise DataError(f"a text segment must be a string, got {type(t).__name__}")
-        text_ids = dict(zip([(d, i) for d, i, _ in texts],
-                            self.tk.text.encode_batch([t for _, _, t in texts]) if texts else []))
+        text_ids = dict(
+            zip([(d, i) for d, i, _ in texts], self.tk.text.encode_batch([t for _, _, t in texts]) if texts else [])
+        )
         out: list[EncodedSequence | DataError] = []
         for d, doc in enumerate(docs):
             pieces: list[np.ndarray] = [np.array([v.bos], dtype=np.int64)] if bos else []

@@ -10,6 +10,7 @@ A shard folder holds::
 Token files are read with ``np.memmap``; nothing is loaded whole. A folder is written under a temporary name
 and renamed when complete, so a crash never leaves a half-written shard set that looks finished.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ class ShardWriter:
     Use as a context manager; the folder appears under its final name only after a clean exit.
     """
 
-    def __init__(self, out: str, vocab: UnifiedVocab, *, shard_tokens: int = 1 << 26, extra_meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, out: str, vocab: UnifiedVocab, *, shard_tokens: int = 1 << 26, extra_meta: dict[str, Any] | None = None
+    ) -> None:
         if shard_tokens < 1:
             raise ConfigError(f"shard_tokens must be positive, got {shard_tokens}")
         check_output_dir(out, SHARDS)  # before any work: never replace a folder this tool did not write
@@ -55,7 +58,7 @@ class ShardWriter:
         self._offsets = [0]
         self._spans: list[tuple[int, int]] = []
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         if os.path.exists(self.tmp):
             shutil.rmtree(self.tmp)
         os.makedirs(self.tmp)
@@ -87,8 +90,16 @@ class ShardWriter:
         np.concatenate(self._tokens).tofile(os.path.join(self.tmp, tok))
         np.save(os.path.join(self.tmp, docs), np.asarray(self._offsets, dtype=np.int64))
         np.save(os.path.join(self.tmp, spans), np.asarray(self._spans, dtype=np.int64).reshape(-1, 2))
-        self.shards.append({"tokens": tok, "docs": docs, "spans": spans, "n_tokens": int(self._offsets[-1]),
-                            "n_docs": len(self._offsets) - 1, "n_spans": len(self._spans)})
+        self.shards.append(
+            {
+                "tokens": tok,
+                "docs": docs,
+                "spans": spans,
+                "n_tokens": int(self._offsets[-1]),
+                "n_docs": len(self._offsets) - 1,
+                "n_spans": len(self._spans),
+            }
+        )
         self._reset()
 
     def meta(self) -> dict[str, Any]:
@@ -115,16 +126,20 @@ class ShardWriter:
 def read_meta(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, META_FILE)
     if not os.path.isdir(folder):
-        raise DataError(f"{folder}: not a folder; give the shard folder made by `chameleon-lite data tokenize` (e.g. SHARDS/train)")
+        raise DataError(
+            f"{folder}: not a folder; give the shard folder made by `chameleon-lite data tokenize` (e.g. SHARDS/train)"
+        )
     try:
         with open(path, "rb") as f:
             meta = json.loads(f.read())
     except FileNotFoundError:
-        raise DataError(f"{path}: shard metadata not found; is {folder} a folder made by `chameleon-lite data tokenize`?") from None
+        raise DataError(
+            f"{path}: shard metadata not found; is {folder} a folder made by `chameleon-lite data tokenize`?"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: shard metadata is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("vocab"), dict):
-        raise DataError(f"{path}: shard metadata has no \"vocab\" object")
+        raise DataError(f'{path}: shard metadata has no "vocab" object')
     return meta
 
 
@@ -134,7 +149,9 @@ def read_vocab(folder: str) -> tuple[UnifiedVocab, dict[str, Any]]:
     where = os.path.join(folder, META_FILE)
     vocab = UnifiedVocab.from_dict(meta["vocab"], source=f"{where} (vocab)")
     if meta.get("vocab_hash", vocab.hash) != vocab.hash:
-        raise DataError(f"{where}: vocab_hash {meta['vocab_hash']} does not match the vocab recorded beside it ({vocab.hash})")
+        raise DataError(
+            f"{where}: vocab_hash {meta['vocab_hash']} does not match the vocab recorded beside it ({vocab.hash})"
+        )
     return vocab, meta
 
 
@@ -158,7 +175,7 @@ class ShardSet:
         where = os.path.join(folder, META_FILE)
         shards = self.meta.get("shards")
         if not isinstance(shards, list):
-            raise DataError(f"{where}: shard metadata has no \"shards\" list")
+            raise DataError(f'{where}: shard metadata has no "shards" list')
         self._tokens, starts, lens, shard_of, self._spans = [], [], [], [], []
         for k, s in enumerate(shards):
             try:
@@ -170,16 +187,34 @@ class ShardSet:
                 raise DataError(f"{where}: shard entry {k} is malformed ({e})") from None
             size = os.path.getsize(tok_path) if os.path.exists(tok_path) else -1
             if size != 4 * n_tokens:
-                raise DataError(f"{tok_path}: expected {4 * n_tokens} bytes ({n_tokens} tokens), found "
-                                f"{'no file' if size < 0 else f'{size} bytes'}; the shard folder is incomplete or corrupt")
-            if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets) < 0):
-                raise DataError(f"{os.path.join(folder, s['docs'])}: document offsets do not describe {n_tokens} tokens")
+                raise DataError(
+                    f"{tok_path}: expected {4 * n_tokens} bytes ({n_tokens} tokens), found "
+                    f"{'no file' if size < 0 else f'{size} bytes'}; the shard folder is incomplete or corrupt"
+                )
+            if (
+                offsets.ndim != 1
+                or offsets.size < 1
+                or offsets[0] != 0
+                or offsets[-1] != n_tokens
+                or np.any(np.diff(offsets) < 0)
+            ):
+                raise DataError(
+                    f"{os.path.join(folder, s['docs'])}: document offsets do not describe {n_tokens} tokens"
+                )
             spans_path = os.path.join(folder, s["spans"])
-            if spans.size and (spans.ndim != 2 or spans.shape[1] != 2 or spans.dtype.kind not in "iu"
-                               or spans.min() < 0 or spans.max() > n_tokens or np.any(spans[:, 1] < spans[:, 0])
-                               or np.any(np.diff(spans[:, 0]) < 0)):
+            if spans.size and (
+                spans.ndim != 2
+                or spans.shape[1] != 2
+                or spans.dtype.kind not in "iu"
+                or spans.min() < 0
+                or spans.max() > n_tokens
+                or np.any(spans[:, 1] < spans[:, 0])
+                or np.any(np.diff(spans[:, 0]) < 0)
+            ):
                 raise DataError(f"{spans_path}: span ranges are not sorted [start, end) pairs within {n_tokens} tokens")
-            self._tokens.append(np.memmap(tok_path, dtype="<u4", mode="r", shape=(n_tokens,)) if n_tokens else np.zeros(0, "<u4"))
+            self._tokens.append(
+                np.memmap(tok_path, dtype="<u4", mode="r", shape=(n_tokens,)) if n_tokens else np.zeros(0, "<u4")
+            )
             starts.append(offsets[:-1])
             lens.append(np.diff(offsets))
             shard_of.append(np.full(offsets.size - 1, k, dtype=np.int32))
@@ -203,6 +238,8 @@ class ShardSet:
         lo, hi = np.searchsorted(sp[:, 0], a, "left"), np.searchsorted(sp[:, 0], b, "left")
         ids = self._tokens[k][a:b]
         if ids.size and int(ids.max()) >= self.vocab.size:  # written in range: a larger id means the file changed since
-            raise DataError(f"{os.path.join(self.folder, self.meta['shards'][k]['tokens'])}: token id {int(ids.max())} "
-                            f"outside the vocabulary [0, {self.vocab.size}); the shard is corrupt")
+            raise DataError(
+                f"{os.path.join(self.folder, self.meta['shards'][k]['tokens'])}: token id {int(ids.max())} "
+                f"outside the vocabulary [0, {self.vocab.size}); the shard is corrupt"
+            )
         return ids, sp[lo:hi] - a

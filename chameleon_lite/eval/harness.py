@@ -20,6 +20,7 @@ Plus the tokenizers' reconstruction on the same held-out media (image PSNR and c
 and checker agreement) and the model's per-modality perplexity on validation shards when given.
 Writes ``eval.json`` and ``report.html`` (sample grids, audio players) into ``out``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -107,9 +109,11 @@ def sampling_settings(cfg: EvalConfig) -> dict[str, Any]:
     """Per kind of span (text, image, audio): the SamplingSettings every task generates with."""
     from chameleon_lite.generate import SamplingSettings
 
-    return {"text": SamplingSettings(temperature=cfg.text_temperature),
-            "image": SamplingSettings(temperature=cfg.image_temperature, cfg_scale=cfg.image_cfg),
-            "audio": SamplingSettings(temperature=cfg.audio_temperature, cfg_scale=cfg.audio_cfg)}
+    return {
+        "text": SamplingSettings(temperature=cfg.text_temperature),
+        "image": SamplingSettings(temperature=cfg.image_temperature, cfg_scale=cfg.image_cfg),
+        "audio": SamplingSettings(temperature=cfg.audio_temperature, cfg_scale=cfg.audio_cfg),
+    }
 
 
 def write_eval_sampling(model_dir: str) -> str:
@@ -147,8 +151,14 @@ def eval_text_to_image(gen, cfg: EvalConfig, n_image: int) -> list[Item]:
     rng = _rng(cfg, "text_to_image")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
     texts = [P.image_prompt(s, int(rng.integers(len(P.IMAGE_PROMPTS)))) for s in specs]
-    docs = _batched(gen, [Prompt(text=t, then="image") for t in texts], _settings(cfg, n_image + 2), cfg.batch,
-                    "text→image", cfg.progress)
+    docs = _batched(
+        gen,
+        [Prompt(text=t, then="image") for t in texts],
+        _settings(cfg, n_image + 2),
+        cfg.batch,
+        "text→image",
+        cfg.progress,
+    )
     items = []
     for spec, text, doc in zip(specs, texts, docs):
         it = Item("text_to_image", text, spec)
@@ -170,9 +180,12 @@ def eval_image_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
     rng = _rng(cfg, "image_to_text")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
     side = gen.tokenizers.image.image_size  # drawn at the size the model sees, as the corpus draws them
-    paths = [_write_png(os.path.join(inputs, f"image_{i:04d}.png"), P.render_image(s, side)) for i, s in enumerate(specs)]
-    docs = _batched(gen, [Prompt(images=[p], then="text") for p in paths], _settings(cfg, 48), cfg.batch,
-                    "image→text", cfg.progress)
+    paths = [
+        _write_png(os.path.join(inputs, f"image_{i:04d}.png"), P.render_image(s, side)) for i, s in enumerate(specs)
+    ]
+    docs = _batched(
+        gen, [Prompt(images=[p], then="text") for p in paths], _settings(cfg, 48), cfg.batch, "image→text", cfg.progress
+    )
     items = []
     for spec, path, doc in zip(specs, paths, docs):
         it = Item("image_to_text", "(picture)", spec, output_text=doc.text.strip(), input_path=path)
@@ -195,8 +208,14 @@ def eval_text_to_audio(gen, cfg: EvalConfig) -> list[Item]:
     rng = _rng(cfg, "text_to_audio")
     specs = [P.sample_audio_spec(rng) for _ in range(cfg.n)]
     texts = [P.audio_prompt(s, int(rng.integers(len(P.AUDIO_PROMPTS)))) for s in specs]
-    docs = _batched(gen, [Prompt(text=t, then="audio") for t in texts], _settings(cfg, _audio_budget(gen)), cfg.batch,
-                    "text→audio", cfg.progress)
+    docs = _batched(
+        gen,
+        [Prompt(text=t, then="audio") for t in texts],
+        _settings(cfg, _audio_budget(gen)),
+        cfg.batch,
+        "text→audio",
+        cfg.progress,
+    )
     sr = gen.tokenizers.audio.sample_rate
     items = []
     for spec, text, doc in zip(specs, texts, docs):
@@ -219,9 +238,13 @@ def eval_audio_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
     rng = _rng(cfg, "audio_to_text")
     sr = gen.tokenizers.audio.sample_rate
     specs = [P.sample_audio_spec(rng) for _ in range(cfg.n)]
-    paths = [_write_wav(os.path.join(inputs, f"audio_{i:04d}.wav"), P.synthesize_audio(s, sr), sr) for i, s in enumerate(specs)]
-    docs = _batched(gen, [Prompt(audios=[p], then="text") for p in paths], _settings(cfg, 40), cfg.batch,
-                    "audio→text", cfg.progress)
+    paths = [
+        _write_wav(os.path.join(inputs, f"audio_{i:04d}.wav"), P.synthesize_audio(s, sr), sr)
+        for i, s in enumerate(specs)
+    ]
+    docs = _batched(
+        gen, [Prompt(audios=[p], then="text") for p in paths], _settings(cfg, 40), cfg.batch, "audio→text", cfg.progress
+    )
     items = []
     for spec, path, doc in zip(specs, paths, docs):
         it = Item("audio_to_text", "(clip)", spec, output_text=doc.text.strip(), input_path=path)
@@ -257,8 +280,14 @@ def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | Non
     and every audio span whole frames, and no span was cut off. A media span is correct when the checker reads
     from it exactly what the sentence before it (the prompt for the first one) describes.
     """
-    from chameleon_lite.data.checkers import (check_audio, check_image, compare_audio, compare_image,
-                                              parse_audio_caption, parse_image_caption)
+    from chameleon_lite.data.checkers import (
+        check_audio,
+        check_image,
+        compare_audio,
+        compare_image,
+        parse_audio_caption,
+        parse_image_caption,
+    )
 
     spans = [s for s in doc.spans if not s.from_prompt]
     problems = _structure_problems(doc, n_image, nq)
@@ -285,8 +314,14 @@ def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
     for _ in range(cfg.n):
         spec = P.sample_image_spec(rng) if rng.random() < 0.5 else P.sample_audio_spec(rng)
         firsts.append(P.interleaved_text(spec, first=True))
-    docs = _batched(gen, [Prompt(text=t) for t in firsts], _settings(cfg, cfg.interleaved_tokens), cfg.batch,
-                    "interleaved", cfg.progress)
+    docs = _batched(
+        gen,
+        [Prompt(text=t) for t in firsts],
+        _settings(cfg, cfg.interleaved_tokens),
+        cfg.batch,
+        "interleaved",
+        cfg.progress,
+    )
     nq = gen.tokenizers.vocab.audio_levels or 1
     sr = gen.tokenizers.audio.sample_rate if gen.tokenizers.audio is not None else None
     items, spans_ok, spans_all = [], 0, 0
@@ -294,12 +329,22 @@ def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
         valid, ok, total, note = judge_interleaved(doc, text, n_image, nq, sr)
         spans_ok += ok
         spans_all += total
-        it = Item("interleaved", text, None, output_text=doc.text.strip(), exact=valid and ok == total,
-                  attributes={"valid": valid, "spans_correct": total > 0 and ok == total}, note=note)
+        it = Item(
+            "interleaved",
+            text,
+            None,
+            output_text=doc.text.strip(),
+            exact=valid and ok == total,
+            attributes={"valid": valid, "spans_correct": total > 0 and ok == total},
+            note=note,
+        )
         it.image = doc.images[0] if doc.images else None
         items.append(it)
-    return items, {"spans": spans_all, "spans_correct": spans_ok,
-                   "span_accuracy": spans_ok / spans_all if spans_all else 0.0}
+    return items, {
+        "spans": spans_all,
+        "spans_correct": spans_ok,
+        "span_accuracy": spans_ok / spans_all if spans_all else 0.0,
+    }
 
 
 def judge_instruction(doc, specs: list, n_image: int, nq: int, sr: int | None) -> tuple[bool, int, str]:
@@ -329,11 +374,19 @@ def eval_instruction(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
     lo, hi = P.CorpusConfig().instruction_media
     requests = []
     for _ in range(cfg.n):
-        specs = [P.sample_image_spec(rng) if rng.random() < 0.5 else P.sample_audio_spec(rng)
-                 for _ in range(int(rng.integers(lo, hi + 1)))]
+        specs = [
+            P.sample_image_spec(rng) if rng.random() < 0.5 else P.sample_audio_spec(rng)
+            for _ in range(int(rng.integers(lo, hi + 1)))
+        ]
         requests.append((specs, P.instruction_text(specs, rng)))
-    docs = _batched(gen, [Prompt(text=t, then="media") for _, t in requests], _settings(cfg, cfg.interleaved_tokens),
-                    cfg.batch, "instruction", cfg.progress)
+    docs = _batched(
+        gen,
+        [Prompt(text=t, then="media") for _, t in requests],
+        _settings(cfg, cfg.interleaved_tokens),
+        cfg.batch,
+        "instruction",
+        cfg.progress,
+    )
     nq = gen.tokenizers.vocab.audio_levels or 1
     sr = gen.tokenizers.audio.sample_rate if gen.tokenizers.audio is not None else None
     items, ok_all, asked = [], 0, 0
@@ -341,8 +394,15 @@ def eval_instruction(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
         valid, ok, note = judge_instruction(doc, specs, n_image, nq, sr)
         ok_all += ok
         asked += len(specs)
-        it = Item("instruction", text, specs, output_text=doc.text.strip(), exact=valid and ok == len(specs),
-                  attributes={"valid": valid, "items_correct": ok == len(specs)}, note=note)
+        it = Item(
+            "instruction",
+            text,
+            specs,
+            output_text=doc.text.strip(),
+            exact=valid and ok == len(specs),
+            attributes={"valid": valid, "items_correct": ok == len(specs)},
+            note=note,
+        )
         it.image = doc.images[0] if doc.images else None
         items.append(it)
     return items, {"items": asked, "items_correct": ok_all, "item_accuracy": ok_all / asked if asked else 0.0}
@@ -369,7 +429,9 @@ def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progre
     if os.path.exists(os.path.join(model_dir, bundle.IMAGE_CONFIG)):
         from chameleon_lite.tokenizers.image import ImageVQConfig
 
-        side = ImageVQConfig.from_dict(read_json(os.path.join(model_dir, bundle.IMAGE_CONFIG), "image tokenizer config")).image_size
+        side = ImageVQConfig.from_dict(
+            read_json(os.path.join(model_dir, bundle.IMAGE_CONFIG), "image tokenizer config")
+        ).image_size
     side = side if 32 <= side <= 1024 else CorpusConfig().image_size  # the corpus's bounds; else resized as usual
     media = CorpusConfig(image_size=side, task_weights={"caption_to_image": 1.0, "caption_to_audio": 1.0})
     manifest = write_corpus(folder, max(2 * n, 16), seed=seed, config=media, progress=progress)
@@ -430,8 +492,13 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     items: dict[str, list[Item]] = {}
     t_all = time.perf_counter()
     for task in cfg.tasks:
-        needs = {"text_to_image": ("image",), "image_to_text": ("image",), "text_to_audio": ("audio",),
-                 "audio_to_text": ("audio",), "instruction": ("image", "audio")}.get(task, ())
+        needs = {
+            "text_to_image": ("image",),
+            "image_to_text": ("image",),
+            "text_to_audio": ("audio",),
+            "audio_to_text": ("audio",),
+            "instruction": ("image", "audio"),
+        }.get(task, ())
         missing = [m for m in needs if getattr(tk, m) is None]
         if missing:
             log(f"{task}: skipped (the model has no {' or '.join(missing)} tokenizer)")
@@ -455,9 +522,16 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         log(f"{task}: exact {res['exact']:.1%} of {res['n']} ({res['seconds']:.0f} s)")
     results["tokenizers"] = tokenizer_reconstruction(cfg.model, cfg.out, min(cfg.n, 200), cfg.seed + 1, cfg.progress)
     if cfg.shards:
-        results["perplexity"] = perplexity(gen.model, cfg.shards, cfg.ppl_batches, min(512, gen.model.config.max_seq_len))
+        results["perplexity"] = perplexity(
+            gen.model, cfg.shards, cfg.ppl_batches, min(512, gen.model.config.max_seq_len)
+        )
     results["seconds"] = time.perf_counter() - t_all
     write_bytes_atomic(os.path.join(cfg.out, "eval.json"), json.dumps(results, indent=2, default=str).encode())
-    write_report(cfg.out, results, items, sample_rate=tk.audio.sample_rate if tk.audio is not None else None,
-                 limit=cfg.samples_in_report)
+    write_report(
+        cfg.out,
+        results,
+        items,
+        sample_rate=tk.audio.sample_rate if tk.audio is not None else None,
+        limit=cfg.samples_in_report,
+    )
     return results

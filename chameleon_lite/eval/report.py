@@ -1,5 +1,6 @@
 """The evaluation report: one self-contained HTML page (tables, sample grids, audio players) and a PNG grid of
 text→image prompts with the generated pictures."""
+
 from __future__ import annotations
 
 import base64
@@ -73,7 +74,9 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def write_report(out: str, results: dict[str, Any], items: dict[str, list], sample_rate: int | None, limit: int = 16) -> str:
+def write_report(
+    out: str, results: dict[str, Any], items: dict[str, list], sample_rate: int | None, limit: int = 16
+) -> str:
     """Write ``out/report.html`` (and the text→image PNG grid); returns the page's path."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>chameleon-lite evaluation</title><style>"
@@ -89,7 +92,9 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
             attrs += f"; media spans correct {r['spans_correct']}/{r['spans']}"
         if "item_accuracy" in r:
             attrs += f"; requested items correct {r['items_correct']}/{r['items']}"
-        parts.append(f"<tr><td>{task}</td><td>{r['n']}</td><td>{_pct(r['exact'])}</td><td>{html.escape(attrs)}</td></tr>")
+        parts.append(
+            f"<tr><td>{task}</td><td>{r['n']}</td><td>{_pct(r['exact'])}</td><td>{html.escape(attrs)}</td></tr>"
+        )
     parts.append("</table>")
     if results.get("tokenizers"):
         parts.append("<h2>Tokenizer reconstruction (held-out media)</h2><table>")
@@ -104,7 +109,9 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
     if "text_to_image" in items:
         grid = prompt_grid(items["text_to_image"], os.path.join(out, GRID_FILE), limit=limit)
         if grid:
-            parts.append(f"<h2>Text → image</h2><img src='data:image/png;base64,{_file_b64(grid)}' style='max-width:100%'>")
+            parts.append(
+                f"<h2>Text → image</h2><img src='data:image/png;base64,{_file_b64(grid)}' style='max-width:100%'>"
+            )
     for task in ("image_to_text", "audio_to_text"):
         if task not in items:
             continue
@@ -117,12 +124,18 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
                 media = f"<img src='data:image/png;base64,{_png_b64(np.asarray(Image.open(it.input_path).convert('RGB')))}' width='96' style='image-rendering:pixelated'>"
             else:
                 media = f"<audio controls src='data:audio/wav;base64,{_file_b64(it.input_path)}'></audio>"
-            parts.append(f"<div class='cell'>{media}<br><span class='{cls}'>{html.escape(it.output_text or '(nothing)')}</span></div>")
+            parts.append(
+                f"<div class='cell'>{media}<br><span class='{cls}'>{html.escape(it.output_text or '(nothing)')}</span></div>"
+            )
     if "text_to_audio" in items and sample_rate:
         parts.append("<h2>Text → audio</h2>")
         for it in items["text_to_audio"][:limit]:
             cls = "ok" if it.exact else "bad"
-            player = f"<audio controls src='data:audio/wav;base64,{_wav_b64(it.audio, sample_rate)}'></audio>" if it.audio is not None else "(no clip)"
+            player = (
+                f"<audio controls src='data:audio/wav;base64,{_wav_b64(it.audio, sample_rate)}'></audio>"
+                if it.audio is not None
+                else "(no clip)"
+            )
             parts.append(f"<div class='cell'><span class='{cls}'>{html.escape(it.prompt)}</span><br>{player}</div>")
     for task in ("interleaved", "instruction"):
         if task not in items:
@@ -132,7 +145,9 @@ def write_report(out: str, results: dict[str, Any], items: dict[str, list], samp
             cls = "ok" if it.exact else "bad"
             img = f"<img src='data:image/png;base64,{_png_b64(it.image)}' width='96'>" if it.image is not None else ""
             note = f" ({html.escape(it.note)})" if it.note else ""
-            parts.append(f"<div class='cell'><b>{html.escape(it.prompt)}</b> <span class='{cls}'>{html.escape(it.output_text)}{note}</span><br>{img}</div>")
+            parts.append(
+                f"<div class='cell'><b>{html.escape(it.prompt)}</b> <span class='{cls}'>{html.escape(it.output_text)}{note}</span><br>{img}</div>"
+            )
     parts.append("</body></html>\n")
     path = os.path.join(out, "report.html")
     write_text_atomic(path, "\n".join(parts))

@@ -3,13 +3,18 @@
 The names below are loaded on first use, so that ``chameleon_lite.generate.commands`` (imported for ``--help``)
 does not import torch.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _WHERE = {
-    "Document": "document", "Span": "document",
-    "GenerationConfig": "engine", "Generator": "engine", "Prompt": "engine", "SamplingSettings": "engine",
+    "Document": "document",
+    "Span": "document",
+    "GenerationConfig": "engine",
+    "Generator": "engine",
+    "Prompt": "engine",
+    "SamplingSettings": "engine",
     "StreamEvent": "engine",
 }
 __all__ = sorted(_WHERE)

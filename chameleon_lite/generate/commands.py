@@ -1,4 +1,5 @@
 """`chameleon-lite generate`: prompt a model folder, stream text to the terminal, write the document folder(s)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,14 @@ import time
 
 from chameleon_lite import argtypes as at
 
-
-FLAGS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "cfg": "cfg_scale",
-         "repetition_penalty": "repetition_penalty"}  # --{kind}-{flag} -> SamplingSettings field
+FLAGS = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "cfg": "cfg_scale",
+    "repetition_penalty": "repetition_penalty",
+}  # --{kind}-{flag} -> SamplingSettings field
 
 
 def _settings(args: argparse.Namespace, kind: str, base):
@@ -76,9 +82,8 @@ class _Printer:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from chameleon_lite.generate import GenerationConfig, Generator, Prompt
-
     from chameleon_lite.files import DOCUMENT, DOCUMENTS, check_output_dir
+    from chameleon_lite.generate import GenerationConfig, Generator, Prompt
 
     check_output_dir(args.out, DOCUMENT if args.batch == 1 else DOCUMENTS)  # before any generation work
     if args.threads:
@@ -97,8 +102,14 @@ def _generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     gen = Generator.from_dir(args.model)
     say(f" {time.perf_counter() - t0:.1f} s")
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop or ()), dtype=args.dtype,
-                           weights=args.weights, **{k: _settings(args, k, v) for k, v in gen.sampling.items()})
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        stop=tuple(args.stop or ()),
+        dtype=args.dtype,
+        weights=args.weights,
+        **{k: _settings(args, k, v) for k, v in gen.sampling.items()},
+    )
     prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)
     printer = None if args.quiet else _Printer()
     docs = gen.generate([prompt] * args.batch, cfg, stream=printer)
@@ -107,43 +118,80 @@ def _generate(args: argparse.Namespace) -> int:
     for i, doc in enumerate(docs):
         out = args.out if args.batch == 1 else os.path.join(args.out, f"sample_{i:03d}")
         doc.save(out)
-        print(f"wrote {out}/document.html ({len(doc.images)} images, {len(doc.audios)} audio clips, "
-              f"{len(doc.ids)} tokens, {doc.settings['finish_reason']})")
+        print(
+            f"wrote {out}/document.html ({len(doc.images)} images, {len(doc.audios)} audio clips, "
+            f"{len(doc.ids)} tokens, {doc.settings['finish_reason']})"
+        )
     t = docs[0].timings
-    print(f"time to first token {1e3 * t['time_to_first_token_s']:.0f} ms, decode {t['decode_tokens_per_s']:.1f} tokens/s "
-          f"({t['batch']} rows{', CFG' if t['cfg_rows'] else ''}, {t['dtype']})")
+    print(
+        f"time to first token {1e3 * t['time_to_first_token_s']:.0f} ms, decode {t['decode_tokens_per_s']:.1f} tokens/s "
+        f"({t['batch']} rows{', CFG' if t['cfg_rows'] else ''}, {t['dtype']})"
+    )
     return 0
 
 
 def register(cli) -> None:
     p = cli.command("generate", "generate an interleaved text/image/audio document from a prompt", _generate)
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="exported model folder (model.safetensors, config.json, tokenizers); default: the shipped demo model")
-    p.add_argument("--prompt", default="", help="prompt text (default: none; the model starts from the images/audio given, or from nothing)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="exported model folder (model.safetensors, config.json, tokenizers); default: the shipped demo model",
+    )
+    p.add_argument(
+        "--prompt",
+        default="",
+        help="prompt text (default: none; the model starts from the images/audio given, or from nothing)",
+    )
     p.add_argument("--image", action="append", metavar="PATH", help="prompt image (repeatable)")
     p.add_argument("--audio", action="append", metavar="PATH", help="prompt audio clip (repeatable)")
-    p.add_argument("--then", choices=("text", "image", "audio", "media"), default=None,
-                   help="what follows the prompt: image or audio opens that span; media: a picture or a clip, the "
-                        "model's choice (the prompt is a complete request, not text to go on writing); default: "
-                        "the model's choice of anything")
-    p.add_argument("--max-new-tokens", type=at.int_range(1, 1 << 20), default=256, help="new tokens per sample (default 256)")
+    p.add_argument(
+        "--then",
+        choices=("text", "image", "audio", "media"),
+        default=None,
+        help="what follows the prompt: image or audio opens that span; media: a picture or a clip, the "
+        "model's choice (the prompt is a complete request, not text to go on writing); default: "
+        "the model's choice of anything",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=at.int_range(1, 1 << 20), default=256, help="new tokens per sample (default 256)"
+    )
     p.add_argument("--seed", type=at.seed, default=0, help="sampling seed (same seed, same document)")
-    p.add_argument("--batch", type=at.int_range(1, 4096), default=1, help="samples of the prompt generated together (default 1)")
-    p.add_argument("--stop", action="append", metavar="TEXT", help="stop a sample when its text contains TEXT (repeatable)")
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="compute dtype (default: bf16 where the CPU has it natively)")
-    p.add_argument("--weights", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="weights of fp32 decode steps on the CPU: bf16 halves the memory they stream (default: bf16 on the CPU)")
+    p.add_argument(
+        "--batch", type=at.int_range(1, 4096), default=1, help="samples of the prompt generated together (default 1)"
+    )
+    p.add_argument(
+        "--stop", action="append", metavar="TEXT", help="stop a sample when its text contains TEXT (repeatable)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="compute dtype (default: bf16 where the CPU has it natively)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="weights of fp32 decode steps on the CPU: bf16 halves the memory they stream (default: bf16 on the CPU)",
+    )
     p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--out", default="generated", metavar="DIR", help="output folder (default ./generated)")
     p.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
-    p.epilog = ("A sampling flag left out takes the model folder's generation.json (the shipped model's holds the settings "
-                "its evaluation was measured with), else the built-in default: text temperature 0.8, top-p 0.95; image "
-                "and audio temperature 1; top-k, min-p, guidance and repetition penalty off.")
+    p.epilog = (
+        "A sampling flag left out takes the model folder's generation.json (the shipped model's holds the settings "
+        "its evaluation was measured with), else the built-in default: text temperature 0.8, top-p 0.95; image "
+        "and audio temperature 1; top-k, min-p, guidance and repetition penalty off."
+    )
     for kind in ("text", "image", "audio"):
         d = "default: the model's generation.json, else built-in"
         p.add_argument(f"--{kind}-temperature", type=at.nonnegative_float, help=f"{kind} temperature (0 = greedy; {d})")
         p.add_argument(f"--{kind}-top-k", type=at.nonnegative_int, help=f"{kind} top-k (0 = off; {d})")
         p.add_argument(f"--{kind}-top-p", type=at.float_range(0.0, 1.0, lo_open=True), help=f"{kind} top-p ({d})")
         p.add_argument(f"--{kind}-min-p", type=at.probability, help=f"{kind} min-p ({d})")
-        p.add_argument(f"--{kind}-cfg", type=at.nonnegative_float, help=f"{kind} classifier-free guidance scale (1 = off; {d})")
-        p.add_argument(f"--{kind}-repetition-penalty", type=at.positive_float, help=f"{kind} repetition penalty (1 = off; {d})")
+        p.add_argument(
+            f"--{kind}-cfg", type=at.nonnegative_float, help=f"{kind} classifier-free guidance scale (1 = off; {d})"
+        )
+        p.add_argument(
+            f"--{kind}-repetition-penalty", type=at.positive_float, help=f"{kind} repetition penalty (1 = off; {d})"
+        )

@@ -2,6 +2,7 @@
 writing the output folder of ARCHITECTURE §7 (document.md, document.html, document.json, image_###.png,
 audio_###.wav as 16-bit PCM).
 """
+
 from __future__ import annotations
 
 import base64
@@ -172,7 +173,7 @@ def _write_files(doc: Document, tmp: str) -> None:
             entry["text"] = s.text
             text = _text_after(prev, s)
             md.append(text)
-            body.append(f"<span class=\"text\">{html.escape(text)}</span>".replace("\n", "<br>"))
+            body.append(f'<span class="text">{html.escape(text)}</span>'.replace("\n", "<br>"))
         elif s.kind == "image" and s.image is not None:
             name = f"image_{n_img:03d}.png"
             n_img += 1
@@ -181,7 +182,9 @@ def _write_files(doc: Document, tmp: str) -> None:
             entry["file"] = name
             md.append(f"\n\n![{name}]({name})\n\n")
             b64 = base64.b64encode(png).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{b64}" alt="{name}" width="256" style="image-rendering:pixelated"><figcaption>{name}</figcaption></figure>')
+            body.append(
+                f'<figure><img src="data:image/png;base64,{b64}" alt="{name}" width="256" style="image-rendering:pixelated"><figcaption>{name}</figcaption></figure>'
+            )
         elif s.kind == "audio" and s.audio is not None:
             name = f"audio_{n_aud:03d}.wav"
             n_aud += 1
@@ -191,7 +194,9 @@ def _write_files(doc: Document, tmp: str) -> None:
             entry["seconds"] = len(s.audio) / float(s.sample_rate or 16000)
             md.append(f"\n\n[{name}]({name})\n\n")
             b64 = base64.b64encode(wav).decode()
-            body.append(f'<figure><audio controls src="data:audio/wav;base64,{b64}"></audio><figcaption>{name}</figcaption></figure>')
+            body.append(
+                f'<figure><audio controls src="data:audio/wav;base64,{b64}"></audio><figcaption>{name}</figcaption></figure>'
+            )
         else:
             md.append(f"\n\n*(unfinished {s.kind} span: {len(s.ids)} ids)*\n\n")
             body.append(f"<p><em>unfinished {s.kind} span ({len(s.ids)} ids)</em></p>")
@@ -199,10 +204,16 @@ def _write_files(doc: Document, tmp: str) -> None:
         prev = s
     write_bytes_atomic(os.path.join(tmp, "document.md"), "".join(md).strip().encode() + b"\n")
     page = (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>chameleon-lite document</title>"
+        '<!doctype html><html><head><meta charset="utf-8"><title>chameleon-lite document</title>'
         "<style>body{font-family:sans-serif;max-width:48em;margin:2em auto;line-height:1.5}"
         "figure{margin:1em 0}</style></head><body>" + "\n".join(body) + "</body></html>\n"
     )
     write_bytes_atomic(os.path.join(tmp, "document.html"), page.encode())
-    meta = {"segments": seg_json, "ids": doc.ids, "prompt_ids": doc.prompt_ids, "settings": doc.settings, "timings": doc.timings}
+    meta = {
+        "segments": seg_json,
+        "ids": doc.ids,
+        "prompt_ids": doc.prompt_ids,
+        "settings": doc.settings,
+        "timings": doc.timings,
+    }
     write_bytes_atomic(os.path.join(tmp, "document.json"), json.dumps(meta, indent=1).encode())

@@ -13,6 +13,7 @@ media span only (reset whenever its row opens a span), and the sampler combines 
 The engine knows token ids and the tokenizers' encode/decode calls only; how spans become files lives in
 document.py.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -20,14 +21,15 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.errors import ConfigError, UserError
 from chameleon_lite.generate.document import Document, detokenize, split_spans
-from chameleon_lite.generate.state_machine import Mode, ModalityStateMachine
+from chameleon_lite.generate.state_machine import ModalityStateMachine, Mode
 
 THEN = (None, "text", "image", "audio", "media")
 
@@ -130,7 +132,9 @@ def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings
     fields = {f.name for f in dataclasses.fields(SamplingSettings)}
     for kind, given in d.items():
         if kind not in KINDS or not isinstance(given, dict):
-            raise ConfigError(f"{where}: {kind!r} is not a kind of span with settings; known: {list(KINDS)}, each an object")
+            raise ConfigError(
+                f"{where}: {kind!r} is not a kind of span with settings; known: {list(KINDS)}, each an object"
+            )
         unknown = sorted(set(given) - fields)
         if unknown:
             raise ConfigError(f"{where}: unknown {kind} setting(s) {unknown}; known: {sorted(fields)}")
@@ -215,18 +219,27 @@ def _resolve_dtype(name: str) -> torch.dtype:
 class Generator:
     """A model plus the tokenizers it was trained with. ``generate`` is the Python face of `chameleon-lite generate`."""
 
-    def __init__(self, model: Any, tokenizers: Any, device: str | torch.device = "cpu",
-                 sampling: dict[str, SamplingSettings] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizers: Any,
+        device: str | torch.device = "cpu",
+        sampling: dict[str, SamplingSettings] | None = None,
+    ) -> None:
         cfg = model.config
         vocab = tokenizers.vocab
         if cfg.vocab_hash and cfg.vocab_hash != vocab.hash:
-            raise ConfigError(f"the tokenizers define vocabulary {vocab.hash} but the model was trained on {cfg.vocab_hash}")
+            raise ConfigError(
+                f"the tokenizers define vocabulary {vocab.hash} but the model was trained on {cfg.vocab_hash}"
+            )
         if cfg.vocab_size != vocab.size:
             raise ConfigError(f"the tokenizers define {vocab.size} ids but the model has {cfg.vocab_size}")
         have = getattr(tokenizers, "codes_hash", "")
         if cfg.codes_hash and have and have != cfg.codes_hash:
-            raise ConfigError(f"the tokenizers make other codes (codes hash {have}) than the model was trained on ({cfg.codes_hash}); "
-                              "use the tokenizers the model was trained with")
+            raise ConfigError(
+                f"the tokenizers make other codes (codes hash {have}) than the model was trained on ({cfg.codes_hash}); "
+                "use the tokenizers the model was trained with"
+            )
         self.model = model.eval()
         self.tokenizers = tokenizers
         self.vocab = vocab
@@ -237,7 +250,7 @@ class Generator:
         self.sampling = sampling or sampling_defaults()  # per kind: what generate() samples with when given no config
 
     @classmethod
-    def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> "Generator":
+    def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> Generator:
         """Load an exported model folder (model.safetensors, config.json and the tokenizer artifacts)."""
         from chameleon_lite.model.io import load_model
         from chameleon_lite.tokenizers.loader import Tokenizers
@@ -295,8 +308,12 @@ class Generator:
 
     # ---- generation --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: Prompt | str | Sequence[Prompt | str], config: GenerationConfig | None = None,
-                 stream: Callable[[StreamEvent], None] | None = None) -> list[Document]:
+    def generate(
+        self,
+        prompts: Prompt | str | Sequence[Prompt | str],
+        config: GenerationConfig | None = None,
+        stream: Callable[[StreamEvent], None] | None = None,
+    ) -> list[Document]:
         """Generate one document per prompt, all prompts in one batch (no ``config``: :meth:`default_config`). Returns Documents whose
         ``settings["finish_reason"]`` is "eos", "length" or "stop"."""
         cfg = config or self.default_config()
@@ -310,19 +327,32 @@ class Generator:
         lens = [len(ids) for ids, _ in encoded]
         for i, n in enumerate(lens):
             if n >= self.context:
-                raise UserError(f"prompt {i} is {n} tokens long; the model's context is {self.context} tokens "
-                                "(it needs room for at least one new token)")
+                raise UserError(
+                    f"prompt {i} is {n} tokens long; the model's context is {self.context} tokens "
+                    "(it needs room for at least one new token)"
+                )
         left = [min(cfg.max_new_tokens, self.context - n) for n in lens]
-        sm = ModalityStateMachine(v, self.image_tokens, B, left, max_audio_frames=cfg.max_audio_frames,
-                                  allow_image=cfg.allow_image, allow_audio=cfg.allow_audio)
+        sm = ModalityStateMachine(
+            v,
+            self.image_tokens,
+            B,
+            left,
+            max_audio_frames=cfg.max_audio_frames,
+            allow_image=cfg.allow_image,
+            allow_audio=cfg.allow_audio,
+        )
         for b, (ids, _) in enumerate(encoded):
             sm.feed_prompt(b, ids)
             if isinstance(prompts[b], Prompt) and prompts[b].then == "media":
                 sm.require_media(b)
-            need = {Mode.IMAGE: self.image_tokens - int(sm.count[b]) + 1, Mode.AUDIO: v.audio_levels + 1}.get(Mode(int(sm.mode[b])), 1)
+            need = {Mode.IMAGE: self.image_tokens - int(sm.count[b]) + 1, Mode.AUDIO: v.audio_levels + 1}.get(
+                Mode(int(sm.mode[b])), 1
+            )
             if left[b] < need:
-                raise UserError(f"prompt {b} opens a {Mode(int(sm.mode[b])).name.lower()} span that needs {need} new tokens, "
-                                f"but only {left[b]} fit (max_new_tokens={cfg.max_new_tokens}, context {self.context})")
+                raise UserError(
+                    f"prompt {b} opens a {Mode(int(sm.mode[b])).name.lower()} span that needs {need} new tokens, "
+                    f"but only {left[b]} fit (max_new_tokens={cfg.max_new_tokens}, context {self.context})"
+                )
         use_cfg = (cfg.image.cfg_scale != 1.0 and sm.allow_image) or (cfg.audio.cfg_scale != 1.0 and sm.allow_audio)
         rows = 2 * B if use_cfg else B
         dtype = _resolve_dtype(cfg.dtype)
@@ -343,13 +373,18 @@ class Generator:
         inp = torch.full((rows, L), v.pad, dtype=torch.int64)
         spn = torch.zeros(rows, L, dtype=torch.int32)
         for r, (s, sp) in enumerate(zip(seqs, span_rows)):
-            inp[r, :len(s)] = torch.tensor(s)
-            spn[r, :len(sp)] = torch.tensor(sp, dtype=torch.int32)
+            inp[r, : len(s)] = torch.tensor(s)
+            spn[r, : len(sp)] = torch.tensor(sp, dtype=torch.int32)
         plen = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
         logits = self.model.prefill(inp.to(dev), plen.to(dev), spn.to(dev))
         t_prefill = time.perf_counter()
 
-        table = {Mode.TEXT: cfg.text, Mode.IMAGE: cfg.image, Mode.AUDIO: cfg.audio, Mode.DONE: SamplingSettings(temperature=0.0)}
+        table = {
+            Mode.TEXT: cfg.text,
+            Mode.IMAGE: cfg.image,
+            Mode.AUDIO: cfg.audio,
+            Mode.DONE: SamplingSettings(temperature=0.0),
+        }
         out: list[list[int]] = [[] for _ in range(B)]
         finish = ["length"] * B
         decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(B)]
@@ -374,14 +409,22 @@ class Generator:
                 w = max(s.penalty_window for s in sets)
                 pen = torch.full((B, w), -1, dtype=torch.int64)
                 for b, s in enumerate(sets):
-                    recent = out[b][-s.penalty_window:]
+                    recent = out[b][-s.penalty_window :]
                     if recent and s.repetition_penalty != 1.0:
-                        pen[b, :len(recent)] = torch.tensor(recent)
-                kw.update(penalty_ids=pen, repetition_penalty=torch.tensor([s.repetition_penalty for s in sets], dtype=torch.float32))
+                        pen[b, : len(recent)] = torch.tensor(recent)
+                kw.update(
+                    penalty_ids=pen,
+                    repetition_penalty=torch.tensor([s.repetition_penalty for s in sets], dtype=torch.float32),
+                )
             cond = logits[:B].float()
             if use_cfg:
-                kw.update(uncond_logits=logits[B:].float(),
-                          cfg_scale=torch.tensor([s.cfg_scale if m in (Mode.IMAGE, Mode.AUDIO) else 1.0 for s, m in zip(sets, modes)], dtype=torch.float32))
+                kw.update(
+                    uncond_logits=logits[B:].float(),
+                    cfg_scale=torch.tensor(
+                        [s.cfg_scale if m in (Mode.IMAGE, Mode.AUDIO) else 1.0 for s, m in zip(sets, modes)],
+                        dtype=torch.float32,
+                    ),
+                )
             from chameleon_lite.ops import sample
 
             ids = sample(cond.cpu(), seed=cfg.seed, step=step, allowed_ranges=allowed, **kw)
@@ -406,12 +449,25 @@ class Generator:
                         sm.mode[b] = int(Mode.DONE)
                         finish[b] = "stop"
                 if stream is not None:
-                    kind = "text" if ev_text or (v.text_offset <= t < v.image_offset) else (
-                        "image" if v.image_offset <= t < v.audio_offset else "audio" if t >= v.audio_offset else "special")
+                    kind = (
+                        "text"
+                        if ev_text or (v.text_offset <= t < v.image_offset)
+                        else (
+                            "image"
+                            if v.image_offset <= t < v.audio_offset
+                            else "audio"
+                            if t >= v.audio_offset
+                            else "special"
+                        )
+                    )
                     span = None
                     if int(sm.mode[b]) in (Mode.IMAGE, Mode.AUDIO):
                         span = (int(sm.count[b]), self.image_tokens if int(sm.mode[b]) == Mode.IMAGE else None)
-                    stream(StreamEvent(row=b, step=step, id=t, kind=kind, text=ev_text, span=span, finished=bool(sm.done()[b])))
+                    stream(
+                        StreamEvent(
+                            row=b, step=step, id=t, kind=kind, text=ev_text, span=span, finished=bool(sm.done()[b])
+                        )
+                    )
             step += 1
             if bool(sm.done().all()):
                 break
@@ -458,7 +514,9 @@ class Generator:
         start = max(i for i, t in enumerate(ids) if t == marker)
         return ids[start:]
 
-    def _document(self, prompt_ids: list[int], new_ids: list[int], finish: str, cfg: GenerationConfig, text: str) -> Document:
+    def _document(
+        self, prompt_ids: list[int], new_ids: list[int], finish: str, cfg: GenerationConfig, text: str
+    ) -> Document:
         v = self.vocab
         opened = prompt_ids[-1] in (v.boi, v.boa) if prompt_ids else False
         head = prompt_ids[:-1] if opened else prompt_ids

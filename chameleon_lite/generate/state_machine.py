@@ -16,6 +16,7 @@ The machine is host-side bookkeeping over small integer arrays; it produces, per
 ranges ``[B, R, 2]`` (half-open, unused slots ``(0, 0)``) that the fused sampler consumes, the forced id of
 rows that have exactly one choice, and the modality that selects each row's sampling settings.
 """
+
 from __future__ import annotations
 
 import enum

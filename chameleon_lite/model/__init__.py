@@ -1,4 +1,5 @@
 """The decoder-only early-fusion transformer, its configuration presets and KV cache."""
+
 from chameleon_lite.model.config import PRESETS, ModelConfig, preset
 from chameleon_lite.model.kv_cache import KVCache
 from chameleon_lite.model.transformer import Transformer, build_model, token_losses

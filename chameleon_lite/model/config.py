@@ -1,4 +1,5 @@
 """Model configuration: one dataclass, validated, JSON round-trip, and the named size presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +63,9 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ConfigError(f"model config: head_dim={self.head_dim} must be even for RoPE")
         if self.norm_placement not in NORM_PLACEMENTS:
-            raise ConfigError(f"model config: norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}")
+            raise ConfigError(
+                f"model config: norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}"
+            )
         for name in ("norm_eps", "rope_theta", "init_std"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
@@ -104,11 +107,13 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown model config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown model config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         try:
             return cls(**d)
         except TypeError as e:
@@ -120,7 +125,7 @@ class ModelConfig:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str) -> "ModelConfig":
+    def load(cls, path: str) -> ModelConfig:
         return cls.from_dict(read_json(path, "model config"), source=path)
 
 

@@ -2,6 +2,7 @@
 (ARCHITECTURE §7). ``save_model_dir`` writes such a folder (``train.export.export_run`` does so from a training
 run's checkpoint); ``load_model`` reads it back and refuses tokenizers whose vocabulary or codes are not the ones
 the model was trained on. File names and hashes belong to :mod:`chameleon_lite.bundle`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,17 @@ import shutil
 
 import torch
 
-from chameleon_lite.bundle import (AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE,
-                                   check_codes, check_codes_match, write_safetensors_atomic)
+from chameleon_lite.bundle import (
+    AUDIO_CONFIG,
+    AUDIO_WEIGHTS,
+    IMAGE_CONFIG,
+    IMAGE_WEIGHTS,
+    TEXT_FILE,
+    VOCAB_FILE,
+    check_codes,
+    check_codes_match,
+    write_safetensors_atomic,
+)
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import MODEL, check_output_dir, replace_dir
 from chameleon_lite.model.config import ModelConfig
@@ -36,14 +46,18 @@ def empty_model(cfg: ModelConfig, device: str | torch.device, source: str = "mod
     before anything is allocated."""
     need = cfg.num_params() * 4
     if torch.device(device).type == "cpu" and need > _memory_bytes():
-        raise ConfigError(f"{source}: the model has {cfg.num_params() / 1e9:.1f}B parameters ({need / 2**30:.1f} GiB in "
-                          f"fp32), more than this machine's {_memory_bytes() / 2**30:.1f} GiB of memory")
+        raise ConfigError(
+            f"{source}: the model has {cfg.num_params() / 1e9:.1f}B parameters ({need / 2**30:.1f} GiB in "
+            f"fp32), more than this machine's {_memory_bytes() / 2**30:.1f} GiB of memory"
+        )
     with torch.device("meta"):
         model = Transformer(cfg)
     try:
         model.to_empty(device=device)
     except (RuntimeError, MemoryError) as e:
-        raise ConfigError(f"{source}: cannot allocate the model's weights ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ConfigError(
+            f"{source}: cannot allocate the model's weights ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     model.init_buffers()
     return model
 
@@ -63,7 +77,9 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    write_safetensors_atomic(os.path.join(tmp, WEIGHTS_FILE), state, {"vocab_hash": vocab.hash, "format": "chameleon-lite"})
+    write_safetensors_atomic(
+        os.path.join(tmp, WEIGHTS_FILE), state, {"vocab_hash": vocab.hash, "format": "chameleon-lite"}
+    )
     cfg.save(os.path.join(tmp, CONFIG_FILE))
     for name in TOKENIZER_FILES:
         src = os.path.join(tokenizers_dir, name)
@@ -74,7 +90,9 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     return out_dir
 
 
-def read_model_weights(model_dir: str, tokenizers: Tokenizers | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_model_weights(
+    model_dir: str, tokenizers: Tokenizers | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and the weights (as stored) of an exported model folder, after the checks ``load_model`` makes:
     vocab.json and the tokenizers must match the model's vocab hash, and the tokenizers its codes hash.
     ``tokenizers``: the folder's tokenizers when already loaded (their vocabulary and codes hash are compared
@@ -92,7 +110,9 @@ def read_model_weights(model_dir: str, tokenizers: Tokenizers | None = None) -> 
     else:
         vocab = tokenizers.vocab  # Tokenizers.load checked vocab.json against the tokenizers
     if vocab.hash != cfg.vocab_hash:
-        raise ConfigError(f"{model_dir}: vocab.json ({vocab.hash}) is not the vocabulary the model was trained on ({cfg.vocab_hash})")
+        raise ConfigError(
+            f"{model_dir}: vocab.json ({vocab.hash}) is not the vocabulary the model was trained on ({cfg.vocab_hash})"
+        )
     if vocab.size != cfg.vocab_size:
         raise ConfigError(f"{model_dir}: vocab.json has {vocab.size} ids but the model has {cfg.vocab_size}")
     if tokenizers is None:
@@ -117,8 +137,10 @@ def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str
     unexpected = sorted(k for k in state if k not in own)
     wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
     if missing or unexpected or wrong:
-        raise ConfigError(f"{source}: weights do not fit the model (missing: {missing[:3]}, unexpected: {unexpected[:3]}, "
-                          f"wrong shape: {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]})")
+        raise ConfigError(
+            f"{source}: weights do not fit the model (missing: {missing[:3]}, unexpected: {unexpected[:3]}, "
+            f"wrong shape: {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]})"
+        )
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v)

@@ -1,4 +1,5 @@
 """Preallocated per-layer key/value cache with per-row write positions (gpt-fast style: buffers, no reallocation)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,15 @@ class KVCache(nn.Module):
     caller passes the absolute positions to write (``[B, Lq]`` int64), the model keeps the valid lengths.
     """
 
-    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        batch: int,
+        max_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         shape = (batch, max_len, n_kv_heads, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)

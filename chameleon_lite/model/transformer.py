@@ -5,6 +5,7 @@ RMSNorm, QK-norm per head before RoPE, RoPE indexed by per-document positions, S
 ``chameleon_lite.ops.modality_attention`` (training and prompts) and ``modality_attention_decode`` (new tokens).
 Build on the meta device, move with ``to_empty``, then call ``init_weights``.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,9 @@ from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.kv_cache import KVCache
 
 
-def rope_table(head_dim: int, max_len: int, theta: float, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(
+    head_dim: int, max_len: int, theta: float, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin: [max_len, head_dim // 2] fp32 for positions 0..max_len-1."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim))
     ang = torch.outer(torch.arange(max_len, device=device, dtype=torch.float64), inv)
@@ -66,7 +69,9 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor
+    ) -> torch.Tensor:
         """x: [B, L, dim]; cos/sin: [B, L, D/2]. mode "train"/"prefill": (a, b) = (doc_ids, span_ids) [B, L] int32;
         mode "decode": a = write positions [B, L] int64, b = cache lengths after the write [B] int32."""
         B, L, _ = x.shape
@@ -107,7 +112,9 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor
+    ) -> torch.Tensor:
         if self.post_norm:
             h = x + self.attention_norm(self.attention(x, cos, sin, mode, a, b))
             return h + self.ffn_norm(self.feed_forward(h))
@@ -195,15 +202,24 @@ class Transformer(nn.Module):
         w = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(h, w)
 
-    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor,
-             head: bool = True) -> torch.Tensor:
+    def _run(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        mode: str,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        head: bool = True,
+    ) -> torch.Tensor:
         h = self.tok_embeddings(input_ids)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         for block in self.layers.values():
             h = block(h, cos, sin, mode, a, b)
         return self._head(h) if head else h
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor
+    ) -> torch.Tensor:
         """input_ids, positions: [B, L] int64; doc_ids, span_ids: [B, L] int32 -> logits [B, L, V] (compute dtype)."""
         return self._run(input_ids, positions, "train", doc_ids.to(torch.int32), span_ids.to(torch.int32))
 
@@ -243,7 +259,11 @@ class Transformer(nn.Module):
         if B > kv.k_cache.shape[0] or L > kv.max_len:
             raise ConfigError(f"prompt batch {B} x {L} does not fit the cache ({kv.k_cache.shape[0]} x {kv.max_len})")
         dev = input_ids.device
-        lens = torch.full((B,), L, dtype=torch.int32, device=dev) if prompt_lens is None else prompt_lens.to(device=dev, dtype=torch.int32)
+        lens = (
+            torch.full((B,), L, dtype=torch.int32, device=dev)
+            if prompt_lens is None
+            else prompt_lens.to(device=dev, dtype=torch.int32)
+        )
         if bool((lens < 1).any()) or bool((lens > L).any()):
             raise ConfigError(f"prompt_lens must lie in [1, {L}], got {lens.tolist()}")
         col = torch.arange(L, device=dev).unsqueeze(0)

@@ -4,6 +4,7 @@ Importing this package loads the compiled extension (``chameleon_lite._C``), whi
 schemas and their CPU implementations with ``torch.library``; the CUDA implementations live in
 ``chameleon_lite._C_cuda`` and are loaded when present.
 """
+
 from __future__ import annotations
 
 from chameleon_lite.ops._loader import load_extensions

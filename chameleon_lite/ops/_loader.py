@@ -1,4 +1,5 @@
 """Loads the compiled extensions once, with an actionable message when they are missing."""
+
 from __future__ import annotations
 
 import importlib

@@ -12,6 +12,7 @@ the mask materialised), explicitly.
 built) the fused forward, backward and decode run (head dims up to 128; bf16/fp16 on tensor cores on sm_80+, fp32 with
 scalar FMAs); ``CHAMELEON_LITE_CUDA_ATTENTION=sdpa`` sends CUDA calls to the SDPA path instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,7 +105,9 @@ def _fwd_setup_context(ctx, inputs, output):
 
 def _fwd_backward(ctx, dout, dlse):
     q, k, v, doc_ids, span_ids, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.chameleon_lite.attention_bwd(dout.contiguous(), q, k, v, out, lse, doc_ids, span_ids, ctx.scale)
+    dq, dk, dv = torch.ops.chameleon_lite.attention_bwd(
+        dout.contiguous(), q, k, v, out, lse, doc_ids, span_ids, ctx.scale
+    )
     return dq, dk, dv, None, None, None
 
 
@@ -120,7 +123,12 @@ def _check_ids(q: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor) -
 
 
 def modality_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc_ids: torch.Tensor,
+    span_ids: torch.Tensor,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """q: [B, L, Hq, D]; k, v: [B, L, Hkv, D]; doc_ids, span_ids: [B, L] int32 -> out [B, L, Hq, D] (autograd).
 
@@ -135,7 +143,12 @@ def modality_attention(
 
 
 def modality_attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc_ids: torch.Tensor,
+    span_ids: torch.Tensor,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """SDPA with the mask materialised ([B, 1, L, L]): the path for dtypes/devices without a fused kernel, and the
     baseline of bench/bench_attention.py."""
@@ -180,5 +193,7 @@ def modality_attention_decode(
     """Decode attention against a KV cache; see modality_attention_decode_reference for shapes."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if _has_kernel(q):
-        return torch.ops.chameleon_lite.attention_decode(q, k_cache, v_cache, cache_lens.to(device=q.device, dtype=torch.int32), scale)
+        return torch.ops.chameleon_lite.attention_decode(
+            q, k_cache, v_cache, cache_lens.to(device=q.device, dtype=torch.int32), scale
+        )
     return modality_attention_decode_reference(q, k_cache, v_cache, cache_lens, scale)

@@ -1,4 +1,5 @@
 """Unified-id classification op (C++), with the pure-PyTorch oracle in chameleon_lite.vocab."""
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,9 @@ def classify_ids(
             ids.cpu(), text_offset, image_offset, audio_offset, audio_codebook, vocab_size
         )
         return mod.to(ids.device), local.to(ids.device), level.to(ids.device)
-    return torch.ops.chameleon_lite.classify_ids(ids, text_offset, image_offset, audio_offset, audio_codebook, vocab_size)
+    return torch.ops.chameleon_lite.classify_ids(
+        ids, text_offset, image_offset, audio_offset, audio_codebook, vocab_size
+    )
 
 
 def _has_impl(device_type: str) -> bool:

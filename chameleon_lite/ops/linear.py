@@ -5,6 +5,7 @@ weights from memory; keeping them in bf16 halves it while activations and accumu
 runs CPU float32 inputs with up to :data:`MAX_ROWS` rows (beyond that a GEMM on float32 weights is faster);
 :func:`linear_bf16w_reference` is the oracle of the tests and the path everything else takes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,9 +29,15 @@ def _linear_bf16w_fake(x, weight):
 
 def fused_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the C++ op takes this call: CPU, float32 x with at most MAX_ROWS rows, bf16 weight, no autograd."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.bfloat16 and x.dim() >= 1 and x.numel() <= MAX_ROWS * x.shape[-1]
-            and not (x.requires_grad and torch.is_grad_enabled()))
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.bfloat16
+        and x.dim() >= 1
+        and x.numel() <= MAX_ROWS * x.shape[-1]
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
 
 
 def linear_bf16w(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ each of those calls, and at batch 1 their dispatch costs more than the arithmeti
 tensors when no gradient is needed; training, other dtypes and devices take the references, which are also the
 tests' oracles.
 """
+
 from __future__ import annotations
 
 import torch

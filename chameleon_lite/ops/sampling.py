@@ -32,17 +32,17 @@ time; ``CHAMELEON_LITE_SAMPLING_ISA=portable`` forces the portable one. The CUDA
 block per row, radix selection over the float keys for the top-k / top-p thresholds) draws the same ids for the same
 seed and step. Tensors on a device without an implementation are sampled on the CPU and the results moved back.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Union
 
 import torch
 
 from chameleon_lite.errors import UserError
 from chameleon_lite.ops._loader import load_extensions
 
-Setting = Union[float, int, torch.Tensor]
+Setting = float | int | torch.Tensor
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_INT64 = 2**63 - 1
@@ -53,8 +53,20 @@ class SamplingError(UserError, ValueError):
 
 
 @torch.library.register_fake("chameleon_lite::sample")
-def _sample_fake(logits, uncond_logits, temperature, top_k, top_p, min_p, cfg_scale, repetition_penalty,
-                 allowed_ranges, penalty_ids, seed, step):
+def _sample_fake(
+    logits,
+    uncond_logits,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    cfg_scale,
+    repetition_penalty,
+    allowed_ranges,
+    penalty_ids,
+    seed,
+    step,
+):
     b = logits.shape[0]
     return (logits.new_empty((b,), dtype=torch.int64), logits.new_empty((b,), dtype=torch.float32))
 
@@ -87,8 +99,9 @@ def _setting(name: str, value: Setting, batch: int, integer: bool, check, eager:
     dtype = torch.int64 if integer else torch.float32
     if isinstance(value, torch.Tensor):
         if value.dim() > 1 or value.numel() not in (1, batch):
-            raise SamplingError(f"sample: {name} must be a scalar or a [B] tensor with B = {batch}, "
-                                f"got shape {tuple(value.shape)}")
+            raise SamplingError(
+                f"sample: {name} must be a scalar or a [B] tensor with B = {batch}, got shape {tuple(value.shape)}"
+            )
         if integer and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
             raise SamplingError(f"sample: {name} must be an integer tensor, got {value.dtype}")
         if not integer and not value.is_floating_point():
@@ -135,8 +148,9 @@ def _check_logits(name: str, t, like: torch.Tensor | None = None) -> None:
     if t.dtype not in _LOGIT_DTYPES:
         raise SamplingError(f"sample: {name} must be float32, bfloat16 or float16, got {t.dtype}")
     if like is not None and (t.shape != like.shape or t.dtype != like.dtype):
-        raise SamplingError(f"sample: {name} must match logits ({tuple(like.shape)}, {like.dtype}), "
-                            f"got {tuple(t.shape)}, {t.dtype}")
+        raise SamplingError(
+            f"sample: {name} must match logits ({tuple(like.shape)}, {like.dtype}), got {tuple(t.shape)}, {t.dtype}"
+        )
 
 
 def _check_index_tensor(name: str, t, batch: int, last: int | None) -> None:
@@ -149,15 +163,29 @@ def _check_index_tensor(name: str, t, batch: int, last: int | None) -> None:
         raise SamplingError(f"sample: {name} must be {shape} with B = {batch}, got shape {tuple(t.shape)}")
 
 
-def _op_inputs(logits, seed, step, temperature, top_k, top_p, min_p, allowed_ranges, uncond_logits, cfg_scale,
-               penalty_ids, repetition_penalty) -> tuple:
+def _op_inputs(
+    logits,
+    seed,
+    step,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    allowed_ranges,
+    uncond_logits,
+    cfg_scale,
+    penalty_ids,
+    repetition_penalty,
+) -> tuple:
     _check_logits("logits", logits)
     batch = logits.shape[0]
     seed = _int_arg("seed", seed)
     step = _int_arg("step", step)
     if (uncond_logits is None) != (cfg_scale is None):
-        raise SamplingError("sample: uncond_logits and cfg_scale go together (CFG needs both), got only "
-                            + ("uncond_logits" if cfg_scale is None else "cfg_scale"))
+        raise SamplingError(
+            "sample: uncond_logits and cfg_scale go together (CFG needs both), got only "
+            + ("uncond_logits" if cfg_scale is None else "cfg_scale")
+        )
     if uncond_logits is not None:
         _check_logits("uncond_logits", uncond_logits, like=logits)
     if allowed_ranges is not None:
@@ -217,8 +245,20 @@ def sample(
     Raises SamplingError on bad input.
     """
     load_extensions()
-    args = _op_inputs(logits, seed, step, temperature, top_k, top_p, min_p, allowed_ranges, uncond_logits,
-                      cfg_scale, penalty_ids, repetition_penalty)
+    args = _op_inputs(
+        logits,
+        seed,
+        step,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        allowed_ranges,
+        uncond_logits,
+        cfg_scale,
+        penalty_ids,
+        repetition_penalty,
+    )
     device = logits.device
     if device.type != "cpu" and not _has_impl(device.type):
         args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
@@ -264,12 +304,28 @@ def sample_reference(
     Same arguments and returns as :func:`sample`; `uniforms` (float64 [B]) overrides the Philox draws.
     Given the same uniforms it picks the same ids, up to the last bits of fp summation order at a boundary.
     """
-    args = _op_inputs(logits, seed, step, temperature, top_k, top_p, min_p, allowed_ranges, uncond_logits,
-                      cfg_scale, penalty_ids, repetition_penalty)
+    args = _op_inputs(
+        logits,
+        seed,
+        step,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        allowed_ranges,
+        uncond_logits,
+        cfg_scale,
+        penalty_ids,
+        repetition_penalty,
+    )
     _, _, temp_t, k_t, p_t, minp_t, cfg_t, pen_t, _, _, _, _ = args
     b, v = logits.shape
-    temp, ks, ps, minps = (_per_row(temp_t, b, torch.float32), _per_row(k_t, b, torch.int64),
-                           _per_row(p_t, b, torch.float32), _per_row(minp_t, b, torch.float32))
+    temp, ks, ps, minps = (
+        _per_row(temp_t, b, torch.float32),
+        _per_row(k_t, b, torch.int64),
+        _per_row(p_t, b, torch.float32),
+        _per_row(minp_t, b, torch.float32),
+    )
     cfgs, pens = _per_row(cfg_t, b, torch.float32), _per_row(pen_t, b, torch.float32)
     u = sampling_uniforms(seed, step, b) if uniforms is None else uniforms.to(torch.float64)
     z = logits.float().cpu()

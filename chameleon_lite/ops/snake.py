@@ -3,6 +3,7 @@
 The fused C++ op (one pass forward, one backward) runs float32 tensors on the CPU; everything else (other dtypes,
 other devices, double-precision gradient checks) takes :func:`snake_reference`, which is also the tests' oracle.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,14 @@ torch.library.register_autograd("chameleon_lite::snake", _backward, setup_contex
 
 
 def fused_supported(x: torch.Tensor, log_alpha: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and log_alpha.dtype == torch.float32 and x.dim() == 3
-            and log_alpha.numel() == x.shape[1] and log_alpha.device.type == "cpu")
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and log_alpha.dtype == torch.float32
+        and x.dim() == 3
+        and log_alpha.numel() == x.shape[1]
+        and log_alpha.device.type == "cpu"
+    )
 
 
 def snake(x: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ its own id range (ARCHITECTURE §3/§4); :meth:`AudioTokenizer.to_unified` / :me
 Artifacts: ``audio_codec.safetensors`` (weights incl. codebooks) + ``audio_codec.json`` (config; its
 ``num_levels`` and ``codebook_size`` define the audio id range of the vocabulary).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS, read_weights, write_safetensors_atomic
 from chameleon_lite.data.audio_files import DEFAULT_MAX_SECONDS, AudioInfo, load_audio
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS, read_weights, write_safetensors_atomic
 from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclasses.dataclass
@@ -102,8 +102,10 @@ class AudioCodecConfig:
         if not self.strides or any(s < 2 for s in self.strides):
             raise ConfigError(f"strides must be integers >= 2, got {self.strides}")
         if len(self.channels) != len(self.strides) or len(self.dec_channels) != len(self.strides):
-            raise ConfigError(f"need one encoder and one decoder width per stride: strides {self.strides}, "
-                              f"channels {self.channels}, dec_channels {self.dec_channels}")
+            raise ConfigError(
+                f"need one encoder and one decoder width per stride: strides {self.strides}, "
+                f"channels {self.channels}, dec_channels {self.dec_channels}"
+            )
         if any(c < 2 for c in self.channels + self.dec_channels) or self.out_channels < 1 or self.res_blocks < 0:
             raise ConfigError("channel widths must be >= 2 and res_blocks non-negative")
         if not 8000 <= self.sample_rate <= 96000:
@@ -111,18 +113,25 @@ class AudioCodecConfig:
         if self.num_levels < 1 or self.codebook_size < 2 or self.codebook_dim < 1 or self.latent_dim < 1:
             raise ConfigError("num_levels >= 1, codebook_size >= 2, codebook_dim >= 1 and latent_dim >= 1 are required")
         if not 0.0 <= self.quantizer_dropout < 1.0 or not 1 <= self.min_levels <= self.num_levels:
-            raise ConfigError(f"quantizer_dropout must be in [0, 1) and min_levels in [1, num_levels], "
-                              f"got {self.quantizer_dropout}, {self.min_levels}")
+            raise ConfigError(
+                f"quantizer_dropout must be in [0, 1) and min_levels in [1, num_levels], "
+                f"got {self.quantizer_dropout}, {self.min_levels}"
+            )
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.decoder not in ("conv", "istft"):
             raise ConfigError(f"decoder must be 'conv' or 'istft', got {self.decoder!r}")
         if self.istft_dim < 2 or self.istft_blocks < 0 or self.istft_fft_mult < 1:
             raise ConfigError("istft_dim >= 2, istft_blocks >= 0 and istft_fft_mult >= 1 are required")
-        if self.decoder_attention < 0 or self.decoder_attention_heads < 1 \
-                or self.latent_dim % self.decoder_attention_heads:
-            raise ConfigError(f"decoder_attention must be >= 0 and decoder_attention_heads >= 1 dividing latent_dim "
-                              f"{self.latent_dim}, got {self.decoder_attention}, {self.decoder_attention_heads}")
+        if (
+            self.decoder_attention < 0
+            or self.decoder_attention_heads < 1
+            or self.latent_dim % self.decoder_attention_heads
+        ):
+            raise ConfigError(
+                f"decoder_attention must be >= 0 and decoder_attention_heads >= 1 dividing latent_dim "
+                f"{self.latent_dim}, got {self.decoder_attention}, {self.decoder_attention_heads}"
+            )
         if self.upsample not in ("transposed", "nearest"):
             raise ConfigError(f"upsample must be 'transposed' or 'nearest', got {self.upsample!r}")
         if self.chunk_seconds * self.frame_rate < 1 or self.context_frames < 0 or self.max_seconds <= 0:
@@ -143,7 +152,7 @@ class AudioCodecConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "AudioCodecConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> AudioCodecConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -163,12 +172,29 @@ PRESETS: dict[str, AudioCodecConfig] = {
     # Quantizer dropout on 3 steps in 4, keeping 2, 3 or all 4 levels: the first two levels alone carry the notes.
     "tiny": AudioCodecConfig(quantizer_dropout=0.75, min_levels=2),
     # GPU users: 24 kHz, 75 frames/s, 8 levels x 1024 codes (6 kbit/s).
-    "base": AudioCodecConfig(sample_rate=24000, strides=(2, 4, 5, 8), channels=(32, 64, 128, 256),
-                             dec_channels=(64, 128, 256, 512), out_channels=32, latent_dim=128, codebook_dim=128,
-                             num_levels=8, codebook_size=1024),
-    "large": AudioCodecConfig(sample_rate=24000, strides=(2, 4, 5, 8), channels=(64, 128, 256, 512),
-                              dec_channels=(96, 192, 384, 768), out_channels=48, res_blocks=3, latent_dim=256,
-                              codebook_dim=128, num_levels=8, codebook_size=2048),
+    "base": AudioCodecConfig(
+        sample_rate=24000,
+        strides=(2, 4, 5, 8),
+        channels=(32, 64, 128, 256),
+        dec_channels=(64, 128, 256, 512),
+        out_channels=32,
+        latent_dim=128,
+        codebook_dim=128,
+        num_levels=8,
+        codebook_size=1024,
+    ),
+    "large": AudioCodecConfig(
+        sample_rate=24000,
+        strides=(2, 4, 5, 8),
+        channels=(64, 128, 256, 512),
+        dec_channels=(96, 192, 384, 768),
+        out_channels=48,
+        res_blocks=3,
+        latent_dim=256,
+        codebook_dim=128,
+        num_levels=8,
+        codebook_size=2048,
+    ),
 }
 
 
@@ -204,15 +230,16 @@ class ResUnit(nn.Module):
     def __init__(self, ch: int, dilation: int) -> None:
         super().__init__()
         hid = max(ch // 2, 1)
-        self.net = nn.Sequential(Snake(ch), nn.Conv1d(ch, hid, 7, padding=3 * dilation, dilation=dilation),
-                                 Snake(hid), nn.Conv1d(hid, ch, 1))
+        self.net = nn.Sequential(
+            Snake(ch), nn.Conv1d(ch, hid, 7, padding=3 * dilation, dilation=dilation), Snake(hid), nn.Conv1d(hid, ch, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x)
 
 
 def _res_stack(ch: int, n: int) -> list[nn.Module]:
-    return [ResUnit(ch, 3 ** i) for i in range(n)]
+    return [ResUnit(ch, 3**i) for i in range(n)]
 
 
 class Encoder(nn.Module):
@@ -248,10 +275,17 @@ class Decoder(nn.Module):
             if not cfg.res_after_upsample:
                 layers += _res_stack(c_in, cfg.res_blocks)
             if cfg.upsample == "nearest":
-                layers += [Snake(c_in), nn.Upsample(scale_factor=s, mode="nearest"), nn.Conv1d(c_in, c_out, 7, padding=3)]
+                layers += [
+                    Snake(c_in),
+                    nn.Upsample(scale_factor=s, mode="nearest"),
+                    nn.Conv1d(c_in, c_out, 7, padding=3),
+                ]
             else:
                 p = (s + 1) // 2  # exactly frames * s outputs
-                layers += [Snake(c_in), nn.ConvTranspose1d(c_in, c_out, 2 * s, stride=s, padding=p, output_padding=2 * p - s)]
+                layers += [
+                    Snake(c_in),
+                    nn.ConvTranspose1d(c_in, c_out, 2 * s, stride=s, padding=p, output_padding=2 * p - s),
+                ]
             if cfg.res_after_upsample:
                 layers += _res_stack(c_out, cfg.res_blocks)
         layers += [Snake(cfg.out_channels), nn.Conv1d(cfg.out_channels, 1, 7, padding=3)]
@@ -294,8 +328,9 @@ class FrameAttention(nn.Module):
 
 def frame_context(cfg: AudioCodecConfig) -> nn.Sequential:
     """The ``decoder_attention`` blocks a decoder runs its latent through first (empty: the identity)."""
-    return nn.Sequential(*[FrameAttention(cfg.latent_dim, cfg.decoder_attention_heads)
-                           for _ in range(cfg.decoder_attention)])
+    return nn.Sequential(
+        *[FrameAttention(cfg.latent_dim, cfg.decoder_attention_heads) for _ in range(cfg.decoder_attention)]
+    )
 
 
 class ConvNeXtBlock(nn.Module):
@@ -339,7 +374,9 @@ class ISTFTDecoder(nn.Module):
         log_mag, phase = self.head(h).float().transpose(1, 2).chunk(2, dim=1)  # [B, bins, frames] each
         mag = log_mag.clamp(max=8.0).exp()
         spec = torch.polar(mag, phase)
-        y = torch.istft(spec, self.n_fft, hop_length=self.hop, window=self.window, center=True, length=frames * self.hop)
+        y = torch.istft(
+            spec, self.n_fft, hop_length=self.hop, window=self.window, center=True, length=frames * self.hop
+        )
         return y.unsqueeze(1)
 
 
@@ -354,14 +391,22 @@ class AudioCodecModel(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = ISTFTDecoder(cfg) if cfg.decoder == "istft" else Decoder(cfg)
         self.quantizer = ResidualVQ(
-            dim=cfg.latent_dim, num_quantizers=cfg.num_levels, codebook_size=cfg.codebook_size,
-            codebook_dim=cfg.codebook_dim, decay=cfg.ema_decay, commitment_weight=cfg.commitment_weight,
-            kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.dead_code_threshold,
+            dim=cfg.latent_dim,
+            num_quantizers=cfg.num_levels,
+            codebook_size=cfg.codebook_size,
+            codebook_dim=cfg.codebook_dim,
+            decay=cfg.ema_decay,
+            commitment_weight=cfg.commitment_weight,
+            kmeans_init=True,
+            kmeans_iters=cfg.kmeans_iters,
+            threshold_ema_dead_code=cfg.dead_code_threshold,
             quantize_dropout=cfg.quantizer_dropout > 0 and cfg.num_levels > 1,
-            quantize_dropout_cutoff_index=cfg.min_levels - 1)
+            quantize_dropout_cutoff_index=cfg.min_levels - 1,
+        )
 
-    def quantize(self, z: torch.Tensor, dropout: bool = False,
-                 dropout_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def quantize(
+        self, z: torch.Tensor, dropout: bool = False, dropout_seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z [B, D, F] -> (quantised [B, D, F], codes [B, nq, F] (-1 for levels dropped), commitment loss).
 
         dropout: keep only the first j levels (j drawn from ``dropout_seed``); training mode only."""
@@ -376,9 +421,17 @@ class AudioCodecModel(nn.Module):
 
     def _plain_euclidean(self) -> bool:
         rvq = self.quantizer
-        return (isinstance(rvq.project_in, nn.Identity) and not getattr(rvq, "implicit_neural_codebook", False)
-                and all(layer.heads == 1 and not layer.use_cosine_sim and not layer.has_projections
-                        and layer._codebook.embed.dim() == 3 for layer in rvq.layers))
+        return (
+            isinstance(rvq.project_in, nn.Identity)
+            and not getattr(rvq, "implicit_neural_codebook", False)
+            and all(
+                layer.heads == 1
+                and not layer.use_cosine_sim
+                and not layer.has_projections
+                and layer._codebook.embed.dim() == 3
+                for layer in rvq.layers
+            )
+        )
 
     @torch.inference_mode()
     def encode_codes(self, z: torch.Tensor) -> torch.Tensor:
@@ -406,16 +459,21 @@ class AudioCodecModel(nn.Module):
         idx = codes.transpose(1, 2)
         if j < self.cfg.num_levels:
             if not self.quantizer.quantize_dropout:
-                raise DataError(f"this codec was trained without quantizer dropout; it decodes all "
-                                f"{self.cfg.num_levels} levels, got {j}")
+                raise DataError(
+                    f"this codec was trained without quantizer dropout; it decodes all "
+                    f"{self.cfg.num_levels} levels, got {j}"
+                )
             if j < self.cfg.min_levels:
-                raise DataError(f"this codec was trained to decode from at least {self.cfg.min_levels} of its "
-                                f"{self.cfg.num_levels} levels, got {j}")
+                raise DataError(
+                    f"this codec was trained to decode from at least {self.cfg.min_levels} of its "
+                    f"{self.cfg.num_levels} levels, got {j}"
+                )
             idx = F.pad(idx, (0, self.cfg.num_levels - j), value=-1)
         return self.quantizer.get_output_from_indices(idx).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, dropout: bool = False,
-                dropout_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, dropout: bool = False, dropout_seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, 1, T] (T a multiple of hop) -> (reconstruction [B, 1, T], codes [B, nq, F], commitment loss)."""
         z = self.encoder(x)
         q, codes, loss = self.quantize(z, dropout=dropout, dropout_seed=dropout_seed)
@@ -475,9 +533,9 @@ class AudioTokenizer:
         x = F.pad(x, (0, frames * self.hop - len(x)))
         outs = []
         for lo, hi, a, b in self._chunks(frames):
-            seg = x[lo * self.hop:hi * self.hop].to(self.device).view(1, 1, -1)
+            seg = x[lo * self.hop : hi * self.hop].to(self.device).view(1, 1, -1)
             codes = self.model.encode_codes(self.model.encoder(seg))[0]
-            outs.append(codes[:, a - lo:b - lo].cpu())
+            outs.append(codes[:, a - lo : b - lo].cpu())
         return torch.cat(outs, dim=1).long()
 
     def encode(self, value: Any, sample_rate: int | None = None) -> torch.Tensor:
@@ -495,8 +553,10 @@ class AudioTokenizer:
             raise DataError(f"audio codes must have shape [levels <= {self.num_levels}, frames], got {tuple(t.shape)}")
         bad = (t < 0) | (t >= self.codebook_size)
         if bool(bad.any()):
-            raise DataError(f"audio code {int(t[bad][0])} is outside [0, {self.codebook_size}) "
-                            f"({int(bad.sum())} code(s) out of range)")
+            raise DataError(
+                f"audio code {int(t[bad][0])} is outside [0, {self.codebook_size}) "
+                f"({int(bad.sum())} code(s) out of range)"
+            )
         return t.long()
 
     @torch.inference_mode()
@@ -510,20 +570,22 @@ class AudioTokenizer:
         for lo, hi, a, b in self._chunks(frames):
             z = self.model.codes_to_latent(t[None, :, lo:hi].to(self.device))
             y = self.model.decoder(z)[0, 0]
-            outs.append(y[(a - lo) * self.hop:(b - lo) * self.hop].float().cpu())
+            outs.append(y[(a - lo) * self.hop : (b - lo) * self.hop].float().cpu())
         return torch.cat(outs).numpy()
 
     def reconstruct(self, value: Any, sample_rate: int | None = None, levels: int | None = None) -> np.ndarray:
         """encode then decode (optionally from the first ``levels`` levels only), trimmed to the input length."""
         wave, self.last_info = load_audio(value, self.sample_rate, sample_rate, self.cfg.max_seconds)
         codes = self.encode_waveform(wave)
-        return self.decode(codes[:levels] if levels else codes)[:len(wave)]
+        return self.decode(codes[:levels] if levels else codes)[: len(wave)]
 
     # ---- unified ids
     def _check_vocab(self, vocab: UnifiedVocab) -> None:
         if vocab.audio_levels != self.num_levels or vocab.audio_codebook != self.codebook_size:
-            raise ConfigError(f"vocabulary has {vocab.audio_levels} audio levels x {vocab.audio_codebook} codes but this "
-                              f"codec has {self.num_levels} x {self.codebook_size}")
+            raise ConfigError(
+                f"vocabulary has {vocab.audio_levels} audio levels x {vocab.audio_codebook} codes but this "
+                f"codec has {self.num_levels} x {self.codebook_size}"
+            )
 
     def to_unified(self, codes: Any, vocab: UnifiedVocab) -> torch.Tensor:
         """codes [nq, frames] -> frame-major unified ids [frames * nq]."""
@@ -544,8 +606,9 @@ class AudioTokenizer:
         return os.fspath(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-             state: dict[str, torch.Tensor] | None = None) -> "AudioTokenizer":
+    def load(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", state: dict[str, torch.Tensor] | None = None
+    ) -> AudioTokenizer:
         """Load from a folder holding audio_codec.safetensors + audio_codec.json (``state``: its weights, already
         read)."""
         return cls(load_model(os.fspath(path), state), device=device)
@@ -571,8 +634,10 @@ def load_model(folder: str, state: dict[str, torch.Tensor] | None = None) -> Aud
     except RuntimeError as e:  # a tensor of another shape
         raise ConfigError(f"{wpath}: weights do not match {cpath} ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
-        raise ConfigError(f"{wpath}: weights do not match {cpath} (missing {sorted(missing)[:3]}, "
-                          f"unexpected {sorted(unexpected)[:3]})")
+        raise ConfigError(
+            f"{wpath}: weights do not match {cpath} (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
     for k, v in state.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ConfigError(f"{wpath}: tensor {k} holds NaN/inf")

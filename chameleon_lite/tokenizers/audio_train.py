@@ -22,11 +22,11 @@ Decoder fine-tuning (``finetune_decoder``): start from a trained codec and train
 path (frozen encoder -> nearest codes of every level -> codebook latents -> decoder). Encoder and codebooks stay
 bit-identical, so every clip keeps its codes and a transformer trained on them keeps working.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
@@ -36,14 +36,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.files import PNG_SOFTWARE, atomic_path
-from chameleon_lite.tokenizers.audio import AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset, save_model
 from chameleon_lite.data.audio_files import load_audio
-from chameleon_lite.files import read_json, write_json_atomic
-from chameleon_lite.tokenizers.image_train import (_restore_optimizer, check_finetune_resume, code_path_changed,
-                                                   different_config_error, find_checkpoint, freeze_code_path, lr_at,
-                                                   run_folder, save_checkpoint, set_train_mode)
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.files import PNG_SOFTWARE, atomic_path, read_json, write_json_atomic
+from chameleon_lite.tokenizers.audio import AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset, save_model
+from chameleon_lite.tokenizers.image_train import (
+    _restore_optimizer,
+    check_finetune_resume,
+    code_path_changed,
+    different_config_error,
+    find_checkpoint,
+    freeze_code_path,
+    lr_at,
+    run_folder,
+    save_checkpoint,
+    set_train_mode,
+)
 
 
 @dataclasses.dataclass
@@ -128,19 +136,25 @@ def finetune_config(base: AudioCodecConfig, overrides: dict[str, Any]) -> AudioC
         return base
     bad = sorted(set(overrides) - set(FINETUNE_OVERRIDES))
     if bad:
-        raise ConfigError(f"finetune_decoder keeps the codec's shape: --set may only add decoder attention blocks "
-                          f"({', '.join(FINETUNE_OVERRIDES)}), got {', '.join(bad)}")
+        raise ConfigError(
+            f"finetune_decoder keeps the codec's shape: --set may only add decoder attention blocks "
+            f"({', '.join(FINETUNE_OVERRIDES)}), got {', '.join(bad)}"
+        )
     try:
         cfg = dataclasses.replace(base, **overrides)
     except TypeError as e:  # a value of the wrong type, e.g. --set decoder_attention_heads='"4"'
         raise ConfigError(f"bad model override ({e})") from None
     if cfg.decoder_attention < base.decoder_attention:
-        raise ConfigError(f"finetune_decoder: the codec has {base.decoder_attention} decoder attention blocks; "
-                          f"fine-tuning can add blocks but not drop trained ones (asked for {cfg.decoder_attention})")
+        raise ConfigError(
+            f"finetune_decoder: the codec has {base.decoder_attention} decoder attention blocks; "
+            f"fine-tuning can add blocks but not drop trained ones (asked for {cfg.decoder_attention})"
+        )
     if base.decoder_attention and cfg.decoder_attention_heads != base.decoder_attention_heads:
-        raise ConfigError(f"finetune_decoder: the codec's decoder attention blocks have "
-                          f"{base.decoder_attention_heads} heads; their trained weights can not be regrouped into "
-                          f"{cfg.decoder_attention_heads}")
+        raise ConfigError(
+            f"finetune_decoder: the codec's decoder attention blocks have "
+            f"{base.decoder_attention_heads} heads; their trained weights can not be regrouped into "
+            f"{cfg.decoder_attention_heads}"
+        )
     return cfg
 
 
@@ -163,8 +177,16 @@ def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
     read back 99.4 % exact from its first two levels), and half the levels is half the audio tokens the
     transformer has to read and write. At 3000 steps (the quickstart's cap) this codec reads back 97.6 % exact on
     500 held-out clips (docs/audio_codec_eval.json)."""
-    return TrainConfig(preset="tiny", model_overrides={"num_levels": 2, "quantizer_dropout": 0.0}, steps=steps, warmup=min(100, max(1, steps // 20)), seed=seed,
-                       sample_every=max(50, steps // 4), ckpt_every=max(50, steps // 8), log_every=20)
+    return TrainConfig(
+        preset="tiny",
+        model_overrides={"num_levels": 2, "quantizer_dropout": 0.0},
+        steps=steps,
+        warmup=min(100, max(1, steps // 20)),
+        seed=seed,
+        sample_every=max(50, steps // 4),
+        ckpt_every=max(50, steps // 8),
+        log_every=20,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -185,7 +207,9 @@ def manifest_audio(manifest: str) -> list[tuple[str, dict | None]]:
     return out
 
 
-def load_clips(paths: list[str], sample_rate: int, progress: bool = True, desc: str = "loading clips") -> list[np.ndarray]:
+def load_clips(
+    paths: list[str], sample_rate: int, progress: bool = True, desc: str = "loading clips"
+) -> list[np.ndarray]:
     """Every path as mono float32 at ``sample_rate`` (errors name the file; conversions are counted and shown)."""
     from tqdm import tqdm
 
@@ -214,15 +238,17 @@ def random_crops(clips: list[np.ndarray], n: int, length: int, gen: torch.Genera
         x = clips[c]
         if len(x) >= length:
             s = int(r * ((len(x) - length) // grid + 1)) * grid
-            out[i, 0] = torch.from_numpy(x[s:s + length])
+            out[i, 0] = torch.from_numpy(x[s : s + length])
         else:
             s = int(r * ((length - len(x)) // grid + 1)) * grid
-            out[i, 0, s:s + len(x)] = torch.from_numpy(x)
+            out[i, 0, s : s + len(x)] = torch.from_numpy(x)
     return out
 
 
 # ---------------------------------------------------------------------------------------------- losses
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
     """Triangular filters on the HTK mel scale: [n_mels, n_fft // 2 + 1]."""
     fmax = fmax or sample_rate / 2
 
@@ -252,8 +278,9 @@ class MultiScaleSpectralLoss(nn.Module):
             self.register_buffer(f"mel{n}", mel_filterbank(sample_rate, n, min(80, n // 4)), persistent=False)
 
     def _spec(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.stft(x, n, hop_length=n // 4, window=getattr(self, f"win{n}"), pad_mode="constant",
-                          return_complex=True)
+        return torch.stft(
+            x, n, hop_length=n // 4, window=getattr(self, f"win{n}"), pad_mode="constant", return_complex=True
+        )
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """y, x: [B, T] -> (mel loss, stft magnitude loss, complex stft loss), each a mean over scales.
@@ -264,7 +291,11 @@ class MultiScaleSpectralLoss(nn.Module):
         for n in self.ffts:
             sy, sx = self._spec(y, n), self._spec(x, n)
             my, mx = sy.abs().clamp_min(1e-5), sx.abs().clamp_min(1e-5)
-            stft_l = stft_l + torch.linalg.norm(my - mx) / torch.linalg.norm(mx).clamp_min(1e-5) + (my.log() - mx.log()).abs().mean()
+            stft_l = (
+                stft_l
+                + torch.linalg.norm(my - mx) / torch.linalg.norm(mx).clamp_min(1e-5)
+                + (my.log() - mx.log()).abs().mean()
+            )
             cplx_l = cplx_l + (torch.view_as_real(sy) - torch.view_as_real(sx)).abs().mean() / mx.mean().clamp_min(1e-5)
             fb = getattr(self, f"mel{n}")
             mel_l = mel_l + ((fb @ my).clamp_min(1e-5).log() - (fb @ mx).clamp_min(1e-5).log()).abs().mean()
@@ -290,19 +321,29 @@ class STFTDiscriminator(nn.Module):
         self.ffts = ffts
         self.nets = nn.ModuleList()
         for _ in ffts:
-            self.nets.append(nn.ModuleList([
-                nn.Conv2d(2, ch, (3, 9), padding=(1, 4)),
-                nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4)),
-                nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4)),
-                nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)),
-                nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)),
-            ]))
+            self.nets.append(
+                nn.ModuleList(
+                    [
+                        nn.Conv2d(2, ch, (3, 9), padding=(1, 4)),
+                        nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4)),
+                        nn.Conv2d(ch, ch, (3, 9), stride=(1, 2), padding=(1, 4)),
+                        nn.Conv2d(ch, ch, (3, 3), padding=(1, 1)),
+                        nn.Conv2d(ch, 1, (3, 3), padding=(1, 1)),
+                    ]
+                )
+            )
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         out = []
         for n, net in zip(self.ffts, self.nets):
-            spec = torch.stft(x, n, hop_length=n // 4, window=torch.hann_window(n, device=x.device),
-                              pad_mode="constant", return_complex=True)
+            spec = torch.stft(
+                x,
+                n,
+                hop_length=n // 4,
+                window=torch.hann_window(n, device=x.device),
+                pad_mode="constant",
+                return_complex=True,
+            )
             h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # [B, 2, frames, bins]
             feats = []
             for i, conv in enumerate(net):
@@ -323,8 +364,9 @@ def log_mel(wave: np.ndarray, sample_rate: int, n_fft: int = 1024, n_mels: int =
     return (mel_filterbank(sample_rate, n_fft, n_mels) @ spec).clamp_min(1e-5).log10().numpy()
 
 
-def save_spectrograms(path: str, originals: list[np.ndarray], recons: list[np.ndarray], sample_rate: int,
-                      title: str = "") -> None:
+def save_spectrograms(
+    path: str, originals: list[np.ndarray], recons: list[np.ndarray], sample_rate: int, title: str = ""
+) -> None:
     """PNG: log-mel spectrograms of originals (top row) and reconstructions (bottom row)."""
     import matplotlib
 
@@ -376,8 +418,14 @@ def _kmeans_warmup(model: AudioCodecModel, clips: list[np.ndarray], cfg: TrainCo
         model.quantize(model.encoder(x), dropout=False)
 
 
-def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval_clips: int = 4,
-          clips: list[np.ndarray] | None = None) -> dict[str, Any]:
+def train(
+    manifest: str,
+    out: str,
+    cfg: TrainConfig,
+    progress: bool = True,
+    eval_clips: int = 4,
+    clips: list[np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) an audio codec on the audio segments of ``manifest``; write it into ``out``.
 
     clips: optionally the training waveforms already loaded (mono float32 at the model rate); then ``manifest``
@@ -421,8 +469,10 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         tensors = load_file(os.path.join(ckpt, "state.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if finetune and code_path_changed(model, frozen):
-            raise ConfigError(f"{ckpt}: the encoder or codebooks of {cfg.finetune_decoder} changed since this "
-                              "fine-tuning run started; use another --out")
+            raise ConfigError(
+                f"{ckpt}: the encoder or codebooks of {cfg.finetune_decoder} changed since this "
+                "fine-tuning run started; use another --out"
+            )
         _restore_optimizer(opt, "opt", tensors, state["opt"])
         if disc is not None and "dopt" in state:
             disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
@@ -436,8 +486,13 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     log_path = os.path.join(run, "log.jsonl")
     usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
     set_train_mode(model, finetune)
-    bar = tqdm(total=cfg.steps, initial=start, desc="audio decoder" if finetune else "audio codec", unit="step",
-               disable=not progress)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc="audio decoder" if finetune else "audio codec",
+        unit="step",
+        disable=not progress,
+    )
     t_seg = t_log = time.perf_counter()
     seen = 0.0
     rec: dict[str, float] = {}
@@ -467,14 +522,23 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         wave_l = (ys - xs).abs().mean()
         voiced = xs.pow(2).mean(-1) > 1e-6
         snr = si_snr(ys[voiced], xs[voiced]) if bool(voiced.any()) else ys.new_zeros(1)
-        loss = (cfg.mel_weight * mel_l + cfg.stft_weight * stft_l + cfg.complex_weight * cplx_l + cfg.wave_weight * wave_l
-                - cfg.sisnr_weight * snr.clamp(max=40).mean() / 10 + commit)
+        loss = (
+            cfg.mel_weight * mel_l
+            + cfg.stft_weight * stft_l
+            + cfg.complex_weight * cplx_l
+            + cfg.wave_weight * wave_l
+            - cfg.sisnr_weight * snr.clamp(max=40).mean() / 10
+            + commit
+        )
         use_disc = disc is not None and step >= cfg.disc_start
         if use_disc:
             real, fake = disc(xs), disc(ys)
             adv = sum(F.relu(1 - lf).mean() for lf, _ in fake) / len(fake)
-            fm = sum((ff - fr.detach()).abs().mean() / (fr.detach().abs().mean() + 1e-5)
-                     for (_, fr_list), (_, ff_list) in zip(real, fake) for fr, ff in zip(fr_list, ff_list))
+            fm = sum(
+                (ff - fr.detach()).abs().mean() / (fr.detach().abs().mean() + 1e-5)
+                for (_, fr_list), (_, ff_list) in zip(real, fake)
+                for fr, ff in zip(fr_list, ff_list)
+            )
             loss = loss + cfg.disc_weight * adv + cfg.feature_weight * fm / max(1, sum(len(f) for _, f in real))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -482,7 +546,9 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         opt.step()
         if use_disc:
             real, fake = disc(xs), disc(ys.detach())
-            d_loss = sum(F.relu(1 - lr_).mean() + F.relu(1 + lf).mean() for (lr_, _), (lf, _) in zip(real, fake)) / len(real)
+            d_loss = sum(F.relu(1 - lr_).mean() + F.relu(1 + lf).mean() for (lr_, _), (lf, _) in zip(real, fake)) / len(
+                real
+            )
             dopt.zero_grad(set_to_none=True)
             d_loss.backward()
             dopt.step()
@@ -497,10 +563,19 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
-            rec.update(step=done, loss=loss.item(), mel=mel_l.item(), stft=stft_l.item(), complex=cplx_l.item(), wave_l1=wave_l.item(),
-                       si_snr_db=snr.mean().item(), commit=commit.item(), lr=lr_at(step, cfg),
-                       usage=[round(float((u > 0).float().mean()), 3) for u in usage],
-                       audio_seconds_per_s=seen / (now - t_log))
+            rec.update(
+                step=done,
+                loss=loss.item(),
+                mel=mel_l.item(),
+                stft=stft_l.item(),
+                complex=cplx_l.item(),
+                wave_l1=wave_l.item(),
+                si_snr_db=snr.mean().item(),
+                commit=commit.item(),
+                lr=lr_at(step, cfg),
+                usage=[round(float((u > 0).float().mean()), 3) for u in usage],
+                audio_seconds_per_s=seen / (now - t_log),
+            )
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(mel=f"{rec['mel']:.3f}", snr=f"{rec['si_snr_db']:.1f}dB", use=f"{min(rec['usage']):.2f}")
@@ -508,16 +583,19 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
             t_log, seen = now, 0.0
         if done % cfg.sample_every == 0 or done == cfg.steps:
             tok = AudioTokenizer(model)
-            recons = [tok.decode(tok.encode_waveform(w))[:len(w)] for w in show]
-            save_spectrograms(os.path.join(run, f"spectrogram_{done:06d}.png"), show, recons, mcfg.sample_rate,
-                              f"step {done}")
+            recons = [tok.decode(tok.encode_waveform(w))[: len(w)] for w in show]
+            save_spectrograms(
+                os.path.join(run, f"spectrogram_{done:06d}.png"), show, recons, mcfg.sample_rate, f"step {done}"
+            )
             for k, (w, r) in enumerate(zip(show[:2], recons[:2])):
                 if not os.path.exists(os.path.join(run, f"original_{k}.wav")):
                     write_wav(os.path.join(run, f"original_{k}.wav"), w, mcfg.sample_rate)
                 write_wav(os.path.join(run, f"sample_{done:06d}_{k}.wav"), r, mcfg.sample_rate)
             set_train_mode(model, finetune)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg})
+            save_checkpoint(
+                run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg}
+            )
         bar.update(1)
     bar.close()
     elapsed += time.perf_counter() - t_seg
@@ -525,16 +603,29 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if finetune and code_path_changed(model, frozen):
         raise RuntimeError("decoder fine-tuning changed the encoder or codebooks")  # a bug, never the user's input
     save_model(model, out)
-    summary = {"manifest": os.fspath(manifest), "clips": len(clips), "steps": cfg.steps,
-               "train_seconds": round(elapsed, 1), "threads": torch.get_num_threads(), "last": rec,
-               "train_config": cfg.to_dict(), "model_config": mcfg.to_dict()}
+    summary = {
+        "manifest": os.fspath(manifest),
+        "clips": len(clips),
+        "steps": cfg.steps,
+        "train_seconds": round(elapsed, 1),
+        "threads": torch.get_num_threads(),
+        "last": rec,
+        "train_config": cfg.to_dict(),
+        "model_config": mcfg.to_dict(),
+    }
     write_json_atomic(os.path.join(run, "summary.json"), summary)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = True, levels_low: int = 2,
-             spectrogram_path: str | None = None) -> dict[str, Any]:
+def evaluate(
+    tokenizer_dir: str,
+    manifest: str,
+    n: int = 500,
+    progress: bool = True,
+    levels_low: int = 2,
+    spectrogram_path: str | None = None,
+) -> dict[str, Any]:
     """Measure a trained codec on the first ``n`` clips of ``manifest``.
 
     SI-SNR (mean of per-clip dB), multi-scale log-mel distance, and checker agreement: the fraction of clips whose
@@ -557,15 +648,25 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 500, progress: bool = T
     mcfg = tok.model.cfg
     if low < tok.num_levels and (mcfg.quantizer_dropout == 0 or mcfg.num_levels == 1 or low < mcfg.min_levels):
         low = tok.num_levels  # the codec was not trained to decode from that few levels: measure all of them
-    sums = dict(si_snr=0.0, mel=0.0, same=0, same_low=0, notes_low=0, timbre_low=0, truth_orig=0, truth_recon=0,
-                n_truth=0, si_snr_low=0.0)
+    sums = dict(
+        si_snr=0.0,
+        mel=0.0,
+        same=0,
+        same_low=0,
+        notes_low=0,
+        timbre_low=0,
+        truth_orig=0,
+        truth_recon=0,
+        n_truth=0,
+        si_snr_low=0.0,
+    )
     show_o, show_r = [], []
     per_timbre: dict[str, list[int]] = {}  # timbre of the original -> [clips, exact reconstructions]
-    for i, (path, truth) in enumerate(tqdm(items, desc="audio eval", unit="clip", disable=not progress)):
+    for path, truth in tqdm(items, desc="audio eval", unit="clip", disable=not progress):
         wave, _ = load_audio(path, sr)
         codes = tok.encode_waveform(wave)
-        rec = tok.decode(codes)[:len(wave)]
-        rec_low = tok.decode(codes[:low])[:len(wave)]
+        rec = tok.decode(codes)[: len(wave)]
+        rec_low = tok.decode(codes[:low])[: len(wave)]
         xo, xr, xl = (torch.from_numpy(np.ascontiguousarray(w))[None] for w in (wave, rec, rec_low))
         sums["si_snr"] += float(si_snr(xr, xo))
         sums["si_snr_low"] += float(si_snr(xl, xo))

@@ -14,21 +14,23 @@ is resized to ``image_size`` (bicubic with antialiasing; no-op when the size alr
 Artifacts: ``image_vq.safetensors`` (weights incl. the codebook) + ``image_vq.json`` (the config, whose
 ``codebook_size`` the unified vocabulary reads).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, read_weights, write_safetensors_atomic
 from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, load_images
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, read_weights, write_safetensors_atomic
 from chameleon_lite.files import read_json, write_json_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
@@ -86,25 +88,33 @@ class ImageVQConfig:
         if self.padding not in PADDINGS:
             raise ConfigError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.padding == "background" and self.norm != "channel":
-            raise ConfigError("padding 'background' needs norm 'channel': a picture-wide norm gives the black picture "
-                              "that defines the background other statistics than the real one")
+            raise ConfigError(
+                "padding 'background' needs norm 'channel': a picture-wide norm gives the black picture "
+                "that defines the background other statistics than the real one"
+            )
         if self.factor < 2 or self.factor & (self.factor - 1):
             raise ConfigError(f"factor must be a power of two >= 2, got {self.factor}")
         if 2 ** len(self.channels) != self.factor or len(self.dec_channels) != len(self.channels):
-            raise ConfigError(f"factor {self.factor} needs {int(math.log2(self.factor))} encoder and decoder widths, "
-                              f"got {self.channels} and {self.dec_channels}")
+            raise ConfigError(
+                f"factor {self.factor} needs {int(math.log2(self.factor))} encoder and decoder widths, "
+                f"got {self.channels} and {self.dec_channels}"
+            )
         if any(c < 1 for c in self.channels + self.dec_channels) or self.res_blocks < 0:
             raise ConfigError("channel widths must be positive and res_blocks non-negative")
         if self.image_size < self.factor or self.image_size % self.factor:
             raise ConfigError(f"image_size {self.image_size} must be a positive multiple of factor {self.factor}")
         if self.codebook_size < 2 or self.codebook_dim < 1:
-            raise ConfigError(f"codebook_size must be >= 2 and codebook_dim >= 1, got {self.codebook_size}, {self.codebook_dim}")
+            raise ConfigError(
+                f"codebook_size must be >= 2 and codebook_dim >= 1, got {self.codebook_size}, {self.codebook_dim}"
+            )
         if self.quantizer == "fsq" and math.prod(self.fsq_levels) != self.codebook_size:
-            raise ConfigError(f"fsq_levels {self.fsq_levels} give {math.prod(self.fsq_levels)} codes, "
-                              f"not codebook_size {self.codebook_size}")
+            raise ConfigError(
+                f"fsq_levels {self.fsq_levels} give {math.prod(self.fsq_levels)} codes, "
+                f"not codebook_size {self.codebook_size}"
+            )
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.max_pixels < self.image_size ** 2:
+        if self.max_pixels < self.image_size**2:
             raise ConfigError(f"max_pixels {self.max_pixels} is below one {self.image_size}x{self.image_size} picture")
 
     @property
@@ -119,7 +129,7 @@ class ImageVQConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "ImageVQConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> ImageVQConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -134,10 +144,22 @@ class ImageVQConfig:
 
 PRESETS: dict[str, ImageVQConfig] = {
     "tiny": ImageVQConfig(),
-    "base": ImageVQConfig(image_size=256, factor=16, channels=(64, 128, 256, 256), dec_channels=(64, 128, 256, 256),
-                          codebook_size=8192, codebook_dim=32),
-    "chameleon": ImageVQConfig(image_size=512, factor=16, channels=(64, 128, 256, 512), dec_channels=(64, 128, 256, 512),
-                               codebook_size=8192, codebook_dim=32),
+    "base": ImageVQConfig(
+        image_size=256,
+        factor=16,
+        channels=(64, 128, 256, 256),
+        dec_channels=(64, 128, 256, 256),
+        codebook_size=8192,
+        codebook_dim=32,
+    ),
+    "chameleon": ImageVQConfig(
+        image_size=512,
+        factor=16,
+        channels=(64, 128, 256, 512),
+        dec_channels=(64, 128, 256, 512),
+        codebook_size=8192,
+        codebook_dim=32,
+    ),
 }
 
 
@@ -256,7 +278,12 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = [_conv(cfg, cfg.codebook_dim, ch[0], 3, decoder=True)]
         layers += [ResBlock(cfg, ch[0], decoder=True) for _ in range(cfg.res_blocks)]
         for a, b in zip(ch[:-1], ch[1:]):
-            layers += [nn.SiLU(), _conv(cfg, a, 4 * b, 3, decoder=True), nn.PixelShuffle(2), ResBlock(cfg, b, decoder=True)]
+            layers += [
+                nn.SiLU(),
+                _conv(cfg, a, 4 * b, 3, decoder=True),
+                nn.PixelShuffle(2),
+                ResBlock(cfg, b, decoder=True),
+            ]
         layers += [nn.SiLU(), _conv(cfg, ch[-1], 12, 3, decoder=True), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
@@ -276,9 +303,16 @@ class ImageVQModel(nn.Module):
         self.decoder = Decoder(cfg)
         if cfg.quantizer == "vq":
             self.quantizer = VectorQuantize(
-                dim=cfg.codebook_dim, codebook_size=cfg.codebook_size, decay=cfg.ema_decay, use_cosine_sim=True,
-                kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.dead_code_threshold,
-                commitment_weight=cfg.commitment_weight, accept_image_fmap=True)
+                dim=cfg.codebook_dim,
+                codebook_size=cfg.codebook_size,
+                decay=cfg.ema_decay,
+                use_cosine_sim=True,
+                kmeans_init=True,
+                kmeans_iters=cfg.kmeans_iters,
+                threshold_ema_dead_code=cfg.dead_code_threshold,
+                commitment_weight=cfg.commitment_weight,
+                accept_image_fmap=True,
+            )
         else:
             self.quantizer = FSQ(levels=list(cfg.fsq_levels), dim=cfg.codebook_dim, channel_first=True)
 
@@ -327,13 +361,20 @@ def autocast_dtype() -> torch.dtype | None:
 class ImageTokenizer:
     """Pictures <-> codes [B, h, w] (int64, values in [0, codebook_size)) with a trained :class:`ImageVQModel`."""
 
-    def __init__(self, model: ImageVQModel, device: str | torch.device = "cpu", batch_size: int = 64,
-                 autocast: torch.dtype | None | str = "auto") -> None:
+    def __init__(
+        self,
+        model: ImageVQModel,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        autocast: torch.dtype | None | str = "auto",
+    ) -> None:
         self.model = model.to(device).eval()
         self.cfg = model.cfg
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.amp = (autocast_dtype() if self.device.type == "cpu" else torch.bfloat16) if autocast == "auto" else autocast
+        self.amp = (
+            (autocast_dtype() if self.device.type == "cpu" else torch.bfloat16) if autocast == "auto" else autocast
+        )
 
     # ---- properties
     @property
@@ -362,7 +403,7 @@ class ImageTokenizer:
         """rgb: uint8 [B, S, S, 3] already at the model size -> codes int64 [B, h, w] (CPU)."""
         outs = []
         for i in range(0, len(rgb), self.batch_size):
-            x = to_model_input(rgb[i:i + self.batch_size], self.device)
+            x = to_model_input(rgb[i : i + self.batch_size], self.device)
             with self._autocast():
                 z = self.model.encoder(x)
             outs.append(self.model.quantize(z.float())[1].cpu())
@@ -386,8 +427,10 @@ class ImageTokenizer:
             raise DataError(f"image codes must have shape [B, {h}, {w}] (or [B, {h * w}]), got {tuple(t.shape)}")
         bad = (t < 0) | (t >= self.codebook_size)
         if bool(bad.any()):
-            raise DataError(f"image code {int(t[bad][0])} is outside [0, {self.codebook_size}) "
-                            f"({int(bad.sum())} code(s) out of range)")
+            raise DataError(
+                f"image code {int(t[bad][0])} is outside [0, {self.codebook_size}) "
+                f"({int(bad.sum())} code(s) out of range)"
+            )
         return t.long()
 
     @torch.inference_mode()
@@ -396,7 +439,7 @@ class ImageTokenizer:
         t = self.check_codes(codes)
         outs = []
         for i in range(0, len(t), self.batch_size):
-            q = self.model.codes_to_latent(t[i:i + self.batch_size].to(self.device))
+            q = self.model.codes_to_latent(t[i : i + self.batch_size].to(self.device))
             with self._autocast():
                 x = self.model.decoder(q)
             outs.append(from_model_output(x).cpu())
@@ -409,7 +452,9 @@ class ImageTokenizer:
     # ---- unified ids
     def _check_vocab(self, vocab: UnifiedVocab) -> None:
         if vocab.image_codebook != self.codebook_size:
-            raise ConfigError(f"vocabulary has {vocab.image_codebook} image codes but this tokenizer has {self.codebook_size}")
+            raise ConfigError(
+                f"vocabulary has {vocab.image_codebook} image codes but this tokenizer has {self.codebook_size}"
+            )
 
     def to_unified(self, codes: Any, vocab: UnifiedVocab) -> torch.Tensor:
         """codes [B, h, w] -> unified ids int64 [B, h*w] in raster order."""
@@ -435,8 +480,13 @@ class ImageTokenizer:
         return os.fspath(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", state: dict[str, torch.Tensor] | None = None,
-             **kwargs: Any) -> "ImageTokenizer":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        state: dict[str, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> ImageTokenizer:
         """Load from a folder holding image_vq.safetensors + image_vq.json (``state``: its weights, already read)."""
         return cls(load_model(os.fspath(path), state), device=device, **kwargs)
 

@@ -23,6 +23,7 @@ bit-identical, so every picture keeps its codes and a transformer trained on the
 decoded from its codes get sharper. A cheap fix for a tokenizer whose codes carry the picture but whose decoder
 was trained too briefly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,11 +39,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.bundle import makes_codes, write_safetensors_atomic
-from chameleon_lite.files import TOKENIZERS, atomic_path, check_output_dir, png_info, read_json, write_json_atomic
-from chameleon_lite.tokenizers.image import ImageTokenizer, ImageVQConfig, ImageVQModel, autocast_dtype, from_model_output, preset, save_model, to_model_input
 from chameleon_lite.data.image_files import load_images
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.files import TOKENIZERS, atomic_path, check_output_dir, png_info, read_json, write_json_atomic
+from chameleon_lite.tokenizers.image import (
+    ImageTokenizer,
+    ImageVQConfig,
+    ImageVQModel,
+    autocast_dtype,
+    preset,
+    save_model,
+    to_model_input,
+)
 
 
 @dataclasses.dataclass
@@ -148,14 +157,24 @@ def check_finetune_resume(ckpt: str, state: dict[str, Any], finetune_decoder: st
     """A checkpoint resumes only the same kind of run: both from scratch, or both fine-tuning the same decoder."""
     have = state["train_config"].get("finetune_decoder", "")
     if have != finetune_decoder:
-        raise ConfigError(f"{ckpt}: checkpoint of a run with finetune_decoder={have!r}, this run has "
-                          f"{finetune_decoder!r}; use another --out")
+        raise ConfigError(
+            f"{ckpt}: checkpoint of a run with finetune_decoder={have!r}, this run has "
+            f"{finetune_decoder!r}; use another --out"
+        )
 
 
 def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
     """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus)."""
-    return TrainConfig(preset="tiny", steps=steps, batch_size=32, warmup=min(50, max(1, steps // 20)), seed=seed,
-                       grid_every=max(50, steps // 6), ckpt_every=max(50, steps // 6), log_every=20)
+    return TrainConfig(
+        preset="tiny",
+        steps=steps,
+        batch_size=32,
+        warmup=min(50, max(1, steps // 20)),
+        seed=seed,
+        grid_every=max(50, steps // 6),
+        ckpt_every=max(50, steps // 6),
+        log_every=20,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -175,7 +194,7 @@ def load_image_set(paths: list[str], size: int, progress: bool = True, desc: str
 
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i in tqdm(range(0, len(paths), 256), desc=desc, unit="chunk", disable=not progress):
-        out[i:i + 256] = load_images(paths[i:i + 256], size)
+        out[i : i + 256] = load_images(paths[i : i + 256], size)
     return out
 
 
@@ -206,10 +225,16 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, ch: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.GroupNorm(8, 2 * ch), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1), nn.GroupNorm(8, 4 * ch), nn.LeakyReLU(0.2),
-            nn.Conv2d(4 * ch, 1, 3, 1, 1))
+            nn.Conv2d(3, ch, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1),
+            nn.GroupNorm(8, 2 * ch),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1),
+            nn.GroupNorm(8, 4 * ch),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * ch, 1, 3, 1, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -233,8 +258,8 @@ def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int =
     canvas = np.full((2 * h + 3 * pad, n * (w + pad) + pad, 3), 255, np.uint8)
     for i in range(n):
         x0 = pad + i * (w + pad)
-        canvas[pad:pad + h, x0:x0 + w] = originals[i]
-        canvas[2 * pad + h:2 * pad + 2 * h, x0:x0 + w] = recons[i]
+        canvas[pad : pad + h, x0 : x0 + w] = originals[i]
+        canvas[2 * pad + h : 2 * pad + 2 * h, x0 : x0 + w] = recons[i]
     img = Image.fromarray(canvas)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -255,7 +280,9 @@ def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[st
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _restore_optimizer(
+    opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):
@@ -267,9 +294,17 @@ def _restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict[st
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run: str, step: int, cfg: TrainConfig, model: ImageVQModel, opt: torch.optim.Optimizer,
-                    disc: nn.Module | None, dopt: torch.optim.Optimizer | None, gen: torch.Generator,
-                    extra: dict[str, Any]) -> None:
+def save_checkpoint(
+    run: str,
+    step: int,
+    cfg: TrainConfig,
+    model: ImageVQModel,
+    opt: torch.optim.Optimizer,
+    disc: nn.Module | None,
+    dopt: torch.optim.Optimizer | None,
+    gen: torch.Generator,
+    extra: dict[str, Any],
+) -> None:
     """Write run/checkpoint atomically: build checkpoint.tmp, then swap it in by renames."""
     final, tmp, old = (os.path.join(run, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -277,8 +312,13 @@ def save_checkpoint(run: str, step: int, cfg: TrainConfig, model: ImageVQModel, 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     o_t, o_meta = _flatten_optimizer(opt, "opt")
     tensors.update(o_t)
-    state: dict[str, Any] = {"step": step, "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
-                             "opt": o_meta, "extra": extra}
+    state: dict[str, Any] = {
+        "step": step,
+        "train_config": cfg.to_dict(),
+        "model_config": model.cfg.to_dict(),
+        "opt": o_meta,
+        "extra": extra,
+    }
     if disc is not None and dopt is not None:
         tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()})
         d_t, d_meta = _flatten_optimizer(dopt, "dopt")
@@ -329,13 +369,21 @@ def run_folder(out: str, kind: str) -> str:
 
 def different_config_error(ckpt: str, run: str) -> ConfigError:
     """The error for a checkpoint whose model config is not this run's."""
-    return ConfigError(f"{ckpt}: checkpoint was trained with a different model config (another --preset or --set, "
-                       f"or another tokenizer to fine-tune); use another --out, or delete {run} to train from scratch")
+    return ConfigError(
+        f"{ckpt}: checkpoint was trained with a different model config (another --preset or --set, "
+        f"or another tokenizer to fine-tune); use another --out, or delete {run} to train from scratch"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval_images: int = 8,
-          images: np.ndarray | None = None) -> dict[str, Any]:
+def train(
+    manifest: str,
+    out: str,
+    cfg: TrainConfig,
+    progress: bool = True,
+    eval_images: int = 8,
+    images: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Train (or resume) an image tokenizer on the image segments of ``manifest``; write it into ``out``.
 
     images: optionally the training pictures already decoded (uint8 [N, S, S, 3]); then ``manifest`` only names
@@ -352,10 +400,12 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if images is None:
         paths = manifest_image_paths(manifest)
         if cfg.max_images:
-            paths = paths[:cfg.max_images]
+            paths = paths[: cfg.max_images]
         images = load_image_set(paths, mcfg.image_size, progress=progress)
     if images.shape[1:] != (mcfg.image_size, mcfg.image_size, 3):
-        raise DataError(f"training pictures have shape {images.shape[1:]}, the model needs {(mcfg.image_size,) * 2 + (3,)}")
+        raise DataError(
+            f"training pictures have shape {images.shape[1:]}, the model needs {(mcfg.image_size,) * 2 + (3,)}"
+        )
     n_show = min(eval_images, len(images))
     show = images[np.linspace(0, len(images) - 1, n_show).astype(int)]
 
@@ -378,8 +428,10 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         tensors = load_file(os.path.join(ckpt, "state.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if finetune and code_path_changed(model, frozen):
-            raise ConfigError(f"{ckpt}: the encoder or codebook of {cfg.finetune_decoder} changed since this "
-                              "fine-tuning run started; use another --out")
+            raise ConfigError(
+                f"{ckpt}: the encoder or codebook of {cfg.finetune_decoder} changed since this "
+                "fine-tuning run started; use another --out"
+            )
         _restore_optimizer(opt, "opt", tensors, state["opt"])
         if disc is not None and "dopt" in state:
             disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
@@ -390,8 +442,13 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     usage = torch.zeros(mcfg.codebook_size, dtype=torch.int64)
     log_path = os.path.join(run, "log.jsonl")
     set_train_mode(model, finetune)
-    bar = tqdm(total=cfg.steps, initial=start, desc="image decoder" if finetune else "image VQ", unit="step",
-               disable=not progress)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc="image decoder" if finetune else "image VQ",
+        unit="step",
+        disable=not progress,
+    )
     t_seg = time.perf_counter()
     t_log, seen = time.perf_counter(), 0
     rec: dict[str, float] = {}
@@ -439,9 +496,18 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
             mse = float(F.mse_loss(y.detach().clamp(-1, 1), x)) / 4.0  # [-1, 1] -> [0, 1] scale
-            rec.update(step=done, loss=loss.item(), l1=l1.item(), l2=l2.item(), edge=le.item(), commit=aux.item(),
-                       psnr=10 * math.log10(1.0 / max(mse, 1e-10)), lr=lr_at(step, cfg),
-                       usage=float((usage > 0).float().mean()), images_per_s=seen / (now - t_log))
+            rec.update(
+                step=done,
+                loss=loss.item(),
+                l1=l1.item(),
+                l2=l2.item(),
+                edge=le.item(),
+                commit=aux.item(),
+                psnr=10 * math.log10(1.0 / max(mse, 1e-10)),
+                lr=lr_at(step, cfg),
+                usage=float((usage > 0).float().mean()),
+                images_per_s=seen / (now - t_log),
+            )
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.1f}", usage=f"{rec['usage']:.2f}")
@@ -452,8 +518,9 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
             save_grid(os.path.join(run, f"grid_{done:06d}.png"), show, tok.decode(tok.encode_rgb(show)))
             set_train_mode(model, finetune)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_checkpoint(run, done, cfg, model, opt, disc, dopt, gen,
-                            {"elapsed": elapsed + time.perf_counter() - t_seg})
+            save_checkpoint(
+                run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg}
+            )
         bar.update(1)
     bar.close()
     elapsed += time.perf_counter() - t_seg
@@ -461,16 +528,25 @@ def train(manifest: str, out: str, cfg: TrainConfig, progress: bool = True, eval
     if finetune and code_path_changed(model, frozen):
         raise RuntimeError("decoder fine-tuning changed the encoder or codebook")  # a bug, never the user's input
     save_model(model, out)
-    summary = {"manifest": os.fspath(manifest), "images": int(len(images)), "steps": cfg.steps,
-               "train_seconds": round(elapsed, 1), "autocast": str(amp), "threads": torch.get_num_threads(),
-               "last": rec, "train_config": cfg.to_dict(), "model_config": mcfg.to_dict()}
+    summary = {
+        "manifest": os.fspath(manifest),
+        "images": int(len(images)),
+        "steps": cfg.steps,
+        "train_seconds": round(elapsed, 1),
+        "autocast": str(amp),
+        "threads": torch.get_num_threads(),
+        "last": rec,
+        "train_config": cfg.to_dict(),
+        "model_config": mcfg.to_dict(),
+    }
     write_json_atomic(os.path.join(run, "summary.json"), summary)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = True,
-             grid_path: str | None = None) -> dict[str, Any]:
+def evaluate(
+    tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = True, grid_path: str | None = None
+) -> dict[str, Any]:
     """Measure a trained tokenizer on the first ``n`` images of ``manifest``.
 
     Returns PSNR (from the mean squared error over all pixels, and the mean of per-image PSNRs), the fraction
@@ -478,9 +554,10 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = 
     original (and the fraction matching the manifest's ground truth, when present), codebook usage, and
     :func:`cell_invariance`.
     """
+    from tqdm import tqdm
+
     from chameleon_lite.data.checkers import check_image, compare_image
     from chameleon_lite.data.manifest import iter_documents
-    from tqdm import tqdm
 
     tok = ImageTokenizer.load(tokenizer_dir)
     paths, truths = [], []
@@ -503,7 +580,7 @@ def evaluate(tokenizer_dir: str, manifest: str, n: int = 2000, progress: bool = 
     codes = tok.encode_rgb(orig)
     recon = tok.decode(codes)
     err = (orig.astype(np.float64) - recon.astype(np.float64)) / 255.0
-    mse_img = (err ** 2).reshape(len(orig), -1).mean(axis=1)
+    mse_img = (err**2).reshape(len(orig), -1).mean(axis=1)
     same = truth_orig = truth_recon = n_truth = 0
     for i in tqdm(range(len(orig)), desc="checkers", disable=not progress):
         a, b = check_image(orig[i]), check_image(recon[i])
@@ -542,11 +619,19 @@ def cell_invariance(tok: ImageTokenizer) -> float | None:
         return None
     g = gh // 3
     shapes = [(k, c, s) for k in P.SHAPE_KINDS for c in P.COLOR_NAMES for s in P.SIZE_NAMES]
-    rgb = np.stack([P.render_image(P.ImageSpec((P.Shape(k, c, s, pos),)), side) for k, c, s in shapes for pos in P.POSITIONS])
+    rgb = np.stack(
+        [P.render_image(P.ImageSpec((P.Shape(k, c, s, pos),)), side) for k, c, s in shapes for pos in P.POSITIONS]
+    )
     codes = tok.encode_rgb(rgb).reshape(len(shapes), 9, gh, gw)
     same = 0
     for i in range(len(shapes)):
-        blocks = {tuple(codes[i, cell, (cell // 3) * g:(cell // 3 + 1) * g, (cell % 3) * g:(cell % 3 + 1) * g].reshape(-1).tolist())
-                  for cell in range(9)}
+        blocks = {
+            tuple(
+                codes[i, cell, (cell // 3) * g : (cell // 3 + 1) * g, (cell % 3) * g : (cell % 3 + 1) * g]
+                .reshape(-1)
+                .tolist()
+            )
+            for cell in range(9)
+        }
         same += len(blocks) == 1
     return round(same / len(shapes), 4)

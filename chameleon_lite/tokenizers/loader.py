@@ -11,14 +11,25 @@ turns local codes into unified ids through :class:`~chameleon_lite.vocab.Unified
 
 File names and hashes of the folder belong to :mod:`chameleon_lite.bundle`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Any
 
-from chameleon_lite.bundle import (AUDIO_CONFIG, AUDIO_WEIGHTS, IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE,
-                                   codes_hash_of, read_text_tokenizer, read_weights, size_field)
+from chameleon_lite.bundle import (
+    AUDIO_CONFIG,
+    AUDIO_WEIGHTS,
+    IMAGE_CONFIG,
+    IMAGE_WEIGHTS,
+    TEXT_FILE,
+    VOCAB_FILE,
+    codes_hash_of,
+    read_text_tokenizer,
+    read_weights,
+    size_field,
+)
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.tokenizers.audio import AudioTokenizer
 from chameleon_lite.tokenizers.image import ImageTokenizer
@@ -34,9 +45,12 @@ def vocab_from_tokenizer_dir(path: str) -> UnifiedVocab:
 
 
 def _vocab(path: str, text_size: int) -> UnifiedVocab:
-    return UnifiedVocab(text_size=text_size, image_codebook=size_field(path, IMAGE_CONFIG, "codebook_size"),
-                        audio_levels=size_field(path, AUDIO_CONFIG, "num_levels"),
-                        audio_codebook=size_field(path, AUDIO_CONFIG, "codebook_size"))
+    return UnifiedVocab(
+        text_size=text_size,
+        image_codebook=size_field(path, IMAGE_CONFIG, "codebook_size"),
+        audio_levels=size_field(path, AUDIO_CONFIG, "num_levels"),
+        audio_codebook=size_field(path, AUDIO_CONFIG, "codebook_size"),
+    )
 
 
 def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> None:
@@ -61,7 +75,7 @@ class Tokenizers:
     vocab_file: bool = False  # whether the folder holds a vocab.json (checked against the tokenizers when it does)
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu") -> "Tokenizers":
+    def load(cls, path: str, device: str = "cpu") -> Tokenizers:
         """Each file of the folder is read once: the codes hash is taken from the bytes and tensors the tokenizers
         were built from, and the vocabulary from their configs."""
         if not os.path.isdir(path):
@@ -76,13 +90,24 @@ class Tokenizers:
         if os.path.exists(os.path.join(path, AUDIO_CONFIG)):
             weights[AUDIO_WEIGHTS] = read_weights(os.path.join(path, AUDIO_WEIGHTS), "audio codec")
             audio = AudioTokenizer.load(path, device=device, state=weights[AUDIO_WEIGHTS])
-        vocab = UnifiedVocab(text_size=text.vocab_size, image_codebook=image.codebook_size if image else 0,
-                             audio_levels=audio.num_levels if audio else 0,
-                             audio_codebook=audio.codebook_size if audio else 0)
+        vocab = UnifiedVocab(
+            text_size=text.vocab_size,
+            image_codebook=image.codebook_size if image else 0,
+            audio_levels=audio.num_levels if audio else 0,
+            audio_codebook=audio.codebook_size if audio else 0,
+        )
         vf = os.path.join(path, VOCAB_FILE)
         if os.path.exists(vf):
             saved = UnifiedVocab.load(vf)
             if saved.hash != vocab.hash:
-                raise ConfigError(f"{vf}: vocab.json ({saved.hash}) does not match the tokenizer artifacts beside it ({vocab.hash})")
-        return cls(vocab=vocab, text=text, image=image, audio=audio, codes_hash=codes_hash_of(text_bytes, weights),
-                   vocab_file=os.path.exists(vf))
+                raise ConfigError(
+                    f"{vf}: vocab.json ({saved.hash}) does not match the tokenizer artifacts beside it ({vocab.hash})"
+                )
+        return cls(
+            vocab=vocab,
+            text=text,
+            image=image,
+            audio=audio,
+            codes_hash=codes_hash_of(text_bytes, weights),
+            vocab_file=os.path.exists(vf),
+        )

@@ -4,10 +4,11 @@ The BPE knows no special tokens: ``<boi>``, ``<eos>`` … live outside its id ra
 (ids [0, S)), so text a user types — even the literal string "<boi>" — can only ever produce text ids.
 Encoding is lossless: decode(encode(s)) == s for any Unicode string (no normaliser, byte-level alphabet).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from chameleon_lite.bundle import TEXT_FILE
 from chameleon_lite.errors import ConfigError
@@ -36,7 +37,7 @@ class TextTokenizer:
         min_frequency: int = 2,
         length: int | None = None,
         progress: bool = True,
-    ) -> "TextTokenizer":
+    ) -> TextTokenizer:
         """Train a byte-level BPE from an iterator of strings or from text files (exactly one of the two).
 
         The result may have fewer than ``vocab_size`` ids when the corpus has too few distinct merges.
@@ -76,7 +77,7 @@ class TextTokenizer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TextTokenizer":
+    def load(cls, path: str | os.PathLike) -> TextTokenizer:
         """Load from a folder holding tokenizer.json, or from the file itself."""
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -87,7 +88,7 @@ class TextTokenizer:
             return cls.from_bytes(f.read(), path)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = TEXT_FILE) -> "TextTokenizer":
+    def from_bytes(cls, data: bytes, source: str = TEXT_FILE) -> TextTokenizer:
         """From the contents of a tokenizer.json already read (``source`` names it in errors)."""
         from tokenizers import Tokenizer
 
@@ -132,7 +133,11 @@ def _byte_decoder() -> dict[str, int]:
     """Inverse of the byte-level alphabet: printable stand-in character -> byte value."""
     global _BYTE_DECODER
     if _BYTE_DECODER is None:
-        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        bs = (
+            list(range(ord("!"), ord("~") + 1))
+            + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1))
+        )
         cs = bs[:]
         n = 0
         for b in range(256):

@@ -1,4 +1,5 @@
 """CLI commands of the text tokenizer (registered by chameleon_lite.cli)."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,12 @@ def register(cli) -> None:
     p = cli.command("tokenizer train-text", "train the byte-level BPE text tokenizer (tokenizer.json)", _train_text)
     p.add_argument("--manifest", help="train on the text segments of this JSONL manifest")
     p.add_argument("--files", nargs="+", help="train on these text files instead")
-    p.add_argument("--vocab-size", type=at.int_range(260, 1 << 20), default=4096, help="target number of BPE ids (default 4096)")
-    p.add_argument("--min-frequency", type=at.positive_int, default=2, help="minimum pair count for a merge (default 2)")
+    p.add_argument(
+        "--vocab-size", type=at.int_range(260, 1 << 20), default=4096, help="target number of BPE ids (default 4096)"
+    )
+    p.add_argument(
+        "--min-frequency", type=at.positive_int, default=2, help="minimum pair count for a merge (default 2)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write tokenizer.json into")
 
     p = cli.command("tokenizer encode-text", "print the local BPE ids of a string", _encode)

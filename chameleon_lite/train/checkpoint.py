@@ -11,6 +11,7 @@ planner unpickles every non-tensor value with ``weights_only=False``; here the m
 unpickler that admits only DCP's metadata classes, and non-tensor values through ``torch.load(weights_only=True)``.
 A checkpoint whose files are missing, truncated or altered is refused before DCP reads it, naming the file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,9 @@ import os
 import pickle
 import re
 import shutil
-import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -52,17 +53,32 @@ class CorruptCheckpoint(ConfigError):
 _METADATA_GLOBALS = {
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    *(("torch.distributed.checkpoint.metadata", n) for n in (
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata", "ChunkStorageMetadata",
-        "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")),
+    *(
+        ("torch.distributed.checkpoint.metadata", n)
+        for n in (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "ChunkStorageMetadata",
+            "BytesStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),
 }
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if (module, name) in _METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not a checkpoint metadata type")
 
@@ -150,8 +166,10 @@ def verify_files(path: str, state: dict[str, Any]) -> None:
             if not os.path.isfile(f):
                 raise CorruptCheckpoint(f"{f}: checkpoint file missing")
             if os.path.getsize(f) != want.get("bytes") or _file_digest(f)["sha256"] != want.get("sha256"):
-                raise CorruptCheckpoint(f"{f}: checkpoint file damaged (its size or sha256 differs from the one recorded "
-                                        f"when it was written)")
+                raise CorruptCheckpoint(
+                    f"{f}: checkpoint file damaged (its size or sha256 differs from the one recorded "
+                    f"when it was written)"
+                )
         return
     md = read_metadata_file(os.path.join(path, ".metadata"))
     need: dict[str, int] = {}
@@ -175,7 +193,15 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[st
     return {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()}
 
 
-def save_checkpoint(run_dir: str, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict[str, Any], info: DistInfo, keep: int) -> str:
+def save_checkpoint(
+    run_dir: str,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_state: dict[str, Any],
+    info: DistInfo,
+    keep: int,
+) -> str:
     """Write the checkpoint of ``step`` atomically (collective: every rank calls it) and prune to ``keep``."""
     final = checkpoint_dir(run_dir, step)
     tmp = final + ".tmp"
@@ -210,7 +236,7 @@ def read_train_state(path: str) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptCheckpoint(f"{p}: corrupt training state ({e})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise CorruptCheckpoint(f"{p}: corrupt training state (no integer \"step\")")
+        raise CorruptCheckpoint(f'{p}: corrupt training state (no integer "step")')
     return state
 
 
@@ -281,8 +307,9 @@ def newest_train_state(run_dir: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def resume_newest(run_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  warn: Callable[[str], None]) -> tuple[str, dict[str, Any]] | None:
+def resume_newest(
+    run_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer, warn: Callable[[str], None]
+) -> tuple[str, dict[str, Any]] | None:
     """Load the newest checkpoint of ``run_dir`` that loads, saying through ``warn`` which newer ones were skipped
     and why; (path, training state), or None when the run has no checkpoint. Damaged checkpoints are left in
     place (a later save of the same step replaces them). Every checkpoint damaged: CorruptCheckpoint."""
@@ -294,6 +321,8 @@ def resume_newest(run_dir: str, model: nn.Module, optimizer: torch.optim.Optimiz
             warn(f"skipping a damaged checkpoint: {e}")
             skipped.append(str(e))
     if skipped:
-        raise CorruptCheckpoint(f"{run_dir}: no checkpoint of this run loads ({len(skipped)} damaged; newest: {skipped[0]}); "
-                                f"to start over, move {os.path.join(run_dir, CKPT_DIR)} away")
+        raise CorruptCheckpoint(
+            f"{run_dir}: no checkpoint of this run loads ({len(skipped)} damaged; newest: {skipped[0]}); "
+            f"to start over, move {os.path.join(run_dir, CKPT_DIR)} away"
+        )
     return None

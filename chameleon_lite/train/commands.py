@@ -1,4 +1,5 @@
 """CLI commands of the training layer: plot, export (registered by chameleon_lite.cli)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def register(cli) -> None:
     p.add_argument("run", help="training run folder (holds metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/curves.png)")
     p.add_argument("--title", default=None, help="figure title (default: the run folder name)")
-    p = cli.command("export", "export a training run's newest checkpoint as model.safetensors + config.json + tokenizers", _export)
+    p = cli.command(
+        "export", "export a training run's newest checkpoint as model.safetensors + config.json + tokenizers", _export
+    )
     p.add_argument("run", help="training run folder")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--tokenizers", default=None, help="tokenizer folder (default: the one recorded by the run)")

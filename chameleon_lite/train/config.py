@@ -1,10 +1,12 @@
 """Training configuration: a validated dataclass, JSON files under train/configs/, and ``--key=value`` overrides."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.config import PRESETS, ModelConfig
@@ -14,6 +16,7 @@ PARALLEL = ("fsdp", "ddp", "none")
 
 
 MAX_SEQ_LEN = 1 << 17
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -63,7 +66,17 @@ class TrainConfig:
             raise ConfigError(f"train config: unknown model preset {self.model!r}; known: {', '.join(PRESETS)}")
         if not isinstance(self.model_overrides, dict):
             raise ConfigError("train config: model_overrides must be a JSON object")
-        for name in ("seq_len", "batch_size", "grad_accum", "steps", "ckpt_every", "keep_ckpts", "val_every", "log_every", "max_nonfinite"):
+        for name in (
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "steps",
+            "ckpt_every",
+            "keep_ckpts",
+            "val_every",
+            "log_every",
+            "max_nonfinite",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"train config: {name} must be a positive int, got {v!r}")
@@ -74,7 +87,9 @@ class TrainConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"train config: {name} must be a non-negative int, got {v!r}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"train config: need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}")
+            raise ConfigError(
+                f"train config: need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}"
+            )
         for name in ("weight_decay", "grad_clip", "z_loss", "peak_tflops"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train config: {name} must be >= 0, got {getattr(self, name)}")
@@ -88,7 +103,13 @@ class TrainConfig:
     def model_config(self, vocab_size: int, vocab_hash: str, codes_hash: str = "") -> ModelConfig:
         """The preset with the overrides and the data's vocabulary (and tokenizers' codes hash); max_seq_len covers
         seq_len."""
-        d = {**PRESETS[self.model], **self.model_overrides, "vocab_size": vocab_size, "vocab_hash": vocab_hash, "codes_hash": codes_hash}
+        d = {
+            **PRESETS[self.model],
+            **self.model_overrides,
+            "vocab_size": vocab_size,
+            "vocab_hash": vocab_hash,
+            "codes_hash": codes_hash,
+        }
         d["max_seq_len"] = max(int(d.get("max_seq_len", 0)), self.seq_len)
         return ModelConfig.from_dict(d, source=f"model preset {self.model!r} with overrides")
 
@@ -96,11 +117,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         try:
             return cls(**d)
         except TypeError as e:
@@ -120,7 +143,9 @@ def _coerce(field: dataclasses.Field, raw: str, key: str) -> Any:
     return v
 
 
-def load_config(name_or_path: str, configs_dir: str, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    name_or_path: str, configs_dir: str, overrides: Sequence[str] = (), base: dict[str, Any] | None = None
+) -> TrainConfig:
     """Read ``configs_dir/<name>.json`` (or a path to a JSON file), apply ``base`` then ``--key=value`` overrides.
 
     ``--model.<field>=value`` overrides a field of the model preset.
@@ -137,8 +162,12 @@ def load_config(name_or_path: str, configs_dir: str, overrides: Sequence[str] = 
     elif name_or_path in PRESETS:
         d = {"model": name_or_path}
     else:
-        names = sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".json")) if os.path.isdir(configs_dir) else []
-        raise ConfigError(f"training config {name_or_path!r} not found (looked for {path}; known: {', '.join(names) or 'none'})")
+        names = (
+            sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".json")) if os.path.isdir(configs_dir) else []
+        )
+        raise ConfigError(
+            f"training config {name_or_path!r} not found (looked for {path}; known: {', '.join(names) or 'none'})"
+        )
     d = {**d, **(base or {})}
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}

@@ -1,4 +1,5 @@
 """Process-group setup and model wrapping: gloo on CPU, NCCL on GPU; FSDP2 (per block, then the root) or DDP."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,9 @@ def init_distributed() -> DistInfo:
     else:
         device = torch.device("cpu")
     if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

@@ -1,4 +1,5 @@
 """A training run's checkpoint as an exported model folder (what ``chameleon-lite export`` does)."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ def export_run(run_dir: str, out_dir: str, tokenizers_dir: str | None = None, ch
     run = read_json(run_file, "training run record")
     for key in ("model", "vocab"):
         if not isinstance(run.get(key), dict):
-            raise ConfigError(f"{run_file}: no \"{key}\" object; the run record is damaged")
+            raise ConfigError(f'{run_file}: no "{key}" object; the run record is damaged')
     cfg = ModelConfig.from_dict(run["model"], source=f"{run_file} (model)")
     vocab = UnifiedVocab.from_dict(run["vocab"], source=f"{run_file} (vocab)")
     tokenizers_dir = tokenizers_dir or run.get("tokenizers") or ""

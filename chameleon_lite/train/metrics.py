@@ -1,4 +1,5 @@
 """Training metrics: per-modality loss sums, throughput and MFU, and the ``metrics.jsonl`` log with a progress bar."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ STAT_CE, STAT_COUNT, STAT_Z, STAT_TOTAL = 0, N_MOD, 2 * N_MOD, 2 * N_MOD + 1
 STAT_SIZE = 2 * N_MOD + 2
 
 
-def loss_stats(ce: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor, vocab: UnifiedVocab) -> torch.Tensor:
+def loss_stats(
+    ce: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor, vocab: UnifiedVocab
+) -> torch.Tensor:
     """Detached sums for logging. ce, lse: [B, L] fp32; targets: [B, L] int64; loss_mask: [B, L] bool ->
     fp64 [STAT_SIZE]: cross-entropy sum per modality (text, image, audio), token count per modality, z sum, all-token count."""
     mod = vocab.modality(targets.cpu()).to(ce.device).long()

@@ -1,11 +1,14 @@
 """AdamW with weight decay on matrices only, and gradient clipping that works on sharded (DTensor) gradients."""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
+) -> torch.optim.AdamW:
     """AdamW over ``model``'s parameters. Norm gains (1-D) are not decayed: shrinking them only fights the norm.
     Build it after sharding so the optimiser holds the sharded parameters."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]

@@ -1,4 +1,5 @@
 """Training curves of a run as a PNG: loss (overall and per modality, train and validation), z-loss, lr, speed."""
+
 from __future__ import annotations
 
 import os
@@ -50,7 +51,11 @@ def plot_run(run_dir: str, out: str | None = None, title: str | None = None) -> 
     ax.set_title("loss per modality")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
-    for a, key, label in ((axes[0, 1], "z", "z-loss term (lse^2)"), (axes[1, 0], "lr", "learning rate"), (axes[1, 1], "tokens_per_s", "tokens/s")):
+    for a, key, label in (
+        (axes[0, 1], "z", "z-loss term (lse^2)"),
+        (axes[1, 0], "lr", "learning rate"),
+        (axes[1, 1], "tokens_per_s", "tokens/s"),
+    ):
         xs, ys = _series(train, key)
         a.plot(xs, ys, color="tab:purple", lw=1)
         a.set_xlabel("step")

@@ -1,5 +1,6 @@
 """Learning-rate schedule: linear warm-up, then cosine decay to a floor. A pure function of the step, so a
 resumed run needs no scheduler state."""
+
 from __future__ import annotations
 
 import math

@@ -4,15 +4,16 @@ A step is ``grad_accum`` micro-batches of the loader's *global* batch (each rank
 step is the mean over every unmasked target token of the global step (cross-entropy + z_loss * lse^2), so the
 losses and gradients are the same whatever the world size.
 """
+
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -96,14 +97,20 @@ def make_loss_terms(model, compile_whole: bool) -> Callable[..., tuple[torch.Ten
 
 def _forward_losses(loss_terms, b: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.autocast(b["input_ids"].device.type, dtype=dtype, enabled=dtype != torch.float32):
-        return loss_terms(b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32), b["targets"])
+        return loss_terms(
+            b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32), b["targets"]
+        )
 
 
 @torch.no_grad()
-def evaluate(loss_terms, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype) -> dict[str, float]:
+def evaluate(
+    loss_terms, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype
+) -> dict[str, float]:
     """Mean validation loss overall and per modality over the first ``val_batches`` global batches of val_data
     (the same rows at every evaluation)."""
-    it = iter(make_loader(cfg.val_data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=0))
+    it = iter(
+        make_loader(cfg.val_data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=0)
+    )
     stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
     for _ in range(cfg.val_batches):
         b = _next_batch(it, info.device, "validation")
@@ -121,13 +128,17 @@ def run_codes_hash(cfg: TrainConfig, meta: dict[str, Any], val_meta: dict[str, A
     codes = meta.get("codes_hash", "")
     val = val_meta.get("codes_hash", "")
     if codes and val and val != codes:
-        raise DataError(f"{cfg.val_data}: the validation shards were tokenized with other tokenizers (codes hash {val}) "
-                        f"than the training shards {cfg.data} ({codes})")
+        raise DataError(
+            f"{cfg.val_data}: the validation shards were tokenized with other tokenizers (codes hash {val}) "
+            f"than the training shards {cfg.data} ({codes})"
+        )
     if tokenizers and os.path.isdir(tokenizers):
         have = codes_hash(tokenizers)
         if codes and have != codes:
-            raise ConfigError(f"{cfg.data}: the shards were tokenized with other tokenizers (codes hash {codes}) than the "
-                              f"ones in {tokenizers} ({have}); pass the tokenizers they were made with, or tokenize again")
+            raise ConfigError(
+                f"{cfg.data}: the shards were tokenized with other tokenizers (codes hash {codes}) than the "
+                f"ones in {tokenizers} ({have}); pass the tokenizers they were made with, or tokenize again"
+            )
         codes = codes or have
     return codes
 
@@ -135,10 +146,14 @@ def run_codes_hash(cfg: TrainConfig, meta: dict[str, Any], val_meta: dict[str, A
 def check_resume(last: str, state: dict[str, Any], vocab: UnifiedVocab, mcfg: ModelConfig) -> None:
     """A checkpoint resumes only on data of its vocabulary and codes."""
     if state.get("vocab_hash") != vocab.hash:
-        raise ConfigError(f"{last}: checkpoint was trained on vocabulary {state.get('vocab_hash')}, the data uses {vocab.hash}")
+        raise ConfigError(
+            f"{last}: checkpoint was trained on vocabulary {state.get('vocab_hash')}, the data uses {vocab.hash}"
+        )
     if state.get("codes_hash") and mcfg.codes_hash and state["codes_hash"] != mcfg.codes_hash:
-        raise ConfigError(f"{last}: checkpoint was trained on other codes (codes hash {state['codes_hash']}) than the data's "
-                          f"tokenizers make ({mcfg.codes_hash})")
+        raise ConfigError(
+            f"{last}: checkpoint was trained on other codes (codes hash {state['codes_hash']}) than the data's "
+            f"tokenizers make ({mcfg.codes_hash})"
+        )
 
 
 def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Tensor] | None:
@@ -150,19 +165,28 @@ def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Te
 
     src, state = read_model_weights(cfg.init_from)
     if src.vocab_hash != mcfg.vocab_hash:
-        raise ConfigError(f"init_from={cfg.init_from}: the model was trained on vocabulary {src.vocab_hash}, the data uses {mcfg.vocab_hash}")
+        raise ConfigError(
+            f"init_from={cfg.init_from}: the model was trained on vocabulary {src.vocab_hash}, the data uses {mcfg.vocab_hash}"
+        )
     if src.codes_hash and mcfg.codes_hash and src.codes_hash != mcfg.codes_hash:
-        raise ConfigError(f"init_from={cfg.init_from}: the model was trained on other codes (codes hash {src.codes_hash}) than the "
-                          f"data's tokenizers make ({mcfg.codes_hash}); tokenize the data with the model's own tokenizers")
+        raise ConfigError(
+            f"init_from={cfg.init_from}: the model was trained on other codes (codes hash {src.codes_hash}) than the "
+            f"data's tokenizers make ({mcfg.codes_hash}); tokenize the data with the model's own tokenizers"
+        )
     a, b = src.to_dict(), mcfg.to_dict()
     differ = [k for k in a if k not in ("max_seq_len", "codes_hash") and a[k] != b.get(k)]
     if differ:
-        raise ConfigError(f"init_from={cfg.init_from}: the model differs from the run's model ({cfg.model!r} with overrides) in "
-                          + ", ".join(f"{k}={a[k]!r} vs {b.get(k)!r}" for k in differ) + "; set --model / --model.<field> to match it")
+        raise ConfigError(
+            f"init_from={cfg.init_from}: the model differs from the run's model ({cfg.model!r} with overrides) in "
+            + ", ".join(f"{k}={a[k]!r} vs {b.get(k)!r}" for k in differ)
+            + "; set --model / --model.<field> to match it"
+        )
     return state
 
 
-def build_train_model(mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo, init: dict[str, torch.Tensor] | None = None) -> Transformer:
+def build_train_model(
+    mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo, init: dict[str, torch.Tensor] | None = None
+) -> Transformer:
     """Meta-device build, materialise and initialise (the same seed on every rank; or the weights ``init``),
     then AC / compile / sharding.
     Under FSDP compilation goes block by block (torchtitan's way: the sharding hooks sit between blocks);
@@ -216,7 +240,9 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
     if not cfg.data or not cfg.out:
         raise ConfigError("training needs --data SHARDS and --out RUN")
     if cfg.batch_size % info.world_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} (global rows) must be a multiple of the world size {info.world_size}")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} (global rows) must be a multiple of the world size {info.world_size}"
+        )
     if info.distributed and cfg.parallel == "none":
         raise ConfigError("parallel=none cannot train with more than one process; use fsdp or ddp")
     check_output_dir(cfg.out, RUN)  # a folder with files but no run.json is not a run to resume or write into
@@ -226,7 +252,9 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
     if cfg.val_data:
         val_vocab, val_meta = read_data_meta(cfg.val_data)
         if val_vocab.hash != vocab.hash:
-            raise DataError(f"{cfg.val_data}: validation shards use vocabulary {val_vocab.hash}, training shards {vocab.hash}")
+            raise DataError(
+                f"{cfg.val_data}: validation shards use vocabulary {val_vocab.hash}, training shards {vocab.hash}"
+            )
     tokenizers = cfg.tokenizers or meta.get("tokenizers", "")
     mcfg = cfg.model_config(vocab.size, vocab.hash, run_codes_hash(cfg, meta, val_meta, tokenizers))
     dtype = compute_dtype(cfg, info.device)
@@ -236,25 +264,42 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
     if newest is not None:  # before run.json is rewritten: a refused resume leaves the run as it was
         check_resume(*newest, vocab, mcfg)
     if info.is_main:
-        run = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "vocab": {**vocab.to_dict(), "hash": vocab.hash}, "tokenizers": tokenizers, "world_size": info.world_size, "compute_dtype": str(dtype).replace("torch.", "")}
+        run = {
+            "train": cfg.to_dict(),
+            "model": mcfg.to_dict(),
+            "vocab": {**vocab.to_dict(), "hash": vocab.hash},
+            "tokenizers": tokenizers,
+            "world_size": info.world_size,
+            "compute_dtype": str(dtype).replace("torch.", ""),
+        }
         write_json_atomic(os.path.join(cfg.out, RUN_FILE), run)
 
-    init = init_weights_from(cfg, mcfg) if newest is None else None  # a resumed run takes its weights from its checkpoint
+    init = (
+        init_weights_from(cfg, mcfg) if newest is None else None
+    )  # a resumed run takes its weights from its checkpoint
     torch.manual_seed(cfg.seed)
     model = build_train_model(mcfg, cfg, info, init)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     loss_terms = make_loss_terms(model, cfg.compile and not _blockwise_compile(cfg, info))
-    loader = make_loader(cfg.data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+    loader = make_loader(
+        cfg.data, cfg.seq_len, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed
+    )
 
     start, nonfinite, last = 0, 0, None
-    resumed = ckpt.resume_newest(cfg.out, model, opt, warn=_warn if info.is_main else lambda _: None) if newest else None
+    resumed = (
+        ckpt.resume_newest(cfg.out, model, opt, warn=_warn if info.is_main else lambda _: None) if newest else None
+    )
     if resumed is not None:
         last, state = resumed
         loader.load_state_dict(state["loader"])
         start, nonfinite = int(state["step"]), int(state.get("nonfinite", 0))
     it = iter(loader)
 
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else broadcast_object(measure_peak_flops(info.device, dtype) if info.is_main else None)
+    peak = (
+        cfg.peak_tflops * 1e12
+        if cfg.peak_tflops
+        else broadcast_object(measure_peak_flops(info.device, dtype) if info.is_main else None)
+    )
     flops_per_token = mcfg.flops_per_token(cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
@@ -274,7 +319,9 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
             for g in opt.param_groups:
                 g["lr"] = lr
             micro = [_next_batch(it, info.device, "training") for _ in range(cfg.grad_accum)]
-            count = torch.tensor([float(sum(int(b["loss_mask"].sum()) for b in micro))], dtype=torch.float64, device=info.device)
+            count = torch.tensor(
+                [float(sum(int(b["loss_mask"].sum()) for b in micro))], dtype=torch.float64, device=info.device
+            )
             # Gradients are averaged over ranks by FSDP/DDP; scaling by W turns that back into a global token mean.
             scale = W / max(float(all_reduce_sum(count)), 1.0)
             stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
@@ -298,10 +345,19 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             tps = tokens_per_step / dt
-            record.update(step=step, lr=lr, grad_norm=gnorm, tokens_per_s=tps, mfu=tps * flops_per_token / (peak * W), step_time=dt)
+            record.update(
+                step=step,
+                lr=lr,
+                grad_norm=gnorm,
+                tokens_per_s=tps,
+                mfu=tps * flops_per_token / (peak * W),
+                step_time=dt,
+            )
             if not ok:
                 record["skipped"] = True
-                log.message(f"step {step}: non-finite loss {record['loss']} / grad norm {gnorm}; step skipped ({nonfinite} in a row)")
+                log.message(
+                    f"step {step}: non-finite loss {record['loss']} / grad norm {gnorm}; step skipped ({nonfinite} in a row)"
+                )
             log.log(record)
             if nonfinite >= cfg.max_nonfinite:
                 good = ckpt.latest_checkpoint(cfg.out)
@@ -313,9 +369,18 @@ def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[st
             if cfg.val_data and cfg.val_batches and (done % cfg.val_every == 0 or done == end):
                 val = evaluate(loss_terms, cfg, info, vocab, make_loader, dtype)
                 log.log({"step": step, **val}, advance=False)
-                log.message(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items() if k.startswith("val_loss")))
+                log.message(
+                    f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items() if k.startswith("val_loss"))
+                )
             if done % cfg.ckpt_every == 0 or done == end:
-                state = {"step": done, "loader": loader.state_dict(), "nonfinite": nonfinite, "vocab_hash": vocab.hash, "codes_hash": mcfg.codes_hash, "world_size": W}
+                state = {
+                    "step": done,
+                    "loader": loader.state_dict(),
+                    "nonfinite": nonfinite,
+                    "vocab_hash": vocab.hash,
+                    "codes_hash": mcfg.codes_hash,
+                    "world_size": W,
+                }
                 ckpt.save_checkpoint(cfg.out, done, model, opt, state, info, cfg.keep_ckpts)
     finally:
         log.close()

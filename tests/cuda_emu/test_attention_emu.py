@@ -1,6 +1,7 @@
 """The CUDA attention kernels (csrc/cuda/attention.cuh), run on CPU threads under the emulator, against the fp64
 reference: ragged lengths, several documents, bidirectional spans (one crossing a tile edge), GQA, bf16, decode
 with split-KV and rows with nothing visible. Tolerances as ARCHITECTURE §10."""
+
 import math
 
 import pytest
@@ -59,7 +60,9 @@ def test_decode_split_kv_matches_reference(emu, dtype):
     g = torch.Generator().manual_seed(0)
     kc, vc = (torch.randn(B + 1, S, Hkv, D, generator=g, dtype=torch.float64)[:B] for _ in range(2))  # strided views
     q = torch.randn(B, 2, Hq, D, generator=g, dtype=torch.float64)
-    lens = torch.tensor([600, 300, 1], dtype=torch.int32)  # 3 chunks, 2 chunks, and a row whose first query sees nothing
+    lens = torch.tensor(
+        [600, 300, 1], dtype=torch.int32
+    )  # 3 chunks, 2 chunks, and a row whose first query sees nothing
     ref = modality_attention_decode_reference(q, kc, vc, lens, scale=0.125)
     out = emu.attention_decode(q.to(dtype), kc.to(dtype), vc.to(dtype), lens, 0.125)
     tol = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)

@@ -1,12 +1,13 @@
 """The real CUDA extension on a GPU (marked `cuda`): the same checks as the emulated runs, against the fp64 reference and
 the CPU sampling kernel. Skipped, with the reason, on machines without a GPU or without chameleon_lite._C_cuda."""
+
 import math
 
 import pytest
 import torch
 
 from chameleon_lite.ops import _loader
-from chameleon_lite.ops.attention import (modality_attention_decode_reference, modality_attention_reference)
+from chameleon_lite.ops.attention import modality_attention_decode_reference, modality_attention_reference
 from chameleon_lite.ops.sampling import sample
 
 
@@ -28,8 +29,14 @@ def test_kernels_are_registered_for_cuda():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("L,Hq,Hkv,D,cuts,spans", [(1, 2, 2, 32, [], []), (129, 4, 2, 64, [30, 70], [(40, 60)]),
-                                                   (1000, 8, 2, 128, [100, 400, 650], [(10, 90), (700, 760)])])
+@pytest.mark.parametrize(
+    "L,Hq,Hkv,D,cuts,spans",
+    [
+        (1, 2, 2, 32, [], []),
+        (129, 4, 2, 64, [30, 70], [(40, 60)]),
+        (1000, 8, 2, 128, [100, 400, 650], [(10, 90), (700, 760)]),
+    ],
+)
 def test_attention_forward(dtype, L, Hq, Hkv, D, cuts, spans):
     g = torch.Generator().manual_seed(L)
     q, k, v = (torch.randn(2, L, h, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
@@ -41,8 +48,9 @@ def test_attention_forward(dtype, L, Hq, Hkv, D, cuts, spans):
         span[:, lo:hi] = sid
     scale = 1 / math.sqrt(D)
     ref, lse_ref = modality_attention_reference(q, k, v, doc, span, scale=scale, return_lse=True)
-    out, lse = torch.ops.chameleon_lite.attention_fwd(*(t.to("cuda", dtype) for t in (q, k, v)), doc.cuda(), span.cuda(),
-                                                      scale)
+    out, lse = torch.ops.chameleon_lite.attention_fwd(
+        *(t.to("cuda", dtype) for t in (q, k, v)), doc.cuda(), span.cuda(), scale
+    )
     tol = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
     torch.testing.assert_close(lse.cpu().double(), lse_ref.double(), **tol)
@@ -78,14 +86,16 @@ def test_attention_decode(dtype):
     kc, vc = (torch.randn(B, S, Hkv, D, generator=g, dtype=torch.float64) for _ in range(2))
     lens = torch.tensor([2000, 1, 777], dtype=torch.int32)
     ref = modality_attention_decode_reference(q, kc, vc, lens, scale=0.125)
-    out = torch.ops.chameleon_lite.attention_decode(q.to("cuda", dtype), kc.to("cuda", dtype), vc.to("cuda", dtype),
-                                                    lens.cuda(), 0.125)
+    out = torch.ops.chameleon_lite.attention_decode(
+        q.to("cuda", dtype), kc.to("cuda", dtype), vc.to("cuda", dtype), lens.cuda(), 0.125
+    )
     tol = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.0), dict(top_k=50, top_p=0.9, temperature=0.8),
-                                dict(min_p=0.05), dict(top_p=0.5)])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(temperature=0.0), dict(top_k=50, top_p=0.9, temperature=0.8), dict(min_p=0.05), dict(top_p=0.5)]
+)
 def test_sampling_same_ids_as_cpu(kw):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(16, 32768, generator=g) * 3

@@ -8,8 +8,15 @@ from PIL import Image, ImageFilter
 
 from chameleon_lite.data import procedural as P
 from chameleon_lite.data.checkers import (
-    AudioAttributes, ImageAttributes, ShapeReading, check_audio, check_image, compare_audio, compare_image,
-    parse_audio_caption, parse_image_caption,
+    AudioAttributes,
+    ImageAttributes,
+    ShapeReading,
+    check_audio,
+    check_image,
+    compare_audio,
+    compare_image,
+    parse_audio_caption,
+    parse_image_caption,
 )
 from chameleon_lite.data.manifest import iter_documents
 from chameleon_lite.errors import DataError
@@ -76,7 +83,9 @@ def test_corpus_files_read_back_exactly(tmp_path):
 
 
 def test_image_input_forms_agree():
-    spec = P.ImageSpec((P.Shape("triangle", "purple", "large", "middle right"), P.Shape("cross", "orange", "small", "top left")))
+    spec = P.ImageSpec(
+        (P.Shape("triangle", "purple", "large", "middle right"), P.Shape("cross", "orange", "small", "top left"))
+    )
     img = P.render_image(spec, 64)
     rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=-1)
     for form in (img, Image.fromarray(img), rgba, np.moveaxis(img, -1, 0), img.astype(np.float32) / 255.0):
@@ -91,8 +100,13 @@ def test_audio_input_forms_agree():
     wave = P.synthesize_audio(spec, 16000)
     pcm = P.to_pcm16(wave)
     stereo = np.stack([wave, wave], axis=1)
-    for audio, rate in ((wave, 16000), (pcm, 16000), (stereo, 16000), (stereo.T, 16000),
-                        (soxr.resample(wave, 16000, 48000), 48000)):
+    for audio, rate in (
+        (wave, 16000),
+        (pcm, 16000),
+        (stereo, 16000),
+        (stereo.T, 16000),
+        (soxr.resample(wave, 16000, 48000), 48000),
+    ):
         reading = check_audio(audio, rate)
         assert compare_audio(reading, spec).exact
     reading = check_audio(wave, 16000)
@@ -109,27 +123,45 @@ def test_notes_without_gaps_are_split_by_pitch():
 
 
 # ------------------------------------------------------------------------------------------- robustness
-@pytest.mark.parametrize("name, degrade, floor", [
-    ("blur 1px", lambda x: Image.fromarray(x).filter(ImageFilter.GaussianBlur(1)), 0.95),
-    ("noise 20", lambda x: np.clip(x + np.random.default_rng(0).normal(0, 20, x.shape), 0, 255).astype(np.uint8), 0.95),
-    ("down 32, up 64", lambda x: Image.fromarray(x).resize((32, 32), Image.BILINEAR).resize((64, 64), Image.BILINEAR), 0.95),
-    ("down 16, up 64", lambda x: Image.fromarray(x).resize((16, 16), Image.BILINEAR).resize((64, 64), Image.BILINEAR), 0.9),
-    ("up 128", lambda x: Image.fromarray(x).resize((128, 128), Image.BICUBIC), 0.95),
-    ("faded to 70%", lambda x: (x * 0.7).astype(np.uint8), 0.95),
-    ("background 30 brighter", lambda x: np.clip(x.astype(int) + 30, 0, 255).astype(np.uint8), 0.95),
-    ("jpeg 75", lambda x: _jpeg(x, 75), 0.85),
-    ("shift 2px", lambda x: np.roll(x, (2, -2), axis=(0, 1)), 0.95),
-])
+@pytest.mark.parametrize(
+    "name, degrade, floor",
+    [
+        ("blur 1px", lambda x: Image.fromarray(x).filter(ImageFilter.GaussianBlur(1)), 0.95),
+        (
+            "noise 20",
+            lambda x: np.clip(x + np.random.default_rng(0).normal(0, 20, x.shape), 0, 255).astype(np.uint8),
+            0.95,
+        ),
+        (
+            "down 32, up 64",
+            lambda x: Image.fromarray(x).resize((32, 32), Image.BILINEAR).resize((64, 64), Image.BILINEAR),
+            0.95,
+        ),
+        (
+            "down 16, up 64",
+            lambda x: Image.fromarray(x).resize((16, 16), Image.BILINEAR).resize((64, 64), Image.BILINEAR),
+            0.9,
+        ),
+        ("up 128", lambda x: Image.fromarray(x).resize((128, 128), Image.BICUBIC), 0.95),
+        ("faded to 70%", lambda x: (x * 0.7).astype(np.uint8), 0.95),
+        ("background 30 brighter", lambda x: np.clip(x.astype(int) + 30, 0, 255).astype(np.uint8), 0.95),
+        ("jpeg 75", lambda x: _jpeg(x, 75), 0.85),
+        ("shift 2px", lambda x: np.roll(x, (2, -2), axis=(0, 1)), 0.95),
+    ],
+)
 def test_images_robust_to_degradation(name, degrade, floor):
     assert _image_accuracy(100, seed=7, degrade=degrade) >= floor
 
 
-@pytest.mark.parametrize("name, degrade, floor", [
-    ("noise 0.05", lambda w, sr: (w + np.random.default_rng(0).normal(0, 0.05, w.shape), sr), 0.95),
-    ("resampled to 8 kHz", lambda w, sr: (soxr.resample(w, sr, 8000), 8000), 0.95),
-    ("8-bit", lambda w, sr: (np.round(w * 127) / 127, sr), 0.95),
-    ("quiet", lambda w, sr: (w * 0.05, sr), 0.95),
-])
+@pytest.mark.parametrize(
+    "name, degrade, floor",
+    [
+        ("noise 0.05", lambda w, sr: (w + np.random.default_rng(0).normal(0, 0.05, w.shape), sr), 0.95),
+        ("resampled to 8 kHz", lambda w, sr: (soxr.resample(w, sr, 8000), 8000), 0.95),
+        ("8-bit", lambda w, sr: (np.round(w * 127) / 127, sr), 0.95),
+        ("quiet", lambda w, sr: (w * 0.05, sr), 0.95),
+    ],
+)
 def test_audio_robust_to_degradation(name, degrade, floor):
     assert _audio_accuracy(60, seed=7, degrade=degrade) >= floor
 
@@ -141,15 +173,24 @@ def test_empty_and_degenerate_images():
     assert check_image(np.full((64, 64, 3), np.nan, np.float32)).shapes == ()
     for shape in ((2, 500, 3), (1000, 3, 3), (40, 2000, 3)):
         assert check_image(np.zeros(shape, np.uint8)).shapes == ()
-    small = check_image(np.asarray(Image.fromarray(P.render_image(
-        P.ImageSpec((P.Shape("square", "blue", "large", "center"),)), 64)).resize((20, 20), Image.BILINEAR)))
+    small = check_image(
+        np.asarray(
+            Image.fromarray(P.render_image(P.ImageSpec((P.Shape("square", "blue", "large", "center"),)), 64)).resize(
+                (20, 20), Image.BILINEAR
+            )
+        )
+    )
     assert [(s.color, s.position) for s in small.shapes] == [("blue", "center")]
 
 
 def test_random_noise_images_give_a_valid_best_guess():
     rng = np.random.default_rng(1)
-    for img in (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), rng.random((40, 90, 3)),
-                np.full((64, 64, 3), 255, np.uint8), rng.integers(0, 256, (17, 5), dtype=np.uint8)):
+    for img in (
+        rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        rng.random((40, 90, 3)),
+        np.full((64, 64, 3), 255, np.uint8),
+        rng.integers(0, 256, (17, 5), dtype=np.uint8),
+    ):
         reading = check_image(img)
         assert len(reading.shapes) <= 9
         for s in reading.shapes:
@@ -159,8 +200,15 @@ def test_random_noise_images_give_a_valid_best_guess():
 
 def test_silence_noise_and_degenerate_audio():
     rng = np.random.default_rng(2)
-    for audio in (np.zeros(16000), np.zeros(0), np.zeros(10), np.full(16000, 0.5), np.full(8000, np.nan),
-                  rng.normal(0, 0.3, 16000), rng.normal(0, 0.3, (2, 16000))):
+    for audio in (
+        np.zeros(16000),
+        np.zeros(0),
+        np.zeros(10),
+        np.full(16000, 0.5),
+        np.full(8000, np.nan),
+        rng.normal(0, 0.3, 16000),
+        rng.normal(0, 0.3, (2, 16000)),
+    ):
         reading = check_audio(audio, 16000)
         assert reading.notes == () and reading.timbre is None
     weird = check_audio(rng.uniform(-1, 1, 16000) * np.sin(np.linspace(0, 40, 16000)) ** 8, 16000)
@@ -208,12 +256,24 @@ def test_compare_image_per_attribute():
     spec = _spec()
     right = compare_image(_reading(("circle", "red", "large", "top left"), ("square", "blue", "small", "center")), spec)
     assert right.exact and all(right.attributes.values())
-    swapped = compare_image(_reading(("circle", "blue", "large", "top left"), ("square", "red", "small", "center")), spec)
-    assert not swapped.exact and swapped.attributes == {"count": True, "kind": True, "color": True, "size": True, "position": True}
-    wrong_color = compare_image(_reading(("circle", "green", "large", "top left"), ("square", "blue", "small", "center")), spec)
+    swapped = compare_image(
+        _reading(("circle", "blue", "large", "top left"), ("square", "red", "small", "center")), spec
+    )
+    assert not swapped.exact and swapped.attributes == {
+        "count": True,
+        "kind": True,
+        "color": True,
+        "size": True,
+        "position": True,
+    }
+    wrong_color = compare_image(
+        _reading(("circle", "green", "large", "top left"), ("square", "blue", "small", "center")), spec
+    )
     assert not wrong_color.exact and not wrong_color.attributes["color"]
     assert {k for k, v in wrong_color.attributes.items() if not v} == {"color"}
-    moved = compare_image(_reading(("circle", "red", "large", "top right"), ("square", "blue", "small", "center")), spec)
+    moved = compare_image(
+        _reading(("circle", "red", "large", "top right"), ("square", "blue", "small", "center")), spec
+    )
     assert {k for k, v in moved.attributes.items() if not v} == {"position"}
     missing = compare_image(_reading(("circle", "red", "large", "top left")), spec)
     assert not missing.exact and not missing.attributes["count"]
@@ -226,7 +286,12 @@ def test_compare_audio_per_attribute():
     meta = spec.to_meta(16000)
     assert compare_audio(AudioAttributes(("C5", "E5", "G5"), "square"), meta).exact
     reordered = compare_audio(AudioAttributes(("E5", "C5", "G5"), "square"), spec)
-    assert not reordered.exact and reordered.attributes == {"count": True, "notes": False, "pitch_set": True, "timbre": True}
+    assert not reordered.exact and reordered.attributes == {
+        "count": True,
+        "notes": False,
+        "pitch_set": True,
+        "timbre": True,
+    }
     timbre = compare_audio(AudioAttributes(("C5", "E5", "G5"), "sine"), spec)
     assert not timbre.exact and {k for k, v in timbre.attributes.items() if not v} == {"timbre"}
     short = compare_audio(AudioAttributes(("C5", "E5"), "square"), spec)

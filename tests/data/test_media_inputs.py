@@ -1,5 +1,6 @@
 """Reliability of every reader of user media (issue 31): each bad input gets one clear line, never a traceback,
 a hang or silent corruption; ``data validate`` and ``data tokenize`` judge every file alike."""
+
 import io
 import json
 import logging
@@ -16,19 +17,19 @@ import pytest
 import soundfile as sf
 import torch
 from PIL import Image
+from toy import small_image_tokenizer
 
 from chameleon_lite.cli import main
-from chameleon_lite.data.manifest import check_audio_file, check_image_file, iter_documents, validate_manifest
-from chameleon_lite.pretokenize import pretokenize
-from chameleon_lite.errors import DataError
 from chameleon_lite.data import audio_files as audio_mod
-from chameleon_lite.tokenizers.audio import AudioCodecModel, AudioTokenizer, preset
 from chameleon_lite.data.audio_files import load_audio, read_audio_file
-from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.data.image_files import fit_square, load_images, read_image_file
+from chameleon_lite.data.manifest import check_audio_file, check_image_file, iter_documents, validate_manifest
+from chameleon_lite.errors import DataError
+from chameleon_lite.pretokenize import pretokenize
+from chameleon_lite.tokenizers.audio import AudioCodecModel, AudioTokenizer, preset
+from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.tokenizers.text import TextTokenizer
 from chameleon_lite.vocab import UnifiedVocab
-from toy import small_image_tokenizer
 
 GRAY = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every 8-bit level once
 
@@ -36,6 +37,7 @@ GRAY = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every 8-bit level once
 @pytest.fixture
 def no_hang():
     """Turns a read that never ends (a FIFO, /dev/zero) into a test failure instead of a stuck run."""
+
     def fail(*_):
         raise TimeoutError("the reader hung")
 
@@ -67,8 +69,12 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 
 def png_header_only(path, w, h, color_type=0) -> str:
     """A PNG whose header claims w x h pixels and holds no pixel data."""
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
-                     + png_chunk(b"IDAT", zlib.compress(b"")) + png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
+        + png_chunk(b"IDAT", zlib.compress(b""))
+        + png_chunk(b"IEND", b"")
+    )
     return str(path)
 
 
@@ -88,7 +94,7 @@ def _over_black(value: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def case_1(tmp_path):
-    bits = (GRAY % 3 == 0)
+    bits = GRAY % 3 == 0
     return _save(tmp_path, Image.fromarray(bits).convert("1"), "png"), rgb_of(np.where(bits, 255, 0).astype(np.uint8))
 
 
@@ -232,22 +238,46 @@ def case_HSV(tmp_path):
 
 
 def case_L_colour_key(tmp_path):
-    return _save(tmp_path, Image.fromarray(GRAY), "png", transparency=100), rgb_of(np.where(GRAY == 100, 0, GRAY).astype(np.uint8))
+    return _save(tmp_path, Image.fromarray(GRAY), "png", transparency=100), rgb_of(
+        np.where(GRAY == 100, 0, GRAY).astype(np.uint8)
+    )
 
 
 def case_I16_colour_key(tmp_path):
     v = GRAY.astype(np.uint16) * 257
-    return _save(tmp_path, img16(v), "png", transparency=257 * 100), rgb_of(np.where(GRAY == 100, 0, GRAY).astype(np.uint8))
+    return _save(tmp_path, img16(v), "png", transparency=257 * 100), rgb_of(
+        np.where(GRAY == 100, 0, GRAY).astype(np.uint8)
+    )
 
 
 # (case, mode PIL must report, tolerance in 8-bit levels: 0 unless a colour-space round trip through PIL rounds)
-MODE_CASES = [(case_1, "1", 0), (case_L, "L", 0), (case_LA, "LA", 0), (case_La, "La", 1), (case_P, "P", 0),
-              (case_P_transparent, "P", 0), (case_PA, "PA", 0), (case_RGB, "RGB", 0), (case_RGBA, "RGBA", 0),
-              (case_RGBa, "RGBa", 2), (case_RGBX, "RGBX", 0), (case_I16_png, "I;16", 0),
-              (case_I16_exact_levels, "I;16", 0), (case_I16B_tiff, "I;16B", 0), (case_I16L, "I;16L", 0),
-              (case_I16N, "I;16N", 0), (case_I_tiff, "I", 0), (case_I_pnm16, "I", 0), (case_F_tiff, "F", 0),
-              (case_CMYK_tiff, "CMYK", 0), (case_YCbCr_tiff, "YCbCr", 0), (case_LAB_tiff, "LAB", 0),
-              (case_HSV, "HSV", 0), (case_L_colour_key, "L", 0), (case_I16_colour_key, "I;16", 0)]
+MODE_CASES = [
+    (case_1, "1", 0),
+    (case_L, "L", 0),
+    (case_LA, "LA", 0),
+    (case_La, "La", 1),
+    (case_P, "P", 0),
+    (case_P_transparent, "P", 0),
+    (case_PA, "PA", 0),
+    (case_RGB, "RGB", 0),
+    (case_RGBA, "RGBA", 0),
+    (case_RGBa, "RGBa", 2),
+    (case_RGBX, "RGBX", 0),
+    (case_I16_png, "I;16", 0),
+    (case_I16_exact_levels, "I;16", 0),
+    (case_I16B_tiff, "I;16B", 0),
+    (case_I16L, "I;16L", 0),
+    (case_I16N, "I;16N", 0),
+    (case_I_tiff, "I", 0),
+    (case_I_pnm16, "I", 0),
+    (case_F_tiff, "F", 0),
+    (case_CMYK_tiff, "CMYK", 0),
+    (case_YCbCr_tiff, "YCbCr", 0),
+    (case_LAB_tiff, "LAB", 0),
+    (case_HSV, "HSV", 0),
+    (case_L_colour_key, "L", 0),
+    (case_I16_colour_key, "I;16", 0),
+]
 
 
 @pytest.mark.parametrize("case, mode, tol", MODE_CASES, ids=[c.__name__[5:] for c, _, _ in MODE_CASES])
@@ -272,10 +302,13 @@ def test_a_16_bit_grayscale_non_square_picture_is_not_white(tmp_path):
     assert out.mean() < 100  # the 8-bit version of this ramp is dark on average
 
 
-@pytest.mark.parametrize("values, match", [
-    (np.array([[0, 70000]], np.int32), r"mode I\) has values in \[0, 70000\].*16-bit range"),
-    (np.array([[-5, 100]], np.int32), r"mode I\) has values in \[-5, 100\]"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (np.array([[0, 70000]], np.int32), r"mode I\) has values in \[0, 70000\].*16-bit range"),
+        (np.array([[-5, 100]], np.int32), r"mode I\) has values in \[-5, 100\]"),
+    ],
+)
 def test_mode_i_outside_the_16_bit_range_is_refused(tmp_path, values, match):
     p = tmp_path / "wide.tif"
     Image.fromarray(values, "I").save(p)
@@ -284,11 +317,14 @@ def test_mode_i_outside_the_16_bit_range_is_refused(tmp_path, values, match):
     assert one_line(e).startswith(str(p))
 
 
-@pytest.mark.parametrize("values, match", [
-    (np.array([[0.0, 2.5]], np.float32), r"float image \(mode F\) has values in \[0, 2.5\], expected \[0, 1\]"),
-    (np.array([[-0.5, 0.5]], np.float32), r"values in \[-0.5, 0.5\]"),
-    (np.array([[np.nan, 0.5]], np.float32), "NaN"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (np.array([[0.0, 2.5]], np.float32), r"float image \(mode F\) has values in \[0, 2.5\], expected \[0, 1\]"),
+        (np.array([[-0.5, 0.5]], np.float32), r"values in \[-0.5, 0.5\]"),
+        (np.array([[np.nan, 0.5]], np.float32), "NaN"),
+    ],
+)
 def test_mode_f_outside_0_1_is_refused(tmp_path, values, match):
     p = tmp_path / "float.tif"
     Image.fromarray(values, "F").save(p)
@@ -324,7 +360,7 @@ def test_damaged_metadata_is_no_python_warning(tmp_path):
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(p, exif=exif)
     data = bytearray(p.read_bytes())
     at = data.find(b"Exif")
-    data[at + 10:at + 30] = b"\xff" * 20  # the EXIF directory is garbage now
+    data[at + 10 : at + 30] = b"\xff" * 20  # the EXIF directory is garbage now
     p.write_bytes(bytes(data))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -333,9 +369,13 @@ def test_damaged_metadata_is_no_python_warning(tmp_path):
 
 def test_a_png_text_bomb_is_one_line(tmp_path):
     p = tmp_path / "ztxt.png"
-    p.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
-                  + png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * (64 << 20)))
-                  + png_chunk(b"IDAT", zlib.compress(b"\0" * 20)) + png_chunk(b"IEND", b""))
+    p.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+        + png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * (64 << 20)))
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 20))
+        + png_chunk(b"IEND", b"")
+    )
     with pytest.raises(DataError, match="ztxt.png: cannot read image header") as e:
         check_image_file(str(p))
     one_line(e)
@@ -361,7 +401,9 @@ def test_devices_and_pipes_are_refused_without_reading(tmp_path, kind, device, n
     read = (lambda p: load_images(p, 16)) if kind == "image" else (lambda p: load_audio(p, 16000))
     check = check_image_file if kind == "image" else check_audio_file
     for f in (read, check):
-        with pytest.raises(DataError, match=rf"{device}: is a (character device|FIFO \(named pipe\)), not an? {kind} file") as e:
+        with pytest.raises(
+            DataError, match=rf"{device}: is a (character device|FIFO \(named pipe\)), not an? {kind} file"
+        ) as e:
             f(device)
         one_line(e)
 
@@ -386,7 +428,9 @@ def test_a_bomb_header_is_refused_from_the_header_with_one_line(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for f in (lambda: load_images(p, 16), lambda: check_image_file(p)):
-            with pytest.raises(DataError, match="bomb.png: 10000x9000 = 90000000 pixels exceeds the limit of 67108864") as e:
+            with pytest.raises(
+                DataError, match="bomb.png: 10000x9000 = 90000000 pixels exceeds the limit of 67108864"
+            ) as e:
                 f()
             one_line(e)
 
@@ -417,11 +461,14 @@ def test_fit_square_resamples_like_resize_then_crop():
     assert np.abs(fit_square(img, 48).astype(int) - full).max() <= 1
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", r"empty file \(0 bytes\), expected an image file"),
-    (b"just some text, renamed\n", "not an image PIL can read"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "cannot read image header|not an image PIL can read"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", r"empty file \(0 bytes\), expected an image file"),
+        (b"just some text, renamed\n", "not an image PIL can read"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "cannot read image header|not an image PIL can read"),
+    ],
+)
 def test_bad_image_files_give_one_line(tmp_path, content, match):
     p = tmp_path / "bad.png"
     p.write_bytes(content)
@@ -451,14 +498,30 @@ def tone(n=1600, sr=16000, amp=0.4):
 def wav_bytes(channels=1, sr=16000, bits=16, frames=160, fmt=1, riff=None, data_size=None, data=None) -> bytes:
     block = channels * bits // 8
     pcm = data if data is not None else b"\0" * (frames * block)
-    body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, fmt, channels, sr, sr * block, block, bits)
-            + b"data" + struct.pack("<I", len(pcm) if data_size is None else data_size) + pcm)
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, fmt, channels, sr, sr * block, block, bits)
+        + b"data"
+        + struct.pack("<I", len(pcm) if data_size is None else data_size)
+        + pcm
+    )
     return b"RIFF" + struct.pack("<I", len(body) if riff is None else riff) + body
 
 
-@pytest.mark.parametrize("subtype, fmt, tol", [("PCM_U8", "WAV", 1 / 64), ("PCM_16", "WAV", 1e-4), ("PCM_24", "WAV", 1e-6),
-                                               ("PCM_32", "WAV", 1e-6), ("FLOAT", "WAV", 0), ("DOUBLE", "WAV", 1e-7),
-                                               ("PCM_16", "FLAC", 1e-4), ("VORBIS", "OGG", 0.05)])
+@pytest.mark.parametrize(
+    "subtype, fmt, tol",
+    [
+        ("PCM_U8", "WAV", 1 / 64),
+        ("PCM_16", "WAV", 1e-4),
+        ("PCM_24", "WAV", 1e-6),
+        ("PCM_32", "WAV", 1e-6),
+        ("FLOAT", "WAV", 0),
+        ("DOUBLE", "WAV", 1e-7),
+        ("PCM_16", "FLAC", 1e-4),
+        ("VORBIS", "OGG", 0.05),
+    ],
+)
 def test_audio_sample_formats_read_as_the_same_wave(tmp_path, subtype, fmt, tol):
     x = tone()
     p = str(tmp_path / f"a.{fmt.lower()}")
@@ -500,8 +563,12 @@ def test_clipping_warning_is_one_line_on_the_cli_stderr(tmp_path):
     sf.write(p, tone(amp=1.5), 16000, subtype="FLOAT")
     m = _manifest(tmp_path, [{"audio": str(p)}])
     # a process of its own: under pytest the logging plugin, not stderr, would receive the warning
-    run = subprocess.run([sys.executable, "-m", "chameleon_lite.cli", "data", "validate", m, "--quiet"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "chameleon_lite.cli", "data", "validate", m, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     over = int((np.abs(tone(amp=1.5)) > 1).sum())
     assert run.stderr.splitlines() == [f"{p}: {over} samples beyond [-1, 1] (peak 1.5) clipped to [-1, 1]"]
@@ -526,8 +593,10 @@ AUDIO_BAD = {
     "no_samples.wav": (wav_bytes(frames=0), "empty audio file \\(no samples\\)"),
     "one_sample_44k.wav": (wav_bytes(sr=44100, frames=1), "shorter than the minimum"),
     "cut.aiff": (cut_aiff(), "truncated audio file \\(shorter than its header says\\)"),
-    "junk.mp3": (np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
-                 "not a readable audio file \\((format not recognised|Format not recognised)"),
+    "junk.mp3": (
+        np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+        "not a readable audio file \\((format not recognised|Format not recognised)",
+    ),
     "nan.wav": (wav_bytes(bits=32, fmt=3, data=np.array([0.1, np.nan] * 40, "<f4").tobytes()), "NaN or infinite"),
 }
 
@@ -613,9 +682,21 @@ def _manifest(folder, segments_per_doc, name="m.jsonl") -> str:
 @pytest.fixture(scope="module")
 def tokenizers():
     torch.manual_seed(0)
-    codec = AudioCodecModel(preset("tiny", strides=(4, 4, 4), channels=(4, 8, 8), dec_channels=(4, 8, 8), out_channels=4,
-                                   res_blocks=1, latent_dim=8, codebook_dim=8, num_levels=2, codebook_size=16,
-                                   kmeans_iters=2)).train()
+    codec = AudioCodecModel(
+        preset(
+            "tiny",
+            strides=(4, 4, 4),
+            channels=(4, 8, 8),
+            dec_channels=(4, 8, 8),
+            out_channels=4,
+            res_blocks=1,
+            latent_dim=8,
+            codebook_dim=8,
+            num_levels=2,
+            codebook_size=16,
+            kmeans_iters=2,
+        )
+    ).train()
     with torch.no_grad():
         codec(torch.randn(4, 1, 64 * 32) * 0.3)
     text = TextTokenizer.train(iter(["a picture and a sound"] * 20), vocab_size=280, progress=False)
@@ -688,8 +769,22 @@ def test_validate_passes_exactly_what_tokenize_accepts(tmp_path, tokenizers, no_
     disagree = {n: v for n, v in verdicts.items() if v[0] != v[1]}
     assert not disagree, f"validate vs tokenize disagree on {disagree}"
     good = {n for n, (v, _) in verdicts.items() if v}
-    assert good == {"good.png", "gray16.png", "one_pixel.png", "strip.png", "float_ok.tif", "good.wav", "stereo24.wav",
-                    "u8.wav", "hot.wav", "a.flac", "a.ogg", "shortest_48k.wav", "one_sample_16k.wav", "rate_1000.wav"}
+    assert good == {
+        "good.png",
+        "gray16.png",
+        "one_pixel.png",
+        "strip.png",
+        "float_ok.tif",
+        "good.wav",
+        "stereo24.wav",
+        "u8.wav",
+        "hot.wav",
+        "a.flac",
+        "a.ogg",
+        "shortest_48k.wav",
+        "one_sample_16k.wav",
+        "rate_1000.wav",
+    }
 
 
 def test_skip_bad_leaves_out_the_documents_validate_rejects(tmp_path, tokenizers, no_hang):
@@ -722,10 +817,34 @@ def test_cli_validate_reports_what_tokenize_would_refuse(tmp_path, capsys):
 
 
 def test_generate_names_a_media_path_that_is_not_a_file_before_loading_a_model(tmp_path, capsys):
-    rc = main(["generate", "--prompt", "hi", "--image", str(tmp_path), "--model", str(tmp_path / "no_model"),
-               "--out", str(tmp_path / "gen"), "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--prompt",
+            "hi",
+            "--image",
+            str(tmp_path),
+            "--model",
+            str(tmp_path / "no_model"),
+            "--out",
+            str(tmp_path / "gen"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and f"{tmp_path}: is a directory, not an image file" in err and len(err.strip().splitlines()) == 1
-    rc = main(["generate", "--prompt", "hi", "--audio", "/dev/zero", "--model", str(tmp_path / "no_model"),
-               "--out", str(tmp_path / "gen"), "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--prompt",
+            "hi",
+            "--audio",
+            "/dev/zero",
+            "--model",
+            str(tmp_path / "no_model"),
+            "--out",
+            str(tmp_path / "gen"),
+            "--quiet",
+        ]
+    )
     assert rc == 1 and "/dev/zero: is a character device, not an audio file" in capsys.readouterr().err

@@ -32,18 +32,30 @@ def corpus(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- config
 def test_config_json_round_trip():
-    cfg = P.CorpusConfig(image_size=96, sample_rate=22050, task_weights={"interleaved": 2.0, "caption_to_image": 1.0},
-                         interleaved_media=(3, 5))
+    cfg = P.CorpusConfig(
+        image_size=96,
+        sample_rate=22050,
+        task_weights={"interleaved": 2.0, "caption_to_image": 1.0},
+        interleaved_media=(3, 5),
+    )
     back = P.CorpusConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"image_size": 16}, "image_size"), ({"image_size": 64.0}, "image_size"), ({"sample_rate": 4000}, "sample_rate"),
-    ({"task_weights": {"caption_to_video": 1.0}}, "unknown task"), ({"task_weights": {"interleaved": 0.0}}, "not all 0"),
-    ({"task_weights": {"interleaved": -1.0}}, ">= 0"), ({"interleaved_media": (3, 2)}, "interleaved_media"),
-    ({"instruction_media": (0, 2)}, "instruction_media"), ({"instruction_media": (1, 17)}, "instruction_media"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"image_size": 16}, "image_size"),
+        ({"image_size": 64.0}, "image_size"),
+        ({"sample_rate": 4000}, "sample_rate"),
+        ({"task_weights": {"caption_to_video": 1.0}}, "unknown task"),
+        ({"task_weights": {"interleaved": 0.0}}, "not all 0"),
+        ({"task_weights": {"interleaved": -1.0}}, ">= 0"),
+        ({"interleaved_media": (3, 2)}, "interleaved_media"),
+        ({"instruction_media": (0, 2)}, "instruction_media"),
+        ({"instruction_media": (1, 17)}, "instruction_media"),
+    ],
+)
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         P.CorpusConfig(**kwargs)
@@ -93,17 +105,22 @@ def test_pitch_names():
     assert P.midi_to_pitch(10) == "C4" and P.midi_to_pitch(200) == "C6"
 
 
-@pytest.mark.parametrize("build", [
-    lambda: P.Shape("hexagon", "red", "large", "center"),
-    lambda: P.Shape("circle", "mauve", "large", "center"),
-    lambda: P.Shape("circle", "red", "huge", "center"),
-    lambda: P.Shape("circle", "red", "large", "upstairs"),
-    lambda: P.ImageSpec((P.Shape("circle", "red", "large", "center"), P.Shape("square", "blue", "small", "center"))),
-    lambda: P.AudioSpec(("H4",), "sine", (0.3,)),
-    lambda: P.AudioSpec(("C4",), "triangle", (0.3,)),
-    lambda: P.AudioSpec(("C4", "D4"), "sine", (0.3,)),
-    lambda: P.AudioSpec(("C4",), "sine", (0.01,)),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: P.Shape("hexagon", "red", "large", "center"),
+        lambda: P.Shape("circle", "mauve", "large", "center"),
+        lambda: P.Shape("circle", "red", "huge", "center"),
+        lambda: P.Shape("circle", "red", "large", "upstairs"),
+        lambda: P.ImageSpec(
+            (P.Shape("circle", "red", "large", "center"), P.Shape("square", "blue", "small", "center"))
+        ),
+        lambda: P.AudioSpec(("H4",), "sine", (0.3,)),
+        lambda: P.AudioSpec(("C4",), "triangle", (0.3,)),
+        lambda: P.AudioSpec(("C4", "D4"), "sine", (0.3,)),
+        lambda: P.AudioSpec(("C4",), "sine", (0.01,)),
+    ],
+)
 def test_bad_specs_are_data_errors(build):
     with pytest.raises(DataError):
         build()
@@ -122,7 +139,9 @@ def test_meta_round_trip():
 
 # ------------------------------------------------------------------------------------------- rendering
 def test_render_image_pixels():
-    spec = P.ImageSpec((P.Shape("square", "red", "large", "top left"), P.Shape("circle", "blue", "small", "bottom right")))
+    spec = P.ImageSpec(
+        (P.Shape("square", "red", "large", "top left"), P.Shape("circle", "blue", "small", "bottom right"))
+    )
     img = P.render_image(spec, 64)
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     assert (img[0, 0] == P.BACKGROUND).all() and (img[32, 32] == P.BACKGROUND).all()
@@ -185,7 +204,7 @@ def test_notes_start_on_codec_frames():
     b = P.synthesize_audio(P.AudioSpec(("C4", "A4", "G5"), "square", (0.22, 0.24, 0.4)), sr)
     on_a, on_b = round(0.42 * sr), round(0.34 * sr)  # lead + first note + gap
     n = round(0.24 * sr)
-    assert on_a % hop == 0 and on_b % hop == 0 and np.array_equal(a[on_a:on_a + n], b[on_b:on_b + n])
+    assert on_a % hop == 0 and on_b % hop == 0 and np.array_equal(a[on_a : on_a + n], b[on_b : on_b + n])
 
 
 def test_synthesis_is_band_limited_and_pitched():
@@ -196,9 +215,9 @@ def test_synthesis_is_band_limited_and_pitched():
     assert len(wave) == round(spec.clip_seconds() * sr)
     assert np.abs(wave).max() <= P.AMPLITUDE + 1e-6
     on = spec.onsets()
-    gap = wave[int((on[0] + 0.4) * sr) + 2:int(on[1] * sr) - 2]
+    gap = wave[int((on[0] + 0.4) * sr) + 2 : int(on[1] * sr) - 2]
     assert len(gap) > 0 and np.abs(gap).max() == 0.0
-    note = wave[int((on[0] + 0.05) * sr):int((on[0] + 0.35) * sr)].astype(np.float64)
+    note = wave[int((on[0] + 0.05) * sr) : int((on[0] + 0.35) * sr)].astype(np.float64)
     spectrum = np.abs(np.fft.rfft(note * np.hanning(len(note))))
     freqs = np.fft.rfftfreq(len(note), 1 / sr)
     assert freqs[spectrum.argmax()] == pytest.approx(P.pitch_frequency("C6"), abs=5)
@@ -250,8 +269,12 @@ def test_manifest_structure(corpus):
             kinds.append(kind)
         media = [k for k in kinds if k != "text"]
         assert [m["type"] for m in r["meta"]["media"]] == media
-        expected = {"caption_to_image": ["text", "image"], "image_to_caption": ["image", "text"],
-                    "caption_to_audio": ["text", "audio"], "audio_to_caption": ["audio", "text"]}
+        expected = {
+            "caption_to_image": ["text", "image"],
+            "image_to_caption": ["image", "text"],
+            "caption_to_audio": ["text", "audio"],
+            "audio_to_caption": ["audio", "text"],
+        }
         if task in expected:
             assert kinds == expected[task]
         elif task == "instruction":
@@ -346,13 +369,34 @@ def test_write_corpus_rejects_bad_arguments(tmp_path):
 
 def test_cli_writes_the_corpus(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["data", "procedural", "--out", str(out), "--n", "5", "--seed", "2", "--image-size", "32", "--quiet"]) == 0
+    assert (
+        main(["data", "procedural", "--out", str(out), "--n", "5", "--seed", "2", "--image-size", "32", "--quiet"]) == 0
+    )
     assert "wrote 5 documents" in capsys.readouterr().out
     ref = tmp_path / "ref"
     P.write_corpus(ref, n=5, seed=2, config=P.CorpusConfig(image_size=32), progress=False)
     assert _same_tree(str(out), str(ref))
     two = tmp_path / "two"
-    assert main(["data", "procedural", "--out", str(two), "--n", "5", "--seed", "2", "--image-size", "32", "--workers", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "procedural",
+                "--out",
+                str(two),
+                "--n",
+                "5",
+                "--seed",
+                "2",
+                "--image-size",
+                "32",
+                "--workers",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert _same_tree(str(two), str(ref))
     with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
         main(["data", "procedural", "--out", str(tmp_path / "w0"), "--n", "5", "--workers", "0", "--quiet"])
@@ -361,16 +405,36 @@ def test_cli_writes_the_corpus(tmp_path, capsys):
 
 def test_cli_task_weights(tmp_path, capsys):
     out = tmp_path / "w"
-    assert main(["data", "procedural", "--out", str(out), "--n", "12", "--task-weights",
-                 "caption_to_image=1, audio_to_caption=1,image_to_caption=0,caption_to_audio=0,interleaved=0,instruction=0",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "procedural",
+                "--out",
+                str(out),
+                "--n",
+                "12",
+                "--task-weights",
+                "caption_to_image=1, audio_to_caption=1,image_to_caption=0,caption_to_audio=0,interleaved=0,instruction=0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     tasks = {json.loads(line)["meta"]["task"] for line in open(out / "manifest.jsonl")}
     assert tasks == {"caption_to_image", "audio_to_caption"}
     assert json.load(open(out / "corpus.json"))["config"]["task_weights"]["interleaved"] == 0
     capsys.readouterr()
-    for bad, words in (("caption_to_image", "TASK=WEIGHT"), ("caption_to_image=x", "TASK=WEIGHT"),
-                       ("drawing=2", "unknown task"), ("caption_to_image=-1", "task_weights")):
-        assert main(["data", "procedural", "--out", str(tmp_path / "bad"), "--n", "2", "--task-weights", bad, "--quiet"]) == 1
+    for bad, words in (
+        ("caption_to_image", "TASK=WEIGHT"),
+        ("caption_to_image=x", "TASK=WEIGHT"),
+        ("drawing=2", "unknown task"),
+        ("caption_to_image=-1", "task_weights"),
+    ):
+        assert (
+            main(["data", "procedural", "--out", str(tmp_path / "bad"), "--n", "2", "--task-weights", bad, "--quiet"])
+            == 1
+        )
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, err
 

@@ -42,13 +42,16 @@ def test_interleaved_wrong_picture_is_valid_but_not_correct():
     assert valid and (ok, total) == (0, 1)
 
 
-@pytest.mark.parametrize("spans,finish,reason", [
-    ([], "eos", "no media span"),
-    ([_image_span(SPEC, complete=False)], "eos", "incomplete image span"),
-    ([_image_span(SPEC, n=N_IMAGE - 1)], "eos", "image span of 63 ids"),
-    ([Span("audio", list(range(NQ * 3 + 1)), audio=np.zeros(1600, np.float32))], "eos", "not whole frames"),
-    ([_image_span(SPEC)], "length", "no <eos>"),
-])
+@pytest.mark.parametrize(
+    "spans,finish,reason",
+    [
+        ([], "eos", "no media span"),
+        ([_image_span(SPEC, complete=False)], "eos", "incomplete image span"),
+        ([_image_span(SPEC, n=N_IMAGE - 1)], "eos", "image span of 63 ids"),
+        ([Span("audio", list(range(NQ * 3 + 1)), audio=np.zeros(1600, np.float32))], "eos", "not whole frames"),
+        ([_image_span(SPEC)], "length", "no <eos>"),
+    ],
+)
 def test_interleaved_structural_problems(spans, finish, reason):
     valid, _, _, note = judge_interleaved(_doc(spans, finish), "Here is a picture.", N_IMAGE, NQ, SR)
     assert not valid and reason in note
@@ -58,24 +61,33 @@ def test_instruction_requested_items_in_order():
     doc = _doc([_image_span(SPEC), _audio_span(ASPEC)])
     assert judge_instruction(doc, [SPEC, ASPEC], N_IMAGE, NQ, SR) == (True, 2, "")
     # a wrong picture: valid, one of two right
-    assert judge_instruction(_doc([_image_span(OTHER), _audio_span(ASPEC)]), [SPEC, ASPEC], N_IMAGE, NQ, SR) == (True, 1, "")
+    assert judge_instruction(_doc([_image_span(OTHER), _audio_span(ASPEC)]), [SPEC, ASPEC], N_IMAGE, NQ, SR) == (
+        True,
+        1,
+        "",
+    )
 
 
-@pytest.mark.parametrize("spans,reason", [
-    ([_audio_span(ASPEC), _image_span(SPEC)], "where ['image', 'audio'] were asked for"),  # wrong order
-    ([_image_span(SPEC)], "where ['image', 'audio'] were asked for"),  # one missing
-    ([_image_span(SPEC), _audio_span(ASPEC), _image_span(SPEC)], "were asked for"),  # one too many
-    ([], "no media span"),
-])
+@pytest.mark.parametrize(
+    "spans,reason",
+    [
+        ([_audio_span(ASPEC), _image_span(SPEC)], "where ['image', 'audio'] were asked for"),  # wrong order
+        ([_image_span(SPEC)], "where ['image', 'audio'] were asked for"),  # one missing
+        ([_image_span(SPEC), _audio_span(ASPEC), _image_span(SPEC)], "were asked for"),  # one too many
+        ([], "no media span"),
+    ],
+)
 def test_instruction_wrong_media_is_invalid(spans, reason):
     valid, _, note = judge_instruction(_doc(spans), [SPEC, ASPEC], N_IMAGE, NQ, SR)
     assert not valid and reason in note
 
 
 def test_summarize_counts_exact_and_attributes():
-    items = [Item("t", "p", None, exact=True, attributes={"color": True, "kind": True}),
-             Item("t", "p", None, exact=False, attributes={"color": True, "kind": False}),
-             Item("t", "p", None, exact=False, attributes={})]
+    items = [
+        Item("t", "p", None, exact=True, attributes={"color": True, "kind": True}),
+        Item("t", "p", None, exact=False, attributes={"color": True, "kind": False}),
+        Item("t", "p", None, exact=False, attributes={}),
+    ]
     s = summarize(items)
     assert s["n"] == 3 and s["exact"] == pytest.approx(1 / 3)
     assert s["attributes"] == {"color": pytest.approx(2 / 3), "kind": pytest.approx(1 / 3)}
@@ -88,14 +100,20 @@ def test_config_errors(kw):
 
 
 def test_report_and_grid(tmp_path):
-    items = [Item("text_to_image", P.image_prompt(SPEC), SPEC, image=P.render_image(SPEC), exact=True),
-             Item("text_to_image", P.image_prompt(OTHER), OTHER, image=P.render_image(SPEC), exact=False)]
+    items = [
+        Item("text_to_image", P.image_prompt(SPEC), SPEC, image=P.render_image(SPEC), exact=True),
+        Item("text_to_image", P.image_prompt(OTHER), OTHER, image=P.render_image(SPEC), exact=False),
+    ]
     grid = prompt_grid(items, str(tmp_path / "grid.png"))
     from PIL import Image
 
     assert Image.open(grid).size[0] > 100
-    results = {"model": "m", "tasks": {"text_to_image": summarize(items)}, "tokenizers": {"image": {"psnr": 30.5}},
-               "perplexity": {"text": 1.5}}
+    results = {
+        "model": "m",
+        "tasks": {"text_to_image": summarize(items)},
+        "tokenizers": {"image": {"psnr": 30.5}},
+        "perplexity": {"text": 1.5},
+    }
     page = write_report(str(tmp_path), results, {"text_to_image": items}, sample_rate=None)
     text = open(page).read()
     assert "text_to_image" in text and "50.0%" in text and "data:image/png;base64" in text and "30.5" in text

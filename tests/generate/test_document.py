@@ -45,7 +45,7 @@ def test_split_and_write(tmp_path):
     detokenize(spans, tk)
     doc = Document(spans=spans, ids=ids, settings={"seed": 1}, timings={"decode_s": 0.1})
     assert doc.text == "hello world"
-    out = doc.save(str(tmp_path / "doc"))
+    doc.save(str(tmp_path / "doc"))
     meta = json.load(open(tmp_path / "doc" / "document.json"))
     assert [s["kind"] for s in meta["segments"]] == ["text", "image", "text", "audio"]
     assert np.asarray(Image.open(tmp_path / "doc" / "image_000.png")).shape == (8, 8, 3)

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 from PIL import Image
+from toy import toy_model, toy_tokenizers
 
 from chameleon_lite.cli import main
 from chameleon_lite.errors import ConfigError, DataError, UserError
@@ -13,7 +14,6 @@ from chameleon_lite.generate import GenerationConfig, Generator, Prompt, Samplin
 from chameleon_lite.generate.document import split_spans
 from chameleon_lite.generate.state_machine import ModalityStateMachine
 from chameleon_lite.model.io import save_model_dir
-from toy import toy_model, toy_tokenizers
 
 FP32 = dict(dtype="fp32")
 
@@ -45,15 +45,26 @@ def _replay(gen, prompt_ids, new_ids, left):
 
 def test_greedy_cached_decode_equals_full_forward(gen):
     """Each greedy id is the constrained argmax of a full (uncached) forward over prompt + ids so far."""
-    cfg = GenerationConfig(max_new_tokens=30, text=SamplingSettings(temperature=0), image=SamplingSettings(temperature=0),
-                           audio=SamplingSettings(temperature=0), **FP32)
-    docs = gen.generate([Prompt(text="Draw a red", then="image"), Prompt(text="A small blue square in the middle.")], cfg)
+    cfg = GenerationConfig(
+        max_new_tokens=30,
+        text=SamplingSettings(temperature=0),
+        image=SamplingSettings(temperature=0),
+        audio=SamplingSettings(temperature=0),
+        **FP32,
+    )
+    docs = gen.generate(
+        [Prompt(text="Draw a red", then="image"), Prompt(text="A small blue square in the middle.")], cfg
+    )
     for d in docs:
         seq = torch.tensor(d.prompt_ids + d.ids)
         L = len(seq)
         with torch.no_grad():
-            full = gen.model(seq[None], torch.arange(L)[None], torch.zeros(1, L, dtype=torch.int32),
-                             torch.zeros(1, L, dtype=torch.int32))[0].float()
+            full = gen.model(
+                seq[None],
+                torch.arange(L)[None],
+                torch.zeros(1, L, dtype=torch.int32),
+                torch.zeros(1, L, dtype=torch.int32),
+            )[0].float()
         n = len(d.prompt_ids)
         for i, (ranges, forced) in enumerate(_replay(gen, d.prompt_ids, d.ids, 30)):
             want = int(forced) if forced >= 0 else _masked_argmax(full[n + i - 1], ranges)
@@ -63,7 +74,9 @@ def test_greedy_cached_decode_equals_full_forward(gen):
 def test_cfg_combines_conditional_and_unconditional_rows(gen):
     """With CFG, image ids are the argmax of uncond + s * (cond - uncond), the uncond row holding <bos> <boi> + span."""
     s = 3.0
-    cfg = GenerationConfig(max_new_tokens=gen.image_tokens + 1, image=SamplingSettings(temperature=0, cfg_scale=s), **FP32)
+    cfg = GenerationConfig(
+        max_new_tokens=gen.image_tokens + 1, image=SamplingSettings(temperature=0, cfg_scale=s), **FP32
+    )
     d = gen.generate(Prompt(text="Draw a large red circle", then="image"), cfg)[0]
     assert d.timings["cfg_rows"] == 1
     v = gen.vocab
@@ -90,11 +103,22 @@ def test_random_generations_are_well_formed(gen, seed):
     v = gen.vocab
     torch.manual_seed(seed)
     g2 = Generator(toy_model(v, seed=seed), gen.tokenizers)
-    prompts = [Prompt(text="Draw"), Prompt(text="Play", then="audio"), Prompt(text="x", then="image"), Prompt(text="The")]
+    prompts = [
+        Prompt(text="Draw"),
+        Prompt(text="Play", then="audio"),
+        Prompt(text="x", then="image"),
+        Prompt(text="The"),
+    ]
     max_new = [7, 19, 40, 64][seed % 4]
-    cfg = GenerationConfig(max_new_tokens=max_new, seed=seed, max_audio_frames=5,
-                           text=SamplingSettings(temperature=1.5), image=SamplingSettings(temperature=1.5, cfg_scale=2.0 if seed % 2 else 1.0),
-                           audio=SamplingSettings(temperature=1.5, top_k=3), **FP32)
+    cfg = GenerationConfig(
+        max_new_tokens=max_new,
+        seed=seed,
+        max_audio_frames=5,
+        text=SamplingSettings(temperature=1.5),
+        image=SamplingSettings(temperature=1.5, cfg_scale=2.0 if seed % 2 else 1.0),
+        audio=SamplingSettings(temperature=1.5, top_k=3),
+        **FP32,
+    )
     for d in g2.generate(prompts, cfg):
         assert len(d.ids) <= max_new
         assert all(0 <= t < v.size and t != v.pad and t != v.bos for t in d.ids)
@@ -127,7 +151,9 @@ def test_output_folder_opens(gen, tmp_path):
         assert Image.open(os.path.join(out, f)).size == (16, 16)
     html = open(os.path.join(out, "document.html")).read()
     assert "data:image/png;base64" in html
-    a = gen.generate(Prompt(text="Play", then="audio"), GenerationConfig(max_new_tokens=12, max_audio_frames=4, **FP32))[0]
+    a = gen.generate(
+        Prompt(text="Play", then="audio"), GenerationConfig(max_new_tokens=12, max_audio_frames=4, **FP32)
+    )[0]
     out = a.save(str(tmp_path / "aud"))
     wav, sr = sf.read(os.path.join(out, "audio_000.wav"))
     frames = len(next(x for x in a.spans if x.kind == "audio").ids) // 2
@@ -150,8 +176,12 @@ def test_streaming_and_stop_strings(gen):
     assert [e.id for e in events] == d.ids
     gen_text = "".join(s.text for s in d.spans if s.kind == "text" and not s.from_prompt)
     assert "".join(e.text for e in events) == gen_text
-    img = gen.generate(Prompt(text="x", then="image"), GenerationConfig(max_new_tokens=gen.image_tokens + 1, **FP32), stream=events.append)[0]
-    spans = [e.span for e in events[len(d.ids):] if e.span]
+    img = gen.generate(
+        Prompt(text="x", then="image"),
+        GenerationConfig(max_new_tokens=gen.image_tokens + 1, **FP32),
+        stream=events.append,
+    )[0]
+    spans = [e.span for e in events[len(d.ids) :] if e.span]
     assert spans[-1] == (gen.image_tokens, gen.image_tokens) and img.images
     stop = gen_text[3:5]
     if stop.strip():
@@ -193,16 +223,62 @@ def test_generate_command(tmp_path, capsys):
     tk.image.save(tok_dir)
     model_dir = save_model_dir(toy_model(tk.vocab), tk.vocab, tok_dir, str(tmp_path / "model"))
     out = str(tmp_path / "out")
-    rc = main(["generate", "--model", model_dir, "--prompt", "Draw a", "--then", "image", "--max-new-tokens", "20",
-               "--image-cfg", "2", "--out", out, "--dtype", "fp32"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            model_dir,
+            "--prompt",
+            "Draw a",
+            "--then",
+            "image",
+            "--max-new-tokens",
+            "20",
+            "--image-cfg",
+            "2",
+            "--out",
+            out,
+            "--dtype",
+            "fp32",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "document.html" in text and "tokens/s" in text and "[image:" in text
     assert os.path.isfile(os.path.join(out, "image_000.png"))
     batch = str(tmp_path / "batch")  # a folder of samples is another kind of output than one document's
-    rc = main(["generate", "--model", model_dir, "--prompt", "x", "--batch", "2", "--max-new-tokens", "5", "--out", batch, "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            model_dir,
+            "--prompt",
+            "x",
+            "--batch",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--out",
+            batch,
+            "--quiet",
+        ]
+    )
     assert rc == 0 and os.path.isfile(os.path.join(batch, "sample_001", "document.json"))
-    rc = main(["generate", "--model", model_dir, "--prompt", "x", "--then", "media", "--max-new-tokens", "20", "--out",
-               os.path.join(out, "media"), "--quiet"])  # a model without audio: its span is a picture
+    rc = main(
+        [
+            "generate",
+            "--model",
+            model_dir,
+            "--prompt",
+            "x",
+            "--then",
+            "media",
+            "--max-new-tokens",
+            "20",
+            "--out",
+            os.path.join(out, "media"),
+            "--quiet",
+        ]
+    )  # a model without audio: its span is a picture
     assert rc == 0 and os.path.isfile(os.path.join(out, "media", "image_000.png"))
     assert main(["generate", "--model", model_dir, "--prompt", "x", "--then", "audio"]) == 1
     assert "no audio tokenizer" in capsys.readouterr().err
@@ -230,19 +306,47 @@ def test_model_folder_sampling_defaults(tmp_path, capsys):
 
     def settings(*flags):
         out = str(tmp_path / "out")
-        assert main(["generate", "--model", model_dir, "--prompt", "x", "--max-new-tokens", "3", "--out", out, "--quiet",
-                     "--dtype", "fp32", *flags]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--model",
+                    model_dir,
+                    "--prompt",
+                    "x",
+                    "--max-new-tokens",
+                    "3",
+                    "--out",
+                    out,
+                    "--quiet",
+                    "--dtype",
+                    "fp32",
+                    *flags,
+                ]
+            )
+            == 0
+        )
         return json.load(open(os.path.join(out, "document.json")))["settings"]
 
     got = settings()
     assert got["image"]["temperature"] == 0.0 and got["image"]["top_k"] == 7 and got["text"]["top_k"] == 5
     got = settings("--image-temperature", "0.5", "--text-top-k", "0", "--audio-cfg", "2")
-    assert (got["image"]["temperature"], got["image"]["top_k"], got["text"]["top_k"], got["audio"]["cfg_scale"]) == (0.5, 7, 0, 2.0)
+    assert (got["image"]["temperature"], got["image"]["top_k"], got["text"]["top_k"], got["audio"]["cfg_scale"]) == (
+        0.5,
+        7,
+        0,
+        2.0,
+    )
 
     path = os.path.join(model_dir, GENERATION_FILE)
-    for text, message in [("{", "not valid JSON"), ('{"video": {}}', "'video' is not a kind"),
-                          ('{"image": {"temp": 1}}', "unknown image setting"), ('{"text": {"top_p": 0}}', "top_p"),
-                          ('{"audio": {"temperature": "hot"}}', "must be numbers"), ('{"image": 1}', "each an object")]:
+    for text, message in [
+        ("{", "not valid JSON"),
+        ('{"video": {}}', "'video' is not a kind"),
+        ('{"image": {"temp": 1}}', "unknown image setting"),
+        ('{"text": {"top_p": 0}}', "top_p"),
+        ('{"audio": {"temperature": "hot"}}', "must be numbers"),
+        ('{"image": 1}', "each an object"),
+    ]:
         with open(path, "w") as f:
             f.write(text)
         with pytest.raises(ConfigError, match=message):
@@ -255,7 +359,9 @@ def test_model_folder_sampling_defaults(tmp_path, capsys):
 def test_then_media_opens_a_span_of_the_models_choice(gen):
     v = gen.vocab
     for seed in range(6):
-        d = gen.generate(Prompt(text="Draw", then="media"), GenerationConfig(max_new_tokens=gen.image_tokens + 8, seed=seed, **FP32))[0]
+        d = gen.generate(
+            Prompt(text="Draw", then="media"), GenerationConfig(max_new_tokens=gen.image_tokens + 8, seed=seed, **FP32)
+        )[0]
         assert d.ids[0] in (v.boi, v.boa), d.ids[:3]
         assert [s.kind for s in d.spans if not s.from_prompt][0] in ("image", "audio")
     # room for a clip but not a picture: the clip it is
@@ -281,6 +387,7 @@ def test_prompt_ids_min_new_tokens_and_span_budget(gen):
         GenerationConfig(max_new_tokens=4, min_new_tokens=5)
     # <eos> can not come before min_new_tokens: a model that always prefers <eos> still runs 8 tokens, then stops
     import copy
+
     model = copy.deepcopy(gen.model)
     head = model._head
 
@@ -311,7 +418,9 @@ def test_weight_precision_setting(tk):
     greedy = SamplingSettings(temperature=0)
     runs = {}
     for weights in ("fp32", "bf16"):
-        cfg = GenerationConfig(max_new_tokens=24, text=greedy, image=greedy, audio=greedy, dtype="fp32", weights=weights)
+        cfg = GenerationConfig(
+            max_new_tokens=24, text=greedy, image=greedy, audio=greedy, dtype="fp32", weights=weights
+        )
         d = g.generate(Prompt(text="A small blue square", then="image"), cfg)[0]
         assert d.timings["weights"] == ("bf16" if weights == "bf16" else "float32")
         runs[weights] = d.ids

@@ -1,4 +1,5 @@
 """generate's stream printer: a progress line redrawn on a terminal, only the final count into a file or pipe."""
+
 from __future__ import annotations
 
 import io

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chameleon_lite.errors import UserError
-from chameleon_lite.generate.state_machine import Mode, ModalityStateMachine
+from chameleon_lite.generate.state_machine import ModalityStateMachine, Mode
 from chameleon_lite.vocab import UnifiedVocab
 
 V = UnifiedVocab(text_size=50, image_codebook=16, audio_levels=3, audio_codebook=8)
@@ -80,7 +80,7 @@ def test_prompt_replay_and_invalid_prompt():
 
 def test_random_walks_always_produce_valid_streams():
     rng = random.Random(0)
-    for trial in range(200):
+    for _ in range(200):
         B = 3
         sm = ModalityStateMachine(V, N, B, rng.randint(1, 40))
         streams = [[] for _ in range(B)]
@@ -98,7 +98,9 @@ def test_random_walks_always_produce_valid_streams():
             i = 0
             while i < len(s):
                 if s[i] == V.boi:
-                    assert s[i + 1 : i + 1 + N] == [t for t in s[i + 1 : i + 1 + N] if V.image_offset <= t < V.audio_offset]
+                    assert s[i + 1 : i + 1 + N] == [
+                        t for t in s[i + 1 : i + 1 + N] if V.image_offset <= t < V.audio_offset
+                    ]
                     assert len(s) > i + 1 + N and s[i + 1 + N] == V.eoi
                     i += N + 2
                 elif s[i] == V.boa:

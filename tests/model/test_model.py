@@ -92,7 +92,9 @@ def test_forward_shapes_and_backward(over):
     logits = m(ids, pos, doc, span)
     assert logits.shape == (2, 24, 1024) and logits.dtype == torch.float32
     ce, lse = token_losses(logits, ids)
-    assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none"), atol=1e-5)
+    assert torch.allclose(
+        ce, torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none"), atol=1e-5
+    )
     assert torch.allclose(lse, torch.logsumexp(logits, dim=-1), atol=1e-5)
     (ce.mean() + 1e-4 * (lse**2).mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
@@ -202,7 +204,7 @@ def test_bf16_weights_decode_matches_full_forward(tie):
         m.setup_cache(B, L)
         m.prefill(ids[:, :9])
         for t in range(9, L):
-            out = m.decode_step(ids[:, t:t + 1])
+            out = m.decode_step(ids[:, t : t + 1])
             torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-4, atol=1e-4)
     m.use_bf16_weights(False)
     assert "weight_bf16" not in m.layers["0"].attention.wqkv._buffers and "head_bf16" not in m._buffers

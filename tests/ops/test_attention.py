@@ -57,6 +57,8 @@ def test_header_classification_is_conservative_and_mostly_decisive(tmp_path: Pat
     src.write_text(PROGRAM)
     exe = tmp_path / "check"
     subprocess.run(["g++", "-std=c++20", "-O1", f"-I{CSRC}", str(src), "-o", str(exe)], check=True)
-    bad, partial, decided = map(int, subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split())
+    bad, partial, decided = map(
+        int, subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+    )
     assert bad == 0
     assert decided > partial  # most tiles are classified without the per-pair predicate

@@ -3,6 +3,7 @@
 Tolerances (ARCHITECTURE §10): fp32 by FlashAttention's rule, max|out - ref| <= 2 * max|out_sdpa32 - ref| + 1e-5,
 with the materialised-mask SDPA in fp32 as the same-dtype PyTorch result; bf16 atol = rtol = 5e-2.
 """
+
 import itertools
 import math
 
@@ -10,9 +11,13 @@ import pytest
 import torch
 
 import chameleon_lite.ops  # noqa: F401  (registers the ops)
-from chameleon_lite.ops.attention import (modality_attention, modality_attention_decode,
-                                          modality_attention_decode_reference, modality_attention_reference,
-                                          modality_attention_sdpa)
+from chameleon_lite.ops.attention import (
+    modality_attention,
+    modality_attention_decode,
+    modality_attention_decode_reference,
+    modality_attention_reference,
+    modality_attention_sdpa,
+)
 
 PATTERNS = ("none", "one", "several", "tile_edge")
 
@@ -27,14 +32,14 @@ def make_ids(B: int, L: int, n_docs: int, pattern: str, seed: int) -> tuple[torc
             doc[b, c:] = d + 1
         if pattern == "one" and L >= 4:
             s = int(torch.randint(0, L - 3, (1,), generator=g))
-            span[b, s:s + min(L - s, 3 + int(torch.randint(0, 40, (1,), generator=g)))] = 1
+            span[b, s : s + min(L - s, 3 + int(torch.randint(0, 40, (1,), generator=g)))] = 1
         elif pattern == "several" and L >= 8:
             for sid in range(1, 4):
                 s = int(torch.randint(0, L - 3, (1,), generator=g))
-                span[b, s:s + 2 + int(torch.randint(0, 20, (1,), generator=g))] = sid
+                span[b, s : s + 2 + int(torch.randint(0, 20, (1,), generator=g))] = sid
         elif pattern == "tile_edge" and L >= 8:
             lo = min(50, L // 2)
-            span[b, lo:min(L, 80)] = 7  # crosses the 64-row tile boundary when L > 64
+            span[b, lo : min(L, 80)] = 7  # crosses the 64-row tile boundary when L > 64
     return doc, span
 
 
@@ -57,8 +62,11 @@ CASES = []
 for i, (L, pattern, dtype) in enumerate(itertools.product((1, 7, 64, 129), PATTERNS, (torch.float32, torch.bfloat16))):
     G, D = ((1, 32), (2, 64), (4, 128))[i % 3]
     CASES.append((L, pattern, dtype, G, D, 1 + i % 5))
-CASES += [(1000, "one", torch.float32, 2, 64, 3), (1000, "several", torch.bfloat16, 4, 32, 5),
-          (1000, "tile_edge", torch.float32, 1, 128, 1)]
+CASES += [
+    (1000, "one", torch.float32, 2, 64, 3),
+    (1000, "several", torch.bfloat16, 4, 32, 5),
+    (1000, "tile_edge", torch.float32, 1, 128, 1),
+]
 
 
 @pytest.mark.parametrize("L,pattern,dtype,G,D,n_docs", CASES)
@@ -118,8 +126,8 @@ def test_decode_matches_the_last_rows_of_a_full_forward_and_fully_masked_rows_ar
     span = torch.zeros(B, S, dtype=torch.int32)
     full = modality_attention(q, k, v, doc, span)
     for Lq in (1, 2):
-        qd = torch.stack([q[b, int(lens[b]) - Lq:int(lens[b])] for b in range(B)])
-        want = torch.stack([full[b, int(lens[b]) - Lq:int(lens[b])] for b in range(B)])
+        qd = torch.stack([q[b, int(lens[b]) - Lq : int(lens[b])] for b in range(B)])
+        want = torch.stack([full[b, int(lens[b]) - Lq : int(lens[b])] for b in range(B)])
         got = modality_attention_decode(qd, k, v, lens)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(got, modality_attention_decode_reference(qd, k, v, lens), atol=2e-5, rtol=1e-5)
@@ -128,10 +136,14 @@ def test_decode_matches_the_last_rows_of_a_full_forward_and_fully_masked_rows_ar
     lens2 = torch.tensor([0, 3, 1], dtype=torch.int32)
     qd = torch.randn(3, 2, Hq, D)
     got = modality_attention_decode(qd, big_k[:3], big_v[:3], lens2)
-    torch.testing.assert_close(got, modality_attention_decode_reference(qd, big_k[:3], big_v[:3], lens2), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got, modality_attention_decode_reference(qd, big_k[:3], big_v[:3], lens2), atol=2e-5, rtol=1e-5
+    )
     assert got[0].abs().max() == 0 and got[2, 0].abs().max() == 0 and torch.isfinite(got).all()
     gb = modality_attention_decode(qd.bfloat16(), big_k[:3].bfloat16(), big_v[:3].bfloat16(), lens2)
-    assert_close_bf16(gb, modality_attention_decode_reference(qd.double(), big_k[:3].double(), big_v[:3].double(), lens2))
+    assert_close_bf16(
+        gb, modality_attention_decode_reference(qd.double(), big_k[:3].double(), big_v[:3].double(), lens2)
+    )
 
 
 @pytest.mark.parametrize("D", [8, 36, 40, 128])
@@ -186,22 +198,31 @@ def test_bad_input_and_fallbacks():
         torch.ops.chameleon_lite.attention_decode(q[:, :1], k, v, torch.tensor([9], dtype=torch.int32), 0.25)
     # fp64 takes the reference path and still matches
     q64, k64, v64 = qkv(1, 8, 2, 2, 16, torch.float64)
-    torch.testing.assert_close(modality_attention(q64, k64, v64, doc, doc), modality_attention_reference(q64, k64, v64, doc, doc))
+    torch.testing.assert_close(
+        modality_attention(q64, k64, v64, doc, doc), modality_attention_reference(q64, k64, v64, doc, doc)
+    )
 
 
 def test_opcheck():
     B, L, Hq, Hkv, D = 1, 70, 2, 1, 32
     doc, span = make_ids(B, L, 2, "one", seed=4)
     q, k, v = (t.requires_grad_() for t in qkv(B, L, Hq, Hkv, D, torch.float32))
-    torch.library.opcheck(torch.ops.chameleon_lite.attention_fwd.default, (q, k, v, doc, span, 0.2),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.attention_fwd.default,
+        (q, k, v, doc, span, 0.2),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
     out, lse = torch.ops.chameleon_lite.attention_fwd(q.detach(), k.detach(), v.detach(), doc, span, 0.2)
-    torch.library.opcheck(torch.ops.chameleon_lite.attention_bwd.default,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, doc, span, 0.2),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.chameleon_lite.attention_decode.default,
-                          (q.detach()[:, :1], k.detach(), v.detach(), torch.tensor([40], dtype=torch.int32), 0.2),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.attention_bwd.default,
+        (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, doc, span, 0.2),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.attention_decode.default,
+        (q.detach()[:, :1], k.detach(), v.detach(), torch.tensor([40], dtype=torch.int32), 0.2),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 def test_portable_and_vectorised_row_loops_agree(tmp_path):

@@ -1,5 +1,6 @@
 """The inference ops of a decode step: weight-only bf16 linear, RMSNorm and rotary embedding, against their
 PyTorch references."""
+
 import pytest
 import torch
 from isa_builds import run_in_builds
@@ -61,11 +62,17 @@ def test_linear_bf16w_rejects_bad_arguments():
 def test_opcheck_decode_ops():
     x, w = _pair(3, 24, 10)
     torch.library.opcheck(torch.ops.chameleon_lite.linear_bf16w, (x, w), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.chameleon_lite.rms_norm, (torch.randn(2, 3, 24), torch.randn(24), 1e-5),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.rms_norm,
+        (torch.randn(2, 3, 24), torch.randn(24), 1e-5),
+        test_utils=("test_schema", "test_faketensor"),
+    )
     cos, sin = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    torch.library.opcheck(torch.ops.chameleon_lite.rope, (torch.randn(2, 3, 5, 8), cos, sin),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.rope,
+        (torch.randn(2, 3, 5, 8), cos, sin),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 512), (2, 7, 64), (3, 1, 8, 32), (0, 16), (4, 1)])
@@ -83,8 +90,9 @@ def test_rope_matches_reference(shape):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(*shape, generator=g)
     cos, sin = torch.randn(*shape[:2], shape[3] // 2, generator=g), torch.randn(*shape[:2], shape[3] // 2, generator=g)
-    torch.testing.assert_close(torch.ops.chameleon_lite.rope(x, cos, sin), ops.rope_reference(x, cos, sin),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        torch.ops.chameleon_lite.rope(x, cos, sin), ops.rope_reference(x, cos, sin), rtol=1e-6, atol=1e-6
+    )
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # non-contiguous heads
     torch.testing.assert_close(torch.ops.chameleon_lite.rope(xt, cos, sin), ops.rope_reference(x, cos, sin))
 

@@ -1,5 +1,6 @@
 """Fused constrained sampling: the C++ op against the sort-based reference, the target distribution, the
 support of every filter, determinism across threads, and every bad-input path."""
+
 from __future__ import annotations
 
 import math
@@ -12,15 +13,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chameleon_lite.errors import UserError
 from chameleon_lite.ops import sample
 from chameleon_lite.ops.sampling import SamplingError, sample_reference, sampling_uniforms
-from chameleon_lite.errors import UserError
 
 KAT = [  # Random123 tests/kat_vectors, "philox4x32 10": counter, key -> output
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -188,8 +192,14 @@ def test_candidate_and_search_paths_match_reference(scale):
     # (search passes), peaked rows leave a handful of candidates, and in between top-p 0.99 cuts below it.
     g = torch.Generator().manual_seed(12)
     x = torch.randn(4, 65536, generator=g) * scale
-    for kw in ({"top_k": 50}, {"top_k": 2000}, {"top_p": 0.9}, {"top_p": 0.99}, {"min_p": 0.01},
-               {"top_k": 200, "top_p": 0.95, "min_p": 0.001}):
+    for kw in (
+        {"top_k": 50},
+        {"top_k": 2000},
+        {"top_p": 0.9},
+        {"top_p": 0.99},
+        {"min_p": 0.01},
+        {"top_k": 200, "top_p": 0.95, "min_p": 0.001},
+    ):
         ids, lp = sample(x, seed=8, step=3, return_logprobs=True, **kw)
         rids, rlp = sample_reference(x, seed=8, step=3, return_logprobs=True, **kw)
         assert torch.equal(ids, rids), kw
@@ -217,8 +227,9 @@ def test_property_matches_reference(batch, vocab, kind, temperature, top_k, top_
     if kind == "masked":
         x[torch.rand(batch, vocab, generator=g) < 0.7] = float("-inf")
         x[:, 0] = 0.0  # every row keeps one finite logit
-    kw = dict(seed=seed, step=step, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-              return_logprobs=True)
+    kw = dict(
+        seed=seed, step=step, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, return_logprobs=True
+    )
     ids, lp = sample(x, **kw)
     rids, rlp = sample_reference(x, **kw)
     assert torch.equal(ids, rids)
@@ -227,8 +238,11 @@ def test_property_matches_reference(batch, vocab, kind, temperature, top_k, top_
 
 
 @pytest.mark.parametrize("isa", ["portable", "avx2"])
-@pytest.mark.parametrize("kw", [dict(top_k=64, top_p=0.9, min_p=0.01), dict(top_p=0.9), dict(top_k=2000)],
-                         ids=["top-k fast path", "top-p search", "top-k search"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(top_k=64, top_p=0.9, min_p=0.01), dict(top_p=0.9), dict(top_k=2000)],
+    ids=["top-k fast path", "top-p search", "top-k search"],
+)
 def test_narrower_builds_match_the_widest(monkeypatch, isa, kw):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8, 5003, generator=g) * 3
@@ -300,8 +314,16 @@ def test_chi_square_with_cfg_ranges_and_penalty():
     z = torch.where(allowed, z, float("-inf"))
     for i in (3, 6):
         z[0, i] = z[0, i] / 1.5 if z[0, i] > 0 else z[0, i] * 1.5
-    counts = _draw_counts(cond, rows=2000, steps=10, uncond_logits=uncond, cfg_scale=3.0, allowed_ranges=ranges,
-                          penalty_ids=pen, repetition_penalty=1.5)
+    counts = _draw_counts(
+        cond,
+        rows=2000,
+        steps=10,
+        uncond_logits=uncond,
+        cfg_scale=3.0,
+        allowed_ranges=ranges,
+        penalty_ids=pen,
+        repetition_penalty=1.5,
+    )
     assert _chi2_pvalue(counts, _target(z[0])) > 1e-4
 
 
@@ -438,8 +460,9 @@ def test_strided_rows_are_read_in_place():
     ids = sample(view, seed=1, step=0, **kw)
     kw_c = dict(top_k=20, uncond_logits=uview.contiguous(), cfg_scale=1.5)
     assert torch.equal(ids, sample(view.contiguous(), seed=1, step=0, **kw_c))
-    assert torch.equal(sample(full.transpose(1, 2)[:, :, 0], seed=1, step=0), sample(full[:, 0].contiguous(), seed=1,
-                                                                                     step=0))
+    assert torch.equal(
+        sample(full.transpose(1, 2)[:, :, 0], seed=1, step=0), sample(full[:, 0].contiguous(), seed=1, step=0)
+    )
 
 
 def test_batch_of_one():
@@ -458,8 +481,7 @@ def test_cfg_equals_reference_combine():
     combined = uncond + scale[:, None] * (cond - uncond)
     for kw in ({"temperature": 0.0}, {"top_k": 50, "top_p": 0.9}, {"min_p": 0.1}):
         for step in range(3):
-            ids, lp = sample(cond, seed=2, step=step, uncond_logits=uncond, cfg_scale=scale, return_logprobs=True,
-                             **kw)
+            ids, lp = sample(cond, seed=2, step=step, uncond_logits=uncond, cfg_scale=scale, return_logprobs=True, **kw)
             cids, clp = sample(combined, seed=2, step=step, return_logprobs=True, **kw)
             assert torch.equal(ids, cids)
             torch.testing.assert_close(lp, clp, atol=1e-5, rtol=5e-6)
@@ -484,8 +506,14 @@ def test_repetition_penalty():
     counts = _draw_counts(x, rows=2000, steps=5, penalty_ids=pen, repetition_penalty=2.0)
     assert _chi2_pvalue(counts, _target(z)) > 1e-4
     # A penalty below 1 rewards repetition.
-    assert sample(torch.tensor([[2.0, 1.5]]), seed=0, step=0, temperature=0.0, penalty_ids=torch.tensor([[1]]),
-                  repetition_penalty=0.5).tolist() == [1]
+    assert sample(
+        torch.tensor([[2.0, 1.5]]),
+        seed=0,
+        step=0,
+        temperature=0.0,
+        penalty_ids=torch.tensor([[1]]),
+        repetition_penalty=0.5,
+    ).tolist() == [1]
 
 
 def test_logprobs_are_log_of_renormalised_target():
@@ -503,8 +531,20 @@ def test_logprobs_are_log_of_renormalised_target():
 def test_opcheck():
     x = torch.randn(4, 300)
     u = torch.randn(4, 300)
-    args = (x, u, torch.tensor([0.0, 0.5, 1.0, 1.0]), torch.tensor(10), torch.tensor(0.9), torch.tensor(0.0),
-            torch.tensor(2.0), torch.tensor(1.2), torch.tensor([[[0, 300]]] * 4), torch.tensor([[1, 2, -1]] * 4), 3, 4)
+    args = (
+        x,
+        u,
+        torch.tensor([0.0, 0.5, 1.0, 1.0]),
+        torch.tensor(10),
+        torch.tensor(0.9),
+        torch.tensor(0.0),
+        torch.tensor(2.0),
+        torch.tensor(1.2),
+        torch.tensor([[[0, 300]]] * 4),
+        torch.tensor([[1, 2, -1]] * 4),
+        3,
+        4,
+    )
     torch.library.opcheck(torch.ops.chameleon_lite.sample.default, args)
     torch.library.opcheck(torch.ops.chameleon_lite.sampling_uniforms.default, (torch.arange(5), 1, 2))
 
@@ -558,8 +598,9 @@ DEVICE double use(float* buf) {
 def _compile_headers(compiler: list[str], suffix: str, device: str, tmp_path) -> subprocess.CompletedProcess:
     src = tmp_path / f"use{suffix}"
     src.write_text(f"#define DEVICE {device}\n" + _HEADER_USE)
-    return subprocess.run(compiler + ["-I", _CSRC, "-c", str(src), "-o", str(tmp_path / "use.o")],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        compiler + ["-I", _CSRC, "-c", str(src), "-o", str(tmp_path / "use.o")], capture_output=True, text=True
+    )
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
@@ -629,4 +670,3 @@ def test_bad_input_raises_clear_error(logits, kw, match):
         sample(logits, **kw)
     assert isinstance(info.value, UserError)
     assert "Exception raised from" not in str(info.value)
-

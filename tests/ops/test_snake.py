@@ -1,5 +1,6 @@
 """The fused Snake op against its fp64 PyTorch reference: values, gradients, edge shapes, both instruction-set
 builds, thread-count independence, and the wrapper's fallback for what the op does not take."""
+
 import pytest
 import torch
 from isa_builds import run_in_builds

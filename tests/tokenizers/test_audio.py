@@ -6,20 +6,31 @@ import pytest
 import soundfile as sf
 import torch
 
+from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS
 from chameleon_lite.cli import main
+from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.audio import PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset
-from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, random_crops, si_snr, train
-from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS
 from chameleon_lite.tokenizers.loader import Tokenizers
 from chameleon_lite.vocab import UnifiedVocab, VocabError
 
 # hop 64 at 16 kHz (250 frames/s), 2 levels x 16 codes: fast enough for unit tests
-SMALL = dict(strides=(4, 4, 4), channels=(4, 8, 8), dec_channels=(4, 8, 8), out_channels=4, res_blocks=1,
-             latent_dim=8, codebook_dim=8, num_levels=2, codebook_size=16, kmeans_iters=2, quantizer_dropout=0.5,
-             min_levels=1)
+SMALL = dict(
+    strides=(4, 4, 4),
+    channels=(4, 8, 8),
+    dec_channels=(4, 8, 8),
+    out_channels=4,
+    res_blocks=1,
+    latent_dim=8,
+    codebook_dim=8,
+    num_levels=2,
+    codebook_size=16,
+    kmeans_iters=2,
+    quantizer_dropout=0.5,
+    min_levels=1,
+)
 
 
 def small_codec(**kw) -> AudioTokenizer:
@@ -300,7 +311,7 @@ def test_si_snr_and_mel_filterbank():
     x = torch.from_numpy(tone(0.1))[None]
     assert float(si_snr(3.0 * x, x)) > 60  # scale-invariant
     noisy = x + 0.1 * torch.randn_like(x)
-    want = 10 * np.log10(float((x ** 2).sum()) / float(((noisy - x) ** 2).sum()))
+    want = 10 * np.log10(float((x**2).sum()) / float(((noisy - x) ** 2).sum()))
     assert abs(float(si_snr(noisy, x)) - want) < 0.3
     fb = mel_filterbank(16000, 512, 40)
     assert fb.shape == (40, 257) and bool((fb >= 0).all()) and bool((fb.sum(1) > 0).all())
@@ -310,13 +321,23 @@ def test_si_snr_and_mel_filterbank():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     weights = {"caption_to_audio": 1.0, "audio_to_caption": 1.0}
-    return write_corpus(str(tmp_path_factory.mktemp("corpus")), 12, seed=0, config=CorpusConfig(task_weights=weights),
-                        progress=False)
+    return write_corpus(
+        str(tmp_path_factory.mktemp("corpus")), 12, seed=0, config=CorpusConfig(task_weights=weights), progress=False
+    )
 
 
 def _cfg(steps):
-    return TrainConfig(preset="tiny", model_overrides=SMALL, steps=steps, batch_size=4, segment_frames=16,
-                       sample_every=2, ckpt_every=2, log_every=1, warmup=1)
+    return TrainConfig(
+        preset="tiny",
+        model_overrides=SMALL,
+        steps=steps,
+        batch_size=4,
+        segment_frames=16,
+        sample_every=2,
+        ckpt_every=2,
+        log_every=1,
+        warmup=1,
+    )
 
 
 @pytest.mark.parametrize("grid", [1, 320])
@@ -352,7 +373,9 @@ def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
         assert torch.equal(wa[k], wb[k]), k
     run = os.path.join(b, "run", "audio")
     assert s["steps"] == 4 and os.path.isfile(os.path.join(run, "spectrogram_000004.png"))
-    assert os.path.isfile(os.path.join(run, "sample_000004_0.wav")) and os.path.isfile(os.path.join(run, "original_0.wav"))
+    assert os.path.isfile(os.path.join(run, "sample_000004_0.wav")) and os.path.isfile(
+        os.path.join(run, "original_0.wav")
+    )
     logs = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
     assert [r["step"] for r in logs] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in logs)
     nodrop = str(tmp_path / "nodrop")
@@ -367,24 +390,65 @@ def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
 
     timbres = [check_audio(load_audio(p, 16000)[0], 16000).timbre for p, _ in manifest_audio(corpus)[:5]]
     assert {k[6:]: v for k, v in res.items() if k.startswith("clips_")} == {t: timbres.count(t) for t in set(timbres)}
-    assert sum(res[f"checker_agreement_{t}"] * res[f"clips_{t}"] for t in set(timbres)) == pytest.approx(res["checker_agreement"] * 5)
+    assert sum(res[f"checker_agreement_{t}"] * res[f"clips_{t}"] for t in set(timbres)) == pytest.approx(
+        res["checker_agreement"] * 5
+    )
     assert os.path.isfile(str(tmp_path / "spec.png"))
     with pytest.raises(ConfigError, match="different model config"):
-        train(corpus, b, TrainConfig(preset="tiny", model_overrides={**SMALL, "latent_dim": 4}, steps=5), progress=False)
+        train(
+            corpus, b, TrainConfig(preset="tiny", model_overrides={**SMALL, "latent_dim": 4}, steps=5), progress=False
+        )
 
 
 def test_commands(corpus, tmp_path, capsys):
     out = str(tmp_path / "codec")
-    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--steps", "2", "--batch-size", "2",
-                 "--segment-frames", "8", "--set", "strides=[4,4,4]", "--set", "channels=[4,8,8]",
-                 "--set", "dec_channels=[4,8,8]", "--set", "num_levels=2", "--set", "codebook_size=16",
-                 "--set", "latent_dim=8", "--set", "codebook_dim=8", "--set", "min_levels=1"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train-audio",
+                "--manifest",
+                corpus,
+                "--out",
+                out,
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--segment-frames",
+                "8",
+                "--set",
+                "strides=[4,4,4]",
+                "--set",
+                "channels=[4,8,8]",
+                "--set",
+                "dec_channels=[4,8,8]",
+                "--set",
+                "num_levels=2",
+                "--set",
+                "codebook_size=16",
+                "--set",
+                "latent_dim=8",
+                "--set",
+                "codebook_dim=8",
+                "--set",
+                "min_levels=1",
+            ]
+        )
+        == 0
+    )
     assert "trained 2 steps" in capsys.readouterr().out
-    wav = next(os.path.join(os.path.dirname(corpus), "audio", f) for f in sorted(os.listdir(os.path.join(os.path.dirname(corpus), "audio"))))
+    wav = next(
+        os.path.join(os.path.dirname(corpus), "audio", f)
+        for f in sorted(os.listdir(os.path.join(os.path.dirname(corpus), "audio")))
+    )
     assert main(["tokenizer", "encode-audio", "--tokenizer", out, wav]) == 0
     text = capsys.readouterr().out
     assert "level 0:" in text and "level 1:" in text
-    assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec"), "--levels", "1", wav]) == 0
+    assert (
+        main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec"), "--levels", "1", wav])
+        == 0
+    )
     assert len(os.listdir(tmp_path / "rec")) == 1
     capsys.readouterr()
     # its own WAV is replaced on a rerun; a user's file of the same name is not, and nothing is written
@@ -398,8 +462,23 @@ def test_commands(corpus, tmp_path, capsys):
     assert main(["tokenizer", "audio-recon", "--tokenizer", out, "--out", str(tmp_path / "rec2"), wav, wav]) == 1
     assert "would replace an earlier input's" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "rec2")
-    assert main(["tokenizer", "eval-audio", "--tokenizer", out, "--manifest", corpus, "--n", "3",
-                 "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "eval-audio",
+                "--tokenizer",
+                out,
+                "--manifest",
+                corpus,
+                "--n",
+                "3",
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     assert json.load(open(tmp_path / "e.json"))["clips"] == 3
     assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--set", "oops"]) != 0
     assert main(["tokenizer", "encode-audio", "--tokenizer", out, str(tmp_path / "nope.wav")]) != 0
@@ -417,8 +496,17 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
     small_codec().save(base)
 
     def cfg(steps):
-        return TrainConfig(finetune_decoder=base, steps=steps, batch_size=4, segment_frames=16, lr=3e-3, warmup=1,
-                           sample_every=100, ckpt_every=20, log_every=5)
+        return TrainConfig(
+            finetune_decoder=base,
+            steps=steps,
+            batch_size=4,
+            segment_frames=16,
+            lr=3e-3,
+            warmup=1,
+            sample_every=100,
+            ckpt_every=20,
+            log_every=5,
+        )
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     s = train(corpus, a, cfg(40), progress=False)
@@ -434,7 +522,7 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
         for w in clips:
             codes = tok.encode_waveform(w)
             assert torch.equal(codes, before.encode_waveform(w))
-            r = torch.as_tensor(tok.decode(codes)[:len(w)])[None]
+            r = torch.as_tensor(tok.decode(codes)[: len(w)])[None]
             out += float(spectral(r, torch.as_tensor(w)[None])[0])
         return out / len(clips)
 
@@ -449,10 +537,44 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
     with pytest.raises(ConfigError, match="not a folder"):
         TrainConfig(finetune_decoder=str(tmp_path / "nope"))
     out = str(tmp_path / "cli")
-    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--finetune-decoder", a,
-                 "--steps", "1", "--batch-size", "2", "--segment-frames", "8"]) == 0
-    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", str(tmp_path / "x"),
-                 "--finetune-decoder", a, "--set", "num_levels=3"]) == 1
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train-audio",
+                "--manifest",
+                corpus,
+                "--out",
+                out,
+                "--finetune-decoder",
+                a,
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--segment-frames",
+                "8",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train-audio",
+                "--manifest",
+                corpus,
+                "--out",
+                str(tmp_path / "x"),
+                "--finetune-decoder",
+                a,
+                "--set",
+                "num_levels=3",
+            ]
+        )
+        == 1
+    )
     assert "--set" in capsys.readouterr().err
 
 
@@ -466,16 +588,26 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
     small_codec().save(base)
 
     def cfg(steps, **over):
-        return TrainConfig(finetune_decoder=base, model_overrides={"decoder_attention": 1, **over}, steps=steps,
-                           batch_size=4, segment_frames=16, lr=3e-3, warmup=1, sample_every=100, ckpt_every=20,
-                           log_every=5)
+        return TrainConfig(
+            finetune_decoder=base,
+            model_overrides={"decoder_attention": 1, **over},
+            steps=steps,
+            batch_size=4,
+            segment_frames=16,
+            lr=3e-3,
+            warmup=1,
+            sample_every=100,
+            ckpt_every=20,
+            log_every=5,
+        )
 
     start = finetune_model(base, cfg(1).model_config())
     before = AudioTokenizer.load(base)
     ref = before.model.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in start.state_dict().items() if k in ref)  # trained weights kept
     assert {k for k in start.state_dict() if k not in ref} and all(
-        k.startswith("decoder.context.0.") for k in start.state_dict() if k not in ref)
+        k.startswith("decoder.context.0.") for k in start.state_dict() if k not in ref
+    )
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     train(corpus, a, cfg(30), progress=False)
     after = AudioTokenizer.load(a)
@@ -503,6 +635,27 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
     with pytest.raises(ConfigError, match="bad model override"):
         finetune_config(after.model.cfg, {"decoder_attention_heads": "4"})  # --set decoder_attention_heads='"4"'
     out = str(tmp_path / "cli")
-    assert main(["tokenizer", "train-audio", "--manifest", corpus, "--out", out, "--finetune-decoder", base,
-                 "--set", "decoder_attention=1", "--steps", "1", "--batch-size", "2", "--segment-frames", "8"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train-audio",
+                "--manifest",
+                corpus,
+                "--out",
+                out,
+                "--finetune-decoder",
+                base,
+                "--set",
+                "decoder_attention=1",
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--segment-frames",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert AudioTokenizer.load(out).model.cfg.decoder_attention == 1

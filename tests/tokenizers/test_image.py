@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS
-from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
-from chameleon_lite.tokenizers.image import PRESETS, ImageTokenizer, ImageVQConfig, ImageVQModel, preset
 from chameleon_lite.data.image_files import fit_square, load_images
+from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.tokenizers.image import PRESETS, ImageTokenizer, ImageVQConfig, ImageVQModel, preset
+from chameleon_lite.tokenizers.loader import vocab_from_tokenizer_dir
 from chameleon_lite.vocab import UnifiedVocab
 
 SMALL = dict(image_size=16, channels=(8, 8, 8), dec_channels=(8, 8, 8), codebook_size=16, codebook_dim=4)
@@ -96,7 +96,9 @@ def test_encoder_reads_the_border_as_background(norm, padding, local):
         assert torch.equal(conv(h, fill=fill), F.conv2d(framed, conv.weight, conv.bias, conv.stride))
 
 
-@pytest.mark.parametrize("name,size,grid,k", [("tiny", 48, 6, 512), ("base", 256, 16, 8192), ("chameleon", 512, 32, 8192)])
+@pytest.mark.parametrize(
+    "name,size,grid,k", [("tiny", 48, 6, 512), ("base", 256, 16, 8192), ("chameleon", 512, 32, 8192)]
+)
 def test_preset_shapes(name, size, grid, k):
     cfg = PRESETS[name]
     assert (cfg.image_size, cfg.grid, cfg.codebook_size) == (size, (grid, grid), k)
@@ -235,8 +237,12 @@ def test_huge_header_refused_without_decoding(tmp_path):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     p = tmp_path / "bomb.png"
-    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
-                  + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    p.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(DataError, match="bomb.png"):
         load_images(str(p), 16)
 
@@ -330,8 +336,9 @@ def test_train_resume_and_outputs(tmp_path):
 
     manifest = _manifest(tmp_path)
     out = str(tmp_path / "tok")
-    cfg = TrainConfig(model_overrides=SMALL, steps=2, batch_size=4, grid_every=1, log_every=1, ckpt_every=1,
-                      disc_start=1, warmup=1)
+    cfg = TrainConfig(
+        model_overrides=SMALL, steps=2, batch_size=4, grid_every=1, log_every=1, ckpt_every=1, disc_start=1, warmup=1
+    )
     s = train(manifest, out, cfg, progress=False)
     assert s["images"] == 6 and s["steps"] == 2
     assert os.path.isfile(os.path.join(out, "run", "image", "grid_000002.png"))
@@ -416,7 +423,10 @@ def test_cli_train_and_recon(tmp_path, capsys):
     manifest = _manifest(tmp_path, 4)
     out = str(tmp_path / "tok")
     # The CLI trains presets; a tiny preset run of one step is cheap enough here.
-    assert main(["tokenizer", "train-image", "--manifest", manifest, "--out", out, "--steps", "1", "--batch-size", "2"]) == 0
+    assert (
+        main(["tokenizer", "train-image", "--manifest", manifest, "--out", out, "--steps", "1", "--batch-size", "2"])
+        == 0
+    )
     png = str(tmp_path / "r.png")
     assert main(["tokenizer", "image-recon", "--tokenizer", out, "--out", png, str(tmp_path / "img" / "1.png")]) == 0
     assert Image.open(png).size[0] > 0
@@ -437,25 +447,40 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
         img = np.empty((16, 16, 3), np.uint8)
         img[:, :8], img[:, 8:] = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         Image.fromarray(img).save(tmp_path / "img" / f"{i}.png")
-    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"segments": [{"image": f"img/{i}.png"}]}) + "\n"
-                                              for i in range(8)))
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps({"segments": [{"image": f"img/{i}.png"}]}) + "\n" for i in range(8))
+    )
     manifest = str(tmp_path / "m.jsonl")
     base = str(tmp_path / "base")
     small_tokenizer().save(base)
     pics = load_image_set([str(tmp_path / "img" / f"{i}.png") for i in range(8)], 16, progress=False)
 
     def cfg(steps):
-        return TrainConfig(finetune_decoder=base, steps=steps, batch_size=8, lr=1e-2, warmup=1, grid_every=100,
-                           ckpt_every=50, log_every=10, autocast=False)
+        return TrainConfig(
+            finetune_decoder=base,
+            steps=steps,
+            batch_size=8,
+            lr=1e-2,
+            warmup=1,
+            grid_every=100,
+            ckpt_every=50,
+            log_every=10,
+            autocast=False,
+        )
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     s = train(manifest, a, cfg(150), progress=False)
-    assert s["train_config"]["finetune_decoder"] == base and s["model_config"] == ImageTokenizer.load(base).cfg.to_dict()
+    assert (
+        s["train_config"]["finetune_decoder"] == base and s["model_config"] == ImageTokenizer.load(base).cfg.to_dict()
+    )
     before, after = ImageTokenizer.load(base, autocast=None), ImageTokenizer.load(a, autocast=None)
     frozen, tuned = code_path_state(before.model), code_path_state(after.model)
     assert frozen.keys() == tuned.keys() and all(torch.equal(frozen[k], tuned[k]) for k in frozen)
-    assert any(not torch.equal(v, after.model.state_dict()[k]) for k, v in before.model.state_dict().items()
-               if k.startswith("decoder."))
+    assert any(
+        not torch.equal(v, after.model.state_dict()[k])
+        for k, v in before.model.state_dict().items()
+        if k.startswith("decoder.")
+    )
     codes = before.encode_rgb(pics)
     assert torch.equal(after.encode_rgb(pics), codes)
 
@@ -483,9 +508,41 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
         train(manifest, b, cfg(200), progress=False)
 
     out = str(tmp_path / "cli")
-    assert main(["tokenizer", "train-image", "--manifest", manifest, "--out", out, "--finetune-decoder", a,
-                 "--steps", "1", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train-image",
+                "--manifest",
+                manifest,
+                "--out",
+                out,
+                "--finetune-decoder",
+                a,
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert torch.equal(ImageTokenizer.load(out, autocast=None).encode_rgb(pics), codes)
-    assert main(["tokenizer", "train-image", "--manifest", manifest, "--out", str(tmp_path / "x"),
-                 "--finetune-decoder", a, "--set", "codebook_dim=8"]) == 1
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train-image",
+                "--manifest",
+                manifest,
+                "--out",
+                str(tmp_path / "x"),
+                "--finetune-decoder",
+                a,
+                "--set",
+                "codebook_dim=8",
+            ]
+        )
+        == 1
+    )
     assert "--set" in capsys.readouterr().err

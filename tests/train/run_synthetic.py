@@ -1,5 +1,6 @@
 """The trainer over the synthetic loader: `torchrun ... run_synthetic.py --data=DIR --out=RUN [--key=value]`
 (DIR holds the meta.json written by synthetic.write_meta)."""
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
 """A small in-test batch source with the PackedLoader contract (shapes, dtypes, global row order independent of
 the world size, resumable position), over a toy vocabulary with all three modalities."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,11 @@ def make_row(index: int, seq_len: int, seed: int, vocab: UnifiedVocab = VOCAB) -
         body += [vocab.boi] + [code] * 6 + [vocab.eoi]
         sp += [0] + [doc + 1 if bidir else 0] * 6 + [0]
         a = int(torch.randint(0, vocab.audio_codebook, (1,), generator=g))
-        body += [vocab.boa] + [vocab.audio_offset + a, vocab.audio_offset + vocab.audio_codebook + a] * 3 + [vocab.eoa, vocab.eos]
+        body += (
+            [vocab.boa]
+            + [vocab.audio_offset + a, vocab.audio_offset + vocab.audio_codebook + a] * 3
+            + [vocab.eoa, vocab.eos]
+        )
         sp += [0] * 9
         toks += body
         spans += sp

@@ -1,5 +1,6 @@
 """Checkpoints are read without running code from them, and a damaged checkpoint is named, skipped on resume
 and refused on export with one line."""
+
 import io
 import json
 import os
@@ -11,9 +12,9 @@ import pytest
 import torch
 
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.train.export import export_run
 from chameleon_lite.train import checkpoint as ckpt
 from chameleon_lite.train.config import load_config
+from chameleon_lite.train.export import export_run
 from chameleon_lite.train.metrics import read_metrics
 from chameleon_lite.train.trainer import train
 
@@ -40,13 +41,17 @@ def _cfg(data, out, *extra):
 @pytest.fixture
 def run(tmp_path):
     """A finished run with checkpoints at steps 2 and 4, its vocabulary matching a tokenizer folder (for export)."""
-    from chameleon_lite.vocab import UnifiedVocab
-
     from synthetic import VOCAB
 
+    from chameleon_lite.vocab import UnifiedVocab
+
     tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels,
-                         audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
     data = write_meta(str(tmp_path / "data"), vocab)
     out = str(tmp_path / "run")
     train(_cfg(data, out, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok_dir}"), make_loader=SyntheticLoader)
@@ -88,9 +93,14 @@ def test_hostile_metadata_in_a_run_is_refused_by_export_and_resume(run, tmp_path
     with pytest.raises(ConfigError, match=r"\.metadata: checkpoint file damaged"):  # its digest no longer matches
         export_run(run["out"], str(tmp_path / "m1"))
     _forget_digests(newest)  # an older checkpoint: the metadata itself is read, through the allow-list
-    with pytest.raises(ConfigError, match=r"\.metadata: not valid checkpoint metadata .*not a checkpoint metadata type"):
+    with pytest.raises(
+        ConfigError, match=r"\.metadata: not valid checkpoint metadata .*not a checkpoint metadata type"
+    ):
         export_run(run["out"], str(tmp_path / "m2"))
-    train(_cfg(run["data"], run["out"], "--steps=5", "--ckpt_every=2", f"--tokenizers={run['tok']}"), make_loader=SyntheticLoader)
+    train(
+        _cfg(run["data"], run["out"], "--steps=5", "--ckpt_every=2", f"--tokenizers={run['tok']}"),
+        make_loader=SyntheticLoader,
+    )
     assert not marker.exists()
 
 
@@ -105,7 +115,9 @@ def test_non_tensor_values_load_without_pickle_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "zero", "missing_metadata", "truncate_legacy", "zero_legacy", "bad_state"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "zero", "missing_metadata", "truncate_legacy", "zero_legacy", "bad_state"]
+)
 def test_resume_skips_a_damaged_newest_checkpoint(run, damage, capfd):
     newest = ckpt.latest_checkpoint(run["out"])
     shard = _distcp(newest)
@@ -124,7 +136,10 @@ def test_resume_skips_a_damaged_newest_checkpoint(run, damage, capfd):
         with open(os.path.join(newest, ckpt.STATE_FILE), "w") as f:
             f.write("{not json")
     capfd.readouterr()
-    train(_cfg(run["data"], run["out"], "--steps=6", "--ckpt_every=2", f"--tokenizers={run['tok']}"), make_loader=SyntheticLoader)
+    train(
+        _cfg(run["data"], run["out"], "--steps=6", "--ckpt_every=2", f"--tokenizers={run['tok']}"),
+        make_loader=SyntheticLoader,
+    )
     err = capfd.readouterr().err
     steps = [r["step"] for r in read_metrics(os.path.join(run["out"], "metrics.jsonl")) if "lr" in r]
     assert steps == list(range(6))  # resumed from step 2: steps 2..5 trained again, 0..1 kept
@@ -139,7 +154,10 @@ def test_every_checkpoint_damaged_is_one_clear_error(run):
         with open(_distcp(path), "r+b") as f:
             f.truncate(10)
     with pytest.raises(ConfigError, match="no checkpoint of this run loads"):
-        train(_cfg(run["data"], run["out"], "--steps=6", "--ckpt_every=2", f"--tokenizers={run['tok']}"), make_loader=SyntheticLoader)
+        train(
+            _cfg(run["data"], run["out"], "--steps=6", "--ckpt_every=2", f"--tokenizers={run['tok']}"),
+            make_loader=SyntheticLoader,
+        )
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -159,7 +177,10 @@ def test_export_names_the_broken_file(run, tmp_path, legacy):
 
 def test_export_cli_damaged_checkpoint_is_one_line(run, tmp_path):
     os.remove(os.path.join(ckpt.latest_checkpoint(run["out"]), ".metadata"))
-    r = subprocess.run([sys.executable, "-m", "chameleon_lite.cli", "export", run["out"], "--out", str(tmp_path / "m")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "chameleon_lite.cli", "export", run["out"], "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and ".metadata: checkpoint file missing" in r.stderr, r.stderr

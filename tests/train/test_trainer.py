@@ -10,10 +10,10 @@ import torch
 
 from chameleon_lite.errors import ConfigError, DataError, UserError
 from chameleon_lite.model import load_model
-from chameleon_lite.train.export import export_run
 from chameleon_lite.train import trainer as trainer_mod
 from chameleon_lite.train.checkpoint import list_checkpoints
 from chameleon_lite.train.config import TrainConfig, load_config
+from chameleon_lite.train.export import export_run
 from chameleon_lite.train.metrics import read_metrics
 from chameleon_lite.train.schedule import lr_at
 from chameleon_lite.train.trainer import TrainingError, train
@@ -47,7 +47,11 @@ def test_synthetic_loader_contract(tmp_path):
     halves = [next(SyntheticLoader(data, 32, 4, rank=r, world_size=2)) for r in range(2)]
     for k in one:
         assert torch.equal(one[k], torch.cat([h[k] for h in halves]))
-    assert one["input_ids"].dtype == torch.int64 and one["doc_ids"].dtype == torch.int32 and one["loss_mask"].dtype == torch.bool
+    assert (
+        one["input_ids"].dtype == torch.int64
+        and one["doc_ids"].dtype == torch.int32
+        and one["loss_mask"].dtype == torch.bool
+    )
 
 
 def test_resume_gives_identical_losses(tmp_path):
@@ -68,7 +72,9 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
 
 
 def test_learning_signal_and_modalities(tmp_path):
-    run = _run(tmp_path, "r", "--steps=25", "--ckpt_every=25", "--lr=0.01", f"--val_data={tmp_path / 'data'}", "--val_every=24")
+    run = _run(
+        tmp_path, "r", "--steps=25", "--ckpt_every=25", "--lr=0.01", f"--val_data={tmp_path / 'data'}", "--val_every=24"
+    )
     recs = read_metrics(os.path.join(run, "metrics.jsonl"))
     train_recs = [r for r in recs if "lr" in r]
     assert {"loss_text", "loss_image", "loss_audio", "z", "grad_norm", "tokens_per_s", "mfu"} <= set(train_recs[0])
@@ -120,13 +126,30 @@ def test_export_and_load_round_trip(tmp_path):
     from chameleon_lite.vocab import UnifiedVocab
 
     tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
     data = write_meta(str(tmp_path / "data"), vocab)
     run = str(tmp_path / "run")
-    last = train(_cfg(data, run, "--steps=3", "--ckpt_every=3", f"--tokenizers={tok_dir}", f"--val_data={data}", "--val_every=3"), make_loader=SyntheticLoader)
+    last = train(
+        _cfg(
+            data, run, "--steps=3", "--ckpt_every=3", f"--tokenizers={tok_dir}", f"--val_data={data}", "--val_every=3"
+        ),
+        make_loader=SyntheticLoader,
+    )
     assert last["step"] == 2
     out = export_run(run, str(tmp_path / "model"))
-    assert sorted(os.listdir(out)) == ["audio_codec.json", "config.json", "image_vq.json", "model.safetensors", "tokenizer.json", "vocab.json"]
+    assert sorted(os.listdir(out)) == [
+        "audio_codec.json",
+        "config.json",
+        "image_vq.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+    ]
     model = load_model(out)
     assert model.config.vocab_hash == vocab.hash
     # The exported weights reproduce the validation loss the run logged after its last step (4 val batches).
@@ -148,7 +171,12 @@ def test_load_model_refuses_mismatched_vocab(tmp_path):
     from chameleon_lite.vocab import UnifiedVocab
 
     tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
     data = write_meta(str(tmp_path / "data"), vocab)
     run = str(tmp_path / "run")
     train(_cfg(data, run, "--steps=1", f"--tokenizers={tok_dir}"), make_loader=SyntheticLoader)
@@ -162,14 +190,26 @@ def test_load_model_refuses_mismatched_vocab(tmp_path):
     with pytest.raises(ConfigError, match="vocab.json"):
         load_model(out)
     # Export refuses tokenizers that do not define the run's vocabulary.
-    bad_tok, _ = _tokenizer_dir(str(tmp_path / "tok2"), UnifiedVocab(text_size=t, image_codebook=16, audio_levels=2, audio_codebook=32))
+    bad_tok, _ = _tokenizer_dir(
+        str(tmp_path / "tok2"), UnifiedVocab(text_size=t, image_codebook=16, audio_levels=2, audio_codebook=32)
+    )
     with pytest.raises(ConfigError, match="trained on"):
         export_run(run, str(tmp_path / "model2"), tokenizers_dir=bad_tok)
 
 
 def test_config_overrides_and_errors(tmp_path):
-    cfg = load_config("debug", configs_dir="", overrides=["--lr=1e-3", "--steps=7", "--model.n_layers=2", "--parallel=ddp", "--compile=true"])
-    assert (cfg.lr, cfg.steps, cfg.parallel, cfg.compile, cfg.model_overrides) == (1e-3, 7, "ddp", True, {"n_layers": 2})
+    cfg = load_config(
+        "debug",
+        configs_dir="",
+        overrides=["--lr=1e-3", "--steps=7", "--model.n_layers=2", "--parallel=ddp", "--compile=true"],
+    )
+    assert (cfg.lr, cfg.steps, cfg.parallel, cfg.compile, cfg.model_overrides) == (
+        1e-3,
+        7,
+        "ddp",
+        True,
+        {"n_layers": 2},
+    )
     assert cfg.model_config(100, "h").n_layers == 2
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="unknown training option"):
@@ -217,8 +257,18 @@ def test_plot_command(tmp_path):
 
 def _torchrun(tmp_path, nproc, out, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", os.path.join(HERE, "run_synthetic.py"),
-           f"--data={tmp_path / 'data'}", f"--out={out}", *BASE, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        os.path.join(HERE, "run_synthetic.py"),
+        f"--data={tmp_path / 'data'}",
+        f"--out={out}",
+        *BASE,
+        *extra,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -236,7 +286,10 @@ def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, paralle
         assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
     # Resume the 2-rank step-3 checkpoint in one process.
     shutil.rmtree(os.path.join(dist_run, "checkpoints", "step_00000006"))
-    train(_cfg(str(tmp_path / "data"), dist_run, "--steps=6", "--ckpt_every=3", "--grad_accum=2"), make_loader=SyntheticLoader)
+    train(
+        _cfg(str(tmp_path / "data"), dist_run, "--steps=6", "--ckpt_every=3", "--grad_accum=2"),
+        make_loader=SyntheticLoader,
+    )
     c = _losses(dist_run)
     assert sorted(c) == list(range(6))
     for s in a:
@@ -251,7 +304,12 @@ def test_export_and_load_errors(tmp_path):
     with pytest.raises(ConfigError, match="run.json"):
         export_run(str(tmp_path), str(tmp_path / "m"))
     tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
     data = write_meta(str(tmp_path / "data"), vocab)
     run = str(tmp_path / "run")
     train(_cfg(data, run, "--steps=1", f"--tokenizers={tok_dir}"), make_loader=SyntheticLoader)
@@ -281,7 +339,9 @@ def test_validation_shards_must_share_the_vocabulary(tmp_path):
     from chameleon_lite.vocab import UnifiedVocab
 
     data = write_meta(str(tmp_path / "data"))
-    val = write_meta(str(tmp_path / "val"), UnifiedVocab(text_size=301, image_codebook=64, audio_levels=2, audio_codebook=32))
+    val = write_meta(
+        str(tmp_path / "val"), UnifiedVocab(text_size=301, image_codebook=64, audio_levels=2, audio_codebook=32)
+    )
     with pytest.raises(DataError, match="validation shards use vocabulary"):
         train(_cfg(data, str(tmp_path / "r"), "--steps=1", f"--val_data={val}"), make_loader=SyntheticLoader)
     (tmp_path / "bad").mkdir()
@@ -296,11 +356,27 @@ def test_activation_checkpointing_matches_and_exports(tmp_path):
     from chameleon_lite.vocab import UnifiedVocab
 
     tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
     data = write_meta(str(tmp_path / "data"), vocab)
     plain, ac = str(tmp_path / "plain"), str(tmp_path / "ac")
     train(_cfg(data, plain, "--steps=4", "--ckpt_every=2"), make_loader=SyntheticLoader)
-    train(_cfg(data, ac, "--steps=4", "--ckpt_every=2", "--stop_after=2", "--activation_checkpoint=true", f"--tokenizers={tok_dir}"), make_loader=SyntheticLoader)
+    train(
+        _cfg(
+            data,
+            ac,
+            "--steps=4",
+            "--ckpt_every=2",
+            "--stop_after=2",
+            "--activation_checkpoint=true",
+            f"--tokenizers={tok_dir}",
+        ),
+        make_loader=SyntheticLoader,
+    )
     load_model(export_run(ac, str(tmp_path / "model")))
     train(_cfg(data, ac, "--steps=4", "--ckpt_every=2"), make_loader=SyntheticLoader)
     a, b = _losses(plain), _losses(ac)
@@ -316,7 +392,12 @@ def test_pretrain_entry_point_reports_errors_in_one_line(tmp_path):
         (["--config", "debug", "--lrr=1"], "unknown training option"),
         (["--config", "debug"], "meta.json"),
     ):
-        r = subprocess.run([sys.executable, script, "--data", str(tmp_path), "--out", str(tmp_path / "run"), *extra], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, script, "--data", str(tmp_path), "--out", str(tmp_path / "run"), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 1, r.stderr
         assert expected in r.stderr and "Traceback" not in r.stderr
 
@@ -326,10 +407,17 @@ def _exported(tmp_path, name, *extra):
     from chameleon_lite.vocab import UnifiedVocab
 
     tok_dir, t = _tokenizer_dir(str(tmp_path / "tok"))
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
     data = write_meta(str(tmp_path / "data"), vocab)
     run = str(tmp_path / name)
-    train(_cfg(data, run, "--steps=4", "--ckpt_every=4", f"--tokenizers={tok_dir}", *extra), make_loader=SyntheticLoader)
+    train(
+        _cfg(data, run, "--steps=4", "--ckpt_every=4", f"--tokenizers={tok_dir}", *extra), make_loader=SyntheticLoader
+    )
     return export_run(run, str(tmp_path / f"{name}-model")), data, tok_dir
 
 
@@ -354,22 +442,42 @@ def test_init_from_continues_from_an_exported_model(tmp_path):
     with open(os.path.join(cont, "run.json")) as f:
         assert json.load(f)["train"]["init_from"] == src
     # Resuming: the checkpoint's weights win, so the continued run matches an uninterrupted one bit for bit.
-    train(_cfg(data, cont, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok}", f"--init_from={src}"), make_loader=SyntheticLoader)
+    train(
+        _cfg(data, cont, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok}", f"--init_from={src}"),
+        make_loader=SyntheticLoader,
+    )
     whole = str(tmp_path / "whole")
-    train(_cfg(data, whole, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok}", f"--init_from={src}"), make_loader=SyntheticLoader)
+    train(
+        _cfg(data, whole, "--steps=4", "--ckpt_every=2", f"--tokenizers={tok}", f"--init_from={src}"),
+        make_loader=SyntheticLoader,
+    )
     assert _losses(cont) == _losses(whole)
 
 
 def test_init_from_errors(tmp_path):
     src, data, tok = _exported(tmp_path, "first")
     with pytest.raises(ConfigError, match="model folder not found"):
-        train(_cfg(data, str(tmp_path / "a"), "--steps=1", f"--init_from={tmp_path / 'nowhere'}"), make_loader=SyntheticLoader)
+        train(
+            _cfg(data, str(tmp_path / "a"), "--steps=1", f"--init_from={tmp_path / 'nowhere'}"),
+            make_loader=SyntheticLoader,
+        )
     with pytest.raises(ConfigError, match=r"differs from the run's model .*dim=128 vs 64"):
-        train(_cfg(data, str(tmp_path / "b"), "--steps=1", "--model.dim=64", f"--init_from={src}"), make_loader=SyntheticLoader)
+        train(
+            _cfg(data, str(tmp_path / "b"), "--steps=1", "--model.dim=64", f"--init_from={src}"),
+            make_loader=SyntheticLoader,
+        )
     # Data on another vocabulary.
     from chameleon_lite.vocab import UnifiedVocab
 
-    other = write_meta(str(tmp_path / "other"), UnifiedVocab(text_size=VOCAB.text_size, image_codebook=VOCAB.image_codebook, audio_levels=1, audio_codebook=VOCAB.audio_codebook))
+    other = write_meta(
+        str(tmp_path / "other"),
+        UnifiedVocab(
+            text_size=VOCAB.text_size,
+            image_codebook=VOCAB.image_codebook,
+            audio_levels=1,
+            audio_codebook=VOCAB.audio_codebook,
+        ),
+    )
     with pytest.raises(ConfigError, match="trained on vocabulary .* the data uses"):
         train(_cfg(other, str(tmp_path / "c"), "--steps=1", f"--init_from={src}"), make_loader=SyntheticLoader)
     # Weights that do not fit config.json.
@@ -391,16 +499,22 @@ def _codes_weights(path, codebook=0.0, decoder=0.0):
     """A stand-in image tokenizer weights file: encoder, quantizer and decoder tensors (codes_hash reads only these)."""
     from safetensors.torch import save_file
 
-    save_file({"encoder.conv.weight": torch.ones(4, 3), "quantizer.codebook": torch.full((16, 4), codebook),
-               "decoder.conv.weight": torch.full((3, 4), decoder)}, os.path.join(path, "image_vq.safetensors"))
+    save_file(
+        {
+            "encoder.conv.weight": torch.ones(4, 3),
+            "quantizer.codebook": torch.full((16, 4), codebook),
+            "decoder.conv.weight": torch.full((3, 4), decoder),
+        },
+        os.path.join(path, "image_vq.safetensors"),
+    )
 
 
 def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
     """The vocab hash covers only the id layout; the codes hash binds shards, checkpoints and exported models to
     the tokenizers that made their codes: a retrained tokenizer of the same sizes is refused everywhere, a
     fine-tuned decoder is not."""
-    from chameleon_lite.generate.engine import Generator
     from chameleon_lite.bundle import codes_hash
+    from chameleon_lite.generate.engine import Generator
     from chameleon_lite.tokenizers.loader import Tokenizers
     from chameleon_lite.vocab import UnifiedVocab
 
@@ -416,7 +530,12 @@ def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
     with open(os.path.join(other_text, "tokenizer.json"), "a") as f:
         f.write(" ")
     assert codes_hash(other_text) != h
-    vocab = UnifiedVocab(text_size=t, image_codebook=VOCAB.image_codebook, audio_levels=VOCAB.audio_levels, audio_codebook=VOCAB.audio_codebook)
+    vocab = UnifiedVocab(
+        text_size=t,
+        image_codebook=VOCAB.image_codebook,
+        audio_levels=VOCAB.audio_levels,
+        audio_codebook=VOCAB.audio_codebook,
+    )
 
     def shards(name, codes):
         d = write_meta(str(tmp_path / name), vocab)
@@ -437,12 +556,21 @@ def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
     with pytest.raises(ConfigError, match="no_text/tokenizer.json: text tokenizer not found"):
         train(_cfg(data, str(tmp_path / "r0"), "--steps=1", f"--tokenizers={no_text}"), make_loader=SyntheticLoader)
     with pytest.raises(DataError, match="validation shards were tokenized with other tokenizers"):
-        train(_cfg(data, str(tmp_path / "r2"), "--steps=1", f"--val_data={shards('val', codes_hash(retrained))}"), make_loader=SyntheticLoader)
+        train(
+            _cfg(data, str(tmp_path / "r2"), "--steps=1", f"--val_data={shards('val', codes_hash(retrained))}"),
+            make_loader=SyntheticLoader,
+        )
     # continued pretraining on data of other codes; resuming a checkpoint with other tokenizers
     with pytest.raises(ConfigError, match="trained on other codes"):
-        train(_cfg(shards("data2", codes_hash(retrained)), str(tmp_path / "r3"), "--steps=1", f"--init_from={model_dir}"), make_loader=SyntheticLoader)
+        train(
+            _cfg(shards("data2", codes_hash(retrained)), str(tmp_path / "r3"), "--steps=1", f"--init_from={model_dir}"),
+            make_loader=SyntheticLoader,
+        )
     with pytest.raises(ConfigError, match="checkpoint was trained on other codes"):
-        train(_cfg(write_meta(str(tmp_path / "plain"), vocab), run, "--steps=4", f"--tokenizers={retrained}"), make_loader=SyntheticLoader)
+        train(
+            _cfg(write_meta(str(tmp_path / "plain"), vocab), run, "--steps=4", f"--tokenizers={retrained}"),
+            make_loader=SyntheticLoader,
+        )
     with open(os.path.join(run, "run.json")) as f:
         assert json.load(f)["model"]["codes_hash"] == h  # the refused resume left the run as it was
     # export with other tokenizers; a model folder whose tokenizers were swapped; a Generator given other tokenizers
