@@ -17,6 +17,18 @@ from chameleon_lite.model.io import save_model_dir
 TRAIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train")  # the stage scripts
 
 
+def _load_recipe_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_recipe_script", os.path.join(TRAIN_DIR, "recipe.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe_script = _load_recipe_script()  # train/recipe.py: RECIPE.json of the demo model's training stages
+
+
 @pytest.fixture
 def model_dir(tmp_path):
     tk = toy_tokenizers(audio=False)
@@ -123,7 +135,7 @@ def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
     _write(os.path.join(first, "calibration.json"), {"steps": 10, "pretrain_minutes": 11.0})
     _write(os.path.join(first, "stage_seconds.jsonl"), [{"stage": "eval500", "seconds": 120.0}], lines=True)
     with pytest.raises(ConfigError, match="eval500.*evaluation not found"):
-        demo.recipe(first)
+        recipe_script.recipe(first)
     _write(
         os.path.join(first, "eval500", "eval.json"),
         {
@@ -133,7 +145,7 @@ def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
             "seconds": 9.0,
         },
     )
-    rec = demo.recipe(first, machine="m")
+    rec = recipe_script.recipe(first, machine="m")
     q = rec["stages"]["quickstart"]
     assert q["command"] == f"chameleon-lite quickstart --out {first} --budget-minutes 240 --seed 3"
     assert q["stage_seconds"] == {"corpus": 60.0, "pretrain": 600.0, "eval500": 120.0} and q["minutes"] == 13.0
@@ -143,9 +155,9 @@ def test_recipe_of_the_quickstart_alone(tmp_path, capsys):
         f"--shards {first}/shards/val --out {first}/eval500"
     )
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 500, "exact": 0.9}} and rec["total_minutes"] == 13.0
-    assert demo.main([first]) == 0 and json.loads(capsys.readouterr().out)["seed"] == 3
+    assert recipe_script.main([first]) == 0 and json.loads(capsys.readouterr().out)["seed"] == 3
     _write(os.path.join(first, "quickstart.json"), {"stage_seconds_this_run": {}})  # no config
-    assert demo.main([first]) == 1 and "malformed (KeyError: 'config')" in capsys.readouterr().err
+    assert recipe_script.main([first]) == 1 and "malformed (KeyError: 'config')" in capsys.readouterr().err
 
 
 def test_continued_recipe_collects_every_stage(tmp_path, capsys):
@@ -186,7 +198,7 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
         os.path.join(second, "corpus", "corpus.json"),
         {"n": 10, "seed": 100, "config": {"task_weights": {"interleaved": 0.5}}},
     )
-    rec = demo.recipe(first, second, machine="test machine")
+    rec = recipe_script.recipe(first, second, machine="test machine")
     assert rec["machine"] == "test machine" and rec["seed"] == 0 and rec["command"] == "bash train/demo_recipe.sh"
     q, (c,) = rec["stages"]["quickstart"], rec["stages"]["continued"]
     assert (
@@ -199,7 +211,10 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
     assert rec["eval"]["tasks"] == {"text_to_image": {"n": 5, "exact": 0.4}}  # samples left out
     assert c["out"] == second and c["eval_exact"] == {"text_to_image": 0.4}
     assert c["corpus"] == {"n": 10, "seed": 100, "task_weights": {"interleaved": 0.5}, "image_size": None}
-    assert demo.main([first, second, "--machine", "m"]) == 0 and json.loads(capsys.readouterr().out)["machine"] == "m"
+    assert (
+        recipe_script.main([first, second, "--machine", "m"]) == 0
+        and json.loads(capsys.readouterr().out)["machine"] == "m"
+    )
 
     # a third stage continues from the second's model; the recipe's eval is the last stage's, the times add up
     third = str(tmp_path / "demo3")
@@ -214,11 +229,11 @@ def test_continued_recipe_collects_every_stage(tmp_path, capsys):
         os.path.join(third, "eval", "eval.json"),
         {"tasks": {"text_to_image": {"n": 5, "exact": 0.8}}, "tokenizers": {}, "perplexity": {}, "seconds": 9.0},
     )
-    rec = demo.recipe(first, second, third, machine="m")
+    rec = recipe_script.recipe(first, second, third, machine="m")
     assert [c["out"] for c in rec["stages"]["continued"]] == [second, third] and rec["total_minutes"] == 3.0
     assert rec["eval"]["tasks"]["text_to_image"]["exact"] == 0.8 and f"--model {third}/model" in rec["eval_command"]
     os.remove(os.path.join(third, "eval", "eval.json"))
-    assert demo.main([first, second, third]) == 1
+    assert recipe_script.main([first, second, third]) == 1
     assert "eval.json: evaluation not found" in capsys.readouterr().err
 
 
@@ -258,7 +273,7 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
         {"n": 4, "seed": 300, "config": {"task_weights": {}, "image_size": 64}},
     )
     with pytest.raises(ConfigError, match="no evaluation"):
-        demo.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
+        recipe_script.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
     _write(
         os.path.join(out, "eval", "eval.json"),
         {
@@ -268,7 +283,7 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
             "seconds": 1.0,
         },
     )
-    rec = demo.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
+    rec = recipe_script.extend(base, out, "bash train/demo_continue.sh a b", "def", "the model of abc", machine="m")
     assert "source" not in rec and "bytes" not in rec and rec["seed"] == 0
     assert rec["commands"] == [
         {"command": "bash train/demo_recipe.sh", "commit": "abc", "machine": "old machine"},
@@ -286,14 +301,14 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
         and f"--shards {out}/shards/val" in rec["eval_command"]
     )
     # a second extension chains on the first's commands
-    again = demo.extend(rec, out, "bash train/demo_continue.sh c d", "ghi", "x", machine="m")
+    again = recipe_script.extend(rec, out, "bash train/demo_continue.sh c d", "ghi", "x", machine="m")
     assert [c["commit"] for c in again["commands"]] == ["abc", "def", "ghi"] and len(again["stages"]["continued"]) == 3
     with pytest.raises(ConfigError, match="no 'stages'"):
-        demo.extend({"total_minutes": 1.0}, out, "c", "d", "e")
+        recipe_script.extend({"total_minutes": 1.0}, out, "c", "d", "e")
     recipe_file = tmp_path / "RECIPE.json"
     recipe_file.write_text(json.dumps(base))
     assert (
-        demo.main(
+        recipe_script.main(
             [
                 out,
                 "--extend",
@@ -311,7 +326,7 @@ def test_extend_a_shipped_recipe_with_one_more_stage(tmp_path, capsys):
         == 0
     )
     assert json.loads(capsys.readouterr().out)["commands"][-1] == {"command": "c", "commit": "d", "machine": "m"}
-    assert demo.main([out, "--extend", str(recipe_file)]) == 1
+    assert recipe_script.main([out, "--extend", str(recipe_file)]) == 1
     assert "needs --command, --commit and --from-model" in capsys.readouterr().err
 
 
@@ -348,7 +363,7 @@ def test_extend_with_a_decoder_fine_tuning_stage(tmp_path):
         os.path.join(out, "eval", "eval.json"),
         {"config": {"shards": "runs/demo7/shards/val"}, "tasks": {"text_to_audio": {"n": 500, "exact": 0.8}}},
     )
-    rec = demo.extend(base, out, "bash train/demo_decoders.sh a b", "def", "the model of abc", machine="m")
+    rec = recipe_script.extend(base, out, "bash train/demo_decoders.sh a b", "def", "the model of abc", machine="m")
     (stage,) = rec["stages"]["continued"]
     assert stage["kind"] == "decoder fine-tuning" and stage["minutes"] == 1.0 and rec["total_minutes"] == 76.0
     assert (

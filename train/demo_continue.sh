@@ -2,7 +2,7 @@
 # One stage of continued pretraining of a demo model: a fresh procedural corpus (task weights as given) tokenized with
 # the model's own tokenizers, STEPS steps of 8 x 512 tokens from the model's weights (a fresh warm-up, cosine to
 # 0.1 x LR), export, curves and the 500-prompt evaluation. Every step resumes when re-run; each step's wall time is
-# appended to OUT/stage_seconds.jsonl (read into RECIPE.json by `python -m chameleon_lite.demo`).
+# appended to OUT/stage_seconds.jsonl (read into RECIPE.json by `python train/recipe.py`).
 #
 #   bash train/demo_continue.sh FROM_MODEL TOKENIZERS OUT SEED LR WARMUP STEPS WEIGHTS [IMAGE_SIZE] [VAL_SHARDS]
 #

@@ -3,7 +3,7 @@
 # image tokenizer's decoder and AUDIO_STEPS steps of the audio codec's decoder (encoders and codebooks frozen, so the
 # transformer's codes mean what they meant; 0 steps keeps that tokenizer as it is), a model folder of the transformer
 # with the new tokenizers, and the 500-prompt evaluation. Every step resumes when re-run; each step's wall time is
-# appended to OUT/stage_seconds.jsonl (read into RECIPE.json by `python -m chameleon_lite.demo`).
+# appended to OUT/stage_seconds.jsonl (read into RECIPE.json by `python train/recipe.py`).
 #
 #   bash train/demo_decoders.sh FROM_MODEL OUT SEED IMAGE_STEPS AUDIO_STEPS [VAL_SHARDS [IMAGE_SIZE]]
 #

@@ -23,5 +23,5 @@ bash train/demo_continue.sh "$first/model" "$first/tokenizers" "$runs/demo2" 100
   "$first/shards/val"
 
 # 3. The demo model itself, with the recipe assembled from every stage's records.
-python -m chameleon_lite.demo "$first" "$runs/demo2" > "$runs/demo2/recipe.json"
+python train/recipe.py "$first" "$runs/demo2" > "$runs/demo2/recipe.json"
 chameleon-lite ship-demo --model "$runs/demo2/model" --recipe "$runs/demo2/recipe.json"
