@@ -30,6 +30,8 @@ from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.errors import ConfigError, UserError
 from chameleon_lite.generate.document import Document, detokenize, split_spans
 from chameleon_lite.generate.state_machine import ModalityStateMachine, Mode
+from chameleon_lite.ops import sample
+from chameleon_lite.vocab import UnifiedVocab
 
 THEN = (None, "text", "image", "audio", "media")
 
@@ -216,6 +218,49 @@ def _resolve_dtype(name: str) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------------- engine
+_GREEDY = SamplingSettings(temperature=0.0)  # what a finished row "samples" (its id is ignored)
+
+
+def _kind(v: UnifiedVocab, t: int) -> str:
+    if v.text_offset <= t < v.image_offset:
+        return "text"
+    if v.image_offset <= t < v.audio_offset:
+        return "image"
+    return "audio" if t >= v.audio_offset else "special"
+
+
+@dataclasses.dataclass
+class _Run:
+    """The state of one :meth:`Generator.generate` call: the encoded prompts, the per-row state machine, and what
+    each row has produced so far."""
+
+    cfg: GenerationConfig
+    prompts: list[list[int]]  # unified ids of each prompt (starting with <bos>)
+    spans: list[list[int]]  # span ids of those prompts (bidirectional input spans)
+    sm: ModalityStateMachine
+    use_cfg: bool  # classifier-free guidance: B unconditional rows follow the B conditional ones
+    dtype: torch.dtype
+    step: int = 0
+    out: list[list[int]] = dataclasses.field(default_factory=list)
+    finish: list[str] = dataclasses.field(default_factory=list)
+    texts: list[str] = dataclasses.field(default_factory=list)
+    decoders: list[Any] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = [[] for _ in self.prompts]
+        self.finish = ["length"] * self.size
+        self.texts = [""] * self.size
+        self.decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in self.prompts]
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def rows(self) -> int:
+        return 2 * self.size if self.use_cfg else self.size
+
+
 class Generator:
     """A model plus the tokenizers it was trained with. ``generate`` is the Python face of `chameleon-lite generate`."""
 
@@ -314,15 +359,37 @@ class Generator:
         config: GenerationConfig | None = None,
         stream: Callable[[StreamEvent], None] | None = None,
     ) -> list[Document]:
-        """Generate one document per prompt, all prompts in one batch (no ``config``: :meth:`default_config`). Returns Documents whose
-        ``settings["finish_reason"]`` is "eos", "length" or "stop"."""
+        """Generate one document per prompt, all prompts in one batch (no ``config``: :meth:`default_config`).
+        Returns Documents whose ``settings["finish_reason"]`` is "eos", "length" or "stop"."""
         cfg = config or self.default_config()
-        if isinstance(prompts, (Prompt, str)):
-            prompts = [prompts]
+        prompts = [prompts] if isinstance(prompts, (Prompt, str)) else list(prompts)
         if not prompts:
             raise ConfigError("no prompts given")
         t_start = time.perf_counter()
-        v, B = self.vocab, len(prompts)
+        run = self._start(prompts, cfg)
+        logits = self._prefill(run)
+        t_prefill = time.perf_counter()
+        t_first = None
+        while True:
+            done_before = run.sm.done().clone()
+            modes = [run.sm.row_mode(b) for b in range(run.size)]
+            ids = self._sample_next(run, logits, modes)
+            t_first = t_first or time.perf_counter()
+            run.sm.advance(ids)
+            self._record(run, ids, done_before, modes, stream)
+            run.step += 1
+            if bool(run.sm.done().all()):
+                break
+            logits = self._decode_step(run, ids, done_before)
+        t_end = time.perf_counter()
+        docs = [self._document(run.prompts[b], run.out[b], run.finish[b], cfg, run.texts[b]) for b in range(run.size)]
+        timings = self._timings(run, t_start, t_prefill, t_first or t_end, t_end, time.perf_counter())
+        for d in docs:
+            d.timings = dict(timings)
+        return docs
+
+    def _start(self, prompts: list[Prompt | str], cfg: GenerationConfig) -> _Run:
+        """Encode the prompts, check they leave room to generate, set up the state machine and the KV cache."""
         encoded = [self.encode_prompt(p) for p in prompts]
         lens = [len(ids) for ids, _ in encoded]
         for i, n in enumerate(lens):
@@ -333,9 +400,9 @@ class Generator:
                 )
         left = [min(cfg.max_new_tokens, self.context - n) for n in lens]
         sm = ModalityStateMachine(
-            v,
+            self.vocab,
             self.image_tokens,
-            B,
+            len(prompts),
             left,
             max_audio_frames=cfg.max_audio_frames,
             allow_image=cfg.allow_image,
@@ -345,166 +412,127 @@ class Generator:
             sm.feed_prompt(b, ids)
             if isinstance(prompts[b], Prompt) and prompts[b].then == "media":
                 sm.require_media(b)
-            need = {Mode.IMAGE: self.image_tokens - int(sm.count[b]) + 1, Mode.AUDIO: v.audio_levels + 1}.get(
-                Mode(int(sm.mode[b])), 1
-            )
-            if left[b] < need:
+            if left[b] < sm.ids_needed(b):
                 raise UserError(
-                    f"prompt {b} opens a {Mode(int(sm.mode[b])).name.lower()} span that needs {need} new tokens, "
-                    f"but only {left[b]} fit (max_new_tokens={cfg.max_new_tokens}, context {self.context})"
+                    f"prompt {b} opens a {sm.row_mode(b).name.lower()} span that needs {sm.ids_needed(b)} new "
+                    f"tokens, but only {left[b]} fit (max_new_tokens={cfg.max_new_tokens}, context {self.context})"
                 )
         use_cfg = (cfg.image.cfg_scale != 1.0 and sm.allow_image) or (cfg.audio.cfg_scale != 1.0 and sm.allow_audio)
-        rows = 2 * B if use_cfg else B
-        dtype = _resolve_dtype(cfg.dtype)
-        self._use_dtype(dtype, cfg.weights)
-        dev = self.device
-        max_len = min(self.context, max(n + k for n, k in zip(lens, left)) + 1)
-        self.model.setup_cache(rows, max_len, dtype=dtype)
+        run = _Run(cfg, [ids for ids, _ in encoded], [sp for _, sp in encoded], sm, use_cfg, _resolve_dtype(cfg.dtype))
+        self._use_dtype(run.dtype, cfg.weights)
+        self.model.setup_cache(run.rows, min(self.context, max(n + k for n, k in zip(lens, left)) + 1), dtype=run.dtype)
+        return run
 
-        # prefill: conditional rows, then (CFG) unconditional rows that hold <bos> + the open media span
-        seqs = [ids for ids, _ in encoded]
-        span_rows = [sp for _, sp in encoded]
-        if use_cfg:
-            for b in range(B):
-                u = [v.bos] + self._open_span(seqs[b], sm, b)
+    def _prefill(self, run: _Run) -> torch.Tensor:
+        """Logits [rows, vocab] after the prompts: the conditional rows, then (CFG) the unconditional rows, which
+        hold <bos> + the media span the prompt leaves open."""
+        seqs, span_rows = list(run.prompts), list(run.spans)
+        if run.use_cfg:
+            for b in range(run.size):
+                u = [self.vocab.bos] + self._open_span(run.prompts[b], run.sm, b)
                 seqs.append(u)
                 span_rows.append([0] * len(u))
-        L = max(len(s) for s in seqs)
-        inp = torch.full((rows, L), v.pad, dtype=torch.int64)
-        spn = torch.zeros(rows, L, dtype=torch.int32)
+        inp = torch.full((run.rows, max(len(s) for s in seqs)), self.vocab.pad, dtype=torch.int64)
+        spn = torch.zeros(inp.shape, dtype=torch.int32)
         for r, (s, sp) in enumerate(zip(seqs, span_rows)):
             inp[r, : len(s)] = torch.tensor(s)
             spn[r, : len(sp)] = torch.tensor(sp, dtype=torch.int32)
         plen = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
-        logits = self.model.prefill(inp.to(dev), plen.to(dev), spn.to(dev))
-        t_prefill = time.perf_counter()
+        return self.model.prefill(inp.to(self.device), plen.to(self.device), spn.to(self.device))
 
-        table = {
-            Mode.TEXT: cfg.text,
-            Mode.IMAGE: cfg.image,
-            Mode.AUDIO: cfg.audio,
-            Mode.DONE: SamplingSettings(temperature=0.0),
-        }
-        out: list[list[int]] = [[] for _ in range(B)]
-        finish = ["length"] * B
-        decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(B)]
-        texts = [""] * B
-        t_first = None
-        step = 0
-        while True:
-            done_before = sm.done().clone()
-            modes = [Mode(int(m)) for m in sm.modality()]
-            sets = [table[m] for m in modes]
-            allowed = sm.allowed_ranges()
-            if step < cfg.min_new_tokens:  # no <eos> yet: drop it from the range that starts with it
-                at_eos = allowed[..., 0] == v.eos
-                allowed[..., 0] = torch.where(at_eos, allowed[..., 0] + 1, allowed[..., 0])
-            kw: dict[str, Any] = dict(
-                temperature=torch.tensor([s.temperature for s in sets], dtype=torch.float32),
-                top_k=torch.tensor([s.top_k for s in sets], dtype=torch.int64),
-                top_p=torch.tensor([s.top_p for s in sets], dtype=torch.float32),
-                min_p=torch.tensor([s.min_p for s in sets], dtype=torch.float32),
+    def _sample_next(self, run: _Run, logits: torch.Tensor, modes: list[Mode]) -> torch.Tensor:
+        """int64 [B] next ids: each row sampled with its mode's settings among the ids its state allows (CFG mixes
+        in the unconditional rows inside media spans); a row with one allowed id gets it. Sampling runs on the
+        CPU, so the same seed gives the same document on any device."""
+        cfg, B = run.cfg, run.size
+        table = {Mode.TEXT: cfg.text, Mode.IMAGE: cfg.image, Mode.AUDIO: cfg.audio, Mode.DONE: _GREEDY}
+        sets = [table[m] for m in modes]
+        allowed = run.sm.allowed_ranges()
+        if run.step < cfg.min_new_tokens:  # no <eos> yet: drop it from the range that starts with it
+            at_eos = allowed[..., 0] == self.vocab.eos
+            allowed[..., 0] = torch.where(at_eos, allowed[..., 0] + 1, allowed[..., 0])
+        kw: dict[str, Any] = {
+            name: torch.tensor([getattr(s, name) for s in sets], dtype=dtype)
+            for name, dtype in (
+                ("temperature", torch.float32),
+                ("top_k", torch.int64),
+                ("top_p", torch.float32),
+                ("min_p", torch.float32),
             )
-            if any(s.repetition_penalty != 1.0 for s in sets):
-                w = max(s.penalty_window for s in sets)
-                pen = torch.full((B, w), -1, dtype=torch.int64)
-                for b, s in enumerate(sets):
-                    recent = out[b][-s.penalty_window :]
-                    if recent and s.repetition_penalty != 1.0:
-                        pen[b, : len(recent)] = torch.tensor(recent)
-                kw.update(
-                    penalty_ids=pen,
-                    repetition_penalty=torch.tensor([s.repetition_penalty for s in sets], dtype=torch.float32),
-                )
-            cond = logits[:B].float()
-            if use_cfg:
-                kw.update(
-                    uncond_logits=logits[B:].float(),
-                    cfg_scale=torch.tensor(
-                        [s.cfg_scale if m in (Mode.IMAGE, Mode.AUDIO) else 1.0 for s, m in zip(sets, modes)],
-                        dtype=torch.float32,
-                    ),
-                )
-            from chameleon_lite.ops import sample
+        }
+        if any(s.repetition_penalty != 1.0 for s in sets):
+            pen = torch.full((B, max(s.penalty_window for s in sets)), -1, dtype=torch.int64)
+            for b, s in enumerate(sets):
+                recent = run.out[b][-s.penalty_window :]
+                if recent and s.repetition_penalty != 1.0:
+                    pen[b, : len(recent)] = torch.tensor(recent)
+            kw.update(penalty_ids=pen, repetition_penalty=torch.tensor([s.repetition_penalty for s in sets]))
+        logits = logits.float().cpu()
+        if run.use_cfg:
+            scale = [s.cfg_scale if m in (Mode.IMAGE, Mode.AUDIO) else 1.0 for s, m in zip(sets, modes)]
+            kw.update(uncond_logits=logits[B:], cfg_scale=torch.tensor(scale, dtype=torch.float32))
+        ids = sample(logits[:B], seed=cfg.seed, step=run.step, allowed_ranges=allowed, **kw)
+        forced = run.sm.forced()
+        return torch.where(forced >= 0, forced, ids)
 
-            ids = sample(cond.cpu(), seed=cfg.seed, step=step, allowed_ranges=allowed, **kw)
-            forced = sm.forced()
-            ids = torch.where(forced >= 0, forced, ids)
-            if t_first is None:
-                t_first = time.perf_counter()
-            modes_before = modes
-            sm.advance(ids)
-            for b in range(B):
-                if done_before[b]:
-                    continue
-                t = int(ids[b])
-                out[b].append(t)
-                if t == v.eos:
-                    finish[b] = "eos"
-                ev_text = ""
-                if modes_before[b] == Mode.TEXT and v.text_offset <= t < v.image_offset:
-                    ev_text = decoders[b].decode(self.tokenizers.text.token_bytes(t - v.text_offset))
-                    texts[b] += ev_text
-                    if cfg.stop and any(s in texts[b] for s in cfg.stop):
-                        sm.mode[b] = int(Mode.DONE)
-                        finish[b] = "stop"
-                if stream is not None:
-                    kind = (
-                        "text"
-                        if ev_text or (v.text_offset <= t < v.image_offset)
-                        else (
-                            "image"
-                            if v.image_offset <= t < v.audio_offset
-                            else "audio"
-                            if t >= v.audio_offset
-                            else "special"
-                        )
-                    )
-                    span = None
-                    if int(sm.mode[b]) in (Mode.IMAGE, Mode.AUDIO):
-                        span = (int(sm.count[b]), self.image_tokens if int(sm.mode[b]) == Mode.IMAGE else None)
-                    stream(
-                        StreamEvent(
-                            row=b, step=step, id=t, kind=kind, text=ev_text, span=span, finished=bool(sm.done()[b])
-                        )
-                    )
-            step += 1
-            if bool(sm.done().all()):
-                break
-            # feed the new ids; done rows rewrite their last slot and keep their length
-            feed = ids.clone()
-            feed[done_before] = v.pad
-            lens_before = self.model.cache_lens.clone()
-            if use_cfg:
-                for b in range(B):
-                    if int(ids[b]) in (v.boi, v.boa) and not done_before[b]:
-                        self.model.cache_lens[B + b] = 1  # the unconditional row restarts at <bos> + marker
-                feed = torch.cat([feed, feed])
-            logits = self.model.decode_step(feed.view(rows, 1).to(dev))[:, -1]
-            frozen = torch.cat([done_before, done_before]) if use_cfg else done_before
-            self.model.cache_lens[frozen.to(dev)] = lens_before[frozen.to(dev)]
-        t_end = time.perf_counter()
+    def _record(
+        self,
+        run: _Run,
+        ids: torch.Tensor,
+        done_before: torch.Tensor,
+        modes: list[Mode],
+        stream: Callable[[StreamEvent], None] | None,
+    ) -> None:
+        """Append each live row's new id, decode its text, apply the stop strings, and stream the events."""
+        v = self.vocab
+        for b in range(run.size):
+            if done_before[b]:
+                continue
+            t = int(ids[b])
+            run.out[b].append(t)
+            if t == v.eos:
+                run.finish[b] = "eos"
+            text = ""
+            if modes[b] == Mode.TEXT and v.text_offset <= t < v.image_offset:
+                text = run.decoders[b].decode(self.tokenizers.text.token_bytes(t - v.text_offset))
+                run.texts[b] += text
+                if run.cfg.stop and any(s in run.texts[b] for s in run.cfg.stop):
+                    run.sm.stop(b)
+                    run.finish[b] = "stop"
+            if stream is not None:
+                finished = bool(run.sm.done()[b])
+                stream(StreamEvent(b, run.step, t, _kind(v, t), text, run.sm.span_progress(b), finished=finished))
 
-        docs = []
-        for b in range(B):
-            docs.append(self._document(encoded[b][0], out[b], finish[b], cfg, texts[b]))
-        t_detok = time.perf_counter()
-        n_new = sum(len(o) for o in out)
-        timings = {
+    def _decode_step(self, run: _Run, ids: torch.Tensor, done_before: torch.Tensor) -> torch.Tensor:
+        """Feed the new ids (rows done before this step rewrite their last slot and keep their length) -> logits."""
+        feed = ids.clone()
+        feed[done_before] = self.vocab.pad
+        lens_before = self.model.cache_lens.clone()
+        if run.use_cfg:
+            for b in range(run.size):
+                if int(ids[b]) in (self.vocab.boi, self.vocab.boa) and not done_before[b]:
+                    self.model.cache_lens[run.size + b] = 1  # the unconditional row restarts at <bos> + marker
+            feed = torch.cat([feed, feed])
+        logits = self.model.decode_step(feed.view(run.rows, 1).to(self.device))[:, -1]
+        frozen = (torch.cat([done_before, done_before]) if run.use_cfg else done_before).to(self.device)
+        self.model.cache_lens[frozen] = lens_before[frozen]
+        return logits
+
+    def _timings(self, run: _Run, t_start: float, t_prefill: float, t_first: float, t_end: float, t_detok: float):
+        n_new = sum(len(o) for o in run.out)
+        dtype = str(run.dtype).replace("torch.", "")
+        return {
             "prefill_s": t_prefill - t_start,
-            "time_to_first_token_s": (t_first or t_end) - t_start,
+            "time_to_first_token_s": t_first - t_start,
             "decode_s": t_end - t_prefill,
             "new_tokens": n_new,
-            "decode_tokens_per_s": (n_new - B) / max(t_end - (t_first or t_end), 1e-9) if n_new > B else 0.0,
+            "decode_tokens_per_s": (n_new - run.size) / max(t_end - t_first, 1e-9) if n_new > run.size else 0.0,
             "detokenize_s": t_detok - t_end,
-            "batch": B,
-            "cfg_rows": rows - B,
-            "dtype": str(dtype).replace("torch.", ""),
-            "weights": "bf16" if self._bf16_weights else str(dtype).replace("torch.", ""),
+            "batch": run.size,
+            "cfg_rows": run.rows - run.size,
+            "dtype": dtype,
+            "weights": "bf16" if self._bf16_weights else dtype,
         }
-        for d in docs:
-            d.timings = dict(timings)
-        return docs
 
     def _open_span(self, ids: list[int], sm: ModalityStateMachine, b: int) -> list[int]:
         """The media span a prompt ends inside (marker + ids so far), or [] when it ends in text."""

@@ -169,6 +169,28 @@ class ModalityStateMachine:
     def done(self) -> torch.Tensor:
         return self.mode == int(Mode.DONE)
 
+    def row_mode(self, row: int) -> Mode:
+        return Mode(int(self.mode[row]))
+
+    def span_progress(self, row: int) -> tuple[int, int | None] | None:
+        """(ids so far, ids in the span or None for audio) while ``row`` is inside an image/audio span, else None."""
+        mode = self.row_mode(row)
+        if mode not in (Mode.IMAGE, Mode.AUDIO):
+            return None
+        return int(self.count[row]), self.n_image if mode == Mode.IMAGE else None
+
+    def ids_needed(self, row: int) -> int:
+        """The fewest new ids ``row`` must still produce: the rest of an open image span and its <eoi>, one audio
+        frame and its <eoa>, or one id."""
+        mode = self.row_mode(row)
+        if mode == Mode.IMAGE:
+            return self.n_image - int(self.count[row]) + 1
+        return self.nq + 1 if mode == Mode.AUDIO else 1
+
+    def stop(self, row: int) -> None:
+        """End ``row`` now (a stop string was generated): it emits nothing more."""
+        self.mode[row] = int(Mode.DONE)
+
     def _allowed_one(self, b: int, t: int) -> bool:
         return any(lo <= t < hi for lo, hi in self._ranges_row(b))
 
