@@ -9,13 +9,12 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from chameleon_lite.data.media import check_media_path
+from chameleon_lite.data.media import check_media_path, is_tensor
 from chameleon_lite.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,13 +35,6 @@ _CONTAINERS = (
     (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
 )
 _MAX_CHUNKS = 64  # the samples follow a format chunk and a few metadata chunks; do not walk a hostile chain forever
-
-
-def _is_tensor(value: Any) -> bool:
-    torch = sys.modules.get(
-        "torch"
-    )  # a torch tensor can only exist once torch is imported; reading files needs no torch
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 @dataclasses.dataclass
@@ -235,7 +227,7 @@ def read_audio_file(path: str, max_seconds: float = DEFAULT_MAX_SECONDS) -> tupl
 
 
 def _as_array(value: Any) -> np.ndarray:
-    if _is_tensor(value):
+    if is_tensor(value):
         value = value.detach().cpu().float().numpy()
     arr = np.asarray(value)
     if not (np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr) or arr.ndim not in (1, 2):

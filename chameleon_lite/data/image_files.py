@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from chameleon_lite.data.media import check_media_path
+from chameleon_lite.data.media import check_media_path, is_tensor
 from chameleon_lite.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
-
-
-def _is_tensor(value: Any) -> bool:
-    torch = sys.modules.get(
-        "torch"
-    )  # a torch tensor can only exist once torch is imported; reading files needs no torch
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 # Alpha is composited over this colour: the background of the procedural corpus and the neutral choice for codes.
@@ -236,7 +228,7 @@ def load_images(images: Any, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """
     from PIL import Image
 
-    if _is_tensor(images):
+    if is_tensor(images):
         images = images.detach().cpu().numpy()
     if isinstance(images, np.ndarray) and images.ndim == 4:
         items: Sequence[Any] = list(images)
@@ -251,7 +243,7 @@ def load_images(images: Any, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
     for i, item in enumerate(items):
         name = _name(item, i)
-        if _is_tensor(item):
+        if is_tensor(item):
             item = item.detach().cpu().numpy()
         if isinstance(item, (str, os.PathLike)):
             rgb = read_image_file(os.fspath(item), max_pixels)

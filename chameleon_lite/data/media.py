@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
+from typing import Any
 
 from chameleon_lite.errors import DataError
 
@@ -44,3 +46,9 @@ def check_media_path(path: str | os.PathLike, kind: str) -> None:
         raise DataError(f"{path}: is {what}, not {_article(kind)} {kind} file")
     if st.st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes), expected {_article(kind)} {kind} file")
+
+
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch: one can only exist once torch is imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
