@@ -9,6 +9,7 @@ Build on the meta device, move with ``to_empty``, then call ``init_weights``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +36,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``, or the weight-only bf16 kernel when ``Transformer.use_bf16_weights`` gave the layer a bf16 copy
-    and x is a few float32 rows (a decode step)."""
+    """``layer(x)``; when ``Transformer.use_bf16_weights`` gave the layer a bf16 copy, the product with that copy:
+    through the weight-only bf16 kernel for a few float32 rows (a decode step), else through the GEMM of x's dtype
+    (a prompt), so every path computes the same function."""
     w16 = layer._buffers.get("weight_bf16")
-    if w16 is not None and ops.linear_fused_supported(x, w16):
+    if w16 is None:
+        return layer(x)
+    if ops.linear_fused_supported(x, w16):
         return torch.ops.chameleon_lite.linear_bf16w(x, w16)
-    return layer(x)
+    return F.linear(x, w16.to(x.dtype))
+
+
+class Packed(NamedTuple):
+    """Attention over packed documents (training, prompts): each position's document and span id, [B, L] int32.
+    ``fill_cache``: also write the keys and values into the KV cache from position 0 (a prompt)."""
+
+    doc_ids: torch.Tensor
+    span_ids: torch.Tensor
+    fill_cache: bool = False
+
+
+class CachedStep(NamedTuple):
+    """Attention of new tokens over the KV cache (decode): the cache slot of each new token [B, L] int64 and each
+    row's cache length after the write [B] int32."""
+
+    write_pos: torch.Tensor
+    cache_lens: torch.Tensor
 
 
 class RMSNorm(nn.Module):
@@ -69,11 +90,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.kv_cache: KVCache | None = None
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor
-    ) -> torch.Tensor:
-        """x: [B, L, dim]; cos/sin: [B, L, D/2]. mode "train"/"prefill": (a, b) = (doc_ids, span_ids) [B, L] int32;
-        mode "decode": a = write positions [B, L] int64, b = cache lengths after the write [B] int32."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep) -> torch.Tensor:
+        """x: [B, L, dim]; cos/sin: [B, L, D/2]; ``at``: which attention (:class:`Packed` or :class:`CachedStep`)."""
         B, L, _ = x.shape
         hq, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = linear(self.wqkv, x).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
@@ -81,13 +99,13 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if mode == "decode":
-            self.kv_cache.write_at(k, v, a)
-            out = ops.modality_attention_decode(q, self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B], b)
+        if isinstance(at, CachedStep):
+            self.kv_cache.write_at(k, v, at.write_pos)
+            out = ops.modality_attention_decode(q, self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B], at.cache_lens)
         else:
-            if mode == "prefill":
+            if at.fill_cache:
                 self.kv_cache.write_prefix(k, v)
-            out = ops.modality_attention(q, k, v, a, b)
+            out = ops.modality_attention(q, k, v, at.doc_ids, at.span_ids)
         return linear(self.wo, out.reshape(B, L, hq * hd))
 
 
@@ -112,13 +130,11 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str, a: torch.Tensor, b: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep) -> torch.Tensor:
         if self.post_norm:
-            h = x + self.attention_norm(self.attention(x, cos, sin, mode, a, b))
+            h = x + self.attention_norm(self.attention(x, cos, sin, at))
             return h + self.ffn_norm(self.feed_forward(h))
-        h = x + self.attention(self.attention_norm(x), cos, sin, mode, a, b)
+        h = x + self.attention(self.attention_norm(x), cos, sin, at)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -177,9 +193,11 @@ class Transformer(nn.Module):
         """Weight-only bf16 for inference with float32 activations (decode steps on CPUs without native bf16
         matmuls): every projection and the output head keep a bf16 copy of their weight, which steps of
         up to ``ops.linear.MAX_ROWS`` rows read through the weight-only kernel (half the memory traffic of float32,
-        float32 accumulation). The float32 weights are rounded to the same bf16 values in place, so longer inputs
-        (prompts, training) compute the same function through the float32 GEMM — the function a bf16-autocast
-        forward computes. ``enable=False`` drops the copies (the rounding stays)."""
+        float32 accumulation). Longer inputs (prompts) multiply by the same copies widened to float32, and a tied
+        embedding looks its rows up in the copy, so every input computes one function — the function a bf16-autocast
+        forward computes. The float32 weights themselves are left as they are: ``enable=False`` drops the copies and
+        gives back the model exactly as it was. For inference only (no gradient reaches the float32 weights while
+        the copies are on)."""
         head = self.tok_embeddings.weight if self.output is None else self.output.weight
         layers = [m for m in self.layers.modules() if isinstance(m, nn.Linear)]
         for m, w in [(m, m.weight) for m in layers] + [(self, head)]:
@@ -189,39 +207,39 @@ class Transformer(nn.Module):
                 continue
             if w.dtype != torch.float32:
                 raise ConfigError(f"use_bf16_weights needs float32 weights, found {w.dtype}")
-            w16 = w.detach().to(torch.bfloat16)
-            w.copy_(w16.float())
-            m.register_buffer(name, w16, persistent=False)
+            m.register_buffer(name, w.detach().to(torch.bfloat16), persistent=False)
 
     # ---- forward --------------------------------------------------------------------------------
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
         w16 = self._buffers.get("head_bf16")
-        if w16 is not None and ops.linear_fused_supported(h, w16):
-            return torch.ops.chameleon_lite.linear_bf16w(h, w16)
+        if w16 is not None:
+            if ops.linear_fused_supported(h, w16):
+                return torch.ops.chameleon_lite.linear_bf16w(h, w16)
+            return F.linear(h, w16.to(h.dtype))
         w = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(h, w)
 
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        w16 = self._buffers.get("head_bf16") if self.output is None else None  # tied: the head's bf16 copy
+        if w16 is None:
+            return self.tok_embeddings(input_ids)
+        return F.embedding(input_ids, w16).to(self.tok_embeddings.weight.dtype)
+
     def _run(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        mode: str,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        head: bool = True,
+        self, input_ids: torch.Tensor, positions: torch.Tensor, at: Packed | CachedStep, head: bool = True
     ) -> torch.Tensor:
-        h = self.tok_embeddings(input_ids)
+        h = self._embed(input_ids)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         for block in self.layers.values():
-            h = block(h, cos, sin, mode, a, b)
+            h = block(h, cos, sin, at)
         return self._head(h) if head else h
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor
     ) -> torch.Tensor:
         """input_ids, positions: [B, L] int64; doc_ids, span_ids: [B, L] int32 -> logits [B, L, V] (compute dtype)."""
-        return self._run(input_ids, positions, "train", doc_ids.to(torch.int32), span_ids.to(torch.int32))
+        return self._run(input_ids, positions, Packed(doc_ids.to(torch.int32), span_ids.to(torch.int32)))
 
     # ---- cached inference -----------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:
@@ -270,7 +288,7 @@ class Transformer(nn.Module):
         doc_ids = (col >= lens.unsqueeze(1).long()).to(torch.int32)  # padding is its own document
         span_ids = torch.zeros(B, L, dtype=torch.int32, device=dev) if span_ids is None else span_ids.to(torch.int32)
         positions = col.expand(B, L) if positions is None else positions
-        h = self._run(input_ids, positions, "prefill", doc_ids, span_ids, head=False)
+        h = self._run(input_ids, positions, Packed(doc_ids, span_ids, fill_cache=True), head=False)
         self.cache_lens = lens.clone()
         return self._head(h[torch.arange(B, device=dev), lens.long() - 1])  # the output head only where it is read
 
@@ -287,7 +305,7 @@ class Transformer(nn.Module):
             raise ConfigError(f"KV cache full: a row would reach position {int(write.max())} of {kv.max_len}")
         positions = write if positions is None else positions
         new_lens = (start + Lq).to(torch.int32)
-        logits = self._run(input_ids, positions, "decode", write, new_lens)
+        logits = self._run(input_ids, positions, CachedStep(write, new_lens))
         self.cache_lens[:B] = new_lens
         return logits
 

@@ -187,18 +187,20 @@ def test_cache_errors():
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_bf16_weights_decode_matches_full_forward(tie):
-    """use_bf16_weights: decode steps read bf16 copies through the weight-only kernel, the fp32 weights hold the same
-    rounded values, so a full fp32 forward and the cached decode compute the same function."""
+    """use_bf16_weights: decode steps read bf16 copies through the weight-only kernel and longer inputs the same
+    copies widened, so a full forward and the cached decode compute the same function; the fp32 weights are not
+    touched, and dropping the copies gives the model back exactly."""
     m = _model(tie_embeddings=tie).eval()
-    state_keys = set(m.state_dict())
-    m.use_bf16_weights(True)
-    assert set(m.state_dict()) == state_keys  # the copies are not checkpoint state
-    w = m.layers["0"].attention.wqkv.weight
-    assert torch.equal(w, w.bfloat16().float())  # rounded in place
-    assert m.layers["0"].feed_forward.w2.weight_bf16.dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     B, L = 2, 14
     ids = torch.randint(0, 1024, (B, L), generator=torch.Generator().manual_seed(3))
     zeros = torch.zeros(B, L, dtype=torch.int32)
+    with torch.no_grad():
+        exact = m(ids, torch.arange(L).expand(B, L), zeros, zeros)
+    m.use_bf16_weights(True)
+    assert set(m.state_dict()) == set(before)  # the copies are not checkpoint state
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # the fp32 weights are left as they are
+    assert m.layers["0"].feed_forward.w2.weight_bf16.dtype == torch.bfloat16
     with torch.no_grad():
         full = m(ids, torch.arange(L).expand(B, L), zeros, zeros)
         m.setup_cache(B, L)
@@ -206,7 +208,10 @@ def test_bf16_weights_decode_matches_full_forward(tie):
         for t in range(9, L):
             out = m.decode_step(ids[:, t : t + 1])
             torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-4, atol=1e-4)
+        assert not torch.equal(full, exact)  # the copies are in use for long inputs too
     m.use_bf16_weights(False)
     assert "weight_bf16" not in m.layers["0"].attention.wqkv._buffers and "head_bf16" not in m._buffers
+    with torch.no_grad():
+        assert torch.equal(m(ids, torch.arange(L).expand(B, L), zeros, zeros), exact)
     with pytest.raises(ConfigError, match="float32"):
         m.to(torch.bfloat16).use_bf16_weights(True)
