@@ -5,7 +5,8 @@ or model code, so the tokenizers, the model, the trainer and the generator all d
 A model folder holds ``config.json`` + ``model.safetensors`` (the transformer), the tokenizers (``tokenizer.json``,
 ``image_vq.*``, ``audio_codec.*``), ``vocab.json`` and optionally ``generation.json``; a tokenizer folder holds
 the tokenizer files alone. Loading the tokenizers is :class:`chameleon_lite.tokenizers.loader.Tokenizers`; the
-model, :func:`chameleon_lite.model.io.load_model`.
+model, :func:`chameleon_lite.model.io.load_model`; the whole folder (model, tokenizers, sampling defaults), each
+file read once, :func:`chameleon_lite.model.io.load_bundle`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ TEXT_FILE = "tokenizer.json"
 IMAGE_WEIGHTS, IMAGE_CONFIG = "image_vq.safetensors", "image_vq.json"
 AUDIO_WEIGHTS, AUDIO_CONFIG = "audio_codec.safetensors", "audio_codec.json"
 VOCAB_FILE = "vocab.json"
+GENERATION_FILE = "generation.json"
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
 
 
@@ -31,6 +33,13 @@ def demo_model_dir() -> str:
             "(train one with `chameleon-lite quickstart`)"
         )
     return DEMO_DIR
+
+
+def read_generation(folder: str) -> dict[str, Any]:
+    """The content of a model folder's ``generation.json`` (its sampling defaults per kind of span; {} when it
+    has none). Its fields are checked by :func:`chameleon_lite.generate.engine.sampling_from`."""
+    path = os.path.join(folder, GENERATION_FILE)
+    return read_json(path, "generation settings") if os.path.exists(path) else {}
 
 
 def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:

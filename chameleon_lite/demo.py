@@ -31,14 +31,13 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
     import torch
 
     from chameleon_lite.eval.harness import write_eval_sampling
-    from chameleon_lite.model.io import load_model, save_model_dir
-    from chameleon_lite.tokenizers.loader import Tokenizers
+    from chameleon_lite.model.io import load_bundle, save_model_dir
 
     tmp = f"{out}.new"
     check_output_dir(out, MODEL)
-    model = load_model(model_dir).to(torch.bfloat16)
-    vocab = Tokenizers.load(model_dir).vocab
-    save_model_dir(model, vocab, model_dir, tmp)  # refuses a leftover tmp that is not a model folder
+    bundle = load_bundle(model_dir)
+    # save_model_dir refuses a leftover tmp that is not a model folder
+    save_model_dir(bundle.model.to(torch.bfloat16), bundle.tokenizers.vocab, model_dir, tmp)
     size = folder_bytes(tmp)
     if size > max_bytes:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -26,10 +26,13 @@ from typing import Any
 
 import torch
 
+from chameleon_lite.bundle import GENERATION_FILE, read_generation
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.errors import ConfigError, UserError
+from chameleon_lite.files import write_bytes_atomic
 from chameleon_lite.generate.document import Document, detokenize, split_spans
 from chameleon_lite.generate.state_machine import ModalityStateMachine, Mode
+from chameleon_lite.model.io import Bundle, load_bundle
 from chameleon_lite.ops import sample
 from chameleon_lite.vocab import UnifiedVocab
 
@@ -112,7 +115,6 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
 
-GENERATION_FILE = "generation.json"
 KINDS = ("text", "image", "audio")
 
 
@@ -120,12 +122,9 @@ def sampling_defaults(model_dir: str | None = None) -> dict[str, SamplingSetting
     """Per kind (text, image, audio): the sampling settings a model is generated with when the caller names none.
     A model folder may hold its own in ``generation.json`` (per kind, any SamplingSettings fields, e.g.
     ``{"image": {"temperature": 0}}``; the fields it leaves out keep the built-in defaults)."""
-    path = os.path.join(model_dir, GENERATION_FILE) if model_dir else ""
-    if not path or not os.path.exists(path):
+    if not model_dir:
         return _apply_sampling({}, "")
-    from chameleon_lite.files import read_json
-
-    return _apply_sampling(read_json(path, "generation settings"), path)
+    return _apply_sampling(read_generation(model_dir), os.path.join(model_dir, GENERATION_FILE))
 
 
 def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings]:
@@ -151,8 +150,6 @@ def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings
 
 def write_sampling_defaults(model_dir: str, settings: dict[str, dict[str, float]]) -> str:
     """Write a model folder's ``generation.json`` (checked before it is written)."""
-    from chameleon_lite.files import write_bytes_atomic
-
     path = os.path.join(model_dir, GENERATION_FILE)
     _apply_sampling(settings, path)
     write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
@@ -296,15 +293,15 @@ class Generator:
 
     @classmethod
     def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> Generator:
-        """Load an exported model folder (model.safetensors, config.json and the tokenizer artifacts)."""
-        from chameleon_lite.model.io import load_model
-        from chameleon_lite.tokenizers.loader import Tokenizers
+        """Load an exported model folder (model.safetensors, config.json, the tokenizer artifacts and, if it has
+        one, generation.json), each of its files read once."""
+        return cls.from_bundle(load_bundle(model_dir, device=device), device=device)
 
-        if not os.path.isdir(model_dir):
-            raise ConfigError(f"{model_dir}: model folder not found")
-        tokenizers = Tokenizers.load(model_dir, device=str(device))
-        model = load_model(model_dir, device=device, tokenizers=tokenizers)  # each file of the folder read once
-        return cls(model, tokenizers, device=device, sampling=sampling_defaults(model_dir))
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Generator:
+        """A Generator over a loaded model folder; its generation.json gives the sampling defaults."""
+        where = os.path.join(bundle.path, GENERATION_FILE)
+        return cls(bundle.model, bundle.tokenizers, device=device, sampling=_apply_sampling(bundle.generation, where))
 
     def default_config(self, **kw: Any) -> GenerationConfig:
         """A GenerationConfig with this model's sampling defaults (its folder's ``generation.json``, if any)."""
@@ -319,8 +316,8 @@ class Generator:
         return int(self.tokenizers.image.tokens_per_image) if self.tokenizers.image is not None else 0
 
     def _use_dtype(self, dtype: torch.dtype, weights: str = "fp32") -> None:
-        """Compute dtype of the weights (the RoPE tables stay fp32) and, for fp32 on the CPU, whether decode steps
-        read bf16 copies of them (``weights="bf16"``; the fp32 weights are then rounded to bf16 values for good)."""
+        """Compute dtype of the weights (the RoPE tables stay fp32) and, for fp32 on the CPU, whether the model
+        reads bf16 copies of its weights (``weights="bf16"`` or "auto"; the fp32 weights stay as they are)."""
         if self._dtype != dtype:
             for p in self.model.parameters():
                 p.data = p.data.to(dtype)
@@ -536,9 +533,10 @@ class Generator:
 
     def _open_span(self, ids: list[int], sm: ModalityStateMachine, b: int) -> list[int]:
         """The media span a prompt ends inside (marker + ids so far), or [] when it ends in text."""
-        if int(sm.mode[b]) not in (Mode.IMAGE, Mode.AUDIO):
+        mode = sm.row_mode(b)
+        if mode not in (Mode.IMAGE, Mode.AUDIO):
             return []
-        marker = self.vocab.boi if int(sm.mode[b]) == Mode.IMAGE else self.vocab.boa
+        marker = self.vocab.boi if mode == Mode.IMAGE else self.vocab.boa
         start = max(i for i, t in enumerate(ids) if t == marker)
         return ids[start:]
 

@@ -1,13 +1,15 @@
 """Exported models: ``model.safetensors`` + ``config.json`` + the tokenizer artifacts + ``vocab.json`` in one folder
 (ARCHITECTURE §7). ``save_model_dir`` writes such a folder (``train.export.export_run`` does so from a training
 run's checkpoint); ``load_model`` reads it back and refuses tokenizers whose vocabulary or codes are not the ones
-the model was trained on. File names and hashes belong to :mod:`chameleon_lite.bundle`."""
+the model was trained on; ``load_bundle`` reads the whole folder: model, tokenizers and sampling defaults. File names
+and hashes belong to :mod:`chameleon_lite.bundle`."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
+from typing import Any
 
 import torch
 
@@ -20,6 +22,7 @@ from chameleon_lite.bundle import (
     VOCAB_FILE,
     check_codes,
     check_codes_match,
+    read_generation,
     write_safetensors_atomic,
 )
 from chameleon_lite.errors import ConfigError
@@ -154,3 +157,24 @@ def load_model(model_dir: str, device: str | torch.device = "cpu", tokenizers: T
     model = empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE))
     load_weights(model, state, os.path.join(model_dir, WEIGHTS_FILE))
     return model.eval()
+
+
+@dataclasses.dataclass
+class Bundle:
+    """An exported model folder, loaded: the transformer, the tokenizers it was trained with, and the sampling
+    defaults of its ``generation.json`` as written there ({} when it has none)."""
+
+    path: str
+    model: Transformer
+    tokenizers: Tokenizers
+    generation: dict[str, Any]
+
+
+def load_bundle(model_dir: str, device: str | torch.device = "cpu") -> Bundle:
+    """Load everything an exported model folder holds, each file read and hashed once, after the checks
+    ``load_model`` makes (vocabulary and codes of the tokenizers against the model's)."""
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"{model_dir}: model folder not found")
+    tokenizers = Tokenizers.load(model_dir, device=str(device))
+    model = load_model(model_dir, device=device, tokenizers=tokenizers)
+    return Bundle(model_dir, model, tokenizers, read_generation(model_dir))
