@@ -11,6 +11,7 @@ file read once, :func:`chameleon_lite.model.io.load_bundle`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -45,7 +46,7 @@ def read_generation(folder: str) -> dict[str, Any]:
 def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
     """Safetensors through write_bytes_atomic (safetensors' own save_file creates its file readable by its owner
     only, so a folder copied to other users would not load)."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # lazy: `chameleon-lite --help` imports this module
 
     write_bytes_atomic(path, save(tensors, metadata=metadata))
 
@@ -70,8 +71,8 @@ def makes_codes(key: str) -> bool:
 def read_weights(path: str, what: str) -> dict[str, Any]:
     """The tensors of a safetensors file (read once, no code executed); a missing or damaged file is one
     :class:`ConfigError` naming it. ``what`` names the file in the message ("image tokenizer", ...)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # lazy: `chameleon-lite --help` imports this module
+    from safetensors.torch import load_file  # lazy: as above
 
     if not os.path.exists(path):
         raise ConfigError(f"{path}: {what} weights not found")
@@ -84,9 +85,7 @@ def read_weights(path: str, what: str) -> dict[str, Any]:
 def codes_hash_of(text: bytes, weights: dict[str, dict[str, Any] | None]) -> str:
     """:func:`codes_hash` of tokenizer files already read: the bytes of ``tokenizer.json`` and, per weights file
     name (IMAGE_WEIGHTS, AUDIO_WEIGHTS), its tensors as read or None when the folder has none."""
-    import hashlib
-
-    import torch
+    import torch  # lazy: `chameleon-lite --help` imports this module
 
     h = hashlib.sha256(text)
     for name in (IMAGE_WEIGHTS, AUDIO_WEIGHTS):

@@ -28,10 +28,10 @@ def folder_bytes(path: str) -> int:
 def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_bytes: int = MAX_BYTES) -> str:
     """Copy an exported model into ``out`` with bf16 transformer weights and ``RECIPE.json``; refuse if the result
     would exceed ``max_bytes``. Written beside ``out`` and renamed into place."""
-    import torch
+    import torch  # lazy: `chameleon-lite --help` imports this module
 
-    from chameleon_lite.eval.harness import write_eval_sampling
-    from chameleon_lite.model.io import load_bundle, save_model_dir
+    from chameleon_lite.eval.harness import write_eval_sampling  # lazy: `chameleon-lite --help` imports this module
+    from chameleon_lite.model.io import load_bundle, save_model_dir  # lazy: as above
 
     tmp = f"{out}.new"
     check_output_dir(out, MODEL)

@@ -142,7 +142,7 @@ PNG_SOFTWARE = "chameleon-lite"  # the PNG text chunk "Software" of every pictur
 
 
 def _is_our_png(path: str) -> bool:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: `chameleon-lite --help` imports this module
 
     try:
         with Image.open(path) as im:
@@ -153,7 +153,7 @@ def _is_our_png(path: str) -> bool:
 
 def png_info():
     """PIL's PngInfo carrying ``Software: chameleon-lite`` (pass as ``pnginfo=`` to ``Image.save``)."""
-    from PIL.PngImagePlugin import PngInfo
+    from PIL.PngImagePlugin import PngInfo  # lazy: `chameleon-lite --help` imports this module
 
     info = PngInfo()
     info.add_text("Software", PNG_SOFTWARE)
@@ -187,7 +187,7 @@ def write_json_result(path: str, obj: dict[str, Any]) -> None:
 
 
 def _is_our_wav(path: str) -> bool:
-    import soundfile as sf
+    import soundfile as sf  # lazy: `chameleon-lite --help` imports this module
 
     try:
         with sf.SoundFile(path) as f:

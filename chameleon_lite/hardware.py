@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -34,7 +35,6 @@ def fast_cpu_dtype() -> torch.dtype | None:
 
 def describe_machine() -> str:
     """One line for records: CPU model, core count, the widest vector ISA torch uses here, and the GPUs."""
-    import os
 
     name = ""
     try:

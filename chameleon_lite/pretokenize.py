@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from chameleon_lite.data.manifest import Document, iter_documents
 from chameleon_lite.data.sequence import EncodedSequence, SequenceEncoder, parts_from_segments
@@ -32,7 +34,6 @@ def _load_tokenizers(tokenizers: str | Any):
 
 
 def _init_worker(tokenizer_dir: str, threads: int) -> None:
-    import torch
 
     torch.set_num_threads(threads)
     _WORKER["encoder"] = SequenceEncoder(_load_tokenizers(tokenizer_dir))
@@ -86,7 +87,6 @@ def pretokenize(
     (those with missing files too) and reports them. Media files are judged by the tokenizers' readers, the same
     checks ``data validate`` runs. Returns a summary (counts, skipped, seconds).
     """
-    from tqdm import tqdm
 
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from chameleon_lite.data.media import check_media_path, is_tensor
 from chameleon_lite.errors import DataError
@@ -203,7 +205,6 @@ def read_audio_file(path: str, max_seconds: float = DEFAULT_MAX_SECONDS) -> tupl
     MAX_SOURCE_RATE], more than ``max_seconds`` or MAX_DECODED_SAMPLES (all judged from the header, before
     decoding), NaN/inf samples, less than MIN_SECONDS. Samples beyond [-1, 1] are clipped with a warning.
     """
-    import soundfile as sf
 
     check_media_path(path, "audio")
     try:
@@ -270,8 +271,6 @@ def load_audio(
         name, int(sr), int(data.shape[1]), len(mono) / float(sr), int(sr) != target_rate, data.shape[1] > 1
     )
     if info.resampled:
-        import soxr
-
         mono = soxr.resample(mono, int(sr), int(target_rate), quality="HQ")
     if info.resampled or info.downmixed:
         log.info(info.describe())

@@ -40,6 +40,9 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import soxr
+from PIL import Image, UnidentifiedImageError
 
 from chameleon_lite.data.procedural import (
     BACKGROUND,
@@ -136,7 +139,6 @@ class Match:
 # ---------------------------------------------------------------------------------------------- images
 def _load_image(image: Any) -> np.ndarray:
     """Path / PIL image / array -> float32 [H, W, 3] in [0, 255]."""
-    from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, (str, os.PathLike)):
         try:
@@ -230,8 +232,6 @@ def check_image(image: Any) -> ImageAttributes:
     if h == 0 or w == 0:
         return ImageAttributes(())
     if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
-        from PIL import Image
-
         # Upscale tiny pictures so the grid has pixels; average big ones down (coverage stays coverage) so the
         # template cache stays small.
         scale = min(max(MIN_SIDE / min(h, w), 1.0), MAX_SIDE / max(h, w))
@@ -281,8 +281,6 @@ def check_image(image: Any) -> ImageAttributes:
 def _load_audio(audio: Any, sample_rate: int | None) -> np.ndarray:
     """Path / array -> float64 mono [T] at ANALYSIS_RATE."""
     if isinstance(audio, (str, os.PathLike)):
-        import soundfile as sf
-
         try:
             data, sample_rate = sf.read(os.fspath(audio), dtype="float64", always_2d=True)
         except (RuntimeError, OSError, ValueError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
@@ -304,8 +302,6 @@ def _load_audio(audio: Any, sample_rate: int | None) -> np.ndarray:
         raise DataError(f"sample_rate must be a positive integer in Hz, got {sample_rate!r}")
     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     if sample_rate != ANALYSIS_RATE and x.size:
-        import soxr
-
         x = soxr.resample(x, int(sample_rate), ANALYSIS_RATE)
     return np.asarray(x, np.float64)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chameleon_lite.data.media import check_media_path, is_tensor
 from chameleon_lite.errors import DataError
@@ -39,9 +41,6 @@ def _reason(e: BaseException) -> str:
 
 def _too_large(path: str, e: Exception, max_pixels: int) -> DataError:
     """PIL's own refusal of a picture over twice Image.MAX_IMAGE_PIXELS, worded as the max_pixels refusal."""
-    import re
-
-    from PIL import Image
 
     found = re.search(r"\((\d+) pixels\)", str(e))
     limit = min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else max_pixels
@@ -54,7 +53,6 @@ def _quiet_pil() -> Iterator[None]:
     (max_pixels, checked from the header before decoding, is the judge; PIL's would repeat it or contradict a limit
     raised in the tokenizer config) and notes on damaged metadata such as a corrupt EXIF block (the picture is
     used as decoded). Failures to decode still raise."""
-    from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -64,7 +62,6 @@ def _quiet_pil() -> Iterator[None]:
 
 def _open_file(path: str, max_pixels: int):
     """Open and decode an image file, refusing from its header alone a picture of more than ``max_pixels``."""
-    from PIL import Image, UnidentifiedImageError
 
     check_media_path(path, "image")
     try:
@@ -96,7 +93,6 @@ def _open_file(path: str, max_pixels: int):
 
 def _apply_orientation(im) -> None:
     """Turn a loaded picture upright as its EXIF orientation tag says (cameras store portraits sideways)."""
-    from PIL import ImageOps
 
     try:
         ImageOps.exif_transpose(im, in_place=True)
@@ -208,7 +204,6 @@ def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
     if min(h, w) == size:
         top, left = (h - size) // 2, (w - size) // 2
         return rgb[top : top + size, left : left + size]
-    from PIL import Image
 
     s = size / min(h, w)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -226,7 +221,6 @@ def load_images(images: Any, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     or a sequence of any of these. Returns uint8 [B, size, size, 3] (RGB, shorter side resized, centre crop).
     Raises DataError naming the file (or ``image #i``) for anything that is not a usable picture.
     """
-    from PIL import Image
 
     if is_tensor(images):
         images = images.detach().cpu().numpy()

@@ -23,6 +23,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from tqdm import tqdm
+
 from chameleon_lite.data.audio_files import DEFAULT_MAX_SECONDS, read_audio_file
 from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, read_image_file
 from chameleon_lite.data.media import check_media_path
@@ -224,7 +226,6 @@ def validate_manifest(
     except DataError as e:
         report.errors.append(str(e))
         return report
-    from tqdm import tqdm
 
     with f:
         raw = f.buffer.read()

@@ -1,1 +1,6 @@
-"""Evaluation: cross-modal tasks judged by the procedural checkers, tokenizer reconstruction, perplexity."""
+"""Evaluation: cross-modal tasks judged by the procedural checkers, tokenizer reconstruction, perplexity.
+
+The task names live here, not in :mod:`~chameleon_lite.eval.harness`, so that the command line can offer them
+without importing the harness (and torch)."""
+
+TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved", "instruction")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from chameleon_lite import argtypes as at
+from chameleon_lite.eval import TASKS
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from chameleon_lite.eval.harness import TASKS, EvalConfig, run_eval
+    from chameleon_lite.eval.harness import EvalConfig, run_eval
 
     if args.model is None:
         from chameleon_lite.bundle import demo_model_dir
@@ -37,8 +38,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def register(cli) -> None:
-    from chameleon_lite.eval.harness import TASKS
-
     p = cli.command(
         "eval", "judge a model on held-out procedural prompts with the checkers; eval.json + report.html", _eval
     )

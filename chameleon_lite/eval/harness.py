@@ -32,11 +32,29 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
 
+from chameleon_lite import bundle
+from chameleon_lite.data import procedural as P
+from chameleon_lite.data.checkers import (
+    check_audio,
+    check_image,
+    compare_audio,
+    compare_image,
+    parse_audio_caption,
+    parse_image_caption,
+)
+from chameleon_lite.data.loader import PackedLoader
+from chameleon_lite.data.procedural import CorpusConfig, to_pcm16, write_corpus, write_wav
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.eval import TASKS
+from chameleon_lite.eval.report import write_report
 from chameleon_lite.files import EVAL, check_output_dir, read_json, write_bytes_atomic, write_json_atomic
-
-TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "interleaved", "instruction")
+from chameleon_lite.generate import GenerationConfig, Generator, Prompt, SamplingSettings
+from chameleon_lite.generate.engine import write_sampling_defaults
+from chameleon_lite.model.transformer import token_losses
 
 
 @dataclasses.dataclass
@@ -92,14 +110,12 @@ def _rng(cfg: EvalConfig, task: str) -> np.random.Generator:
 
 
 def _write_png(path: str, img: np.ndarray) -> str:
-    from PIL import Image
 
     Image.fromarray(np.asarray(img, np.uint8), mode="RGB").save(path)
     return path
 
 
 def _write_wav(path: str, wave: np.ndarray, sr: int) -> str:
-    from chameleon_lite.data.procedural import to_pcm16, write_wav
 
     write_wav(path, to_pcm16(np.asarray(wave, np.float32)), sr)
     return path
@@ -107,7 +123,6 @@ def _write_wav(path: str, wave: np.ndarray, sr: int) -> str:
 
 def sampling_settings(cfg: EvalConfig) -> dict[str, Any]:
     """Per kind of span (text, image, audio): the SamplingSettings every task generates with."""
-    from chameleon_lite.generate import SamplingSettings
 
     return {
         "text": SamplingSettings(temperature=cfg.text_temperature),
@@ -119,20 +134,17 @@ def sampling_settings(cfg: EvalConfig) -> dict[str, Any]:
 def write_eval_sampling(model_dir: str) -> str:
     """Make the sampling the evaluation uses (greedy, no guidance, by default) the model folder's own defaults
     (``generation.json``), so what ``generate`` shows with this model is what the eval numbers measure."""
-    from chameleon_lite.generate.engine import write_sampling_defaults
 
     cfg = EvalConfig(model_dir, model_dir)
     return write_sampling_defaults(model_dir, {k: dataclasses.asdict(v) for k, v in sampling_settings(cfg).items()})
 
 
 def _settings(cfg: EvalConfig, max_new_tokens: int) -> Any:
-    from chameleon_lite.generate import GenerationConfig
 
     return GenerationConfig(max_new_tokens=max_new_tokens, seed=cfg.seed, **sampling_settings(cfg))
 
 
 def _batched(gen, prompts: list, settings, batch: int, desc: str, progress: bool) -> list:
-    from tqdm import tqdm
 
     docs = []
     with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
@@ -144,9 +156,6 @@ def _batched(gen, prompts: list, settings, batch: int, desc: str, progress: bool
 
 # ---------------------------------------------------------------------------------------------- tasks
 def eval_text_to_image(gen, cfg: EvalConfig, n_image: int) -> list[Item]:
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.data.checkers import check_image, compare_image
-    from chameleon_lite.generate import Prompt
 
     rng = _rng(cfg, "text_to_image")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
@@ -173,9 +182,6 @@ def eval_text_to_image(gen, cfg: EvalConfig, n_image: int) -> list[Item]:
 
 
 def eval_image_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.data.checkers import compare_image, parse_image_caption
-    from chameleon_lite.generate import Prompt
 
     rng = _rng(cfg, "image_to_text")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
@@ -201,9 +207,6 @@ def _audio_budget(gen, seconds: float = 2.2) -> int:
 
 
 def eval_text_to_audio(gen, cfg: EvalConfig) -> list[Item]:
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.data.checkers import check_audio, compare_audio
-    from chameleon_lite.generate import Prompt
 
     rng = _rng(cfg, "text_to_audio")
     specs = [P.sample_audio_spec(rng) for _ in range(cfg.n)]
@@ -231,9 +234,6 @@ def eval_text_to_audio(gen, cfg: EvalConfig) -> list[Item]:
 
 
 def eval_audio_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.data.checkers import compare_audio, parse_audio_caption
-    from chameleon_lite.generate import Prompt
 
     rng = _rng(cfg, "audio_to_text")
     sr = gen.tokenizers.audio.sample_rate
@@ -280,14 +280,6 @@ def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | Non
     and every audio span whole frames, and no span was cut off. A media span is correct when the checker reads
     from it exactly what the sentence before it (the prompt for the first one) describes.
     """
-    from chameleon_lite.data.checkers import (
-        check_audio,
-        check_image,
-        compare_audio,
-        compare_image,
-        parse_audio_caption,
-        parse_image_caption,
-    )
 
     spans = [s for s in doc.spans if not s.from_prompt]
     problems = _structure_problems(doc, n_image, nq)
@@ -306,8 +298,6 @@ def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | Non
 
 
 def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], dict[str, Any]]:
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.generate import Prompt
 
     rng = _rng(cfg, "interleaved")
     firsts = []
@@ -349,8 +339,6 @@ def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], di
 
 def judge_instruction(doc, specs: list, n_image: int, nq: int, sr: int | None) -> tuple[bool, int, str]:
     """(structurally valid, requested items read back exact in order, note) for one answer to an instruction."""
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.data.checkers import check_audio, check_image, compare_audio, compare_image
 
     problems = _structure_problems(doc, n_image, nq)
     media = [s for s in doc.spans if not s.from_prompt and s.kind in ("image", "audio")]
@@ -367,8 +355,6 @@ def judge_instruction(doc, specs: list, n_image: int, nq: int, sr: int | None) -
 
 
 def eval_instruction(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], dict[str, Any]]:
-    from chameleon_lite.data import procedural as P
-    from chameleon_lite.generate import Prompt
 
     rng = _rng(cfg, "instruction")
     lo, hi = P.CorpusConfig().instruction_media
@@ -419,8 +405,6 @@ def summarize(items: list[Item]) -> dict[str, Any]:
 
 def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progress: bool) -> dict[str, Any]:
     """Reconstruction of held-out procedural media by the model's own tokenizers."""
-    from chameleon_lite import bundle
-    from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 
     folder = os.path.join(out, "heldout_media")
     # media-only documents, half image and half audio, so that every modality gets n items even for small n; the
@@ -451,10 +435,6 @@ def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progre
 
 def perplexity(model, shards: str, batches: int, seq_len: int, batch_size: int = 4) -> dict[str, float]:
     """Per-modality perplexity of the model's next-token predictions on ``batches`` rows of validation shards."""
-    import torch
-
-    from chameleon_lite.data.loader import PackedLoader
-    from chameleon_lite.model.transformer import token_losses
 
     loader = PackedLoader(shards, seq_len, batch_size, rank=0, world_size=1, seed=0)
     vocab = loader.vocab
@@ -476,8 +456,6 @@ def perplexity(model, shards: str, batches: int, seq_len: int, batch_size: int =
 # ---------------------------------------------------------------------------------------------- driver
 def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate the model folder ``cfg.model``; writes eval.json and report.html into ``cfg.out``."""
-    from chameleon_lite.eval.report import write_report
-    from chameleon_lite.generate import Generator
 
     check_output_dir(cfg.out, EVAL)
     os.makedirs(cfg.out, exist_ok=True)

@@ -11,14 +11,15 @@ import textwrap
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from chameleon_lite.files import write_text_atomic
+from chameleon_lite.generate.document import _wav_bytes
 
 GRID_FILE = "text_to_image_grid.png"
 
 
 def _png_b64(img: np.ndarray) -> str:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.asarray(img, np.uint8), mode="RGB").save(buf, format="PNG")
@@ -26,7 +27,6 @@ def _png_b64(img: np.ndarray) -> str:
 
 
 def _wav_b64(wave: np.ndarray, sr: int) -> str:
-    from chameleon_lite.generate.document import _wav_bytes
 
     return base64.b64encode(_wav_bytes(np.asarray(wave, np.float32), sr)).decode()
 
@@ -38,10 +38,10 @@ def _file_b64(path: str) -> str:
 
 def prompt_grid(items: list, path: str, cols: int = 4, limit: int = 16) -> str | None:
     """PNG grid: each cell a generated picture under its prompt, green frame when the checker agrees."""
-    import matplotlib
+    import matplotlib  # lazy: 0.3 s to import, and its Agg backend is chosen only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the backend is chosen
 
     shown = [it for it in items if it.image is not None][:limit]
     if not shown:
@@ -119,8 +119,6 @@ def write_report(
         for it in items[task][:limit]:
             cls = "ok" if it.exact else "bad"
             if task == "image_to_text":
-                from PIL import Image
-
                 media = f"<img src='data:image/png;base64,{_png_b64(np.asarray(Image.open(it.input_path).convert('RGB')))}' width='96' style='image-rendering:pixelated'>"
             else:
                 media = f"<audio controls src='data:audio/wav;base64,{_file_b64(it.input_path)}'></audio>"

@@ -15,6 +15,9 @@ import shutil
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
 
 from chameleon_lite.files import DOCUMENT, check_output_dir, replace_dir, write_bytes_atomic
 from chameleon_lite.vocab import UnifiedVocab
@@ -68,7 +71,6 @@ def split_spans(ids: list[int], vocab: UnifiedVocab) -> list[Span]:
 
 def detokenize(spans: list[Span], tokenizers: Any) -> list[Span]:
     """Fill each span's text/image/audio with its detokenizer (tokenizers: a tokenizers.loader.Tokenizers bundle)."""
-    import torch
 
     vocab = tokenizers.vocab
     for s in spans:
@@ -121,7 +123,6 @@ class Document:
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
@@ -129,7 +130,6 @@ def _png_bytes(img: np.ndarray) -> bytes:
 
 
 def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
-    import soundfile as sf
 
     buf = io.BytesIO()
     sf.write(buf, np.clip(np.nan_to_num(audio), -1.0, 1.0), sr, format="WAV", subtype="PCM_16")

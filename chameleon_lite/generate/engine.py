@@ -32,6 +32,7 @@ from chameleon_lite.errors import ConfigError, UserError
 from chameleon_lite.files import write_bytes_atomic
 from chameleon_lite.generate.document import Document, detokenize, split_spans
 from chameleon_lite.generate.state_machine import ModalityStateMachine, Mode
+from chameleon_lite.hardware import cpu_has_fast_bf16
 from chameleon_lite.model.io import Bundle, load_bundle
 from chameleon_lite.ops import sample
 from chameleon_lite.vocab import UnifiedVocab
@@ -207,7 +208,6 @@ class StreamEvent:
 
 
 def _resolve_dtype(name: str) -> torch.dtype:
-    from chameleon_lite.hardware import cpu_has_fast_bf16
 
     if name == "auto":
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

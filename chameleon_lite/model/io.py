@@ -12,6 +12,8 @@ import shutil
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from chameleon_lite.bundle import (
     AUDIO_CONFIG,
@@ -100,8 +102,6 @@ def read_model_weights(
     vocab.json and the tokenizers must match the model's vocab hash, and the tokenizers its codes hash.
     ``tokenizers``: the folder's tokenizers when already loaded (their vocabulary and codes hash are compared
     instead of reading the tokenizer files again)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     if not os.path.isdir(model_dir):
         raise ConfigError(f"{model_dir}: model folder not found")

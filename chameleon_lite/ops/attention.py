@@ -21,6 +21,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from chameleon_lite.ops import _loader
+
 
 def attention_mask_reference(doc_ids: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
     """doc_ids, span_ids: [B, L] int -> bool mask [B, L, L] (True = query i may read key j)."""
@@ -74,9 +76,11 @@ def _has_kernel(t: torch.Tensor) -> bool:
         return False
     if t.device.type == "cpu":
         return True
-    from chameleon_lite.ops._loader import HAS_CUDA_EXT
-
-    return HAS_CUDA_EXT and t.shape[-1] <= 128 and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
+    return (
+        _loader.HAS_CUDA_EXT
+        and t.shape[-1] <= 128
+        and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
+    )
 
 
 @torch.library.register_fake("chameleon_lite::attention_fwd")
