@@ -34,7 +34,6 @@ def _load_tokenizers(tokenizers: str | Any):
 
 
 def _init_worker(tokenizer_dir: str, threads: int) -> None:
-
     torch.set_num_threads(threads)
     _WORKER["encoder"] = SequenceEncoder(_load_tokenizers(tokenizer_dir))
 

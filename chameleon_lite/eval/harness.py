@@ -110,13 +110,11 @@ def _rng(cfg: EvalConfig, task: str) -> np.random.Generator:
 
 
 def _write_png(path: str, img: np.ndarray) -> str:
-
     Image.fromarray(np.asarray(img, np.uint8), mode="RGB").save(path)
     return path
 
 
 def _write_wav(path: str, wave: np.ndarray, sr: int) -> str:
-
     write_wav(path, to_pcm16(np.asarray(wave, np.float32)), sr)
     return path
 
@@ -140,12 +138,10 @@ def write_eval_sampling(model_dir: str) -> str:
 
 
 def _settings(cfg: EvalConfig, max_new_tokens: int) -> Any:
-
     return GenerationConfig(max_new_tokens=max_new_tokens, seed=cfg.seed, **sampling_settings(cfg))
 
 
 def _batched(gen, prompts: list, settings, batch: int, desc: str, progress: bool) -> list:
-
     docs = []
     with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
         for i in range(0, len(prompts), batch):
@@ -156,7 +152,6 @@ def _batched(gen, prompts: list, settings, batch: int, desc: str, progress: bool
 
 # ---------------------------------------------------------------------------------------------- tasks
 def eval_text_to_image(gen, cfg: EvalConfig, n_image: int) -> list[Item]:
-
     rng = _rng(cfg, "text_to_image")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
     texts = [P.image_prompt(s, int(rng.integers(len(P.IMAGE_PROMPTS)))) for s in specs]
@@ -182,7 +177,6 @@ def eval_text_to_image(gen, cfg: EvalConfig, n_image: int) -> list[Item]:
 
 
 def eval_image_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
-
     rng = _rng(cfg, "image_to_text")
     specs = [P.sample_image_spec(rng) for _ in range(cfg.n)]
     side = gen.tokenizers.image.image_size  # drawn at the size the model sees, as the corpus draws them
@@ -207,7 +201,6 @@ def _audio_budget(gen, seconds: float = 2.2) -> int:
 
 
 def eval_text_to_audio(gen, cfg: EvalConfig) -> list[Item]:
-
     rng = _rng(cfg, "text_to_audio")
     specs = [P.sample_audio_spec(rng) for _ in range(cfg.n)]
     texts = [P.audio_prompt(s, int(rng.integers(len(P.AUDIO_PROMPTS)))) for s in specs]
@@ -234,7 +227,6 @@ def eval_text_to_audio(gen, cfg: EvalConfig) -> list[Item]:
 
 
 def eval_audio_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
-
     rng = _rng(cfg, "audio_to_text")
     sr = gen.tokenizers.audio.sample_rate
     specs = [P.sample_audio_spec(rng) for _ in range(cfg.n)]
@@ -298,7 +290,6 @@ def judge_interleaved(doc, first_text: str, n_image: int, nq: int, sr: int | Non
 
 
 def eval_interleaved(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], dict[str, Any]]:
-
     rng = _rng(cfg, "interleaved")
     firsts = []
     for _ in range(cfg.n):
@@ -355,7 +346,6 @@ def judge_instruction(doc, specs: list, n_image: int, nq: int, sr: int | None) -
 
 
 def eval_instruction(gen, cfg: EvalConfig, n_image: int) -> tuple[list[Item], dict[str, Any]]:
-
     rng = _rng(cfg, "instruction")
     lo, hi = P.CorpusConfig().instruction_media
     requests = []

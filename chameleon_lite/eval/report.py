@@ -20,14 +20,12 @@ GRID_FILE = "text_to_image_grid.png"
 
 
 def _png_b64(img: np.ndarray) -> str:
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(img, np.uint8), mode="RGB").save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
 def _wav_b64(wave: np.ndarray, sr: int) -> str:
-
     return base64.b64encode(_wav_bytes(np.asarray(wave, np.float32), sr)).decode()
 
 

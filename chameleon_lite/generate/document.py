@@ -123,14 +123,12 @@ class Document:
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
-
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
-
     buf = io.BytesIO()
     sf.write(buf, np.clip(np.nan_to_num(audio), -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()

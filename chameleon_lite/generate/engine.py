@@ -208,7 +208,6 @@ class StreamEvent:
 
 
 def _resolve_dtype(name: str) -> torch.dtype:
-
     if name == "auto":
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     return torch.bfloat16 if name == "bf16" else torch.float32
