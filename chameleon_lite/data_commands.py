@@ -1,4 +1,5 @@
-"""CLI commands of the data layer: procedural corpus, validate, tokenize (registered by chameleon_lite.cli)."""
+"""CLI commands of the data layer: procedural corpus, importers of a user's data, validate, tokenize (registered by
+chameleon_lite.cli)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,164 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_import(args: argparse.Namespace, command: str, made: tuple, params: dict) -> int:
+    """Write what an importer made (its count, its items) into --out and print the summary."""
+    from chameleon_lite.data.importers import write_import
+
+    total, items = made
+    summary = write_import(
+        args.out,
+        items,
+        command=f"chameleon-lite data {command}",
+        params={**params, "order": args.order, "limit": args.limit},
+        total=total,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
+    print(summary.describe())
+    print(f"next: chameleon-lite data validate {summary.manifest}")
+    return 0
+
+
+def _import_mnist(args: argparse.Namespace) -> int:
+    from chameleon_lite.data.importers import mnist_items
+
+    names = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    made = mnist_items(args.images, args.labels, args.text, names, args.order, args.limit)
+    params = {"images": os.path.abspath(args.images), "labels": os.path.abspath(args.labels), "text": args.text}
+    return _run_import(args, "import-mnist", made, {**params, "label_names": names})
+
+
+def _import_labelled_audio(args: argparse.Namespace) -> int:
+    from chameleon_lite.data.importers import labelled_audio_items
+
+    made = labelled_audio_items(args.folder, args.pattern, args.text, args.order, args.skip_unmatched, args.limit)
+    params = {"folder": os.path.abspath(args.folder), "pattern": args.pattern, "text": args.text}
+    return _run_import(args, "import-labelled-audio", made, params)
+
+
+def _import_captions(args: argparse.Namespace) -> int:
+    from chameleon_lite.data.importers import caption_items
+
+    made = caption_items(args.captions, args.media, args.file_column, args.text_column, args.order, args.limit)
+    params = {"captions": os.path.abspath(args.captions), "media": args.media and os.path.abspath(args.media)}
+    return _run_import(args, "import-captions", made, params)
+
+
+def _import_webdataset(args: argparse.Namespace) -> int:
+    from chameleon_lite.data.importers import webdataset_items
+
+    made = webdataset_items(args.shards, args.text_key, args.order, not args.allow_no_text, args.limit)
+    params = {"shards": args.shards, "text_key": args.text_key, "allow_no_text": args.allow_no_text}
+    return _run_import(args, "import-webdataset", made, params)
+
+
+def _import_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every importer has."""
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (manifest.jsonl, import.json, images/ or audio/ when media are written); new, empty or "
+        "an earlier import, which is replaced",
+    )
+    p.add_argument(
+        "--order",
+        choices=("text-first", "media-first"),
+        default="text-first",
+        help="text-first: the text, then the media (learn to make the media); media-first: the media as an input "
+        "span, then the text (learn to caption or transcribe) (default text-first)",
+    )
+    p.add_argument("--limit", type=at.positive_int, help="import only the first N documents (default: all)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out items whose media cannot be read (counted and reported) instead of stopping at the first",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _register_importers(cli) -> None:
+    from chameleon_lite.data.importers import FSDD_PATTERN, LABELLED_AUDIO_TEXT, MNIST_TEXT
+
+    p = cli.command(
+        "data import-mnist",
+        "import MNIST-style IDX files (images + labels, gzip or raw) as PNG pictures with captions",
+        _import_mnist,
+    )
+    p.add_argument("images", help="IDX images file, e.g. t10k-images-idx3-ubyte.gz (uint8 N x H x W)")
+    p.add_argument("labels", help="IDX labels file, e.g. t10k-labels-idx1-ubyte.gz (N integers)")
+    p.add_argument(
+        "--text",
+        default=MNIST_TEXT,
+        help=f"caption template; fields {{label}}, {{word}} (seven), {{index}}; '' for none (default {MNIST_TEXT!r})",
+    )
+    p.add_argument(
+        "--label-names",
+        metavar="NAME,...",
+        help="{word} of each label in order, e.g. for Fashion-MNIST t-shirt,trouser,... (default: zero..nine)",
+    )
+    _import_flags(p)
+
+    p = cli.command(
+        "data import-labelled-audio",
+        "import a folder of clips whose label is in the file name (e.g. FSDD: 7_george_12.wav)",
+        _import_labelled_audio,
+    )
+    p.add_argument("folder", help="folder of audio files (wav, flac, ogg, mp3, ...; other files are ignored)")
+    p.add_argument(
+        "--pattern",
+        default=FSDD_PATTERN,
+        help="file name (path under FOLDER) with {fields}, {label} required, or a regex with (?P<label>...); "
+        f"fields go into meta (default {FSDD_PATTERN!r}, the Free Spoken Digit Dataset)",
+    )
+    p.add_argument(
+        "--text",
+        default=LABELLED_AUDIO_TEXT,
+        help="caption template; fields of --pattern and {word} (seven for 7); '' for none "
+        f"(default {LABELLED_AUDIO_TEXT!r})",
+    )
+    p.add_argument(
+        "--skip-unmatched", action="store_true", help="leave out audio files the pattern does not match (else an error)"
+    )
+    _import_flags(p)
+
+    p = cli.command(
+        "data import-captions",
+        "import pictures or clips listed with their captions or transcripts in a JSONL, CSV or TSV file",
+        _import_captions,
+    )
+    p.add_argument("captions", help=".jsonl (an object per line), .csv or .tsv (a header row) of file + text")
+    p.add_argument(
+        "--media", metavar="DIR", help="folder the file paths are relative to (default: the captions file's folder)"
+    )
+    p.add_argument(
+        "--file-column",
+        help="column of the file paths (default: the first of file, path, filename, image, audio, clip)",
+    )
+    p.add_argument(
+        "--text-column",
+        help="column of the texts (default: the first of text, caption, transcript, transcription, sentence)",
+    )
+    _import_flags(p)
+
+    p = cli.command(
+        "data import-webdataset",
+        "import WebDataset .tar shards (image-text or audio-text samples); their media are written out as files",
+        _import_webdataset,
+    )
+    p.add_argument(
+        "shards", nargs="+", help="tar files, folders of them, or a brace pattern such as 'data/{000000..000009}.tar'"
+    )
+    p.add_argument(
+        "--text-key",
+        metavar="EXT",
+        help="part holding the text (default: txt, text, caption, transcript or .json's caption)",
+    )
+    p.add_argument("--allow-no-text", action="store_true", help="import samples without text as media-only documents")
+    _import_flags(p)
+
+
 def register(cli) -> None:
     p = cli.command(
         "data procedural", "write the seeded procedural corpus (PNG + WAV files and a JSONL manifest)", _procedural
@@ -108,6 +267,8 @@ def register(cli) -> None:
         help="worker processes; the corpus is the same for any number (default 1)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    _register_importers(cli)
 
     p = cli.command(
         "data validate", "check a JSONL manifest: JSON, segment keys, files present and decodable", _validate
