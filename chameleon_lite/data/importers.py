@@ -31,13 +31,15 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from chameleon_lite.data.manifest import check_audio_file, check_image_file
-from chameleon_lite.errors import ConfigError, DataError
+from chameleon_lite.errors import ConfigError, DataError, UserError
 from chameleon_lite.files import OutputKind, check_output_dir, replace_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy, PIL and the media readers are imported where used: the CLI imports this module to build its --help
 
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff", "pgm", "ppm", "pbm", "pnm"})
 AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "w64", "rf64"})
@@ -96,7 +98,7 @@ class ImportSummary:
 
 # ---------------------------------------------------------------------------------------------- documents
 def media_kind(path: str) -> str | None:
-    """ "image" or "audio" from a file name's extension; None for any other file."""
+    """The kind of a file by its extension: "image", "audio", or None for any other."""
     ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
     return "image" if ext in IMAGE_EXTENSIONS else "audio" if ext in AUDIO_EXTENSIONS else None
 
@@ -148,7 +150,7 @@ def _int_or_str(value: str) -> int | str:
 
 
 # ---------------------------------------------------------------------------------------------- MNIST IDX
-IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 MAX_IDX_BYTES = 1 << 33  # what one IDX file may hold decoded; a header claiming more is damaged or not IDX
 
 
@@ -169,6 +171,8 @@ def read_idx(path: str, what: str = "an IDX") -> np.ndarray:
     """Read an IDX file (the MNIST format, raw or gzip): magic ``00 00 TYPE NDIM``, NDIM big-endian uint32 sizes,
     then the values -> an array of those sizes (uint8 for MNIST). Refused with one line naming the file: a missing
     file, a header that is not IDX, a corrupt gzip stream, fewer or more bytes than the header promises."""
+    import numpy as np
+
     with _open_maybe_gzip(path, what) as f:
         try:
             head = f.read(4)
@@ -222,6 +226,8 @@ def mnist_items(
     images: IDX of uint8 [N, H, W]; labels: IDX of integers [N]. meta: label, index (position in the files),
     source (the images file), split (from the file name: "test" for t10k-*, "train" for train-*, when it says).
     """
+    import numpy as np
+
     check_text_template(text, ("label", "word", "index"))
     pix = read_idx(images, "an IDX images")
     if pix.ndim != 3 or pix.dtype != np.uint8:
@@ -613,17 +619,26 @@ def webdataset_items(
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _check_media(item: Item, tmp: str) -> None:
-    """Decode every media file of an item with the tokenizers' readers; errors name the source, not the temp path."""
+def _check_media(item: Item, tmp: str, out: str) -> None:
+    """Check the media of an item: a user's file must not lie in ``out`` (the import replaces that folder), and
+    unless the item is trusted every file is decoded with the tokenizers' readers. Errors name the source, not the
+    temp folder."""
     for seg in item.record["segments"]:
-        for kind, check in (("image", check_image_file), ("audio", check_audio_file)):
-            if kind in seg:
-                path = seg[kind] if os.path.isabs(seg[kind]) else os.path.join(tmp, seg[kind])
-                try:
-                    check(path)
-                except DataError as e:
-                    msg = str(e).replace(path, seg[kind]) if not os.path.isabs(seg[kind]) else str(e)
-                    raise DataError(f"{item.where}: {msg}") from None
+        kind = next((k for k in ("image", "audio") if k in seg), None)
+        if kind is None:
+            continue
+        ours = not os.path.isabs(seg[kind])
+        path = os.path.join(tmp, seg[kind]) if ours else seg[kind]
+        if not ours and os.path.commonpath([out, os.path.abspath(path)]) == out:
+            raise DataError(f"{item.where}: {path} lies in --out {out}, which the import replaces; give another --out")
+        if item.trusted:
+            continue
+        try:
+            from chameleon_lite.data.manifest import check_audio_file, check_image_file
+
+            (check_image_file if kind == "image" else check_audio_file)(path)
+        except DataError as e:
+            raise DataError(f"{item.where}: {str(e).replace(path, seg[kind]) if ours else e}") from None
 
 
 def write_import(
@@ -650,8 +665,11 @@ def write_import(
     out = os.path.abspath(out)
     check_output_dir(out, IMPORTED)
     parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.import-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.import-", dir=parent)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     counts = {"text": 0, "image": 0, "audio": 0}
     documents, skipped, examples = 0, 0, []
     try:
@@ -667,8 +685,7 @@ def write_import(
                     for rel, data in item.files.items():
                         with open(os.path.join(tmp, rel), "wb") as mf:
                             mf.write(data)
-                    if not item.trusted:
-                        _check_media(item, tmp)
+                    _check_media(item, tmp, out)
                 except DataError as e:
                     if not skip_bad:
                         raise

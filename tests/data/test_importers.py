@@ -557,3 +557,15 @@ def test_out_folder_rules(mnist, recordings, tmp_path, capsys):
     assert cli(capsys, "data", "import-labelled-audio", recordings, "--out", str(out))[0] == 0
     assert sorted(os.listdir(out)) == ["import.json", "manifest.jsonl"]  # the earlier import replaced whole
     assert sorted(os.listdir(tmp_path)) == sorted(["file", "mine", "out", "recordings", *map(os.path.basename, mnist)])
+
+
+def test_out_that_cannot_be_made_or_holds_the_sources(mnist, recordings, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = fails(capsys, "data", "import-labelled-audio", recordings, "--out", str(tmp_path / "file" / "sub"))
+    assert "sub: cannot create the output folder" in err
+    out = tmp_path / "out"
+    assert cli(capsys, "data", "import-mnist", *mnist, "--out", str(out))[0] == 0
+    (tmp_path / "caps.csv").write_text("file,text\nimages/00000.png,a picture the import wrote\n")
+    err = fails(capsys, "data", "import-captions", str(tmp_path / "caps.csv"), "--media", str(out), "--out", str(out))
+    assert "lies in --out" in err and "give another --out" in err
+    assert len(records(out)) == 3
