@@ -79,10 +79,11 @@ def manifest_rows(manifest: str) -> list[tuple[str, str]]:
     """(absolute media path, caption) of each document of an import."""
     base = os.path.dirname(manifest)
     out = []
-    for line in open(manifest, encoding="utf-8"):
-        segs = json.loads(line)["segments"]
-        media = next(s.get("image") or s.get("audio") for s in segs if "text" not in s)
-        out.append((os.path.join(base, media), next(s["text"] for s in segs if "text" in s)))
+    with open(manifest, encoding="utf-8") as f:
+        for line in f:
+            segs = json.loads(line)["segments"]
+            media = next(s.get("image") or s.get("audio") for s in segs if "text" not in s)
+            out.append((os.path.join(base, media), next(s["text"] for s in segs if "text" in s)))
     return out
 
 

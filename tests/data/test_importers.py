@@ -45,7 +45,8 @@ def validates(capsys, manifest) -> None:
 
 
 def records(out) -> list[dict]:
-    return [json.loads(line) for line in open(os.path.join(out, "manifest.jsonl"))]
+    with open(os.path.join(out, "manifest.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -142,7 +143,7 @@ def test_mnist_writes_grayscale_pngs_and_a_manifest_that_validates(mnist, tmp_pa
     for i, r in enumerate(recs):
         with Image.open(out / r["segments"][1]["image"]) as im:
             assert im.mode == "L" and np.array_equal(np.asarray(im), PIXELS[i])
-    assert json.load(open(out / "import.json"))["documents"] == 3
+    assert json.loads((out / "import.json").read_text())["documents"] == 3
     validates(capsys, out / "manifest.jsonl")
 
 
@@ -488,7 +489,8 @@ def test_webdataset_text_key_and_samples_without_text(tmp_path, capsys):
 
 
 def _truncated_tar(tmp_path, shard):
-    data = open(shard, "rb").read()
+    with open(shard, "rb") as f:
+        data = f.read()
     (tmp_path / "t.tar").write_bytes(data[: len(data) // 2 + 100])
     return str(tmp_path / "t.tar")
 
@@ -551,9 +553,9 @@ def test_out_folder_rules(mnist, recordings, tmp_path, capsys):
 
     out = tmp_path / "out"
     assert cli(capsys, "data", "import-mnist", *mnist, "--out", str(out))[0] == 0
-    before = open(out / "manifest.jsonl").read()
+    before = (out / "manifest.jsonl").read_text()
     fails(capsys, "data", "import-labelled-audio", recordings, "--out", str(out), "--pattern", "{label}.flac")
-    assert open(out / "manifest.jsonl").read() == before  # a failed import leaves the earlier one
+    assert (out / "manifest.jsonl").read_text() == before  # a failed import leaves the earlier one
     assert cli(capsys, "data", "import-labelled-audio", recordings, "--out", str(out))[0] == 0
     assert sorted(os.listdir(out)) == ["import.json", "manifest.jsonl"]  # the earlier import replaced whole
     assert sorted(os.listdir(tmp_path)) == sorted(["file", "mine", "out", "recordings", *map(os.path.basename, mnist)])
