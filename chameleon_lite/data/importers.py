@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import string
+import tarfile
 import tempfile
 import time
 import zlib
@@ -34,12 +35,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chameleon_lite.errors import ConfigError, DataError, UserError
-from chameleon_lite.files import OutputKind, check_output_dir, replace_dir, write_json_atomic
+from chameleon_lite.files import OutputKind, check_output_dir, png_info, replace_dir, write_json_atomic
 
+# numpy, PIL, tqdm and the media readers are imported where used: the CLI imports this module to build --help
 if TYPE_CHECKING:
     import numpy as np
-
-# numpy, PIL and the media readers are imported where used: the CLI imports this module to build its --help
 
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff", "pgm", "ppm", "pbm", "pnm"})
 AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "w64", "rf64"})
@@ -171,7 +171,7 @@ def read_idx(path: str, what: str = "an IDX") -> np.ndarray:
     """Read an IDX file (the MNIST format, raw or gzip): magic ``00 00 TYPE NDIM``, NDIM big-endian uint32 sizes,
     then the values -> an array of those sizes (uint8 for MNIST). Refused with one line naming the file: a missing
     file, a header that is not IDX, a corrupt gzip stream, fewer or more bytes than the header promises."""
-    import numpy as np
+    import numpy as np  # lazy: --help imports this module
 
     with _open_maybe_gzip(path, what) as f:
         try:
@@ -197,9 +197,7 @@ def read_idx(path: str, what: str = "an IDX") -> np.ndarray:
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    from chameleon_lite.files import png_info
+    from PIL import Image  # lazy: --help imports this module
 
     buf = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buf, format="PNG", pnginfo=png_info())
@@ -226,7 +224,7 @@ def mnist_items(
     images: IDX of uint8 [N, H, W]; labels: IDX of integers [N]. meta: label, index (position in the files),
     source (the images file), split (from the file name: "test" for t10k-*, "train" for train-*, when it says).
     """
-    import numpy as np
+    import numpy as np  # lazy: --help imports this module
 
     check_text_template(text, ("label", "word", "index"))
     pix = read_idx(images, "an IDX images")
@@ -508,7 +506,7 @@ WDS_TEXT_KEYS = ("txt", "text", "caption", "transcript")
 def shard_paths(specs: Sequence[str]) -> list[str]:
     """Shard arguments -> tar files: a file, a folder (its ``*.tar`` files, sorted) or a brace pattern as WebDataset
     sets are named (``shard-{000000..000009}.tar``, expanded by the library). Every named shard must exist."""
-    from webdataset.shardlists import expand_urls
+    from webdataset.shardlists import expand_urls  # lazy: webdataset imports torch
 
     out = []
     for spec in specs:
@@ -555,9 +553,7 @@ def _parse_json_part(sample: dict[str, Any], where: str) -> None:
 def _shard_samples(path: str) -> Iterator[dict[str, Any]]:
     """The samples of one tar shard as WebDataset groups them (files sharing a key up to the first dot), read
     with the library's tar iterators from a file we open ourselves (never a URL: ``pipe:`` would run a command)."""
-    import tarfile
-
-    from webdataset import tariterators
+    from webdataset import tariterators  # lazy: webdataset imports torch
 
     with open(path, "rb") as stream:
         files = tariterators.tar_file_expander([{"url": path, "stream": stream}])
@@ -634,7 +630,7 @@ def _check_media(item: Item, tmp: str, out: str) -> None:
         if item.trusted:
             continue
         try:
-            from chameleon_lite.data.manifest import check_audio_file, check_image_file
+            from chameleon_lite.data.manifest import check_audio_file, check_image_file  # lazy: numpy, PIL; --help
 
             (check_image_file if kind == "image" else check_audio_file)(path)
         except DataError as e:
@@ -659,7 +655,7 @@ def write_import(
     and ``out`` is left as it was. skip_bad: leave out items whose media cannot be decoded (or that have a
     ``problem``) and count them, instead of stopping at the first. Zero documents is an error.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: --help imports this module
 
     t0 = time.perf_counter()
     out = os.path.abspath(out)
