@@ -17,7 +17,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # each other. The command-line modules at the top import whatever their commands run.
 FLOORS = [
     ("errors",),
-    ("argtypes", "hardware"),
+    ("argtypes", "hardware", "configs"),  # configs: the one dataclass-config loader
     ("files",),
     ("ops",),  # the kernels: torch custom ops over the compiled extension
     ("vocab", "bundle", "pipeline"),  # the unified vocabulary, the exported model folder, resumable stages

@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from chameleon_lite.configs import config_from_dict
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import CORPUS, atomic_path, check_output_dir, write_json_atomic
 
@@ -320,12 +321,8 @@ class CorpusConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CorpusConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown CorpusConfig field(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> CorpusConfig:
+        return config_from_dict(cls, d, source, "corpus config")
 
 
 # ---------------------------------------------------------------------------------------------- images

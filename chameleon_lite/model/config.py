@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from chameleon_lite.configs import config_from_dict
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import read_json, write_json_atomic
 
@@ -108,18 +109,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown model config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"{source}: {e}") from None
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {str(e).removeprefix('model config: ')}") from None
+        return config_from_dict(cls, d, source, "model config")
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_dict())

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.bundle import AUDIO_CONFIG, AUDIO_WEIGHTS, read_weights, write_safetensors_atomic
+from chameleon_lite.configs import config_from_dict
 from chameleon_lite.data.audio_files import DEFAULT_MAX_SECONDS, AudioInfo, load_audio
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import read_json, write_json_atomic
@@ -153,18 +154,8 @@ class AudioCodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> AudioCodecConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown audio codec config keys {unknown}")
         # codecs saved before the decoder order was a field had their residual units before each upsampling
-        d = {"res_after_upsample": False, **d}
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"{source}: bad audio codec config ({e})") from None
-        except ConfigError as e:
-            raise ConfigError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
+        return config_from_dict(cls, d, source, "audio codec config", defaults={"res_after_upsample": False})
 
 
 PRESETS: dict[str, AudioCodecConfig] = {

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, read_weights, write_safetensors_atomic
+from chameleon_lite.configs import config_from_dict
 from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, load_images
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import read_json, write_json_atomic
@@ -130,16 +131,7 @@ class ImageVQConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> ImageVQConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown image tokenizer config keys {unknown}")
-        try:
-            return cls(**{**LEGACY_DEFAULTS, **d})
-        except TypeError as e:
-            raise ConfigError(f"{source}: bad image tokenizer config ({e})") from None
-        except ConfigError as e:
-            raise ConfigError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
+        return config_from_dict(cls, d, source, "image tokenizer config", defaults=LEGACY_DEFAULTS)
 
 
 PRESETS: dict[str, ImageVQConfig] = {
