@@ -148,16 +148,18 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
 
     def image_tokenizer() -> None:
         from chameleon_lite.tokenizers import image_train
+        from chameleon_lite.train.tokenizer_loop import train_image_vq
 
         out = cfg.path("image_vq")
-        image_train.train(manifest, out, image_train.quickstart_config(steps=cfg.image_train_steps, seed=cfg.seed))
+        train_image_vq(manifest, out, image_train.quickstart_config(steps=cfg.image_train_steps, seed=cfg.seed))
         _copy_artifacts(out, tok, (bundle.IMAGE_WEIGHTS, bundle.IMAGE_CONFIG))
 
     def audio_tokenizer() -> None:
         from chameleon_lite.tokenizers import audio_train
+        from chameleon_lite.train.tokenizer_loop import train_audio_codec
 
         out = cfg.path("audio_codec")
-        audio_train.train(manifest, out, audio_train.quickstart_config(steps=cfg.audio_train_steps, seed=cfg.seed))
+        train_audio_codec(manifest, out, audio_train.quickstart_config(steps=cfg.audio_train_steps, seed=cfg.seed))
         _copy_artifacts(out, tok, (bundle.AUDIO_WEIGHTS, bundle.AUDIO_CONFIG))
 
     def vocab() -> None:
@@ -169,7 +171,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         pretokenize(manifest, tok, shards, workers=cfg.workers, val_fraction=0.03, seed=cfg.seed)
 
     def pretrain() -> None:
-        from chameleon_lite.train.config import TrainConfig
+        from chameleon_lite.train.config import PretrainConfig
         from chameleon_lite.train.trainer import train
 
         first = calibrated_train_steps(cfg, tok, os.path.join(shards, "train"))
@@ -177,7 +179,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
 
         def run_steps(steps: int, stop_after: int = 0) -> None:
             train(
-                TrainConfig(
+                PretrainConfig(
                     model=cfg.train_model,
                     data=os.path.join(shards, "train"),
                     val_data=os.path.join(shards, "val"),
@@ -288,12 +290,12 @@ def measure_step_seconds(
 
     from chameleon_lite.hardware import fast_cpu_dtype
     from chameleon_lite.model.transformer import build_model
-    from chameleon_lite.train.config import TrainConfig
+    from chameleon_lite.train.config import PretrainConfig
     from chameleon_lite.train.trainer import make_loss_terms
 
     # the model exactly as the trainer configures it (its context covers a packed row's positions, which continue a
     # document begun in the row before and so can pass seq_len)
-    mcfg = TrainConfig(model=model_name, seq_len=seq_len, batch_size=batch_size).model_config(vocab_size, "")
+    mcfg = PretrainConfig(model=model_name, seq_len=seq_len, batch_size=batch_size).model_config(vocab_size, "")
     model = build_model(mcfg, seed=0).train()
     loss_terms = make_loss_terms(model, compile_whole=compile)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

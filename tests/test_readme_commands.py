@@ -378,9 +378,9 @@ AUDIO_SMALL = dict(
 
 
 def _image_cfg(steps: int, **kw):
-    from chameleon_lite.tokenizers.image_train import TrainConfig
+    from chameleon_lite.tokenizers.image_train import ImageVQTrainConfig
 
-    return TrainConfig(
+    return ImageVQTrainConfig(
         model_overrides={**IMAGE_SMALL, **kw},
         steps=steps,
         batch_size=4,
@@ -392,9 +392,9 @@ def _image_cfg(steps: int, **kw):
 
 
 def _audio_cfg(steps: int):
-    from chameleon_lite.tokenizers.audio_train import TrainConfig
+    from chameleon_lite.tokenizers.audio_train import AudioCodecTrainConfig
 
-    return TrainConfig(
+    return AudioCodecTrainConfig(
         model_overrides=AUDIO_SMALL,
         steps=steps,
         batch_size=2,
@@ -420,42 +420,46 @@ def _logged_steps(run: str) -> list[int]:
 def test_image_and_audio_tokenizers_trained_into_one_folder_keep_their_own_runs(small_corpus, tmp_path):
     """README trains the image tokenizer and then the audio codec with --out tok: the codec used to find the image
     tokenizer's checkpoint in tok/run and stop ("checkpoint was trained with a different model config")."""
-    from chameleon_lite.tokenizers import audio_train, image_train
     from chameleon_lite.tokenizers.audio import AudioTokenizer
     from chameleon_lite.tokenizers.image import ImageTokenizer
+    from chameleon_lite.train.checkpoint import latest_checkpoint, read_train_state
+    from chameleon_lite.train.tokenizer_loop import train_audio_codec, train_image_vq
 
     out = str(tmp_path / "tok")
-    image_train.train(small_corpus, out, _image_cfg(1), progress=False)
-    audio_train.train(small_corpus, out, _audio_cfg(1), progress=False)
-    image_train.train(small_corpus, out, _image_cfg(2), progress=False)  # each resumes its own run
-    audio_train.train(small_corpus, out, _audio_cfg(2), progress=False)
+    train_image_vq(small_corpus, out, _image_cfg(1), progress=False)
+    train_audio_codec(small_corpus, out, _audio_cfg(1), progress=False)
+    train_image_vq(small_corpus, out, _image_cfg(2), progress=False)  # each resumes its own run
+    train_audio_codec(small_corpus, out, _audio_cfg(2), progress=False)
     for kind in ("image", "audio"):
         run = os.path.join(out, "run", kind)
         assert _logged_steps(run) == [1, 2], kind
-        assert json.load(open(os.path.join(run, "checkpoint", "state.json")))["step"] == 2
+        assert read_train_state(latest_checkpoint(run))["step"] == 2
         assert json.load(open(os.path.join(run, "summary.json")))["steps"] == 2
     assert ImageTokenizer.load(out).tokens_per_image == 4 and AudioTokenizer.load(out).num_levels == 2
     from chameleon_lite.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"different model config.*delete .*run[/\\]image to train from scratch"):
-        image_train.train(small_corpus, out, _image_cfg(3, codebook_size=8), progress=False)
+        train_image_vq(small_corpus, out, _image_cfg(3, codebook_size=8), progress=False)
 
 
-def test_a_run_begun_in_the_old_shared_run_folder_resumes_there(small_corpus, tmp_path):
-    """Before run folders were per kind, a tokenizer's run state was out/run itself: such a run still resumes (in
-    out/run), and a run of the other kind is not confused by its checkpoint."""
-    from chameleon_lite.tokenizers import audio_train, image_train
+def test_a_run_folder_of_the_old_checkpoint_format_is_refused_in_one_line(small_corpus, tmp_path, capsys):
+    """Tokenizer runs before the shared training loop kept run/<kind>/checkpoint (or, older, run/checkpoint) with a
+    state.json: such a checkpoint of this kind is refused with one line saying what to do; the other kind trains."""
+    from chameleon_lite.cli import main
+    from chameleon_lite.files import write_json_atomic
+    from chameleon_lite.train.tokenizer_loop import train_audio_codec
 
     out = str(tmp_path / "tok")
-    image_train.train(small_corpus, out, _image_cfg(1), progress=False)
-    run = os.path.join(out, "run")
-    for name in os.listdir(os.path.join(run, "image")):  # the old layout
-        os.replace(os.path.join(run, "image", name), os.path.join(run, name))
-    os.rmdir(os.path.join(run, "image"))
-    assert image_train.run_folder(out, "image") == run and audio_train.run_folder(out, "audio") == os.path.join(
-        run, "audio"
-    )
-    audio_train.train(small_corpus, out, _audio_cfg(1), progress=False)
-    image_train.train(small_corpus, out, _image_cfg(2), progress=False)
-    assert _logged_steps(run) == [1, 2] and not os.path.exists(os.path.join(run, "image"))
-    assert _logged_steps(os.path.join(run, "audio")) == [1]
+    train_audio_codec(small_corpus, out, _audio_cfg(1), progress=False)
+    argv = ["tokenizer", "train-image", "--manifest", small_corpus, "--out", out, "--steps", "1"]
+    for old in ("checkpoint", os.path.join("image", "checkpoint")):
+        path = os.path.join(out, "run", old)
+        os.makedirs(path)
+        write_json_atomic(os.path.join(path, "state.json"), {"step": 1, "model_config": IMAGE_SMALL})
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "older chameleon-lite" in err and f"delete {path}" in err
+        if old == "checkpoint":  # the image tokenizer's: the audio codec's run goes on
+            train_audio_codec(small_corpus, out, _audio_cfg(2), progress=False)
+            assert _logged_steps(os.path.join(out, "run", "audio")) == [1, 2]
+        shutil.rmtree(path)

@@ -38,8 +38,8 @@ weights=()
 # 98.5 % checker agreement; 3000 audio steps at 5e-4 took 196 held-out clips from 74.0 % to 89.3 %; 600 more at
 # 3e-4 with the discriminator (AUDIO_FLAGS="--lr 3e-4 --disc-start 1", 4x slower a step) gave 91.3 % in one run and
 # 89.3 % (SI-SNR 17.6 -> 18.0 dB) in another: the decoder alone does not reliably lift timbre. With two attention
-# blocks added in front of it (AUDIO_FLAGS="--set decoder_attention=2 --segment-frames 128 --batch-size 8": every
-# frame sees its whole clip), 1000 steps at 5e-4 gave 90.8 % and 1500 more (same flags but --set) 98.0 %
+# blocks added in front of it (AUDIO_FLAGS="--model.decoder_attention=2 --segment-frames 128 --batch-size 8": every
+# frame sees its whole clip), 1000 steps at 5e-4 gave 90.8 % and 1500 more (same flags but --model.decoder_attention) 98.0 %
 if [ "$image_steps" -gt 0 ] && [ ! -f "$out/image/image_vq.safetensors" ]; then
   timed image-decoder chameleon-lite tokenizer train-image --manifest "$out/corpus/manifest.jsonl" --out "$out/image" \
     --finetune-decoder "$from" --steps "$image_steps" --lr 1e-3 --seed "$seed" ${IMAGE_FLAGS:-}

@@ -4,7 +4,7 @@
     python train/pretrain.py --config tiny --data SHARDS --out RUN          # one process
 
 ``--config`` names a file in train/configs/ (or a path to a JSON file, or a bare model preset); every field of
-chameleon_lite.train.config.TrainConfig can be overridden with ``--key=value`` and every model field with
+chameleon_lite.train.config.PretrainConfig can be overridden with ``--key=value`` and every model field with
 ``--model.key=value``. Re-running the same command resumes from RUN's newest checkpoint (at any world size).
 See train/launch.sh for the single-CPU, 8-GPU and 2-node lines.
 """

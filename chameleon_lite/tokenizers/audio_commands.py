@@ -9,34 +9,6 @@ from chameleon_lite import argtypes as at
 from chameleon_lite.errors import UserError
 
 
-def _train_audio(args: argparse.Namespace) -> int:
-    from chameleon_lite.tokenizers.audio_train import TrainConfig, train
-
-    overrides = at.parse_set(args.set)
-    cfg = TrainConfig(
-        preset=args.preset,
-        model_overrides=overrides,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        segment_frames=args.segment_frames,
-        lr=args.lr,
-        disc_start=args.disc_start,
-        sample_every=args.sample_every,
-        ckpt_every=args.ckpt_every,
-        max_clips=args.max_clips,
-        seed=args.seed,
-        threads=args.threads,
-        finetune_decoder=args.finetune_decoder or "",
-    )
-    summary = train(args.manifest, args.out, cfg)
-    last = summary["last"]
-    print(
-        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['clips']} clips "
-        f"(last: mel {last.get('mel', float('nan')):.3f}, SI-SNR {last.get('si_snr_db', float('nan')):.1f} dB): {args.out}"
-    )
-    return 0
-
-
 def _eval_audio(args: argparse.Namespace) -> int:
     from chameleon_lite.files import check_json_output, check_png_output, write_json_result
     from chameleon_lite.tokenizers.audio_train import evaluate
@@ -94,66 +66,6 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def register(cli) -> None:
-    p = cli.command(
-        "tokenizer train-audio",
-        "train the audio codec (audio_codec.safetensors + audio_codec.json); rerun with the same --out to resume",
-        _train_audio,
-    )
-    p.add_argument("--manifest", required=True, help="JSONL manifest whose audio segments are the training data")
-    p.add_argument(
-        "--preset",
-        default="tiny",
-        help="codec preset: tiny (16 kHz, 4 x 1024), base, large (24 kHz, 8 levels) (default tiny)",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="folder for the codec; the run state goes to DIR/run/audio "
-        "(the text, image and audio tokenizers can share one DIR)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a codec config field of the preset (JSON value), e.g. --set num_levels=8; with "
-        "--finetune-decoder only decoder_attention (and decoder_attention_heads): add that many "
-        "attention blocks in front of the decoder",
-    )
-    p.add_argument(
-        "--finetune-decoder",
-        metavar="CODEC_DIR",
-        help="train only the decoder of this trained codec: its encoder and codebooks (so every clip's "
-        "codes, and a transformer trained on them) stay the same",
-    )
-    p.add_argument("--steps", type=at.positive_int, default=3000, help="optimiser steps (default 3000)")
-    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=16, help="clips per step (default 16)")
-    p.add_argument(
-        "--segment-frames",
-        type=at.int_range(1, 100000),
-        default=32,
-        help="training crop length in codec frames (default 32)",
-    )
-    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument(
-        "--disc-start",
-        type=at.nonnegative_int,
-        default=0,
-        help="step at which the STFT discriminator starts (default 0 = off)",
-    )
-    p.add_argument(
-        "--sample-every",
-        type=at.positive_int,
-        default=500,
-        help="steps between spectrogram PNGs and WAV samples (default 500)",
-    )
-    p.add_argument(
-        "--ckpt-every", type=at.positive_int, default=250, help="steps between resumable checkpoints (default 250)"
-    )
-    p.add_argument("--max-clips", type=at.nonnegative_int, default=0, help="use at most this many clips (0 = all)")
-    p.add_argument("--seed", type=at.seed, default=0, help="seed of initialisation and batches (default 0)")
-    p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="torch threads (0 = torch's default)")
-
     p = cli.command("tokenizer eval-audio", "SI-SNR, mel distance and checker agreement of an audio codec", _eval_audio)
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder holding audio_codec.json and its weights")
     p.add_argument("--manifest", required=True, help="held-out JSONL manifest")

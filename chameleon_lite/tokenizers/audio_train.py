@@ -1,16 +1,10 @@
-"""Training and evaluation of the audio codec (see audio.py for the model).
+"""The audio codec's part of tokenizer training (the loop is chameleon_lite.train.tokenizer_loop, shared with the
+image tokenizer), and its evaluation (see audio.py for the model).
 
-Run folder layout (``out``)::
-
-    out/audio_codec.safetensors, out/audio_codec.json   the tokenizer (written at the end, atomically)
-    out/run/audio/checkpoint/                           resumable state (safetensors + state.json), swapped in atomically
-    out/run/audio/spectrogram_XXXXXX.png                log-mel of originals (top) vs reconstructions (bottom)
-    out/run/audio/sample_XXXXXX_K.wav                   reconstructed clips at that step (originals: original_K.wav)
-    out/run/audio/log.jsonl                             losses, SI-SNR, codebook usage, seconds of audio per second
-    out/run/audio/summary.json                          wall time, steps, last record
-
-(out/run/audio, not out/run: the image tokenizer trained into the same folder keeps its run in out/run/image; see
-``image_train.run_folder``, which also resumes a run begun in out/run by an older version.)
+Outputs: out/audio_codec.safetensors + out/audio_codec.json (the codec, written at the end, atomically); in the run
+folder out/run/audio also spectrogram_XXXXXX.png (log-mel of originals, top, vs reconstructions, bottom) and
+sample_XXXXXX_K.wav (reconstructed clips; originals: original_K.wav) every sample_every steps, beside the loop's
+checkpoints, log.jsonl (losses, SI-SNR, codebook usage, seconds of audio per second) and summary.json.
 
 Losses: multi-scale log-mel L1, multi-scale STFT magnitude (spectral convergence + log-magnitude L1), multi-scale
 complex STFT L1 and waveform L1 plus a scale-invariant SNR term (these keep the waveform in phase, which magnitude
@@ -26,9 +20,7 @@ bit-identical, so every clip keeps its codes and a transformer trained on them k
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -36,26 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chameleon_lite.configs import config_from_dict
 from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.files import PNG_SOFTWARE, atomic_path, read_json, write_json_atomic
+from chameleon_lite.files import PNG_SOFTWARE, atomic_path
 from chameleon_lite.tokenizers.audio import AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset, save_model
-from chameleon_lite.tokenizers.image_train import (
-    _restore_optimizer,
-    check_finetune_resume,
-    code_path_changed,
-    different_config_error,
-    find_checkpoint,
-    freeze_code_path,
-    lr_at,
-    run_folder,
-    save_checkpoint,
-    set_train_mode,
-)
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class AudioCodecTrainConfig:
     """Settings of one codec training run (the model's shape comes from ``preset`` + ``model_overrides``)."""
 
     preset: str = "tiny"
@@ -115,6 +96,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> AudioCodecTrainConfig:
+        return config_from_dict(cls, d, source, "audio codec training option")
+
 
 def _finetune_base(folder: str) -> AudioCodecModel:
     """The trained codec whose decoder a fine-tuning run trains (clear errors for a folder without one)."""
@@ -137,12 +122,12 @@ def finetune_config(base: AudioCodecConfig, overrides: dict[str, Any]) -> AudioC
     bad = sorted(set(overrides) - set(FINETUNE_OVERRIDES))
     if bad:
         raise ConfigError(
-            f"finetune_decoder keeps the codec's shape: --set may only add decoder attention blocks "
+            f"finetune_decoder keeps the codec's shape: --model.KEY may only add decoder attention blocks "
             f"({', '.join(FINETUNE_OVERRIDES)}), got {', '.join(bad)}"
         )
     try:
         cfg = dataclasses.replace(base, **overrides)
-    except TypeError as e:  # a value of the wrong type, e.g. --set decoder_attention_heads='"4"'
+    except TypeError as e:  # a value of the wrong type, e.g. --model.decoder_attention_heads='"4"'
         raise ConfigError(f"bad model override ({e})") from None
     if cfg.decoder_attention < base.decoder_attention:
         raise ConfigError(
@@ -170,14 +155,14 @@ def finetune_model(folder: str, cfg: AudioCodecConfig) -> AudioCodecModel:
     return model.eval()
 
 
-def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
+def quickstart_config(steps: int, seed: int = 0) -> AudioCodecTrainConfig:
     """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus).
 
     Two residual levels instead of four: the notes and the timbre live in the first two (the four-level tiny codec
     read back 99.4 % exact from its first two levels), and half the levels is half the audio tokens the
     transformer has to read and write. At 3000 steps (the quickstart's cap) this codec reads back 97.6 % exact on
     500 held-out clips (docs/audio_codec_eval.json)."""
-    return TrainConfig(
+    return AudioCodecTrainConfig(
         preset="tiny",
         model_overrides={"num_levels": 2, "quantizer_dropout": 0.0},
         steps=steps,
@@ -403,12 +388,14 @@ def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def crop_grid(cfg: TrainConfig, mcfg: AudioCodecConfig) -> int:
+def crop_grid(cfg: AudioCodecTrainConfig, mcfg: AudioCodecConfig) -> int:
     """Samples between allowed crop offsets: one hop with ``frame_aligned_crops``, else 1."""
     return mcfg.hop if cfg.frame_aligned_crops else 1
 
 
-def _kmeans_warmup(model: AudioCodecModel, clips: list[np.ndarray], cfg: TrainConfig, gen: torch.Generator) -> None:
+def _kmeans_warmup(
+    model: AudioCodecModel, clips: list[np.ndarray], cfg: AudioCodecTrainConfig, gen: torch.Generator
+) -> None:
     """Initialise every RVQ level by k-means on one large batch (enough vectors for the codebook)."""
     mcfg = model.cfg
     need = 2 * mcfg.codebook_size
@@ -418,107 +405,86 @@ def _kmeans_warmup(model: AudioCodecModel, clips: list[np.ndarray], cfg: TrainCo
         model.quantize(model.encoder(x), dropout=False)
 
 
-def train(
-    manifest: str,
-    out: str,
-    cfg: TrainConfig,
-    progress: bool = True,
-    eval_clips: int = 4,
-    clips: list[np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) an audio codec on the audio segments of ``manifest``; write it into ``out``.
+class AudioCodecTask:
+    """The audio codec's part of a run of the tokenizer loop (chameleon_lite.train.tokenizer_loop): its clips,
+    model, optimisers, k-means start, losses, log record and samples."""
 
-    clips: optionally the training waveforms already loaded (mono float32 at the model rate); then ``manifest``
-    only names the data in the summary. Returns the summary (also written to out/run/audio/summary.json).
-    """
-    from safetensors.torch import load_file
-    from tqdm import tqdm
+    kind, rate_key = "audio", "audio_seconds_per_s"
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    mcfg = cfg.model_config()
-    run = run_folder(out, "audio")
-    os.makedirs(run, exist_ok=True)
-    if clips is None:
-        items = manifest_audio(manifest)
-        if not items:
-            raise DataError(f"{manifest}: no audio segments to train on")
-        paths = [p for p, _ in items][: cfg.max_clips or None]
-        clips = load_clips(paths, mcfg.sample_rate, progress=progress)
-    if not clips:
-        raise DataError(f"{manifest}: no audio segments to train on")
-    show = [clips[int(i)] for i in np.linspace(0, len(clips) - 1, min(eval_clips, len(clips))).astype(int)]
+    def __init__(
+        self,
+        manifest: str,
+        cfg: AudioCodecTrainConfig,
+        progress: bool = True,
+        eval_clips: int = 4,
+        clips: list[np.ndarray] | None = None,
+    ) -> None:
+        self.manifest, self.cfg, self.progress, self.eval_clips, self.clips = manifest, cfg, progress, eval_clips, clips
+        self.mcfg = mcfg = cfg.model_config()
+        self.finetune = bool(cfg.finetune_decoder)
+        self.desc = "audio decoder" if self.finetune else "audio codec"
+        self.seg = cfg.segment_frames * mcfg.hop
+        self.sample_every, self.units_per_step = cfg.sample_every, cfg.batch_size * self.seg / mcfg.sample_rate
+        self.usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
 
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    finetune = bool(cfg.finetune_decoder)
-    model = finetune_model(cfg.finetune_decoder, mcfg) if finetune else AudioCodecModel(mcfg)
-    frozen = freeze_code_path(model) if finetune else {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    spectral = MultiScaleSpectralLoss(mcfg.sample_rate, cfg.spectral_ffts)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
-    disc = STFTDiscriminator() if cfg.disc_start else None
-    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99)) if disc is not None else None
-    start, elapsed = 0, 0.0
-    ckpt = find_checkpoint(run)
-    if ckpt is not None:
-        state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
-        if state["model_config"] != mcfg.to_dict():
-            raise different_config_error(ckpt, run)
-        check_finetune_resume(ckpt, state, cfg.finetune_decoder)
-        tensors = load_file(os.path.join(ckpt, "state.safetensors"))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        if finetune and code_path_changed(model, frozen):
-            raise ConfigError(
-                f"{ckpt}: the encoder or codebooks of {cfg.finetune_decoder} changed since this "
-                "fine-tuning run started; use another --out"
-            )
-        _restore_optimizer(opt, "opt", tensors, state["opt"])
-        if disc is not None and "dopt" in state:
-            disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-            _restore_optimizer(dopt, "dopt", tensors, state["dopt"])
-        gen.set_state(tensors["rng"])
-        start, elapsed = int(state["step"]), float(state["extra"].get("elapsed", 0.0))
-    elif not finetune:
-        model.train()
-        _kmeans_warmup(model, clips, cfg, gen)
-    seg = cfg.segment_frames * mcfg.hop
-    log_path = os.path.join(run, "log.jsonl")
-    usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
-    set_train_mode(model, finetune)
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
-        desc="audio decoder" if finetune else "audio codec",
-        unit="step",
-        disable=not progress,
-    )
-    t_seg = t_log = time.perf_counter()
-    seen = 0.0
-    rec: dict[str, float] = {}
-    for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        x = random_crops(clips, cfg.batch_size, seg, gen, crop_grid(cfg, mcfg))
+    def load_data(self) -> None:
+        if self.clips is None:
+            items = manifest_audio(self.manifest)
+            if not items:
+                raise DataError(f"{self.manifest}: no audio segments to train on")
+            paths = [p for p, _ in items][: self.cfg.max_clips or None]
+            self.clips = load_clips(paths, self.mcfg.sample_rate, progress=self.progress)
+        if not self.clips:
+            raise DataError(f"{self.manifest}: no audio segments to train on")
+        pick = np.linspace(0, len(self.clips) - 1, min(self.eval_clips, len(self.clips))).astype(int)
+        self.show = [self.clips[int(i)] for i in pick]
+
+    def build_model(self) -> AudioCodecModel:
+        cfg = self.cfg
+        return finetune_model(cfg.finetune_decoder, self.mcfg) if self.finetune else AudioCodecModel(self.mcfg)
+
+    def optimizers(self, params: list[nn.Parameter]):
+        cfg = self.cfg
+        self.spectral = MultiScaleSpectralLoss(self.mcfg.sample_rate, cfg.spectral_ffts)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
+        disc = STFTDiscriminator() if cfg.disc_start else None
+        dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99)) if disc is not None else None
+        return opt, disc, dopt
+
+    def begin(self, model: AudioCodecModel, gen: torch.Generator) -> None:
+        """A fresh (not fine-tuning) run initialises every RVQ level by k-means on one large batch."""
+        if not self.finetune:
+            model.train()
+            _kmeans_warmup(model, self.clips, self.cfg, gen)
+
+    def _reconstruct(self, model: AudioCodecModel, x: torch.Tensor, step: int, gen: torch.Generator):
+        """(reconstruction, codes, commitment loss) of x with quantizer dropout; fine-tuning runs the inference
+        path: frozen encoder -> nearest codes of the kept levels -> codebook latents -> decoder."""
+        mcfg = self.mcfg
         drop = float(torch.rand((), generator=gen)) < mcfg.quantizer_dropout
         drop_seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
         # The quantizer's dead-code replacement draws from torch's global generator: seed it per step so that a
         # resumed run repeats exactly the steps an uninterrupted one takes.
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        if finetune:  # the inference path: frozen encoder -> nearest codes -> codebook latents -> decoder
-            with torch.no_grad():
-                codes = model.encode_codes(model.encoder(x)).clone()
-                if drop and mcfg.num_levels > mcfg.min_levels:  # quantizer dropout: the first j levels only
-                    j = mcfg.min_levels + drop_seed % (mcfg.num_levels - mcfg.min_levels)  # j in [min_levels, nq)
-                    codes[:, j:] = -1
-                    q = model.codes_to_latent(codes[:, :j])
-                else:
-                    q = model.codes_to_latent(codes)
-            y, commit = model.decoder(q), torch.zeros(())
-        else:
-            y, codes, commit = model(x, dropout=drop, dropout_seed=drop_seed)
+        torch.manual_seed(self.cfg.seed * 1_000_003 + step)
+        if not self.finetune:
+            return model(x, dropout=drop, dropout_seed=drop_seed)
+        with torch.no_grad():
+            codes = model.encode_codes(model.encoder(x)).clone()
+            if drop and mcfg.num_levels > mcfg.min_levels:  # quantizer dropout: the first j levels only
+                j = mcfg.min_levels + drop_seed % (mcfg.num_levels - mcfg.min_levels)  # j in [min_levels, nq)
+                codes[:, j:] = -1
+                q = model.codes_to_latent(codes[:, :j])
+            else:
+                q = model.codes_to_latent(codes)
+        return model.decoder(q), codes, torch.zeros(())
+
+    def forward(self, model: AudioCodecModel, disc: nn.Module | None, step: int, gen: torch.Generator):
+        """The loss of one batch of crops (and the discriminator's loss, to run after the codec's step)."""
+        cfg, mcfg = self.cfg, self.mcfg
+        x = random_crops(self.clips, cfg.batch_size, self.seg, gen, crop_grid(cfg, mcfg))
+        y, codes, commit = self._reconstruct(model, x, step, gen)
         ys, xs = y[:, 0], x[:, 0]
-        mel_l, stft_l, cplx_l = spectral(ys, xs)
+        mel_l, stft_l, cplx_l = self.spectral(ys, xs)
         wave_l = (ys - xs).abs().mean()
         voiced = xs.pow(2).mean(-1) > 1e-6
         snr = si_snr(ys[voiced], xs[voiced]) if bool(voiced.any()) else ys.new_zeros(1)
@@ -530,91 +496,66 @@ def train(
             - cfg.sisnr_weight * snr.clamp(max=40).mean() / 10
             + commit
         )
-        use_disc = disc is not None and step >= cfg.disc_start
-        if use_disc:
-            real, fake = disc(xs), disc(ys)
-            adv = sum(F.relu(1 - lf).mean() for lf, _ in fake) / len(fake)
-            fm = sum(
-                (ff - fr.detach()).abs().mean() / (fr.detach().abs().mean() + 1e-5)
-                for (_, fr_list), (_, ff_list) in zip(real, fake)
-                for fr, ff in zip(fr_list, ff_list)
-            )
-            loss = loss + cfg.disc_weight * adv + cfg.feature_weight * fm / max(1, sum(len(f) for _, f in real))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if use_disc:
-            real, fake = disc(xs), disc(ys.detach())
-            d_loss = sum(F.relu(1 - lr_).mean() + F.relu(1 + lf).mean() for (lr_, _), (lf, _) in zip(real, fake)) / len(
-                real
-            )
-            dopt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            dopt.step()
-            rec["d_loss"] = float(d_loss.detach())
-        if not torch.isfinite(loss):
-            raise ConfigError(f"non-finite loss at step {step}; lower --lr")
+        if disc is not None:
+            adv, fm = self._generator_losses(disc, xs, ys)
+            loss = loss + adv + fm
         for lv in range(mcfg.num_levels):
             c = codes[:, lv].reshape(-1)
-            c = c[c >= 0]
-            usage[lv] += torch.bincount(c, minlength=mcfg.codebook_size)
-        seen += cfg.batch_size * seg / mcfg.sample_rate
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            rec.update(
-                step=done,
-                loss=loss.item(),
-                mel=mel_l.item(),
-                stft=stft_l.item(),
-                complex=cplx_l.item(),
-                wave_l1=wave_l.item(),
-                si_snr_db=snr.mean().item(),
-                commit=commit.item(),
-                lr=lr_at(step, cfg),
-                usage=[round(float((u > 0).float().mean()), 3) for u in usage],
-                audio_seconds_per_s=seen / (now - t_log),
+            self.usage[lv] += torch.bincount(c[c >= 0], minlength=mcfg.codebook_size)
+        self.last = dict(
+            loss=loss, mel=mel_l, stft=stft_l, complex=cplx_l, wave_l1=wave_l, si_snr_db=snr, commit=commit
+        )
+
+        def disc_loss() -> torch.Tensor:
+            real, fake = disc(xs), disc(ys.detach())
+            return sum(F.relu(1 - lr_).mean() + F.relu(1 + lf).mean() for (lr_, _), (lf, _) in zip(real, fake)) / len(
+                real
             )
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(mel=f"{rec['mel']:.3f}", snr=f"{rec['si_snr_db']:.1f}dB", use=f"{min(rec['usage']):.2f}")
-            usage.zero_()
-            t_log, seen = now, 0.0
-        if done % cfg.sample_every == 0 or done == cfg.steps:
-            tok = AudioTokenizer(model)
-            recons = [tok.decode(tok.encode_waveform(w))[: len(w)] for w in show]
-            save_spectrograms(
-                os.path.join(run, f"spectrogram_{done:06d}.png"), show, recons, mcfg.sample_rate, f"step {done}"
-            )
-            for k, (w, r) in enumerate(zip(show[:2], recons[:2])):
-                if not os.path.exists(os.path.join(run, f"original_{k}.wav")):
-                    write_wav(os.path.join(run, f"original_{k}.wav"), w, mcfg.sample_rate)
-                write_wav(os.path.join(run, f"sample_{done:06d}_{k}.wav"), r, mcfg.sample_rate)
-            set_train_mode(model, finetune)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_checkpoint(
-                run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg}
-            )
-        bar.update(1)
-    bar.close()
-    elapsed += time.perf_counter() - t_seg
-    model.eval()
-    if finetune and code_path_changed(model, frozen):
-        raise RuntimeError("decoder fine-tuning changed the encoder or codebooks")  # a bug, never the user's input
-    save_model(model, out)
-    summary = {
-        "manifest": os.fspath(manifest),
-        "clips": len(clips),
-        "steps": cfg.steps,
-        "train_seconds": round(elapsed, 1),
-        "threads": torch.get_num_threads(),
-        "last": rec,
-        "train_config": cfg.to_dict(),
-        "model_config": mcfg.to_dict(),
-    }
-    write_json_atomic(os.path.join(run, "summary.json"), summary)
-    return summary
+
+        return loss, disc_loss
+
+    def _generator_losses(
+        self, disc: nn.Module, xs: torch.Tensor, ys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted hinge adversarial loss, weighted feature matching against the discriminator's features of the
+        original)."""
+        cfg = self.cfg
+        real, fake = disc(xs), disc(ys)
+        adv = sum(F.relu(1 - lf).mean() for lf, _ in fake) / len(fake)
+        fm = sum(
+            (ff - fr.detach()).abs().mean() / (fr.detach().abs().mean() + 1e-5)
+            for (_, fr_list), (_, ff_list) in zip(real, fake)
+            for fr, ff in zip(fr_list, ff_list)
+        )
+        return cfg.disc_weight * adv, cfg.feature_weight * fm / max(1, sum(len(f) for _, f in real))
+
+    def log_values(self, lr: float) -> dict[str, Any]:
+        values = {k: v.mean().item() if k == "si_snr_db" else v.item() for k, v in self.last.items()}
+        values.update(lr=lr, usage=[round(float((u > 0).float().mean()), 3) for u in self.usage])
+        self.usage.zero_()
+        return values
+
+    def postfix(self, rec: dict[str, Any]) -> dict[str, str]:
+        return {"mel": f"{rec['mel']:.3f}", "snr": f"{rec['si_snr_db']:.1f}dB", "use": f"{min(rec['usage']):.2f}"}
+
+    def samples(self, model: AudioCodecModel, run: str, done: int) -> None:
+        sr = self.mcfg.sample_rate
+        tok = AudioTokenizer(model)
+        recons = [tok.decode(tok.encode_waveform(w))[: len(w)] for w in self.show]
+        save_spectrograms(os.path.join(run, f"spectrogram_{done:06d}.png"), self.show, recons, sr, f"step {done}")
+        for k, (w, r) in enumerate(zip(self.show[:2], recons[:2])):
+            if not os.path.exists(os.path.join(run, f"original_{k}.wav")):
+                write_wav(os.path.join(run, f"original_{k}.wav"), w, sr)
+            write_wav(os.path.join(run, f"sample_{done:06d}_{k}.wav"), r, sr)
+
+    def save(self, model: AudioCodecModel, out: str) -> None:
+        save_model(model, out)
+
+    def summary_counts(self) -> dict[str, Any]:
+        return {"clips": len(self.clips)}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -8,38 +8,6 @@ import json
 from chameleon_lite import argtypes as at
 
 
-def _train_image(args: argparse.Namespace) -> int:
-    from chameleon_lite.errors import UserError
-    from chameleon_lite.tokenizers.image_train import TrainConfig, train
-
-    overrides = at.parse_set(args.set)
-    if args.quantizer:
-        overrides["quantizer"] = args.quantizer
-    if args.finetune_decoder and overrides:
-        raise UserError("--finetune-decoder keeps that tokenizer's shape: --set and --quantizer do not apply")
-    cfg = TrainConfig(
-        preset=args.preset,
-        model_overrides=overrides,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        disc_start=args.disc_start,
-        grid_every=args.grid_every,
-        ckpt_every=args.ckpt_every,
-        max_images=args.max_images,
-        seed=args.seed,
-        threads=args.threads,
-        finetune_decoder=args.finetune_decoder or "",
-    )
-    summary = train(args.manifest, args.out, cfg)
-    last = summary["last"]
-    print(
-        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['images']} images "
-        f"(last: psnr {last.get('psnr', float('nan')):.2f} dB, codebook usage {last.get('usage', 0):.2f}): {args.out}"
-    )
-    return 0
-
-
 def _eval_image(args: argparse.Namespace) -> int:
     from chameleon_lite.files import check_json_output, check_png_output, write_json_result
     from chameleon_lite.tokenizers.image_train import evaluate
@@ -80,57 +48,6 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def register(cli) -> None:
-    p = cli.command(
-        "tokenizer train-image",
-        "train the image VQ tokenizer (image_vq.safetensors + image_vq.json); rerun with the same --out to resume",
-        _train_image,
-    )
-    p.add_argument("--manifest", required=True, help="JSONL manifest whose image segments are the training data")
-    p.add_argument(
-        "--preset", default="tiny", help="model preset: tiny (48x48, 36 tokens), base, chameleon (default tiny)"
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="folder for the tokenizer; the run state goes to DIR/run/image "
-        "(the text, image and audio tokenizers can share one DIR)",
-    )
-    p.add_argument("--quantizer", choices=("vq", "fsq"), help="override the preset's quantizer")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a model config field of the preset (JSON value), e.g. --set codebook_dim=8",
-    )
-    p.add_argument(
-        "--finetune-decoder",
-        metavar="TOKENIZER_DIR",
-        help="train only the decoder of this trained tokenizer: its encoder and codebook (so every "
-        "picture's codes, and a transformer trained on them) stay the same",
-    )
-    p.add_argument("--steps", type=at.positive_int, default=4000, help="optimiser steps (default 4000)")
-    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=32, help="pictures per step (default 32)")
-    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument(
-        "--disc-start",
-        type=at.nonnegative_int,
-        default=0,
-        help="step at which the patch discriminator starts (default 0 = off)",
-    )
-    p.add_argument(
-        "--grid-every",
-        type=at.positive_int,
-        default=200,
-        help="steps between PNG grids of originals vs reconstructions (default 200)",
-    )
-    p.add_argument(
-        "--ckpt-every", type=at.positive_int, default=200, help="steps between resumable checkpoints (default 200)"
-    )
-    p.add_argument("--max-images", type=at.nonnegative_int, default=0, help="use at most this many images (0 = all)")
-    p.add_argument("--seed", type=at.seed, default=0, help="seed of initialisation and batches (default 0)")
-    p.add_argument("--threads", type=at.int_range(0, 4096), default=0, help="torch threads (0 = torch's default)")
-
     p = cli.command(
         "tokenizer eval-image", "PSNR, checker agreement and codebook usage of an image tokenizer", _eval_image
     )

@@ -1,16 +1,9 @@
-"""Training and evaluation of the image VQ tokenizer (see image.py for the model).
+"""The image VQ tokenizer's part of tokenizer training (the loop is chameleon_lite.train.tokenizer_loop, shared
+with the audio codec), and its evaluation (see image.py for the model).
 
-Run folder layout (``out``)::
-
-    out/image_vq.safetensors, out/image_vq.json   the tokenizer (written at the end, atomically)
-    out/run/image/checkpoint/                     resumable state: weights + optimiser tensors (safetensors),
-                                                  step, config and RNG in state.json; swapped in atomically
-    out/run/image/grid_XXXXXX.png                 originals (top) vs reconstructions (bottom), every grid_every steps
-    out/run/image/log.jsonl                       one line per log_every steps: losses, codebook usage, images/s
-    out/run/image/summary.json                    wall time, steps, final usage
-
-The run state is kept per tokenizer kind (``run_folder``: out/run/image here, out/run/audio for the audio codec), so
-the text, image and audio tokenizers can all be trained into one folder, as the README's commands do.
+Outputs: out/image_vq.safetensors + out/image_vq.json (the tokenizer, written at the end, atomically); in the run
+folder out/run/image also grid_XXXXXX.png (originals, top, vs reconstructions, bottom; every grid_every steps)
+beside the loop's checkpoints, log.jsonl (losses, PSNR, codebook usage, images/s) and summary.json.
 
 Losses: L1 + L2 on pixels (pixels off the plain background weighted 1 + ``foreground_weight``, so the logged l1/l2
 are weighted means), an edge term (L1 between horizontal/vertical finite differences of reconstruction and
@@ -27,11 +20,8 @@ was trained too briefly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import shutil
-import time
 from typing import Any
 
 import numpy as np
@@ -39,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chameleon_lite.bundle import makes_codes, write_safetensors_atomic
+from chameleon_lite.configs import config_from_dict
 from chameleon_lite.data.image_files import load_images
 from chameleon_lite.errors import ConfigError, DataError
-from chameleon_lite.files import TOKENIZERS, atomic_path, check_output_dir, png_info, read_json, write_json_atomic
+from chameleon_lite.files import atomic_path, png_info
 from chameleon_lite.tokenizers.image import (
     ImageTokenizer,
     ImageVQConfig,
@@ -55,7 +45,7 @@ from chameleon_lite.tokenizers.image import (
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class ImageVQTrainConfig:
     """Settings of one training run (the model's shape comes from ``preset`` + ``model_overrides``)."""
 
     preset: str = "tiny"
@@ -118,6 +108,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> ImageVQTrainConfig:
+        return config_from_dict(cls, d, source, "image tokenizer training option")
+
 
 def _finetune_base(folder: str) -> ImageVQModel:
     """The trained tokenizer whose decoder a fine-tuning run trains (clear errors for a folder without one)."""
@@ -128,44 +122,9 @@ def _finetune_base(folder: str) -> ImageVQModel:
     return load_model(folder)
 
 
-def code_path_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor of a tokenizer that makes the codes (all but ``decoder.*``): what decoder fine-tuning keeps."""
-    return {k: v for k, v in model.state_dict().items() if makes_codes(k)}
-
-
-def code_path_changed(model: nn.Module, frozen: dict[str, torch.Tensor]) -> bool:
-    return any(not torch.equal(v, frozen[k]) for k, v in code_path_state(model).items())
-
-
-def freeze_code_path(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Stop gradients to the encoder and quantizer; returns a copy of their tensors to check against later."""
-    model.encoder.requires_grad_(False)
-    model.quantizer.requires_grad_(False)
-    return {k: v.clone() for k, v in code_path_state(model).items()}
-
-
-def set_train_mode(model: nn.Module, finetune: bool) -> None:
-    """Training mode; when fine-tuning the decoder, the frozen parts stay in eval mode (no codebook EMA updates,
-    no dead-code replacement)."""
-    model.train()
-    if finetune:
-        model.encoder.eval()
-        model.quantizer.eval()
-
-
-def check_finetune_resume(ckpt: str, state: dict[str, Any], finetune_decoder: str) -> None:
-    """A checkpoint resumes only the same kind of run: both from scratch, or both fine-tuning the same decoder."""
-    have = state["train_config"].get("finetune_decoder", "")
-    if have != finetune_decoder:
-        raise ConfigError(
-            f"{ckpt}: checkpoint of a run with finetune_decoder={have!r}, this run has "
-            f"{finetune_decoder!r}; use another --out"
-        )
-
-
-def quickstart_config(steps: int, seed: int = 0) -> TrainConfig:
+def quickstart_config(steps: int, seed: int = 0) -> ImageVQTrainConfig:
     """The tiny-preset settings `chameleon-lite quickstart` trains with (a short run on the procedural corpus)."""
-    return TrainConfig(
+    return ImageVQTrainConfig(
         preset="tiny",
         steps=steps,
         batch_size=32,
@@ -240,14 +199,6 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 # ---------------------------------------------------------------------------------------------- pictures
 def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int = 2) -> None:
     """PNG with originals (top row) above reconstructions (bottom row); arrays uint8 [N, H, W, 3]."""
@@ -267,280 +218,123 @@ def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int =
         img.save(tmp, pnginfo=png_info())
 
 
-# ---------------------------------------------------------------------------------------------- checkpoint
-def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(
-    opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith(prefix + "."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for key, v in meta["scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(
-    run: str,
-    step: int,
-    cfg: TrainConfig,
-    model: ImageVQModel,
-    opt: torch.optim.Optimizer,
-    disc: nn.Module | None,
-    dopt: torch.optim.Optimizer | None,
-    gen: torch.Generator,
-    extra: dict[str, Any],
-) -> None:
-    """Write run/checkpoint atomically: build checkpoint.tmp, then swap it in by renames."""
-    final, tmp, old = (os.path.join(run, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    o_t, o_meta = _flatten_optimizer(opt, "opt")
-    tensors.update(o_t)
-    state: dict[str, Any] = {
-        "step": step,
-        "train_config": cfg.to_dict(),
-        "model_config": model.cfg.to_dict(),
-        "opt": o_meta,
-        "extra": extra,
-    }
-    if disc is not None and dopt is not None:
-        tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()})
-        d_t, d_meta = _flatten_optimizer(dopt, "dopt")
-        tensors.update(d_t)
-        state["dopt"] = d_meta
-    tensors["rng"] = gen.get_state()
-    write_safetensors_atomic(os.path.join(tmp, "state.safetensors"), tensors)
-    write_json_atomic(os.path.join(tmp, "state.json"), state)
-    if os.path.isdir(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(run: str) -> str | None:
-    """The newest complete checkpoint folder of a run (falls back to checkpoint.old after an interrupted swap)."""
-    for name in ("checkpoint", "checkpoint.old"):
-        p = os.path.join(run, name)
-        if os.path.isfile(os.path.join(p, "state.json")) and os.path.isfile(os.path.join(p, "state.safetensors")):
-            return p
-    return None
-
-
-# a model config field that only the tokenizers of that kind have: tells whose checkpoint a run folder holds
-RUN_KINDS = {"image": "image_size", "audio": "sample_rate"}
-
-
-def run_folder(out: str, kind: str) -> str:
-    """The folder of a tokenizer trainer's run state (checkpoint, log, samples, summary): ``out/run/<kind>``, so the
-    image tokenizer and the audio codec trained into the same ``out`` keep separate runs.
-
-    A run started before the run state was kept per kind has it in ``out/run`` itself: when that folder holds a
-    checkpoint of this kind (and ``out/run/<kind>`` none), the run resumes there; a checkpoint of the other kind
-    is left alone.
-    """
-    if kind not in RUN_KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}")
-    check_output_dir(out, TOKENIZERS)  # never write tokenizer files into a folder that is not one
-    run = os.path.join(out, "run")
-    legacy = find_checkpoint(run)
-    if legacy is not None and find_checkpoint(os.path.join(run, kind)) is None:
-        state = read_json(os.path.join(legacy, "state.json"), "checkpoint state")
-        if RUN_KINDS[kind] in state.get("model_config", {}):
-            return run
-    return os.path.join(run, kind)
-
-
-def different_config_error(ckpt: str, run: str) -> ConfigError:
-    """The error for a checkpoint whose model config is not this run's."""
-    return ConfigError(
-        f"{ckpt}: checkpoint was trained with a different model config (another --preset or --set, "
-        f"or another tokenizer to fine-tune); use another --out, or delete {run} to train from scratch"
-    )
-
-
 # ---------------------------------------------------------------------------------------------- training
-def train(
-    manifest: str,
-    out: str,
-    cfg: TrainConfig,
-    progress: bool = True,
-    eval_images: int = 8,
-    images: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) an image tokenizer on the image segments of ``manifest``; write it into ``out``.
+class ImageVQTask:
+    """The image tokenizer's part of a run of the tokenizer loop (chameleon_lite.train.tokenizer_loop): its data,
+    model, optimisers, losses, log record and sample grids."""
 
-    images: optionally the training pictures already decoded (uint8 [N, S, S, 3]); then ``manifest`` only names
-    the data in the summary. Returns the summary dict (also written to out/run/image/summary.json).
-    """
-    from safetensors.torch import load_file
-    from tqdm import tqdm
+    kind, rate_key = "image", "images_per_s"
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    mcfg = cfg.model_config()
-    run = run_folder(out, "image")
-    os.makedirs(run, exist_ok=True)
-    if images is None:
-        paths = manifest_image_paths(manifest)
-        if cfg.max_images:
-            paths = paths[: cfg.max_images]
-        images = load_image_set(paths, mcfg.image_size, progress=progress)
-    if images.shape[1:] != (mcfg.image_size, mcfg.image_size, 3):
-        raise DataError(
-            f"training pictures have shape {images.shape[1:]}, the model needs {(mcfg.image_size,) * 2 + (3,)}"
+    def __init__(
+        self,
+        manifest: str,
+        cfg: ImageVQTrainConfig,
+        progress: bool = True,
+        eval_images: int = 8,
+        images: np.ndarray | None = None,
+    ) -> None:
+        self.manifest, self.cfg, self.progress, self.eval_images, self.images = (
+            manifest,
+            cfg,
+            progress,
+            eval_images,
+            images,
         )
-    n_show = min(eval_images, len(images))
-    show = images[np.linspace(0, len(images) - 1, n_show).astype(int)]
+        self.mcfg = cfg.model_config()
+        self.finetune = bool(cfg.finetune_decoder)
+        self.desc = "image decoder" if self.finetune else "image VQ"
+        self.sample_every, self.units_per_step = cfg.grid_every, cfg.batch_size
+        self.amp = autocast_dtype() if cfg.autocast else None
+        self.usage = torch.zeros(self.mcfg.codebook_size, dtype=torch.int64)
 
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    finetune = bool(cfg.finetune_decoder)
-    model = _finetune_base(cfg.finetune_decoder) if finetune else ImageVQModel(mcfg)
-    frozen = freeze_code_path(model) if finetune else {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    disc = PatchDiscriminator() if cfg.disc_start else None
-    dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
-    start, elapsed = 0, 0.0
-    ckpt = find_checkpoint(run)
-    if ckpt is not None:
-        state = read_json(os.path.join(ckpt, "state.json"), "checkpoint state")
-        if state["model_config"] != mcfg.to_dict():
-            raise different_config_error(ckpt, run)
-        check_finetune_resume(ckpt, state, cfg.finetune_decoder)
-        tensors = load_file(os.path.join(ckpt, "state.safetensors"))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        if finetune and code_path_changed(model, frozen):
-            raise ConfigError(
-                f"{ckpt}: the encoder or codebook of {cfg.finetune_decoder} changed since this "
-                "fine-tuning run started; use another --out"
-            )
-        _restore_optimizer(opt, "opt", tensors, state["opt"])
-        if disc is not None and "dopt" in state:
-            disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-            _restore_optimizer(dopt, "dopt", tensors, state["dopt"])
-        gen.set_state(tensors["rng"])
-        start, elapsed = int(state["step"]), float(state["extra"].get("elapsed", 0.0))
-    amp = autocast_dtype() if cfg.autocast else None
-    usage = torch.zeros(mcfg.codebook_size, dtype=torch.int64)
-    log_path = os.path.join(run, "log.jsonl")
-    set_train_mode(model, finetune)
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
-        desc="image decoder" if finetune else "image VQ",
-        unit="step",
-        disable=not progress,
-    )
-    t_seg = time.perf_counter()
-    t_log, seen = time.perf_counter(), 0
-    rec: dict[str, float] = {}
-    for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen).numpy()
-        x = to_model_input(images[idx])
-        if finetune:  # the inference path: frozen encoder -> nearest codes -> codebook latents -> decoder
-            with torch.no_grad():
-                with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                    z = model.encoder(x)
-                codes = model.quantize(z.float())[1]
-                q = model.codes_to_latent(codes)
-            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                y = model.decoder(q)
-            aux = torch.zeros(())
-        else:
-            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                y, codes, aux = model(x)
+    def load_data(self) -> None:
+        size = self.mcfg.image_size
+        if self.images is None:
+            paths = manifest_image_paths(self.manifest)
+            if self.cfg.max_images:
+                paths = paths[: self.cfg.max_images]
+            self.images = load_image_set(paths, size, progress=self.progress)
+        if self.images.shape[1:] != (size, size, 3):
+            raise DataError(f"training pictures have shape {self.images.shape[1:]}, the model needs {(size, size, 3)}")
+        n_show = min(self.eval_images, len(self.images))
+        self.show = self.images[np.linspace(0, len(self.images) - 1, n_show).astype(int)]
+
+    def build_model(self) -> ImageVQModel:
+        return _finetune_base(self.cfg.finetune_decoder) if self.finetune else ImageVQModel(self.mcfg)
+
+    def optimizers(self, params: list[nn.Parameter]):
+        cfg = self.cfg
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        disc = PatchDiscriminator() if cfg.disc_start else None
+        dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
+        return opt, disc, dopt
+
+    def begin(self, model: ImageVQModel, gen: torch.Generator) -> None:
+        """Nothing before the first step: the codebook initialises itself in the first training-mode pass."""
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+    def _reconstruct(self, model: ImageVQModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, codes, commitment loss) of x; fine-tuning runs the inference path: frozen encoder ->
+        nearest codes -> codebook latents -> decoder."""
+        if not self.finetune:
+            with self._autocast():
+                return model(x)
+        with torch.no_grad():
+            with self._autocast():
+                z = model.encoder(x)
+            codes = model.quantize(z.float())[1]
+            q = model.codes_to_latent(codes)
+        with self._autocast():
+            y = model.decoder(q)
+        return y, codes, torch.zeros(())
+
+    def forward(self, model: ImageVQModel, disc: nn.Module | None, step: int, gen: torch.Generator):
+        """The loss of one batch (and the discriminator's loss, to run after the tokenizer's step)."""
+        cfg = self.cfg
+        idx = torch.randint(0, len(self.images), (cfg.batch_size,), generator=gen).numpy()
+        x = to_model_input(self.images[idx])
+        y, codes, aux = self._reconstruct(model, x)
         y = y.float()
         l1, l2, le = pixel_losses(y, x, cfg.foreground_weight) + (edge_loss(y, x),)
         loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.edge_weight * le + aux
-        use_disc = disc is not None and step >= cfg.disc_start
-        if use_disc:
-            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        if disc is not None:
+            with self._autocast():
                 g_loss = -disc(y).float().mean()
             loss = loss + cfg.disc_weight * g_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if use_disc:
-            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
-            dopt.zero_grad(set_to_none=True)
-            d_loss.float().backward()
-            dopt.step()
-            rec["d_loss"] = d_loss.item()
-        if not torch.isfinite(loss):
-            raise ConfigError(f"non-finite loss at step {step}; lower --lr")
-        usage += torch.bincount(codes.reshape(-1), minlength=mcfg.codebook_size)
-        seen += cfg.batch_size
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            mse = float(F.mse_loss(y.detach().clamp(-1, 1), x)) / 4.0  # [-1, 1] -> [0, 1] scale
-            rec.update(
-                step=done,
-                loss=loss.item(),
-                l1=l1.item(),
-                l2=l2.item(),
-                edge=le.item(),
-                commit=aux.item(),
-                psnr=10 * math.log10(1.0 / max(mse, 1e-10)),
-                lr=lr_at(step, cfg),
-                usage=float((usage > 0).float().mean()),
-                images_per_s=seen / (now - t_log),
-            )
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.1f}", usage=f"{rec['usage']:.2f}")
-            usage.zero_()
-            t_log, seen = now, 0
-        if done % cfg.grid_every == 0 or done == cfg.steps:
-            tok = ImageTokenizer(model, autocast=amp)
-            save_grid(os.path.join(run, f"grid_{done:06d}.png"), show, tok.decode(tok.encode_rgb(show)))
-            set_train_mode(model, finetune)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_checkpoint(
-                run, done, cfg, model, opt, disc, dopt, gen, {"elapsed": elapsed + time.perf_counter() - t_seg}
-            )
-        bar.update(1)
-    bar.close()
-    elapsed += time.perf_counter() - t_seg
-    model.eval()
-    if finetune and code_path_changed(model, frozen):
-        raise RuntimeError("decoder fine-tuning changed the encoder or codebook")  # a bug, never the user's input
-    save_model(model, out)
-    summary = {
-        "manifest": os.fspath(manifest),
-        "images": int(len(images)),
-        "steps": cfg.steps,
-        "train_seconds": round(elapsed, 1),
-        "autocast": str(amp),
-        "threads": torch.get_num_threads(),
-        "last": rec,
-        "train_config": cfg.to_dict(),
-        "model_config": mcfg.to_dict(),
-    }
-    write_json_atomic(os.path.join(run, "summary.json"), summary)
-    return summary
+        self.usage += torch.bincount(codes.reshape(-1), minlength=self.mcfg.codebook_size)
+        self.last = dict(x=x, y=y, loss=loss, l1=l1, l2=l2, edge=le, commit=aux)
+
+        def disc_loss() -> torch.Tensor:
+            with self._autocast():
+                return F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
+
+        return loss, disc_loss
+
+    def log_values(self, lr: float) -> dict[str, Any]:
+        last = self.last
+        mse = float(F.mse_loss(last["y"].detach().clamp(-1, 1), last["x"])) / 4.0  # [-1, 1] -> [0, 1] scale
+        values = {k: last[k].item() for k in ("loss", "l1", "l2", "edge", "commit")}
+        values.update(psnr=10 * math.log10(1.0 / max(mse, 1e-10)), lr=lr, usage=float((self.usage > 0).float().mean()))
+        self.usage.zero_()
+        return values
+
+    def postfix(self, rec: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{rec['loss']:.4f}", "psnr": f"{rec['psnr']:.1f}", "usage": f"{rec['usage']:.2f}"}
+
+    def samples(self, model: ImageVQModel, run: str, done: int) -> None:
+        tok = ImageTokenizer(model, autocast=self.amp)
+        save_grid(os.path.join(run, f"grid_{done:06d}.png"), self.show, tok.decode(tok.encode_rgb(self.show)))
+
+    def save(self, model: ImageVQModel, out: str) -> None:
+        save_model(model, out)
+
+    def summary_counts(self) -> dict[str, Any]:
+        return {"images": int(len(self.images))}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"autocast": str(self.amp)}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

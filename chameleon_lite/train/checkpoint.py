@@ -22,7 +22,7 @@ import pickle
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -184,23 +184,34 @@ def verify_files(path: str, state: dict[str, Any]) -> None:
             raise CorruptCheckpoint(f"{f}: checkpoint file truncated ({os.path.getsize(f)} bytes, needs {end})")
 
 
-def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+Generators = dict[str, torch.Generator]
+
+
+def _state(model: nn.Module, optimizer: Optimizers | None, generators: Generators | None = None) -> dict[str, Any]:
+    """What a checkpoint holds: the model; with optimiser(s) also their state, torch's global RNG and the state
+    of each named generator. Several optimisers (a tokenizer's and its discriminator's) are keyed by parameter
+    name, so ``model`` must hold the parameters of all of them."""
     if optimizer is None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         return {"model": get_model_state_dict(model)}
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()}
+    state = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()}
+    if generators:
+        state["generators"] = {name: g.get_state() for name, g in generators.items()}
+    return state
 
 
 def save_checkpoint(
     run_dir: str,
     step: int,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizers,
     train_state: dict[str, Any],
     info: DistInfo,
     keep: int,
+    generators: Generators | None = None,
 ) -> str:
     """Write the checkpoint of ``step`` atomically (collective: every rank calls it) and prune to ``keep``."""
     final = checkpoint_dir(run_dir, step)
@@ -211,7 +222,7 @@ def save_checkpoint(
     barrier()
     with warnings.catch_warnings():  # DCP warns when it runs without a process group, which is a normal case here
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save(_state(model, optimizer), checkpoint_id=tmp)
+        dcp.save(_state(model, optimizer, generators), checkpoint_id=tmp)
     barrier()
     if info.is_main:
         write_json_atomic(os.path.join(tmp, STATE_FILE), {**train_state, "files": _digests(tmp)})
@@ -256,15 +267,17 @@ def _first_failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
-def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Load model (and optimiser, RNG) state from a checkpoint folder into the live, possibly sharded objects;
+def load_checkpoint(
+    path: str, model: nn.Module, optimizer: Optimizers | None = None, generators: Generators | None = None
+) -> dict[str, Any]:
+    """Load model (and optimiser, RNG, generators) state from a checkpoint folder into the live, possibly sharded objects;
     returns the JSON training state. Collective when a process group exists. A damaged checkpoint raises
     CorruptCheckpoint naming the file; one that does not fit the model, ConfigError."""
     train_state = read_train_state(path)
     problem = broadcast_object(_verify_message(path, train_state))  # rank 0 reads the files once for everyone
     if problem:
         raise CorruptCheckpoint(problem)
-    state = _state(model, optimizer)
+    state = _state(model, optimizer, generators)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
@@ -284,6 +297,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimize
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         torch.set_rng_state(state["rng"])
+        for name, g in (generators or {}).items():
+            g.set_state(state["generators"][name])
     return train_state
 
 
@@ -308,7 +323,11 @@ def newest_train_state(run_dir: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def resume_newest(
-    run_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer, warn: Callable[[str], None]
+    run_dir: str,
+    model: nn.Module,
+    optimizer: Optimizers,
+    warn: Callable[[str], None],
+    generators: Generators | None = None,
 ) -> tuple[str, dict[str, Any]] | None:
     """Load the newest checkpoint of ``run_dir`` that loads, saying through ``warn`` which newer ones were skipped
     and why; (path, training state), or None when the run has no checkpoint. Damaged checkpoints are left in
@@ -316,7 +335,7 @@ def resume_newest(
     skipped = []
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, load_checkpoint(path, model, optimizer)
+            return path, load_checkpoint(path, model, optimizer, generators)
         except CorruptCheckpoint as e:
             warn(f"skipping a damaged checkpoint: {e}")
             skipped.append(str(e))

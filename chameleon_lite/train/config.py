@@ -1,4 +1,5 @@
-"""Training configuration: a validated dataclass, JSON files under train/configs/, and ``--key=value`` overrides."""
+"""Pretraining configuration: a validated dataclass, JSON files under train/configs/, and ``--key=value`` overrides
+(parsed by chameleon_lite.configs, as every trainer's are)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from chameleon_lite.configs import config_from_dict, parse_overrides
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.config import PRESETS, ModelConfig
 
@@ -19,7 +21,7 @@ MAX_SEQ_LEN = 1 << 17
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class PretrainConfig:
     """Everything a pretraining run needs besides the data itself.
 
     Batches are counted in rows of ``seq_len`` tokens: ``batch_size`` is the *global* number of rows of one
@@ -117,39 +119,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"{source}: {e}") from None
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> PretrainConfig:
+        return config_from_dict(cls, d, source, "training option")
 
 
-def _coerce(field: dataclasses.Field, raw: str, key: str) -> Any:
-    """Turn a command-line string into the type of ``field`` (JSON for numbers/bools/objects)."""
-    if field.type in ("str", str):
-        return raw
-    try:
-        v = json.loads(raw)
-    except json.JSONDecodeError:
-        raise ConfigError(f"--{key}={raw}: not a valid value (expected {field.type})") from None
-    if field.type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    return v
-
-
-def load_config(
-    name_or_path: str, configs_dir: str, overrides: Sequence[str] = (), base: dict[str, Any] | None = None
-) -> TrainConfig:
-    """Read ``configs_dir/<name>.json`` (or a path to a JSON file), apply ``base`` then ``--key=value`` overrides.
-
-    ``--model.<field>=value`` overrides a field of the model preset.
-    """
+def read_config_file(name_or_path: str, configs_dir: str, known: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """(path, JSON object) of ``configs_dir/<name>.json`` or of a path to a JSON file; a name in ``known`` (a model
+    preset) without such a file is ``{"model": name}``."""
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(configs_dir, f"{name_or_path}.json")
     if os.path.exists(path):
         try:
@@ -159,31 +135,24 @@ def load_config(
             raise ConfigError(f"{path}: training config is not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: training config must be a JSON object")
-    elif name_or_path in PRESETS:
-        d = {"model": name_or_path}
-    else:
-        names = (
-            sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".json")) if os.path.isdir(configs_dir) else []
-        )
-        raise ConfigError(
-            f"training config {name_or_path!r} not found (looked for {path}; known: {', '.join(names) or 'none'})"
-        )
+        return path, d
+    if name_or_path in known:
+        return path, {"model": name_or_path}
+    names = sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".json")) if os.path.isdir(configs_dir) else []
+    raise ConfigError(
+        f"training config {name_or_path!r} not found (looked for {path}; known: {', '.join(names) or 'none'})"
+    )
+
+
+def load_config(
+    name_or_path: str, configs_dir: str, overrides: Sequence[str] = (), base: dict[str, Any] | None = None
+) -> PretrainConfig:
+    """Read ``configs_dir/<name>.json`` (or a path to a JSON file), apply ``base`` then ``--key=value`` overrides.
+
+    ``--model.<field>=value`` overrides a field of the model preset.
+    """
+    path, d = read_config_file(name_or_path, configs_dir, PRESETS)
     d = {**d, **(base or {})}
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    d["model_overrides"] = dict(d.get("model_overrides", {}))
-    for item in overrides:
-        if not item.startswith("--") or "=" not in item:
-            raise ConfigError(f"override {item!r} must look like --key=value")
-        key, raw = item[2:].split("=", 1)
-        key = key.replace("-", "_")
-        if key.startswith("model."):
-            mk = key[len("model.") :]
-            if mk not in model_fields:
-                raise ConfigError(f"--{key}: unknown model field; known: {', '.join(sorted(model_fields))}")
-            d["model_overrides"][mk] = _coerce(model_fields[mk], raw, key)
-        elif key in fields:
-            d[key] = _coerce(fields[key], raw, key)
-        else:
-            raise ConfigError(f"--{key}: unknown training option; known: {', '.join(sorted(fields))}")
-    return TrainConfig.from_dict(d, source=path)
+    parsed = parse_overrides(overrides, PretrainConfig, {"model": ModelConfig})
+    d["model_overrides"] = {**d.get("model_overrides", {}), **parsed.pop("model", {})}
+    return PretrainConfig.from_dict({**d, **parsed}, source=path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,21 +75,38 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``run_dir/metrics.jsonl`` and drives a tqdm bar (rank 0 only)."""
+    """Appends one JSON object per line to ``run_dir/<name>`` (default metrics.jsonl) and drives a tqdm bar (rank 0
+    only). A resumed run (``start_step`` > 0) first drops the records of steps >= ``keep_below`` (default
+    ``start_step``), which the run will write again; a fresh run starts a new file."""
 
-    def __init__(self, run_dir: str, total_steps: int, start_step: int, enabled: bool):
+    def __init__(
+        self,
+        run_dir: str,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        *,
+        name: str = METRICS_FILE,
+        desc: str = "train",
+        progress: bool = True,
+        postfix: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+        keep_below: int | None = None,
+    ):
         self.enabled = enabled
-        self.path = os.path.join(run_dir, METRICS_FILE)
+        self.path = os.path.join(run_dir, name)
+        self.postfix = postfix or _default_postfix
         self.bar = None
         if not enabled:
             return
         if start_step > 0:
-            truncate_after(self.path, start_step)
+            truncate_after(self.path, start_step if keep_below is None else keep_below)
         elif os.path.exists(self.path):
             os.remove(self.path)
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True, disable=not progress
+        )
         self.f = open(self.path, "a")
 
     def log(self, record: dict[str, Any], advance: bool = True) -> None:
@@ -98,10 +116,12 @@ class MetricsLog:
         self.f.flush()
         if advance:
             self.bar.update(1)
-            post = {"loss": f"{record.get('loss', float('nan')):.4f}", "lr": f"{record.get('lr', 0):.2e}"}
-            if "tokens_per_s" in record:
-                post["tok/s"] = f"{record['tokens_per_s']:.0f}"
-            self.bar.set_postfix(post)
+            self.bar.set_postfix(self.postfix(record))
+
+    def advance(self) -> None:
+        """One step done without a record."""
+        if self.enabled:
+            self.bar.update(1)
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -111,6 +131,13 @@ class MetricsLog:
         if self.enabled:
             self.bar.close()
             self.f.close()
+
+
+def _default_postfix(record: dict[str, Any]) -> dict[str, str]:
+    post = {"loss": f"{record.get('loss', float('nan')):.4f}", "lr": f"{record.get('lr', 0):.2e}"}
+    if "tokens_per_s" in record:
+        post["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    return post
 
 
 def truncate_after(path: str, step: int) -> None:

@@ -22,7 +22,7 @@ from chameleon_lite.files import RUN, check_output_dir, write_json_atomic
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer, token_losses
 from chameleon_lite.train import checkpoint as ckpt
-from chameleon_lite.train.config import TrainConfig
+from chameleon_lite.train.config import PretrainConfig
 from chameleon_lite.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -60,7 +60,7 @@ def default_loader_factory() -> LoaderFactory:
     return PackedLoader
 
 
-def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+def compute_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype:
     """bf16 autocast on GPUs and on CPUs with native bf16 GEMMs (AMX or AVX512-BF16); fp32 elsewhere."""
     if cfg.dtype == "bf16":
         return torch.bfloat16
@@ -104,7 +104,7 @@ def _forward_losses(loss_terms, b: dict[str, torch.Tensor], dtype: torch.dtype) 
 
 @torch.no_grad()
 def evaluate(
-    loss_terms, cfg: TrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype
+    loss_terms, cfg: PretrainConfig, info: DistInfo, vocab: UnifiedVocab, make_loader: LoaderFactory, dtype: torch.dtype
 ) -> dict[str, float]:
     """Mean validation loss overall and per modality over the first ``val_batches`` global batches of val_data
     (the same rows at every evaluation)."""
@@ -119,7 +119,7 @@ def evaluate(
     return summarize_stats(all_reduce_sum(stats), prefix="val_")
 
 
-def run_codes_hash(cfg: TrainConfig, meta: dict[str, Any], val_meta: dict[str, Any], tokenizers: str) -> str:
+def run_codes_hash(cfg: PretrainConfig, meta: dict[str, Any], val_meta: dict[str, Any], tokenizers: str) -> str:
     """Which codes the run trains on: the hash the training shards recorded when they were tokenized, which the
     validation shards and the tokenizer folder must share (the vocab hash alone cannot tell a retrained tokenizer
     of the same sizes apart); the folder's hash for shards that recorded none; "" when neither is known."""
@@ -156,7 +156,7 @@ def check_resume(last: str, state: dict[str, Any], vocab: UnifiedVocab, mcfg: Mo
         )
 
 
-def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Tensor] | None:
+def init_weights_from(cfg: PretrainConfig, mcfg: ModelConfig) -> dict[str, torch.Tensor] | None:
     """The weights of the exported model ``cfg.init_from`` (continued pretraining, fine-tuning), after checking
     that it is the architecture the run builds and was trained on the data's vocabulary; None without init_from."""
     if not cfg.init_from:
@@ -185,7 +185,7 @@ def init_weights_from(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, torch.Te
 
 
 def build_train_model(
-    mcfg: ModelConfig, cfg: TrainConfig, info: DistInfo, init: dict[str, torch.Tensor] | None = None
+    mcfg: ModelConfig, cfg: PretrainConfig, info: DistInfo, init: dict[str, torch.Tensor] | None = None
 ) -> Transformer:
     """Meta-device build, materialise and initialise (the same seed on every rank; or the weights ``init``),
     then AC / compile / sharding.
@@ -206,7 +206,7 @@ def build_train_model(
     return wrap_model(model, info, cfg.parallel)
 
 
-def _blockwise_compile(cfg: TrainConfig, info: DistInfo) -> bool:
+def _blockwise_compile(cfg: PretrainConfig, info: DistInfo) -> bool:
     return info.distributed and cfg.parallel == "fsdp"
 
 
@@ -224,7 +224,7 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, make_loader: LoaderFactory | None = None) -> dict[str, Any]:
+def train(cfg: PretrainConfig, make_loader: LoaderFactory | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining as described by ``cfg``; returns the last step's record.
 
     ``make_loader(shards_dir, seq_len, batch_size, *, rank, world_size, seed)`` must return an iterator of

@@ -12,8 +12,15 @@ from chameleon_lite.data.audio_files import load_audio
 from chameleon_lite.data.procedural import CorpusConfig, write_corpus
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.audio import PRESETS, AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset
-from chameleon_lite.tokenizers.audio_train import TrainConfig, evaluate, mel_filterbank, random_crops, si_snr, train
+from chameleon_lite.tokenizers.audio_train import (
+    AudioCodecTrainConfig,
+    evaluate,
+    mel_filterbank,
+    random_crops,
+    si_snr,
+)
 from chameleon_lite.tokenizers.loader import Tokenizers
+from chameleon_lite.train.tokenizer_loop import code_path_state, train_audio_codec
 from chameleon_lite.vocab import UnifiedVocab, VocabError
 
 # hop 64 at 16 kHz (250 frames/s), 2 levels x 16 codes: fast enough for unit tests
@@ -92,8 +99,8 @@ def test_config_and_presets():
     with pytest.raises(ConfigError, match="preset"):
         preset("huge")
     with pytest.raises(ConfigError, match="spectral_ffts"):
-        TrainConfig(spectral_ffts=(2048, 8))
-    assert TrainConfig(spectral_ffts=[4096, 512]).spectral_ffts == (4096, 512)
+        AudioCodecTrainConfig(spectral_ffts=(2048, 8))
+    assert AudioCodecTrainConfig(spectral_ffts=[4096, 512]).spectral_ffts == (4096, 512)
 
 
 def test_decoder_attention_sees_the_whole_chunk():
@@ -327,7 +334,7 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(steps):
-    return TrainConfig(
+    return AudioCodecTrainConfig(
         preset="tiny",
         model_overrides=SMALL,
         steps=steps,
@@ -364,9 +371,9 @@ def test_random_crops_start_on_the_grid(grid):
 
 def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train(corpus, a, _cfg(4), progress=False)
-    train(corpus, b, _cfg(2), progress=False)
-    s = train(corpus, b, _cfg(4), progress=False)  # resumes from step 2
+    train_audio_codec(corpus, a, _cfg(4), progress=False)
+    train_audio_codec(corpus, b, _cfg(2), progress=False)
+    s = train_audio_codec(corpus, b, _cfg(4), progress=False)  # resumes from step 2
     wa = AudioTokenizer.load(a).model.state_dict()
     wb = AudioTokenizer.load(b).model.state_dict()
     for k in wa:
@@ -395,8 +402,11 @@ def test_train_resumes_exactly_and_evaluates(corpus, tmp_path):
     )
     assert os.path.isfile(str(tmp_path / "spec.png"))
     with pytest.raises(ConfigError, match="different model config"):
-        train(
-            corpus, b, TrainConfig(preset="tiny", model_overrides={**SMALL, "latent_dim": 4}, steps=5), progress=False
+        train_audio_codec(
+            corpus,
+            b,
+            AudioCodecTrainConfig(preset="tiny", model_overrides={**SMALL, "latent_dim": 4}, steps=5),
+            progress=False,
         )
 
 
@@ -417,22 +427,14 @@ def test_commands(corpus, tmp_path, capsys):
                 "2",
                 "--segment-frames",
                 "8",
-                "--set",
-                "strides=[4,4,4]",
-                "--set",
-                "channels=[4,8,8]",
-                "--set",
-                "dec_channels=[4,8,8]",
-                "--set",
-                "num_levels=2",
-                "--set",
-                "codebook_size=16",
-                "--set",
-                "latent_dim=8",
-                "--set",
-                "codebook_dim=8",
-                "--set",
-                "min_levels=1",
+                "--model.strides=[4,4,4]",
+                "--model.channels=[4,8,8]",
+                "--model.dec_channels=[4,8,8]",
+                "--model.num_levels=2",
+                "--model.codebook_size=16",
+                "--model.latent_dim=8",
+                "--model.codebook_dim=8",
+                "--model.min_levels=1",
             ]
         )
         == 0
@@ -490,13 +492,12 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
     its codes), its reconstructions get closer to the clips, a resumed run repeats an uninterrupted one, and a
     checkpoint of another kind of run is refused."""
     from chameleon_lite.tokenizers.audio_train import MultiScaleSpectralLoss, load_clips, manifest_audio
-    from chameleon_lite.tokenizers.image_train import code_path_state
 
     base = str(tmp_path / "base")
     small_codec().save(base)
 
     def cfg(steps):
-        return TrainConfig(
+        return AudioCodecTrainConfig(
             finetune_decoder=base,
             steps=steps,
             batch_size=4,
@@ -509,7 +510,7 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
         )
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    s = train(corpus, a, cfg(40), progress=False)
+    s = train_audio_codec(corpus, a, cfg(40), progress=False)
     assert s["train_config"]["finetune_decoder"] == base
     before, after = AudioTokenizer.load(base), AudioTokenizer.load(a)
     frozen, tuned = code_path_state(before.model), code_path_state(after.model)
@@ -528,14 +529,16 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
 
     assert mel(after) < 0.9 * mel(before)
 
-    train(corpus, b, cfg(2), progress=False)  # (the learning rate of steps 0 and 1 does not depend on steps)
-    train(corpus, b, cfg(40), progress=False)  # resumes at step 2
+    train_audio_codec(
+        corpus, b, cfg(2), progress=False
+    )  # (the learning rate of steps 0 and 1 does not depend on steps)
+    train_audio_codec(corpus, b, cfg(40), progress=False)  # resumes at step 2
     wa, wb = after.model.state_dict(), AudioTokenizer.load(b).model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(ConfigError, match="finetune_decoder"):
-        train(corpus, a, _cfg(60), progress=False)
+        train_audio_codec(corpus, a, _cfg(60), progress=False)
     with pytest.raises(ConfigError, match="not a folder"):
-        TrainConfig(finetune_decoder=str(tmp_path / "nope"))
+        AudioCodecTrainConfig(finetune_decoder=str(tmp_path / "nope"))
     out = str(tmp_path / "cli")
     assert (
         main(
@@ -569,26 +572,24 @@ def test_finetune_decoder_keeps_the_codes(corpus, tmp_path, capsys):
                 str(tmp_path / "x"),
                 "--finetune-decoder",
                 a,
-                "--set",
-                "num_levels=3",
+                "--model.num_levels=3",
             ]
         )
         == 1
     )
-    assert "--set" in capsys.readouterr().err
+    assert "--model.KEY" in capsys.readouterr().err
 
 
 def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
-    """--finetune-decoder with --set decoder_attention=N: the codec's trained weights plus N new blocks, trained
+    """--finetune-decoder with --model.decoder_attention=N: the codec's trained weights plus N new blocks, trained
     with the decoder; codes unchanged; resumes exactly; trained blocks can not be dropped or regrouped."""
     from chameleon_lite.tokenizers.audio_train import finetune_config, finetune_model
-    from chameleon_lite.tokenizers.image_train import code_path_state
 
     base = str(tmp_path / "base")
     small_codec().save(base)
 
     def cfg(steps, **over):
-        return TrainConfig(
+        return AudioCodecTrainConfig(
             finetune_decoder=base,
             model_overrides={"decoder_attention": 1, **over},
             steps=steps,
@@ -609,7 +610,7 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
         k.startswith("decoder.context.0.") for k in start.state_dict() if k not in ref
     )
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train(corpus, a, cfg(30), progress=False)
+    train_audio_codec(corpus, a, cfg(30), progress=False)
     after = AudioTokenizer.load(a)
     assert after.model.cfg.decoder_attention == 1
     frozen, tuned = code_path_state(before.model), code_path_state(after.model)
@@ -618,8 +619,8 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
     assert not torch.allclose(scale, torch.full_like(scale, 0.01))  # the new block trained
     x = tone(0.4)
     assert torch.equal(after.encode(x), before.encode(x))
-    train(corpus, b, cfg(2), progress=False)
-    train(corpus, b, cfg(30), progress=False)  # resumes at step 2
+    train_audio_codec(corpus, b, cfg(2), progress=False)
+    train_audio_codec(corpus, b, cfg(30), progress=False)  # resumes at step 2
     wa, wb = after.model.state_dict(), AudioTokenizer.load(b).model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # a codec with blocks: more can be added, none dropped, heads not regrouped, nothing else changed
@@ -631,9 +632,9 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
     with pytest.raises(ConfigError, match="heads"):
         finetune_config(after.model.cfg, {"decoder_attention": 2, "decoder_attention_heads": 2})
     with pytest.raises(ConfigError, match="num_levels"):
-        TrainConfig(finetune_decoder=base, model_overrides={"num_levels": 3})
+        AudioCodecTrainConfig(finetune_decoder=base, model_overrides={"num_levels": 3})
     with pytest.raises(ConfigError, match="bad model override"):
-        finetune_config(after.model.cfg, {"decoder_attention_heads": "4"})  # --set decoder_attention_heads='"4"'
+        finetune_config(after.model.cfg, {"decoder_attention_heads": "4"})  # --model.decoder_attention_heads='"4"'
     out = str(tmp_path / "cli")
     assert (
         main(
@@ -646,8 +647,7 @@ def test_finetune_decoder_adds_attention_blocks(corpus, tmp_path, capsys):
                 out,
                 "--finetune-decoder",
                 base,
-                "--set",
-                "decoder_attention=1",
+                "--model.decoder_attention=1",
                 "--steps",
                 "1",
                 "--batch-size",

@@ -332,49 +332,54 @@ def _manifest(tmp_path, n: int = 6) -> str:
 
 
 def test_train_resume_and_outputs(tmp_path):
-    from chameleon_lite.tokenizers.image_train import TrainConfig, find_checkpoint, train
+    from chameleon_lite.tokenizers.image_train import ImageVQTrainConfig
+    from chameleon_lite.train.checkpoint import latest_checkpoint, read_train_state
+    from chameleon_lite.train.tokenizer_loop import train_image_vq
 
     manifest = _manifest(tmp_path)
     out = str(tmp_path / "tok")
-    cfg = TrainConfig(
+    cfg = ImageVQTrainConfig(
         model_overrides=SMALL, steps=2, batch_size=4, grid_every=1, log_every=1, ckpt_every=1, disc_start=1, warmup=1
     )
-    s = train(manifest, out, cfg, progress=False)
+    s = train_image_vq(manifest, out, cfg, progress=False)
     assert s["images"] == 6 and s["steps"] == 2
     assert os.path.isfile(os.path.join(out, "run", "image", "grid_000002.png"))
-    ckpt = find_checkpoint(os.path.join(out, "run", "image"))
-    assert json.loads(open(os.path.join(ckpt, "state.json")).read())["step"] == 2
-    train(manifest, out, TrainConfig(**{**cfg.to_dict(), "steps": 3}), progress=False)
+    ckpt = latest_checkpoint(os.path.join(out, "run", "image"))
+    assert read_train_state(ckpt)["step"] == 2
+    train_image_vq(manifest, out, ImageVQTrainConfig(**{**cfg.to_dict(), "steps": 3}), progress=False)
     log = [json.loads(line) for line in open(os.path.join(out, "run", "image", "log.jsonl"))]
     assert [r["step"] for r in log] == [1, 2, 3]  # resumed at step 2, not restarted
     assert "d_loss" in log[-1]
     tok = ImageTokenizer.load(out)
     assert tok.encode(str(tmp_path / "img" / "0.png")).shape == (1, 2, 2)
     with pytest.raises(ConfigError, match="different model config"):
-        train(manifest, out, TrainConfig(model_overrides={**SMALL, "codebook_size": 8}, steps=4), progress=False)
+        train_image_vq(
+            manifest, out, ImageVQTrainConfig(model_overrides={**SMALL, "codebook_size": 8}, steps=4), progress=False
+        )
 
 
 def test_train_errors(tmp_path):
-    from chameleon_lite.tokenizers.image_train import TrainConfig, train
+    from chameleon_lite.tokenizers.image_train import ImageVQTrainConfig
+    from chameleon_lite.train.tokenizer_loop import train_image_vq
 
     with pytest.raises(ConfigError):
-        TrainConfig(steps=0)
+        ImageVQTrainConfig(steps=0)
     with pytest.raises(ConfigError, match="override"):
-        TrainConfig(model_overrides={"nope": 1})
+        ImageVQTrainConfig(model_overrides={"nope": 1})
     with pytest.raises(ConfigError, match=r"betas must be two numbers in \[0, 1\)"):
-        TrainConfig(betas=(0.9, 1.0))
+        ImageVQTrainConfig(betas=(0.9, 1.0))
     with pytest.raises(ConfigError, match="betas"):
-        TrainConfig(betas=(0.9,))
+        ImageVQTrainConfig(betas=(0.9,))
     with pytest.raises(ConfigError, match="foreground_weight"):
-        TrainConfig(foreground_weight=-1.0)
+        ImageVQTrainConfig(foreground_weight=-1.0)
     m = tmp_path / "m.jsonl"
     m.write_text(json.dumps({"segments": [{"text": "only words"}]}) + "\n")
     with pytest.raises(DataError, match="no image segments"):
-        train(str(m), str(tmp_path / "o"), TrainConfig(model_overrides=SMALL, steps=1), progress=False)
+        train_image_vq(str(m), str(tmp_path / "o"), ImageVQTrainConfig(model_overrides=SMALL, steps=1), progress=False)
     (tmp_path / "bad.png").write_text("not a picture")
     m.write_text(json.dumps({"segments": [{"image": "bad.png"}]}) + "\n")
     with pytest.raises(DataError, match="bad.png"):
-        train(str(m), str(tmp_path / "o"), TrainConfig(model_overrides=SMALL, steps=1), progress=False)
+        train_image_vq(str(m), str(tmp_path / "o"), ImageVQTrainConfig(model_overrides=SMALL, steps=1), progress=False)
 
 
 def test_evaluate_on_a_procedural_manifest(tmp_path):
@@ -439,7 +444,8 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
     codes), the decoder reconstructs the training pictures better than before, a resumed run repeats an
     uninterrupted one, and a checkpoint of another kind of run is refused."""
     from chameleon_lite.cli import main
-    from chameleon_lite.tokenizers.image_train import TrainConfig, code_path_state, load_image_set, train
+    from chameleon_lite.tokenizers.image_train import ImageVQTrainConfig, load_image_set
+    from chameleon_lite.train.tokenizer_loop import code_path_state, train_image_vq
 
     rng = np.random.default_rng(0)  # pictures of two flat halves: something a decoder can learn in a few steps
     os.makedirs(tmp_path / "img")
@@ -456,7 +462,7 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
     pics = load_image_set([str(tmp_path / "img" / f"{i}.png") for i in range(8)], 16, progress=False)
 
     def cfg(steps):
-        return TrainConfig(
+        return ImageVQTrainConfig(
             finetune_decoder=base,
             steps=steps,
             batch_size=8,
@@ -469,7 +475,7 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
         )
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    s = train(manifest, a, cfg(150), progress=False)
+    s = train_image_vq(manifest, a, cfg(150), progress=False)
     assert (
         s["train_config"]["finetune_decoder"] == base and s["model_config"] == ImageTokenizer.load(base).cfg.to_dict()
     )
@@ -489,23 +495,23 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
 
     assert err(after) < 0.5 * err(before)  # measured 13.8 vs 67.7 (mean abs error, 8-bit levels)
 
-    train(manifest, b, cfg(2), progress=False)
-    train(manifest, b, cfg(150), progress=False)  # resumes at step 2
+    train_image_vq(manifest, b, cfg(2), progress=False)
+    train_image_vq(manifest, b, cfg(150), progress=False)  # resumes at step 2
     wa, wb = ImageTokenizer.load(a).model.state_dict(), ImageTokenizer.load(b).model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
     with pytest.raises(ConfigError, match="finetune_decoder"):  # a from-scratch checkpoint is not resumed
-        train(manifest, a, TrainConfig(model_overrides=SMALL, steps=200), progress=False)
+        train_image_vq(manifest, a, ImageVQTrainConfig(model_overrides=SMALL, steps=200), progress=False)
     with pytest.raises(ConfigError, match="not a folder"):
-        TrainConfig(finetune_decoder=str(tmp_path / "nope"))
+        ImageVQTrainConfig(finetune_decoder=str(tmp_path / "nope"))
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ConfigError, match="image tokenizer config"):
-        TrainConfig(finetune_decoder=str(tmp_path / "empty"))
+        ImageVQTrainConfig(finetune_decoder=str(tmp_path / "empty"))
     other = small_tokenizer()  # the base replaced by another tokenizer of the same shape mid-run
     torch.nn.init.normal_(next(other.model.encoder.parameters()))
     other.save(base)
     with pytest.raises(ConfigError, match="changed since"):
-        train(manifest, b, cfg(200), progress=False)
+        train_image_vq(manifest, b, cfg(200), progress=False)
 
     out = str(tmp_path / "cli")
     assert (
@@ -539,10 +545,36 @@ def test_finetune_decoder_keeps_the_codes(tmp_path, capsys):
                 str(tmp_path / "x"),
                 "--finetune-decoder",
                 a,
-                "--set",
-                "codebook_dim=8",
+                "--model.codebook_dim=8",
             ]
         )
         == 1
     )
-    assert "--set" in capsys.readouterr().err
+    assert "--model.KEY" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path):
+    """Stopped after a checkpoint and run again, training repeats the uninterrupted run bit for bit: weights,
+    both optimisers, the discriminator, the batch generator and torch's global RNG (dead-code replacement) all
+    come back from the checkpoint."""
+    from safetensors.torch import load_file
+
+    from chameleon_lite.tokenizers.image_train import ImageVQTrainConfig
+    from chameleon_lite.train.tokenizer_loop import train_image_vq
+
+    manifest = _manifest(tmp_path)
+    kw = dict(model_overrides=SMALL, batch_size=4, warmup=2, log_every=1, ckpt_every=3, grid_every=3, disc_start=2)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train_image_vq(manifest, a, ImageVQTrainConfig(steps=6, **kw), progress=False)
+    train_image_vq(manifest, b, ImageVQTrainConfig(steps=3, **kw), progress=False)
+    train_image_vq(manifest, b, ImageVQTrainConfig(steps=6, **kw), progress=False)
+
+    def log(out):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in open(f"{out}/run/image/log.jsonl")
+        ]
+
+    assert log(a) == log(b) and [r["step"] for r in log(b)] == [1, 2, 3, 4, 5, 6]
+    wa, wb = load_file(f"{a}/{IMAGE_WEIGHTS}"), load_file(f"{b}/{IMAGE_WEIGHTS}")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -12,7 +12,7 @@ from chameleon_lite.errors import ConfigError, DataError, UserError
 from chameleon_lite.model import load_model
 from chameleon_lite.train import trainer as trainer_mod
 from chameleon_lite.train.checkpoint import list_checkpoints
-from chameleon_lite.train.config import TrainConfig, load_config
+from chameleon_lite.train.config import PretrainConfig, load_config
 from chameleon_lite.train.export import export_run
 from chameleon_lite.train.metrics import read_metrics
 from chameleon_lite.train.schedule import lr_at
@@ -211,7 +211,7 @@ def test_config_overrides_and_errors(tmp_path):
         {"n_layers": 2},
     )
     assert cfg.model_config(100, "h").n_layers == 2
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="unknown training option"):
         load_config("debug", configs_dir="", overrides=["--lrr=1"])
     with pytest.raises(ConfigError, match="unknown model field"):
