@@ -67,6 +67,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from chameleon_lite.configs import config_from_dict
 from chameleon_lite.errors import ConfigError, DataError
@@ -619,8 +621,6 @@ def write_wav(path: str, pcm: np.ndarray, sample_rate: int) -> None:
 
 
 def _write_media(out: str, doc: GeneratedDocument, sample_rate: int) -> None:
-    from PIL import Image
-
     for rel, arr in doc.images.items():
         Image.fromarray(arr, mode="RGB").save(os.path.join(out, rel), format="PNG")
     for rel, pcm in doc.audio.items():
@@ -655,7 +655,6 @@ def write_corpus(
     The output is byte-identical for equal (n, seed, config), whatever ``workers`` is (documents are built
     from per-document generators and written in index order). The manifest appears atomically at the end.
     """
-    from tqdm import tqdm
 
     config = config or CorpusConfig()
     if not isinstance(n, int) or n < 1:
