@@ -1,4 +1,4 @@
-"""The CUDA attention kernels (csrc/cuda/attention.cuh), run on CPU threads under the emulator, against the fp64
+"""The CUDA attention kernels (csrc/cuda/attention/*.cuh), run on CPU threads under the emulator, against the fp64
 reference: ragged lengths, several documents, bidirectional spans (one crossing a tile edge), GQA, bf16, decode
 with split-KV and rows with nothing visible. Tolerances as ARCHITECTURE §10."""
 
