@@ -157,15 +157,14 @@ class UnifiedVocab:
     def classify(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Map unified ids to (modality, local code, audio level).
 
-        ids: any shape, integer dtype. Returns three tensors of that shape: modality int8 (TEXT/IMAGE/AUDIO),
-        local int64 (text: id - S for BPE ids and the id itself for specials; image: code; audio: code within
-        its level), level int64 (audio level, -1 elsewhere). Uses the C++ kernel when it is built.
+        ids: any shape, integer dtype. Returns three tensors of that shape on ids' device: modality int8
+        (TEXT/IMAGE/AUDIO), local int64 (text: id - S for BPE ids and the id itself for specials; image: code;
+        audio: code within its level), level int64 (audio level, -1 elsewhere). Raises VocabError naming the first
+        id outside the vocabulary.
         """
         ids = torch.as_tensor(ids)
         self.check_ids(ids)
-        from chameleon_lite.ops import classify_ids
-
-        return classify_ids(ids, self.text_offset, self.image_offset, self.audio_offset, self.audio_codebook, self.size)
+        return _range_lookup(ids, self.text_offset, self.image_offset, self.audio_offset, self.audio_codebook)
 
     def modality(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: any shape -> int8 modality of each id."""
@@ -298,19 +297,38 @@ class UnifiedVocab:
         return "\n".join(lines)
 
 
-def classify_ids_reference(
+def classify_ids(
     ids: torch.Tensor, text_offset: int, image_offset: int, audio_offset: int, audio_codebook: int, vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pure-PyTorch oracle for the C++ classify_ids op (same contract)."""
+    """UnifiedVocab.classify for a layout given by its offsets: ids (any shape, integer) -> (modality int8,
+    local int64, level int64), each shaped like ids.
+
+    Raises VocabError for offsets out of order, a non-integer dtype, or naming the first id outside [0, vocab_size).
+    """
+    if not 0 <= text_offset <= image_offset <= audio_offset <= vocab_size:
+        raise VocabError("classify_ids: offsets must satisfy 0 <= text <= image <= audio <= vocab_size")
+    if audio_codebook <= 0 and audio_offset != vocab_size:
+        raise VocabError("classify_ids: audio_codebook must be positive when there are audio ids")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise VocabError(f"token ids must be an integer tensor, got dtype {ids.dtype}")
+    if ids.numel():
+        lo, hi = torch.aminmax(ids)
+        if int(lo) < 0 or int(hi) >= vocab_size:
+            bad = ids[(ids < 0) | (ids >= vocab_size)].flatten()[0]
+            raise VocabError(f"token id {int(bad)} is outside the valid range [0, {vocab_size})")
+    return _range_lookup(ids, text_offset, image_offset, audio_offset, audio_codebook)
+
+
+def _range_lookup(
+    ids: torch.Tensor, text_offset: int, image_offset: int, audio_offset: int, audio_codebook: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """classify_ids of ids already checked. Comparisons with the range starts rather than torch.bucketize: these
+    elementwise ops keep a training batch of ids on one thread, bucketize's parallel_for splits a few hundred."""
     ids = ids.to(torch.int64)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)].flatten()[0]
-        raise VocabError(f"token id {int(bad)} is outside the valid range [0, {vocab_size})")
-    modality = torch.where(ids >= audio_offset, AUDIO, torch.where(ids >= image_offset, IMAGE, TEXT)).to(torch.int8)
-    local = torch.where(
-        ids >= audio_offset,
-        (ids - audio_offset) % max(audio_codebook, 1),
-        torch.where(ids >= image_offset, ids - image_offset, torch.where(ids >= text_offset, ids - text_offset, ids)),
-    )
-    level = torch.where(ids >= audio_offset, (ids - audio_offset) // max(audio_codebook, 1), torch.full_like(ids, -1))
-    return modality, local, level
+    k = max(audio_codebook, 1)
+    in_image, in_audio = ids >= image_offset, ids >= audio_offset
+    modality = in_image.to(torch.int8) + in_audio.to(torch.int8)  # TEXT 0 (specials too), IMAGE 1, AUDIO 2
+    level = (ids - audio_offset).div_(k, rounding_mode="floor").clamp_(min=-1)  # -1 below the audio range
+    text_start = torch.where(ids >= text_offset, text_offset, 0)  # a special is its own local code
+    start = torch.where(in_audio, level * k + audio_offset, torch.where(in_image, image_offset, text_start))
+    return modality, ids - start, level

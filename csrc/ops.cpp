@@ -42,10 +42,6 @@ TORCH_LIBRARY(chameleon_lite, m) {
   // Inference rotary embedding: x [B, L, H, D] float32, cos/sin [B, L, D/2] -> x rotated in (first half, second
   // half) pairs.
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
-  // Unified-vocabulary id -> (modality int8, local code int64, audio level int64; -1 outside audio).
-  m.def(
-      "classify_ids(Tensor ids, int text_offset, int image_offset, int audio_offset, int audio_codebook, "
-      "int vocab_size) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
@@ -54,7 +50,6 @@ TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
   m.impl("attention_fwd", &cpu::attention_fwd_cpu);
   m.impl("attention_bwd", &cpu::attention_bwd_cpu);
   m.impl("attention_decode", &cpu::attention_decode_cpu);
-  m.impl("classify_ids", &cpu::classify_ids_cpu);
   m.impl("linear_bf16w", &cpu::linear_bf16w_cpu);
   m.impl("rms_norm", &cpu::rms_norm_cpu);
   m.impl("rope", &cpu::rope_cpu);

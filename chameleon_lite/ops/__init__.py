@@ -13,7 +13,6 @@ load_extensions()
 
 from chameleon_lite.ops._loader import HAS_CUDA_EXT  # noqa: E402
 from chameleon_lite.ops.attention import modality_attention, modality_attention_decode  # noqa: E402
-from chameleon_lite.ops.classify import classify_ids  # noqa: E402
 from chameleon_lite.ops.linear import fused_supported as linear_fused_supported  # noqa: E402
 from chameleon_lite.ops.linear import linear_bf16w, linear_bf16w_reference  # noqa: E402
 from chameleon_lite.ops.norm import rms_norm, rms_norm_reference, rope, rope_reference  # noqa: E402
@@ -22,7 +21,6 @@ from chameleon_lite.ops.snake import snake, snake_reference  # noqa: E402
 
 __all__ = [
     "HAS_CUDA_EXT",
-    "classify_ids",
     "linear_bf16w",
     "linear_fused_supported",
     "linear_bf16w_reference",

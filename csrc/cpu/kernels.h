@@ -21,10 +21,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
                                                                  double scale);
 at::Tensor attention_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& cache_lens, double scale);
-// classify_ids.cpp
-std::tuple<at::Tensor, at::Tensor, at::Tensor> classify_ids_cpu(const at::Tensor& ids, int64_t text_offset,
-                                                                 int64_t image_offset, int64_t audio_offset,
-                                                                 int64_t audio_codebook, int64_t vocab_size);
 // linear_bf16w.cpp
 at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& w);
 // norm_rope.cpp
