@@ -37,6 +37,35 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_judges(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from chameleon_lite.errors import UserError
+    from chameleon_lite.eval import judge_train as jt
+
+    if args.mnist is None and args.fsdd is None:
+        raise UserError("train-judges needs --mnist IMAGES LABELS, --fsdd DIR, or both")
+    jt.prepare_out(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    jobs = []
+    if args.mnist is not None:
+        jobs.append(("written", lambda: jt.read_written(*args.mnist), args.epochs_written))
+    if args.fsdd is not None:
+        jobs.append(("spoken", lambda: jt.read_spoken(args.fsdd), args.epochs_spoken))
+    for kind, read, epochs in jobs:
+        data = read()
+        print(f"{kind} digits from {data.source}: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
+        tcfg = jt.TRAIN_PRESETS[kind]
+        tcfg = dataclasses.replace(tcfg, seed=args.seed, epochs=epochs or tcfg.epochs)
+        judge, _ = jt.train_judge(data, tcfg, log=lambda line: print(line, flush=True))
+        for path in jt.save_judge(judge, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def register(cli) -> None:
     p = cli.command(
         "eval", "judge a model on held-out procedural prompts with the checkers; eval.json + report.html", _eval
@@ -69,4 +98,40 @@ def register(cli) -> None:
         type=at.nonnegative_float,
         default=1.0,
         help="classifier-free guidance scale for audio spans (default 1 = off)",
+    )
+
+    p = cli.command(
+        "train-judges",
+        "train the learned digit judges (CNNs: written on MNIST IDX, spoken on FSDD-named clips) on the training "
+        "split; weights + JSON with held-out accuracy + confusion-matrix PNG",
+        _train_judges,
+    )
+    p.add_argument(
+        "--mnist",
+        nargs=2,
+        metavar=("IMAGES", "LABELS"),
+        help="MNIST IDX images and labels files (gzip or raw) for the written-digit judge (default: not trained)",
+    )
+    p.add_argument(
+        "--fsdd",
+        metavar="DIR",
+        help="folder of clips named {digit}_{speaker}_{take}.wav for the spoken-digit judge (default: not trained)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: new, empty or an earlier train-judges folder (its judges of the same kind are replaced)",
+    )
+    p.add_argument(
+        "--epochs-written", type=at.nonnegative_int, default=0, help="epochs of the written judge (default 0 = 15)"
+    )
+    p.add_argument(
+        "--epochs-spoken", type=at.nonnegative_int, default=0, help="epochs of the spoken judge (default 0 = 40)"
+    )
+    p.add_argument(
+        "--seed", type=at.seed, default=0, help="seed of initialisation, shuffling, augmentation (default 0)"
+    )
+    p.add_argument(
+        "--threads", type=at.nonnegative_int, default=0, help="CPU threads for torch (default 0 = torch's choice)"
     )
