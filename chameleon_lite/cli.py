@@ -15,7 +15,7 @@ from chameleon_lite.errors import UserError
 
 # Modules that declare commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "chameleon_lite.quickstart",
+    "chameleon_lite.quickstart.commands",
     "chameleon_lite.data_commands",
     "chameleon_lite.tokenizers.text_commands",
     "chameleon_lite.tokenizers.image_commands",

@@ -71,3 +71,16 @@ class Pipeline:
             write_json_atomic(marker, {"params": st.params, "seconds": times[st.name]})
             self.log(f"{head}: finished in {times[st.name]:.1f} s")
         return times
+
+
+def stage_seconds(root: str) -> dict[str, float]:
+    """Wall seconds of every finished stage of the pipeline in ``root``, from its markers."""
+    times = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if name.startswith(".stage-") and name.endswith(".done"):
+            try:
+                with open(os.path.join(root, name)) as f:
+                    times[name[len(".stage-") : -len(".done")]] = float(json.load(f).get("seconds", 0.0))
+            except (OSError, ValueError):
+                pass
+    return times

@@ -6,16 +6,14 @@ import pytest
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.quickstart import (
     BEFORE_PRETRAIN,
-    STEP_TIME_SHARE,
+    CALIBRATION,
     QuickstartConfig,
     build_stages,
-    measured_step_seconds,
     pretrain_minutes,
     quickstart,
-    replan_train_steps,
-    replanned_steps,
     spent_minutes,
 )
+from chameleon_lite.train.budget import STEP_TIME_SHARE, measured_step_seconds, replan_steps, replanned_steps
 
 
 def test_config_errors():
@@ -66,27 +64,27 @@ def test_step_count_is_refit_to_the_step_time_the_warm_up_measured(tmp_path):
     run = str(tmp_path / "run")
     with open(cfg.path("calibration.json"), "w") as f:
         json.dump({"steps": 900, "step_seconds": 1.2, "pretrain_minutes": 20.0}, f)
-    assert replanned_steps(cfg) is None
+    assert replanned_steps(cfg.path(CALIBRATION)) is None
     # step 0 (allocation) left out; validation rows and steps from after the warm-up are not step times of it
     rows = [{"step": 0, "step_time": 9.0}] + [
         {"step": i, "step_time": t} for i, t in enumerate([1.5, 1.6, 1.4, 1.5, 1.5], 1)
     ]
     _metrics(run, rows + [{"step": 5, "val_loss": 2.0}, {"step": 9, "step_time": 50.0}])
     assert measured_step_seconds(run, 6) == pytest.approx(1.5)
-    steps = replan_train_steps(cfg, run, first=900, warmup=6)
+    steps = replan_steps(cfg.path(CALIBRATION), run, 900, 6, cfg.min_train_steps, cfg.max_train_steps)
     assert steps == int(20.0 * 60 * STEP_TIME_SHARE / 1.5)  # 640: the run is slower than the timed step, so fewer steps
-    assert replanned_steps(cfg) == steps  # kept for a resumed quickstart, with what it was fit to
+    assert replanned_steps(cfg.path(CALIBRATION)) == steps  # kept for a resumed quickstart, with what it was fit to
     rec = json.load(open(cfg.path("calibration.json")))
     assert rec["run_step_seconds"] == 1.5 and rec["warmup"] == 6 and rec["steps"] == 900
     # bounds: never fewer than the warm-up nor min_train_steps, never more than max_train_steps
     _metrics(run, [{"step": i, "step_time": 1000.0} for i in range(6)])
-    assert replan_train_steps(cfg, run, first=900, warmup=6) == 30
+    assert replan_steps(cfg.path(CALIBRATION), run, 900, 6, cfg.min_train_steps, cfg.max_train_steps) == 30
     _metrics(run, [{"step": i, "step_time": 1e-4} for i in range(6)])
-    assert replan_train_steps(cfg, run, first=900, warmup=6) == 20000
+    assert replan_steps(cfg.path(CALIBRATION), run, 900, 6, cfg.min_train_steps, cfg.max_train_steps) == 20000
     # no warm-up (or nothing logged): the first plan stands
-    assert replan_train_steps(cfg, run, first=40, warmup=0) == 40
+    assert replan_steps(cfg.path(CALIBRATION), run, 40, 0, cfg.min_train_steps, cfg.max_train_steps) == 40
     _metrics(run, [])
-    assert replan_train_steps(cfg, run, first=41, warmup=4) == 41
+    assert replan_steps(cfg.path(CALIBRATION), run, 41, 4, cfg.min_train_steps, cfg.max_train_steps) == 41
 
 
 @pytest.mark.slow

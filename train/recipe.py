@@ -113,7 +113,7 @@ def recipe(first: str, *continued: str, machine: str = "") -> dict[str, Any]:
     read from the pipeline's markers, so a resumed quickstart counts every stage once), then zero or more stages of
     continued pretraining, each from the model of the one before. The recipe's eval is the last stage's: the
     500-prompt evaluation in ``first/eval500`` when there is no continued stage."""
-    from chameleon_lite.quickstart import stage_seconds
+    from chameleon_lite.pipeline import stage_seconds
     from chameleon_lite.train.metrics import read_metrics
 
     qs = read_json(os.path.join(first, "quickstart.json"), "quickstart record")

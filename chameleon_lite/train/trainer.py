@@ -86,7 +86,7 @@ def make_loss_terms(model, compile_whole: bool) -> Callable[..., tuple[torch.Ten
     return torch.compile(loss_terms) if compile_whole else loss_terms
 
 
-def _forward_losses(loss_terms, b: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_losses(loss_terms, b: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.autocast(b["input_ids"].device.type, dtype=dtype, enabled=dtype != torch.float32):
         return loss_terms(
             b["input_ids"], b["positions"], b["doc_ids"].to(torch.int32), b["span_ids"].to(torch.int32), b["targets"]
@@ -105,7 +105,7 @@ def evaluate(
     stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
     for _ in range(cfg.val_batches):
         b = _next_batch(it, info.device, "validation")
-        ce, lse = _forward_losses(loss_terms, b, dtype)
+        ce, lse = forward_losses(loss_terms, b, dtype)
         stats += loss_stats(ce, lse, b["targets"], b["loss_mask"], vocab)
     return summarize_stats(all_reduce_sum(stats), prefix="val_")
 
@@ -372,7 +372,7 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
     stats = torch.zeros(STAT_SIZE, dtype=torch.float64, device=info.device)
     for i, b in enumerate(micro):
         with _grad_sync(run.model, i == len(micro) - 1):
-            ce, lse = _forward_losses(run.loss_terms, b, run.dtype)
+            ce, lse = forward_losses(run.loss_terms, b, run.dtype)
             mask = b["loss_mask"].to(ce.dtype)
             loss = ((ce + cfg.z_loss * lse.square()) * mask).sum() * scale
             loss.backward()
