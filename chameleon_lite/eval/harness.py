@@ -55,6 +55,9 @@ from chameleon_lite.files import EVAL, check_output_dir, read_json, write_bytes_
 from chameleon_lite.generate import GenerationConfig, Generator, Prompt, SamplingSettings
 from chameleon_lite.generate.engine import write_sampling_defaults
 from chameleon_lite.model.transformer import token_losses
+from chameleon_lite.tokenizers.audio_train import evaluate as eval_audio
+from chameleon_lite.tokenizers.image import ImageVQConfig
+from chameleon_lite.tokenizers.image_train import evaluate as eval_image
 
 
 @dataclasses.dataclass
@@ -401,8 +404,6 @@ def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progre
     # pictures drawn at the size the image tokenizer reads (the corpus's size for its own tokenizers), not resized
     side = CorpusConfig().image_size
     if os.path.exists(os.path.join(model_dir, bundle.IMAGE_CONFIG)):
-        from chameleon_lite.tokenizers.image import ImageVQConfig
-
         side = ImageVQConfig.from_dict(
             read_json(os.path.join(model_dir, bundle.IMAGE_CONFIG), "image tokenizer config")
         ).image_size
@@ -411,13 +412,9 @@ def tokenizer_reconstruction(model_dir: str, out: str, n: int, seed: int, progre
     manifest = write_corpus(folder, max(2 * n, 16), seed=seed, config=media, progress=progress)
     res: dict[str, Any] = {}
     if os.path.exists(os.path.join(model_dir, bundle.IMAGE_CONFIG)):
-        from chameleon_lite.tokenizers.image_train import evaluate as eval_image
-
         r = eval_image(model_dir, manifest, n=n, progress=progress)
         res["image"] = {k: r[k] for k in r if isinstance(r[k], (int, float, str))}
     if os.path.exists(os.path.join(model_dir, bundle.AUDIO_CONFIG)):
-        from chameleon_lite.tokenizers.audio_train import evaluate as eval_audio
-
         r = eval_audio(model_dir, manifest, n=n, progress=progress)
         res["audio"] = {k: r[k] for k in r if isinstance(r[k], (int, float, str))}
     return res

@@ -29,9 +29,15 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint._nested_dict import set_element  # private to torch; used in one place here
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import write_json_atomic
@@ -112,8 +118,6 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default planner, but non-tensor values (optimizer hyper-parameters) load with ``weights_only=True``."""
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        from torch.distributed.checkpoint._nested_dict import set_element  # noqa: PLC0415  (private, used only here)
-
         obj = torch.load(value, weights_only=True)
         fqn = read_item.dest_index.fqn
         if self.flatten_state_dict:
@@ -193,8 +197,6 @@ def _state(model: nn.Module, optimizer: Optimizers | None, generators: Generator
     of each named generator. Several optimisers (a tokenizer's and its discriminator's) are keyed by parameter
     name, so ``model`` must hold the parameters of all of them."""
     if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         return {"model": get_model_state_dict(model)}
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()}
@@ -291,8 +293,6 @@ def load_checkpoint(
             raise ConfigError(f"{path}: checkpoint does not fit this model ({_first_failure(e)})") from None
         raise CorruptCheckpoint(f"{path}: checkpoint unreadable or not of this model ({_first_failure(e)})") from None
     if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
         set_model_state_dict(model, state["model"])
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

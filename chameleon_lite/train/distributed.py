@@ -8,6 +8,10 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +79,6 @@ def shutdown() -> None:
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block in the backward pass instead of keeping its activations."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     for name, block in list(model.layers.named_children()):
         model.layers.register_module(name, checkpoint_wrapper(block, preserve_rng_state=False))
@@ -93,11 +96,7 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str) -> nn.Module:
     if not info.distributed or parallel == "none":
         return model
     if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     for block in model.layers.values():

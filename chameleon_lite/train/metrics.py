@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from chameleon_lite.files import write_text_atomic
 from chameleon_lite.vocab import MODALITY_NAMES, UnifiedVocab
@@ -102,7 +103,6 @@ class MetricsLog:
             truncate_after(self.path, start_step if keep_below is None else keep_below)
         elif os.path.exists(self.path):
             os.remove(self.path)
-        from tqdm import tqdm
 
         self.bar = tqdm(
             total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True, disable=not progress
