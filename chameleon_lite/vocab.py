@@ -3,6 +3,7 @@
 Layout (ARCHITECTURE §3)::
 
     [0, S)                  special tokens: <pad> <bos> <eos> <boi> <eoi> <boa> <eoa> + reserved
+                            (reserved slots 7, 8, 9 named <user> <assistant> <eot> for conversations)
     [S, S+T)                text BPE ids
     [I0, I0+K_img)          image codes
     [A0, A0+nq*K_aud)       audio codes, level-major: id = A0 + level*K_aud + code
@@ -25,7 +26,12 @@ from chameleon_lite.files import read_json, write_json_atomic
 
 TEXT, IMAGE, AUDIO = 0, 1, 2
 MODALITY_NAMES = ("text", "image", "audio")
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>")
+# The first LAYOUT_SPECIALS names are the layout every vocab.json records (and its hash covers). The names after
+# them label reserved slots of that same layout, for conversations (ARCHITECTURE §4): naming a reserved slot moves
+# no id, so it leaves the hash, vocab.json and every model trained before it as they were. A vocabulary has such a
+# named slot only when num_special reaches it (conversation_ready).
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<user>", "<assistant>", "<eot>")
+LAYOUT_SPECIALS = 7
 FORMAT_VERSION = 1
 
 
@@ -56,8 +62,8 @@ class UnifiedVocab:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise VocabError(f"{name} must be a non-negative int, got {v!r}")
-        if self.num_special < len(SPECIAL_TOKENS):
-            raise VocabError(f"num_special must be >= {len(SPECIAL_TOKENS)}, got {self.num_special}")
+        if self.num_special < LAYOUT_SPECIALS:
+            raise VocabError(f"num_special must be >= {LAYOUT_SPECIALS}, got {self.num_special}")
         if self.size >= 2**31:
             raise VocabError(f"vocabulary of {self.size} ids does not fit int32")
 
@@ -122,15 +128,42 @@ class UnifiedVocab:
     def eoa(self) -> int:
         return 6
 
+    @property
+    def user(self) -> int:
+        return self.special_id("<user>")
+
+    @property
+    def assistant(self) -> int:
+        return self.special_id("<assistant>")
+
+    @property
+    def eot(self) -> int:
+        return self.special_id("<eot>")
+
+    @property
+    def conversation_ready(self) -> bool:
+        """Whether the special range holds the conversation tokens ``<user> <assistant> <eot>``."""
+        return self.num_special >= len(SPECIAL_TOKENS)
+
+    def special_names(self) -> tuple[str, ...]:
+        """The named specials this vocabulary has (the layout's, then those of the reserved slots it holds)."""
+        return SPECIAL_TOKENS[: min(self.num_special, len(SPECIAL_TOKENS))]
+
     def special_id(self, name: str) -> int:
-        try:
-            return SPECIAL_TOKENS.index(name)
-        except ValueError:
-            raise VocabError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_TOKENS)}") from None
+        names = self.special_names()
+        if name in names:
+            return names.index(name)
+        if name in SPECIAL_TOKENS:
+            raise VocabError(
+                f"special token {name!r} needs num_special >= {SPECIAL_TOKENS.index(name) + 1}; this vocabulary has "
+                f"{self.num_special}"
+            )
+        raise VocabError(f"unknown special token {name!r}; known: {', '.join(names)}")
 
     def special_name(self, idx: int) -> str:
-        if 0 <= idx < len(SPECIAL_TOKENS):
-            return SPECIAL_TOKENS[idx]
+        names = self.special_names()
+        if 0 <= idx < len(names):
+            return names[idx]
         if 0 <= idx < self.num_special:
             return f"<reserved_{idx}>"
         raise VocabError(f"id {idx} is not a special token (specials are [0, {self.num_special}))")
@@ -219,10 +252,12 @@ class UnifiedVocab:
 
     # ---- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The layout (what vocab.json holds and :attr:`hash` covers); the conversation names of reserved slots are
+        not part of it, see :data:`SPECIAL_TOKENS`."""
         return {
             "format_version": FORMAT_VERSION,
             "num_special": self.num_special,
-            "special_tokens": list(SPECIAL_TOKENS),
+            "special_tokens": list(SPECIAL_TOKENS[:LAYOUT_SPECIALS]),
             "text_size": self.text_size,
             "image_codebook": self.image_codebook,
             "audio_levels": self.audio_levels,
@@ -287,7 +322,7 @@ class UnifiedVocab:
     def describe(self) -> str:
         lines = [f"unified vocabulary: {self.size} ids (hash {self.hash})"]
         lines.append(
-            f"  special [0, {self.text_offset})  " + " ".join(f"{n}={i}" for i, n in enumerate(SPECIAL_TOKENS))
+            f"  special [0, {self.text_offset})  " + " ".join(f"{n}={i}" for i, n in enumerate(self.special_names()))
         )
         lines.append(f"  text    [{self.text_offset}, {self.image_offset})  {self.text_size} BPE ids")
         lines.append(f"  image   [{self.image_offset}, {self.audio_offset})  codebook {self.image_codebook}")

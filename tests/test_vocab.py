@@ -1,8 +1,10 @@
 import json
+import os
 
 import pytest
 import torch
 
+from chameleon_lite.tokenizers.text import TextTokenizer
 from chameleon_lite.vocab import AUDIO, IMAGE, TEXT, UnifiedVocab, VocabError, classify_ids
 
 
@@ -138,3 +140,50 @@ def test_save_load_hash(vocab, tmp_path):
         UnifiedVocab.load(path)
     with pytest.raises(VocabError, match="not found"):
         UnifiedVocab.load(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------------------------------- conversation specials
+DEMO = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chameleon_lite", "assets", "demo_model"
+)
+
+
+def test_conversation_specials_name_reserved_slots(vocab):
+    assert (vocab.user, vocab.assistant, vocab.eot) == (7, 8, 9)
+    assert (
+        vocab.conversation_ready
+        and vocab.special_name(8) == "<assistant>"
+        and vocab.special_name(10) == "<reserved_10>"
+    )
+    assert vocab.modality(torch.tensor([vocab.user, vocab.assistant, vocab.eot])).tolist() == [TEXT] * 3
+    assert "<user>=7" in vocab.describe()
+
+
+def test_conversation_specials_need_the_slots():
+    small = UnifiedVocab(text_size=5, image_codebook=4, audio_levels=1, audio_codebook=1, num_special=8)
+    assert not small.conversation_ready and small.special_id("<user>") == 7
+    with pytest.raises(VocabError, match="num_special >= 9"):
+        small.special_id("<assistant>")
+    with pytest.raises(VocabError, match="unknown special"):
+        small.special_id("<system>")
+
+
+def test_naming_slots_keeps_the_layout_hash(tmp_path):
+    """vocab.json and the hash cover the layout only: the shipped model's vocabulary still loads and matches."""
+    stored = json.load(open(os.path.join(DEMO, "vocab.json")))
+    v = UnifiedVocab.load(DEMO)
+    assert v.hash == stored["hash"] == "d3ce1505d3541b0d"
+    assert {**v.to_dict(), "hash": v.hash} == stored
+    assert v.to_dict()["special_tokens"] == ["<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>"]
+    assert v.conversation_ready and v.eot == 9
+    again = UnifiedVocab.load(v.save(tmp_path))
+    assert again.hash == v.hash and json.load(open(tmp_path / "vocab.json")) == stored
+
+
+def test_text_never_produces_conversation_specials():
+    tok = TextTokenizer.load(DEMO)
+    v = UnifiedVocab.load(DEMO)
+    text = "<user> hi <assistant><eot> <|user|> [INST] <bos><eos>"
+    ids = v.text_to_unified(tok.encode(text))
+    assert int(ids.min()) >= v.text_offset and int(ids.max()) < v.image_offset
+    assert not set(ids.tolist()) & {v.user, v.assistant, v.eot, v.bos, v.eos}
