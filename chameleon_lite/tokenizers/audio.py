@@ -162,6 +162,23 @@ PRESETS: dict[str, AudioCodecConfig] = {
     # CPU: 16 kHz, 50 frames/s, 4 levels x 1024 codes (2 kbit/s).
     # Quantizer dropout on 3 steps in 4, keeping 2, 3 or all 4 levels: the first two levels alone carry the notes.
     "tiny": AudioCodecConfig(quantizer_dropout=0.75, min_levels=2),
+    # Recorded speech at 8 kHz (telephone band, the rate of spoken-digit sets such as FSDD): 100 frames/s, 4 levels
+    # x 512 codes (3.6 kbit/s); an iSTFT decoder (its blocks run at the frame rate, cheap on CPU) and no quantizer
+    # dropout, so that all four levels are trained to decode together.
+    "speech": AudioCodecConfig(
+        sample_rate=8000,
+        strides=(2, 4, 10),
+        channels=(16, 32, 64),
+        res_blocks=1,
+        latent_dim=64,
+        num_levels=4,
+        codebook_size=512,
+        codebook_dim=64,
+        decoder="istft",
+        istft_dim=192,
+        istft_blocks=4,
+        quantizer_dropout=0.0,
+    ),
     # GPU users: 24 kHz, 75 frames/s, 8 levels x 1024 codes (6 kbit/s).
     "base": AudioCodecConfig(
         sample_rate=24000,
@@ -212,7 +229,7 @@ class Snake(nn.Module):
         self.log_alpha = nn.Parameter(torch.zeros(1, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from chameleon_lite.ops.snake import snake, snake_reference
+        from chameleon_lite.ops.snake import snake, snake_reference  # lazy: loads the compiled C++ ops (seconds)
 
         return snake(x, self.log_alpha) if fused_ops() else snake_reference(x, self.log_alpha)
 
@@ -376,7 +393,7 @@ class AudioCodecModel(nn.Module):
 
     def __init__(self, cfg: AudioCodecConfig) -> None:
         super().__init__()
-        from vector_quantize_pytorch import ResidualVQ
+        from vector_quantize_pytorch import ResidualVQ  # lazy: slow to import (seconds)
 
         self.cfg = cfg
         self.encoder = Encoder(cfg)

@@ -9,8 +9,9 @@ checkpoints, log.jsonl (losses, SI-SNR, codebook usage, seconds of audio per sec
 Losses: multi-scale log-mel L1, multi-scale STFT magnitude (spectral convergence + log-magnitude L1), multi-scale
 complex STFT L1 and waveform L1 plus a scale-invariant SNR term (these keep the waveform in phase, which magnitude
 losses cannot see), and the RVQ commitment loss. Optional: a multi-scale STFT discriminator (hinge) with feature matching from ``disc_start``.
-Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest, starting on a frame
-boundary of their clip (``frame_aligned_crops``), where encoding the whole clip puts one.
+Training crops are ``segment_frames`` frames long, drawn uniformly from the clips of the manifest (of one
+``split`` part, when set; read from disk as batches draw them, with a bounded cache: tokenizers/train_data.py),
+starting on a frame boundary of their clip (``frame_aligned_crops``), where encoding the whole clip puts one.
 
 Decoder fine-tuning (``finetune_decoder``): start from a trained codec and train only its decoder on the inference
 path (frozen encoder -> nearest codes of every level -> codebook latents -> decoder). Encoder and codebooks stay
@@ -21,18 +22,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from chameleon_lite.configs import config_from_dict
 from chameleon_lite.data.audio_files import load_audio
+from chameleon_lite.data.checkers import check_audio, compare_audio
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import PNG_SOFTWARE, atomic_path
-from chameleon_lite.tokenizers.audio import AudioCodecConfig, AudioCodecModel, AudioTokenizer, preset, save_model
+from chameleon_lite.tokenizers.audio import (
+    AudioCodecConfig,
+    AudioCodecModel,
+    AudioTokenizer,
+    load_model,
+    preset,
+    save_model,
+)
+from chameleon_lite.tokenizers.train_data import check_split, clip_source, manifest_media
 
 
 @dataclasses.dataclass
@@ -64,6 +77,10 @@ class AudioCodecTrainConfig:
     log_every: int = 20
     ckpt_every: int = 250
     max_clips: int = 0
+    # "train", "val" or "test": only the manifest's documents of that part of chameleon_lite.data.splits
+    split: str = ""
+    # decoded clips kept in memory (least recently used go first); the rest are read from disk per batch
+    cache_clips: int = 4096
     seed: int = 0
     threads: int = 0
     # A trained codec folder: train only its decoder (see the module docstring); the model's shape is that
@@ -75,7 +92,8 @@ class AudioCodecTrainConfig:
         for name in ("steps", "batch_size", "segment_frames", "sample_every", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "disc_start", "max_clips", "threads", "seed"):
+        check_split(self.split)
+        for name in ("warmup", "disc_start", "max_clips", "threads", "seed", "cache_clips"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         self.spectral_ffts = tuple(int(n) for n in self.spectral_ffts)
@@ -103,8 +121,6 @@ class AudioCodecTrainConfig:
 
 def _finetune_base(folder: str) -> AudioCodecModel:
     """The trained codec whose decoder a fine-tuning run trains (clear errors for a folder without one)."""
-    from chameleon_lite.tokenizers.audio import load_model
-
     if not os.path.isdir(folder):
         raise ConfigError(f"finetune_decoder: {folder} is not a folder holding an audio codec")
     return load_model(folder)
@@ -175,29 +191,16 @@ def quickstart_config(steps: int, seed: int = 0) -> AudioCodecTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def manifest_audio(manifest: str) -> list[tuple[str, dict | None]]:
-    """(absolute path, ground-truth meta record or None) of every audio segment of a JSONL manifest, in order."""
-    from chameleon_lite.data.manifest import iter_documents
-
-    out = []
-    for doc in iter_documents(manifest):
-        media = (doc.meta or {}).get("media") or []
-        mi = 0
-        for seg in doc.segments:
-            if seg.kind in ("image", "audio"):
-                rec = media[mi] if mi < len(media) else None
-                mi += 1
-                if seg.kind == "audio":
-                    out.append((seg.path, rec if isinstance(rec, dict) and rec.get("type") == "audio" else None))
-    return out
+def manifest_audio(manifest: str, split: str = "") -> list[tuple[str, dict | None]]:
+    """(absolute path, ground-truth meta record or None) of every audio segment of a JSONL manifest (of the ``split``
+    part, when set), in order."""
+    return manifest_media(manifest, "audio", split)
 
 
 def load_clips(
     paths: list[str], sample_rate: int, progress: bool = True, desc: str = "loading clips"
 ) -> list[np.ndarray]:
     """Every path as mono float32 at ``sample_rate`` (errors name the file; conversions are counted and shown)."""
-    from tqdm import tqdm
-
     clips, converted = [], 0
     for p in tqdm(paths, desc=desc, unit="clip", disable=not progress):
         wave, info = load_audio(p, sample_rate)
@@ -208,7 +211,7 @@ def load_clips(
     return clips
 
 
-def random_crops(clips: list[np.ndarray], n: int, length: int, gen: torch.Generator, grid: int = 1) -> torch.Tensor:
+def random_crops(clips: Sequence[np.ndarray], n: int, length: int, gen: torch.Generator, grid: int = 1) -> torch.Tensor:
     """n crops of ``length`` samples ([n, 1, length]); shorter clips are zero-padded at a random offset.
 
     Offsets (where a crop starts in its clip, or where a short clip starts in its crop) are multiples of ``grid``
@@ -353,10 +356,10 @@ def save_spectrograms(
     path: str, originals: list[np.ndarray], recons: list[np.ndarray], sample_rate: int, title: str = ""
 ) -> None:
     """PNG: log-mel spectrograms of originals (top row) and reconstructions (bottom row)."""
-    import matplotlib
+    import matplotlib  # lazy: 0.3 s to import, and its Agg backend is chosen only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the backend is chosen
 
     n = len(originals)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.2), squeeze=False)
@@ -378,8 +381,6 @@ def save_spectrograms(
 
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> str:
     """16-bit PCM WAV, written atomically and marked as this tool's (see :func:`files.check_wav_output`)."""
-    import soundfile as sf
-
     with atomic_path(path, ".wav") as tmp:
         with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format="WAV", subtype="PCM_16") as f:
             f.software = PNG_SOFTWARE
@@ -394,7 +395,7 @@ def crop_grid(cfg: AudioCodecTrainConfig, mcfg: AudioCodecConfig) -> int:
 
 
 def _kmeans_warmup(
-    model: AudioCodecModel, clips: list[np.ndarray], cfg: AudioCodecTrainConfig, gen: torch.Generator
+    model: AudioCodecModel, clips: Sequence[np.ndarray], cfg: AudioCodecTrainConfig, gen: torch.Generator
 ) -> None:
     """Initialise every RVQ level by k-means on one large batch (enough vectors for the codebook)."""
     mcfg = model.cfg
@@ -428,14 +429,13 @@ class AudioCodecTask:
         self.usage = torch.zeros(mcfg.num_levels, mcfg.codebook_size, dtype=torch.int64)
 
     def load_data(self) -> None:
+        """List the training clips (read per batch, see train_data.py), unless they were given."""
+        split = self.cfg.split
         if self.clips is None:
-            items = manifest_audio(self.manifest)
-            if not items:
-                raise DataError(f"{self.manifest}: no audio segments to train on")
-            paths = [p for p, _ in items][: self.cfg.max_clips or None]
-            self.clips = load_clips(paths, self.mcfg.sample_rate, progress=self.progress)
-        if not self.clips:
-            raise DataError(f"{self.manifest}: no audio segments to train on")
+            paths = [p for p, _ in manifest_audio(self.manifest, split)][: self.cfg.max_clips or None]
+            self.clips = clip_source(paths, self.mcfg.sample_rate, self.cfg.cache_clips)
+        if not len(self.clips):
+            raise DataError(f"{self.manifest}: no audio segments{f' in split {split!r}' if split else ''} to train on")
         pick = np.linspace(0, len(self.clips) - 1, min(self.eval_clips, len(self.clips))).astype(int)
         self.show = [self.clips[int(i)] for i in pick]
 
@@ -552,7 +552,7 @@ class AudioCodecTask:
         save_model(model, out)
 
     def summary_counts(self) -> dict[str, Any]:
-        return {"clips": len(self.clips)}
+        return {"clips": len(self.clips), "split": self.cfg.split or "all"}
 
     def summary_extra(self) -> dict[str, Any]:
         return {}
@@ -575,10 +575,6 @@ def evaluate(
     (``checker_agreement_<timbre>``, over ``clips_<timbre>`` clips: where a codec loses a timbre); plus agreement
     with the manifest's ground truth when present.
     """
-    from tqdm import tqdm
-
-    from chameleon_lite.data.checkers import check_audio, compare_audio
-
     tok = AudioTokenizer.load(tokenizer_dir)
     items = manifest_audio(manifest)[:n]
     if not items:

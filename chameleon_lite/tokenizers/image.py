@@ -1,9 +1,10 @@
 """Image tokenizer: a convolutional VQ autoencoder that maps pictures to a grid of codebook ids and back.
 
-Pipeline: RGB uint8 [B, H, W, 3] -> [-1, 1] -> encoder (pixel-unshuffle stem, strided convs, residual blocks;
-downsampling factor f) -> quantizer from vector-quantize-pytorch (``VectorQuantize`` with EMA codebook updates,
-cosine-similarity (l2-normalised) codes, k-means initialisation and dead-code replacement; or ``FSQ``) ->
-codes [B, H/f, W/f] in raster order -> decoder (mirror image, pixel-shuffle head) -> uint8 [B, H, W, 3].
+Pipeline: RGB uint8 [B, H, W, 3] -> [-1, 1] (grayscale models: one channel, the mean of R, G and B) -> encoder
+(pixel-unshuffle stem, strided convs, residual blocks; downsampling factor f) -> quantizer from
+vector-quantize-pytorch (``VectorQuantize`` with EMA codebook updates, cosine-similarity (l2-normalised) codes, k-means initialisation and dead-code replacement; or ``FSQ``) ->
+codes [B, H/f, W/f] in raster order -> decoder (mirror image, pixel-shuffle head) -> uint8 [B, H, W, 3] (a
+grayscale model's one channel repeated: it cannot draw colour a grey picture does not have).
 
 Input preparation (:func:`load_images`): paths, PIL images, uint8 arrays/tensors ([H, W], [H, W, 1|3|4] or
 [B, H, W, 3]) are converted to 8-bit RGB (every PIL mode scaled to 8 bits or refused by name, alpha composited
@@ -33,6 +34,7 @@ from chameleon_lite.configs import config_from_dict
 from chameleon_lite.data.image_files import DEFAULT_MAX_PIXELS, load_images
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import read_json, write_json_atomic
+from chameleon_lite.hardware import fast_cpu_dtype
 from chameleon_lite.vocab import UnifiedVocab
 
 QUANTIZERS = ("vq", "fsq")
@@ -55,7 +57,8 @@ class ImageVQConfig:
     in its receptive field) or "group" (GroupNorm over the whole picture: a code also depends on the rest of it).
     padding: "background" pads every encoder feature map with the value a plain black picture has there (as if
     the picture went on in black, so a shape reads the same next to the border as anywhere else on a black
-    background; the decoder replicates its edges) or "zeros" (zero padding everywhere).
+    background; the decoder replicates its edges) or "zeros" (zero padding everywhere: no background assumed).
+    in_channels: 3 (RGB) or 1 (grayscale: the model reads the mean of R, G and B and decodes grey).
     """
 
     image_size: int = 48  # the procedural corpus default: each 3x3 grid cell is 2x2 patches of factor 8
@@ -77,6 +80,7 @@ class ImageVQConfig:
     dead_code_threshold: float = 0.1
     kmeans_iters: int = 10
     max_pixels: int = DEFAULT_MAX_PIXELS
+    in_channels: int = 3
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -86,6 +90,8 @@ class ImageVQConfig:
             raise ConfigError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.in_channels not in (1, 3):
+            raise ConfigError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
         if self.padding not in PADDINGS:
             raise ConfigError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.padding == "background" and self.norm != "channel":
@@ -151,6 +157,19 @@ PRESETS: dict[str, ImageVQConfig] = {
         dec_channels=(64, 128, 256, 512),
         codebook_size=8192,
         codebook_dim=32,
+    ),
+    # real small grayscale pictures (MNIST-like digits, 28x28): 7x7 = 49 tokens of 512 codes, one channel (no false
+    # colour), zero padding (no background colour assumed)
+    "digits": ImageVQConfig(
+        image_size=28,
+        factor=4,
+        channels=(32, 64),
+        dec_channels=(32, 64),
+        res_blocks=2,
+        codebook_size=512,
+        codebook_dim=16,
+        padding="zeros",
+        in_channels=1,
     ),
 }
 
@@ -222,12 +241,13 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """[B, 3, H, W] in [-1, 1] -> [B, D, H/f, W/f]. The stem folds 2x2 pixels into channels, so no conv runs at full resolution."""
+    """[B, C, H, W] in [-1, 1] (C = in_channels) -> [B, D, H/f, W/f]. The stem folds 2x2 pixels into channels, so
+    no conv runs at full resolution."""
 
     def __init__(self, cfg: ImageVQConfig) -> None:
         super().__init__()
         ch = cfg.channels
-        layers: list[nn.Module] = [nn.PixelUnshuffle(2), _conv(cfg, 12, ch[0], 3)]
+        layers: list[nn.Module] = [nn.PixelUnshuffle(2), _conv(cfg, 4 * cfg.in_channels, ch[0], 3)]
         for a, b in zip(ch[:-1], ch[1:]):
             layers += [nn.SiLU(), _conv(cfg, a, b, 4, stride=2)]
         layers += [ResBlock(cfg, ch[-1]) for _ in range(cfg.res_blocks)]
@@ -262,7 +282,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """[B, D, h, w] -> [B, 3, h*f, w*f] in about [-1, 1]. Upsampling by conv + pixel shuffle."""
+    """[B, D, h, w] -> [B, C, h*f, w*f] in about [-1, 1] (C = in_channels). Upsampling by conv + pixel shuffle."""
 
     def __init__(self, cfg: ImageVQConfig) -> None:
         super().__init__()
@@ -276,7 +296,7 @@ class Decoder(nn.Module):
                 nn.PixelShuffle(2),
                 ResBlock(cfg, b, decoder=True),
             ]
-        layers += [nn.SiLU(), _conv(cfg, ch[-1], 12, 3, decoder=True), nn.PixelShuffle(2)]
+        layers += [nn.SiLU(), _conv(cfg, ch[-1], 4 * cfg.in_channels, 3, decoder=True), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -288,7 +308,7 @@ class ImageVQModel(nn.Module):
 
     def __init__(self, cfg: ImageVQConfig) -> None:
         super().__init__()
-        from vector_quantize_pytorch import FSQ, VectorQuantize
+        from vector_quantize_pytorch import FSQ, VectorQuantize  # lazy: slow to import (seconds)
 
         self.cfg = cfg
         self.encoder = Encoder(cfg)
@@ -326,26 +346,29 @@ class ImageVQModel(nn.Module):
         return self.quantizer.indices_to_codes(codes).float()  # channel_first: [B, D, h, w]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: [B, 3, H, W] in [-1, 1] -> (reconstruction [B, 3, H, W], codes [B, h, w], quantizer loss)."""
+        """x: [B, C, H, W] in [-1, 1] -> (reconstruction [B, C, H, W], codes [B, h, w], quantizer loss)."""
         q, codes, aux = self.quantize(self.encoder(x))
         return self.decoder(q), codes, aux
 
 
-def to_model_input(rgb: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1]."""
-    t = torch.as_tensor(rgb, device=device)
-    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+def to_model_input(
+    rgb: np.ndarray | torch.Tensor, device: torch.device | str = "cpu", channels: int = 3
+) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, channels, H, W] in [-1, 1] (channels 1: the mean of R, G and B)."""
+    t = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float()
+    if channels == 1:
+        t = t.mean(dim=1, keepdim=True)
+    return t.div_(127.5).sub_(1.0)
 
 
 def from_model_output(x: torch.Tensor) -> torch.Tensor:
-    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (clamped, rounded)."""
-    return x.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    """float [B, 3 | 1, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (clamped, rounded; one channel repeated as grey)."""
+    out = x.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return out.expand(*out.shape[:3], 3).contiguous()
 
 
 def autocast_dtype() -> torch.dtype | None:
     """bf16 when this CPU has native bf16 arithmetic (AMX or AVX512-BF16), else None (run fp32)."""
-    from chameleon_lite.hardware import fast_cpu_dtype
-
     return fast_cpu_dtype()
 
 
@@ -395,7 +418,7 @@ class ImageTokenizer:
         """rgb: uint8 [B, S, S, 3] already at the model size -> codes int64 [B, h, w] (CPU)."""
         outs = []
         for i in range(0, len(rgb), self.batch_size):
-            x = to_model_input(rgb[i : i + self.batch_size], self.device)
+            x = to_model_input(rgb[i : i + self.batch_size], self.device, self.cfg.in_channels)
             with self._autocast():
                 z = self.model.encoder(x)
             outs.append(self.model.quantize(z.float())[1].cpu())

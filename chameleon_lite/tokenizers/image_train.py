@@ -5,9 +5,12 @@ Outputs: out/image_vq.safetensors + out/image_vq.json (the tokenizer, written at
 folder out/run/image also grid_XXXXXX.png (originals, top, vs reconstructions, bottom; every grid_every steps)
 beside the loop's checkpoints, log.jsonl (losses, PSNR, codebook usage, images/s) and summary.json.
 
-Losses: L1 + L2 on pixels (pixels off the plain background weighted 1 + ``foreground_weight``, so the logged l1/l2
-are weighted means), an edge term (L1 between horizontal/vertical finite differences of reconstruction and
-original, which keeps shape outlines sharp), the quantizer's commitment loss, and optionally a hinge patch
+Data: the manifest's pictures (of one ``split`` part, when set) are read from disk as batches draw them, with a
+bounded cache (tokenizers/train_data.py), so memory does not grow with the data set.
+
+Losses: L1 + L2 on pixels (pixels away from their picture's median value weighted 1 + ``foreground_weight``,
+so the logged l1/l2 are weighted means), an edge term (L1 between horizontal/vertical finite differences of
+reconstruction and original, which keeps shape outlines sharp), the quantizer's commitment loss, and optionally a hinge patch
 discriminator switched on after ``disc_start`` steps (0 = off). No pretrained perceptual network is used.
 
 Decoder fine-tuning (``finetune_decoder``): start from a trained tokenizer and train only its decoder, on exactly the
@@ -27,10 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from chameleon_lite.configs import config_from_dict
+from chameleon_lite.data import procedural as P
+from chameleon_lite.data.checkers import check_image, compare_image
 from chameleon_lite.data.image_files import load_images
+from chameleon_lite.data.manifest import iter_documents
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import atomic_path, png_info
 from chameleon_lite.tokenizers.image import (
@@ -38,10 +46,12 @@ from chameleon_lite.tokenizers.image import (
     ImageVQConfig,
     ImageVQModel,
     autocast_dtype,
+    load_model,
     preset,
     save_model,
     to_model_input,
 )
+from chameleon_lite.tokenizers.train_data import ImageSource, check_split, manifest_media
 
 
 @dataclasses.dataclass
@@ -64,9 +74,10 @@ class ImageVQTrainConfig:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     edge_weight: float = 0.5
-    # Pixels that differ from their picture's top-left pixel (the plain background of the procedural pictures)
-    # weigh 1 + foreground_weight in the L1/L2 terms: small shapes on a large plain background otherwise count
-    # so little that their color is learned last. 0 = every pixel weighs the same.
+    # Pixels that differ from their picture's median value (per channel) weigh 1 + foreground_weight in the L1/L2
+    # terms: small shapes on a large plain area otherwise count so little that their color is learned last. The
+    # median is the plain area's value whatever its colour or place (black procedural backgrounds, white paper),
+    # and a picture without one weighs about every pixel alike. 0 = every pixel weighs the same.
     foreground_weight: float = 4.0
     disc_start: int = 0
     disc_weight: float = 0.1
@@ -74,6 +85,10 @@ class ImageVQTrainConfig:
     log_every: int = 20
     ckpt_every: int = 200
     max_images: int = 0
+    # "train", "val" or "test": only the manifest's documents of that part of chameleon_lite.data.splits
+    split: str = ""
+    # decoded pictures kept in memory (least recently used go first); the rest are read from disk per batch
+    cache_images: int = 4096
     seed: int = 0
     threads: int = 0
     autocast: bool = True
@@ -87,7 +102,8 @@ class ImageVQTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.foreground_weight >= 0:
             raise ConfigError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
-        for name in ("warmup", "disc_start", "max_images", "threads", "seed"):
+        check_split(self.split)
+        for name in ("warmup", "disc_start", "max_images", "threads", "seed", "cache_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         self.betas = tuple(float(b) for b in self.betas)
@@ -115,8 +131,6 @@ class ImageVQTrainConfig:
 
 def _finetune_base(folder: str) -> ImageVQModel:
     """The trained tokenizer whose decoder a fine-tuning run trains (clear errors for a folder without one)."""
-    from chameleon_lite.tokenizers.image import load_model
-
     if not os.path.isdir(folder):
         raise ConfigError(f"finetune_decoder: {folder} is not a folder holding an image tokenizer")
     return load_model(folder)
@@ -137,20 +151,16 @@ def quickstart_config(steps: int, seed: int = 0) -> ImageVQTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def manifest_image_paths(manifest: str) -> list[str]:
-    """Absolute paths of every image segment of a JSONL manifest, in order."""
-    from chameleon_lite.data.manifest import iter_documents
-
-    paths = [seg.path for doc in iter_documents(manifest) for seg in doc.segments if seg.kind == "image"]
+def manifest_image_paths(manifest: str, split: str = "") -> list[str]:
+    """Absolute paths of every image segment of a JSONL manifest (of the ``split`` part, when set), in order."""
+    paths = [p for p, _ in manifest_media(manifest, "image", split)]
     if not paths:
-        raise DataError(f"{manifest}: no image segments to train on")
+        raise DataError(f"{manifest}: no image segments{f' in split {split!r}' if split else ''} to train on")
     return paths
 
 
 def load_image_set(paths: list[str], size: int, progress: bool = True, desc: str = "loading images") -> np.ndarray:
     """Decode every path to uint8 [N, size, size, 3] (errors name the file)."""
-    from tqdm import tqdm
-
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i in tqdm(range(0, len(paths), 256), desc=desc, unit="chunk", disable=not progress):
         out[i : i + 256] = load_images(paths[i : i + 256], size)
@@ -167,24 +177,25 @@ def edge_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def pixel_losses(y: torch.Tensor, x: torch.Tensor, foreground_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1, L2) of reconstruction y against x ([B, C, H, W] in [-1, 1]), each a weighted mean over pixels: a pixel
-    whose target differs from its picture's top-left pixel by more than one 8-bit level weighs
+    whose target differs from its picture's median (per channel) by more than one 8-bit level weighs
     1 + ``foreground_weight``, the others 1."""
     d = y - x
     if not foreground_weight:
         return d.abs().mean(), d.pow(2).mean()
-    fg = ((x - x[:, :, :1, :1]).abs() > 1.0 / 127.5).any(dim=1, keepdim=True)
+    median = x.flatten(2).median(dim=2).values[:, :, None, None]
+    fg = ((x - median).abs() > 1.0 / 127.5).any(dim=1, keepdim=True)
     w = 1.0 + foreground_weight * fg.float()
     w = w / w.mean()
     return (d.abs() * w).mean(), (d.pow(2) * w).mean()
 
 
 class PatchDiscriminator(nn.Module):
-    """A small PatchGAN: [B, 3, H, W] -> logits [B, 1, H/8, W/8], one per receptive-field patch."""
+    """A small PatchGAN: [B, C, H, W] -> logits [B, 1, H/8, W/8], one per receptive-field patch."""
 
-    def __init__(self, ch: int = 32) -> None:
+    def __init__(self, ch: int = 32, in_channels: int = 3) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, ch, 4, 2, 1),
+            nn.Conv2d(in_channels, ch, 4, 2, 1),
             nn.LeakyReLU(0.2),
             nn.Conv2d(ch, 2 * ch, 4, 2, 1),
             nn.GroupNorm(8, 2 * ch),
@@ -202,8 +213,6 @@ class PatchDiscriminator(nn.Module):
 # ---------------------------------------------------------------------------------------------- pictures
 def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, scale: int = 2) -> None:
     """PNG with originals (top row) above reconstructions (bottom row); arrays uint8 [N, H, W, 3]."""
-    from PIL import Image
-
     n, h, w, _ = originals.shape
     pad = 2
     canvas = np.full((2 * h + 3 * pad, n * (w + pad) + pad, 3), 255, np.uint8)
@@ -248,16 +257,19 @@ class ImageVQTask:
         self.usage = torch.zeros(self.mcfg.codebook_size, dtype=torch.int64)
 
     def load_data(self) -> None:
+        """List the training pictures (decoded per batch, see train_data.py), or check the given array."""
         size = self.mcfg.image_size
         if self.images is None:
-            paths = manifest_image_paths(self.manifest)
-            if self.cfg.max_images:
-                paths = paths[: self.cfg.max_images]
-            self.images = load_image_set(paths, size, progress=self.progress)
-        if self.images.shape[1:] != (size, size, 3):
-            raise DataError(f"training pictures have shape {self.images.shape[1:]}, the model needs {(size, size, 3)}")
-        n_show = min(self.eval_images, len(self.images))
-        self.show = self.images[np.linspace(0, len(self.images) - 1, n_show).astype(int)]
+            paths = manifest_image_paths(self.manifest, self.cfg.split)[: self.cfg.max_images or None]
+            self.source = ImageSource(paths, size, self.cfg.cache_images)
+        else:
+            if self.images.shape[1:] != (size, size, 3):
+                raise DataError(
+                    f"training pictures have shape {self.images.shape[1:]}, the model needs {(size, size, 3)}"
+                )
+            self.source = ImageSource(None, size, images=self.images)
+        n_show = min(self.eval_images, len(self.source))
+        self.show = self.source.take(np.linspace(0, len(self.source) - 1, n_show).astype(int))
 
     def build_model(self) -> ImageVQModel:
         return _finetune_base(self.cfg.finetune_decoder) if self.finetune else ImageVQModel(self.mcfg)
@@ -265,7 +277,7 @@ class ImageVQTask:
     def optimizers(self, params: list[nn.Parameter]):
         cfg = self.cfg
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        disc = PatchDiscriminator() if cfg.disc_start else None
+        disc = PatchDiscriminator(in_channels=self.mcfg.in_channels) if cfg.disc_start else None
         dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
         return opt, disc, dopt
 
@@ -293,8 +305,8 @@ class ImageVQTask:
     def forward(self, model: ImageVQModel, disc: nn.Module | None, step: int, gen: torch.Generator):
         """The loss of one batch (and the discriminator's loss, to run after the tokenizer's step)."""
         cfg = self.cfg
-        idx = torch.randint(0, len(self.images), (cfg.batch_size,), generator=gen).numpy()
-        x = to_model_input(self.images[idx])
+        idx = torch.randint(0, len(self.source), (cfg.batch_size,), generator=gen).numpy()
+        x = to_model_input(self.source.take(idx), channels=self.mcfg.in_channels)
         y, codes, aux = self._reconstruct(model, x)
         y = y.float()
         l1, l2, le = pixel_losses(y, x, cfg.foreground_weight) + (edge_loss(y, x),)
@@ -331,7 +343,7 @@ class ImageVQTask:
         save_model(model, out)
 
     def summary_counts(self) -> dict[str, Any]:
-        return {"images": int(len(self.images))}
+        return {"images": len(self.source), "split": self.cfg.split or "all"}
 
     def summary_extra(self) -> dict[str, Any]:
         return {"autocast": str(self.amp)}
@@ -348,11 +360,6 @@ def evaluate(
     original (and the fraction matching the manifest's ground truth, when present), codebook usage, and
     :func:`cell_invariance`.
     """
-    from tqdm import tqdm
-
-    from chameleon_lite.data.checkers import check_image, compare_image
-    from chameleon_lite.data.manifest import iter_documents
-
     tok = ImageTokenizer.load(tokenizer_dir)
     paths, truths = [], []
     for doc in iter_documents(manifest):
@@ -406,8 +413,6 @@ def cell_invariance(tok: ImageTokenizer) -> float | None:
     drawn alone in each cell, the codes of the patches of its own cell compared (the patches around it, which its
     edge can reach through the encoder's receptive field, are not). 1.0 means one code pattern per shape inside its
     cell, wherever the cell is. None when the cells are not whole patches at this size."""
-    from chameleon_lite.data import procedural as P
-
     side, (gh, gw) = tok.image_size, tok.grid
     if side % 3 or gh % 3 or gw % 3 or gh != gw:
         return None

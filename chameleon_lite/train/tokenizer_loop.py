@@ -31,6 +31,8 @@ from torch import nn
 from chameleon_lite.bundle import makes_codes
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import TOKENIZERS, check_output_dir, read_json, write_json_atomic
+from chameleon_lite.tokenizers.audio_train import AudioCodecTask
+from chameleon_lite.tokenizers.image_train import ImageVQTask
 from chameleon_lite.train import checkpoint as ckpt
 from chameleon_lite.train.distributed import DistInfo
 from chameleon_lite.train.metrics import MetricsLog
@@ -311,8 +313,6 @@ def train_image_vq(
 
     images: optionally the training pictures already decoded (uint8 [N, S, S, 3]); then ``manifest`` only names
     the data in the summary."""
-    from chameleon_lite.tokenizers.image_train import ImageVQTask
-
     return train_tokenizer(ImageVQTask(manifest, cfg, progress, eval_images, images), out, progress)
 
 
@@ -322,6 +322,4 @@ def train_audio_codec(
     """Train (or resume) an audio codec on the audio segments of ``manifest`` (cfg: AudioCodecTrainConfig).
 
     clips: optionally the training waveforms already loaded (mono float32 at the model rate)."""
-    from chameleon_lite.tokenizers.audio_train import AudioCodecTask
-
     return train_tokenizer(AudioCodecTask(manifest, cfg, progress, eval_clips, clips), out, progress)
