@@ -127,7 +127,7 @@ def register(cli) -> None:
         "--epochs-written", type=at.nonnegative_int, default=0, help="epochs of the written judge (default 0 = 15)"
     )
     p.add_argument(
-        "--epochs-spoken", type=at.nonnegative_int, default=0, help="epochs of the spoken judge (default 0 = 40)"
+        "--epochs-spoken", type=at.nonnegative_int, default=0, help="epochs of the spoken judge (default 0 = 25)"
     )
     p.add_argument(
         "--seed", type=at.seed, default=0, help="seed of initialisation, shuffling, augmentation (default 0)"

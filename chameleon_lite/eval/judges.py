@@ -38,7 +38,8 @@ from chameleon_lite.files import read_json
 KINDS = ("written", "spoken")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "judges")
 RECORD_FORMAT = "chameleon-lite digit judge v1"
-LOG_FLOOR = math.log(1e-5)  # log-mel values are relative to the clip's loudest bin, floored 50 dB below it
+LOG_FLOOR = math.log(1e-5)  # normalised log-mel values are floored here (50 dB); silent frames get this value
+ACTIVE = math.log(1e4)  # a frame is active when its loudest band is within 40 dB of the clip's loudest
 
 
 @dataclasses.dataclass
@@ -98,12 +99,22 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     return torch.minimum(up, down).clamp_min(0.0).float()
 
 
-def log_mel(waves: torch.Tensor, fb: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """waves: float32 [B, T] -> log-mel [B, n_mels, T // hop + 1], relative to each clip's loudest bin and floored
-    at LOG_FLOOR, so a clip's level (a quiet microphone, a decoder's gain) does not change what the judge sees."""
+def log_mel(
+    waves: torch.Tensor, fb: torch.Tensor, n_fft: int, hop: int, eq: torch.Tensor | None = None
+) -> torch.Tensor:
+    """waves: float32 [B, T] -> log-mel float32 [B, n_mels, T // hop + 1], channel-normalised: each band's mean
+    over the clip's active frames (within ACTIVE of its loudest bin) is subtracted, and silent frames are set to
+    LOG_FLOOR. A clip's level and its microphone's response (a tilt or bump per band: speakers recorded with
+    different gear, a decoder's colouring) do not change what the judge sees. eq: float32 [B, n_mels] added to
+    the log-mel before normalising (training augmentation: a random channel)."""
     spec = torch.stft(waves, n_fft, hop, window=torch.hann_window(n_fft, device=waves.device), return_complex=True)
     x = torch.log(fb @ spec.abs().square() + 1e-10)
-    return (x - x.amax(dim=(1, 2), keepdim=True)).clamp_min(LOG_FLOOR)
+    if eq is not None:
+        x = x + eq[:, :, None]
+    x = x - x.amax(dim=(1, 2), keepdim=True)
+    active = (x.amax(dim=1, keepdim=True) > -ACTIVE).float()  # [B, 1, F]
+    mean = (x * active).sum(dim=2, keepdim=True) / active.sum(dim=2, keepdim=True).clamp_min(1.0)
+    return torch.where(active > 0, (x - mean).clamp_min(LOG_FLOOR), LOG_FLOOR)
 
 
 def place_clip(wave: np.ndarray, length: int, offset: int | None = None) -> np.ndarray:
@@ -186,10 +197,11 @@ class Judge:
         """uint8 [B, S, S] grayscale at the judge's size -> the network's input float32 [B, 1, S, S]."""
         return torch.from_numpy(np.ascontiguousarray(pixels, np.float32) / 255.0)[:, None]
 
-    def waves_input(self, waves: np.ndarray) -> torch.Tensor:
-        """float32 [B, samples] at the judge's rate -> the network's input, log-mel float32 [B, 1, n_mels, F]."""
+    def waves_input(self, waves: np.ndarray, eq: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 [B, samples] at the judge's rate -> the network's input, log-mel float32 [B, 1, n_mels, F]
+        (eq: see :func:`log_mel`)."""
         x = torch.from_numpy(np.ascontiguousarray(waves, np.float32))
-        return log_mel(x, self._fb, self.config.n_fft, self.config.hop)[:, None]
+        return log_mel(x, self._fb, self.config.n_fft, self.config.hop, eq)[:, None]
 
     def prepare(self, inputs: Any, sample_rate: int | None = None) -> np.ndarray:
         """What a user gives -> the judge's raw input: uint8 [B, S, S] grayscale pictures (written) or float32
