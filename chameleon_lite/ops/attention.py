@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from chameleon_lite.ops import _loader
+from chameleon_lite.ops._loader import HAS_CUDA_EXT  # set: ops/__init__ loads the extensions first
 
 
 def attention_mask_reference(doc_ids: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
@@ -76,11 +76,7 @@ def _has_kernel(t: torch.Tensor) -> bool:
         return False
     if t.device.type == "cpu":
         return True
-    return (
-        _loader.HAS_CUDA_EXT
-        and t.shape[-1] <= 128
-        and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
-    )
+    return HAS_CUDA_EXT and t.shape[-1] <= 128 and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
 
 
 @torch.library.register_fake("chameleon_lite::attention_fwd")
