@@ -28,6 +28,8 @@ reserved entry also has a signature (a regex on :func:`normalize` d text) to che
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -385,8 +387,8 @@ RULES: dict[str, Rule] = {
         _rule(
             "oos_answer_general",
             (
-                "I can't answer that. I can draw pictures of simple coloured shapes and play short melodies.",
-                "Sorry, I only make pictures of coloured shapes and clips of notes.",
+                "I can't answer that. I can draw pictures of simple shapes in eight colours and play short melodies.",
+                "Sorry, I only make pictures of shapes and clips of notes.",
                 "That is outside what I can do: I draw shapes and play notes.",
             ),
         ),
@@ -400,14 +402,14 @@ RULES: dict[str, Rule] = {
         _rule(
             "oos_answer_shape",
             (
-                "I can't draw a {word}. I can draw circles, squares, triangles, diamonds and crosses.",
-                "Sorry, a {word} is not a shape I know. I draw circles, squares, triangles, diamonds and crosses.",
+                "I can't draw {a} {word}. I can draw circles, squares, triangles, diamonds and crosses.",
+                "Sorry, {a} {word} is not a shape I know. I draw circles, squares, triangles, diamonds and crosses.",
             ),
         ),
         _rule(
             "oos_answer_timbre",
             (
-                "I can't play a {word}. I play notes on a sine, square or sawtooth wave.",
+                "I can't play {a} {word}. I play notes on a sine, square or sawtooth wave.",
                 "Sorry, no {word}. I only have sine, square and sawtooth waves.",
             ),
         ),
@@ -816,7 +818,8 @@ def render_out_of_scope(
 def answer_out_of_scope(verdict: OutOfScope, rng: np.random.Generator) -> Rendered:
     """The short honest answer: what was out of reach and what the model can do."""
     d = _Draw(rng, "train")
-    return Rendered(d.pick(f"oos_answer_{verdict.reason}").format(word=verdict.word), tuple(d.used))
+    text = d.pick(f"oos_answer_{verdict.reason}").format(word=verdict.word, a=_article(verdict.word))
+    return Rendered(text, tuple(d.used))
 
 
 # ---------------------------------------------------------------------------------------------- follow-up edits
@@ -875,8 +878,10 @@ def apply_edit(spec: Item, edit: Edit) -> Item:
     raise DataError(f"edit {edit.op!r} does not apply to a clip")
 
 
-def sample_edit(spec: Item, rng: np.random.Generator) -> Edit:
-    """A follow-up edit that fits ``spec`` (and, for a picture of two shapes of different kinds, may target one)."""
+def sample_edit(spec: Item, rng: np.random.Generator, combos: str = "train") -> Edit:
+    """A follow-up edit that fits ``spec`` (and, for a picture of two shapes of different kinds, may target one).
+    ``combos="train"``: the edited spec holds no reserved combination (``"any"``: it may)."""
+    _check_combos(combos)
     while True:
         if isinstance(spec, ImageSpec):
             op = ("recolor", "move", "shift", "resize", "reshape", "describe")[int(rng.integers(6))]
@@ -908,6 +913,8 @@ def sample_edit(spec: Item, rng: np.random.Generator) -> Edit:
         try:
             new = apply_edit(spec, edit)
         except DataError:
+            continue
+        if combos == "train" and reserved_combinations(new):
             continue
         if edit.op in ("repeat", "twice", "describe") or new != spec:
             return edit
@@ -969,3 +976,66 @@ def reserved_signatures_in(text: str) -> list[str]:
     """Ids of the reserved entries whose signature occurs in ``text``."""
     norm = normalize(text)
     return [eid for eid, pat in _SIGNATURES if pat.search(norm)]
+
+
+def reserved_overlap(
+    manifest: str | os.PathLike, eval_texts: Iterable[str] = (), max_examples: int = 5
+) -> dict[str, Any]:
+    """How much of the reserved part a recorded corpus holds: the report the eval prints beside its numbers.
+
+    Reads a JSONL manifest (media files are not opened) and counts: reserved grammar entries its documents record
+    in ``meta["phrasing"]``; text segments holding a reserved entry's signature; media whose ``meta["media"]``
+    truth holds a reserved attribute combination; and, of ``eval_texts`` (the eval's prompts), those that occur
+    in the corpus's text word for word after :func:`normalize`. Returns counts and a few examples of each.
+    """
+    path = os.fspath(manifest)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: manifest not found")
+    reserved = reserved_entry_ids()
+    report: dict[str, Any] = {"manifest": path, "documents": 0, "text_segments": 0, "media": 0}
+    found: dict[str, list[Any]] = {"reserved_entries": [], "reserved_signatures": [], "reserved_combinations": []}
+    counts = dict.fromkeys(found, 0)
+    texts: list[str] = []
+
+    def note(key: str, example: Any) -> None:
+        counts[key] += 1
+        if len(found[key]) < max_examples:
+            found[key].append(example)
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            report["documents"] += 1
+            meta = doc.get("meta") or {}
+            where = doc.get("id", f"line-{lineno}")
+            for eid in meta.get("phrasing", ()):
+                if eid in reserved:
+                    note("reserved_entries", {"id": where, "entry": eid})
+            for seg in doc.get("segments", ()):
+                if "text" in seg:
+                    report["text_segments"] += 1
+                    texts.append(normalize(seg["text"]))
+                    for eid in reserved_signatures_in(seg["text"]):
+                        note("reserved_signatures", {"id": where, "entry": eid, "text": seg["text"]})
+            for m in meta.get("media", ()):
+                report["media"] += 1
+                try:
+                    spec = ImageSpec.from_meta(m) if m.get("type") == "image" else AudioSpec.from_meta(m)
+                except DataError:
+                    continue
+                for combo in reserved_combinations(spec):
+                    note("reserved_combinations", {"id": where, "combination": list(combo)})
+    blob = "\n".join(f" {t} " for t in texts)  # spaces around each text: matches start and end on whole words
+    evals = [normalize(t) for t in eval_texts]
+    hits = [t for t in evals if t and f" {t} " in blob]
+    report.update({k: counts[k] for k in counts})
+    report["eval_texts"] = len(evals)
+    report["eval_texts_in_corpus"] = len(hits)
+    report["examples"] = {**found, "eval_texts_in_corpus": hits[:max_examples]}
+    report["clean"] = not any(counts.values()) and not hits
+    return report

@@ -9,6 +9,13 @@ Media paths are relative to the manifest's folder (absolute paths are kept). A s
 ``text`` / ``image`` / ``audio`` and optionally ``attend`` ("causal", the default, or "bidirectional": an input
 span the model reads in both directions and is not trained to produce). ``id`` and ``meta`` are optional.
 
+Conversations (ARCHITECTURE §4) mark their turns with segments of their own, ``{"turn": "user"}``,
+``{"turn": "assistant"}`` and ``{"turn": "end"}``, which the sequence encoder turns into the special ids
+``<user>``, ``<assistant>`` and ``<eot>`` (text can never produce them)::
+
+    {"segments": [{"turn": "user"}, {"text": "draw a big red circle"}, {"turn": "end"},
+                  {"turn": "assistant"}, {"image": "a.png"}, {"turn": "end"}]}
+
 :func:`iter_documents` is lazy and raises :class:`DataError` at the first bad line; :func:`validate_manifest`
 reads everything and collects every problem as ``file:line: reason``. Media files are judged by the readers the
 tokenizers use (:mod:`~chameleon_lite.data.image_files`, :mod:`~chameleon_lite.data.audio_files`), so ``data validate`` passes exactly the files
@@ -31,19 +38,22 @@ from chameleon_lite.data.media import check_media_path
 from chameleon_lite.errors import DataError
 
 KINDS = ("text", "image", "audio")
+TURNS = ("user", "assistant", "end")
 ATTEND = ("causal", "bidirectional")
-SEGMENT_KEYS = set(KINDS) | {"attend"}
+SEGMENT_KEYS = set(KINDS) | {"attend", "turn"}
 DOCUMENT_KEYS = {"id", "segments", "meta"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """One piece of a document. ``path`` is absolute for image/audio; ``text`` is set for text."""
+    """One piece of a document. ``path`` is absolute for image/audio; ``text`` is set for text; ``turn`` (one of
+    :data:`TURNS`) for a conversation turn marker, whose kind is ``"turn"``."""
 
     kind: str
     text: str | None = None
     path: str | None = None
     attend: str = "causal"
+    turn: str | None = None
 
     @property
     def bidirectional(self) -> bool:
@@ -69,8 +79,12 @@ def _parse_segment(seg: Any, where: str, base: str, index: int) -> Segment:
     unknown = set(seg) - SEGMENT_KEYS
     if unknown:
         raise DataError(
-            f"{where}: segment {index} has unknown key(s) {sorted(unknown)}; allowed: text, image, audio, attend"
+            f"{where}: segment {index} has unknown key(s) {sorted(unknown)}; allowed: text, image, audio, attend, turn"
         )
+    if "turn" in seg:
+        if len(seg) != 1 or seg["turn"] not in TURNS:
+            raise DataError(f'{where}: segment {index} must be just {{"turn": one of {list(TURNS)}}}, got {seg!r}')
+        return Segment(kind="turn", turn=seg["turn"])
     kinds = [k for k in KINDS if k in seg]
     if len(kinds) != 1:
         raise DataError(f"{where}: segment {index} must have exactly one of text/image/audio, has {kinds or 'none'}")
@@ -262,6 +276,6 @@ def validate_manifest(
             continue
         report.documents += 1
         for s in doc.segments:
-            report.segments[s.kind] += 1
+            report.segments[s.kind] = report.segments.get(s.kind, 0) + 1
             report.bidirectional += s.bidirectional
     return report

@@ -49,6 +49,18 @@ Task forms (:data:`TASKS`)
     items, each introduced by a sentence describing it; ``instruction`` [request, media, media, ...]: one
     free-form request for 1-3 media items in order, the way a user asks for a mixed document
     ("a large red circle in the top left, then play C5 E5 G5 on a square wave"), then the items themselves.
+Conversation task forms (:data:`CONVERSATION_TASKS`, weight 0 unless a config names them)
+    Documents in turns (``{"turn": "user" | "assistant" | "end"}`` segments, see
+    :mod:`~chameleon_lite.data.sequence`), worded by the *train* split of :mod:`~chameleon_lite.data.grammar` and
+    free of its reserved attribute combinations. ``chat_media``: a request for 1..``instruction_media`` items,
+    answered by an optional short lead and the media; ``chat_caption``: an input picture or clip and a question,
+    answered by a caption; ``chat_followup``: a request and its media, then 1-2 follow-up edits ("now make it blue",
+    "play it an octave higher", "what did you just play?") each answered from the last output;
+    ``chat_out_of_scope``: a request the model cannot serve, answered by a short text saying what it can do.
+    ``meta["phrasing"]`` lists the grammar entries used, ``meta["requests"]`` what each user turn asked for.
+    With ``unconditional_rate`` a ``chat_media`` document of one item drops its condition (an empty user turn),
+    the unconditional spans classifier-free guidance needs. ``exclude_reserved`` keeps the reserved combinations
+    out of the template tasks too.
 
 Document i depends only on (seed, i): it draws from ``numpy.random.default_rng([seed, i])``, so the corpus is
 byte-identical for a seed whatever the number of worker processes.
@@ -153,6 +165,8 @@ INTERLEAVED_NEXT: dict[str, str] = {
     "image": "Next, an image of {shapes}.",
     "audio": "Next, {notes} on a {timbre} wave.",
 }
+CONVERSATION_TASKS: tuple[str, ...] = ("chat_media", "chat_caption", "chat_followup", "chat_out_of_scope")
+ALL_TASKS: tuple[str, ...] = TASKS + CONVERSATION_TASKS
 # Items of an ``instruction`` request, joined by ", then "; shapes are placed "at the" or "in the" their cell.
 INSTRUCTION_ITEMS: dict[str, tuple[str, ...]] = {
     "image": ("{shapes}", "draw {shapes}", "an image of {shapes}"),
@@ -282,6 +296,9 @@ class AudioSpec:
 
 
 # ---------------------------------------------------------------------------------------------- config
+_OPTIONAL_FIELDS = {"unconditional_rate": 0.0, "exclude_reserved": False}
+
+
 def _default_task_weights() -> dict[str, float]:
     return {t: 1.0 for t in TASKS}
 
@@ -298,15 +315,21 @@ class CorpusConfig:
     # In image_to_caption / audio_to_caption documents the media is an input the model reads, never one it must
     # generate: mark it "attend": "bidirectional" (ARCHITECTURE §5), as generation feeds prompt media.
     bidirectional_inputs: bool = True
+    # Fields after this line are left out of to_dict at their defaults, so corpus.json of a config that does not
+    # use them stays what it was.
+    unconditional_rate: float = 0.0  # fraction of one-item chat_media documents whose user turn is emptied
+    exclude_reserved: bool = False  # template tasks too draw no reserved attribute combination (chat tasks never)
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
             raise ConfigError(f"image_size must be an integer in [32, 1024], got {self.image_size!r}")
         if not isinstance(self.sample_rate, int) or not 8000 <= self.sample_rate <= 96000:
             raise ConfigError(f"sample_rate must be an integer in [8000, 96000] Hz, got {self.sample_rate!r}")
-        unknown = set(self.task_weights) - set(TASKS)
+        unknown = set(self.task_weights) - set(ALL_TASKS)
         if unknown:
-            raise ConfigError(f"unknown task(s) {sorted(unknown)} in task_weights; known: {list(TASKS)}")
+            raise ConfigError(f"unknown task(s) {sorted(unknown)} in task_weights; known: {list(ALL_TASKS)}")
+        if not isinstance(self.unconditional_rate, (int, float)) or not 0.0 <= self.unconditional_rate <= 1.0:
+            raise ConfigError(f"unconditional_rate must be a number in [0, 1], got {self.unconditional_rate!r}")
         weights = list(self.task_weights.values())
         if any(not isinstance(w, (int, float)) or w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"task_weights must be finite, >= 0 and not all 0, got {self.task_weights}")
@@ -320,6 +343,9 @@ class CorpusConfig:
         d = dataclasses.asdict(self)
         d["interleaved_media"] = list(self.interleaved_media)
         d["instruction_media"] = list(self.instruction_media)
+        for name, default in _OPTIONAL_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -545,7 +571,7 @@ class GeneratedDocument:
 def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocument:
     """Document ``index`` of the corpus with ``seed``; depends only on (seed, index, config)."""
     rng = np.random.default_rng([seed, index])
-    tasks = [t for t in TASKS if config.task_weights.get(t, 0) > 0]
+    tasks = [t for t in ALL_TASKS if config.task_weights.get(t, 0) > 0]
     weights = np.array([config.task_weights[t] for t in tasks], np.float64)
     task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
     stem = f"{index:06d}"
@@ -571,7 +597,11 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
         media_meta.append(spec.to_meta(config.sample_rate))
         segments.append(segment("audio", path, as_input))
 
-    if task == "caption_to_image":
+    sample_image_spec, sample_audio_spec = _samplers(config.exclude_reserved)
+    extra: dict[str, Any] = {}
+    if task in CONVERSATION_TASKS:
+        extra = _conversation(task, rng, config, segments, add_image, add_audio)
+    elif task == "caption_to_image":
         spec = sample_image_spec(rng)
         segments.append({"text": image_prompt(spec, int(rng.integers(len(IMAGE_PROMPTS))))})
         add_image(spec)
@@ -607,8 +637,129 @@ def make_document(index: int, seed: int, config: CorpusConfig) -> GeneratedDocum
                 aspec = sample_audio_spec(rng)
                 segments.append({"text": interleaved_text(aspec, first=j == 0)})
                 add_audio(aspec)
-    record = {"id": f"proc-{seed}-{stem}", "segments": segments, "meta": {"task": task, "media": media_meta}}
+    record = {"id": f"proc-{seed}-{stem}", "segments": segments, "meta": {"task": task, "media": media_meta, **extra}}
     return GeneratedDocument(record=record, images=images, audio=audio)
+
+
+def _samplers(exclude_reserved: bool):
+    """The (image, audio) spec samplers of the template tasks: the plain ones, or the grammar's train split, which
+    redraws a spec holding a reserved combination (the first draw, when allowed, is the plain one)."""
+    if not exclude_reserved:
+        return sample_image_spec, sample_audio_spec
+    from chameleon_lite.data import grammar  # lazy: grammar builds on this module's specs (circular at the top)
+
+    return functools.partial(grammar.sample_image, combos="train"), functools.partial(
+        grammar.sample_audio, combos="train"
+    )
+
+
+def _conversation(
+    task: str, rng: np.random.Generator, config: CorpusConfig, segments: list[dict[str, str]], add_image, add_audio
+) -> dict[str, Any]:
+    """Append the turns of a conversation document to ``segments`` (media through add_image/add_audio); returns
+    its extra meta: the grammar entries used and what each user turn asked for."""
+    from chameleon_lite.data import grammar  # lazy: grammar builds on this module's specs (circular at the top)
+
+    used: list[str] = []
+    requests: list[dict[str, Any]] = []
+
+    def say(rendered: grammar.Rendered) -> None:
+        used.extend(rendered.entries)
+        if rendered.text:
+            segments.append({"text": rendered.text})
+
+    def turn(role: str) -> None:
+        segments.append({"turn": role})
+
+    def media(spec: ImageSpec | AudioSpec, as_input: bool = False) -> None:
+        (add_image if isinstance(spec, ImageSpec) else add_audio)(spec, as_input)
+
+    def sample(kind: str) -> ImageSpec | AudioSpec:
+        return grammar.sample_image(rng) if kind == "image" else grammar.sample_audio(rng)
+
+    def answer_media(specs: list[ImageSpec | AudioSpec]) -> None:
+        turn("assistant")
+        say(grammar.render_media_lead(rng))
+        for spec in specs:
+            media(spec)
+        turn("end")
+
+    def request(kind: str, specs: list[ImageSpec | AudioSpec], text: str = "") -> None:
+        requests.append({"kind": kind, "text": text, "media": [_spec_meta(s, config) for s in specs]})
+
+    if task == "chat_media":
+        lo, hi = config.instruction_media
+        n = 1 if rng.random() < 0.6 else int(rng.integers(max(lo, 2), max(hi, 2) + 1))
+        specs = [sample("image" if rng.random() < 0.5 else "audio") for _ in range(n)]
+        if n == 1 and rng.random() < config.unconditional_rate:
+            turn("user")
+            turn("end")
+            turn("assistant")
+            media(specs[0])
+            turn("end")
+            request("unconditional", specs)
+        else:
+            turn("user")
+            r = grammar.render_request(specs, rng, "train")
+            say(r)
+            turn("end")
+            answer_media(specs)
+            request("media", specs, r.text)
+    elif task == "chat_caption":
+        spec = sample("image" if rng.random() < 0.5 else "audio")
+        q = grammar.render_media_question("image" if isinstance(spec, ImageSpec) else "audio", rng, "train")
+        turn("user")
+        if rng.random() < 0.5:
+            media(spec, as_input=True)
+            say(q)
+        else:
+            say(q)
+            media(spec, as_input=True)
+        turn("end")
+        turn("assistant")
+        say(grammar.render_caption(spec, rng, "train"))
+        turn("end")
+        request("caption", [spec], q.text)
+    elif task == "chat_followup":
+        spec = sample("image" if rng.random() < 0.5 else "audio")
+        turn("user")
+        r = grammar.render_request(spec, rng, "train")
+        say(r)
+        turn("end")
+        answer_media([spec])
+        request("media", [spec], r.text)
+        for _ in range(1 + int(rng.random() < 0.3)):
+            edit = grammar.sample_edit(spec, rng)
+            turn("user")
+            e = grammar.render_edit(edit, rng, "train", spec)
+            say(e)
+            turn("end")
+            if edit.op == "describe":
+                turn("assistant")
+                say(grammar.render_caption(spec, rng, "train"))
+                turn("end")
+            else:
+                spec = grammar.apply_edit(spec, edit)
+                answer_media([spec])
+            request("edit", [spec], e.text)
+            requests[-1]["edit"] = dataclasses.asdict(edit)
+    else:
+        r, verdict = grammar.render_out_of_scope(rng, "train")
+        turn("user")
+        say(r)
+        turn("end")
+        turn("assistant")
+        say(grammar.answer_out_of_scope(verdict, rng))
+        turn("end")
+        request("out_of_scope", [], r.text)
+        requests[-1]["out_of_scope"] = dataclasses.asdict(verdict)
+    return {"phrasing": used, "requests": requests}
+
+
+def _spec_meta(spec: ImageSpec | AudioSpec, config: CorpusConfig) -> dict[str, Any]:
+    if isinstance(spec, ImageSpec):
+        return spec.to_meta(config.image_size, config.image_size)
+    return spec.to_meta(config.sample_rate)
 
 
 def write_wav(path: str, pcm: np.ndarray, sample_rate: int) -> None:

@@ -8,6 +8,13 @@ on, never one it must produce) records the range of its codes (the markers exclu
 :attr:`EncodedSequence.spans`; the packing loader turns these into span ids for attention and excludes them
 from the loss.
 
+Conversations (the issue's format, ARCHITECTURE §4): a *turn* part (``Part("turn", "user" | "assistant" |
+"end")``, from a manifest segment ``{"turn": ...}``) becomes the single special id ``<user>``, ``<assistant>`` or
+``<eot>`` of the vocabulary's named reserved slots; a vocabulary without them (num_special < 10) refuses such a
+document. Text parts never produce these ids, so a user cannot forge a turn::
+
+    <bos> <user> request… [media] <eot> <assistant> answer… [media] <eot> <user> … <eos>
+
 Images of a batch of documents are decoded one by one (so a bad file is named and, if asked, skipped) and
 encoded by the VQ tokenizer in one batch.
 """
@@ -24,13 +31,14 @@ import numpy as np
 from chameleon_lite.data.image_files import load_images
 from chameleon_lite.errors import ConfigError, DataError
 
-KINDS = ("text", "image", "audio")
+KINDS = ("text", "image", "audio", "turn")
+TURN_TOKENS = {"user": "<user>", "assistant": "<assistant>", "end": "<eot>"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Part:
     """One segment: ``value`` is a str for text; a path, PIL image or uint8 array for an image; a path or a
-    float waveform at the codec's sample rate for audio."""
+    float waveform at the codec's sample rate for audio; a key of :data:`TURN_TOKENS` for a turn marker."""
 
     kind: str
     value: Any
@@ -39,6 +47,8 @@ class Part:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"segment kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "turn" and self.value not in TURN_TOKENS:
+            raise ConfigError(f"a turn part must be one of {list(TURN_TOKENS)}, got {self.value!r}")
 
 
 @dataclasses.dataclass
@@ -58,7 +68,8 @@ class EncodedSequence:
 
 def parts_from_segments(segments: Sequence[Any]) -> list[Part]:
     """Manifest segments (chameleon_lite.data.manifest.Segment) -> parts."""
-    return [Part(s.kind, s.text if s.kind == "text" else s.path, s.bidirectional) for s in segments]
+    values = {"text": lambda s: s.text, "turn": lambda s: s.turn}
+    return [Part(s.kind, values.get(s.kind, lambda s: s.path)(s), s.bidirectional) for s in segments]
 
 
 def _describe(value: Any) -> str:
@@ -109,6 +120,14 @@ class SequenceEncoder:
             raise DataError(f"{_describe(value)}: audio clip is too short to hold one codec frame")
         return ids
 
+    def _turn_id(self, turn: str) -> np.ndarray:
+        if not self.vocab.conversation_ready:
+            raise ConfigError(
+                f"the document has conversation turns but the vocabulary has {self.vocab.num_special} special slots; "
+                "conversations need num_special >= 10 (<user> <assistant> <eot>)"
+            )
+        return np.array([self.vocab.special_id(TURN_TOKENS[turn])], dtype=np.int64)
+
     def encode_many(
         self, docs: Sequence[Sequence[Part]], *, bos: bool = True, eos: bool = True, on_error: str = "raise"
     ) -> list[EncodedSequence | DataError]:
@@ -146,6 +165,8 @@ class SequenceEncoder:
                     if p.kind == "text":
                         body = np.asarray(text_ids[(d, i)], dtype=np.int64) + v.text_offset
                         open_, close = None, None
+                    elif p.kind == "turn":
+                        body, open_, close = self._turn_id(p.value), None, None
                     elif p.kind == "image":
                         body, open_, close = image_ids[(d, i)], v.boi, v.eoi
                     else:
