@@ -530,10 +530,11 @@ def grammar_size() -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- rendering
 @dataclasses.dataclass(frozen=True)
 class Rendered:
-    """A text and the ids (``"rule:index"``) of the grammar entries it was built from."""
+    """A text, the ids (``"rule:index"``) of the grammar entries it was built from, and whether it carries a typo."""
 
     text: str
     entries: tuple[str, ...]
+    typo: bool = False
 
 
 class _Draw:
@@ -740,10 +741,10 @@ def render_request(
             text += conn + (c[:1].upper() + c[1:] if conn.startswith(".") else c)
         if d.chance(0.3):
             text = d.choice(("please ", "first ")) + text
-    text = text[:1].upper() + text[1:]
+    text, typo = text[:1].upper() + text[1:], False
     if noise:
-        text, _ = add_noise(text, rng, typo_rate)
-    return Rendered(text, tuple(d.used))
+        text, typo = add_noise(text, rng, typo_rate)
+    return Rendered(text, tuple(d.used), typo)
 
 
 def render_caption(spec: Item, rng: np.random.Generator, split: str = "train") -> Rendered:

@@ -31,6 +31,9 @@ import functools
 import re
 from collections.abc import Iterable
 
+import numpy as np
+
+from chameleon_lite.data import grammar
 from chameleon_lite.data.grammar import (
     DEFAULT_DURATION,
     GENERAL_QUESTIONS,
@@ -158,16 +161,40 @@ def _damerau1(a: str, b: str) -> bool:
     return any(b[:i] + b[i + 1 :] == a for i in range(len(b)))
 
 
+@functools.lru_cache(maxsize=1)
+def _bigrams() -> frozenset[tuple[str, str]]:
+    """Word pairs the grammar writes (within entries, lexicon phrases and note words), to pick among typo fixes."""
+    texts = [piece for r in RULES.values() for e in r.entries for piece in re.split(r"\{[a-z]+\}", e)]
+    texts += [" ".join(k) for k in _phrases()]
+    texts += [f"in the {o} octave" for o in _ORDINALS] + ["pure tones", "pure tone", "middle c"]
+    return frozenset(p for t in texts for p in zip(_tokens(t), _tokens(t)[1:]) if _SEP not in p)
+
+
 @functools.lru_cache(maxsize=4096)
-def correct(token: str) -> str:
-    """A token as written if the grammar knows it (or it is short or not a word), else the known word one typo
-    away (lexicon words first), else the token."""
-    if len(token) < 4 or not token.isalpha() or token in _known_words():
-        return token
+def _candidates(token: str) -> tuple[str, ...]:
+    """Known words one typo from ``token``: attribute words first, out-of-scope words last."""
     index = _delete_index()
     cands = {w for k in _deletes(token) | {token} for w in index.get(k, ())}
-    cands = sorted((w for w in cands if _damerau1(token, w)), key=lambda w: ((w,) not in _phrases(), w))
-    return cands[0] if cands else token
+    table = _phrases()
+
+    def rank(w: str) -> tuple[int, str]:
+        cat = table[(w,)].cat if (w,) in table else ""
+        return (0 if cat in ("size", "color", "kind", "square", "position", "timbre") else 2 if "oos" in cat else 1), w
+
+    return tuple(sorted((w for w in cands if _damerau1(token, w)), key=rank))
+
+
+def correct(token: str, prev: str = "", nxt: str = "") -> str:
+    """A token as written if the grammar knows it (or it is short or not a word), else the known word one typo
+    away that the grammar writes beside ``prev`` / ``nxt`` (else the best ranked), else the token."""
+    if len(token) < 4 or not token.isalpha() or token in _known_words():
+        return token
+    cands = _candidates(token)
+    if not cands:
+        return token
+    pairs = _bigrams()
+    fitting = [w for w in cands if (prev, w) in pairs or (w, nxt) in pairs]
+    return (fitting or cands)[0]
 
 
 # ---------------------------------------------------------------------------------------------- lexing
@@ -209,15 +236,15 @@ def _read_note(toks: list[str], i: int) -> tuple[str, int] | None:
 def _corrected(toks: list[str]) -> list[str]:
     """Typo correction; after a note letter an unknown word one typo from "sharp"/"flat" is that accidental
     (else "sarp" would read as "harp")."""
-    out = []
-    for t in toks:
+    out: list[str] = []
+    for i, t in enumerate(toks):
         prev = out[-1] if out else ""
         if (len(prev) == 1 and prev in "abcdefg" or prev in _SOLFEGE) and t not in _known_words():
             fixed = next((w for w in ("sharp", "flat") if _damerau1(t, w)), None)
             if fixed:
                 out.append(fixed)
                 continue
-        out.append(correct(t))
+        out.append(correct(t, prev, toks[i + 1] if i + 1 < len(toks) else ""))
     return out
 
 
@@ -412,3 +439,49 @@ def parse_edit(text: str) -> Edit | None:
     if direction and re.search(r"\b(move|shift|nudge|scoot|put)\b", norm):
         return Edit("shift", direction.group(1))
     return None
+
+
+# ---------------------------------------------------------------------------------------------- own accuracy
+def self_check(n: int, split: str, typo_rate: float = 0.0, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The parser's accuracy on ``n`` texts of each kind the grammar writes in ``split`` (requests for a picture,
+    a clip, several items and, in eval, reserved combinations; captions; out-of-scope requests; follow-up edits),
+    requests carrying a typo at ``typo_rate`` (those that do are counted apart, as ``<kind>_typo``). Returns
+    {kind: {"n", "correct", "accuracy"}} and, under
+    ``"worst_entry"``, the lowest accuracy over the grammar entries used (so no phrasing hides behind the mean)."""
+    kinds: dict[str, list[int]] = {}
+    per_entry: dict[str, list[int]] = {}
+
+    def score(kind: str, ok: bool, entries: Iterable[str]) -> None:
+        kinds.setdefault(kind, [0, 0])[0] += ok
+        kinds[kind][1] += 1
+        for e in entries:
+            per_entry.setdefault(e, [0, 0])[0] += ok
+            per_entry[e][1] += 1
+
+    for i in range(n):
+        r = np.random.default_rng([seed, i])
+        image, audio = grammar.sample_image(r), grammar.sample_audio(r)
+        multi = [grammar.sample_image(r) if r.random() < 0.5 else grammar.sample_audio(r) for _ in range(2 + i % 2)]
+        cases = [("request_image", [image]), ("request_audio", [audio]), ("request_multi", multi)]
+        if split == "eval":
+            cases.append(("request_reserved_combo", [grammar.sample_image(r, "reserved")]))
+            cases.append(("request_reserved_combo", [grammar.sample_audio(r, "reserved")]))
+        for kind, specs in cases:
+            x = grammar.render_request(specs, r, split, typo_rate=typo_rate)
+            score(kind + "_typo" * x.typo, same_meaning(x.text, specs), x.entries)
+        for spec in (image, audio):
+            x = grammar.render_caption(spec, r, split)
+            score("caption", same_meaning(x.text, spec), x.entries)
+        x, verdict = grammar.render_out_of_scope(r, split)
+        got = parse(x.text).out_of_scope
+        score("out_of_scope", got == verdict, x.entries)
+        for spec in (image, audio):
+            edit = grammar.sample_edit(spec, r)
+            x = grammar.render_edit(edit, r, split, spec)
+            score("edit", parse_edit(x.text) == edit, x.entries)
+    out: dict[str, dict[str, float]] = {
+        k: {"n": t, "correct": c, "accuracy": c / t} for k, (c, t) in sorted(kinds.items())
+    }
+    worst = min(per_entry.items(), key=lambda kv: kv[1][0] / kv[1][1])
+    out["worst_entry"] = {"entry": worst[0], "n": worst[1][1], "accuracy": worst[1][0] / worst[1][1]}
+    return out
