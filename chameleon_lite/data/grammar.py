@@ -202,6 +202,21 @@ GENERAL_QUESTIONS: tuple[tuple[str, ...], dict[str, str]] = (
         "What is the meaning of life?",
         "Who are you?",
         "How old is the universe?",
+        "How do airplanes fly?",
+        "What is the tallest mountain in the world?",
+        "Can you help me with my homework?",
+        "What should I cook for dinner?",
+        "Explain quantum physics.",
+        "Who discovered penicillin?",
+        "How many days are in a year?",
+        "What language is spoken in Brazil?",
+        "Summarize the news for me.",
+        "What is the speed of light?",
+        "Do you like music?",
+        "Set an alarm for seven.",
+        "How are you today?",
+        "Tell me about dinosaurs.",
+        "Send an email to my boss.",
     ),
     {
         "How many legs does a spider have?": r"\bspider\b",
@@ -253,6 +268,7 @@ RULES: dict[str, Rule] = {
                 "{a} {size} {kind} in {color} {where}",
                 "{where}, {a} {size} {color} {kind}",
                 "{a} {color} {size} {kind} {where}",
+                "{color} {kind}, {size}, {where}",
             ),
             {
                 "{a} {size} {kind} coloured {color} {where}": r"\bcoloured\b",
@@ -267,8 +283,13 @@ RULES: dict[str, Rule] = {
         _rule("preposition", ("at the", "in the", "on the")),
         _rule(
             "position_form",
-            ("{prep} {pos}",),
+            ("{prep} {pos}", "{pos}"),
             {"in the {pos} area": r"\barea\b", "positioned {prep} {pos}": r"\bpositioned\b"},
+        ),
+        _rule(
+            "multi_frame",
+            ("{items}", "first {items}", "please {items}", "I'd like a few things: {items}", "{items}, in that order"),
+            {"here is the plan: {items}": r"\bthe plan\b"},
         ),
         _rule(
             "item_connector",
@@ -739,8 +760,7 @@ def render_request(
         for c in clauses[1:]:
             conn = d.pick("item_connector")
             text += conn + (c[:1].upper() + c[1:] if conn.startswith(".") else c)
-        if d.chance(0.3):
-            text = d.choice(("please ", "first ")) + text
+        text = d.pick("multi_frame").format(items=text)
     text, typo = text[:1].upper() + text[1:], False
     if noise:
         text, typo = add_noise(text, rng, typo_rate)
