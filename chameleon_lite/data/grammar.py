@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from chameleon_lite.data.procedural import (
+from chameleon_lite.data.specs import (
     COLOR_NAMES,
     MIDI_C4,
     PITCHES,
