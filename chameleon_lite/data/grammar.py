@@ -1000,14 +1000,16 @@ def reserved_signatures_in(text: str) -> list[str]:
 
 
 def reserved_overlap(
-    manifest: str | os.PathLike, eval_texts: Iterable[str] = (), max_examples: int = 5
+    manifest: str | os.PathLike, eval_texts: Iterable[str] = (), eval_seeds: Iterable[int] = (), max_examples: int = 5
 ) -> dict[str, Any]:
     """How much of the reserved part a recorded corpus holds: the report the eval prints beside its numbers.
 
     Reads a JSONL manifest (media files are not opened) and counts: reserved grammar entries its documents record
     in ``meta["phrasing"]``; text segments holding a reserved entry's signature; media whose ``meta["media"]``
     truth holds a reserved attribute combination; and, of ``eval_texts`` (the eval's prompts), those that occur
-    in the corpus's text word for word after :func:`normalize`. Returns counts and a few examples of each.
+    in the corpus's text word for word after :func:`normalize`; and whether the corpus's seed (its
+    ``corpus.json``, when there is one beside the manifest) is one of ``eval_seeds``. Returns counts and a few
+    examples of each; ``clean`` is true when all of them are zero.
     """
     path = os.fspath(manifest)
     if not os.path.isfile(path):
@@ -1058,5 +1060,67 @@ def reserved_overlap(
     report["eval_texts"] = len(evals)
     report["eval_texts_in_corpus"] = len(hits)
     report["examples"] = {**found, "eval_texts_in_corpus": hits[:max_examples]}
-    report["clean"] = not any(counts.values()) and not hits
+    recorded = os.path.join(os.path.dirname(os.path.abspath(path)), "corpus.json")
+    seed = None
+    if os.path.isfile(recorded):
+        with open(recorded, encoding="utf-8") as f:
+            seed = json.load(f).get("seed")
+    report["corpus_seed"] = seed
+    report["eval_seed_used"] = seed is not None and seed in set(eval_seeds)
+    report["clean"] = not any(counts.values()) and not hits and not report["eval_seed_used"]
     return report
+
+
+# ---------------------------------------------------------------------------------------------- eval cases
+EVAL_TASKS = (
+    "text_to_image",
+    "text_to_audio",
+    "reserved_combination",
+    "multi_item",
+    "caption",
+    "followup",
+    "out_of_scope",
+)
+
+
+def sample_eval_case(task: str, rng: np.random.Generator) -> dict[str, Any]:
+    """One held-out case of an eval task (:data:`EVAL_TASKS`), worded only in reserved phrasing.
+
+    Returns ``{"task", "request": the user's text, "truth": what a right answer holds}`` and, by task,
+    ``"input"`` (the picture/clip spec the user gives, for ``caption``), ``"first"`` + ``"edit"`` (for
+    ``followup``: the first request's spec and the edit; ``request`` is the follow-up, ``first_request`` the
+    first turn's text) or ``"out_of_scope"`` (the verdict). ``truth`` is a list of specs in order (empty for
+    out-of-scope; for a ``describe`` follow-up the spec to be described).
+    """
+    if task in ("text_to_image", "text_to_audio", "reserved_combination", "multi_item"):
+        if task == "text_to_image":
+            items: list[Item] = [sample_image(rng)]
+        elif task == "text_to_audio":
+            items = [sample_audio(rng)]
+        elif task == "reserved_combination":
+            items = [sample_image(rng, "reserved") if rng.random() < 0.5 else sample_audio(rng, "reserved")]
+        else:
+            items = [
+                sample_image(rng) if rng.random() < 0.5 else sample_audio(rng) for _ in range(2 + int(rng.integers(2)))
+            ]
+        return {"task": task, "request": render_request(items, rng, "eval").text, "truth": items}
+    if task == "caption":
+        item = sample_image(rng) if rng.random() < 0.5 else sample_audio(rng)
+        kind = "image" if isinstance(item, ImageSpec) else "audio"
+        return {"task": task, "request": render_media_question(kind, rng, "eval").text, "input": item, "truth": [item]}
+    if task == "followup":
+        first = sample_image(rng) if rng.random() < 0.5 else sample_audio(rng)
+        first_request = render_request(first, rng, "eval").text
+        edit = sample_edit(first, rng)
+        return {
+            "task": task,
+            "first_request": first_request,
+            "first": first,
+            "edit": edit,
+            "request": render_edit(edit, rng, "eval", first).text,
+            "truth": [apply_edit(first, edit)],
+        }
+    if task == "out_of_scope":
+        rendered, verdict = render_out_of_scope(rng, "eval")
+        return {"task": task, "request": rendered.text, "truth": [], "out_of_scope": verdict}
+    raise DataError(f"eval task must be one of {EVAL_TASKS}, got {task!r}")

@@ -7,6 +7,7 @@ import pytest
 from chameleon_lite.data import grammar as G
 from chameleon_lite.data import procedural as P
 from chameleon_lite.data.manifest import iter_documents
+from chameleon_lite.data.meaning import parse, parse_edit, same_meaning
 from chameleon_lite.data.sequence import Part, SequenceEncoder, parts_from_segments
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.tokenizers.loader import Tokenizers
@@ -260,3 +261,26 @@ def test_manifest_turn_segments(tmp_path):
     path.write_text(json.dumps({"segments": [{"turn": "system"}]}) + "\n")
     with pytest.raises(DataError, match="turn"):
         next(iter_documents(path))
+
+
+@pytest.mark.parametrize("task", G.EVAL_TASKS)
+def test_eval_cases_are_reserved_and_read_back(task):
+    for i in range(60):
+        case = G.sample_eval_case(task, np.random.default_rng([12345, i]))
+        if task == "out_of_scope":
+            assert parse(case["request"]).out_of_scope == case["out_of_scope"]
+        elif task == "followup":
+            assert parse_edit(case["request"]) == case["edit"]
+            assert same_meaning(case["first_request"], case["first"])
+        elif task != "caption":
+            assert same_meaning(case["request"], case["truth"]), case
+        if task == "reserved_combination":
+            assert G.reserved_combinations(case["truth"][0])
+    with pytest.raises(DataError, match="eval task"):
+        G.sample_eval_case("poetry", np.random.default_rng(0))
+
+
+def test_overlap_report_checks_the_corpus_seed(chat_corpus):
+    assert G.reserved_overlap(chat_corpus, eval_seeds=[11])["eval_seed_used"]
+    report = G.reserved_overlap(chat_corpus, eval_seeds=[12345])
+    assert report["corpus_seed"] == 11 and report["clean"]
