@@ -600,10 +600,8 @@ def _shape_text(d: _Draw, s: Shape, color_word: str | None = None, kind_word: st
         "kind": kind_word or d.word("kind", s.kind),
         "where": where,
     }
-    template = d.pick("shape_form")
-    first = template.split("{a} ", 1)[1].split(" ", 1)[0] if "{a} " in template else "{size}"
-    fields["a"] = _article(fields[first.strip("{},")] if first.startswith("{") else first)
-    return template.format(**fields)
+    text = d.pick("shape_form").format(a="a", **fields)
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
 def _shapes_text(d: _Draw, spec: ImageSpec, override: dict[int, dict[str, str]] | None = None) -> str:
@@ -662,12 +660,8 @@ def _timbre_text(d: _Draw, timbre: str) -> str:
     return d.pick("timbre_form").format(w=d.word("timbre", timbre))
 
 
-def _draw_verb(d: _Draw) -> str:
-    return d.pick("draw_verb")
-
-
 def _image_clause(d: _Draw, spec: ImageSpec, rule: str) -> str:
-    return d.pick(rule).format(draw=_draw_verb(d), shapes=_shapes_text(d, spec))
+    return d.pick(rule).format(draw=d.pick("draw_verb"), shapes=_shapes_text(d, spec))
 
 
 def _audio_clause(d: _Draw, spec: AudioSpec, rule: str) -> str:
