@@ -242,9 +242,13 @@ def test_encoder_turns_become_special_ids(chat_corpus):
     assert ids[:2] == [v.bos, v.user] and ids[-2:] == [v.assistant, v.eos] and v.eot in ids
     body = ids[2 : ids.index(v.eot)]
     assert all(v.text_offset <= i < v.image_offset for i in body)
-    doc = next(d for d in iter_documents(chat_corpus) if d.meta["task"] == "chat_caption")
-    parts = parts_from_segments(doc.segments)
-    assert [p.kind for p in parts][0] == "turn"
+    docs = [d for d in iter_documents(chat_corpus) if d.meta["task"] in P.CONVERSATION_TASKS][:24]
+    for doc, seq in zip(docs, enc.encode_many([parts_from_segments(d.segments) for d in docs])):
+        ids = seq.ids.tolist()
+        assert ids[1] == v.user and ids[-2:] == [v.eot, v.eos]
+        assert ids.count(v.user) == ids.count(v.assistant) == ids.count(v.eot) // 2 >= 1
+        if any(r["kind"] == "unconditional" for r in doc.meta["requests"]):
+            assert ids[:4] == [v.bos, v.user, v.eot, v.assistant]
     with pytest.raises(ConfigError, match="turn part"):
         Part("turn", "system")
     small = UnifiedVocab(text_size=v.text_size, image_codebook=16, audio_levels=2, audio_codebook=8, num_special=8)
