@@ -162,8 +162,8 @@ CHAT = {t: 1.0 for t in P.CONVERSATION_TASKS}
 @pytest.fixture(scope="module")
 def chat_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("chat")
-    cfg = P.CorpusConfig(task_weights={**CHAT, "caption_to_image": 0.5, "instruction": 0.5}, unconditional_rate=0.2)
-    cfg.exclude_reserved = True
+    weights = {**CHAT, "caption_to_image": 0.5, "instruction": 0.5}
+    cfg = P.CorpusConfig(task_weights=weights, unconditional_rate=0.2, exclude_reserved=True)
     return P.write_corpus(out, 300, seed=11, config=cfg, progress=False)
 
 
