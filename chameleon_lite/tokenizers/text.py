@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from chameleon_lite.bundle import TEXT_FILE
+from chameleon_lite.data.manifest import iter_documents
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import atomic_path
 
@@ -42,7 +45,6 @@ class TextTokenizer:
 
         The result may have fewer than ``vocab_size`` ids when the corpus has too few distinct merges.
         """
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if (texts is None) == (files is None):
             raise ValueError("give exactly one of texts= or files=")
@@ -90,7 +92,6 @@ class TextTokenizer:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = TEXT_FILE) -> TextTokenizer:
         """From the contents of a tokenizer.json already read (``source`` names it in errors)."""
-        from tokenizers import Tokenizer
 
         try:
             tk = Tokenizer.from_str(data.decode("utf-8"))
@@ -151,7 +152,6 @@ def _byte_decoder() -> dict[str, int]:
 
 def iter_manifest_texts(manifest: str) -> Iterator[str]:
     """The text segments of a manifest, in order (for BPE training)."""
-    from chameleon_lite.data.manifest import iter_documents
 
     for doc in iter_documents(manifest, check_files=False):
         for seg in doc.segments:
