@@ -79,6 +79,11 @@ class ImageVQTrainConfig:
     # median is the plain area's value whatever its colour or place (black procedural backgrounds, white paper),
     # and a picture without one weighs about every pixel alike. 0 = every pixel weighs the same.
     foreground_weight: float = 4.0
+    # Probability that a training picture's intensities are remapped, v -> lo + (hi - lo) v with lo in [0, 0.5] and
+    # hi in [0.5, 1], swapped half the time (on [0, 1], the same map for every channel): dark strokes on light paper,
+    # grey on grey. A data set of one kind of background (MNIST: white on black) then does not teach the tokenizer
+    # that kind. 0 = off (and no random numbers drawn, so a recipe without it keeps its batches).
+    intensity_augment: float = 0.0
     disc_start: int = 0
     disc_weight: float = 0.1
     grid_every: int = 200
@@ -100,6 +105,8 @@ class ImageVQTrainConfig:
         for name in ("steps", "batch_size", "grid_every", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.intensity_augment <= 1:
+            raise ConfigError(f"intensity_augment must be a probability in [0, 1], got {self.intensity_augment}")
         if not self.foreground_weight >= 0:
             raise ConfigError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
         check_split(self.split)
@@ -165,6 +172,19 @@ def load_image_set(paths: list[str], size: int, progress: bool = True, desc: str
     for i in tqdm(range(0, len(paths), 256), desc=desc, unit="chunk", disable=not progress):
         out[i : i + 256] = load_images(paths[i : i + 256], size)
     return out
+
+
+def remap_intensity(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """x: [B, C, H, W] in [-1, 1]; with probability p per picture, v -> lo + (hi - lo) v on the [0, 1] scale
+    (lo ~ U[0, 0.5], hi ~ U[0.5, 1], swapped with probability 1/2: inverted). Draws 4 numbers per picture from
+    ``gen``."""
+    u = torch.rand(4, x.shape[0], generator=gen)
+    lo, hi = 0.5 * u[0], 0.5 + 0.5 * u[1]
+    lo, hi = torch.where(u[2] < 0.5, lo, hi), torch.where(u[2] < 0.5, hi, lo)
+    on = u[3] < p
+    lo, hi = torch.where(on, lo, torch.zeros_like(lo)), torch.where(on, hi, torch.ones_like(hi))
+    v = (x + 1) / 2 * (hi - lo)[:, None, None, None] + lo[:, None, None, None]
+    return v * 2 - 1
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -307,6 +327,8 @@ class ImageVQTask:
         cfg = self.cfg
         idx = torch.randint(0, len(self.source), (cfg.batch_size,), generator=gen).numpy()
         x = to_model_input(self.source.take(idx), channels=self.mcfg.in_channels)
+        if cfg.intensity_augment:
+            x = remap_intensity(x, cfg.intensity_augment, gen)
         y, codes, aux = self._reconstruct(model, x)
         y = y.float()
         l1, l2, le = pixel_losses(y, x, cfg.foreground_weight) + (edge_loss(y, x),)
