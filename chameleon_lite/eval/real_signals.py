@@ -3,7 +3,8 @@
 
 Pictures: PSNR (over all pixels, and the mean of per-picture values) and the written-digit judge's accuracy on the
 reconstructions next to its accuracy on the originals. Clips: SI-SNR, STOI (short-time objective intelligibility,
-Taal et al. 2011, from the ``pystoi`` package), and the spoken-digit judge's accuracy on reconstructions next to
+Taal et al. 2011, from the ``pystoi`` package: the mean over clips long enough for its 384 ms analysis windows,
+and over all clips joined end to end), and the spoken-digit judge's accuracy on reconstructions next to
 originals. The judges are learned classifiers (chameleon_lite/eval/judges.py) whose own held-out accuracy is in their
 records; a judge not shipped yet is reported as such and its numbers are left out. Throughput: pictures and clips
 encoded + decoded per second, with the CPU's ISA.
@@ -122,6 +123,10 @@ def measure_images(tok: ImageTokenizer, items: list[tuple[str, int | None]], out
     }
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _stoi(ref: np.ndarray, est: np.ndarray, sr: int) -> float | None:
     """STOI of ``est`` against ``ref``; None for a clip too short to hold STOI's 30 analysis frames of speech."""
     with warnings.catch_warnings(record=True) as caught:
@@ -161,6 +166,7 @@ def measure_speech(
         "si_snr_db": round(float(np.mean(snrs)), 3),
         "stoi": round(float(np.mean(scored)), 4) if scored else None,
         "stoi_clips": len(scored),
+        "stoi_concatenated": _round(_stoi(np.concatenate(origs), np.concatenate(recons), sr), 4),
         **_judged("spoken", origs, recons, [y for _, y in items], sample_rate=sr),
         "clips_per_s": round(len(items) / seconds, 1),
         "audio_seconds_per_s": round(audio_seconds / seconds, 1),
