@@ -89,15 +89,31 @@ def test_grayscale_model_decodes_grey_for_any_input_shape():
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ASSETS, "image_vq.json")), reason="digits tokenizer not shipped")
-def test_shipped_digits_tokenizer_keeps_grey_on_non_square_pictures():
-    """A grey digit (stroke 140 on black, 28x36) comes back grey: the stroke neither white nor coloured."""
+def test_shipped_digits_tokenizer_keeps_grey_and_any_background():
+    """A grey digit (stroke 140 on black, 28x36) comes back grey, plain grey pictures keep their level, and a dark
+    digit on white paper keeps its white: no background is assumed."""
     tok = I.ImageTokenizer.load(ASSETS)
     src = _digit(140, (28, 36))
-    out = tok.reconstruct([src])[0].astype(int)
-    want = I.to_model_input(np.repeat(src[None, :, 4:32, None], 3, -1))  # the centre crop the tokenizer sees
-    stroke = want[0, 0].numpy() > 0
+    out = tok.reconstruct([src, 255 - _digit(255, (28, 36))]).astype(int)
+    stroke = src[:, 4:32] > 0  # the centre crop the tokenizer sees
     assert (out[..., 0] == out[..., 2]).all()
-    assert abs(out[..., 0][stroke].mean() - 140) < 25 and out[..., 0][~stroke].mean() < 20
+    assert abs(out[0, ..., 0][stroke].mean() - 140) < 20 and out[0, ..., 0][~stroke].mean() < 20
+    assert out[1, ..., 0][~stroke].mean() > 235 and out[1, ..., 0][stroke].mean() < 100
+    for level in (60, 128, 200):
+        assert abs(tok.reconstruct([np.full((28, 40), level, np.uint8)]).mean() - level) < 12
+
+
+def test_intensity_remap_inverts_and_rescales_without_a_background_guess():
+    from chameleon_lite.tokenizers.image_train import ImageVQTrainConfig, remap_intensity
+
+    x = torch.tensor([-1.0, 1.0]).view(1, 1, 1, 2).repeat(400, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    v = ((remap_intensity(x, 1.0, g) + 1) / 2).view(400, 2)
+    assert ((v >= 0) & (v <= 1)).all() and 0.3 < (v[:, 0] > v[:, 1]).float().mean() < 0.7  # about half inverted
+    assert (v[:, 0] <= 0.5).sum() > 150 and (v[:, 0] >= 0.5).sum() > 150
+    assert torch.equal(remap_intensity(x, 0.0, g), x)
+    with pytest.raises(ConfigError, match="intensity_augment"):
+        ImageVQTrainConfig(intensity_augment=1.5)
 
 
 # ---------------------------------------------------------------------------------------------- streaming
