@@ -9,6 +9,7 @@ tokenizers once; the output does not depend on the number of workers.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -86,7 +87,6 @@ def pretokenize(
     (those with missing files too) and reports them. Media files are judged by the tokenizers' readers, the same
     checks ``data validate`` runs. Returns a summary (counts, skipped, seconds).
     """
-
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if workers < 1:
@@ -95,62 +95,25 @@ def pretokenize(
         raise ConfigError(f"chunk_docs must be >= 1, got {chunk_docs}")
     t0 = time.perf_counter()
     tk = _load_tokenizers(tokenizers)
-    docs = list(iter_documents(manifest, check_files=on_error == "raise"))
-    if not docs:
-        raise DataError(f"{manifest}: no documents")
-    for d in docs:
-        for kind in ("image", "audio"):
-            if getattr(tk, kind) is None and any(s.kind == kind for s in d.segments):
-                raise ConfigError(
-                    f"{d.where}: the document has {kind} segments but the tokenizers have no {kind} tokenizer"
-                )
+    docs = _read_documents(manifest, tk, check_files=on_error == "raise")
     is_val = split_validation(len(docs), val_fraction, seed)
     tok_dir = os.path.abspath(tokenizers) if isinstance(tokenizers, (str, os.PathLike)) else ""
     extra = {"tokenizers": tok_dir, "manifest": os.path.abspath(manifest), "seed": seed, "val_fraction": val_fraction}
     if getattr(tk, "codes_hash", ""):
         extra["codes_hash"] = tk.codes_hash  # which codes these are: checked by training against its tokenizers
+    splits = ("train", "val") if is_val.any() else ("train",)
     writers = {
-        "train": ShardWriter(
-            os.path.join(out, "train"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "train"}
+        name: ShardWriter(
+            os.path.join(out, name), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": name}
         )
+        for name in splits
     }
-    if is_val.any():
-        writers["val"] = ShardWriter(
-            os.path.join(out, "val"), tk.vocab, shard_tokens=shard_tokens, extra_meta={**extra, "split": "val"}
-        )
     os.makedirs(out, exist_ok=True)
-    skipped: list[str] = []
-    use_pool = workers > 1 and bool(tok_dir) and len(docs) > chunk_docs
     for w in writers.values():
         w.__enter__()
     try:
-        bar = tqdm(total=len(docs), desc="tokenizing", unit="doc", disable=not progress, file=sys.stderr)
-        chunks = list(_chunks(list(range(len(docs))), chunk_docs))
-        if use_pool:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = cf.ProcessPoolExecutor(
-                workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(tok_dir, threads)
-            )
-            results = pool.map(_worker_chunk, [[docs[i] for i in c] for c in chunks])
-        else:
-            pool = None
-            encoder = SequenceEncoder(tk)
-            results = (_encode_chunk(encoder, [docs[i] for i in c]) for c in chunks)
-        try:
-            for idx, res in zip(chunks, results):
-                for i, r in zip(idx, res):
-                    if isinstance(r, str):
-                        if on_error == "raise":
-                            raise DataError(r)
-                        skipped.append(r)
-                        continue
-                    writers["val" if is_val[i] else "train"].add(r.ids, r.spans)
-                bar.update(len(idx))
-                bar.set_postfix(skipped=len(skipped))
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-            bar.close()
+        with contextlib.closing(_encoded(docs, tk, tok_dir, workers, chunk_docs)) as results:  # stops the pool
+            skipped = _write_all(results, writers, is_val, on_error, len(docs), progress)
     except BaseException as e:
         for w in writers.values():
             w.__exit__(type(e), e, None)
@@ -168,3 +131,53 @@ def pretokenize(
     }
     summary.update(skipped=len(skipped), skipped_examples=skipped[:10], seconds=round(time.perf_counter() - t0, 2))
     return summary
+
+
+def _read_documents(manifest: str, tk: Any, check_files: bool) -> list:
+    """Every document of the manifest, after checking that the tokenizers can encode each kind of segment."""
+    docs = list(iter_documents(manifest, check_files=check_files))
+    if not docs:
+        raise DataError(f"{manifest}: no documents")
+    for d in docs:
+        for kind in ("image", "audio"):
+            if getattr(tk, kind) is None and any(s.kind == kind for s in d.segments):
+                raise ConfigError(
+                    f"{d.where}: the document has {kind} segments but the tokenizers have no {kind} tokenizer"
+                )
+    return docs
+
+
+def _encoded(docs: list, tk: Any, tok_dir: str, workers: int, chunk_docs: int) -> Iterator[tuple[list[int], list]]:
+    """(document indices, their encodings or error lines) per chunk, in order: in worker processes when there are
+    several workers, a tokenizer folder to load in each and more than one chunk; else in this process."""
+    chunks = list(_chunks(list(range(len(docs))), chunk_docs))
+    if not (workers > 1 and tok_dir and len(docs) > chunk_docs):
+        encoder = SequenceEncoder(tk)
+        for c in chunks:
+            yield c, _encode_chunk(encoder, [docs[i] for i in c])
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = cf.ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(tok_dir, threads)
+    )
+    try:
+        yield from zip(chunks, pool.map(_worker_chunk, [[docs[i] for i in c] for c in chunks]))
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _write_all(results, writers: dict, is_val, on_error: str, total: int, progress: bool) -> list[str]:
+    """Write each encoded document into its split's shards; the error lines of the documents left out."""
+    skipped: list[str] = []
+    with tqdm(total=total, desc="tokenizing", unit="doc", disable=not progress, file=sys.stderr) as bar:
+        for idx, res in results:
+            for i, r in zip(idx, res):
+                if isinstance(r, str):
+                    if on_error == "raise":
+                        raise DataError(r)
+                    skipped.append(r)
+                    continue
+                writers["val" if is_val[i] else "train"].add(r.ids, r.spans)
+            bar.update(len(idx))
+            bar.set_postfix(skipped=len(skipped))
+    return skipped
