@@ -87,20 +87,6 @@ def _train_audio(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_real(args: argparse.Namespace) -> int:
-    import json
-
-    from chameleon_lite.eval.real_signals import RESULT_FILE, evaluate_real
-
-    res = evaluate_real(
-        args.tokenizers, args.out, images=args.images, audio=args.audio, split="" if args.split == "all" else args.split,
-        n_images=args.n_images, n_clips=args.n_clips,
-    )  # fmt: skip
-    print(json.dumps(res, indent=2))
-    print(f"wrote {args.out}/{RESULT_FILE}")
-    return 0
-
-
 def _plot(args: argparse.Namespace) -> int:
     from chameleon_lite.train.plotting import plot_run
 
@@ -214,29 +200,9 @@ def _register_train_audio(cli) -> None:
     accept_overrides(p, "codec", "--model.num_levels=8")
 
 
-def _register_eval_real(cli) -> None:
-    p = cli.command(
-        "tokenizer eval-real",
-        "measure the tokenizers on real held-out signals: PSNR and written-judge accuracy of reconstructed pictures, "
-        "SI-SNR, STOI and spoken-judge accuracy of reconstructed clips; JSON + PNG grid + WAVs",
-        _eval_real,
-    )
-    p.add_argument("--tokenizers", required=True, metavar="DIR", help="folder holding image_vq.* and/or audio_codec.*")
-    p.add_argument("--images", metavar="MANIFEST", help="manifest of labelled pictures (data import-mnist)")
-    p.add_argument("--audio", metavar="MANIFEST", help="manifest of labelled clips (data import-labelled-audio)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for real_signals.json, the grid and WAVs")
-    p.add_argument(
-        "--split", default="test", choices=("train", "val", "test", "all"),
-        help="part of chameleon_lite.data.splits to measure (default test: held out of all training)",
-    )  # fmt: skip
-    p.add_argument("--n-images", type=at.nonnegative_int, default=0, help="at most this many pictures (0 = all)")
-    p.add_argument("--n-clips", type=at.nonnegative_int, default=0, help="at most this many clips (0 = all)")
-
-
 def register(cli) -> None:
     _register_train_image(cli)
     _register_train_audio(cli)
-    _register_eval_real(cli)
     p = cli.command("plot", "draw a training run's curves (loss per modality, z-loss, lr, tokens/s) as a PNG", _plot)
     p.add_argument("run", help="training run folder (holds metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/curves.png)")
