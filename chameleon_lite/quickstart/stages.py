@@ -202,7 +202,7 @@ def calibrated_train_steps(cfg: QuickstartConfig) -> int:
         "pretrain_minutes": round(minutes, 2),
         "tokens_per_second": round(cfg.seq_len * cfg.batch_size / step_s, 1),
     }
-    budget.write_plan(cfg.path(CALIBRATION), rec)
+    write_json_atomic(cfg.path(CALIBRATION), rec)
     print(
         f"pretraining: {step_s:.2f} s per step of {cfg.batch_size} x {cfg.seq_len} tokens on this machine -> "
         f"{steps} steps in {minutes:.1f} of the {cfg.budget_minutes:g} budget minutes ({spent:.1f} spent before)"

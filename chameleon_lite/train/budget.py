@@ -87,10 +87,6 @@ def read_plan(path: str, key: dict[str, Any]) -> dict[str, Any] | None:
     return rec if rec.get("key") == key else None
 
 
-def write_plan(path: str, rec: dict[str, Any]) -> None:
-    write_json_atomic(path, rec)
-
-
 def replanned_steps(path: str) -> int | None:
     """The step count fixed after the warm-up (see :func:`replan_steps`), or None before that."""
     if not os.path.exists(path):
@@ -133,5 +129,5 @@ def replan_steps(path: str, run: str, first: int, warmup: int, min_steps: int, m
             f"{steps} steps instead of {first}"
         )
     rec.update(replanned_steps=steps, warmup=warmup, run_step_seconds=None if step_s is None else round(step_s, 4))
-    write_plan(path, rec)
+    write_json_atomic(path, rec)
     return steps

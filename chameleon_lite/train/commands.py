@@ -113,6 +113,17 @@ def _io_flags(p: argparse.ArgumentParser, kind: str, what: str) -> None:
     )
 
 
+def _schedule_flags(p: argparse.ArgumentParser, steps: int, batch: int, unit: str, disc: str) -> None:
+    """Steps, batch, peak learning rate and the discriminator's start: the same flags, each trainer's defaults."""
+    p.add_argument("--steps", type=at.positive_int, default=steps, help=f"optimiser steps (default {steps})")
+    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=batch, help=f"{unit} per step (default {batch})")
+    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument(
+        "--disc-start", type=at.nonnegative_int, default=0,
+        help=f"step at which the {disc} discriminator starts (default 0 = off)",
+    )  # fmt: skip
+
+
 def _more_flags(p: argparse.ArgumentParser, kind: str) -> None:
     """The flags both trainers share."""
     p.add_argument("--seed", type=at.seed, default=0, help="seed of initialisation and batches (default 0)")
@@ -125,7 +136,6 @@ def _more_flags(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def _register_train_image(cli) -> None:
-
     p = cli.command(
         "tokenizer train-image",
         "train the image VQ tokenizer (image_vq.safetensors + image_vq.json); rerun with the same --out to resume",
@@ -144,13 +154,7 @@ def _register_train_image(cli) -> None:
         help="train only the decoder of this trained tokenizer: its encoder and codebook (so every "
         "picture's codes, and a transformer trained on them) stay the same",
     )
-    p.add_argument("--steps", type=at.positive_int, default=4000, help="optimiser steps (default 4000)")
-    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=32, help="pictures per step (default 32)")
-    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument(
-        "--disc-start", type=at.nonnegative_int, default=0,
-        help="step at which the patch discriminator starts (default 0 = off)",
-    )  # fmt: skip
+    _schedule_flags(p, steps=4000, batch=32, unit="pictures", disc="patch")
     p.add_argument(
         "--grid-every", type=at.positive_int, default=200,
         help="steps between PNG grids of originals vs reconstructions (default 200)",
@@ -161,7 +165,6 @@ def _register_train_image(cli) -> None:
 
 
 def _register_train_audio(cli) -> None:
-
     p = cli.command(
         "tokenizer train-audio",
         "train the audio codec (audio_codec.safetensors + audio_codec.json); rerun with the same --out to resume",
@@ -180,16 +183,10 @@ def _register_train_audio(cli) -> None:
         "a transformer trained on them) stay the same; --model.decoder_attention=N (and "
         "--model.decoder_attention_heads) adds N attention blocks in front of the decoder",
     )
-    p.add_argument("--steps", type=at.positive_int, default=3000, help="optimiser steps (default 3000)")
-    p.add_argument("--batch-size", type=at.int_range(1, 4096), default=16, help="clips per step (default 16)")
+    _schedule_flags(p, steps=3000, batch=16, unit="clips", disc="STFT")
     p.add_argument(
         "--segment-frames", type=at.int_range(1, 100000), default=32,
         help="training crop length in codec frames (default 32)",
-    )  # fmt: skip
-    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument(
-        "--disc-start", type=at.nonnegative_int, default=0,
-        help="step at which the STFT discriminator starts (default 0 = off)",
     )  # fmt: skip
     p.add_argument(
         "--sample-every", type=at.positive_int, default=500,
