@@ -15,6 +15,7 @@ from chameleon_lite.model.config import PRESETS, ModelConfig
 
 DTYPES = ("auto", "fp32", "bf16")
 PARALLEL = ("fsdp", "ddp", "none")
+OPTIMIZERS = ("adamw", "muon")
 
 
 MAX_SEQ_LEN = 1 << 17
@@ -42,6 +43,9 @@ class PretrainConfig:
     steps: int = 1000
     stop_after: int = 0
     lr: float = 1e-3
+    # "adamw", or "muon": Muon for the transformer blocks' matrices, AdamW for the rest (train/optim.py)
+    optimizer: str = "adamw"
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1
     warmup: int = 50
     weight_decay: float = 0.1
@@ -99,6 +103,10 @@ class PretrainConfig:
             raise ConfigError(f"train config: betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"train config: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train config: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"train config: muon_momentum must lie in [0, 1), got {self.muon_momentum}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train config: parallel must be one of {PARALLEL}, got {self.parallel!r}")
 

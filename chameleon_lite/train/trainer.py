@@ -39,7 +39,7 @@ from chameleon_lite.train.distributed import (
     wrap_model,
 )
 from chameleon_lite.train.metrics import STAT_SIZE, MetricsLog, loss_stats, measure_peak_flops, summarize_stats
-from chameleon_lite.train.optim import build_optimizer, clip_grad_norm
+from chameleon_lite.train.optim import OptimizerSet, build_optimizer, clip_grad_norm
 from chameleon_lite.train.schedule import lr_at
 from chameleon_lite.vocab import UnifiedVocab
 
@@ -219,7 +219,7 @@ class _Run:
     mcfg: ModelConfig
     dtype: torch.dtype
     model: Any
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | OptimizerSet
     loss_terms: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     make_loader: LoaderFactory
     loader: Any
@@ -307,7 +307,9 @@ def _start(cfg: PretrainConfig, make_loader: LoaderFactory) -> _Run:
     )
     run = _Run(
         cfg, info, vocab, mcfg, dtype, model,
-        opt=build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2)),
+        opt=build_optimizer(
+            model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), kind=cfg.optimizer, muon_momentum=cfg.muon_momentum
+        ),
         loss_terms=make_loss_terms(model, cfg.compile and not _blockwise_compile(cfg, info)),
         make_loader=make_loader, loader=loader, log=None, peak_flops=0.0,
         end=min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps,

@@ -54,12 +54,14 @@ def test_synthetic_loader_contract(tmp_path):
     )
 
 
-def test_resume_gives_identical_losses(tmp_path):
-    full = _run(tmp_path, "full", "--steps=6", "--ckpt_every=3")
-    part = _run(tmp_path, "part", "--steps=6", "--ckpt_every=3", "--stop_after=3")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_gives_identical_losses(tmp_path, optimizer):
+    opt = f"--optimizer={optimizer}"
+    full = _run(tmp_path, "full", "--steps=6", "--ckpt_every=3", opt)
+    part = _run(tmp_path, "part", "--steps=6", "--ckpt_every=3", "--stop_after=3", opt)
     assert sorted(_losses(part)) == [0, 1, 2]
     assert [s for s, _ in list_checkpoints(part)] == [3]
-    _run(tmp_path, "part", "--steps=6", "--ckpt_every=3")
+    _run(tmp_path, "part", "--steps=6", "--ckpt_every=3", opt)
     a, b = _losses(full), _losses(part)
     assert sorted(b) == list(range(6))
     assert a == b  # bit-identical: same process layout, same batches, restored optimiser and RNG state
@@ -71,9 +73,17 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
     assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.endswith(".tmp")]
 
 
-def test_learning_signal_and_modalities(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_learning_signal_and_modalities(tmp_path, optimizer):
     run = _run(
-        tmp_path, "r", "--steps=25", "--ckpt_every=25", "--lr=0.01", f"--val_data={tmp_path / 'data'}", "--val_every=24"
+        tmp_path,
+        "r",
+        "--steps=25",
+        "--ckpt_every=25",
+        "--lr=0.01",
+        f"--val_data={tmp_path / 'data'}",
+        "--val_every=24",
+        f"--optimizer={optimizer}",
     )
     recs = read_metrics(os.path.join(run, "metrics.jsonl"))
     train_recs = [r for r in recs if "lr" in r]
@@ -587,3 +597,22 @@ def test_codes_hash_tells_retrained_tokenizers_apart(tmp_path):
         f.write(b"not safetensors")
     with pytest.raises(ConfigError, match="not a readable safetensors file"):
         load_model(model_dir)
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    from chameleon_lite.model import build_model
+    from chameleon_lite.model.config import preset
+    from chameleon_lite.train.optim import OptimizerSet, build_optimizer
+
+    model = build_model(preset("tiny", n_layers=2, dim=64, n_heads=2, n_kv_heads=2, ffn_dim=128, vocab_size=300))
+    opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), kind="muon")
+    assert isinstance(opt, OptimizerSet) and isinstance(opt[0], torch.optim.Muon)
+    muon = {id(p) for g in opt[0].param_groups for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon}
+    assert names and all(".layers." in f".{n}" and n.endswith("weight") for n in names)
+    assert not any(n.startswith(("tok_embeddings", "output")) or "norm" in n for n in names)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), kind="sgd")
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        PretrainConfig(optimizer="lion")
