@@ -27,22 +27,35 @@ def test_config_errors():
         QuickstartConfig(reserve_share=1.0)
     with pytest.raises(ConfigError, match="max_image_steps"):
         QuickstartConfig(max_image_steps=0)
+    with pytest.raises(ConfigError, match="lr must be"):
+        QuickstartConfig(lr=0)
+    with pytest.raises(ConfigError, match="train_overrides"):
+        QuickstartConfig(train_overrides=["n_layers", 4])
+
+
+def test_pretraining_gets_the_quickstart_model_fields_and_learning_rate():
+    from chameleon_lite.quickstart.stages import pretrain_config
+
+    cfg = pretrain_config(QuickstartConfig(train_overrides={"n_layers": 2}, lr=1e-3), steps=10)
+    assert (cfg.lr, cfg.model_overrides) == (1e-3, {"n_layers": 2})
+    assert cfg.model_config(300, "h").n_layers == 2
+    assert pretrain_config(QuickstartConfig(), steps=10).model_config(300, "h").n_layers == 4
 
 
 def test_budget_scales_tokenizers_up_to_their_recipes_and_gives_the_rest_to_pretraining(tmp_path):
     default = QuickstartConfig()
-    assert (default.image_train_steps, default.audio_train_steps) == (1000, 600)
+    assert (default.image_train_steps, default.audio_train_steps) == (2500, 600)
     assert (
         QuickstartConfig(budget_minutes=3).image_train_steps,
         QuickstartConfig(budget_minutes=3).audio_train_steps,
-    ) == (100, 60)
+    ) == (250, 60)
     long = QuickstartConfig(budget_minutes=300, out=str(tmp_path))
     assert (long.image_train_steps, long.audio_train_steps) == (4000, 3000)  # capped at the full recipes
     assert long.corpus_docs == 60000
     # pretraining: the budget less the time spent before it and the reserve, never below pretrain_share
-    assert pretrain_minutes(long, spent=80.0) == pytest.approx(300 * 0.92 - 80.0)
+    assert pretrain_minutes(long, spent=80.0) == pytest.approx(300 * 0.9 - 80.0)
     assert pretrain_minutes(long, spent=250.0) == pytest.approx(150.0)
-    assert pretrain_minutes(default, spent=5.0) == pytest.approx(30 * 0.92 - 5.0)
+    assert pretrain_minutes(default, spent=5.0) == pytest.approx(30 * 0.9 - 5.0)
     # the time spent is read from the pipeline's markers of the stages before pretraining
     for name, seconds in (("corpus", 60.0), ("image-tokenizer", 600.0), ("eval", 9999.0)):
         with open(os.path.join(str(tmp_path), f".stage-{name}.done"), "w") as f:

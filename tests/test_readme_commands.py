@@ -37,7 +37,7 @@ BIN = os.path.dirname(sys.executable)  # chameleon-lite, python and torchrun of 
 SMALL_SIZES = [
     ("--out corpus --n 6000 ", "--out corpus --n 40 ", 1),
     ("--out heldout --n 300 ", "--out heldout --n 10 ", 1),
-    ("--preset tiny --steps 1000 --out tok", "--preset tiny --steps 2 --batch-size 4 --out tok", 1),
+    ("--preset tiny --steps 2500 --out tok", "--preset tiny --steps 2 --batch-size 4 --out tok", 1),
     ("--preset tiny --steps 600 --out tok", "--preset tiny --steps 2 --batch-size 2 --out tok", 1),
     ("--manifest heldout/manifest.jsonl --n 300 ", "--manifest heldout/manifest.jsonl --n 4 ", 2),
     ("--finetune-decoder tok --steps 500 ", "--finetune-decoder tok --steps 2 --batch-size 4 ", 1),

@@ -78,6 +78,7 @@ def pretrain_config(cfg: QuickstartConfig, steps: int = 1, warmup: int = 0, stop
     """The quickstart's pretraining run at ``steps`` steps."""
     return PretrainConfig(
         model=cfg.train_model,
+        model_overrides=dict(cfg.train_overrides),
         data=cfg.path("shards", "train"),
         val_data=cfg.path("shards", "val"),
         out=cfg.path("run"),
@@ -86,7 +87,7 @@ def pretrain_config(cfg: QuickstartConfig, steps: int = 1, warmup: int = 0, stop
         batch_size=cfg.batch_size,
         steps=steps,
         stop_after=stop_after,
-        lr=2e-3,
+        lr=cfg.lr,
         warmup=warmup,
         ckpt_every=max(25, steps // 10),
         val_every=max(25, steps // 15),
@@ -149,7 +150,13 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         stage(
             "pretrain",
             _pretrain,
-            {"budget_minutes": cfg.budget_minutes, "model": cfg.train_model, "compile": cfg.compile},
+            {
+                "budget_minutes": cfg.budget_minutes,
+                "model": cfg.train_model,
+                "overrides": cfg.train_overrides,
+                "lr": cfg.lr,
+                "compile": cfg.compile,
+            },
             [cfg.path("run")],
             True,
         ),
@@ -179,6 +186,7 @@ def calibrated_train_steps(cfg: QuickstartConfig) -> int:
     back from calibration.json so a resumed run keeps its learning-rate schedule)."""
     key = {
         "model": cfg.train_model,
+        "overrides": cfg.train_overrides,
         "seq_len": cfg.seq_len,
         "batch_size": cfg.batch_size,
         "budget_minutes": cfg.budget_minutes,

@@ -113,11 +113,11 @@ def _io_flags(p: argparse.ArgumentParser, kind: str, what: str) -> None:
     )
 
 
-def _schedule_flags(p: argparse.ArgumentParser, steps: int, batch: int, unit: str, disc: str) -> None:
+def _schedule_flags(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, unit: str, disc: str) -> None:
     """Steps, batch, peak learning rate and the discriminator's start: the same flags, each trainer's defaults."""
     p.add_argument("--steps", type=at.positive_int, default=steps, help=f"optimiser steps (default {steps})")
     p.add_argument("--batch-size", type=at.int_range(1, 4096), default=batch, help=f"{unit} per step (default {batch})")
-    p.add_argument("--lr", type=at.positive_float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--lr", type=at.positive_float, default=lr, help=f"peak learning rate (default {lr:g})")
     p.add_argument(
         "--disc-start", type=at.nonnegative_int, default=0,
         help=f"step at which the {disc} discriminator starts (default 0 = off)",
@@ -154,7 +154,7 @@ def _register_train_image(cli) -> None:
         help="train only the decoder of this trained tokenizer: its encoder and codebook (so every "
         "picture's codes, and a transformer trained on them) stay the same",
     )
-    _schedule_flags(p, steps=4000, batch=32, unit="pictures", disc="patch")
+    _schedule_flags(p, steps=4000, batch=32, lr=2e-3, unit="pictures", disc="patch")
     p.add_argument(
         "--grid-every", type=at.positive_int, default=200,
         help="steps between PNG grids of originals vs reconstructions (default 200)",
@@ -183,7 +183,7 @@ def _register_train_audio(cli) -> None:
         "a transformer trained on them) stay the same; --model.decoder_attention=N (and "
         "--model.decoder_attention_heads) adds N attention blocks in front of the decoder",
     )
-    _schedule_flags(p, steps=3000, batch=16, unit="clips", disc="STFT")
+    _schedule_flags(p, steps=3000, batch=16, lr=3e-3, unit="clips", disc="STFT")
     p.add_argument(
         "--segment-frames", type=at.int_range(1, 100000), default=32,
         help="training crop length in codec frames (default 32)",
