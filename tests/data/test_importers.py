@@ -4,9 +4,11 @@
 Fixtures are made here (a few pixels, a few milliseconds of audio); the real AV-MNIST files in
 ../shared/data/avmnist are read where they lie when present."""
 
+import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import tarfile
 
@@ -500,6 +502,36 @@ def _text_as_tar(tmp_path, shard):
     return str(tmp_path / "t.tar")
 
 
+def _corrupt_compressed(suffix: str, compress):
+    """A shard compressed as ``suffix`` whose compressed stream turns to garbage after its header (the decompressor
+    fails before a sample is complete, not the tar reader)."""
+
+    def make(tmp_path, shard):
+        with open(shard, "rb") as f:
+            data = compress(f.read())
+        path = tmp_path / f"t.tar.{suffix}"
+        path.write_bytes(data[:24] + b"\x00garbage" * 20)
+        return str(path)
+
+    return make
+
+
+def _cut_at_member(suffix: str, compress):
+    """The shard cut exactly before a member's header (sample a/0003), then compressed as ``suffix``: Python's tar
+    reader takes the missing header for the end of the archive and would import the first two samples quietly."""
+
+    def make(tmp_path, shard):
+        with tarfile.open(shard) as tar:
+            cut = next(m.offset for m in tar.getmembers() if m.name.startswith("a/0003"))
+        with open(shard, "rb") as f:
+            data = f.read()[:cut]
+        path = tmp_path / f"t.{suffix}"
+        path.write_bytes(compress(data))
+        return str(path)
+
+    return make
+
+
 def _no_media(tmp_path, shard):
     return write_shard(tmp_path / "t.tar", [{"__key__": "k", "txt": "words only", "json": {"a": 1}}])
 
@@ -523,6 +555,11 @@ def _bad_json(tmp_path, shard):
     [
         (_truncated_tar, "t.tar: truncated or corrupt tar shard"),
         (_text_as_tar, "t.tar: truncated or corrupt tar shard"),
+        (_corrupt_compressed("gz", gzip.compress), "t.tar.gz: truncated or corrupt tar shard"),
+        (_cut_at_member("tar", bytes), "t.tar: truncated tar shard (it does not end with the end-of-archive"),
+        (_cut_at_member("tar.gz", gzip.compress), "t.tar.gz: truncated tar shard"),
+        (_corrupt_compressed("bz2", bz2.compress), "t.tar.bz2: truncated or corrupt tar shard"),
+        (_corrupt_compressed("xz", lzma.compress), "t.tar.xz: truncated or corrupt tar shard"),
         (_no_media, "t.tar: sample k: no image or audio part (it has json, txt)"),
         (_corrupt_member, "t.tar: sample k: images/0000000.jpg: "),
         (_bad_json, "t.tar: sample k: .json part is not valid JSON"),
@@ -530,7 +567,21 @@ def _bad_json(tmp_path, shard):
         (lambda p, s: str(p / "missing-{0..1}.tar"), "missing-0.tar: shard not found"),
         (lambda p, s: str(p / "empty_folder"), "empty_folder: folder holds no .tar shards"),
     ],
-    ids=["truncated", "not a tar", "no media", "corrupt picture", "bad json", "missing", "missing brace", "no shards"],
+    ids=[
+        "truncated",
+        "not a tar",
+        "corrupt gz",
+        "cut at a member",
+        "gz cut at a member",
+        "corrupt bz2",
+        "corrupt xz",
+        "no media",
+        "corrupt picture",
+        "bad json",
+        "missing",
+        "missing brace",
+        "no shards",
+    ],
 )
 def test_bad_webdataset_shards(make, message, shard, tmp_path, capsys):
     (tmp_path / "empty_folder").mkdir()
