@@ -42,7 +42,8 @@ class QuickstartConfig:
     # the split of the 30 minutes (docs/speedrun.md): the tokenizers cap what the model can be judged to do (a
     # picture the image tokenizer garbles is wrong whatever the transformer wrote). Image steps are cheap (about
     # 0.12 s on 2 cores) and still pay at 2000 (31.0 dB, 79 % of pictures read back right, against 27.8 dB and 52 %
-    # at 1000); the codec's 1000 steps bought 12.8 dB instead of 11.4 dB and no agreement over its 600 steps.
+    # at 1000); the codec's 1000 steps bought 12.8 dB instead of 11.4 dB and no agreement over its 600 steps (one
+    # seed; its 600-step recipe, audio_train.quickstart_config, was measured over three).
     image_steps: int = 2500
     audio_steps: int = 600
     # the tokenizers' full recipes (docs/image_tokenizer_eval.json, docs/audio_codec_eval.json): a longer budget
