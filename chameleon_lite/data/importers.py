@@ -556,50 +556,45 @@ _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma
 _COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 
 
-def _corrupt(path: str, e: BaseException) -> DataError:
-    reason = str(e.args[0]) if e.args else type(e).__name__
-    return DataError(f"{path}: truncated or corrupt tar shard ({reason.split(' @ ')[0]})")
+class _TailReader:
+    """A read-only stream that remembers how many bytes went through it and the last 1024 of them."""
 
+    def __init__(self, raw) -> None:
+        self.raw, self.size, self.tail = raw, 0, b""
 
-def _check_archive_end(path: str) -> None:
-    """A tar archive ends with two zero blocks; Python's tar reader takes a header cut short for the end of the
-    archive, so a shard truncated at a member boundary would import its first members and say nothing. Read the
-    (decompressed) archive's last 1024 bytes: a compressed shard is decompressed once more, to its end-of-stream
-    marker, which also catches a compressed stream cut short."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    opener = next((op for m, op in _COMPRESSED if magic.startswith(m)), None)
-    size, tail = 0, b""
-    if opener is None:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            f.seek(max(0, size - 1024))
-            tail = f.read()
-    else:
-        with opener(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                size += len(chunk)
-                tail = (tail + chunk)[-1024:]
-    if size % 512 or len(tail) < 1024 or tail.count(0) != len(tail):
-        raise DataError(f"{path}: truncated tar shard (it does not end with the end-of-archive blocks)")
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.size += len(data)
+        self.tail = data[-1024:] if len(data) >= 1024 else (self.tail + data)[-1024:]
+        return data
 
 
 def _shard_samples(path: str) -> Iterator[dict[str, Any]]:
     """The samples of one tar shard as WebDataset groups them (files sharing a key up to the first dot), read
     with the library's tar iterators from a file we open ourselves (never a URL: ``pipe:`` would run a command).
-    A shard that is cut short or corrupt is an error, also where the tar reader would stop quietly."""
+
+    A shard that is cut short or corrupt is an error, also where the tar reader would stop quietly: it takes a
+    header cut short for the end of the archive, so a shard truncated at a member boundary would import its first
+    members and say nothing. We decompress the shard ourselves (the decompressor raises on a stream cut short),
+    hand the tar reader the plain archive, read what it leaves (the end blocks' padding) and require that the
+    archive ends with two zero blocks, all in one pass."""
     from webdataset import tariterators  # lazy: webdataset imports torch
 
-    with open(path, "rb") as stream:
-        files = tariterators.tar_file_expander([{"url": path, "stream": stream}])
-        try:
-            yield from tariterators.group_by_keys(files)
-        except _TAR_ERRORS as e:  # a corrupt .tar.xz raises lzma.LZMAError, which is not an OSError
-            raise _corrupt(path, e) from None
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    opener = next((op for m, op in _COMPRESSED if magic.startswith(m)), open)
     try:
-        _check_archive_end(path)
-    except _TAR_ERRORS as e:
-        raise _corrupt(path, e) from None
+        with opener(path, "rb") as raw:
+            stream = _TailReader(raw)
+            files = tariterators.tar_file_expander([{"url": path, "stream": stream}])
+            yield from tariterators.group_by_keys(files)
+            while stream.read(1 << 20):
+                pass
+    except _TAR_ERRORS as e:  # a corrupt .tar.xz raises lzma.LZMAError, which is not an OSError
+        reason = str(e.args[0]) if e.args else type(e).__name__
+        raise DataError(f"{path}: truncated or corrupt tar shard ({reason.split(' @ ')[0]})") from None
+    if stream.size % 512 or len(stream.tail) < 1024 or stream.tail.count(0) != len(stream.tail):
+        raise DataError(f"{path}: truncated tar shard (it does not end with the end-of-archive blocks)")
 
 
 def webdataset_items(
