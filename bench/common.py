@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from chameleon_lite.hardware import cpu_flags
+
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds over `repeats` runs after `warmup` runs."""
@@ -22,17 +24,6 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def machine_info() -> dict:

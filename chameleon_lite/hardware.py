@@ -9,6 +9,29 @@ import torch
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (/proc/cpuinfo); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+# the vector and matrix extensions the kernels and torch's CPU paths care about, widest last
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_isa() -> dict[str, bool]:
+    """Each of ISA_FLAGS: whether this CPU has it (detected now, never assumed)."""
+    flags = cpu_flags()
+    return {name: name in flags for name in ISA_FLAGS}
+
+
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), where bf16 beats fp32
     (on a 2-core AVX512-BF16 machine a bf16 GEMM of training shapes ran 2.4x faster than fp32)."""
@@ -17,15 +40,8 @@ def cpu_has_fast_bf16() -> bool:
             return True
     except AttributeError:
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        pass
-    return False
+    flags = cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def fast_cpu_dtype() -> torch.dtype | None:
@@ -33,15 +49,19 @@ def fast_cpu_dtype() -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
-def describe_machine() -> str:
-    """One line for records: CPU model, core count, the widest vector ISA torch uses here, and the GPUs."""
-
-    name = ""
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it ("" where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
-        pass
+        return ""
+
+
+def describe_machine() -> str:
+    """One line for records: CPU model, core count, the widest vector ISA torch uses here, and the GPUs."""
+    name = cpu_name()
     try:
         isa = torch.backends.cpu.get_cpu_capability()
     except AttributeError:

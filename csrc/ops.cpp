@@ -8,6 +8,21 @@
 
 CHAMELEON_LITE_PY_MODULE(_C)
 
+namespace {
+
+// The CPU build an op's loops run on this machine (see cpu/kernels.h); "portable" for the ops with one build.
+std::string kernel_variant(const std::string& op) {
+  namespace cpu = chameleon_lite::cpu;
+  if (op == "attention" || op == "attention_decode") return cpu::attention_variant();
+  if (op == "linear_bf16w") return cpu::linear_variant();
+  if (op == "snake") return cpu::snake_variant();
+  if (op == "sample") return chameleon_lite::sampling_cpu::sampling_variant();
+  if (op == "rms_norm" || op == "rope") return "portable";
+  TORCH_CHECK(false, "kernel_variant: unknown op '", op, "'");
+}
+
+}  // namespace
+
 TORCH_LIBRARY(chameleon_lite, m) {
   // Modality-aware attention (ARCHITECTURE §5). q: [B, L, Hq, D]; k, v: [B, L, Hkv, D]; doc_ids, span_ids:
   // [B, L] int32. Forward -> (out like q, lse fp32 [B, Hq, L]; -inf on fully masked rows, whose out is 0).
@@ -42,6 +57,8 @@ TORCH_LIBRARY(chameleon_lite, m) {
   // Inference rotary embedding: x [B, L, H, D] float32, cos/sin [B, L, D/2] -> x rotated in (first half, second
   // half) pairs.
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  // Which CPU build of an op's inner loops runs here ("avx512", "avx2" or "portable"), for `chameleon-lite doctor`.
+  m.def("kernel_variant(str op) -> str", &kernel_variant);
 }
 
 TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {

@@ -566,4 +566,6 @@ at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
   return out;
 }
 
+const char* attention_variant() { return row_ops().row_max == &portable::row_max ? "portable" : "avx2"; }
+
 }  // namespace chameleon_lite::cpu

@@ -31,6 +31,12 @@ at::Tensor snake_cpu(const at::Tensor& x, const at::Tensor& log_alpha);
 std::tuple<at::Tensor, at::Tensor> snake_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                  const at::Tensor& log_alpha);
 
+// The build of each op's inner loops chosen at run time on this CPU ("avx2" or "portable"; the same static
+// choice the kernels make on their first call), for `chameleon-lite doctor`.
+const char* attention_variant();
+const char* linear_variant();
+const char* snake_variant();
+
 }  // namespace chameleon_lite::cpu
 
 namespace chameleon_lite::sampling_cpu {
@@ -45,5 +51,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const st
                                               int64_t step);
 at::Tensor sampling_uniforms_cpu(const at::Tensor& rows, int64_t seed, int64_t step);
 at::Tensor philox4x32_cpu(const at::Tensor& ctr, const at::Tensor& key);
+// "avx512", "avx2" or "portable": the row build sample_cpu runs on this CPU
+const char* sampling_variant();
 
 }  // namespace chameleon_lite::sampling_cpu

@@ -58,4 +58,6 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x_in, const at::Tensor& w_in) {
   return y.view(out_shape);
 }
 
+const char* linear_variant() { return block_fn() == &portable::linear_block ? "portable" : "avx2"; }
+
 }  // namespace chameleon_lite::cpu

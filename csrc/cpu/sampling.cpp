@@ -159,5 +159,10 @@ at::Tensor philox4x32_cpu(const at::Tensor& ctr_in, const at::Tensor& key_in) {
   return out;
 }
 
+const char* sampling_variant() {
+  const RowFn fn = row_kernel();
+  return fn == &sample_row_avx512 ? "avx512" : fn == &sample_row_avx2 ? "avx2" : "portable";
+}
+
 }  // namespace sampling_cpu
 }  // namespace chameleon_lite

@@ -96,4 +96,8 @@ std::tuple<at::Tensor, at::Tensor> snake_bwd_cpu(const at::Tensor& grad_in, cons
   return {gx, ga.reshape(log_alpha.sizes())};
 }
 
+const char* snake_variant() {
+  return ops().forward == &portable::snake_forward_row ? "portable" : "avx2";
+}
+
 }  // namespace chameleon_lite::cpu
