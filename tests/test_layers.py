@@ -29,7 +29,7 @@ FLOORS = [
     ("eval",),
     ("quickstart",),
     ("demo",),
-    ("cli", "data_commands", "vocab_commands"),
+    ("cli", "data_commands", "vocab_commands", "kernel_commands"),
 ]
 FLOOR = {unit: i for i, units in enumerate(FLOORS) for unit in units}
 

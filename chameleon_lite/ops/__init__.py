@@ -11,6 +11,7 @@ from chameleon_lite.ops._loader import load_extensions
 
 load_extensions()
 
+from chameleon_lite.ops import selfcheck, verify  # noqa: E402
 from chameleon_lite.ops._loader import HAS_CUDA_EXT  # noqa: E402
 from chameleon_lite.ops.attention import modality_attention, modality_attention_decode  # noqa: E402
 from chameleon_lite.ops.linear import fused_supported as linear_fused_supported  # noqa: E402
@@ -18,6 +19,8 @@ from chameleon_lite.ops.linear import linear_bf16w, linear_bf16w_reference  # no
 from chameleon_lite.ops.norm import rms_norm, rms_norm_reference, rope, rope_reference  # noqa: E402
 from chameleon_lite.ops.sampling import sample  # noqa: E402
 from chameleon_lite.ops.snake import snake, snake_reference  # noqa: E402
+
+verify.install(selfcheck)  # each kernel checks itself on first use (ops/verify.py)
 
 __all__ = [
     "HAS_CUDA_EXT",

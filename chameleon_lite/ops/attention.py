@@ -15,6 +15,7 @@ scalar FMAs); ``CHAMELEON_LITE_CUDA_ATTENTION=sdpa`` sends CUDA calls to the SDP
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from chameleon_lite.ops._loader import HAS_CUDA_EXT  # set: ops/__init__ loads the extensions first
+from chameleon_lite.ops.verify import kernel_ok
 
 
 def attention_mask_reference(doc_ids: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
@@ -69,14 +71,17 @@ def modality_attention_reference(
 _FUSED_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
 
-def _has_kernel(t: torch.Tensor) -> bool:
-    """Whether the fused kernels (forward, backward, decode) cover this tensor: fp32/bf16 on CPU; fp32/bf16/fp16 on
-    CUDA when the CUDA extension is built, for head dims up to 128, unless CHAMELEON_LITE_CUDA_ATTENTION=sdpa."""
+def _has_kernel(t: torch.Tensor, op: str) -> bool:
+    """Whether the fused kernel ``op`` ("attention": forward and backward, or "attention_decode") covers this tensor:
+    fp32/bf16 on CPU; fp32/bf16/fp16 on CUDA when the CUDA extension is built, for head dims up to 128, unless
+    CHAMELEON_LITE_CUDA_ATTENTION=sdpa; and the kernel passed its self-check on this device (ops.verify)."""
     if t.dtype not in _FUSED_DTYPES.get(t.device.type, ()):
         return False
-    if t.device.type == "cpu":
-        return True
-    return HAS_CUDA_EXT and t.shape[-1] <= 128 and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
+    if t.device.type != "cpu" and not (
+        HAS_CUDA_EXT and t.shape[-1] <= 128 and os.environ.get("CHAMELEON_LITE_CUDA_ATTENTION", "fused") != "sdpa"
+    ):
+        return False
+    return kernel_ok(op, t.device, t.dtype)
 
 
 @torch.library.register_fake("chameleon_lite::attention_fwd")
@@ -136,10 +141,54 @@ def modality_attention(
     """
     B, L, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if _has_kernel(q):
+    if _has_kernel(q, "attention"):
         doc_ids, span_ids = _check_ids(q, doc_ids, span_ids)
         return torch.ops.chameleon_lite.attention_fwd(q, k, v, doc_ids, span_ids, scale)[0]
+    if q.device.type == "cuda" and q.dtype in _FUSED_DTYPES["cuda"]:
+        return modality_attention_flex(q, k, v, doc_ids, span_ids, scale)
     return modality_attention_sdpa(q, k, v, doc_ids, span_ids, scale)
+
+
+@functools.cache
+def _compiled_flex():
+    # lazy: flex_attention's module is only needed where a kernel is off or failed its check
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def modality_attention_flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc_ids: torch.Tensor,
+    span_ids: torch.Tensor,
+    scale: float | None = None,
+    compiled: bool | None = None,
+) -> torch.Tensor:
+    """flex_attention with a block mask built from the document and span ids: PyTorch's own fused path, which a
+    CUDA run takes when the fused kernel is off or failed its self-check. Compiled on CUDA (``compiled``; eager
+    elsewhere, where it is a reference: flex_attention has no CPU backward)."""
+    # lazy: see _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, L, Hq, D = q.shape
+    doc, span = _check_ids(q, doc_ids, span_ids)
+
+    def allowed(b, h, i, j):
+        return (doc[b, i] == doc[b, j]) & ((j <= i) | ((span[b, i] != 0) & (span[b, i] == span[b, j])))
+
+    mask = create_block_mask(allowed, B, None, L, L, device=q.device)
+    run = _compiled_flex() if (q.device.type == "cuda" if compiled is None else compiled) else flex_attention
+    out = run(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        block_mask=mask,
+        scale=scale,
+        enable_gqa=Hq != k.shape[2],
+    )
+    return out.transpose(1, 2)
 
 
 def modality_attention_sdpa(
@@ -192,7 +241,7 @@ def modality_attention_decode(
 ) -> torch.Tensor:
     """Decode attention against a KV cache; see modality_attention_decode_reference for shapes."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if _has_kernel(q):
+    if _has_kernel(q, "attention_decode"):
         return torch.ops.chameleon_lite.attention_decode(
             q, k_cache, v_cache, cache_lens.to(device=q.device, dtype=torch.int32), scale
         )

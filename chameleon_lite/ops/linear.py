@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from chameleon_lite.ops._loader import load_extensions
+from chameleon_lite.ops.verify import kernel_ok
 
 load_extensions()
 
@@ -37,6 +38,7 @@ def fused_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dim() >= 1
         and x.numel() <= MAX_ROWS * x.shape[-1]
         and not (x.requires_grad and torch.is_grad_enabled())
+        and kernel_ok("linear_bf16w", x.device, torch.float32)
     )
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from chameleon_lite.ops._loader import load_extensions
+from chameleon_lite.ops.verify import kernel_ok
 
 load_extensions()
 
@@ -49,13 +50,23 @@ def _fused(*tensors: torch.Tensor) -> bool:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight."""
-    if _fused(x, weight) and x.dim() >= 1 and weight.shape == (x.shape[-1],):
+    if (
+        _fused(x, weight)
+        and x.dim() >= 1
+        and weight.shape == (x.shape[-1],)
+        and kernel_ok("rms_norm", x.device, x.dtype)
+    ):
         return torch.ops.chameleon_lite.rms_norm(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, L, H, D]; cos, sin [B, L, D/2] -> x rotated in (first half, second half) pairs."""
-    if _fused(x, cos, sin) and x.dim() == 4 and cos.shape == (*x.shape[:2], x.shape[3] // 2) == sin.shape:
+    if (
+        _fused(x, cos, sin)
+        and x.dim() == 4
+        and cos.shape == (*x.shape[:2], x.shape[3] // 2) == sin.shape
+        and kernel_ok("rope", x.device, x.dtype)
+    ):
         return torch.ops.chameleon_lite.rope(x, cos, sin)
     return rope_reference(x, cos, sin)

@@ -41,6 +41,7 @@ import torch
 
 from chameleon_lite.errors import UserError
 from chameleon_lite.ops._loader import load_extensions
+from chameleon_lite.ops.verify import kernel_ok
 
 Setting = float | int | torch.Tensor
 
@@ -245,7 +246,49 @@ def sample(
     Raises SamplingError on bad input.
     """
     load_extensions()
-    args = _op_inputs(
+    settings = dict(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        allowed_ranges=allowed_ranges,
+        uncond_logits=uncond_logits,
+        cfg_scale=cfg_scale,
+        penalty_ids=penalty_ids,
+        repetition_penalty=repetition_penalty,
+    )
+    args = op_inputs(logits, seed=seed, step=step, **settings)
+    device = logits.device
+    run_on = device if device.type == "cpu" or _has_impl(device.type) else torch.device("cpu")
+    if not kernel_ok("sample", run_on, logits.dtype):  # turned off, or it failed its self-check: the reference
+        return sample_reference(logits, seed=seed, step=step, return_logprobs=return_logprobs, **settings)
+    if run_on != device:
+        args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    try:
+        ids, logprobs = torch.ops.chameleon_lite.sample(*args)
+    except ValueError as e:
+        raise SamplingError(str(e)) from None
+    ids, logprobs = ids.to(device), logprobs.to(device)
+    return (ids, logprobs) if return_logprobs else ids
+
+
+def op_inputs(
+    logits: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    temperature: Setting = 1.0,
+    top_k: Setting = 0,
+    top_p: Setting = 1.0,
+    min_p: Setting = 0.0,
+    allowed_ranges: torch.Tensor | None = None,
+    uncond_logits: torch.Tensor | None = None,
+    cfg_scale: Setting | None = None,
+    penalty_ids: torch.Tensor | None = None,
+    repetition_penalty: Setting = 1.0,
+) -> tuple:
+    """The arguments of ``torch.ops.chameleon_lite.sample`` for :func:`sample`'s keywords (checked)."""
+    return _op_inputs(
         logits,
         seed,
         step,
@@ -259,15 +302,6 @@ def sample(
         penalty_ids,
         repetition_penalty,
     )
-    device = logits.device
-    if device.type != "cpu" and not _has_impl(device.type):
-        args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
-    try:
-        ids, logprobs = torch.ops.chameleon_lite.sample(*args)
-    except ValueError as e:
-        raise SamplingError(str(e)) from None
-    ids, logprobs = ids.to(device), logprobs.to(device)
-    return (ids, logprobs) if return_logprobs else ids
 
 
 def sampling_uniforms(seed: int, step: int, batch: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from chameleon_lite.ops._loader import load_extensions
+from chameleon_lite.ops.verify import kernel_ok
 
 load_extensions()
 
@@ -51,6 +52,7 @@ def fused_supported(x: torch.Tensor, log_alpha: torch.Tensor) -> bool:
         and x.dim() == 3
         and log_alpha.numel() == x.shape[1]
         and log_alpha.device.type == "cpu"
+        and kernel_ok("snake", x.device, torch.float32)
     )
 
 

@@ -27,6 +27,7 @@ from chameleon_lite.hardware import cpu_has_fast_bf16
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.io import load_weights, read_model_weights
 from chameleon_lite.model.transformer import Transformer, token_losses
+from chameleon_lite.ops.verify import prepare as verify_kernels
 from chameleon_lite.train import checkpoint as ckpt
 from chameleon_lite.train.config import PretrainConfig
 from chameleon_lite.train.distributed import (
@@ -300,6 +301,8 @@ def _start(cfg: PretrainConfig, make_loader: LoaderFactory) -> _Run:
     if info.is_main:
         _write_run_json(cfg, mcfg, vocab, tokenizers, info, dtype)
     init = init_weights_from(cfg, mcfg) if newest is None else None  # a resumed run has its checkpoint's weights
+    # the fused attention checks itself here, before the model is compiled (it falls back to PyTorch's path if not)
+    verify_kernels(info.device, (dtype,))
     torch.manual_seed(cfg.seed)
     model = build_train_model(mcfg, cfg, info, init)
     loader = make_loader(

@@ -105,3 +105,63 @@ def test_sampling_same_ids_as_cpu(kw):
         assert gpu_ids.is_cuda
         assert torch.equal(gpu_ids.cpu(), cpu_ids)
         torch.testing.assert_close(gpu_lp.cpu(), cpu_lp, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- self-checks on the GPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op", ["attention", "attention_decode", "sample"])
+def test_every_cuda_kernel_passes_its_self_check(op, dtype):
+    from chameleon_lite.ops import verify
+
+    if op == "sample" and dtype == torch.float16:
+        pytest.skip("the model's logits are fp32 or bf16")
+    verify.clear()
+    result = verify.check(op, torch.device("cuda"), dtype)
+    assert result.ok, result.line()
+    assert result.variant.startswith("cuda sm_")
+
+
+def test_a_failed_cuda_attention_check_falls_back_to_flex_attention(monkeypatch):
+    """With the fused kernel failing its check, attention on the GPU runs compiled flex_attention with the block
+    mask of the document and span ids: same output and gradients as the reference."""
+    from chameleon_lite import ops
+    from chameleon_lite.ops import verify
+
+    monkeypatch.setenv(verify.ENV_FAKE, "attention")
+    verify.clear()
+    try:
+        g = torch.Generator().manual_seed(3)
+        B, L, Hq, Hkv, D = 2, 300, 8, 2, 64
+        q, k, v = (torch.randn(B, L, h, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
+        doc = torch.zeros(B, L, dtype=torch.int32)
+        doc[:, 100:] = 1
+        doc[1, 250:] = 2
+        span = torch.zeros(B, L, dtype=torch.int32)
+        span[0, 120:200] = 1
+        dev = [t.to("cuda", torch.bfloat16).requires_grad_() for t in (q, k, v)]
+        out = ops.modality_attention(*dev, doc.cuda(), span.cuda())
+        assert [r.ok for r in verify.results() if r.op == "attention"] == [False]
+        ref_in = [t.to(torch.bfloat16).double().requires_grad_() for t in (q, k, v)]
+        ref = modality_attention_reference(*ref_in, doc, span)
+        torch.testing.assert_close(out.detach().cpu().double(), ref.detach(), atol=5e-2, rtol=5e-2)
+        dout = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(out, dev, dout.to("cuda", torch.bfloat16))
+        ref_grads = torch.autograd.grad(ref, ref_in, dout)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a.cpu().double(), b, atol=8e-2, rtol=8e-2)
+    finally:
+        verify.clear()
+
+
+def test_a_failed_cuda_sampling_check_falls_back_to_the_reference_on_the_gpu(monkeypatch):
+    from chameleon_lite.ops import verify
+
+    monkeypatch.setenv(verify.ENV_FAKE, "sample")
+    verify.clear()
+    try:
+        logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(4)) * 3
+        ids = sample(logits.cuda(), seed=9, step=2, temperature=0.8, top_k=40)
+        assert ids.is_cuda and [r.ok for r in verify.results() if r.op == "sample"] == [False]
+        assert torch.equal(ids.cpu(), sample(logits, seed=9, step=2, temperature=0.8, top_k=40))
+    finally:
+        verify.clear()

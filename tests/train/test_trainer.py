@@ -616,3 +616,17 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
         build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), kind="sgd")
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         PretrainConfig(optimizer="lion")
+
+
+def test_bf16_autocast_training_checks_its_kernel_and_tracks_fp32(tmp_path):
+    """The bf16 autocast path a GPU run takes, on the CPU: the fused attention checks itself for bf16 before the
+    first step, and the losses follow the fp32 run's."""
+    from chameleon_lite.ops import verify
+
+    verify.clear()
+    fp32 = _losses(_run(tmp_path, "fp32", "--steps=3", "--ckpt_every=3"))
+    bf16 = _losses(_run(tmp_path, "bf16", "--steps=3", "--ckpt_every=3", "--dtype=bf16"))
+    assert any(r.op == "attention" and r.dtype == "bfloat16" and r.ok for r in verify.results())
+    assert sorted(bf16) == sorted(fp32)
+    for s in fp32:
+        assert math.isfinite(bf16[s]) and bf16[s] == pytest.approx(fp32[s], rel=5e-2)
