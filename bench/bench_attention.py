@@ -125,7 +125,7 @@ def make_flex(doc, span, L: int, device: str):
     t = time.perf_counter()
     block_mask = create_block_mask(mask_mod, 1, None, L, L, device=device)
     mask_ms = 1e3 * (time.perf_counter() - t)
-    compiled = torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention, dynamic=False)  # one graph per (L, dtype, grad): see main()
 
     def run(q, k, v, doc_, span_):
         return compiled(
@@ -256,18 +256,36 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every side")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16", "float16"],
+        help="float16: CUDA only (the CPU kernels take fp32 and bf16)",
+    )
     ap.add_argument("--no-flex", action="store_true", help="skip the compiled flex_attention baseline")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 1024 2048 4096)")
     ap.add_argument("--docs", type=int, nargs="+", default=None, help="documents per row (default 1 4 16)")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode rows")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default=None, help="result file stem (default attention)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=0,
+        help="start no new full-attention row after this many seconds (0: no limit); the JSON says when it stopped",
+    )
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is visible on this machine; nothing to measure", file=sys.stderr)
         return 2
+    if args.device == "cpu" and "float16" in args.dtypes:
+        print("--dtypes float16: the CPU kernels take float32 and bfloat16; use --device cuda", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
+    # each (length, dtype, backward) is its own flex_attention graph: keep them all compiled rather than falling
+    # back to eager after the default number of recompilations
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     repeats = args.repeats or (2 if args.quick else 5)
     lengths = args.lengths or ([1024] if args.quick else [1024, 2048, 4096])
     doc_counts = args.docs or ([1, 4] if args.quick else [1, 4, 16])
@@ -278,13 +296,23 @@ def main() -> int:
         + ", ".join(f"{str(d).replace('torch.', '')} {p:.1f} GFLOP/s" for d, p in peaks.items())
     )
     rows = []
+    t_start = time.perf_counter()
+    truncated = False
     for dtype in dtypes:
         for L in lengths:
             for n_docs in doc_counts:
                 for span in (False, True):
                     for backward in (False, True):
-                        if backward and (L == 4096 or dtype != torch.float32) and not args.quick:
-                            continue  # fwd+bwd: fp32 at L <= 2048 (the SDPA+mask baseline needs seconds per call)
+                        if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+                            truncated = True
+                            break
+                        if (
+                            backward
+                            and args.device == "cpu"
+                            and (L == 4096 or dtype != torch.float32)
+                            and not args.quick
+                        ):
+                            continue  # CPU fwd+bwd: fp32 at L <= 2048 (the SDPA+mask baseline needs seconds per call)
                         rows.append(
                             bench_full(
                                 L,
@@ -311,6 +339,8 @@ def main() -> int:
         )  # GQA 8/2
         for B in (1, 16) if not args.no_decode else ():
             rows.append(bench_decode(B, 2048, HEADS, dtype, repeats, args.device))
+    if truncated:
+        print(f"--budget-s {args.budget_s:g}: stopped adding full-attention rows; the grid is incomplete")
     print(f"\ndevice={args.device} threads={args.threads} repeats={repeats} (median, interleaved); B=1, head dim {DIM}")
     table = print_table(rows, COLUMNS)
     name = args.name or f"attention{'' if args.device == 'cpu' else '_' + args.device}"
@@ -322,6 +352,7 @@ def main() -> int:
             "device": args.device,
             "repeats": repeats,
             "matmul_peak_gflops": {str(d): p for d, p in peaks.items()},
+            "truncated_by_budget_s": args.budget_s if truncated else None,
             "rows": rows,
             "table": table,
         },

@@ -8,7 +8,8 @@ other processes hits them alike; times are medians.
 
     python bench/bench_sampling.py            # B in {1, 16, 32, 64} x V in {16384, 65536, 152064}
     python bench/bench_sampling.py --quick    # smoke run: B in {1, 32}, V in {16384, 65536}
-    python bench/bench_sampling.py --device cuda   # the CUDA kernel against the same chain on the GPU
+    python bench/bench_sampling.py --device cuda   # the CUDA kernel against the same chain on the GPU (and
+                                                   # FlashInfer's fused top-k/top-p sampler, if installed)
 
 Writes bench/results/sampling.json and bench/results/sampling.png.
 """
@@ -68,6 +69,22 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 2, device: str = 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def flashinfer_sampler(device: str):
+    """FlashInfer's fused top-k + top-p sampling from logits (same T, k, p) where it is installed and the logits
+    are on a GPU; None otherwise."""
+    if device != "cuda":
+        return None
+    try:
+        import flashinfer.sampling as fs
+    except ImportError:
+        return None
+
+    def draw(logits: torch.Tensor) -> torch.Tensor:
+        return fs.top_k_top_p_sampling_from_logits(logits.float() / TEMPERATURE, TOP_K, TOP_P)
+
+    return draw
+
+
 def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype, device: str = "cpu") -> list[dict]:
     rows = []
     data_gen = torch.Generator().manual_seed(0)
@@ -84,18 +101,20 @@ def run(batches: list[int], vocabs: list[int], repeats: int, dtype: torch.dtype,
             def fused_greedy():
                 return sample(logits, seed=1, step=0, temperature=0.0)
 
-            t = interleaved_medians(
-                {
-                    "fused": fused,
-                    "fused_greedy": fused_greedy,
-                    "sort_chain": lambda: sort_chain(logits, gen),
-                    "multinomial": lambda: multinomial(logits, gen),
-                    "argmax": lambda: logits.argmax(-1),
-                },
-                repeats,
-                device=device,
-            )
+            sides = {
+                "fused": fused,
+                "fused_greedy": fused_greedy,
+                "sort_chain": lambda: sort_chain(logits, gen),
+                "multinomial": lambda: multinomial(logits, gen),
+                "argmax": lambda: logits.argmax(-1),
+            }
+            flashinfer = flashinfer_sampler(device)
+            if flashinfer is not None:
+                sides["flashinfer"] = lambda: flashinfer(logits)
+            t = interleaved_medians(sides, repeats, device=device)
             row = {"B": b, "V": v, **{f"{k}_ms": s * 1e3 for k, s in t.items()}}
+            if "flashinfer" in t:
+                row["x_vs_flashinfer"] = t["flashinfer"] / t["fused"]
             row["x_vs_sort"] = t["sort_chain"] / t["fused"]
             row["x_vs_multinomial"] = t["multinomial"] / t["fused"]
             row["fused_over_argmax"] = t["fused"] / t["argmax"]
@@ -151,6 +170,7 @@ def main() -> int:
         help="cuda: the CUDA kernel (chameleon_lite._C_cuda) against the same baselines on the GPU",
     )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--name", default=None, help="result file stem (default sampling, or sampling_cuda)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is visible on this machine; nothing to measure", file=sys.stderr)
@@ -174,6 +194,8 @@ def main() -> int:
         "x_vs_multinomial",
         "fused_over_argmax",
     ]
+    if any("x_vs_flashinfer" in r for r in rows):
+        cols[7:7] = ["flashinfer_ms", "x_vs_flashinfer"]
     print(
         f"\ndevice={args.device} threads={args.threads} dtype={args.dtype} repeats={repeats} (median); "
         f"fused and sort chain: T={TEMPERATURE}, top-k={TOP_K}, top-p={TOP_P}"
@@ -196,7 +218,7 @@ def main() -> int:
             f"{'met' if goals['met'] else 'NOT met'}"
         )
     os.makedirs(args.out, exist_ok=True)
-    stem = "sampling" if args.device == "cpu" else f"sampling_{args.device}"
+    stem = args.name or ("sampling" if args.device == "cpu" else f"sampling_{args.device}")
     path = write_json(
         os.path.join(args.out, f"{stem}.json"),
         {
