@@ -67,6 +67,9 @@ class AudioCodecTrainConfig:
     weight_decay: float = 0.0
     # window sizes of the multi-scale spectral losses; long windows resolve single harmonics over a whole note
     spectral_ffts: tuple[int, ...] = (2048, 1024, 512, 256, 128)
+    # < 0: the spectral losses ignore what lies this many dB below each clip's loudest bin (MultiScaleSpectralLoss);
+    # 0: only the absolute floor 1e-5
+    spectral_floor_db: float = 0.0
     mel_weight: float = 1.0
     stft_weight: float = 1.0
     complex_weight: float = 2.0
@@ -101,6 +104,8 @@ class AudioCodecTrainConfig:
         self.spectral_ffts = tuple(int(n) for n in self.spectral_ffts)
         if not self.spectral_ffts or any(n < 16 for n in self.spectral_ffts):
             raise ConfigError(f"spectral_ffts must be window sizes >= 16, got {self.spectral_ffts}")
+        if not -120 <= self.spectral_floor_db <= 0:
+            raise ConfigError(f"spectral_floor_db must be in [-120, 0] dB (0 = off), got {self.spectral_floor_db}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         self.model_config()
@@ -266,11 +271,19 @@ def mel_filterbank(
 
 
 class MultiScaleSpectralLoss(nn.Module):
-    """Log-mel L1 and STFT (spectral convergence + log-magnitude L1) summed over several window sizes."""
+    """Log-mel L1 and STFT (spectral convergence + log-magnitude L1) summed over several window sizes.
 
-    def __init__(self, sample_rate: int, ffts: tuple[int, ...] = (2048, 1024, 512, 256, 128)) -> None:
+    Magnitudes are floored at 1e-5 and, with ``floor_db`` (< 0), at that many dB below each clip's loudest bin (of
+    the reference, per window size; for the mel terms, its loudest mel bin): what lies under the floor on both sides
+    costs nothing. A synthetic tone's spectrum is almost all empty bins tens of dB down, so without a relative floor
+    the log terms are mostly about matching that emptiness, and the harmonics (a few bins) come last."""
+
+    def __init__(
+        self, sample_rate: int, ffts: tuple[int, ...] = (2048, 1024, 512, 256, 128), floor_db: float = 0.0
+    ) -> None:
         super().__init__()
         self.ffts = ffts
+        self.floor = 10 ** (floor_db / 20) if floor_db < 0 else 0.0
         for n in ffts:
             self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
             self.register_buffer(f"mel{n}", mel_filterbank(sample_rate, n, min(80, n // 4)), persistent=False)
@@ -288,7 +301,9 @@ class MultiScaleSpectralLoss(nn.Module):
         mel_l, stft_l, cplx_l = y.new_zeros(()), y.new_zeros(()), y.new_zeros(())
         for n in self.ffts:
             sy, sx = self._spec(y, n), self._spec(x, n)
-            my, mx = sy.abs().clamp_min(1e-5), sx.abs().clamp_min(1e-5)
+            ay, ax = sy.abs(), sx.abs()
+            floor = (ax.amax(dim=(-2, -1), keepdim=True) * self.floor).clamp_min(1e-5)
+            my, mx = torch.maximum(ay, floor), torch.maximum(ax, floor)
             stft_l = (
                 stft_l
                 + torch.linalg.norm(my - mx) / torch.linalg.norm(mx).clamp_min(1e-5)
@@ -296,7 +311,9 @@ class MultiScaleSpectralLoss(nn.Module):
             )
             cplx_l = cplx_l + (torch.view_as_real(sy) - torch.view_as_real(sx)).abs().mean() / mx.mean().clamp_min(1e-5)
             fb = getattr(self, f"mel{n}")
-            mel_l = mel_l + ((fb @ my).clamp_min(1e-5).log() - (fb @ mx).clamp_min(1e-5).log()).abs().mean()
+            mel_y, mel_x = fb @ my, fb @ mx
+            mel_floor = (mel_x.amax(dim=(-2, -1), keepdim=True) * self.floor).clamp_min(1e-5)
+            mel_l = mel_l + (torch.maximum(mel_y, mel_floor).log() - torch.maximum(mel_x, mel_floor).log()).abs().mean()
         k = len(self.ffts)
         return mel_l / k, stft_l / k, cplx_l / k
 
@@ -455,7 +472,7 @@ class AudioCodecTask:
 
     def optimizers(self, params: list[nn.Parameter]):
         cfg = self.cfg
-        self.spectral = MultiScaleSpectralLoss(self.mcfg.sample_rate, cfg.spectral_ffts)
+        self.spectral = MultiScaleSpectralLoss(self.mcfg.sample_rate, cfg.spectral_ffts, cfg.spectral_floor_db)
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=cfg.weight_decay)
         disc = STFTDiscriminator() if cfg.disc_start else None
         dopt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99)) if disc is not None else None

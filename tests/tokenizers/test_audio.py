@@ -324,6 +324,23 @@ def test_si_snr_and_mel_filterbank():
     assert fb.shape == (40, 257) and bool((fb >= 0).all()) and bool((fb.sum(1) > 0).all())
 
 
+def test_spectral_floor_ignores_what_lies_below_it():
+    """floor_db=0 is the absolute 1e-5 floor alone (the log terms then also count errors 80 dB down); a relative floor
+    of -50 dB leaves out an error 80 dB under the clip's loudest bin and keeps one 20 dB under it."""
+    from chameleon_lite.tokenizers.audio_train import MultiScaleSpectralLoss
+
+    x = torch.from_numpy(tone(0.1))[None]
+    g = torch.Generator().manual_seed(0)
+    faint, loud = (x + a * float(x.abs().max()) * torch.randn(x.shape, generator=g) for a in (1e-4, 1e-1))
+    plain, floored = MultiScaleSpectralLoss(16000), MultiScaleSpectralLoss(16000, floor_db=-50)
+    assert float(plain(x, x)[0]) == 0 and float(floored(x, x)[0]) == 0
+    assert float(plain(faint, x)[1]) > 0.5  # the log-magnitude term is mostly about the empty bins
+    assert float(floored(faint, x)[0]) < 1e-3 and float(floored(faint, x)[1]) < 1e-2
+    assert float(floored(loud, x)[0]) > 0.1 and float(floored(loud, x)[1]) > 0.1
+    with pytest.raises(ConfigError, match="spectral_floor_db"):
+        AudioCodecTrainConfig(spectral_floor_db=-200)
+
+
 # ---------------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
