@@ -154,7 +154,7 @@ def _compiled_flex():
     # lazy: flex_attention's module is only needed where a kernel is off or failed its check
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # shapes go dynamic after the first recompile (prompts of many lengths)
 
 
 def modality_attention_flex(

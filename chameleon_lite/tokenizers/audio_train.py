@@ -190,9 +190,9 @@ def quickstart_config(steps: int, seed: int = 0) -> AudioCodecTrainConfig:
     trainer's defaults, and they ignore what lies 30 dB under each clip's loudest bin (``spectral_floor_db``). In 600
     steps on 2 threads, over three seeds, on 191 held-out clips (docs/speedrun.md): default weights 2.1-9.5 dB SI-SNR
     and 21-67 % checker agreement; magnitude terms 4x, 7.3-7.9 dB and 50-75 %; and with the -30 dB floor as well,
-    7.1-15.6 dB (mean 12.7) and 73-91 % (mean 84 %). Without the relative floor the log terms are mostly about matching the empty bins of a
-    synthetic tone's spectrum, and a short run leaves out the harmonics that tell a square or sawtooth wave from a
-    sine."""
+    7.1-15.6 dB (mean 12.7) and 73-91 % (mean 84 %). Without the relative floor the log terms are mostly about
+    matching the empty bins of a synthetic tone's spectrum, and a short run leaves out the harmonics that tell a
+    square or sawtooth wave from a sine."""
     return AudioCodecTrainConfig(
         preset="tiny",
         model_overrides={"num_levels": 2, "quantizer_dropout": 0.0},
