@@ -2,8 +2,10 @@
 
 Each stage writes its outputs, then a marker file ``.stage-<name>.done`` holding the stage's parameters; a rerun
 skips stages whose marker exists with the same parameters and reruns (after clearing) those whose parameters
-changed. Stages that are themselves resumable (tokenizer training, pretraining) are simply called again after
-an interruption and continue from their own checkpoints.
+changed, and every stage after one that ran again: a later stage reads what the earlier ones wrote (new tokenizers
+need a new vocabulary, new shards and a new model), so its own unchanged parameters do not make it current. Stages
+that are themselves resumable (tokenizer training, pretraining) are simply called again after an interruption and
+continue from their own checkpoints.
 """
 
 from __future__ import annotations
@@ -51,13 +53,15 @@ class Pipeline:
     def run(self, stages: list[Stage]) -> dict[str, float]:
         """Run stages in order, skipping finished ones; returns the wall time of each stage run now."""
         times: dict[str, float] = {}
+        upstream_ran = False  # a stage before this one ran in this call: what this one read may have changed
         for i, st in enumerate(stages, 1):
             head = f"[{i}/{len(stages)}] {st.name}"
-            if self.is_done(st):
+            if not upstream_ran and self.is_done(st):
                 self.log(f"{head}: done earlier, skipped")
                 continue
+            upstream_ran = True
             marker = self._marker(st.name)
-            if os.path.exists(marker):  # parameters changed: start this stage over
+            if os.path.exists(marker):  # parameters, or what an earlier stage wrote, changed: start this stage over
                 os.remove(marker)
                 for out in st.outputs:
                     if os.path.isdir(out):

@@ -142,3 +142,24 @@ def test_short_quickstart_end_to_end(tmp_path):
     assert "text_to_image" in json.dumps(ev) and "audio" in json.dumps(ev)
     again = quickstart(cfg)
     assert again["seconds_this_run"] < summary["seconds_this_run"]
+
+
+def test_a_changed_tokenizer_recipe_changes_its_stage(monkeypatch):
+    """The tokenizer stages are keyed by their whole recipe, so a quickstart folder made with another codec recipe
+    trains the codec again (and the pipeline then reruns every later stage) instead of resuming the old one."""
+    import dataclasses
+
+    from chameleon_lite.tokenizers import audio_train
+
+    cfg = QuickstartConfig(out="unused")
+    before = {s.name: s.params for s in build_stages(cfg)}
+    real = audio_train.quickstart_config
+    monkeypatch.setattr(
+        audio_train, "quickstart_config", lambda steps, seed=0: dataclasses.replace(real(steps, seed), mel_weight=1.0)
+    )
+    after = {s.name: s.params for s in build_stages(cfg)}
+    assert before["audio-tokenizer"] != after["audio-tokenizer"]
+    assert before["audio-tokenizer"]["spectral_floor_db"] == -30.0
+    assert {k: v for k, v in before.items() if k != "audio-tokenizer"} == {
+        k: v for k, v in after.items() if k != "audio-tokenizer"
+    }

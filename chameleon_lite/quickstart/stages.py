@@ -143,8 +143,22 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         stage("corpus", _corpus, {"n": cfg.corpus_docs, "seed": cfg.seed}, [cfg.path("corpus")]),
         stage("heldout", _heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [cfg.path("heldout")]),
         stage("text-tokenizer", _text_tokenizer, {"vocab": cfg.text_vocab}, [cfg.path("tokenizers", bundle.TEXT_FILE)]),
-        stage("image-tokenizer", _image_tokenizer, {"steps": cfg.image_train_steps}, [cfg.path("image_vq")], True),
-        stage("audio-tokenizer", _audio_tokenizer, {"steps": cfg.audio_train_steps}, [cfg.path("audio_codec")], True),
+        # the whole training recipe, not only its step count: a changed recipe trains the tokenizer again rather
+        # than resuming the old one's checkpoints with new settings
+        stage(
+            "image-tokenizer",
+            _image_tokenizer,
+            image_train.quickstart_config(cfg.image_train_steps, seed=cfg.seed).to_dict(),
+            [cfg.path("image_vq")],
+            True,
+        ),
+        stage(
+            "audio-tokenizer",
+            _audio_tokenizer,
+            audio_train.quickstart_config(cfg.audio_train_steps, seed=cfg.seed).to_dict(),
+            [cfg.path("audio_codec")],
+            True,
+        ),
         stage("vocab", _vocab, {}, [cfg.path("tokenizers", bundle.VOCAB_FILE)]),
         stage("tokenize", _tokenize, {}, [cfg.path("shards")], True),
         stage(
