@@ -164,20 +164,22 @@ def _check_index_tensor(name: str, t, batch: int, last: int | None) -> None:
         raise SamplingError(f"sample: {name} must be {shape} with B = {batch}, got shape {tuple(t.shape)}")
 
 
-def _op_inputs(
-    logits,
-    seed,
-    step,
-    temperature,
-    top_k,
-    top_p,
-    min_p,
-    allowed_ranges,
-    uncond_logits,
-    cfg_scale,
-    penalty_ids,
-    repetition_penalty,
+def op_inputs(
+    logits: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    temperature: Setting = 1.0,
+    top_k: Setting = 0,
+    top_p: Setting = 1.0,
+    min_p: Setting = 0.0,
+    allowed_ranges: torch.Tensor | None = None,
+    uncond_logits: torch.Tensor | None = None,
+    cfg_scale: Setting | None = None,
+    penalty_ids: torch.Tensor | None = None,
+    repetition_penalty: Setting = 1.0,
 ) -> tuple:
+    """The arguments of ``torch.ops.chameleon_lite.sample`` for :func:`sample`'s keywords (checked)."""
     _check_logits("logits", logits)
     batch = logits.shape[0]
     seed = _int_arg("seed", seed)
@@ -272,38 +274,6 @@ def sample(
     return (ids, logprobs) if return_logprobs else ids
 
 
-def op_inputs(
-    logits: torch.Tensor,
-    *,
-    seed: int,
-    step: int,
-    temperature: Setting = 1.0,
-    top_k: Setting = 0,
-    top_p: Setting = 1.0,
-    min_p: Setting = 0.0,
-    allowed_ranges: torch.Tensor | None = None,
-    uncond_logits: torch.Tensor | None = None,
-    cfg_scale: Setting | None = None,
-    penalty_ids: torch.Tensor | None = None,
-    repetition_penalty: Setting = 1.0,
-) -> tuple:
-    """The arguments of ``torch.ops.chameleon_lite.sample`` for :func:`sample`'s keywords (checked)."""
-    return _op_inputs(
-        logits,
-        seed,
-        step,
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        allowed_ranges,
-        uncond_logits,
-        cfg_scale,
-        penalty_ids,
-        repetition_penalty,
-    )
-
-
 def sampling_uniforms(seed: int, step: int, batch: int) -> torch.Tensor:
     """The uniforms in [0, 1) that :func:`sample` draws for rows 0..batch-1 at (seed, step): float64 [batch]."""
     load_extensions()
@@ -338,19 +308,19 @@ def sample_reference(
     Same arguments and returns as :func:`sample`; `uniforms` (float64 [B]) overrides the Philox draws.
     Given the same uniforms it picks the same ids, up to the last bits of fp summation order at a boundary.
     """
-    args = _op_inputs(
+    args = op_inputs(
         logits,
-        seed,
-        step,
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        allowed_ranges,
-        uncond_logits,
-        cfg_scale,
-        penalty_ids,
-        repetition_penalty,
+        seed=seed,
+        step=step,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        allowed_ranges=allowed_ranges,
+        uncond_logits=uncond_logits,
+        cfg_scale=cfg_scale,
+        penalty_ids=penalty_ids,
+        repetition_penalty=repetition_penalty,
     )
     _, _, temp_t, k_t, p_t, minp_t, cfg_t, pen_t, _, _, _, _ = args
     b, v = logits.shape

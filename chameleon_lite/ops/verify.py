@@ -59,10 +59,10 @@ class Verification:
     error: str  # "" when ok
     seconds: float
 
-    def line(self) -> str:
+    def line(self, fallback: bool = True) -> str:
         return (
             f"chameleon-lite: kernel {self.op} ({self.variant}) on {self.device} {self.dtype} failed its "
-            f"self-check: {self.error}; using PyTorch's path for it from now on"
+            f"self-check: {self.error}" + ("; using PyTorch's path for it from now on" if fallback else "")
         )
 
 
@@ -123,7 +123,7 @@ def kernel_ok(op: str, device: torch.device, dtype: torch.dtype) -> bool:
     if found is None:
         found = check(op, device, dtype)
     if not found.ok and policy == "strict":
-        raise KernelVerificationError(found.line().replace("; using PyTorch's path for it from now on", ""))
+        raise KernelVerificationError(found.line(fallback=False))
     return found.ok
 
 
@@ -153,12 +153,12 @@ def check(op: str, device: torch.device, dtype: torch.dtype) -> Verification:
         except Mismatch as e:
             error = str(e)
         except Exception as e:  # a failed launch, an illegal address, a missing kernel: the op is not usable
-            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            error = _one_line(e)
         if device.type == "cuda":
             try:
                 torch.cuda.synchronize(device)
             except Exception as e:  # a sticky CUDA error: the device itself is gone for this process
-                error = error or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                error = error or _one_line(e)
         result = Verification(
             op=op,
             device=key[1],
@@ -169,6 +169,11 @@ def check(op: str, device: torch.device, dtype: torch.dtype) -> Verification:
             seconds=time.perf_counter() - t0,
         )
         _results[key] = result
-    if not result.ok and os.environ.get(ENV_MODE, "").strip().lower() != "strict":
+    if not result.ok and os.environ.get(ENV_MODE, "").strip().lower() != "strict":  # strict: kernel_ok raises it
         log.warning(result.line())
     return result
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -296,3 +296,16 @@ def test_doctor_exits_1_and_names_a_failed_kernel(tmp_path):
     assert failed == {("sample", "float32"), ("sample", "bfloat16"), ("rope", "float32")}
     assert "FAILED" in proc.stdout and "rope on cpu float32: RuntimeError: injected failure" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_doctor_json_refuses_a_file_it_did_not_write(tmp_path):
+    mine = tmp_path / "doctor.json"
+    mine.write_text('{"notes": "a user\'s file"}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "chameleon_lite.cli", "doctor", "--json", str(mine)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and "was not written by chameleon-lite" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and mine.read_text() == '{"notes": "a user\'s file"}'
