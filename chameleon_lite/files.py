@@ -261,6 +261,7 @@ DOCUMENTS = OutputKind(
     (),
     (("sample_[0-9][0-9][0-9]", DOCUMENT),),
 )
+CHAT = OutputKind("a chat transcript", "chameleon-lite chat", None, (), (("turn_[0-9][0-9][0-9]", DOCUMENT),))
 CORPUS = OutputKind(
     "a procedural corpus",
     "chameleon-lite data procedural",
@@ -275,7 +276,7 @@ EVAL = OutputKind(
     "an evaluation folder",
     "chameleon-lite eval",
     "eval.json",
-    ("eval.json", "report.html", "*.png"),
+    ("eval.json", "report.html", "items.jsonl", "*.png"),
     (
         (
             "inputs",

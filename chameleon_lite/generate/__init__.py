@@ -10,6 +10,8 @@ import importlib
 
 _WHERE = {
     "Document": "document",
+    "close_turn": "document",
+    "load_history": "document",
     "Span": "document",
     "GenerationConfig": "engine",
     "Generator": "engine",

@@ -19,7 +19,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from chameleon_lite.files import DOCUMENT, check_output_dir, replace_dir, write_bytes_atomic
+from chameleon_lite.errors import UserError
+from chameleon_lite.files import DOCUMENT, check_output_dir, read_json, replace_dir, write_bytes_atomic
 from chameleon_lite.vocab import UnifiedVocab
 
 
@@ -35,23 +36,32 @@ class Span:
     sample_rate: int | None = None
     complete: bool = True  # False for a span cut off by the token budget (not decoded)
     from_prompt: bool = False
+    role: str | None = None  # "user" | "assistant" inside a conversation's turn, else None
 
 
-def split_spans(ids: list[int], vocab: UnifiedVocab) -> list[Span]:
-    """Split a unified id stream into spans. <bos>/<pad> are dropped; <eos> ends the stream."""
+def split_spans(ids: list[int], vocab: UnifiedVocab, role: str | None = None) -> list[Span]:
+    """Split a unified id stream into spans. <bos>/<pad> are dropped; <eos> ends the stream. Turn markers
+    (<user>, <assistant>, <eot>) end a text span and set the ``role`` of the spans after them (``role``: the
+    role the stream starts in)."""
     spans: list[Span] = []
     text: list[int] = []
     i, n = 0, len(ids)
+    turns = {vocab.user: "user", vocab.assistant: "assistant", vocab.eot: None} if vocab.conversation_ready else {}
 
     def flush_text() -> None:
         if text:
-            spans.append(Span("text", list(text)))
+            spans.append(Span("text", list(text), role=role))
             text.clear()
 
     while i < n:
         t = ids[i]
         if t == vocab.eos:
             break
+        if t in turns:
+            flush_text()
+            role = turns[t]
+            i += 1
+            continue
         if t in (vocab.boi, vocab.boa):
             flush_text()
             end_tok = vocab.eoi if t == vocab.boi else vocab.eoa
@@ -59,7 +69,8 @@ def split_spans(ids: list[int], vocab: UnifiedVocab) -> list[Span]:
             while j < n and ids[j] != end_tok and ids[j] != vocab.eos:
                 j += 1
             complete = j < n and ids[j] == end_tok
-            spans.append(Span("image" if t == vocab.boi else "audio", list(ids[i + 1 : j]), complete=complete))
+            kind = "image" if t == vocab.boi else "audio"
+            spans.append(Span(kind, list(ids[i + 1 : j]), complete=complete, role=role))
             i = j + 1
             continue
         if vocab.text_offset <= t < vocab.image_offset:
@@ -109,6 +120,16 @@ class Document:
     @property
     def text(self) -> str:
         return "".join(s.text or "" for s in self.spans if s.kind == "text")
+
+    @property
+    def reply(self) -> str:
+        """The generated text only (the answer, without the prompt's text)."""
+        return "".join(s.text or "" for s in self.spans if s.kind == "text" and not s.from_prompt)
+
+    @property
+    def conversation(self) -> list[int]:
+        """The unified ids of the whole conversation so far (prompt + answer), what ``--history`` continues."""
+        return list(self.prompt_ids) + list(self.ids)
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -165,8 +186,16 @@ def _write_files(doc: Document, tmp: str) -> None:
     seg_json: list[dict[str, Any]] = []
     n_img = n_aud = 0
     prev: Span | None = None
+    role: str | None = None
     for s in doc.spans:
         entry: dict[str, Any] = {"kind": s.kind, "ids": s.ids, "complete": s.complete, "from_prompt": s.from_prompt}
+        if s.role is not None:
+            entry["role"] = s.role
+        if s.role != role and s.role is not None:  # a conversation: each turn under its speaker's name
+            md.append(f"\n\n**{s.role}:** ")
+            body.append(f'<h4 class="role">{s.role}</h4>')
+            prev = None
+        role = s.role
         if s.kind == "text":
             entry["text"] = s.text
             text = _text_after(prev, s)
@@ -215,3 +244,39 @@ def _write_files(doc: Document, tmp: str) -> None:
         "timings": doc.timings,
     }
     write_bytes_atomic(os.path.join(tmp, "document.json"), json.dumps(meta, indent=1).encode())
+
+
+def load_history(path: str, vocab: UnifiedVocab) -> list[int]:
+    """The unified ids of a conversation saved by `generate` (its output folder, or the folder's document.json),
+    ready to go on with a new user turn: every turn closed by ``<eot>``. Refused with one line when the document
+    was not a conversation, was written with another vocabulary, or its last answer did not end its turn."""
+    where = os.path.join(path, "document.json") if os.path.isdir(path) else path
+    meta = read_json(where, "saved conversation (document.json of a `generate` output folder)")
+    settings = meta.get("settings")
+    prompt, ids = meta.get("prompt_ids"), meta.get("ids")
+    if not isinstance(settings, dict) or not isinstance(prompt, list) or not isinstance(ids, list):
+        raise UserError(f"{where}: not a document written by `generate` (settings, prompt_ids, ids missing)")
+    if any(isinstance(t, bool) or not isinstance(t, int) for t in prompt + ids):
+        raise UserError(f"{where}: prompt_ids and ids must be lists of integers")
+    if not settings.get("chat"):
+        raise UserError(f"{where}: not a conversation (generated with --plain or by a model without the chat format)")
+    if settings.get("vocab_hash") != vocab.hash:
+        raise UserError(
+            f"{where}: written with vocabulary {settings.get('vocab_hash')!r}, the model has {vocab.hash}; "
+            "continue it with the model that wrote it"
+        )
+    vocab.check_ids(prompt + ids, what=f"{where}:")
+    finish = settings.get("finish_reason")
+    if finish not in ("eot", "eos", "stop"):
+        raise UserError(
+            f"{where}: its last answer was cut off (finish_reason {finish!r}); generate it again with a larger "
+            "--max-new-tokens before going on"
+        )
+    return close_turn(prompt + ids, vocab)
+
+
+def close_turn(ids: list[int], vocab: UnifiedVocab) -> list[int]:
+    """A conversation's ids with ``<pad>``/``<eos>`` dropped and its last turn closed by ``<eot>`` (an answer ended by
+    ``<eos>`` or a stop string, which ends rows in text only)."""
+    conv = [t for t in ids if t not in (vocab.pad, vocab.eos)]
+    return conv if conv[-1:] == [vocab.eot] else conv + [vocab.eot]

@@ -128,11 +128,26 @@ def sampling_defaults(model_dir: str | None = None) -> dict[str, SamplingSetting
     return _apply_sampling(read_generation(model_dir), os.path.join(model_dir, GENERATION_FILE))
 
 
+PROMPT_FORMATS = ("plain", "chat")  # generation.json "format": how `generate` wraps a prompt by default
+
+
+def prompt_format(d: dict[str, Any], where: str) -> str:
+    """A model's prompt format from its generation.json content ``d``: "chat" for a model trained on conversations
+    (a prompt is a user turn), "plain" (the default) for one trained on documents (a prompt is text to continue)."""
+    fmt = d.get("format", "plain")
+    if fmt not in PROMPT_FORMATS:
+        raise ConfigError(f"{where}: format must be one of {list(PROMPT_FORMATS)}, got {fmt!r}")
+    return fmt
+
+
 def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings]:
     """The built-in defaults with ``d`` (generation.json's content) applied; errors name ``where``."""
     out = {"text": _text_default(), "image": SamplingSettings(), "audio": SamplingSettings()}
     fields = {f.name for f in dataclasses.fields(SamplingSettings)}
+    prompt_format(d, where)
     for kind, given in d.items():
+        if kind == "format":
+            continue
         if kind not in KINDS or not isinstance(given, dict):
             raise ConfigError(
                 f"{where}: {kind!r} is not a kind of span with settings; known: {list(KINDS)}, each an object"
@@ -149,9 +164,12 @@ def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings
     return out
 
 
-def write_sampling_defaults(model_dir: str, settings: dict[str, dict[str, float]]) -> str:
-    """Write a model folder's ``generation.json`` (checked before it is written)."""
+def write_sampling_defaults(model_dir: str, settings: dict[str, Any], fmt: str | None = None) -> str:
+    """Write a model folder's ``generation.json`` (checked before it is written): ``settings`` per kind and the
+    prompt format ``fmt`` (None keeps the one the folder has)."""
     path = os.path.join(model_dir, GENERATION_FILE)
+    fmt = fmt or prompt_format(read_generation(model_dir), path)
+    settings = {**settings, "format": fmt} if fmt != "plain" else dict(settings)
     _apply_sampling(settings, path)
     write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
     return path
@@ -166,6 +184,11 @@ class Prompt:
     "image" appends ``<boi>``, "audio" ``<boa>``; "media" makes the model's first id ``<boi>`` or ``<boa>``, its
     choice (the prompt is a complete request such as "a red circle, then play C5 on a sine wave", not text to go
     on writing); None or "text" leaves the choice to the model.
+
+    ``chat=True`` makes the prompt a user turn of a conversation (ARCHITECTURE §4): ``<user>`` prompt ``<eot>
+    <assistant>``, after ``history`` (the unified ids of the earlier turns, each closed by ``<eot>``; see
+    :func:`load_history`). The model answers in the assistant turn and the row ends at its ``<eot>``. An empty
+    chat prompt is the unconditional turn ``<user><eot><assistant>`` the models are trained with for guidance.
     """
 
     text: str = ""
@@ -174,10 +197,16 @@ class Prompt:
     then: str | None = None
     parts: Sequence[Part] | None = None
     ids: Sequence[int] | None = None
+    chat: bool = False
+    history: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         if self.then not in THEN:
             raise ConfigError(f"then must be one of {THEN}, got {self.then!r}")
+        if (self.history or self.chat) and self.ids is not None:
+            raise ConfigError("a chat prompt is text/images/audios or parts, not ids")
+        if self.history and not self.chat:
+            raise ConfigError("history is the earlier turns of a conversation: it needs chat=True")
         if (self.parts is not None) + (self.ids is not None) + bool(self.text or self.images or self.audios) > 1:
             raise ConfigError("give one of parts, ids or text/images/audios")
         if isinstance(self.images, (str, bytes)) or isinstance(self.audios, (str, bytes)):
@@ -185,11 +214,14 @@ class Prompt:
 
     def to_parts(self) -> list[Part]:
         if self.parts is not None:
-            return list(self.parts)
-        out = [Part("image", x, bidirectional=True) for x in self.images]
-        out += [Part("audio", x, bidirectional=True) for x in self.audios]
-        if self.text:
-            out.append(Part("text", self.text))
+            out = list(self.parts)
+        else:
+            out = [Part("image", x, bidirectional=True) for x in self.images]
+            out += [Part("audio", x, bidirectional=True) for x in self.audios]
+            if self.text:
+                out.append(Part("text", self.text))
+        if self.chat:
+            out = [Part("turn", "user"), *out, Part("turn", "end"), Part("turn", "assistant")]
         return out
 
 
@@ -211,6 +243,23 @@ def _resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def input_spans(ids: Sequence[int], vocab: UnifiedVocab) -> list[int]:
+    """Span ids (0, or k for the k-th bidirectional span) of a conversation's unified ids: the picture and clip
+    spans of user turns, which are inputs the model reads whole (as the conversation corpus marks them)."""
+    out, role, k, inside = [0] * len(ids), None, 0, False
+    for i, t in enumerate(ids):
+        if inside:  # the span's body, between its markers (as SequenceEncoder marks input spans)
+            inside = t not in (vocab.eoi, vocab.eoa)
+            out[i] = k if inside else 0
+        elif t == vocab.user:
+            role = "user"
+        elif t in (vocab.assistant, vocab.eot):
+            role = None
+        elif t in (vocab.boi, vocab.boa) and role == "user":
+            k, inside = k + 1, True
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -241,6 +290,7 @@ class _Run:
     finish: list[str] = dataclasses.field(default_factory=list)
     texts: list[str] = dataclasses.field(default_factory=list)
     decoders: list[Any] = dataclasses.field(default_factory=list)
+    uncond_prefix: list[list[int]] = dataclasses.field(default_factory=list)  # per row, before an open media span
 
     def __post_init__(self) -> None:
         self.out = [[] for _ in self.prompts]
@@ -266,6 +316,7 @@ class Generator:
         tokenizers: Any,
         device: str | torch.device = "cpu",
         sampling: dict[str, SamplingSettings] | None = None,
+        fmt: str = "plain",
     ) -> None:
         cfg = model.config
         vocab = tokenizers.vocab
@@ -289,6 +340,9 @@ class Generator:
         self._dtype: torch.dtype | None = None
         self._bf16_weights = False
         self.sampling = sampling or sampling_defaults()  # per kind: what generate() samples with when given no config
+        if fmt not in PROMPT_FORMATS:
+            raise ConfigError(f"format must be one of {list(PROMPT_FORMATS)}, got {fmt!r}")
+        self.format = fmt  # "chat": the model was trained on conversations; `generate` wraps prompts as user turns
 
     @classmethod
     def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> Generator:
@@ -300,7 +354,9 @@ class Generator:
     def from_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Generator:
         """A Generator over a loaded model folder; its generation.json gives the sampling defaults."""
         where = os.path.join(bundle.path, GENERATION_FILE)
-        return cls(bundle.model, bundle.tokenizers, device=device, sampling=_apply_sampling(bundle.generation, where))
+        sampling = _apply_sampling(bundle.generation, where)
+        fmt = prompt_format(bundle.generation, where)
+        return cls(bundle.model, bundle.tokenizers, device=device, sampling=sampling, fmt=fmt)
 
     def default_config(self, **kw: Any) -> GenerationConfig:
         """A GenerationConfig with this model's sampling defaults (its folder's ``generation.json``, if any)."""
@@ -336,6 +392,17 @@ class Generator:
             self.vocab.check_ids(ids, what="prompt")
             ids = ids if ids[:1] == [self.vocab.bos] else [self.vocab.bos] + ids
             spans = [0] * len(ids)
+        elif prompt.chat:
+            if not self.vocab.conversation_ready:
+                raise ConfigError("the model's vocabulary has no conversation tokens (<user> <assistant> <eot>)")
+            head = [int(t) for t in prompt.history]
+            self.vocab.check_ids(head, what="conversation history")
+            head = head if head[:1] == [self.vocab.bos] else [self.vocab.bos] + head
+            enc = self.encoder.encode(prompt.to_parts(), bos=False, eos=False)
+            head_spans = input_spans(head, self.vocab)
+            shift = max(head_spans, default=0)
+            ids = head + enc.ids.tolist()
+            spans = head_spans + [x + shift if x else 0 for x in enc.span_ids().tolist()]
         else:
             enc = self.encoder.encode(prompt.to_parts(), bos=True, eos=False)
             ids, spans = enc.ids.tolist(), enc.span_ids().tolist()
@@ -356,7 +423,8 @@ class Generator:
         stream: Callable[[StreamEvent], None] | None = None,
     ) -> list[Document]:
         """Generate one document per prompt, all prompts in one batch (no ``config``: :meth:`default_config`).
-        Returns Documents whose ``settings["finish_reason"]`` is "eos", "length" or "stop"."""
+        Returns Documents whose ``settings["finish_reason"]`` is "eos", "eot" (a conversation's answer ended its
+        turn), "length" or "stop"."""
         cfg = config or self.default_config()
         prompts = [prompts] if isinstance(prompts, (Prompt, str)) else list(prompts)
         if not prompts:
@@ -404,7 +472,10 @@ class Generator:
             allow_image=cfg.allow_image,
             allow_audio=cfg.allow_audio,
         )
+        chat = [isinstance(p, Prompt) and p.chat for p in prompts]
         for b, (ids, _) in enumerate(encoded):
+            if chat[b]:
+                sm.set_conversation(b)
             sm.feed_prompt(b, ids)
             if isinstance(prompts[b], Prompt) and prompts[b].then == "media":
                 sm.require_media(b)
@@ -415,6 +486,10 @@ class Generator:
                 )
         use_cfg = (cfg.image.cfg_scale != 1.0 and sm.allow_image) or (cfg.audio.cfg_scale != 1.0 and sm.allow_audio)
         run = _Run(cfg, [ids for ids, _ in encoded], [sp for _, sp in encoded], sm, use_cfg, _resolve_dtype(cfg.dtype))
+        # what an unconditional (CFG) row holds before its media span: <bos>, and for a conversation the empty user
+        # turn the conversation corpus drops the condition to
+        v = self.vocab
+        run.uncond_prefix = [[v.bos, v.user, v.eot, v.assistant] if c else [v.bos] for c in chat]
         self._use_dtype(run.dtype, cfg.weights)
         self.model.setup_cache(run.rows, min(self.context, max(n + k for n, k in zip(lens, left)) + 1), dtype=run.dtype)
         return run
@@ -425,7 +500,7 @@ class Generator:
         seqs, span_rows = list(run.prompts), list(run.spans)
         if run.use_cfg:
             for b in range(run.size):
-                u = [self.vocab.bos] + self._open_span(run.prompts[b], run.sm, b)
+                u = run.uncond_prefix[b] + self._open_span(run.prompts[b], run.sm, b)
                 seqs.append(u)
                 span_rows.append([0] * len(u))
         inp = torch.full((run.rows, max(len(s) for s in seqs)), self.vocab.pad, dtype=torch.int64)
@@ -488,6 +563,8 @@ class Generator:
             run.out[b].append(t)
             if t == v.eos:
                 run.finish[b] = "eos"
+            elif t == v.eot and run.sm.chat[b]:
+                run.finish[b] = "eot"  # the assistant's turn is over
             text = ""
             if modes[b] == Mode.TEXT and v.text_offset <= t < v.image_offset:
                 text = run.decoders[b].decode(self.tokenizers.text.token_bytes(t - v.text_offset))
@@ -504,13 +581,17 @@ class Generator:
         feed = ids.clone()
         feed[done_before] = self.vocab.pad
         lens_before = self.model.cache_lens.clone()
+        frozen = (torch.cat([done_before, done_before]) if run.use_cfg else done_before).to(self.device)
+        # a finished row writes its pad over its own last slot, never past it: a row that filled the cache whole
+        # (prompt + new tokens = the context) has no slot after its last one
+        self.model.cache_lens[frozen] = (lens_before[frozen] - 1).clamp(min=0)
         if run.use_cfg:
             for b in range(run.size):
                 if int(ids[b]) in (self.vocab.boi, self.vocab.boa) and not done_before[b]:
-                    self.model.cache_lens[run.size + b] = 1  # the unconditional row restarts at <bos> + marker
+                    # the unconditional row restarts at its prefix + the marker
+                    self.model.cache_lens[run.size + b] = len(run.uncond_prefix[b])
             feed = torch.cat([feed, feed])
         logits = self.model.decode_step(feed.view(run.rows, 1).to(self.device))[:, -1]
-        frozen = (torch.cat([done_before, done_before]) if run.use_cfg else done_before).to(self.device)
         self.model.cache_lens[frozen] = lens_before[frozen]
         return logits
 
@@ -548,7 +629,9 @@ class Generator:
         prompt_spans = split_spans(head, v)
         for s in prompt_spans:
             s.from_prompt = True
-        gen_spans = split_spans(([prompt_ids[-1]] if opened else []) + new_ids, v)
+        turns = {v.user: "user", v.assistant: "assistant", v.eot: None} if v.conversation_ready else {}
+        role = next((turns[t] for t in reversed(head) if t in turns), None)  # the turn the answer is written in
+        gen_spans = split_spans(([prompt_ids[-1]] if opened else []) + new_ids, v, role=role)
         spans = detokenize(prompt_spans + gen_spans, self.tokenizers)
         if finish == "stop":
             for s in reversed(spans):
@@ -556,5 +639,5 @@ class Generator:
                     cut = min((s.text.find(x) + len(x) for x in cfg.stop if x in s.text), default=len(s.text))
                     s.text = s.text[:cut]
                     break
-        settings = {**cfg.to_dict(), "finish_reason": finish}
+        settings = {**cfg.to_dict(), "finish_reason": finish, "vocab_hash": v.hash, "chat": role is not None}
         return Document(spans=spans, ids=new_ids, prompt_ids=prompt_ids, settings=settings)

@@ -12,6 +12,10 @@ Each row is in one of four modes:
   ``<eoa>`` would not fit, or when the span reached ``max_audio_frames``.
 - DONE: the row emitted ``<eos>`` (or ran out of room); it is padded with ``<pad>`` and ignored.
 
+A row in a conversation (``set_conversation``) answers inside an assistant turn: in TEXT mode ``<eot>`` is allowed
+too and ends the row (the turn is over). Its prompt may hold the turn markers ``<user>``, ``<assistant>`` and
+``<eot>`` (earlier turns); generation never opens a turn itself.
+
 The machine is host-side bookkeeping over small integer arrays; it produces, per decode step, the allowed id
 ranges ``[B, R, 2]`` (half-open, unused slots ``(0, 0)``) that the fused sampler consumes, the forced id of
 rows that have exactly one choice, and the modality that selects each row's sampling settings.
@@ -26,7 +30,7 @@ import torch
 from chameleon_lite.errors import UserError
 from chameleon_lite.vocab import UnifiedVocab
 
-MAX_RANGES = 3
+MAX_RANGES = 4
 
 
 class Mode(enum.IntEnum):
@@ -68,6 +72,8 @@ class ModalityStateMachine:
         self.mode = torch.full((batch,), int(Mode.TEXT), dtype=torch.int64)
         self.count = torch.zeros(batch, dtype=torch.int64)  # ids emitted inside the current image/audio span
         self.media_next = torch.zeros(batch, dtype=torch.bool)  # the next id must open an image or audio span
+        self.chat = torch.zeros(batch, dtype=torch.bool)  # the row answers in an assistant turn (ends at <eot>)
+        self._feeding = False  # replaying a prompt: turn markers are allowed in chat rows and end nothing
         left = torch.as_tensor(positions_left, dtype=torch.int64)
         self.left = left.expand(batch).clone() if left.dim() == 0 else left.clone()
         if self.left.shape != (batch,):
@@ -83,6 +89,7 @@ class ModalityStateMachine:
         the prompt). Raises UserError if the prompt is not a valid prefix (e.g. a short image span closed)."""
         left = int(self.left[row])
         self.left[row] = 10**9  # prompt ids are checked for structure, not for room
+        self._feeding = True
         try:
             for i, t in enumerate(torch.as_tensor(ids).reshape(-1).tolist()):
                 if i == 0 and t == self.vocab.bos:
@@ -93,6 +100,14 @@ class ModalityStateMachine:
                 self._advance_one(row, t)
         finally:
             self.left[row] = left
+            self._feeding = False
+
+    def set_conversation(self, row: int) -> None:
+        """Row ``row`` is a conversation: its prompt may hold turn markers and its answer ends at ``<eot>``. Call
+        before :meth:`feed_prompt`."""
+        if not self.vocab.conversation_ready:
+            raise UserError("the vocabulary has no conversation tokens (<user> <assistant> <eot>)")
+        self.chat[row] = True
 
     def require_media(self, row: int) -> None:
         """Row ``row`` (in TEXT mode, after its prompt) must open an image or audio span next: its prompt is a
@@ -129,6 +144,11 @@ class ModalityStateMachine:
             out.append((lo_s, hi_s))
             if self.allow_audio and left >= self.nq + 2:
                 out.append((v.boa, v.boa + 1))
+            if bool(self.chat[b]):
+                if self._feeding:  # earlier turns: <user> <assistant> <eot> (adjacent ids, in that order)
+                    out.append((v.user, v.eot + 1))
+                else:
+                    out.append((v.eot, v.eot + 1))
             return out
         k = int(self.count[b])
         if mode == Mode.IMAGE:
@@ -208,7 +228,7 @@ class ModalityStateMachine:
         if mode == Mode.DONE:
             return
         if mode == Mode.TEXT:
-            if t == v.eos:
+            if t == v.eos or (t == v.eot and bool(self.chat[b]) and not self._feeding):
                 self.mode[b] = int(Mode.DONE)
             elif t == v.boi:
                 self.mode[b], self.count[b], self.media_next[b] = int(Mode.IMAGE), 0, False

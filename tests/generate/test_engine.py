@@ -426,3 +426,14 @@ def test_weight_precision_setting(tk):
         runs[weights] = d.ids
     assert "weight_bf16" in g.model.layers["0"].attention.wqkv._buffers
     assert runs["fp32"] == runs["bf16"]
+
+
+def test_a_row_that_fills_the_context_while_others_go_on(gen):
+    """A row whose prompt + new tokens fill the whole context ends; the rows beside it go on, as they would alone
+    (a finished row rewrites its own last cache slot, never one past the cache)."""
+    v = gen.vocab
+    long = Prompt(ids=[v.bos] + [v.text_offset + 5] * (gen.context - 7))
+    cfg = GenerationConfig(max_new_tokens=12, min_new_tokens=6, seed=4, **FP32)
+    b, a = gen.generate([Prompt(text="A small"), long], cfg)  # (draws depend on the row: B is row 0 both times)
+    assert len(a.prompt_ids) + len(a.ids) == gen.context and a.settings["finish_reason"] == "length"
+    assert b.ids == gen.generate([Prompt(text="A small")], cfg)[0].ids
