@@ -68,6 +68,14 @@ probability = float_range(0.0, 1.0)
 seed = int_range(0, 2**63 - 1)
 
 
+def float_list(text: str) -> list[float]:
+    """Comma-separated finite numbers >= 0 (``1,1.5,2``)."""
+    items = [x.strip() for x in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return [nonnegative_float(x) for x in items]
+
+
 def parse_set(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
     """``--set KEY=VALUE`` items -> {key: JSON value}; one line naming the item for anything else."""
     out: dict[str, Any] = {}

@@ -5,10 +5,45 @@ from __future__ import annotations
 import argparse
 
 from chameleon_lite import argtypes as at
-from chameleon_lite.eval import TASKS
+from chameleon_lite.eval import HELDOUT_TASKS, TASKS
+
+
+def _suite(args: argparse.Namespace) -> str:
+    """--suite, with auto: the held-out suite for a model trained on conversations, else the procedural one."""
+    if args.suite != "auto":
+        return args.suite
+    from chameleon_lite.bundle import read_generation
+
+    return "heldout" if read_generation(args.model).get("format") == "chat" else "procedural"
+
+
+def _heldout(args: argparse.Namespace) -> int:
+    from chameleon_lite.errors import UserError
+    from chameleon_lite.eval.heldout import DEFAULT_SEED, HeldoutConfig, run_heldout
+
+    wrong = [t for t in args.tasks or () if t not in HELDOUT_TASKS]
+    if wrong:
+        raise UserError(f"--tasks {wrong} are not tasks of the held-out suite; its tasks: {list(HELDOUT_TASKS)}")
+    cfg = HeldoutConfig(
+        model=args.model,
+        out=args.out,
+        n=args.n,
+        seed=DEFAULT_SEED if args.seed is None else args.seed,
+        tasks=tuple(args.tasks) if args.tasks else HELDOUT_TASKS,
+        batch=args.batch,
+        corpora=tuple(args.corpus or ()),
+        format=args.format,
+        cfg_scales=tuple(args.cfg_sweep or ()),
+        sweep_n=min(args.n, args.sweep_n),
+        samples_in_report=args.samples,
+    )
+    res = run_heldout(cfg)
+    print(f"wrote {cfg.out}/eval.json and {cfg.out}/report.html ({res['seconds']:.0f} s)")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from chameleon_lite.errors import UserError
     from chameleon_lite.eval.harness import EvalConfig, run_eval
 
     if args.model is None:
@@ -16,12 +51,20 @@ def _eval(args: argparse.Namespace) -> int:
 
         args.model = demo_model_dir()
         args.out = args.out or "demo-eval"
-
+    args.out = args.out or f"{args.model.rstrip('/')}-eval"
+    if _suite(args) == "heldout":
+        return _heldout(args)
+    for flag in ("corpus", "format", "cfg_sweep"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag.replace('_', '-')} belongs to the held-out suite (--suite heldout)")
+    wrong = [t for t in args.tasks or () if t not in TASKS]
+    if wrong:
+        raise UserError(f"--tasks {wrong} are not tasks of the procedural suite; its tasks: {list(TASKS)}")
     cfg = EvalConfig(
         model=args.model,
-        out=args.out or f"{args.model.rstrip('/')}-eval",
+        out=args.out,
         n=args.n,
-        seed=args.seed,
+        seed=12345 if args.seed is None else args.seed,
         tasks=tuple(args.tasks) if args.tasks else TASKS,
         batch=args.batch,
         shards=args.shards,
@@ -109,9 +152,44 @@ def register(cli) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default MODEL-eval)")
     p.add_argument("--n", type=at.int_range(1, 100000), default=100, help="prompts per task (default 100)")
     p.add_argument(
-        "--seed", type=at.seed, default=12345, help="seed of the held-out prompts and of sampling (default 12345)"
+        "--suite",
+        choices=("auto", "procedural", "heldout"),
+        default="auto",
+        help="procedural: template prompts judged by the checkers; heldout: requests in the grammar's reserved "
+        "wording, follow-ups, out-of-scope questions, case variants (docs/heldout_eval.md); auto (default): "
+        "heldout for a model trained on conversations, else procedural",
     )
-    p.add_argument("--tasks", nargs="+", choices=TASKS, help="tasks to run (default all)")
+    p.add_argument(
+        "--seed",
+        type=at.seed,
+        default=None,
+        help="seed of the held-out prompts and of sampling (default 12345 procedural, 424242 heldout)",
+    )
+    p.add_argument(
+        "--tasks", nargs="+", choices=sorted(set(TASKS) | set(HELDOUT_TASKS)), help="tasks to run (default all)"
+    )
+    p.add_argument(
+        "--corpus",
+        action="append",
+        metavar="MANIFEST",
+        help="heldout: a training corpus of the model, checked for the eval's reserved wording, combinations, "
+        "requests and seed (repeatable)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("chat", "plain"),
+        default=None,
+        help="heldout: ask in user turns (chat) or as plain prompts (default: the model's generation.json)",
+    )
+    p.add_argument(
+        "--cfg-sweep",
+        type=at.float_list,
+        metavar="S1,S2,...",
+        help="heldout: guidance scales to sweep on text->image and text->audio (e.g. 1,1.5,2,3)",
+    )
+    p.add_argument(
+        "--sweep-n", type=at.int_range(1, 100000), default=100, help="heldout: requests per sweep point (default 100)"
+    )
     p.add_argument("--batch", type=at.int_range(1, 4096), default=8, help="prompts generated together (default 8)")
     p.add_argument(
         "--samples", type=at.nonnegative_int, default=16, help="samples per task shown in report.html (default 16)"

@@ -251,11 +251,12 @@ def eval_audio_to_text(gen, cfg: EvalConfig, inputs: str) -> list[Item]:
 
 def _structure_problems(doc, n_image: int, nq: int) -> list[str]:
     """What makes a generated document structurally invalid (empty list: valid)."""
-    ended = doc.settings.get("finish_reason", "eos") == "eos" if isinstance(doc.settings, dict) else True
+    # a document ends at <eos>; an answer in a conversation at the <eot> that closes its turn
+    ended = doc.settings.get("finish_reason", "eos") in ("eos", "eot") if isinstance(doc.settings, dict) else True
     media = [s for s in doc.spans if not s.from_prompt and s.kind in ("image", "audio")]
     problems = []
     if not ended:
-        problems.append("no <eos>")
+        problems.append("no <eos> or <eot>")
     if not media:
         problems.append("no media span")
     for s in media:

@@ -133,13 +133,31 @@ def write_report(
                 else "(no clip)"
             )
             parts.append(f"<div class='cell'><span class='{cls}'>{html.escape(it.prompt)}</span><br>{player}</div>")
-    for task in ("interleaved", "instruction"):
-        if task not in items:
-            continue
-        parts.append(f"<h2>{task.capitalize()}</h2>")
+    if results.get("overlap"):
+        parts.append("<h2>Overlap of the eval with the training corpora</h2><table>")
+        for o in results["overlap"]:
+            keys = ("reserved_entries", "reserved_signatures", "reserved_combinations", "eval_texts_in_corpus")
+            vals = ", ".join(f"{k} {o[k]}" for k in keys) + f", eval seed used {o['eval_seed_used']}"
+            verdict = "<span class='ok'>clean</span>" if o["clean"] else "<span class='bad'>not clean</span>"
+            parts.append(f"<tr><td>{html.escape(o['manifest'])}</td><td>{verdict}</td><td>{vals}</td></tr>")
+        parts.append("</table>")
+    if results.get("cfg_sweep"):
+        sweep = results["cfg_sweep"]
+        parts.append(f"<h2>Guidance scale sweep ({sweep['n']} requests each)</h2><table><tr><th>scale</th>")
+        parts.append("<th>text → image</th><th>text → audio</th></tr>")
+        parts += [
+            f"<tr><td>{r['scale']:g}</td><td>{_pct(r['text_to_image'])}</td><td>{_pct(r['text_to_audio'])}</td></tr>"
+            for r in sweep["rows"]
+        ]
+        parts.append("</table>")
+    shown = {"text_to_image", "text_to_audio", "image_to_text", "audio_to_text"}
+    for task in [t for t in items if t not in shown]:
+        parts.append(f"<h2>{task.replace('_', ' ').capitalize()}</h2>")
         for it in items[task][: limit // 2]:
             cls = "ok" if it.exact else "bad"
             img = f"<img src='data:image/png;base64,{_png_b64(it.image)}' width='96'>" if it.image is not None else ""
+            if it.audio is not None and sample_rate:
+                img += f"<audio controls src='data:audio/wav;base64,{_wav_b64(it.audio, sample_rate)}'></audio>"
             note = f" ({html.escape(it.note)})" if it.note else ""
             parts.append(
                 f"<div class='cell'><b>{html.escape(it.prompt)}</b> <span class='{cls}'>{html.escape(it.output_text)}{note}</span><br>{img}</div>"
