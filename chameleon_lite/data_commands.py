@@ -34,6 +34,8 @@ def _procedural(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         sample_rate=args.sample_rate,
         task_weights=parse_task_weights(args.task_weights or ""),
+        unconditional_rate=args.unconditional_rate,
+        exclude_reserved=args.exclude_reserved,
     )
     path = write_corpus(args.out, n=args.n, seed=args.seed, config=cfg, progress=not args.quiet, workers=args.workers)
     print(f"wrote {args.n} documents: {path}")
@@ -258,7 +260,21 @@ def register(cli) -> None:
     p.add_argument(
         "--task-weights",
         metavar="TASK=W,...",
-        help="relative weights of the document forms (default: all 1), e.g. caption_to_image=2,instruction=0",
+        help="relative weights of the document forms (default: all 1), e.g. caption_to_image=2,instruction=0; "
+        "the conversation forms chat_media, chat_caption, chat_followup, chat_out_of_scope default to 0",
+    )
+    p.add_argument(
+        "--unconditional-rate",
+        type=at.probability,
+        default=0.0,
+        help="fraction of one-item chat_media documents whose request is left out (an empty user turn): the "
+        "unconditional spans classifier-free guidance needs (default 0)",
+    )
+    p.add_argument(
+        "--exclude-reserved",
+        action="store_true",
+        help="keep the attribute combinations reserved for evaluation out of the template forms too (the "
+        "conversation forms never use them); a corpus for a model the held-out eval will judge needs it",
     )
     p.add_argument(
         "--workers",
