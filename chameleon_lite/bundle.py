@@ -43,6 +43,30 @@ def read_generation(folder: str) -> dict[str, Any]:
     return read_json(path, "generation settings") if os.path.exists(path) else {}
 
 
+PROMPT_FORMATS = ("plain", "chat")  # generation.json "format": how `generate` treats a prompt by default
+
+
+def prompt_format(d: dict[str, Any], where: str) -> str:
+    """A model's prompt format from its generation.json content ``d``: "chat" for a model trained on conversations
+    (a prompt is a user turn), "plain" (the default) for one trained on documents (a prompt is text to continue)."""
+    fmt = d.get("format", "plain")
+    if fmt not in PROMPT_FORMATS:
+        raise ConfigError(f"{where}: format must be one of {list(PROMPT_FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def set_prompt_format(folder: str, fmt: str) -> str:
+    """Record a model folder's prompt format in its generation.json (its other settings kept)."""
+    import json  # lazy: only writers of generation.json need it
+
+    path = os.path.join(folder, GENERATION_FILE)
+    d = read_generation(folder)
+    prompt_format({"format": fmt}, path)
+    d = {k: v for k, v in d.items() if k != "format"} | ({"format": fmt} if fmt != "plain" else {})
+    write_bytes_atomic(path, (json.dumps(d, indent=2) + "\n").encode())
+    return path
+
+
 def write_safetensors_atomic(path: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
     """Safetensors through write_bytes_atomic (safetensors' own save_file creates its file readable by its owner
     only, so a folder copied to other users would not load)."""

@@ -13,7 +13,7 @@ import platform
 import shutil
 from typing import Any
 
-from chameleon_lite.bundle import DEMO_DIR, demo_model_dir  # noqa: F401  (demo_model_dir re-exported)
+from chameleon_lite.bundle import DEMO_DIR, GENERATION_FILE, demo_model_dir, prompt_format, read_generation  # noqa: F401  (demo_model_dir re-exported)
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import MODEL, check_output_dir, read_json, replace_dir, write_json_atomic
 
@@ -45,7 +45,9 @@ def ship_demo(model_dir: str, recipe: dict[str, Any], out: str = DEMO_DIR, max_b
             f"{model_dir}: the demo model would take {size / 2**20:.1f} MB, more than "
             f"{max_bytes / 2**20:.0f} MB; ship a smaller preset"
         )
-    write_eval_sampling(tmp)  # generate's defaults: the sampling its recorded 500-prompt evaluation used
+    # generate's defaults: the sampling its recorded evaluation used, and the source's prompt format
+    fmt = prompt_format(read_generation(model_dir), os.path.join(model_dir, GENERATION_FILE))
+    write_eval_sampling(tmp, fmt=fmt)
     rec = {
         "source": os.path.abspath(model_dir),
         "bytes": size,

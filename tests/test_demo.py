@@ -455,3 +455,17 @@ def test_stage_timer_logs_stopped_steps(tmp_path, sig, status):
     assert p.returncode == status and "after" not in out
     (rec,) = _timer_log(tmp_path)
     assert rec["stage"] == "pretrain" and rec["exit_status"] == status and 0.3 <= rec["seconds"] < 25
+
+
+def test_ship_demo_keeps_the_prompt_format(model_dir, tmp_path):
+    """A model trained on conversations stays one when shipped: its generation.json keeps "format": "chat"."""
+    from chameleon_lite.generate import Generator
+
+    bundle.set_prompt_format(model_dir, "chat")
+    out = demo.ship_demo(model_dir, {}, out=str(tmp_path / "shipped"))
+    assert Generator.from_dir(out).format == "chat"
+    assert json.load(open(os.path.join(out, bundle.GENERATION_FILE)))["text"]["temperature"] == 0.0
+    bundle.set_prompt_format(model_dir, "plain")
+    assert "format" not in json.load(open(os.path.join(model_dir, bundle.GENERATION_FILE)))
+    with pytest.raises(ConfigError, match="format must be one of"):
+        bundle.set_prompt_format(model_dir, "poem")

@@ -132,12 +132,14 @@ def sampling_settings(cfg: EvalConfig) -> dict[str, Any]:
     }
 
 
-def write_eval_sampling(model_dir: str) -> str:
+def write_eval_sampling(model_dir: str, fmt: str | None = None) -> str:
     """Make the sampling the evaluation uses (greedy, no guidance, by default) the model folder's own defaults
-    (``generation.json``), so what ``generate`` shows with this model is what the eval numbers measure."""
+    (``generation.json``), so what ``generate`` shows with this model is what the eval numbers measure. ``fmt``: its
+    prompt format (None keeps the folder's)."""
 
     cfg = EvalConfig(model_dir, model_dir)
-    return write_sampling_defaults(model_dir, {k: dataclasses.asdict(v) for k, v in sampling_settings(cfg).items()})
+    settings = {k: dataclasses.asdict(v) for k, v in sampling_settings(cfg).items()}
+    return write_sampling_defaults(model_dir, settings, fmt=fmt)
 
 
 def _settings(cfg: EvalConfig, max_new_tokens: int) -> Any:

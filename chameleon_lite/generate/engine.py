@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from chameleon_lite.bundle import GENERATION_FILE, read_generation
+from chameleon_lite.bundle import GENERATION_FILE, PROMPT_FORMATS, prompt_format, read_generation
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.errors import ConfigError, UserError
 from chameleon_lite.files import write_bytes_atomic
@@ -126,18 +126,6 @@ def sampling_defaults(model_dir: str | None = None) -> dict[str, SamplingSetting
     if not model_dir:
         return _apply_sampling({}, "")
     return _apply_sampling(read_generation(model_dir), os.path.join(model_dir, GENERATION_FILE))
-
-
-PROMPT_FORMATS = ("plain", "chat")  # generation.json "format": how `generate` wraps a prompt by default
-
-
-def prompt_format(d: dict[str, Any], where: str) -> str:
-    """A model's prompt format from its generation.json content ``d``: "chat" for a model trained on conversations
-    (a prompt is a user turn), "plain" (the default) for one trained on documents (a prompt is text to continue)."""
-    fmt = d.get("format", "plain")
-    if fmt not in PROMPT_FORMATS:
-        raise ConfigError(f"{where}: format must be one of {list(PROMPT_FORMATS)}, got {fmt!r}")
-    return fmt
 
 
 def _apply_sampling(d: dict[str, Any], where: str) -> dict[str, SamplingSettings]:

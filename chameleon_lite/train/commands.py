@@ -97,7 +97,7 @@ def _plot(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from chameleon_lite.train.export import export_run
 
-    out = export_run(args.run, args.out, tokenizers_dir=args.tokenizers, checkpoint=args.checkpoint)
+    out = export_run(args.run, args.out, tokenizers_dir=args.tokenizers, checkpoint=args.checkpoint, fmt=args.format)
     print(f"exported {args.run} -> {out}")
     return 0
 
@@ -211,3 +211,10 @@ def register(cli) -> None:
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--tokenizers", default=None, help="tokenizer folder (default: the one recorded by the run)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the newest complete one)")
+    p.add_argument(
+        "--format",
+        choices=("plain", "chat"),
+        default=None,
+        help="chat: the model was trained on conversations, so `generate` treats a prompt as a user turn (written "
+        "to generation.json); default: plain, a prompt is text to continue",
+    )

@@ -184,3 +184,15 @@ def test_export_cli_damaged_checkpoint_is_one_line(run, tmp_path):
     )
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and ".metadata: checkpoint file missing" in r.stderr, r.stderr
+
+
+def test_export_format_chat(run, tmp_path):
+    """export --format chat marks the model as trained on conversations (generate's default is then a user turn)."""
+    out = str(tmp_path / "m")
+    r = subprocess.run(
+        [sys.executable, "-m", "chameleon_lite.cli", "export", run["out"], "--out", out, "--format", "chat"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(os.path.join(out, "generation.json"))) == {"format": "chat"}
