@@ -156,7 +156,7 @@ def register(cli) -> None:
         choices=("auto", "procedural", "heldout"),
         default="auto",
         help="procedural: template prompts judged by the checkers; heldout: requests in the grammar's reserved "
-        "wording, follow-ups, out-of-scope questions, case variants (docs/heldout_eval.md); auto (default): "
+        "wording, follow-ups, out-of-scope questions, case variants (docs/conversations.md); auto (default): "
         "heldout for a model trained on conversations, else procedural",
     )
     p.add_argument(
