@@ -362,6 +362,10 @@ def run_heldout(cfg: HeldoutConfig, log: Callable[[str], None] = print, gen: Gen
     results["overlap"] = [grammar.reserved_overlap(m, [t for t in texts if t], [cfg.seed]) for m in cfg.corpora]
     for o in results["overlap"]:
         log(f"overlap with {o['manifest']}: {'clean' if o['clean'] else 'NOT clean'} ({_overlap_line(o)})")
+    results["recipe_seeds"] = _recipe_seeds(cfg.model, cfg.seed)
+    if results["recipe_seeds"]["seeds"]:
+        used = results["recipe_seeds"]["eval_seed_used"]
+        log(f"corpus seeds in the model's RECIPE.json: {results['recipe_seeds']['seeds']}; eval seed used: {used}")
     items: dict[str, list[Item]] = {}
     for task in cfg.tasks:
         cs = all_cases[task]
@@ -378,6 +382,7 @@ def run_heldout(cfg: HeldoutConfig, log: Callable[[str], None] = print, gen: Gen
             items[task] = run.media_task(task, cs)
         elif task == "caption":
             items[task] = run.caption(cs)
+            extra["by_kind"] = _by(items[task], [_kind(c["input"]) for c in cs])
         elif task == "followup":
             items[task] = run.followup(cs)
             extra["by_edit"] = _by(items[task], [c["edit"].op for c in cs])
@@ -402,6 +407,25 @@ def run_heldout(cfg: HeldoutConfig, log: Callable[[str], None] = print, gen: Gen
     sr = tk.audio.sample_rate if tk.audio is not None else None
     write_report(cfg.out, results, items, sample_rate=sr, limit=cfg.samples_in_report)
     return results
+
+
+def _recipe_seeds(model: str, seed: int) -> dict[str, Any]:
+    """The corpus seeds a model folder's RECIPE.json records for its training stages, and whether ``seed`` is one."""
+    from chameleon_lite.files import read_json
+
+    path = os.path.join(model, "RECIPE.json")
+    seeds: set[int] = set()
+    if os.path.isfile(path):
+        rec = read_json(path, "model recipe")
+        stages = rec.get("stages") if isinstance(rec.get("stages"), dict) else {}
+        for st in [x for v in stages.values() for x in (v if isinstance(v, list) else [v])]:
+            corpus = st.get("corpus") if isinstance(st, dict) else None
+            if isinstance(corpus, dict) and isinstance(corpus.get("seed"), int):
+                seeds.add(corpus["seed"])
+            qs = st.get("config") if isinstance(st, dict) else None
+            if isinstance(qs, dict) and isinstance(qs.get("seed"), int):  # the quickstart: corpus seed and seed+1000
+                seeds.update((qs["seed"], qs["seed"] + 1000))
+    return {"seeds": sorted(seeds), "eval_seed_used": seed in seeds}
 
 
 def _by(items: list[Item], keys: list[str]) -> dict[str, dict[str, float]]:

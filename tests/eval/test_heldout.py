@@ -184,3 +184,15 @@ def test_heldout_bad_input(chat_model, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(base + ["--cfg-sweep", "1,x"])
     assert e.value.code == 2 and "--cfg-sweep" in capsys.readouterr().err
+
+
+def test_recipe_seeds(tmp_path):
+    """The eval reads the corpus seeds a model's RECIPE.json records and says whether its own seed is one."""
+    rec = {"stages": {"quickstart": {"config": {"seed": 0}}, "continued": [{"corpus": {"seed": 300}}, {"x": 1}]}}
+    (tmp_path / "RECIPE.json").write_text(json.dumps(rec))
+    assert H._recipe_seeds(str(tmp_path), 300) == {"seeds": [0, 300, 1000], "eval_seed_used": True}
+    assert H._recipe_seeds(str(tmp_path), H.DEFAULT_SEED)["eval_seed_used"] is False
+    assert H._recipe_seeds(str(tmp_path / "none"), 1) == {"seeds": [], "eval_seed_used": False}
+    from chameleon_lite import bundle
+
+    assert H._recipe_seeds(bundle.DEMO_DIR, H.DEFAULT_SEED)["eval_seed_used"] is False  # the shipped model's stages
