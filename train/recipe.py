@@ -29,9 +29,24 @@ def _eval_command(model: str, shards: str, out: str) -> str:
     return f"chameleon-lite eval --model {model} --n 500 --batch 32 --samples 6 --shards {shards} --out {out}"
 
 
+def _heldout_eval_command(model: str, ev: dict[str, Any], out: str) -> str:
+    """The held-out evaluation a conversation stage records (chameleon_lite/eval/heldout.py), from its eval.json."""
+    c = ev.get("config") or {}
+    words = [f"chameleon-lite eval --model {model} --n {c.get('n')} --batch {c.get('batch')} --samples 6"]
+    words += [f"--corpus {m}" for m in c.get("corpora") or ()]
+    if c.get("cfg_scales"):
+        words.append("--cfg-sweep " + ",".join(f"{x:g}" for x in c["cfg_scales"]))
+    return " ".join(words + [f"--out {out}"])
+
+
 def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
-    """An eval.json without its samples: per task n, exact, attributes (and span counts), seconds."""
+    """An eval.json without its samples: per task n, exact, attributes (and span counts), seconds; for the held-out
+    suite also its overlap checks (counts only), its guidance sweep and the recipe-seed check."""
     tasks = {t: {k: v for k, v in r.items() if k != "samples"} for t, r in ev["tasks"].items()}
+    if ev.get("suite") == "heldout":
+        overlap = [{k: v for k, v in o.items() if k != "examples"} for o in ev.get("overlap") or ()]
+        return {"suite": "heldout", "tasks": tasks, "overlap": overlap, "cfg_sweep": ev.get("cfg_sweep"),
+                "recipe_seeds": ev.get("recipe_seeds"), "seconds": ev.get("seconds")}  # fmt: skip
     return {
         "tasks": tasks,
         "tokenizers": ev.get("tokenizers"),
@@ -175,7 +190,11 @@ def extend(
     rec["stages"] = {**base["stages"], "continued": [*base["stages"].get("continued", []), stage]}
     rec["total_minutes"] = round(float(base["total_minutes"]) + stage["minutes"], 1)
     shards = stage.get("train", {}).get("val_data") or (ev.get("config") or {}).get("shards") or f"{out}/shards/val"
-    rec["eval_command"] = _eval_command(f"{out}/model", shards, f"{out}/eval")
+    rec["eval_command"] = (
+        _heldout_eval_command(f"{out}/model", ev, f"{out}/eval")
+        if ev.get("suite") == "heldout"
+        else _eval_command(f"{out}/model", shards, f"{out}/eval")
+    )
     rec["eval"] = _eval_summary(ev)
     return rec
 

@@ -25,16 +25,6 @@ GREEDY = dict(
 
 
 @pytest.fixture(scope="module")
-def tk():
-    return toy_tokenizers()
-
-
-@pytest.fixture(scope="module")
-def gen(tk):
-    return Generator(toy_model(tk.vocab), tk)
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     tk = toy_tokenizers(audio=False)
     root = tmp_path_factory.mktemp("chatmodel")

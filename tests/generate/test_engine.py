@@ -18,16 +18,6 @@ from chameleon_lite.model.io import save_model_dir
 FP32 = dict(dtype="fp32")
 
 
-@pytest.fixture(scope="module")
-def tk():
-    return toy_tokenizers()
-
-
-@pytest.fixture(scope="module")
-def gen(tk):
-    return Generator(toy_model(tk.vocab), tk)
-
-
 def _masked_argmax(logits: torch.Tensor, ranges: torch.Tensor) -> int:
     keep = torch.zeros_like(logits, dtype=torch.bool)
     for lo, hi in ranges.tolist():
