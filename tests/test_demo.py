@@ -469,3 +469,31 @@ def test_ship_demo_keeps_the_prompt_format(model_dir, tmp_path):
     assert "format" not in json.load(open(os.path.join(model_dir, bundle.GENERATION_FILE)))
     with pytest.raises(ConfigError, match="format must be one of"):
         bundle.set_prompt_format(model_dir, "poem")
+
+
+def test_extend_with_a_held_out_eval(tmp_path):
+    """A stage whose eval is the held-out suite records that eval's command (its corpora and guidance sweep) and its
+    overlap checks without their examples."""
+    base = {"command": "bash train/demo_recipe.sh", "commit": "abc", "stages": {"continued": []}, "total_minutes": 1.0}
+    out = str(tmp_path / "chat")
+    _write(os.path.join(out, "run", "run.json"), {"train": {"steps": 1, "init_from": "m"}})
+    _write(os.path.join(out, "run", "metrics.jsonl"), [{"step": 0, "loss": 1.0, "tokens": 10}], lines=True)
+    ev = {
+        "suite": "heldout",
+        "config": {"n": 500, "batch": 32, "corpora": ["c/manifest.jsonl"], "cfg_scales": [1.0, 1.5]},
+        "tasks": {"caption": {"n": 500, "exact": 0.9}},
+        "overlap": [{"manifest": "c/manifest.jsonl", "clean": True, "examples": {"x": [1]}}],
+        "cfg_sweep": {"best": {"text_to_image": 1.5}},
+        "recipe_seeds": {"seeds": [0], "eval_seed_used": False},
+        "seconds": 3.0,
+    }
+    _write(os.path.join(out, "eval", "eval.json"), ev)
+    rec = recipe_script.extend(base, out, "bash train/demo_continue.sh a b", "def", "the shipped model", machine="m")
+    assert rec["eval_command"] == (
+        f"chameleon-lite eval --model {out}/model --n 500 --batch 32 --samples 6 --corpus c/manifest.jsonl "
+        f"--cfg-sweep 1,1.5 --out {out}/eval"
+    )
+    assert rec["eval"]["suite"] == "heldout" and rec["eval"]["overlap"] == [
+        {"manifest": "c/manifest.jsonl", "clean": True}
+    ]
+    assert rec["eval"]["tasks"]["caption"]["exact"] == 0.9 and rec["eval"]["cfg_sweep"]["best"]["text_to_image"] == 1.5
