@@ -36,6 +36,10 @@ def _heldout_eval_command(model: str, ev: dict[str, Any], out: str) -> str:
     words += [f"--corpus {m}" for m in c.get("corpora") or ()]
     if c.get("cfg_scales"):
         words.append("--cfg-sweep " + ",".join(f"{x:g}" for x in c["cfg_scales"]))
+        if c.get("sweep_n") not in (None, 100):
+            words.append(f"--sweep-n {c['sweep_n']}")
+    if c.get("variants_n"):
+        words.append(f"--variants-n {c['variants_n']}")
     return " ".join(words + [f"--out {out}"])
 
 

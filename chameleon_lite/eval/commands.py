@@ -35,6 +35,7 @@ def _heldout(args: argparse.Namespace) -> int:
         format=args.format,
         cfg_scales=tuple(args.cfg_sweep or ()),
         sweep_n=min(args.n, args.sweep_n),
+        variants_n=min(args.n, args.variants_n) if args.variants_n else None,
         samples_in_report=args.samples,
     )
     res = run_heldout(cfg)
@@ -54,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
     args.out = args.out or f"{args.model.rstrip('/')}-eval"
     if _suite(args) == "heldout":
         return _heldout(args)
-    for flag in ("corpus", "format", "cfg_sweep"):
+    for flag in ("corpus", "format", "cfg_sweep", "variants_n"):
         if getattr(args, flag):
             raise UserError(f"--{flag.replace('_', '-')} belongs to the held-out suite (--suite heldout)")
     wrong = [t for t in args.tasks or () if t not in TASKS]
@@ -189,6 +190,12 @@ def register(cli) -> None:
     )
     p.add_argument(
         "--sweep-n", type=at.int_range(1, 100000), default=100, help="heldout: requests per sweep point (default 100)"
+    )
+    p.add_argument(
+        "--variants-n",
+        type=at.int_range(1, 100000),
+        default=None,
+        help="heldout: requests of case_variants, each asked five ways (default: --n)",
     )
     p.add_argument("--batch", type=at.int_range(1, 4096), default=8, help="prompts generated together (default 8)")
     p.add_argument(

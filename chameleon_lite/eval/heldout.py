@@ -69,6 +69,7 @@ class HeldoutConfig:
     format: str | None = None  # "chat" | "plain"; None: the model's own (generation.json)
     cfg_scales: tuple[float, ...] = ()  # guidance scales swept on text->image and text->audio
     sweep_n: int = 100
+    variants_n: int | None = None  # cases of case_variants (each asked five ways); None: n
     samples_in_report: int = 12
     progress: bool = True
 
@@ -356,7 +357,8 @@ def run_heldout(cfg: HeldoutConfig, log: Callable[[str], None] = print, gen: Gen
         "grammar": grammar.grammar_size(),
         "tasks": {},
     }
-    all_cases = {t: cases(t, cfg.n, cfg.seed) for t in cfg.tasks}
+    count = {"case_variants": cfg.variants_n or cfg.n}
+    all_cases = {t: cases(t, count.get(t, cfg.n), cfg.seed) for t in cfg.tasks}
     texts = [c.get("first_request", "") for cs in all_cases.values() for c in cs]
     texts += [c["request"] for cs in all_cases.values() for c in cs]
     results["overlap"] = [grammar.reserved_overlap(m, [t for t in texts if t], [cfg.seed]) for m in cfg.corpora]

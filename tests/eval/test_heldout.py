@@ -141,14 +141,16 @@ def test_heldout_run_end_to_end(tmp_path):
     )
     out = str(tmp_path / "ev")
     cfg = H.HeldoutConfig(model="toy", out=out, n=2, batch=4, corpora=(corpus,), cfg_scales=(1.0, 2.0), sweep_n=1,
-                          progress=False)  # fmt: skip
+                          variants_n=1, progress=False)  # fmt: skip
     res = H.run_heldout(cfg, log=lambda line: None, gen=gen)
     assert res["format"] == "chat" and set(res["tasks"]) == set(H.TASKS)
     assert res["tasks"]["case_variants"]["consistency_by_variant"].keys() == set(H.VARIANTS)
     assert res["overlap"][0]["eval_seed_used"] is False and len(res["cfg_sweep"]["rows"]) == 2
-    assert all(0.0 <= r["exact"] <= 1.0 and r["n"] == 2 for r in res["tasks"].values())
+    assert all(
+        0.0 <= r["exact"] <= 1.0 and r["n"] == (1 if t == "case_variants" else 2) for t, r in res["tasks"].items()
+    )
     lines = open(os.path.join(out, "items.jsonl")).read().splitlines()
-    assert len(lines) == 2 * len(H.TASKS) and os.path.isfile(os.path.join(out, "report.html"))
+    assert len(lines) == 2 * len(H.TASKS) - 1 and os.path.isfile(os.path.join(out, "report.html"))
     assert set(json.load(open(os.path.join(out, "eval.json")))["tasks"]) == set(H.TASKS)
 
 
