@@ -48,7 +48,7 @@ from chameleon_lite.data.checkers import check_audio, check_image, compare_audio
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.eval.harness import Item, _audio_budget, _batched, _write_png, _write_wav, judge_instruction
 from chameleon_lite.eval.report import write_report
-from chameleon_lite.files import EVAL, check_output_dir, write_bytes_atomic, write_json_atomic
+from chameleon_lite.files import EVAL, check_output_dir, read_json, write_bytes_atomic, write_json_atomic
 from chameleon_lite.generate import Generator, Prompt
 from chameleon_lite.generate.document import close_turn
 
@@ -413,8 +413,6 @@ def run_heldout(cfg: HeldoutConfig, log: Callable[[str], None] = print, gen: Gen
 
 def _recipe_seeds(model: str, seed: int) -> dict[str, Any]:
     """The corpus seeds a model folder's RECIPE.json records for its training stages, and whether ``seed`` is one."""
-    from chameleon_lite.files import read_json
-
     path = os.path.join(model, "RECIPE.json")
     seeds: set[int] = set()
     if os.path.isfile(path):
