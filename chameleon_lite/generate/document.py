@@ -39,6 +39,13 @@ class Span:
     role: str | None = None  # "user" | "assistant" inside a conversation's turn, else None
 
 
+def turn_roles(vocab: UnifiedVocab) -> dict[int, str | None]:
+    """Turn marker id -> the role of the spans after it (``<eot>``: none); {} for a vocabulary without turns."""
+    if not vocab.conversation_ready:
+        return {}
+    return {vocab.user: "user", vocab.assistant: "assistant", vocab.eot: None}
+
+
 def split_spans(ids: list[int], vocab: UnifiedVocab, role: str | None = None) -> list[Span]:
     """Split a unified id stream into spans. <bos>/<pad> are dropped; <eos> ends the stream. Turn markers
     (<user>, <assistant>, <eot>) end a text span and set the ``role`` of the spans after them (``role``: the
@@ -46,7 +53,7 @@ def split_spans(ids: list[int], vocab: UnifiedVocab, role: str | None = None) ->
     spans: list[Span] = []
     text: list[int] = []
     i, n = 0, len(ids)
-    turns = {vocab.user: "user", vocab.assistant: "assistant", vocab.eot: None} if vocab.conversation_ready else {}
+    turns = turn_roles(vocab)
 
     def flush_text() -> None:
         if text:

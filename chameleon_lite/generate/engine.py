@@ -30,7 +30,7 @@ from chameleon_lite.bundle import GENERATION_FILE, PROMPT_FORMATS, prompt_format
 from chameleon_lite.data.sequence import Part, SequenceEncoder
 from chameleon_lite.errors import ConfigError, UserError
 from chameleon_lite.files import write_bytes_atomic
-from chameleon_lite.generate.document import Document, detokenize, split_spans
+from chameleon_lite.generate.document import Document, detokenize, split_spans, turn_roles
 from chameleon_lite.generate.state_machine import ModalityStateMachine, Mode
 from chameleon_lite.hardware import cpu_has_fast_bf16
 from chameleon_lite.model.io import Bundle, load_bundle
@@ -617,7 +617,7 @@ class Generator:
         prompt_spans = split_spans(head, v)
         for s in prompt_spans:
             s.from_prompt = True
-        turns = {v.user: "user", v.assistant: "assistant", v.eot: None} if v.conversation_ready else {}
+        turns = turn_roles(v)
         role = next((turns[t] for t in reversed(head) if t in turns), None)  # the turn the answer is written in
         gen_spans = split_spans(([prompt_ids[-1]] if opened else []) + new_ids, v, role=role)
         spans = detokenize(prompt_spans + gen_spans, self.tokenizers)
