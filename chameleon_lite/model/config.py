@@ -10,6 +10,7 @@ from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import read_json, write_json_atomic
 
 NORM_PLACEMENTS = ("pre", "post")
+QK_NORM_TYPES = ("rms", "head_layernorm")
 
 
 @dataclasses.dataclass
@@ -30,7 +31,10 @@ class ModelConfig:
         norm_eps: RMSNorm epsilon.
         rope_theta: RoPE base.
         max_seq_len: longest position + 1 the RoPE table covers (positions restart per packed document).
-        qk_norm: RMS-normalise q and k per head before RoPE (Chameleon's remedy for logit drift).
+        qk_norm: normalise q and k per head before RoPE (Chameleon's remedy for logit drift).
+        qk_norm_type: "rms" (an RMSNorm over head_dim whose gain all heads share) or "head_layernorm" (Chameleon's:
+            a LayerNorm over head_dim, mean removed, with its own gain and bias for every head).
+        qk_norm_eps: epsilon of the "head_layernorm" q/k norm (Chameleon: 1e-5 whatever norm_eps is).
         norm_placement: "pre" (x + f(norm(x))) or "post" (x + norm(f(x)), Chameleon's swin-norm).
         tie_embeddings: share the input embedding with the output projection.
         init_std: standard deviation of the normal init of the linear weights.
@@ -48,6 +52,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     max_seq_len: int = 4096
     qk_norm: bool = True
+    qk_norm_type: str = "rms"
+    qk_norm_eps: float = 1e-5
     norm_placement: str = "pre"
     tie_embeddings: bool = False
     init_std: float = 0.02
@@ -67,7 +73,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model config: norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}"
             )
-        for name in ("norm_eps", "rope_theta", "init_std"):
+        if self.qk_norm_type not in QK_NORM_TYPES:
+            raise ConfigError(f"model config: qk_norm_type must be one of {QK_NORM_TYPES}, got {self.qk_norm_type!r}")
+        for name in ("norm_eps", "rope_theta", "init_std", "qk_norm_eps"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ConfigError(f"model config: {name} must be a positive number, got {v!r}")
@@ -87,7 +95,8 @@ class ModelConfig:
         embedding and the output projection."""
         hd = self.head_dim
         attn = self.dim * self.n_heads * hd * 2 + self.dim * self.n_kv_heads * hd * 2
-        attn += 2 * hd if self.qk_norm else 0
+        if self.qk_norm:
+            attn += 2 * hd if self.qk_norm_type == "rms" else 2 * (self.n_heads + self.n_kv_heads) * hd
         ffn = 3 * self.dim * self.ffn_dim
         block = attn + ffn + 2 * self.dim
         n = self.n_layers * block + self.dim

@@ -1,6 +1,6 @@
 """The decoder-only early-fusion transformer over the unified vocabulary (ARCHITECTURE §2-§5).
 
-RMSNorm, QK-norm per head before RoPE, RoPE indexed by per-document positions, SwiGLU, pre- or post-norm
+RMSNorm, QK-norm per head before RoPE (RMS, or Chameleon's per-head LayerNorm), RoPE indexed by per-document positions, SwiGLU, pre- or post-norm
 ("swin-norm") residual placement, GQA, tied or untied embeddings. All attention goes through
 ``chameleon_lite.ops.modality_attention`` (training and prompts) and ``modality_attention_decode`` (new tokens).
 Build on the meta device, move with ``to_empty``, then call ``init_weights``.
@@ -79,6 +79,35 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
 
+class HeadLayerNorm(nn.Module):
+    """Chameleon's q/k norm: a LayerNorm over head_dim (mean removed) with a gain and a bias of its own for every
+    head. The [heads * head_dim] parameters are kept flat (vectors, as every other norm's), viewed per head here."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim, self.eps = heads, head_dim, eps
+        self.weight = nn.Parameter(torch.ones(heads * head_dim))
+        self.bias = nn.Parameter(torch.zeros(heads * head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, heads, head_dim]."""
+        shape = (self.heads, self.head_dim)
+        y = F.layer_norm(x, (self.head_dim,), eps=self.eps)
+        return (y * self.weight.view(shape).to(y.dtype) + self.bias.view(shape).to(y.dtype)).to(x.dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+def _qk_norm(cfg: ModelConfig, heads: int) -> nn.Module | None:
+    if not cfg.qk_norm:
+        return None
+    if cfg.qk_norm_type == "head_layernorm":
+        return HeadLayerNorm(heads, cfg.head_dim, cfg.qk_norm_eps)
+    return RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -86,8 +115,8 @@ class Attention(nn.Module):
         # One matmul for q, k and v: fewer, larger GEMMs are what small CPU shapes need.
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = _qk_norm(cfg, cfg.n_heads)
+        self.k_norm = _qk_norm(cfg, cfg.n_kv_heads)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep) -> torch.Tensor:

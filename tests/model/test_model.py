@@ -50,6 +50,8 @@ def test_config_json_round_trip(tmp_path):
         dict(vocab_size=0),
         dict(norm_eps=-1.0),
         dict(qk_norm="yes"),
+        dict(qk_norm_type="layer"),
+        dict(qk_norm_eps=0.0),
         dict(dim=96, n_heads=32, n_kv_heads=32),
     ],
 )
@@ -85,7 +87,10 @@ def _model(**over):
     return build_model(preset("debug", **over), seed=0)
 
 
-@pytest.mark.parametrize("over", [{}, {"norm_placement": "post"}, {"tie_embeddings": True}, {"qk_norm": False}])
+@pytest.mark.parametrize(
+    "over",
+    [{}, {"norm_placement": "post"}, {"tie_embeddings": True}, {"qk_norm": False}, {"qk_norm_type": "head_layernorm"}],
+)
 def test_forward_shapes_and_backward(over):
     m = _model(**over)
     ids, pos, doc, span = _batch()
@@ -98,6 +103,21 @@ def test_forward_shapes_and_backward(over):
     assert torch.allclose(lse, torch.logsumexp(logits, dim=-1), atol=1e-5)
     (ce.mean() + 1e-4 * (lse**2).mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_head_layernorm_is_a_per_head_layernorm():
+    """Chameleon's q/k norm: mean and variance over head_dim, then a gain and a bias of each head's own."""
+    m = _model(qk_norm_type="head_layernorm", n_heads=4, n_kv_heads=2)
+    norm = m.layers["0"].attention.q_norm
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 5, 4, 32)
+    mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    want = (x - mu) / torch.sqrt(var + 1e-5) * norm.weight.view(4, 32) + norm.bias.view(4, 32)
+    torch.testing.assert_close(norm(x), want, rtol=1e-5, atol=1e-5)
+    assert m.config.num_params() == sum(p.numel() for p in m.parameters())
+    assert tuple(m.layers["0"].attention.k_norm.weight.shape) == (2 * 32,)
 
 
 def test_packed_documents_are_independent():
