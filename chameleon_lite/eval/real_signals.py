@@ -38,6 +38,7 @@ from chameleon_lite.tokenizers.audio import AudioTokenizer
 from chameleon_lite.tokenizers.audio_train import si_snr, write_wav
 from chameleon_lite.tokenizers.image import ImageTokenizer
 from chameleon_lite.tokenizers.image_train import save_grid
+from chameleon_lite.tokenizers.loader import load_image_tokenizer
 from chameleon_lite.tokenizers.train_data import check_split, split_of
 
 RESULT_FILE = "real_signals.json"
@@ -206,7 +207,7 @@ def evaluate_real(
     }
     if images:
         items = labelled_media(images, "image", split, n_images)
-        result["written"] = measure_images(ImageTokenizer.load(tokenizers), items, out, progress)
+        result["written"] = measure_images(load_image_tokenizer(tokenizers), items, out, progress)
     if audio:
         items = labelled_media(audio, "audio", split, n_clips)
         result["spoken"] = measure_speech(AudioTokenizer.load(tokenizers), items, out, progress=progress)

@@ -26,11 +26,11 @@ def _eval_image(args: argparse.Namespace) -> int:
 def _recon(args: argparse.Namespace) -> int:
     from chameleon_lite.data.image_files import load_images
     from chameleon_lite.files import check_png_output
-    from chameleon_lite.tokenizers.image import ImageTokenizer
     from chameleon_lite.tokenizers.image_train import save_grid
+    from chameleon_lite.tokenizers.loader import load_image_tokenizer
 
     check_png_output(args.out)
-    tok = ImageTokenizer.load(args.tokenizer)
+    tok = load_image_tokenizer(args.tokenizer)
 
     rgb = load_images(args.images, tok.image_size, tok.cfg.max_pixels)
     save_grid(args.out, rgb, tok.decode(tok.encode_rgb(rgb)))
@@ -39,9 +39,9 @@ def _recon(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from chameleon_lite.tokenizers.image import ImageTokenizer
+    from chameleon_lite.tokenizers.loader import load_image_tokenizer
 
-    tok = ImageTokenizer.load(args.tokenizer)
+    tok = load_image_tokenizer(args.tokenizer)
     for path, codes in zip(args.images, tok.encode(args.images)):
         print(path, " ".join(map(str, codes.reshape(-1).tolist())))
     return 0

@@ -31,7 +31,9 @@ from chameleon_lite.bundle import (
     size_field,
 )
 from chameleon_lite.errors import ConfigError
+from chameleon_lite.files import read_json
 from chameleon_lite.tokenizers.audio import AudioTokenizer
+from chameleon_lite.tokenizers.chameleon_vq import ChameleonImageTokenizer
 from chameleon_lite.tokenizers.image import ImageTokenizer
 from chameleon_lite.tokenizers.text import TextTokenizer
 from chameleon_lite.vocab import UnifiedVocab
@@ -63,6 +65,14 @@ def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> 
         )
 
 
+def load_image_tokenizer(path: str, device: str = "cpu", state: dict[str, Any] | None = None) -> Any:
+    """The image tokenizer of folder ``path``: this project's VQ, or Chameleon's VQGAN when image_vq.json names that
+    backend (a folder converted from a transformers Chameleon checkpoint). ``state``: its weights, already read."""
+    if "backend" in read_json(os.path.join(path, IMAGE_CONFIG), "image tokenizer config"):
+        return ChameleonImageTokenizer.load(path, device=device, state=state)
+    return ImageTokenizer.load(path, device=device, state=state)
+
+
 @dataclasses.dataclass
 class Tokenizers:
     """The three tokenizers plus the unified vocabulary they define, loaded from one folder."""
@@ -86,7 +96,7 @@ class Tokenizers:
         image = audio = None
         if os.path.exists(os.path.join(path, IMAGE_CONFIG)):
             weights[IMAGE_WEIGHTS] = read_weights(os.path.join(path, IMAGE_WEIGHTS), "image tokenizer")
-            image = ImageTokenizer.load(path, device=device, state=weights[IMAGE_WEIGHTS])
+            image = load_image_tokenizer(path, device=device, state=weights[IMAGE_WEIGHTS])
         if os.path.exists(os.path.join(path, AUDIO_CONFIG)):
             weights[AUDIO_WEIGHTS] = read_weights(os.path.join(path, AUDIO_WEIGHTS), "audio codec")
             audio = AudioTokenizer.load(path, device=device, state=weights[AUDIO_WEIGHTS])
