@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "chameleon_lite.train.commands",
     "chameleon_lite.generate.commands",
     "chameleon_lite.eval.commands",
+    "chameleon_lite.convert.commands",
     "chameleon_lite.demo",
     "chameleon_lite.kernel_commands",
 )
@@ -41,6 +42,7 @@ each command has its own --help, e.g. chameleon-lite data tokenize --help"""
 GROUP_HELP = {
     "data": "build, validate and pretokenize data",
     "tokenizer": "train and inspect the text, image and audio tokenizers",
+    "convert": "checkpoints in the transformers Chameleon format in and out",
 }
 
 

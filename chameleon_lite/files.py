@@ -237,6 +237,7 @@ MODEL_FILES = (
     "vocab.json",
     "generation.json",
     "RECIPE.json",
+    "convert.json",  # a folder converted from another format: its provenance and id map
 )
 MODEL = OutputKind("an exported model folder", "chameleon-lite export", "config.json", MODEL_FILES)
 SHARDS = OutputKind(

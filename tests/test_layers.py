@@ -24,7 +24,7 @@ FLOORS = [
     ("data",),  # manifests, media readers, procedural corpus + checkers, shards, the packing loader
     ("tokenizers",),
     ("model",),
-    ("train", "pretokenize"),
+    ("train", "pretokenize", "convert"),  # convert: checkpoints of other formats in and out
     ("generate",),
     ("eval",),
     ("quickstart",),

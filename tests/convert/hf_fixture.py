@@ -1,0 +1,101 @@
+"""Tiny transformers Chameleon checkpoints built in the test (random weights, no download): a byte-level BPE, a
+vocabulary map with the image tokens in a shuffled order, and a ChameleonForConditionalGeneration saved with
+``save_pretrained`` exactly as the field's checkpoints are laid out."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+K_IMAGE = 64
+TEXTS = [
+    "a large red circle in the top left",
+    "draw a small blue square at the bottom right, then play a tone",
+    "the quick brown fox jumps over the lazy dog 0123456789",
+    "what colour is the triangle? It is green.",
+] * 20
+
+
+def bpe_json(vocab_size: int = 320) -> dict:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tk.train_from_iterator(TEXTS, trainer)
+    return json.loads(tk.to_str())
+
+
+def image_name(code: int) -> str:
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+def build_hf_folder(
+    folder: str,
+    *,
+    swin_norm: bool = False,
+    n_kv_heads: int = 4,
+    tie: bool = False,
+    seed: int = 0,
+    dim: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    ffn: int = 128,
+) -> dict:
+    """Write a tiny transformers Chameleon folder; returns its vocabulary map. Layout like Chameleon's: a few
+    specials, the image tokens (codes shuffled against ids), the image markers, then the BPE."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    bpe = bpe_json()
+    g = torch.Generator().manual_seed(seed)
+    vmap = {"<pad>": 0, "<s>": 1, "</s>": 2, "<reserved0003>": 3}
+    perm = torch.randperm(K_IMAGE, generator=g).tolist()
+    for j, code in enumerate(perm):
+        vmap[image_name(code)] = 4 + j
+    for name in ("<eoss>", "<racm3:break>", "<image>"):
+        vmap[name] = len(vmap)
+    off = len(vmap)
+    for tok, i in bpe["model"]["vocab"].items():
+        vmap[tok] = off + i
+    size = len(vmap) + 5  # padded past the tokenizer, as large checkpoints are
+    bpe["model"]["vocab"] = {t: off + i for t, i in bpe["model"]["vocab"].items()}
+    bpe["added_tokens"] = [
+        {"id": i, "content": n, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": True}
+        for n, i in vmap.items() if i < off
+    ]  # fmt: skip
+    cfg = ChameleonConfig(
+        vocab_size=size,
+        hidden_size=dim,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=512,
+        swin_norm=swin_norm,
+        tie_word_embeddings=tie,
+        vocabulary_map=vmap,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        vq_config={
+            "embed_dim": 8, "num_embeddings": K_IMAGE, "latent_channels": 32, "resolution": 16, "base_channels": 32,
+            "channel_multiplier": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+        },
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = ChameleonForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and "vqmodel" not in name:  # norms start at 1/0: make them matter
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(folder)
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(bpe, f, ensure_ascii=False)
+    return vmap
