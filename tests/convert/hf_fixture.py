@@ -99,3 +99,36 @@ def build_hf_folder(
     with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(bpe, f, ensure_ascii=False)
     return vmap
+
+
+def write_release_vqgan(hf_folder: str, out_folder: str, seed: int = 5) -> str:
+    """A release-format ``vqgan.ckpt`` + ``vqgan.yaml`` (as Meta's Chameleon ships its image tokenizer) whose encoder
+    side is the transformers checkpoint's ``model.vqmodel.*`` and whose decoder is random: returns the ckpt path."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from chameleon_lite.tokenizers.chameleon_vq import ChameleonVQConfig, ChameleonVQGAN
+
+    with open(os.path.join(hf_folder, "config.json")) as f:
+        vq = json.load(f)["vq_config"]
+    model = ChameleonVQGAN(ChameleonVQConfig.from_dict(vq))
+    torch.manual_seed(seed)
+    for p in model.decoder.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.05)
+    state = model.state_dict()
+    for k, v in load_file(os.path.join(hf_folder, "model.safetensors")).items():
+        if k.startswith("model.vqmodel."):
+            state[k[len("model.vqmodel.") :]] = v
+    os.makedirs(out_folder, exist_ok=True)
+    ckpt = os.path.join(out_folder, "vqgan.ckpt")
+    torch.save({"state_dict": {**state, "loss.logvar": torch.zeros(())}, "global_step": 1}, ckpt)
+    dd = {
+        "double_z": False, "z_channels": vq["latent_channels"], "resolution": vq["resolution"], "in_channels": 3,
+        "out_ch": 3, "ch": vq["base_channels"], "ch_mult": list(vq["channel_multiplier"]),
+        "num_res_blocks": vq["num_res_blocks"], "attn_resolutions": list(vq.get("attn_resolutions") or []),
+        "dropout": 0.0,
+    }  # fmt: skip
+    doc = {"model": {"params": {"embed_dim": vq["embed_dim"], "n_embed": vq["num_embeddings"], "ddconfig": dd}}}
+    with open(os.path.join(out_folder, "vqgan.yaml"), "w") as f:
+        yaml.safe_dump(doc, f)
+    return ckpt

@@ -1,0 +1,106 @@
+"""Generation with converted weights through this project's engine, against transformers on the same tiny random
+Chameleon: greedy text token for token, the text tokenizer's ids, the image tokenizer's codes, and a picture drawn
+with classifier-free guidance through the release-format VQGAN decoder (command line included)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from chameleon_lite.cli import main
+from chameleon_lite.convert.hf_chameleon import convert_from_hf, read_vocab_map, vq_loader
+from chameleon_lite.generate import GenerationConfig, Generator, Prompt, SamplingSettings
+from chameleon_lite.tokenizers.image import to_model_input
+
+transformers = pytest.importorskip("transformers")
+from hf_fixture import build_hf_folder, write_release_vqgan  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    vmap = build_hf_folder(str(d / "hf"), n_kv_heads=2, seed=7)
+    ckpt = write_release_vqgan(str(d / "hf"), str(d / "release"))
+    convert_from_hf(str(d / "hf"), str(d / "ours"), vqgan=vq_loader(ckpt))
+    hf = transformers.ChameleonForConditionalGeneration.from_pretrained(str(d / "hf")).eval()
+    u2h = read_vocab_map(str(d / "ours"))
+    h2u = torch.full((hf.config.vocab_size,), -1, dtype=torch.int64)
+    for u, h in reversed(list(enumerate(u2h.tolist()))):
+        if h >= 0:
+            h2u[h] = u
+    return d, hf, vmap, u2h, h2u, ckpt
+
+
+def test_engine_greedy_text_matches_transformers_generate(converted):
+    d, hf, vmap, u2h, h2u, _ = converted
+    gen = Generator.from_dir(str(d / "ours"))
+    prompt = [1] + list(range(90, 120))
+    # the engine's text mode allows text ids and <eos> (banned here for 64 tokens); transformers' generate masks
+    # the image codes: the specials neither side may write in text are suppressed on its side too
+    suppress = [vmap[n] for n in ("<pad>", "<s>", "<racm3:break>", "<eoss>")]
+    with torch.no_grad():
+        want = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=64, min_new_tokens=64, do_sample=False, suppress_tokens=suppress
+        )[0, len(prompt) :].tolist()
+    cfg = GenerationConfig(
+        max_new_tokens=64, min_new_tokens=64, text=SamplingSettings(temperature=0.0), allow_image=False,
+        dtype="fp32", weights="fp32",
+    )  # fmt: skip
+    doc = gen.generate(Prompt(ids=h2u[torch.tensor(prompt)].tolist()), cfg)[0]
+    got = u2h[torch.tensor(doc.ids)].tolist()  # the generated ids (the prompt's are doc.prompt_ids)
+    assert got == want
+
+
+def test_text_tokenizer_gives_chameleons_ids(converted):
+    from tokenizers import Tokenizer
+
+    d, _, _, u2h, _, _ = converted
+    theirs = Tokenizer.from_file(str(d / "hf" / "tokenizer.json"))
+    gen = Generator.from_dir(str(d / "ours"))
+    for text in ("a large red circle in the top left", "What colour is it? 0123 <s> IMGIMGAZ"):
+        ours = gen.vocab.text_to_unified(gen.tokenizers.text.encode(text))
+        want = theirs.encode(text, add_special_tokens=False).ids
+        if "<s>" not in text:
+            assert u2h[ours].tolist() == want
+        else:  # Chameleon's tokenizer matches its specials inside text; ours never does: user text stays text
+            assert gen.vocab.modality(ours).eq(0).all() and all(i >= gen.vocab.text_offset for i in ours.tolist())
+        assert gen.tokenizers.text.decode(gen.vocab.unified_to_text(ours).tolist()) == text
+
+
+def test_picture_codes_match_transformers(converted):
+    d, hf, _, u2h, _, _ = converted
+    gen = Generator.from_dir(str(d / "ours"))
+    tok = gen.tokenizers.image
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    ours = tok.to_unified(tok.encode_rgb(rgb), gen.vocab)
+    with torch.no_grad():
+        want = hf.model.get_image_tokens(to_model_input(rgb))
+    assert torch.equal(u2h[ours], want)
+
+
+def test_engine_draws_a_picture_with_guidance(converted, tmp_path):
+    d, *_ = converted
+    gen = Generator.from_dir(str(d / "ours"))
+    cfg = GenerationConfig(max_new_tokens=80, image=SamplingSettings(temperature=1.0, top_k=8, cfg_scale=3.0), seed=3)
+    doc = gen.generate(Prompt(text="a large red circle", then="image"), cfg)[0]
+    images = [s for s in doc.spans if s.kind == "image" and not s.from_prompt]
+    assert len(images) == 1 and images[0].image.shape == (16, 16, 3) and len(images[0].ids) == 64
+    rc = main(["generate", "--model", str(d / "ours"), "--prompt", "a circle", "--then", "image",
+               "--image-cfg", "2", "--max-new-tokens", "80", "--out", str(tmp_path / "doc")])  # fmt: skip
+    assert rc == 0 and any(f.endswith(".png") for f in os.listdir(tmp_path / "doc"))
+
+
+def test_cli_converts_with_the_release_decoder_and_refuses_a_foreign_one(converted, tmp_path, capsys):
+    d, _, _, _, _, ckpt = converted
+    assert main(["convert", "from-hf", str(d / "hf"), "--out", str(tmp_path / "m"), "--vqgan", ckpt]) == 0
+    assert "wrote" in capsys.readouterr().out
+    build_hf_folder(str(tmp_path / "other"), seed=11)
+    other = write_release_vqgan(str(tmp_path / "other"), str(tmp_path / "other_release"))
+    capsys.readouterr()
+    assert main(["convert", "from-hf", str(d / "hf"), "--out", str(tmp_path / "m2"), "--vqgan", other]) == 1
+    err = capsys.readouterr().err
+    assert "not the image tokenizer these weights were trained with" in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "m2")
