@@ -31,14 +31,21 @@ from typing import Any
 
 import torch
 
-from chameleon_lite.bundle import TEXT_FILE, VOCAB_FILE, codes_hash
+from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, codes_hash, makes_codes
 from chameleon_lite.convert.stream import SafetensorsWriter, ShardedReader
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.files import MODEL, OutputKind, check_output_dir, read_json, replace_dir, write_json_atomic
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.io import CONFIG_FILE
 from chameleon_lite.model.transformer import Transformer
-from chameleon_lite.tokenizers.chameleon_vq import HF_PREFIX, ChameleonImageTokenizer, from_hf_state, load_original
+from chameleon_lite.tokenizers.chameleon_vq import (
+    BACKEND,
+    HF_PREFIX,
+    ChameleonImageTokenizer,
+    ChameleonVQConfig,
+    from_hf_state,
+    load_original,
+)
 from chameleon_lite.tokenizers.loader import check_vocab_matches
 from chameleon_lite.vocab import LAYOUT_SPECIALS, UnifiedVocab
 
@@ -48,7 +55,14 @@ HF_EXPORT = OutputKind(
     "a transformers folder",
     "chameleon-lite convert to-hf",
     HF_MARK,
-    (HF_MARK, "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"),
+    (
+        HF_MARK,
+        "config.json",
+        "model*.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "generation_config.json",
+    ),
 )
 IMAGE_PREFIX, IMAGE_SUFFIX = "IMGIMG", "Z"
 BOI_NAME, EOI_NAME = "<racm3:break>", "<eoss>"  # Chameleon's image start and end tokens
@@ -542,9 +556,12 @@ def hf_tokenizer_json(text_json: dict[str, Any], vocab: UnifiedVocab, names: dic
     return json.dumps(dict(text_json, model=model, added_tokens=added), ensure_ascii=False).encode()
 
 
-def hf_config(cfg: ModelConfig, vocab: UnifiedVocab, names: dict[int, str], dtype: torch.dtype) -> dict[str, Any]:
-    """The transformers ChameleonConfig of ``cfg``. Its vq_config is a small placeholder: transformers' VQ model
-    cannot hold this project's image tokenizer, whose codes the vocabulary map names."""
+def hf_config(
+    cfg: ModelConfig, vocab: UnifiedVocab, names: dict[int, str], dtype: torch.dtype, vq: dict | None = None
+) -> dict[str, Any]:
+    """The transformers ChameleonConfig of ``cfg``. ``vq``: the config of a Chameleon VQGAN image tokenizer, whose
+    encoder goes into transformers' VQ model; None (this project's own image tokenizer, which transformers' VQ model
+    cannot hold) writes a small placeholder: the codes are still named in the vocabulary map."""
     return {
         "architectures": ["ChameleonForConditionalGeneration"],
         "model_type": "chameleon",
@@ -569,11 +586,24 @@ def hf_config(cfg: ModelConfig, vocab: UnifiedVocab, names: dict[int, str], dtyp
         "eos_token_id": vocab.eos,
         "dtype": str(dtype).removeprefix("torch."),
         "vocabulary_map": {n: i for i, n in sorted(names.items())},
-        "vq_config": {
+        "vq_config": vq or {
             "embed_dim": 8, "num_embeddings": max(vocab.image_codebook, 1), "latent_channels": 32, "resolution": 16,
             "base_channels": 32, "channel_multiplier": [1], "num_res_blocks": 1, "attn_resolutions": [],
         },
     }  # fmt: skip
+
+
+def _chameleon_vq(model_dir: str) -> dict | None:
+    """The transformers vq_config of a folder whose image tokenizer is Chameleon's VQGAN, else None."""
+    path = os.path.join(model_dir, IMAGE_CONFIG)
+    if not os.path.exists(path):
+        return None
+    d = read_json(path, "image tokenizer config")
+    if d.get("backend") != BACKEND:
+        return None
+    return ChameleonVQConfig.from_dict(
+        {k: v for k, v in d.items() if k not in ("backend", "codebook_size", "decoder")}
+    ).to_dict()
 
 
 def convert_to_hf(model_dir: str, out: str, dtype: str = "source") -> dict[str, Any]:
@@ -607,9 +637,26 @@ def convert_to_hf(model_dir: str, out: str, dtype: str = "source") -> dict[str, 
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         try:
-            stream_pieces(reader, pieces, os.path.join(tmp, WEIGHTS), DTYPE_CHOICES[dtype], {"format": "pt"})
+            vq = _chameleon_vq(model_dir)
+            if vq is None:
+                stream_pieces(reader, pieces, os.path.join(tmp, WEIGHTS), DTYPE_CHOICES[dtype], {"format": "pt"})
+            else:  # two shards: the transformer, and the VQGAN's encoder side under model.vqmodel.
+                shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+                stream_pieces(reader, pieces, os.path.join(tmp, shards[0]), DTYPE_CHOICES[dtype], {"format": "pt"})
+                with ShardedReader(model_dir, single=IMAGE_WEIGHTS, index=None) as vq_reader:
+                    vq_pieces = [
+                        Piece(HF_PREFIX + k, (k,), _same, vq_reader.reader(k).shape(k))
+                        for k in vq_reader.keys() if makes_codes(k)
+                    ]  # fmt: skip
+                    stream_pieces(vq_reader, vq_pieces, os.path.join(tmp, shards[1]), None, {"format": "pt"})
+                weight_map = {p.name: shards[0] for p in pieces} | {p.name: shards[1] for p in vq_pieces}
+                total = sum(os.path.getsize(os.path.join(tmp, f)) for f in shards)  # transformers reads it
+                write_json_atomic(
+                    os.path.join(tmp, "model.safetensors.index.json"),
+                    {"metadata": {"total_size": total}, "weight_map": weight_map},
+                )
             write_json_atomic(
-                os.path.join(tmp, "config.json"), hf_config(cfg, vocab, names, DTYPE_CHOICES[dtype] or src_dtype)
+                os.path.join(tmp, "config.json"), hf_config(cfg, vocab, names, DTYPE_CHOICES[dtype] or src_dtype, vq)
             )
             with open(os.path.join(tmp, TEXT_FILE), "wb") as fh:
                 fh.write(hf_tokenizer_json(text_json, vocab, names))

@@ -187,10 +187,12 @@ class ShardedReader:
     """A checkpoint of one safetensors file or of several listed by a ``*.safetensors.index.json``: every tensor by
     name, whichever shard holds it."""
 
-    def __init__(self, folder: str, single: str = "model.safetensors", index: str = "model.safetensors.index.json"):
+    def __init__(
+        self, folder: str, single: str = "model.safetensors", index: str | None = "model.safetensors.index.json"
+    ) -> None:
         self.folder = folder
-        idx = os.path.join(folder, index)
-        if os.path.exists(idx):
+        idx = os.path.join(folder, index) if index else ""
+        if idx and os.path.exists(idx):
             weight_map = read_json(idx, "checkpoint index").get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ConfigError(f"{idx}: weight_map must map tensor names to shard file names")
@@ -198,7 +200,9 @@ class ShardedReader:
         elif os.path.exists(os.path.join(folder, single)):
             weight_map, files = None, [single]
         else:
-            raise ConfigError(f"{folder}: no {single} and no {index} (not a safetensors checkpoint folder)")
+            raise ConfigError(
+                f"{folder}: no {single}{f' and no {index}' if index else ''} (not a safetensors checkpoint)"
+            )
         bad = [f for f in files if os.path.basename(f) != f]
         if bad:
             raise ConfigError(f"{idx}: shard name {bad[0]!r} is not a file name inside the checkpoint folder")

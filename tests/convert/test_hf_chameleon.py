@@ -132,6 +132,9 @@ def test_round_trip_back_into_transformers(pair):
     with torch.no_grad():
         ref, got = _hf_logits(hf, ids)[0], _hf_logits(back, h2u[ids])[0]
     assert (got[:, has] - ref[:, u2h[has]]).abs().max().item() <= 1e-5
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():  # the VQGAN's encoder went along: the same picture gives the same codes, as named ids
+        assert torch.equal(u2h[back.model.get_image_tokens(pixels)], hf.model.get_image_tokens(pixels))
     names = back.config.vocabulary_map
     assert names["<racm3:break>"] == 3 and names["<eoss>"] == 4 and names["<s>"] == 1
     assert len(back.model.vocabulary_mapping.image_tokens) == K_IMAGE
