@@ -90,7 +90,7 @@ def _load(args: argparse.Namespace, stop: tuple[str, ...] = ()):
     say = (lambda *a, **k: None) if getattr(args, "quiet", False) else print
     say(f"loading the model from {args.model} ...", end="", flush=True)
     t0 = time.perf_counter()
-    gen = Generator.from_dir(args.model)
+    gen = Generator.from_dir(args.model, dtype=args.dtype)  # loaded in the compute dtype: no second copy
     say(f" {time.perf_counter() - t0:.1f} s")
     cfg = GenerationConfig(
         max_new_tokens=args.max_new_tokens,

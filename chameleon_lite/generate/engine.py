@@ -333,10 +333,15 @@ class Generator:
         self.format = fmt  # "chat": the model was trained on conversations; `generate` wraps prompts as user turns
 
     @classmethod
-    def from_dir(cls, model_dir: str, device: str | torch.device = "cpu") -> Generator:
+    def from_dir(cls, model_dir: str, device: str | torch.device = "cpu", dtype: str = "fp32") -> Generator:
         """Load an exported model folder (model.safetensors, config.json, the tokenizer artifacts and, if it has
-        one, generation.json), each of its files read once."""
-        return cls.from_bundle(load_bundle(model_dir, device=device), device=device)
+        one, generation.json), each of its files read once. ``dtype`` ("fp32", "bf16" or "auto" as
+        :class:`GenerationConfig` resolves it): the weights as loaded; a generation in bf16 then never holds an fp32
+        copy (a 7B model takes 14 GB, not 28 + 14)."""
+        if dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype must be auto, fp32 or bf16, got {dtype!r}")
+        bundle = load_bundle(model_dir, device=device, dtype=_resolve_dtype(dtype))
+        return cls.from_bundle(bundle, device=device)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Generator:

@@ -12,7 +12,7 @@ import shutil
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from chameleon_lite.bundle import (
@@ -46,17 +46,22 @@ def _memory_bytes() -> int:
         return 1 << 62  # unknown: no bound
 
 
-def empty_model(cfg: ModelConfig, device: str | torch.device, source: str = "model config") -> Transformer:
-    """The Transformer of ``cfg`` with uninitialised weights; a config larger than this machine's memory is refused
-    before anything is allocated."""
-    need = cfg.num_params() * 4
+def empty_model(
+    cfg: ModelConfig, device: str | torch.device, source: str = "model config", dtype: torch.dtype = torch.float32
+) -> Transformer:
+    """The Transformer of ``cfg`` with uninitialised ``dtype`` weights (the RoPE tables stay fp32); a config larger
+    than this machine's memory is refused before anything is allocated."""
+    need = cfg.num_params() * dtype.itemsize
     if torch.device(device).type == "cpu" and need > _memory_bytes():
         raise ConfigError(
             f"{source}: the model has {cfg.num_params() / 1e9:.1f}B parameters ({need / 2**30:.1f} GiB in "
-            f"fp32), more than this machine's {_memory_bytes() / 2**30:.1f} GiB of memory"
+            f"{str(dtype).removeprefix('torch.')}), more than this machine's {_memory_bytes() / 2**30:.1f} GiB of "
+            f"memory{' (bf16 weights take half: --dtype bf16)' if dtype == torch.float32 else ''}"
         )
     with torch.device("meta"):
         model = Transformer(cfg)
+    for p in model.parameters():  # on the meta device: no memory is touched
+        p.data = p.data.to(dtype)
     try:
         model.to_empty(device=device)
     except (RuntimeError, MemoryError) as e:
@@ -95,14 +100,10 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     return out_dir
 
 
-def read_model_weights(
-    model_dir: str, tokenizers: Tokenizers | None = None
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The config and the weights (as stored) of an exported model folder, after the checks ``load_model`` makes:
-    vocab.json and the tokenizers must match the model's vocab hash, and the tokenizers its codes hash.
-    ``tokenizers``: the folder's tokenizers when already loaded (their vocabulary and codes hash are compared
-    instead of reading the tokenizer files again)."""
-
+def check_model_dir(model_dir: str, tokenizers: Tokenizers | None = None) -> ModelConfig:
+    """The config of an exported model folder, after the checks every loader makes: vocab.json and the tokenizers
+    must match the model's vocab hash, and the tokenizers its codes hash. ``tokenizers``: the folder's tokenizers
+    when already loaded (their vocabulary and codes hash are compared instead of reading the files again)."""
     if not os.path.isdir(model_dir):
         raise ConfigError(f"{model_dir}: model folder not found")
     cfg = ModelConfig.load(os.path.join(model_dir, CONFIG_FILE))
@@ -123,6 +124,15 @@ def read_model_weights(
         check_codes_match(model_dir, cfg.codes_hash)
     else:
         check_codes(model_dir, tokenizers.codes_hash, cfg.codes_hash)
+    return cfg
+
+
+def read_model_weights(
+    model_dir: str, tokenizers: Tokenizers | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and the weights (as stored, all in memory) of an exported model folder, after
+    :func:`check_model_dir`'s checks."""
+    cfg = check_model_dir(model_dir, tokenizers)
     path = os.path.join(model_dir, WEIGHTS_FILE)
     try:
         state = load_file(path, device="cpu")
@@ -133,29 +143,52 @@ def read_model_weights(
     return cfg, state
 
 
-def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model`` (casting to its dtype); every tensor must be there, with its shape."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
+def _check_fit(own: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    missing = sorted(k for k in own if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in own)
+    wrong = sorted(k for k in shapes if k in own and shapes[k] != tuple(own[k].shape))
     if missing or unexpected or wrong:
         raise ConfigError(
             f"{source}: weights do not fit the model (missing: {missing[:3]}, unexpected: {unexpected[:3]}, "
-            f"wrong shape: {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]})"
+            f"wrong shape: {[(k, shapes[k], tuple(own[k].shape)) for k in wrong[:3]]})"
         )
+
+
+def load_weights(model: Transformer, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` (casting to its dtype); every tensor must be there, with its shape."""
+    own = model.state_dict()
+    _check_fit(own, {k: tuple(v.shape) for k, v in state.items()}, source)
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v)
 
 
-def load_model(model_dir: str, device: str | torch.device = "cpu", tokenizers: Tokenizers | None = None) -> Transformer:
-    """Read an exported model folder -> Transformer in eval mode on ``device`` (fp32 weights; ``.config`` holds
-    the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash
-    (``tokenizers``: the folder's, when already loaded, so that no file is read twice)."""
-    cfg, state = read_model_weights(model_dir, tokenizers)
-    model = empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE))
-    load_weights(model, state, os.path.join(model_dir, WEIGHTS_FILE))
+def load_model(
+    model_dir: str,
+    device: str | torch.device = "cpu",
+    tokenizers: Tokenizers | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Transformer:
+    """Read an exported model folder -> Transformer in eval mode on ``device`` with ``dtype`` weights (``.config``
+    holds the ModelConfig). Refuses a folder whose vocab.json or tokenizers do not match the model's vocab hash
+    (``tokenizers``: the folder's, when already loaded, so that no file is read twice). The weights are read one
+    tensor at a time into the model: peak memory is the model plus its largest tensor, not twice the model."""
+    cfg = check_model_dir(model_dir, tokenizers)
+    path = os.path.join(model_dir, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: weights not found")
+    model = empty_model(cfg, device, os.path.join(model_dir, CONFIG_FILE), dtype=dtype)
+    own = model.state_dict()
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            _check_fit(own, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, path)
+            with torch.no_grad():
+                for k in f.keys():
+                    own[k].copy_(f.get_tensor(k))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: weights not found") from None
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{path}: not a valid safetensors file ({e})") from None
     return model.eval()
 
 
@@ -170,11 +203,12 @@ class Bundle:
     generation: dict[str, Any]
 
 
-def load_bundle(model_dir: str, device: str | torch.device = "cpu") -> Bundle:
+def load_bundle(model_dir: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Bundle:
     """Load everything an exported model folder holds, each file read and hashed once, after the checks
-    ``load_model`` makes (vocabulary and codes of the tokenizers against the model's)."""
+    ``load_model`` makes (vocabulary and codes of the tokenizers against the model's); the transformer's weights in
+    ``dtype``."""
     if not os.path.isdir(model_dir):
         raise ConfigError(f"{model_dir}: model folder not found")
     tokenizers = Tokenizers.load(model_dir, device=str(device))
-    model = load_model(model_dir, device=device, tokenizers=tokenizers)
+    model = load_model(model_dir, device=device, tokenizers=tokenizers, dtype=dtype)
     return Bundle(model_dir, model, tokenizers, read_generation(model_dir))

@@ -638,11 +638,12 @@ class ChameleonImageTokenizer(ImageTokenizer):
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
         state: dict[str, torch.Tensor] | None = None,
+        config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> ChameleonImageTokenizer:
         folder = os.fspath(path)
         cpath, wpath = os.path.join(folder, IMAGE_CONFIG), os.path.join(folder, IMAGE_WEIGHTS)
-        d = dict(read_json(cpath, "image tokenizer config"))
+        d = dict(read_json(cpath, "image tokenizer config") if config is None else config)
         if d.pop("backend", None) != BACKEND or not isinstance(d.get("decoder", True), bool):
             raise ConfigError(f"{cpath}: not a {BACKEND} image tokenizer config")
         decoder, size = d.pop("decoder", True), d.pop("codebook_size", None)

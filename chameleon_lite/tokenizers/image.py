@@ -500,10 +500,12 @@ class ImageTokenizer:
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
         state: dict[str, torch.Tensor] | None = None,
+        config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> ImageTokenizer:
-        """Load from a folder holding image_vq.safetensors + image_vq.json (``state``: its weights, already read)."""
-        return cls(load_model(os.fspath(path), state), device=device, **kwargs)
+        """Load from a folder holding image_vq.safetensors + image_vq.json (``state``, ``config``: its weights and
+        its config's content, when already read)."""
+        return cls(load_model(os.fspath(path), state, config), device=device, **kwargs)
 
 
 def save_model(model: ImageVQModel, folder: str) -> None:
@@ -513,10 +515,13 @@ def save_model(model: ImageVQModel, folder: str) -> None:
     write_json_atomic(os.path.join(folder, IMAGE_CONFIG), model.cfg.to_dict())
 
 
-def load_model(folder: str, state: dict[str, torch.Tensor] | None = None) -> ImageVQModel:
-    """The image tokenizer of ``folder`` (``state``: the tensors of its weights file when already read)."""
+def load_model(
+    folder: str, state: dict[str, torch.Tensor] | None = None, config: dict[str, Any] | None = None
+) -> ImageVQModel:
+    """The image tokenizer of ``folder`` (``state``, ``config``: its weights and its config's content when already
+    read)."""
     cpath, wpath = os.path.join(folder, IMAGE_CONFIG), os.path.join(folder, IMAGE_WEIGHTS)
-    cfg = ImageVQConfig.from_dict(read_json(cpath, "image tokenizer config"), cpath)
+    cfg = ImageVQConfig.from_dict(read_json(cpath, "image tokenizer config") if config is None else config, cpath)
     if state is None:
         state = read_weights(wpath, "image tokenizer")
     model = ImageVQModel(cfg)

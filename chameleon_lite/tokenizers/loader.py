@@ -68,9 +68,9 @@ def check_vocab_matches(path: str, vocab: UnifiedVocab, what: str = "model") -> 
 def load_image_tokenizer(path: str, device: str = "cpu", state: dict[str, Any] | None = None) -> Any:
     """The image tokenizer of folder ``path``: this project's VQ, or Chameleon's VQGAN when image_vq.json names that
     backend (a folder converted from a transformers Chameleon checkpoint). ``state``: its weights, already read."""
-    if "backend" in read_json(os.path.join(path, IMAGE_CONFIG), "image tokenizer config"):
-        return ChameleonImageTokenizer.load(path, device=device, state=state)
-    return ImageTokenizer.load(path, device=device, state=state)
+    config = read_json(os.path.join(path, IMAGE_CONFIG), "image tokenizer config")
+    kind = ChameleonImageTokenizer if "backend" in config else ImageTokenizer
+    return kind.load(path, device=device, state=state, config=config)
 
 
 @dataclasses.dataclass

@@ -104,3 +104,17 @@ def test_cli_converts_with_the_release_decoder_and_refuses_a_foreign_one(convert
     err = capsys.readouterr().err
     assert "not the image tokenizer these weights were trained with" in err and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "m2")
+
+
+def test_loading_in_bf16_holds_no_fp32_copy_and_generates_the_same(converted):
+    """A 7B model in bf16 needs 14 GB: ``from_dir(dtype="bf16")`` loads the weights in bf16 directly, and generates
+    what a model loaded in fp32 and run in bf16 generates."""
+    d, *_ = converted
+    a = Generator.from_dir(str(d / "ours"), dtype="bf16")
+    assert {p.dtype for p in a.model.parameters()} == {torch.bfloat16}
+    b = Generator.from_dir(str(d / "ours"))
+    assert {p.dtype for p in b.model.parameters()} == {torch.float32}
+    cfg = GenerationConfig(max_new_tokens=24, text=SamplingSettings(temperature=0.0), dtype="bf16")
+    assert a.generate("a large red", cfg)[0].ids == b.generate("a large red", cfg)[0].ids
+    with pytest.raises(Exception, match="dtype must be auto, fp32 or bf16"):
+        Generator.from_dir(str(d / "ours"), dtype="fp16")
