@@ -48,8 +48,25 @@ def _fused(*tensors: torch.Tensor) -> bool:
     return True
 
 
+SMALL_ROWS = 32  # bf16 calls of at most this many rows (decode steps) go through the float32 kernels
+
+
+def _small_bf16(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """A few bf16 rows at inference (a decode step of a model run in bf16): widened to float32, the one-pass kernel
+    is cheaper than the reference's chain of bf16 kernels and computes in float32 as the reference does inside."""
+    return (
+        x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.dim() >= 2
+        and x.numel() <= SMALL_ROWS * x.shape[-1] * (x.shape[-2] if x.dim() == 4 else 1)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *others)))
+    )
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight."""
+    if _small_bf16(x, weight) and weight.shape == (x.shape[-1],) and kernel_ok("rms_norm", x.device, torch.float32):
+        return torch.ops.chameleon_lite.rms_norm(x.float(), weight.float(), eps).to(x.dtype)
     if (
         _fused(x, weight)
         and x.dim() >= 1
@@ -62,6 +79,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, L, H, D]; cos, sin [B, L, D/2] -> x rotated in (first half, second half) pairs."""
+    if (
+        _small_bf16(x)
+        and x.dim() == 4
+        and cos.dtype == sin.dtype == torch.float32
+        and cos.shape == (*x.shape[:2], x.shape[3] // 2) == sin.shape
+        and kernel_ok("rope", x.device, torch.float32)
+    ):
+        return torch.ops.chameleon_lite.rope(x.float(), cos, sin).to(x.dtype)
     if (
         _fused(x, cos, sin)
         and x.dim() == 4

@@ -132,3 +132,27 @@ def test_linear_same_result_at_one_and_two_threads_and_in_both_builds(tmp_path):
     for isa in ("auto", "portable"):
         assert torch.equal(out[isa, 1], out[isa, 2])  # the thread count never changes a result
     torch.testing.assert_close(out["auto", 1], out["portable", 1], rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_decode_rows_take_the_float32_kernels_and_match_the_reference(monkeypatch):
+    """A decode step of a model run in bf16 (a few bf16 rows): norm, RoPE and the bf16-weight linear widen the rows to
+    float32 for the one-pass kernels; the result is the reference's within one bf16 rounding. Longer inputs (a
+    prompt) keep the reference."""
+    from chameleon_lite.model.transformer import _bf16_rows, _bf16_step
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(1, 1, 256, generator=g) * 3).bfloat16()
+    w = torch.randn(256, generator=g).bfloat16()
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-5), ops.rms_norm_reference(x, w, 1e-5), rtol=8e-3, atol=8e-3)
+    q = torch.randn(1, 1, 8, 32, generator=g).bfloat16()
+    cos, sin = torch.randn(1, 1, 16, generator=g), torch.randn(1, 1, 16, generator=g)
+    torch.testing.assert_close(ops.rope(q, cos, sin), ops.rope_reference(q, cos, sin), rtol=8e-3, atol=8e-3)
+    wt = torch.randn(300, 256, generator=g).bfloat16()
+    assert _bf16_step(x, wt) and not _bf16_step(x.float(), wt) and not _bf16_step(x.expand(1, 64, 256), wt)
+    torch.testing.assert_close(_bf16_rows(x, wt), torch.nn.functional.linear(x, wt), rtol=1.6e-2, atol=5e-2)
+    calls = []
+    monkeypatch.setattr(ops.norm, "rms_norm_reference", lambda *a: calls.append(1) or a[0])
+    ops.rms_norm(x, w, 1e-5)
+    assert not calls  # the kernel took the decode row
+    ops.rms_norm(x.expand(1, 64, 256).contiguous(), w, 1e-5)
+    assert calls  # a prompt keeps the reference
