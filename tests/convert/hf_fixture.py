@@ -46,6 +46,8 @@ def build_hf_folder(
     layers: int = 2,
     heads: int = 4,
     ffn: int = 128,
+    vq_resolution: int = 16,
+    context: int = 512,
 ) -> dict:
     """Write a tiny transformers Chameleon folder; returns its vocabulary map. Layout like Chameleon's: a few
     specials, the image tokens (codes shuffled against ids), the image markers, then the BPE."""
@@ -76,7 +78,7 @@ def build_hf_folder(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=n_kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         swin_norm=swin_norm,
         tie_word_embeddings=tie,
         vocabulary_map=vmap,
@@ -85,7 +87,8 @@ def build_hf_folder(
         eos_token_id=2,
         rope_parameters={"rope_type": "default", "rope_theta": 500.0},
         vq_config={
-            "embed_dim": 8, "num_embeddings": K_IMAGE, "latent_channels": 32, "resolution": 16, "base_channels": 32,
+            "embed_dim": 8, "num_embeddings": K_IMAGE, "latent_channels": 32, "resolution": vq_resolution,
+            "base_channels": 32,
             "channel_multiplier": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
         },
     )  # fmt: skip

@@ -118,3 +118,20 @@ def test_loading_in_bf16_holds_no_fp32_copy_and_generates_the_same(converted):
     assert a.generate("a large red", cfg)[0].ids == b.generate("a large red", cfg)[0].ids
     with pytest.raises(Exception, match="dtype must be auto, fp32 or bf16"):
         Generator.from_dir(str(d / "ours"), dtype="fp16")
+
+
+def test_a_1024_token_picture_with_guidance(tmp_path):
+    """Chameleon's picture: 32x32 = 1024 codes between <racm3:break> and <eoss>, drawn through the state machine
+    with classifier-free guidance (a conditional and an unconditional row) and decoded to a PNG-ready array."""
+    build_hf_folder(str(tmp_path / "hf"), seed=4, vq_resolution=64, context=2048)
+    ckpt = write_release_vqgan(str(tmp_path / "hf"), str(tmp_path / "release"))
+    convert_from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), vqgan=vq_loader(ckpt))
+    gen = Generator.from_dir(str(tmp_path / "ours"))
+    assert gen.image_tokens == 1024
+    cfg = GenerationConfig(max_new_tokens=1030, image=SamplingSettings(temperature=1.0, cfg_scale=3.0), seed=1)
+    doc = gen.generate(Prompt(text="a red circle", then="image"), cfg)[0]
+    (image,) = [s for s in doc.spans if s.kind == "image"]
+    assert len(image.ids) == 1024 and image.image.shape == (64, 64, 3) and image.complete
+    assert doc.timings["cfg_rows"] == 1  # the unconditional row ran beside the conditional one
+    boi, eoi = gen.vocab.boi, gen.vocab.eoi
+    assert doc.prompt_ids[-1] == boi and doc.ids[1024] == eoi  # then="image" ends the prompt with the marker
