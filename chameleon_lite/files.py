@@ -291,6 +291,9 @@ EVAL = OutputKind(
         ("heldout_media", CORPUS),
     ),
 )
+EXPLAIN = OutputKind(
+    "an attention-map report", "chameleon-lite explain", "explain.json", ("explain.json", "report.html", "*.png")
+)
 RUN = OutputKind("a training run folder", "train/pretrain.py", "run.json", (), strict=False)
 PIPELINE = OutputKind("a quickstart folder", "chameleon-lite quickstart", ".stage-*", (), strict=False)
 RUN_FOLDER = OutputKind("a tokenizer training run", "chameleon-lite tokenizer train-*", None, (), strict=False)

@@ -26,7 +26,7 @@ FLOORS = [
     ("model",),
     ("train", "pretokenize", "convert"),  # convert: checkpoints of other formats in and out
     ("generate",),
-    ("eval",),
+    ("eval", "explain"),  # explain: attention maps over generated or given documents
     ("quickstart",),
     ("demo",),
     ("cli", "data_commands", "vocab_commands", "kernel_commands"),

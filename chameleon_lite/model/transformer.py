@@ -129,6 +129,7 @@ class Attention(nn.Module):
         self.q_norm = _qk_norm(cfg, cfg.n_heads)
         self.k_norm = _qk_norm(cfg, cfg.n_kv_heads)
         self.kv_cache: KVCache | None = None
+        self.probs: list[torch.Tensor] | None = None  # a list: packed forwards append their attention probabilities
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep) -> torch.Tensor:
         """x: [B, L, dim]; cos/sin: [B, L, D/2]; ``at``: which attention (:class:`Packed` or :class:`CachedStep`)."""
@@ -146,6 +147,8 @@ class Attention(nn.Module):
             if at.fill_cache:
                 self.kv_cache.write_prefix(k, v)
             out = ops.modality_attention(q, k, v, at.doc_ids, at.span_ids)
+            if self.probs is not None:
+                self.probs.append(ops.modality_attention_probs(q, k, at.doc_ids, at.span_ids).cpu())
         return linear(self.wo, out.reshape(B, L, hq * hd))
 
 
@@ -280,6 +283,22 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: [B, L] int64; doc_ids, span_ids: [B, L] int32 -> logits [B, L, V] (compute dtype)."""
         return self._run(input_ids, positions, Packed(doc_ids.to(torch.int32), span_ids.to(torch.int32)))
+
+    @torch.no_grad()
+    def attention_probs(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward` that also returns every layer's attention probabilities, [B, Hq, L, L] float32 each
+        (:func:`chameleon_lite.ops.modality_attention_probs` of the q and k the layer attends with)."""
+        layers = [block.attention for block in self.layers.values()]
+        for a in layers:
+            a.probs = []
+        try:
+            logits = self.forward(input_ids, positions, doc_ids, span_ids)
+            return logits, [a.probs[0] for a in layers]
+        finally:
+            for a in layers:
+                a.probs = None
 
     # ---- cached inference -----------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:

@@ -13,7 +13,11 @@ load_extensions()
 
 from chameleon_lite.ops import selfcheck, verify  # noqa: E402
 from chameleon_lite.ops._loader import HAS_CUDA_EXT  # noqa: E402
-from chameleon_lite.ops.attention import modality_attention, modality_attention_decode  # noqa: E402
+from chameleon_lite.ops.attention import (  # noqa: E402
+    modality_attention,
+    modality_attention_decode,
+    modality_attention_probs,
+)
 from chameleon_lite.ops.linear import fused_supported as linear_fused_supported  # noqa: E402
 from chameleon_lite.ops.linear import linear_bf16w, linear_bf16w_reference  # noqa: E402
 from chameleon_lite.ops.norm import rms_norm, rms_norm_reference, rope, rope_reference  # noqa: E402
@@ -30,6 +34,7 @@ __all__ = [
     "load_extensions",
     "modality_attention",
     "modality_attention_decode",
+    "modality_attention_probs",
     "rms_norm",
     "rms_norm_reference",
     "rope",

@@ -36,6 +36,21 @@ def attention_mask_reference(doc_ids: torch.Tensor, span_ids: torch.Tensor) -> t
     return same_doc & (causal | bidir)
 
 
+def modality_attention_probs(
+    q: torch.Tensor, k: torch.Tensor, doc_ids: torch.Tensor, span_ids: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """The attention probabilities the model's attention uses: q [B, L, Hq, D], k [B, L, Hkv, D] -> [B, Hq, L, L]
+    float32, softmax over the keys each query may read (the document/causal/bidirectional-span mask of
+    :func:`attention_mask_reference`); a fully masked row is all zeros. ``probs @ v`` is the attention's output."""
+    B, L, Hq, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    kk = k.float().repeat_interleave(Hq // k.shape[2], dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), kk) * scale
+    mask = attention_mask_reference(doc_ids, span_ids).unsqueeze(1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+
+
 def modality_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
