@@ -618,6 +618,8 @@ def convert_to_hf(model_dir: str, out: str, dtype: str = "source") -> dict[str, 
     if vocab.hash != cfg.vocab_hash:
         raise ConfigError(f"{model_dir}: vocab.json is not the vocabulary the model was trained on")
     check_vocab_matches(model_dir, vocab)
+    if cfg.untied_parts:
+        raise ConfigError(f"{model_dir}: a modality-untied model (untied={cfg.untied!r}) has no transformers form")
     if not cfg.qk_norm or cfg.qk_norm_type != "head_layernorm" or cfg.qk_norm_eps != 1e-5:
         raise ConfigError(
             f"{model_dir}: transformers' Chameleon normalises q and k with a per-head LayerNorm (eps 1e-5); this "

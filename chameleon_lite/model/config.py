@@ -11,6 +11,7 @@ from chameleon_lite.files import read_json, write_json_atomic
 
 NORM_PLACEMENTS = ("pre", "post")
 QK_NORM_TYPES = ("rms", "head_layernorm")
+UNTIED_PARTS = ("attention", "ffn", "norms")  # what a modality-untied model gives each modality its own copy of
 
 
 @dataclasses.dataclass
@@ -38,6 +39,12 @@ class ModelConfig:
         norm_placement: "pre" (x + f(norm(x))) or "post" (x + norm(f(x)), Chameleon's swin-norm).
         tie_embeddings: share the input embedding with the output projection.
         init_std: standard deviation of the normal init of the linear weights.
+        untied: modality-untied weights (Mixture-of-Transformers): a comma-separated subset of "attention" (q/k/v
+            and output projections, q/k norms), "ffn", "norms" (the blocks' two norms), or "all"; each modality
+            (text, image, audio) gets its own copy, chosen by the token's id range (no learned router); attention
+            stays global over the whole sequence. "" (default): one set of weights for every token.
+        image_start, audio_start: the first image id and the first audio id of the vocabulary (ids below
+            image_start are text and specials); what routes the tokens of an untied model.
     """
 
     vocab_size: int = 1024
@@ -57,6 +64,9 @@ class ModelConfig:
     norm_placement: str = "pre"
     tie_embeddings: bool = False
     init_std: float = 0.02
+    untied: str = ""
+    image_start: int = 0
+    audio_start: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
@@ -82,6 +92,18 @@ class ModelConfig:
         for name in ("qk_norm", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.untied, str) or not set(self.untied_parts) <= set(UNTIED_PARTS):
+            raise ConfigError(f"model config: untied must be a comma-separated subset of {UNTIED_PARTS} or 'all', "
+                              f"got {self.untied!r}")  # fmt: skip
+        for name in ("image_start", "audio_start"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"model config: {name} must be a non-negative int, got {v!r}")
+        if self.untied_parts and not 0 < self.image_start <= self.audio_start <= self.vocab_size:
+            raise ConfigError(
+                f"model config: an untied model needs 0 < image_start <= audio_start <= vocab_size (the vocabulary's "
+                f"ranges), got {self.image_start}, {self.audio_start}"
+            )
         for name in ("vocab_hash", "codes_hash"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"model config: {name} must be a string, got {getattr(self, name)!r}")
@@ -90,15 +112,25 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def untied_parts(self) -> tuple[str, ...]:
+        """The parts each modality has its own copy of (from ``untied``)."""
+        if not isinstance(self.untied, str):
+            return ()
+        if self.untied.strip() == "all":
+            return UNTIED_PARTS
+        return tuple(p.strip() for p in self.untied.split(",") if p.strip())
+
     def num_params(self, include_embedding: bool = True) -> int:
         """Parameter count from the shapes alone (matches the built module); without embedding excludes the input
         embedding and the output projection."""
         hd = self.head_dim
+        copies = {p: 3 if p in self.untied_parts else 1 for p in UNTIED_PARTS}
         attn = self.dim * self.n_heads * hd * 2 + self.dim * self.n_kv_heads * hd * 2
         if self.qk_norm:
             attn += 2 * hd if self.qk_norm_type == "rms" else 2 * (self.n_heads + self.n_kv_heads) * hd
         ffn = 3 * self.dim * self.ffn_dim
-        block = attn + ffn + 2 * self.dim
+        block = attn * copies["attention"] + ffn * copies["ffn"] + 2 * self.dim * copies["norms"]
         n = self.n_layers * block + self.dim
         if not include_embedding:
             return n
@@ -107,8 +139,9 @@ class ModelConfig:
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6 per weight use plus causal attention scores."""
-        # The output projection is a matmul even when tied; the embedding lookup is not.
-        dense = self.num_params(include_embedding=False) + self.vocab_size * self.dim
+        # The output projection is a matmul even when tied; the embedding lookup is not. A token of an untied model
+        # runs one modality's copy: the FLOPs of the dense model.
+        dense = dataclasses.replace(self, untied="").num_params(include_embedding=False) + self.vocab_size * self.dim
         # Attention: q·k and p·v, each 2*L*dim per token forward, halved by causality, x3 for backward.
         attn = 6 * self.n_layers * self.dim * seq_len
         return 6.0 * dense + attn

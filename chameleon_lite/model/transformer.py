@@ -75,6 +75,48 @@ class CachedStep(NamedTuple):
     cache_lens: torch.Tensor
 
 
+class Route(NamedTuple):
+    """Where each modality's tokens sit in the flattened [B * L] batch, for a modality-untied model: the positions
+    of text (specials included), image and audio tokens, and the inverse of their concatenation."""
+
+    index: tuple[torch.Tensor, ...]
+    inverse: torch.Tensor
+
+
+def route_of(input_ids: torch.Tensor, cfg: ModelConfig) -> Route:
+    """The :class:`Route` of a batch of ids, by the vocabulary's id ranges (no learned router)."""
+    flat = input_ids.reshape(-1)
+    modality = (flat >= cfg.image_start).to(torch.int64) + (flat >= cfg.audio_start).to(torch.int64)
+    index = tuple((modality == m).nonzero().squeeze(1) for m in range(3))
+    order = torch.cat(index)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return Route(index, inverse)
+
+
+def per_modality(fns: list, x: torch.Tensor, route: Route) -> torch.Tensor:
+    """x [B, L, D] -> [B, L, D']: each modality's rows through its own ``fns[m]``, one call per modality (a GEMM
+    over all its rows, not a loop over tokens). Every copy runs, on no rows when its modality is absent, so each
+    takes part in every backward (FSDP's hooks and gradients stay the same on every rank)."""
+    B, L, D = x.shape
+    flat = x.reshape(B * L, D)
+    parts = [fn(flat.index_select(0, idx)) for fn, idx in zip(fns, route.index)]
+    return torch.cat(parts).index_select(0, route.inverse).view(B, L, -1)
+
+
+def _apply(module: nn.Module | nn.ModuleList, x: torch.Tensor, route: Route | None, fn=None) -> torch.Tensor:
+    """``module`` (or ``fn(module, x)``) on x; a ModuleList of per-modality copies through :func:`per_modality`."""
+    call = fn or (lambda m, t: m(t))
+    if isinstance(module, nn.ModuleList):
+        return per_modality([lambda t, m=m: call(m, t) for m in module], x, route)
+    return call(module, x)
+
+
+def _copies(cfg: ModelConfig, part: str, make) -> nn.Module:
+    """One module, or one per modality when ``part`` is untied."""
+    return nn.ModuleList([make() for _ in range(3)]) if part in cfg.untied_parts else make()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -124,21 +166,26 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # One matmul for q, k and v: fewer, larger GEMMs are what small CPU shapes need.
-        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.q_norm = _qk_norm(cfg, cfg.n_heads)
-        self.k_norm = _qk_norm(cfg, cfg.n_kv_heads)
+        qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self.wqkv = _copies(cfg, "attention", lambda: nn.Linear(cfg.dim, qkv, bias=False))
+        self.wo = _copies(cfg, "attention", lambda: nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False))
+        self.q_norm = _copies(cfg, "attention", lambda: _qk_norm(cfg, cfg.n_heads)) if cfg.qk_norm else None
+        self.k_norm = _copies(cfg, "attention", lambda: _qk_norm(cfg, cfg.n_kv_heads)) if cfg.qk_norm else None
         self.kv_cache: KVCache | None = None
         self.probs: list[torch.Tensor] | None = None  # a list: packed forwards append their attention probabilities
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep) -> torch.Tensor:
-        """x: [B, L, dim]; cos/sin: [B, L, D/2]; ``at``: which attention (:class:`Packed` or :class:`CachedStep`)."""
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep, route: Route | None = None
+    ) -> torch.Tensor:
+        """x: [B, L, dim]; cos/sin: [B, L, D/2]; ``at``: which attention (:class:`Packed` or :class:`CachedStep`);
+        ``route``: the tokens' modalities, for untied projections."""
         B, L, _ = x.shape
         hq, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = linear(self.wqkv, x).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
-        q, k, v = q.view(B, L, hq, hd), k.view(B, L, hkv, hd), v.view(B, L, hkv, hd)
+        q, k, v = _apply(self.wqkv, x, route, linear).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = _apply(self.q_norm, q, route, lambda m, t: m(t.unflatten(-1, (hq, hd))).flatten(-2))
+            k = _apply(self.k_norm, k, route, lambda m, t: m(t.unflatten(-1, (hkv, hd))).flatten(-2))
+        q, k, v = q.view(B, L, hq, hd), k.view(B, L, hkv, hd), v.reshape(B, L, hkv, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(at, CachedStep):
             self.kv_cache.write_at(k, v, at.write_pos)
@@ -149,7 +196,7 @@ class Attention(nn.Module):
             out = ops.modality_attention(q, k, v, at.doc_ids, at.span_ids)
             if self.probs is not None:
                 self.probs.append(ops.modality_attention_probs(q, k, at.doc_ids, at.span_ids).cpu())
-        return linear(self.wo, out.reshape(B, L, hq * hd))
+        return _apply(self.wo, out.reshape(B, L, hq * hd), route, linear)
 
 
 class FeedForward(nn.Module):
@@ -169,16 +216,21 @@ class Block(nn.Module):
         super().__init__()
         self.post_norm = cfg.norm_placement == "post"
         self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg)
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = _copies(cfg, "ffn", lambda: FeedForward(cfg))
+        self.attention_norm = _copies(cfg, "norms", lambda: RMSNorm(cfg.dim, cfg.norm_eps))
+        self.ffn_norm = _copies(cfg, "norms", lambda: RMSNorm(cfg.dim, cfg.norm_eps))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Packed | CachedStep, route: Route | None = None
+    ) -> torch.Tensor:
+        def norm(m, t):
+            return _apply(m, t, route)
+
         if self.post_norm:
-            h = x + self.attention_norm(self.attention(x, cos, sin, at))
-            return h + self.ffn_norm(self.feed_forward(h))
-        h = x + self.attention(self.attention_norm(x), cos, sin, at)
-        return h + self.feed_forward(self.ffn_norm(h))
+            h = x + norm(self.attention_norm, self.attention(x, cos, sin, at, route))
+            return h + norm(self.ffn_norm, _apply(self.feed_forward, h, route))
+        h = x + self.attention(norm(self.attention_norm, x), cos, sin, at, route)
+        return h + _apply(self.feed_forward, norm(self.ffn_norm, h), route)
 
 
 class Transformer(nn.Module):
@@ -210,14 +262,23 @@ class Transformer(nn.Module):
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         emb_std = cfg.init_std if cfg.tie_embeddings else 1.0
         nn.init.normal_(self.tok_embeddings.weight, 0.0, emb_std, generator=gen)
+
+        def each(m: nn.Module | nn.ModuleList | None) -> list[nn.Module]:
+            return [] if m is None else list(m) if isinstance(m, nn.ModuleList) else [m]
+
         for block in self.layers.values():
-            nn.init.normal_(block.attention.wqkv.weight, 0.0, cfg.init_std, generator=gen)
-            nn.init.normal_(block.attention.wo.weight, 0.0, out_std, generator=gen)
-            nn.init.normal_(block.feed_forward.w13.weight, 0.0, cfg.init_std, generator=gen)
-            nn.init.normal_(block.feed_forward.w2.weight, 0.0, out_std, generator=gen)
-            for m in (block.attention_norm, block.ffn_norm, block.attention.q_norm, block.attention.k_norm):
-                if m is not None:
-                    m.reset_parameters()
+            ffns = each(block.feed_forward)
+            for w in each(block.attention.wqkv):
+                nn.init.normal_(w.weight, 0.0, cfg.init_std, generator=gen)
+            for w in each(block.attention.wo):
+                nn.init.normal_(w.weight, 0.0, out_std, generator=gen)
+            for f in ffns:
+                nn.init.normal_(f.w13.weight, 0.0, cfg.init_std, generator=gen)
+            for f in ffns:
+                nn.init.normal_(f.w2.weight, 0.0, out_std, generator=gen)
+            parts = (block.attention_norm, block.ffn_norm, block.attention.q_norm, block.attention.k_norm)
+            for m in (n for part in parts for n in each(part)):
+                m.reset_parameters()
         self.norm.reset_parameters()
         if self.output is not None:
             nn.init.normal_(self.output.weight, 0.0, cfg.dim**-0.5, generator=gen)
@@ -274,8 +335,9 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         h = self._embed(input_ids)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        route = route_of(input_ids, self.config) if self.config.untied_parts else None
         for block in self.layers.values():
-            h = block(h, cos, sin, at)
+            h = block(h, cos, sin, at, route)
         return self._head(h) if head else h
 
     def forward(

@@ -110,9 +110,11 @@ class PretrainConfig:
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train config: parallel must be one of {PARALLEL}, got {self.parallel!r}")
 
-    def model_config(self, vocab_size: int, vocab_hash: str, codes_hash: str = "") -> ModelConfig:
+    def model_config(
+        self, vocab_size: int, vocab_hash: str, codes_hash: str = "", starts: tuple[int, int] | None = None
+    ) -> ModelConfig:
         """The preset with the overrides and the data's vocabulary (and tokenizers' codes hash); max_seq_len covers
-        seq_len."""
+        seq_len. ``starts``: the vocabulary's first image and audio ids, which an untied model routes by."""
         d = {
             **PRESETS[self.model],
             **self.model_overrides,
@@ -120,6 +122,8 @@ class PretrainConfig:
             "vocab_hash": vocab_hash,
             "codes_hash": codes_hash,
         }
+        if starts is not None and d.get("untied"):
+            d["image_start"], d["audio_start"] = starts
         d["max_seq_len"] = max(int(d.get("max_seq_len", 0)), self.seq_len)
         return ModelConfig.from_dict(d, source=f"model preset {self.model!r} with overrides")
 

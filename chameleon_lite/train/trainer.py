@@ -292,7 +292,12 @@ def _start(cfg: PretrainConfig, make_loader: LoaderFactory) -> _Run:
     _check_setup(cfg, info)
     vocab, meta, val_meta = _read_data(cfg)
     tokenizers = cfg.tokenizers or meta.get("tokenizers", "")
-    mcfg = cfg.model_config(vocab.size, vocab.hash, run_codes_hash(cfg, meta, val_meta, tokenizers))
+    mcfg = cfg.model_config(
+        vocab.size,
+        vocab.hash,
+        run_codes_hash(cfg, meta, val_meta, tokenizers),
+        (vocab.image_offset, vocab.audio_offset),
+    )
     dtype = compute_dtype(cfg, info.device)
     os.makedirs(cfg.out, exist_ok=True)
     newest = ckpt.newest_train_state(cfg.out)

@@ -630,3 +630,18 @@ def test_bf16_autocast_training_checks_its_kernel_and_tracks_fp32(tmp_path):
     assert sorted(bf16) == sorted(fp32)
     for s in fp32:
         assert math.isfinite(bf16[s]) and bf16[s] == pytest.approx(fp32[s], rel=5e-2)
+
+
+def test_untied_model_trains_on_two_fsdp_ranks_like_one_and_exports(tmp_path):
+    """Modality-untied weights (--model.untied=all): the trainer routes by the data's vocabulary, 2 FSDP ranks give
+    the losses of 1 process (a rank whose tokens lack a modality still runs that copy), and the export loads."""
+    single = _run(tmp_path, "single", "--steps=4", "--ckpt_every=4", "--model.untied=all")
+    dist_run = str(tmp_path / "dist")
+    _torchrun(tmp_path, 2, dist_run, "--steps=4", "--ckpt_every=4", "--parallel=fsdp", "--model.untied=all")
+    a, b = _losses(single), _losses(dist_run)
+    assert sorted(b) == list(range(4))
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
+    model_dir, _, _ = _exported(tmp_path / "exp", "untied", "--model.untied=all")
+    cfg = load_model(model_dir).config
+    assert cfg.untied_parts == ("attention", "ffn", "norms") and 0 < cfg.image_start < cfg.audio_start
