@@ -94,3 +94,18 @@ def test_parameters_grow_flops_do_not():
 def test_config_errors(bad, message):
     with pytest.raises(ConfigError, match=message):
         preset("debug", **bad)
+
+
+def test_the_engine_generates_a_picture_and_a_clip_with_an_untied_model():
+    """Prefill and decode steps through the Generator route each new token to its modality's copies."""
+    from toy import toy_model, toy_tokenizers
+
+    from chameleon_lite.generate import GenerationConfig, Generator, Prompt
+
+    tk = toy_tokenizers()
+    v = tk.vocab
+    gen = Generator(toy_model(tk.vocab, untied="all", image_start=v.image_offset, audio_start=v.audio_offset), tk)
+    docs = gen.generate([Prompt(text="a red circle", then="image"), Prompt(text="play", then="audio")],
+                        GenerationConfig(max_new_tokens=gen.image_tokens + 8, seed=1))  # fmt: skip
+    kinds = [[s.kind for s in d.spans if not s.from_prompt] for d in docs]
+    assert kinds[0][0] == "image" and kinds[1][0] == "audio"
