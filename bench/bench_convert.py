@@ -90,7 +90,7 @@ def build_hf(shape: str, folder: str):
 
 
 def speed(shape: str, args, workdir: str) -> list[dict]:
-    from chameleon_lite.convert.hf_chameleon import convert_from_hf, read_vocab_map
+    from chameleon_lite.convert.hf_chameleon import convert_from_hf, invert_map, read_vocab_map
     from chameleon_lite.generate import GenerationConfig, Generator, Prompt, SamplingSettings
     from chameleon_lite.hardware import cpu_has_fast_bf16
 
@@ -100,10 +100,7 @@ def speed(shape: str, args, workdir: str) -> list[dict]:
     convert_from_hf(hf_dir, ours_dir)
     t_convert = time.perf_counter() - t0
     u2h = read_vocab_map(ours_dir)
-    h2u = torch.full((len(vmap),), -1, dtype=torch.int64)
-    for u, h in reversed(list(enumerate(u2h.tolist()))):
-        if h >= 0:
-            h2u[h] = u
+    h2u = invert_map(u2h, len(vmap))
     rng = np.random.default_rng(0)
     prompt = [1, *rng.integers(8198, len(vmap), args.prompt_len - 1).tolist()]
     ids = torch.tensor([prompt])

@@ -95,16 +95,21 @@ class VocabMap:
     hf_size: int
 
     def to_unified(self) -> torch.Tensor:
-        """[hf_size] int64: the unified id of every Chameleon id (-1 where none; a special that two of our ids share,
-        e.g. a pad that is also bos, maps to the first)."""
-        t = torch.full((self.hf_size,), -1, dtype=torch.int64)
-        for u in reversed(range(len(self.hf_ids))):
-            if self.hf_ids[u] >= 0:
-                t[self.hf_ids[u]] = u
-        return t
+        """[hf_size] int64: the unified id of every Chameleon id (see :func:`invert_map`)."""
+        return invert_map(torch.tensor(self.hf_ids), self.hf_size)
 
     def rows(self) -> torch.Tensor:
         return torch.tensor(self.hf_ids, dtype=torch.int64)
+
+
+def invert_map(unified_to_hf: torch.Tensor, hf_size: int) -> torch.Tensor:
+    """[hf_size] int64: the unified id of every Chameleon id, from the unified -> Chameleon map (-1 where none; a
+    Chameleon id two unified ids share, e.g. a pad that is also bos, maps to the first)."""
+    t = torch.full((hf_size,), -1, dtype=torch.int64)
+    for u in reversed(range(len(unified_to_hf))):
+        if int(unified_to_hf[u]) >= 0:
+            t[int(unified_to_hf[u])] = u
+    return t
 
 
 def vocab_map_from_hf(hf: dict[str, Any], source: str) -> VocabMap:

@@ -62,6 +62,17 @@ def decode_span(gen: Any, ids: list[int], span: MediaSpan) -> np.ndarray | None:
     return np.asarray(gen.tokenizers.audio.decode(vocab.unified_to_audio(codes[:whole])), np.float32).reshape(-1)
 
 
+def _save(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG atomically and free it."""
+    import matplotlib.pyplot as plt  # lazy: only a report draws
+
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _figure_image(path: str, picture: np.ndarray | None, maps: np.ndarray, title: str) -> None:
     import matplotlib  # lazy: only a report draws
 
@@ -83,11 +94,7 @@ def _figure_image(path: str, picture: np.ndarray | None, maps: np.ndarray, title
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
 
 
 def _figure_audio(path: str, wave: np.ndarray | None, sample_rate: int, frames: np.ndarray, title: str) -> None:
@@ -107,11 +114,7 @@ def _figure_audio(path: str, wave: np.ndarray | None, sample_rate: int, frames: 
     a1.set_yticks(range(len(rows)), [f"layer {i}" for i in range(len(rows) - 1)] + ["mean"], fontsize=6)
     a1.set_xlabel("seconds", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
 
 
 def explain(gen: Any, ids: list[int], span_ids: list[int], words: list[str] | None, out: str) -> dict[str, Any]:
@@ -294,11 +297,7 @@ def _chart(path: str, result: dict[str, Any]) -> None:
     ax.set_xlabel("layer")
     ax.set_ylabel("share on the shape / uniform share")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
 
 
 __all__ = ["Word", "explain", "measure"]

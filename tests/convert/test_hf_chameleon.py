@@ -16,6 +16,7 @@ from chameleon_lite.cli import main
 from chameleon_lite.convert.hf_chameleon import (
     convert_from_hf,
     convert_to_hf,
+    invert_map,
     model_config_from_hf,
     pieces_from_hf,
     read_vocab_map,
@@ -44,10 +45,7 @@ def pair(request, tmp_path_factory):
     hf = transformers.ChameleonForConditionalGeneration.from_pretrained(str(d / "hf")).eval()
     ours = _load_ours(str(d / "ours"))
     u2h = read_vocab_map(str(d / "ours"))
-    h2u = torch.full((hf.config.vocab_size,), -1, dtype=torch.int64)
-    for u, h in reversed(list(enumerate(u2h.tolist()))):
-        if h >= 0:
-            h2u[h] = u
+    h2u = invert_map(u2h, hf.config.vocab_size)
     return hf, ours, u2h, h2u, vmap, d
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chameleon_lite.cli import main
-from chameleon_lite.convert.hf_chameleon import convert_from_hf, read_vocab_map, vq_loader
+from chameleon_lite.convert.hf_chameleon import convert_from_hf, invert_map, read_vocab_map, vq_loader
 from chameleon_lite.generate import GenerationConfig, Generator, Prompt, SamplingSettings
 from chameleon_lite.tokenizers.image import to_model_input
 
@@ -27,10 +27,7 @@ def converted(tmp_path_factory):
     convert_from_hf(str(d / "hf"), str(d / "ours"), vqgan=vq_loader(ckpt))
     hf = transformers.ChameleonForConditionalGeneration.from_pretrained(str(d / "hf")).eval()
     u2h = read_vocab_map(str(d / "ours"))
-    h2u = torch.full((hf.config.vocab_size,), -1, dtype=torch.int64)
-    for u, h in reversed(list(enumerate(u2h.tolist()))):
-        if h >= 0:
-            h2u[h] = u
+    h2u = invert_map(u2h, hf.config.vocab_size)
     return d, hf, vmap, u2h, h2u, ckpt
 
 
