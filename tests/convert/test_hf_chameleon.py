@@ -258,3 +258,37 @@ def test_to_hf_refuses_an_rms_qk_norm_model(tmp_path):
     with pytest.raises(ConfigError, match="per-head LayerNorm"):
         convert_to_hf(demo_model_dir(), str(tmp_path / "hf"))
     assert not os.path.exists(tmp_path / "hf")
+
+
+def test_a_model_of_this_project_with_audio_loads_in_transformers(tmp_path):
+    """Our own layout (BPE, our image VQ, audio codes) with Chameleon's q/k norm: to-hf, then transformers gives the
+    same logits on text + picture + clip ids; audio codes are plain extra entries, image codes named IMGIMG."""
+    import shutil
+
+    from chameleon_lite.bundle import demo_model_dir, write_safetensors_atomic
+    from chameleon_lite.model.transformer import build_model
+
+    src = tmp_path / "ours"
+    shutil.copytree(demo_model_dir(), src)
+    cfg = ModelConfig.load(str(src / "config.json"))
+    cfg.qk_norm_type = "head_layernorm"
+    ours = build_model(cfg, seed=3).eval()
+    with torch.no_grad():
+        for n, p in ours.named_parameters():
+            if "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    cfg.save(str(src / "config.json"))
+    write_safetensors_atomic(str(src / "model.safetensors"), {k: v.contiguous() for k, v in ours.state_dict().items()})
+    convert_to_hf(str(src), str(tmp_path / "hf"))
+    hf = transformers.ChameleonForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
+    from chameleon_lite.vocab import UnifiedVocab
+
+    v = UnifiedVocab.load(str(src / "vocab.json"))
+    ids = torch.tensor([[v.bos, v.text_offset + 5, v.text_offset + 40, v.boi, *range(v.image_offset, v.image_offset + 6),
+                         v.eoi, v.boa, *range(v.audio_offset, v.audio_offset + 4), v.eoa, v.text_offset + 7]])  # fmt: skip
+    with torch.no_grad():
+        diff = (_hf_logits(hf, ids) - _our_logits(ours, ids)).abs().max().item()
+    assert diff <= 1e-4, diff
+    names = hf.config.vocabulary_map
+    assert names["<audio:1:3>"] == v.audio_level_range(1)[0] + 3
+    assert len(hf.model.vocabulary_mapping.image_tokens) == v.image_codebook
