@@ -1,7 +1,7 @@
 """Dense against modality-untied weights (Mixture-of-Transformers) at equal training FLOPs, per modality.
 
     python bench/untied_vs_dense.py --data SHARDS/train --val-data SHARDS/val --tokenizers TOK --out DIR
-                                    [--steps 600] [--untied all] [--config tiny] [pretrain overrides, e.g. --lr=0.004]
+                                    [--steps 600] [--untied all] [--config tiny] [--set model.n_layers=4 ...]
     python bench/untied_vs_dense.py --runs DENSE_RUN UNTIED_RUN --out DIR     # re-plot two finished runs
 
 Both runs train the same preset on the same shards with the same seed, batch, schedule and steps; an untied model's
@@ -108,7 +108,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--untied", default="all", help="the parts to untie (default: all)")
     ap.add_argument("--out", required=True)
-    args, args.overrides = ap.parse_known_args()  # the rest: pretrain overrides for both runs (--model.n_layers=4)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pretrain override for both runs, e.g. --set model.n_layers=4 (repeatable)")  # fmt: skip
+    args = ap.parse_args()
+    args.overrides = [f"--{kv}" for kv in args.set]
     os.makedirs(args.out, exist_ok=True)
     if args.runs:
         dense, untied = args.runs
