@@ -251,11 +251,29 @@ def modality_attention_decode_reference(
     return torch.matmul(p, vf).transpose(1, 2).to(q.dtype)
 
 
+def check_cache_lens(cache_lens: torch.Tensor, n_new: int, size: int) -> None:
+    """Every length in [n_new, size]: ValueError naming the first bad row (CPU), torch._assert_async (a device)."""
+    ok = (cache_lens >= n_new) & (cache_lens <= size)
+    if cache_lens.device.type != "cpu":
+        torch._assert_async(ok.all(), f"attention_decode: a cache length lies outside [{n_new}, {size}]")
+        return
+    if not bool(ok.all()):
+        b = int((~ok).nonzero()[0, 0])
+        raise ValueError(
+            f"attention_decode: cache_lens[{b}] = {int(cache_lens[b])} lies outside [{n_new}, {size}] (at least the "
+            f"{n_new} new queries, at most the cache's {size} positions)"
+        )
+
+
 def modality_attention_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """Decode attention against a KV cache; see modality_attention_decode_reference for shapes."""
+    """Decode attention against a KV cache; see modality_attention_decode_reference for shapes. Every cache length
+    must lie in [Lq, S] (the new queries are its last Lq positions; S = the cache's size): on the CPU a length outside
+    is an error at once, on a GPU a device-side assertion (no host sync), and the kernels clamp it besides, so a bad
+    length can never read past the cache."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    check_cache_lens(cache_lens, q.shape[1], k_cache.shape[1])
     if _has_kernel(q, "attention_decode"):
         return torch.ops.chameleon_lite.attention_decode(
             q, k_cache, v_cache, cache_lens.to(device=q.device, dtype=torch.int32), scale

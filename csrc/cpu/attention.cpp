@@ -553,9 +553,11 @@ at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
                     "attention_decode: caches must be contiguous in the head dimension");
   const auto lens_t = cache_lens.contiguous();
   const int32_t* lens = lens_t.const_data_ptr<int32_t>();
+  // A length below the new queries' count would leave a query with no key (a silent zero row), one above the cache
+  // would read past it: both are refused.
   for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK_VALUE(lens[b] >= 0 && lens[b] <= k_cache.size(1), "attention_decode: cache_lens[", b, "] = ", lens[b],
-                      " outside [0, ", k_cache.size(1), "]");
+    TORCH_CHECK_VALUE(lens[b] >= q_.size(1) && lens[b] <= k_cache.size(1), "attention_decode: cache_lens[", b, "] = ",
+                      lens[b], " outside [", q_.size(1), ", ", k_cache.size(1), "]");
   const auto q = q_.contiguous();
   auto out = at::empty_like(q);
   if (q.numel() == 0) return out;

@@ -70,6 +70,18 @@ def test_decode_split_kv_matches_reference(emu, dtype):
     assert out[2, 0].abs().max() == 0 and torch.isfinite(out).all()
 
 
+def test_decode_kernels_clamp_a_length_past_the_cache(emu):
+    """The launcher's caller asserts every length in [Lq, S] (a device-side assertion on a GPU); the kernels clamp
+    besides: a length past the cache reads the whole cache and nothing beyond it (workspace included)."""
+    B, S, Hq, Hkv, D = 2, 300, 4, 2, 32
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(B, 1, Hq, D, generator=g)
+    kc, vc = torch.randn(B, S, Hkv, D, generator=g), torch.randn(B, S, Hkv, D, generator=g)
+    out = emu.attention_decode(q, kc, vc, torch.tensor([S + 500, 7], dtype=torch.int32), 0.125)
+    ref = modality_attention_decode_reference(q, kc, vc, torch.tensor([S, 7], dtype=torch.int32), scale=0.125)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
 def test_emulated_kernel_matches_the_cpu_kernel(emu):
     import chameleon_lite.ops  # noqa: F401
 

@@ -93,6 +93,22 @@ def test_attention_decode(dtype):
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
 
 
+def test_a_bad_cache_length_is_a_device_side_assertion():
+    """On a GPU the wrapper asserts the lengths without a host sync; a bad one fails at the next sync (in a child
+    process: a device-side assertion leaves the CUDA context unusable)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\nfrom chameleon_lite.ops import modality_attention_decode\n"
+        "q = torch.randn(1, 2, 4, 64, device='cuda'); kc = torch.randn(1, 50, 4, 64, device='cuda')\n"
+        "modality_attention_decode(q, kc, kc, torch.tensor([1], dtype=torch.int32, device='cuda'))\n"
+        "torch.cuda.synchronize()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and ("assert" in r.stderr.lower()), r.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "kw", [dict(), dict(temperature=0.0), dict(top_k=50, top_p=0.9, temperature=0.8), dict(min_p=0.05), dict(top_p=0.5)]
 )

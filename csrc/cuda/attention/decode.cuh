@@ -16,7 +16,7 @@ constexpr int kMaxDecodeQ = 16;    // new queries per row in one decode call
 template <typename T>
 __global__ void __launch_bounds__(kThreads) attention_decode_split_kernel(
     const T* q, const T* kc, const T* vc, const int32_t* lens, float* part, int Lq, int Hq, int Hkv, int D, int64_t ksB,
-    int64_t ksS, int64_t ksH, int64_t vsB, int64_t vsS, int64_t vsH, int max_chunks, float scale) {
+    int64_t ksS, int64_t ksH, int64_t vsB, int64_t vsS, int64_t vsH, int max_chunks, int max_len, float scale) {
   __shared__ float qv[kMaxD];
   __shared__ float p[kDecodeChunk];
   __shared__ float red[kThreads / 32];
@@ -24,7 +24,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_split_kernel(
 
   const int tid = threadIdx.x, c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int hk = h / (Hq / Hkv);
-  const int len = lens[b];
+  // The launcher asserts every length in [Lq, max_len]; the clamp keeps a bad one from reading past the cache.
+  const int len = min(max(lens[b], 0), max_len);
   const int j0 = c * kDecodeChunk;
   const int nk = max(0, min(kDecodeChunk, len - j0));
   const int64_t rec = D + 2;
@@ -88,8 +89,8 @@ template <typename T>
 __global__ void attention_decode_merge_kernel(const float* part, const int32_t* lens, T* out, int Lq, int Hq, int D,
                                               int max_chunks) {
   const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int len = lens[b];
-  const int chunks = max(1, (len + kDecodeChunk - 1) / kDecodeChunk);
+  const int len = max(lens[b], 0);
+  const int chunks = min(max_chunks, max(1, (len + kDecodeChunk - 1) / kDecodeChunk));  // never past the workspace
   const int64_t rec = D + 2;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     attn::SoftmaxState st{-INFINITY, 0.f};
@@ -117,7 +118,7 @@ void run_attention_decode(const T* q, const T* kc, const T* vc, const int32_t* l
   if (B == 0 || Lq == 0 || Hq == 0) return;
   const int chunks = decode_max_chunks(max_len);
   CL_LAUNCH(attention_decode_split_kernel<T>, dim3(chunks, Hq, B), dim3(kThreads), 0, stream, q, kc, vc, lens, part, Lq,
-            Hq, Hkv, D, ksB, ksS, ksH, vsB, vsS, vsH, chunks, scale);
+            Hq, Hkv, D, ksB, ksS, ksH, vsB, vsS, vsH, chunks, max_len, scale);
   CL_LAUNCH(attention_decode_merge_kernel<T>, dim3(Lq, Hq, B), dim3(32), 0, stream, part, lens, out, Lq, Hq, D, chunks);
 }
 

@@ -36,7 +36,7 @@ at::Tensor attention_decode(const at::Tensor& q_, const at::Tensor& kc, const at
   const auto lens = lens_.to(at::kInt).contiguous();
   TORCH_CHECK(q.size(3) <= ck::kMaxD && q.size(1) <= ck::kMaxDecodeQ && kc.stride(3) == 1 && vc.stride(3) == 1,
               "emulated attention_decode: D <= 128, Lq <= 16, caches contiguous in D");
-  const int max_len = lens.numel() ? lens.max().item<int>() : 0;
+  const int max_len = static_cast<int>(kc.size(1));  // as the CUDA launcher: sized by the cache, not by the lengths
   return ck::attention_decode_op(q, kc, vc, lens, scale, max_len, 0);
 }
 
