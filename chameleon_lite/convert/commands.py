@@ -21,10 +21,9 @@ def _from_hf(args: argparse.Namespace) -> int:
 
 
 def _to_hf(args: argparse.Namespace) -> int:
-    from chameleon_lite.bundle import demo_model_dir
     from chameleon_lite.convert.hf_chameleon import convert_to_hf
 
-    summary = convert_to_hf(args.model or demo_model_dir(), args.out, dtype=args.dtype)
+    summary = convert_to_hf(args.model, args.out, dtype=args.dtype)
     _report(summary, args.out)
     return 0
 
@@ -51,6 +50,12 @@ def register(cli) -> None:
         "ChameleonForConditionalGeneration.from_pretrained",
         _to_hf,
     )
-    p.add_argument("--model", metavar="DIR", help="the exported model folder (default: the shipped demo model)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="the exported model folder (its q/k norm must be Chameleon's: qk_norm_type=head_layernorm; the shipped "
+        "demo model's is RMS and is refused)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="the transformers folder to write (new or empty)")
     p.add_argument("--dtype", choices=DTYPES, default="source", help="dtype of the written weights (default: as read)")
