@@ -375,7 +375,7 @@ def stream_pieces(
 
 
 def convert_from_hf(
-    src: str, out: str, dtype: str = "source", vqgan: Callable[[ShardedReader, dict, str], Any] | None = None
+    src: str, out: str, dtype: str = "source", vqgan: Callable[[ShardedReader, dict, str, int], Any] | None = None
 ) -> dict[str, Any]:
     """Convert the transformers Chameleon folder ``src`` into the exported model folder ``out``. Returns a summary
     (sizes, tensors, bytes, the largest shard). ``vqgan``: writes the image tokenizer into the folder being
@@ -404,10 +404,8 @@ def convert_from_hf(
         try:
             with open(os.path.join(tmp, TEXT_FILE), "wb") as fh:
                 fh.write(text_json)
-            if any(k.startswith(HF_PREFIX) for k in reader.keys()):
-                (vqgan or vq_loader())(reader, hf.get("vq_config") or {}, tmp)
-            elif vm.vocab.image_codebook:
-                raise ConfigError(f"{src}: the vocabulary has image tokens but the checkpoint no image tokenizer")
+            if vm.vocab.image_codebook or any(k.startswith(HF_PREFIX) for k in reader.keys()):
+                (vqgan or vq_loader())(reader, hf.get("vq_config") or {}, tmp, vm.vocab.image_codebook)
             pieces = pieces_from_hf(cfg, vm)
             stream_pieces(
                 reader, pieces, os.path.join(tmp, WEIGHTS), DTYPE_CHOICES[dtype],
@@ -433,15 +431,29 @@ def convert_from_hf(
     return summary
 
 
-def vq_loader(vqgan_ckpt: str | None = None) -> Callable[[ShardedReader, dict, str], None]:
+def vq_loader(vqgan_ckpt: str | None = None) -> Callable[[ShardedReader, dict, str, int], None]:
     """The image tokenizer of a conversion: the encoder a transformers checkpoint holds (``model.vqmodel.*``), or,
     with ``vqgan_ckpt`` (the release's ``tokenizer/vqgan.ckpt``), the whole VQGAN, encoder and decoder, after
-    checking that its encoder side is the checkpoint's (a different tokenizer would make other codes)."""
+    checking that its encoder side is the checkpoint's (a different tokenizer would make other codes); for a checkpoint
+    without the encoder, the release file alone. Either must have as many codes as the vocabulary has image tokens."""
 
-    def load(reader: ShardedReader, vq_config: dict, folder: str) -> None:
+    def load(reader: ShardedReader, vq_config: dict, folder: str, codebook: int) -> None:
         state = {k: reader.get(k) for k in reader.keys() if k.startswith(HF_PREFIX)}
-        model = from_hf_state(state, vq_config, source=reader.folder)
-        if vqgan_ckpt is not None:
+        if not state:  # a checkpoint without the encoder: the release file is the whole tokenizer
+            if vqgan_ckpt is None:
+                raise ConfigError(
+                    f"{reader.folder}: the vocabulary has image tokens but the checkpoint holds no image tokenizer "
+                    f"(no model.vqmodel.*); pass --vqgan with Chameleon's tokenizer/vqgan.ckpt"
+                )
+            model = load_original(vqgan_ckpt)
+        else:
+            model = from_hf_state(state, vq_config, source=reader.folder)
+        if model.config.num_embeddings != codebook:
+            raise ConfigError(
+                f"{vqgan_ckpt or reader.folder}: the VQGAN has {model.config.num_embeddings} codes but the vocabulary "
+                f"names {codebook} image tokens"
+            )
+        if vqgan_ckpt is not None and state:
             full = load_original(vqgan_ckpt)
             theirs = full.state_dict()
             for k, v in model.state_dict().items():

@@ -132,3 +132,21 @@ def test_a_1024_token_picture_with_guidance(tmp_path):
     assert doc.timings["cfg_rows"] == 1  # the unconditional row ran beside the conditional one
     boi, eoi = gen.vocab.boi, gen.vocab.eoi
     assert doc.prompt_ids[-1] == boi and doc.ids[1024] == eoi  # then="image" ends the prompt with the marker
+
+
+def test_a_checkpoint_without_the_encoder_takes_the_release_vqgan_whole(converted, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    d, _, _, _, _, ckpt = converted
+    import shutil
+
+    src = shutil.copytree(d / "hf", tmp_path / "hf")
+    path = os.path.join(src, "model.safetensors")
+    save_file({k: v for k, v in load_file(path).items() if not k.startswith("model.vqmodel.")}, path)
+    capsys.readouterr()
+    assert main(["convert", "from-hf", str(src), "--out", str(tmp_path / "no_vq")]) == 1
+    err = capsys.readouterr().err
+    assert "holds no image tokenizer" in err and "--vqgan" in err and err.count("\n") == 1
+    assert main(["convert", "from-hf", str(src), "--out", str(tmp_path / "m"), "--vqgan", ckpt]) == 0
+    gen = Generator.from_dir(str(tmp_path / "m"))
+    assert gen.tokenizers.image.model.decoder is not None and gen.image_tokens == 64
