@@ -51,17 +51,15 @@ TINY_VQ = {
 }  # fmt: skip
 
 
-def image_name(code: int) -> str:
-    return "IMGIMG" + "".join(chr(ord("A") + int(c)) for c in str(code)) + "Z"
-
-
 def vocabulary(size: int) -> tuple[dict, dict]:
     """Chameleon's layout: specials, 8192 image codes at 4.., the image markers, then byte-level BPE-like names;
     (vocabulary map, tokenizer.json) — a tokenizer over single bytes plus made-up merges' names is enough to load."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+    from chameleon_lite.convert.hf_chameleon import image_name_of
+
     vmap = {"<pad>": 0, "<s>": 1, "</s>": 2, "<reserved0003>": 3}
-    vmap |= {image_name(k): 4 + k for k in range(IMAGE_CODES)}
+    vmap |= {image_name_of(k): 4 + k for k in range(IMAGE_CODES)}
     vmap |= {"<eoss>": 8196, "<racm3:break>": 8197}
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     text = sorted(alphabet) + [f"tok{i}" for i in range(size - len(vmap) - len(alphabet))]

@@ -127,6 +127,22 @@ def check_output_dir(path: str, kind: OutputKind, flag: str = "--out") -> None:
         )
 
 
+@contextlib.contextmanager
+def building_dir(out: str, kind: OutputKind) -> Iterator[str]:
+    """A new temp folder beside ``out`` to assemble an output of ``kind`` in: moved onto ``out`` when the block ends
+    (:func:`replace_dir`: only an earlier output of that kind is replaced), removed whatever happens."""
+    out = os.path.abspath(out)
+    check_output_dir(out, kind)
+    tmp = f"{out}.tmp.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        replace_dir(tmp, out, kind)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_dir(tmp: str, final: str, kind: OutputKind) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an earlier output of ``kind`` there (checked again
     now: the folder may have changed while the command ran)."""

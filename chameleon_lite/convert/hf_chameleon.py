@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch
 from chameleon_lite.bundle import IMAGE_CONFIG, IMAGE_WEIGHTS, TEXT_FILE, VOCAB_FILE, codes_hash, makes_codes
 from chameleon_lite.convert.stream import SafetensorsWriter, ShardedReader
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import MODEL, OutputKind, check_output_dir, read_json, replace_dir, write_json_atomic
+from chameleon_lite.files import MODEL, OutputKind, building_dir, check_output_dir, read_json, write_json_atomic
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.io import CONFIG_FILE
 from chameleon_lite.model.transformer import Transformer
@@ -398,10 +397,7 @@ def convert_from_hf(
     check_output_dir(out, MODEL)
     with ShardedReader(src) as reader:
         _check_keys(reader, hf_source_shapes(cfg, vm.hf_size), lambda k: k.startswith(HF_PREFIX))
-        tmp = f"{out}.tmp.{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
+        with building_dir(out, MODEL) as tmp:
             with open(os.path.join(tmp, TEXT_FILE), "wb") as fh:
                 fh.write(text_json)
             if vm.vocab.image_codebook or any(k.startswith(HF_PREFIX) for k in reader.keys()):
@@ -425,9 +421,6 @@ def convert_from_hf(
                 "unified_to_hf": list(vm.hf_ids),
             }
             write_json_atomic(os.path.join(tmp, CONVERT_FILE), summary)
-            replace_dir(tmp, out, MODEL)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -652,10 +645,7 @@ def convert_to_hf(model_dir: str, out: str, dtype: str = "source") -> dict[str, 
         pieces = pieces_to_hf(cfg)
         _check_keys(reader, model_shapes(cfg), lambda k: False)
         src_dtype = reader.reader(pieces[0].sources[0]).dtype(pieces[0].sources[0])
-        tmp = f"{out}.tmp.{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
+        with building_dir(out, HF_EXPORT) as tmp:
             vq = _chameleon_vq(model_dir)
             if vq is None:
                 stream_pieces(reader, pieces, os.path.join(tmp, WEIGHTS), DTYPE_CHOICES[dtype], {"format": "pt"})
@@ -686,7 +676,4 @@ def convert_to_hf(model_dir: str, out: str, dtype: str = "source") -> dict[str, 
             summary = {"written_by": "chameleon-lite convert to-hf", "source_folder": os.path.basename(model_dir),
                        "vocab_hash": vocab.hash, "tensors": len(pieces)}  # fmt: skip
             write_json_atomic(os.path.join(tmp, HF_MARK), summary)
-            replace_dir(tmp, out, HF_EXPORT)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -11,7 +11,7 @@ from chameleon_lite.errors import UserError
 def _explain(args: argparse.Namespace) -> int:
     from chameleon_lite.bundle import demo_model_dir
     from chameleon_lite.explain.report import explain, measure
-    from chameleon_lite.generate import GenerationConfig, Generator, Prompt
+    from chameleon_lite.generate import Generator, Prompt
 
     gen = Generator.from_dir(args.model or demo_model_dir())  # fp32: the maps come from fp32 attention
     if args.measure:
@@ -26,8 +26,7 @@ def _explain(args: argparse.Namespace) -> int:
     prompt = Prompt(text=args.prompt or "", images=args.image or (), audios=args.audio or (), then=args.then)
     ids, span_ids = gen.encode_prompt(prompt)
     if args.max_new_tokens:
-        cfg = GenerationConfig(**{**gen.default_config().__dict__, "max_new_tokens": args.max_new_tokens,
-                                  "seed": args.seed, "dtype": "fp32", "weights": "fp32"})  # fmt: skip
+        cfg = gen.default_config(max_new_tokens=args.max_new_tokens, seed=args.seed, dtype="fp32", weights="fp32")
         doc = gen.generate(prompt, cfg)[0]
         ids = list(doc.prompt_ids) + list(doc.ids)
         span_ids = span_ids + [0] * (len(ids) - len(span_ids))

@@ -3,9 +3,9 @@ the measurement of those maps against the procedural renderer's coverage of each
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
-import shutil
 import time
 from typing import Any
 
@@ -27,7 +27,7 @@ from chameleon_lite.explain.maps import (
     word_map,
     words_of,
 )
-from chameleon_lite.files import EXPLAIN, check_output_dir, replace_dir, write_json_result, write_text_atomic
+from chameleon_lite.files import EXPLAIN, building_dir, write_json_result, write_text_atomic
 from chameleon_lite.tokenizers.audio_train import log_mel
 
 MAX_WORDS = 8
@@ -129,12 +129,8 @@ def explain(gen: Any, ids: list[int], span_ids: list[int], words: list[str] | No
         raise UserError(f"none of the words {words} occurs in the document's text")
     if not words:  # the first content words: function words' maps say little about where a thing is
         chosen = [w for w in chosen if len(w.text) > 2 and w.text.lower() not in FUNCTION_WORDS][:MAX_WORDS]
-    check_output_dir(out, EXPLAIN)
-    tmp = f"{os.path.abspath(out)}.tmp.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     items = []
-    try:
+    with building_dir(out, EXPLAIN) as tmp:
         media = {s: decode_span(gen, ids, s) for s in spans}
         for k, (word, span) in enumerate((w, s) for w in chosen for s in spans):
             if span.start <= word.positions[0] < span.end:
@@ -152,20 +148,13 @@ def explain(gen: Any, ids: list[int], span_ids: list[int], words: list[str] | No
             items.append({"word": word.text, "tokens": list(word.positions), "span": f"{span.kind}{span.index}",
                           "direction": direction, "png": name, "per_layer": m.tolist()})  # fmt: skip
         result = {"tokens": len(ids), "layers": len(probs), "heads": int(probs[0].shape[0]), "maps": items,
-                  "spans": [_span_dict(s) for s in spans], "seconds": time.perf_counter() - t0}  # fmt: skip
+                  "spans": [dataclasses.asdict(s) for s in spans], "seconds": time.perf_counter() - t0}  # fmt: skip
         text = gen.tokenizers.text.decode(
             [t - gen.vocab.text_offset for t in ids if gen.vocab.text_offset <= t < gen.vocab.image_offset]
         )
         write_text_atomic(os.path.join(tmp, "report.html"), _html(result, text))
         write_json_result(os.path.join(tmp, "explain.json"), result)
-        replace_dir(tmp, os.path.abspath(out), EXPLAIN)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-def _span_dict(s: MediaSpan) -> dict[str, Any]:
-    return {"kind": s.kind, "start": s.start, "end": s.end, "index": s.index}
 
 
 def _safe(word: str) -> str:
@@ -204,12 +193,8 @@ def measure(gen: Any, n: int, seed: int, out: str, examples: int = 3) -> dict[st
     maps = coverage_maps(size, size)
     rng = np.random.default_rng(seed)
     per = {"reads": [], "read by": []}
-    check_output_dir(out, EXPLAIN)
-    tmp = f"{os.path.abspath(out)}.tmp.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     shown = 0
-    try:
+    with building_dir(out, EXPLAIN) as tmp:
         for _ in range(n):
             spec = sample_image_spec(rng, max_shapes=3)
             picture = render_image(spec, size)
@@ -254,9 +239,6 @@ def measure(gen: Any, n: int, seed: int, out: str, examples: int = 3) -> dict[st
         _chart(os.path.join(tmp, "measure.png"), result)
         write_json_result(os.path.join(tmp, "explain.json"), result)
         write_text_atomic(os.path.join(tmp, "report.html"), _measure_html(result, tmp))
-        replace_dir(tmp, os.path.abspath(out), EXPLAIN)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from chameleon_lite.convert.hf_chameleon import image_name_of
+
 K_IMAGE = 64
 TEXTS = [
     "a large red circle in the top left",
@@ -29,10 +31,6 @@ def bpe_json(vocab_size: int = 320) -> dict:
     )
     tk.train_from_iterator(TEXTS, trainer)
     return json.loads(tk.to_str())
-
-
-def image_name(code: int) -> str:
-    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
 
 
 def build_hf_folder(
@@ -58,7 +56,7 @@ def build_hf_folder(
     vmap = {"<pad>": 0, "<s>": 1, "</s>": 2, "<reserved0003>": 3}
     perm = torch.randperm(K_IMAGE, generator=g).tolist()
     for j, code in enumerate(perm):
-        vmap[image_name(code)] = 4 + j
+        vmap[image_name_of(code)] = 4 + j
     for name in ("<eoss>", "<racm3:break>", "<image>"):
         vmap[name] = len(vmap)
     off = len(vmap)
