@@ -292,3 +292,49 @@ def test_a_model_of_this_project_with_audio_loads_in_transformers(tmp_path):
     names = hf.config.vocabulary_map
     assert names["<audio:1:3>"] == v.audio_level_range(1)[0] + 3
     assert len(hf.model.vocabulary_mapping.image_tokens) == v.image_codebook
+
+
+def test_files_that_do_not_read_give_one_line(tmp_path):
+    """The shard reader, the index, the Chameleon tokenizer and the converted image tokenizer's config."""
+    from chameleon_lite.convert.hf_chameleon import text_tokenizer_from_hf
+    from chameleon_lite.convert.stream import SafetensorsReader, ShardedReader
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 5) + b"{oops")
+    with pytest.raises(ConfigError, match="header is not JSON"):
+        SafetensorsReader(str(bad))
+    idx = tmp_path / "model.safetensors.index.json"
+    for weight_map, message in (({"a": "../x.safetensors"}, "is not a file name inside"), ({"a": 3}, "weight_map")):
+        idx.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(ConfigError, match=message):
+            ShardedReader(str(tmp_path))
+    from safetensors.torch import save_file
+
+    save_file({"b": torch.zeros(2)}, str(tmp_path / "s.safetensors"))
+    idx.write_text(json.dumps({"weight_map": {"b": "s.safetensors", "c": "s.safetensors"}}))
+    with pytest.raises(ConfigError, match="lists 'c', which no shard holds"):
+        ShardedReader(str(tmp_path))
+    vm = vocab_map_from_hf({"vocab_size": 8, "vocabulary_map": {"<s>": 0, "</s>": 1}, "bos_token_id": 0,
+                            "eos_token_id": 1}, "cfg")  # fmt: skip
+    with pytest.raises(ConfigError, match="this project reads a BPE"):
+        text_tokenizer_from_hf(json.dumps({"model": {"type": "Unigram", "vocab": {}}}).encode(), vm, "tok.json")
+    with pytest.raises(ConfigError, match="not a byte-level BPE"):
+        text_tokenizer_from_hf(json.dumps({"model": {"type": "BPE", "vocab": {}}, "decoder": None}).encode(), vm, "t")
+    with pytest.raises(ConfigError, match="not a transformers tokenizer.json"):
+        text_tokenizer_from_hf(b"\xff", vm, "t")
+
+
+def test_a_converted_image_tokenizer_config_that_does_not_fit_is_refused(hf_dir, tmp_path):
+    from chameleon_lite.convert.hf_chameleon import vq_loader
+    from chameleon_lite.convert.stream import ShardedReader
+    from chameleon_lite.tokenizers.loader import load_image_tokenizer
+
+    out = tmp_path / "m"
+    convert_from_hf(str(hf_dir), str(out))
+    cfg = json.loads((out / "image_vq.json").read_text())
+    (out / "image_vq.json").write_text(json.dumps({**cfg, "codebook_size": 7}))
+    with pytest.raises(ConfigError, match="codebook_size 7 is not the VQGAN's num_embeddings 64"):
+        load_image_tokenizer(str(out))
+    hf = json.loads((hf_dir / "config.json").read_text())
+    with ShardedReader(str(hf_dir)) as reader, pytest.raises(ConfigError, match="has 64 codes but the vocabulary"):
+        vq_loader()(reader, hf["vq_config"], str(tmp_path / "vq"), 128)
