@@ -279,8 +279,11 @@ class _Run:
     texts: list[str] = dataclasses.field(default_factory=list)
     decoders: list[Any] = dataclasses.field(default_factory=list)
     uncond_prefix: list[list[int]] = dataclasses.field(default_factory=list)  # per row, before an open media span
+    slots: list[int] = dataclasses.field(default_factory=list)  # the KV-cache row of each row (default 0..rows-1)
+    cache_len: int = 0  # the cache length the run needs (prompt + new tokens + 1, at most the context)
 
     def __post_init__(self) -> None:
+        self.slots = self.slots or list(range(self.rows))
         self.out = [[] for _ in self.prompts]
         self.finish = ["length"] * self.size
         self.texts = [""] * self.size
@@ -423,30 +426,47 @@ class Generator:
         if not prompts:
             raise ConfigError("no prompts given")
         t_start = time.perf_counter()
-        run = self._start(prompts, cfg)
-        logits = self._prefill(run)
+        run = self.plan(prompts, cfg)
+        self._use_dtype(run.dtype, cfg.weights)
+        self.model.setup_cache(run.rows, run.cache_len, dtype=run.dtype)
+        logits = self.prefill(run)
         t_prefill = time.perf_counter()
         t_first = None
         while True:
-            done_before = run.sm.done().clone()
-            modes = [run.sm.row_mode(b) for b in range(run.size)]
-            ids = self._sample_next(run, logits, modes)
+            ids, done_before = self.sample_step(run, logits, stream)
             t_first = t_first or time.perf_counter()
-            run.sm.advance(ids)
-            self._record(run, ids, done_before, modes, stream)
-            run.step += 1
             if bool(run.sm.done().all()):
                 break
-            logits = self._decode_step(run, ids, done_before)
+            logits = self.decode_runs([(run, ids, done_before)])[0]
         t_end = time.perf_counter()
-        docs = [self._document(run.prompts[b], run.out[b], run.finish[b], cfg, run.texts[b]) for b in range(run.size)]
+        docs = self.documents(run)
         timings = self._timings(run, t_start, t_prefill, t_first or t_end, t_end, time.perf_counter())
         for d in docs:
             d.timings = dict(timings)
         return docs
 
-    def _start(self, prompts: list[Prompt | str], cfg: GenerationConfig) -> _Run:
-        """Encode the prompts, check they leave room to generate, set up the state machine and the KV cache."""
+    def documents(self, run: _Run) -> list[Document]:
+        """The documents of a finished (or stopped) run, one per prompt."""
+        return [
+            self._document(run.prompts[b], run.out[b], run.finish[b], run.cfg, run.texts[b]) for b in range(run.size)
+        ]
+
+    def sample_step(
+        self, run: _Run, logits: torch.Tensor, stream: Callable[[StreamEvent], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample each row's next id from ``logits`` [rows, V], advance the state machine and record (and stream)
+        the ids -> (ids [B], which rows were done before this step)."""
+        done_before = run.sm.done().clone()
+        modes = [run.sm.row_mode(b) for b in range(run.size)]
+        ids = self._sample_next(run, logits, modes)
+        run.sm.advance(ids)
+        self._record(run, ids, done_before, modes, stream)
+        run.step += 1
+        return ids, done_before
+
+    def plan(self, prompts: list[Prompt | str], cfg: GenerationConfig) -> _Run:
+        """Encode the prompts, check they leave room to generate and set up the state machine (no cache: the caller
+        sets up the KV cache, or gives the run slots of a shared one in ``run.slots``)."""
         encoded = [self.encode_prompt(p) for p in prompts]
         lens = [len(ids) for ids, _ in encoded]
         for i, n in enumerate(lens):
@@ -483,13 +503,12 @@ class Generator:
         # turn the conversation corpus drops the condition to
         v = self.vocab
         run.uncond_prefix = [[v.bos, v.user, v.eot, v.assistant] if c else [v.bos] for c in chat]
-        self._use_dtype(run.dtype, cfg.weights)
-        self.model.setup_cache(run.rows, min(self.context, max(n + k for n, k in zip(lens, left)) + 1), dtype=run.dtype)
+        run.cache_len = min(self.context, max(n + k for n, k in zip(lens, left)) + 1)
         return run
 
-    def _prefill(self, run: _Run) -> torch.Tensor:
-        """Logits [rows, vocab] after the prompts: the conditional rows, then (CFG) the unconditional rows, which
-        hold <bos> + the media span the prompt leaves open."""
+    def prefill(self, run: _Run) -> torch.Tensor:
+        """Logits [rows, vocab] after the prompts, written into the run's cache slots: the conditional rows, then
+        (CFG) the unconditional rows, which hold <bos> + the media span the prompt leaves open."""
         seqs, span_rows = list(run.prompts), list(run.spans)
         if run.use_cfg:
             for b in range(run.size):
@@ -502,7 +521,8 @@ class Generator:
             inp[r, : len(s)] = torch.tensor(s)
             spn[r, : len(sp)] = torch.tensor(sp, dtype=torch.int32)
         plen = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
-        return self.model.prefill(inp.to(self.device), plen.to(self.device), spn.to(self.device))
+        slots = torch.tensor(run.slots, dtype=torch.int64, device=self.device)
+        return self.model.prefill(inp.to(self.device), plen.to(self.device), spn.to(self.device), rows=slots)
 
     def _sample_next(self, run: _Run, logits: torch.Tensor, modes: list[Mode]) -> torch.Tensor:
         """int64 [B] next ids: each row sampled with its mode's settings among the ids its state allows (CFG mixes
@@ -569,24 +589,34 @@ class Generator:
                 finished = bool(run.sm.done()[b])
                 stream(StreamEvent(b, run.step, t, _kind(v, t), text, run.sm.span_progress(b), finished=finished))
 
-    def _decode_step(self, run: _Run, ids: torch.Tensor, done_before: torch.Tensor) -> torch.Tensor:
-        """Feed the new ids (rows done before this step rewrite their last slot and keep their length) -> logits."""
-        feed = ids.clone()
-        feed[done_before] = self.vocab.pad
-        lens_before = self.model.cache_lens.clone()
-        frozen = (torch.cat([done_before, done_before]) if run.use_cfg else done_before).to(self.device)
-        # a finished row writes its pad over its own last slot, never past it: a row that filled the cache whole
-        # (prompt + new tokens = the context) has no slot after its last one
-        self.model.cache_lens[frozen] = (lens_before[frozen] - 1).clamp(min=0)
-        if run.use_cfg:
+    def decode_runs(self, steps: Sequence[tuple[_Run, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """One decode step of runs that share the KV cache, each ``(run, new ids [B], rows done before this step)``
+        -> each run's logits [rows, V]. Cache rows [0, highest slot] step together: a row done before this step, and
+        a slot no run holds, writes a pad over its own last slot (never past it: a row that filled the cache whole
+        has no slot after its last one) and keeps its length."""
+        v, dev = self.vocab, self.device
+        hi = max(max(run.slots) for run, _, _ in steps) + 1
+        feed = torch.full((hi,), v.pad, dtype=torch.int64)
+        frozen = torch.ones(hi, dtype=torch.bool)
+        for run, ids, done_before in steps:
+            f = torch.where(done_before, v.pad, ids)
+            slots = torch.tensor(run.slots)
+            feed[slots] = torch.cat([f, f]) if run.use_cfg else f
+            frozen[slots] = torch.cat([done_before, done_before]) if run.use_cfg else done_before
+        lens = self.model.cache_lens
+        frozen = frozen.to(dev)
+        lens_before = lens[:hi].clone()
+        lens[:hi][frozen] = (lens_before[frozen] - 1).clamp(min=0)
+        for run, ids, done_before in steps:
+            if not run.use_cfg:
+                continue
             for b in range(run.size):
-                if int(ids[b]) in (self.vocab.boi, self.vocab.boa) and not done_before[b]:
+                if int(ids[b]) in (v.boi, v.boa) and not done_before[b]:
                     # the unconditional row restarts at its prefix + the marker
-                    self.model.cache_lens[run.size + b] = len(run.uncond_prefix[b])
-            feed = torch.cat([feed, feed])
-        logits = self.model.decode_step(feed.view(run.rows, 1).to(self.device))[:, -1]
-        self.model.cache_lens[frozen] = lens_before[frozen]
-        return logits
+                    lens[run.slots[run.size + b]] = len(run.uncond_prefix[b])
+        logits = self.model.decode_step(feed.view(hi, 1).to(dev))[:, -1]
+        lens[:hi][frozen] = lens_before[frozen]
+        return [logits[torch.tensor(run.slots, device=dev)] for run, _, _ in steps]
 
     def _timings(self, run: _Run, t_start: float, t_prefill: float, t_first: float, t_end: float, t_detok: float):
         n_new = sum(len(o) for o in run.out)

@@ -31,11 +31,15 @@ class KVCache(nn.Module):
     def max_len(self) -> int:
         return self.k_cache.shape[1]
 
-    def write_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, L, Hkv, D] -> positions [0, L) of every row."""
+    def write_prefix(self, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """k, v: [B, L, Hkv, D] -> positions [0, L) of the cache rows ``rows`` [B] int64 (default the first B)."""
         L = k.shape[1]
-        self.k_cache[: k.shape[0], :L] = k.to(self.k_cache.dtype)
-        self.v_cache[: v.shape[0], :L] = v.to(self.v_cache.dtype)
+        if rows is None:
+            self.k_cache[: k.shape[0], :L] = k.to(self.k_cache.dtype)
+            self.v_cache[: v.shape[0], :L] = v.to(self.v_cache.dtype)
+        else:
+            self.k_cache[rows, :L] = k.to(self.k_cache.dtype)
+            self.v_cache[rows, :L] = v.to(self.v_cache.dtype)
 
     def write_at(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
         """k, v: [B, Lq, Hkv, D]; pos: [B, Lq] int64 absolute positions to write, per row."""

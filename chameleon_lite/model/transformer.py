@@ -60,11 +60,13 @@ def _bf16_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 class Packed(NamedTuple):
     """Attention over packed documents (training, prompts): each position's document and span id, [B, L] int32.
-    ``fill_cache``: also write the keys and values into the KV cache from position 0 (a prompt)."""
+    ``fill_cache``: also write the keys and values into the KV cache from position 0 (a prompt), into the cache rows
+    ``cache_rows`` [B] int64 (default the first B)."""
 
     doc_ids: torch.Tensor
     span_ids: torch.Tensor
     fill_cache: bool = False
+    cache_rows: torch.Tensor | None = None
 
 
 class CachedStep(NamedTuple):
@@ -192,7 +194,7 @@ class Attention(nn.Module):
             out = ops.modality_attention_decode(q, self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B], at.cache_lens)
         else:
             if at.fill_cache:
-                self.kv_cache.write_prefix(k, v)
+                self.kv_cache.write_prefix(k, v, at.cache_rows)
             out = ops.modality_attention(q, k, v, at.doc_ids, at.span_ids)
             if self.probs is not None:
                 self.probs.append(ops.modality_attention_probs(q, k, at.doc_ids, at.span_ids).cpu())
@@ -386,17 +388,25 @@ class Transformer(nn.Module):
         prompt_lens: torch.Tensor | None = None,
         span_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run right-padded prompts and fill the cache from position 0.
 
         input_ids: [B, L] int64; prompt_lens: [B] real length of each row (default L); span_ids: [B, L] int32,
-        >0 marks bidirectional input spans (e.g. a prompt image); positions: [B, L] (default 0..L-1).
+        >0 marks bidirectional input spans (e.g. a prompt image); positions: [B, L] (default 0..L-1); rows: [B]
+        int64, the distinct cache rows the prompts fill (default the first B; the other rows keep their contents
+        and lengths, so requests can join a batch that is decoding).
         Returns the logits of each row's last real token: [B, V].
         """
         B, L = input_ids.shape
         kv = self._cache()
-        if B > kv.k_cache.shape[0] or L > kv.max_len:
-            raise ConfigError(f"prompt batch {B} x {L} does not fit the cache ({kv.k_cache.shape[0]} x {kv.max_len})")
+        n_rows = kv.k_cache.shape[0]
+        if rows is not None and (
+            rows.shape != (B,) or int(rows.min()) < 0 or int(rows.max()) >= n_rows or rows.unique().numel() != B
+        ):
+            raise ConfigError(f"prefill rows must be {B} distinct cache rows in [0, {n_rows}), got {rows.tolist()}")
+        if (B > n_rows and rows is None) or L > kv.max_len:
+            raise ConfigError(f"prompt batch {B} x {L} does not fit the cache ({n_rows} x {kv.max_len})")
         dev = input_ids.device
         lens = (
             torch.full((B,), L, dtype=torch.int32, device=dev)
@@ -409,8 +419,9 @@ class Transformer(nn.Module):
         doc_ids = (col >= lens.unsqueeze(1).long()).to(torch.int32)  # padding is its own document
         span_ids = torch.zeros(B, L, dtype=torch.int32, device=dev) if span_ids is None else span_ids.to(torch.int32)
         positions = col.expand(B, L) if positions is None else positions
-        h = self._run(input_ids, positions, Packed(doc_ids, span_ids, fill_cache=True), head=False)
-        self.cache_lens = lens.clone()
+        rows = torch.arange(B, device=dev) if rows is None else rows.to(dev)
+        h = self._run(input_ids, positions, Packed(doc_ids, span_ids, fill_cache=True, cache_rows=rows), head=False)
+        self.cache_lens[rows] = lens
         return self._head(h[torch.arange(B, device=dev), lens.long() - 1])  # the output head only where it is read
 
     def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

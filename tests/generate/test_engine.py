@@ -427,3 +427,41 @@ def test_a_row_that_fills_the_context_while_others_go_on(gen):
     b, a = gen.generate([Prompt(text="A small"), long], cfg)  # (draws depend on the row: B is row 0 both times)
     assert len(a.prompt_ids) + len(a.ids) == gen.context and a.settings["finish_reason"] == "length"
     assert b.ids == gen.generate([Prompt(text="A small")], cfg)[0].ids
+
+
+def test_runs_joining_a_shared_cache_at_any_step_give_their_own_documents(gen):
+    """The continuous-batching primitive: runs prefilled into free slots of one KV cache while others decode, and
+    stepped together by decode_runs, draw the ids each draws alone (fp32, greedy and sampled, with and without
+    guidance), and leave the slots of the others untouched."""
+    cfgs = [
+        GenerationConfig(max_new_tokens=20, seed=3, **FP32),
+        GenerationConfig(max_new_tokens=gen.image_tokens + 4, seed=5, **FP32),
+        GenerationConfig(max_new_tokens=gen.image_tokens + 2, seed=7, image=SamplingSettings(cfg_scale=2.0), **FP32),
+    ]
+    prompts = [Prompt(text="A small"), Prompt(text="Play C4 then"), Prompt(text="x", then="image")]
+    alone = [gen.generate(p, c)[0].ids for p, c in zip(prompts, cfgs)]
+    gen.model.setup_cache(8, gen.context)
+    free, live, logits, done = [7, 5, 2, 1, 0], [], {}, {}
+    joins = {0: 0, 3: 1, 6: 2}  # step -> prompt that joins then
+    for step in range(200):
+        if step in joins:
+            k = joins[step]
+            run = gen.plan([prompts[k]], cfgs[k])
+            run.slots = [free.pop() for _ in range(run.rows)]
+            logits[k] = gen.prefill(run)
+            live.append((k, run))
+        batch = []
+        for k, run in list(live):
+            ids, done_before = gen.sample_step(run, logits[k])
+            if bool(run.sm.done().all()):
+                done[k] = run.out[0]
+                live.remove((k, run))
+                free.extend(run.slots)
+            else:
+                batch.append((k, run, ids, done_before))
+        if batch:
+            for (k, *_), lg in zip(batch, gen.decode_runs([b[1:] for b in batch])):
+                logits[k] = lg
+        if not live and len(done) == len(prompts):
+            break
+    assert [done[k] for k in range(len(prompts))] == alone
