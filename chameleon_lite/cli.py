@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "chameleon_lite.eval.commands",
     "chameleon_lite.convert.commands",
     "chameleon_lite.explain.commands",
+    "chameleon_lite.serve.commands",
     "chameleon_lite.demo",
     "chameleon_lite.kernel_commands",
 )

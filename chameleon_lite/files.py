@@ -279,6 +279,16 @@ DOCUMENTS = OutputKind(
     (("sample_[0-9][0-9][0-9]", DOCUMENT),),
 )
 CHAT = OutputKind("a chat transcript", "chameleon-lite chat", None, (), (("turn_[0-9][0-9][0-9]", DOCUMENT),))
+SERVE = OutputKind(
+    "a server's output folder",
+    "chameleon-lite serve",
+    None,
+    (),
+    (
+        ("turn_" + "[0-9]" * 6, DOCUMENT),
+        ("uploads", OutputKind("uploaded media", "chameleon-lite serve", None, ("[0-9]" * 6 + "_*",))),
+    ),
+)
 CORPUS = OutputKind(
     "a procedural corpus",
     "chameleon-lite data procedural",

@@ -26,7 +26,7 @@ FLOORS = [
     ("model",),
     ("train", "pretokenize", "convert"),  # convert: checkpoints of other formats in and out
     ("generate",),
-    ("eval", "explain"),  # explain: attention maps over generated or given documents
+    ("eval", "explain", "serve"),  # explain: attention maps; serve: the web page and HTTP API
     ("quickstart",),
     ("demo",),
     ("cli", "data_commands", "vocab_commands", "kernel_commands"),

@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -268,8 +269,33 @@ def check_segment(segment: str) -> list[str]:
             problems.append("torchrun runs no .py script")
         else:
             problems += _check_python_script(args[at], args[at + 1 :])
+    elif prog == "curl":
+        problems += _check_curl(args)
     elif prog not in ("pip", ".", "source", "cd", "mkdir"):  # installing and moving around: nothing to check here
         problems.append(f"the test does not know how to check `{prog}`: teach check_segment")
+    return problems
+
+
+def _check_curl(args: list[str]) -> list[str]:
+    """A curl line of the serve API: its URL is one of the app's routes and each -F field one the API reads."""
+    from starlette.routing import Match
+
+    from chameleon_lite.serve.app import FIELDS, make_app
+
+    class _Sched:  # make_app reads only .gen for the defaults; the routes are what is checked
+        gen = type("G", (), {"default_config": lambda self: None})()
+
+    routes = make_app(_Sched(), os.path.join(tempfile.mkdtemp(), "s")).routes
+    problems = []
+    for a in args:
+        if a.startswith("http://"):
+            path = "/" + a.split("/", 3)[3] if a.count("/") >= 3 else "/"
+            method = "POST" if any(x in ("-F", "-d", "--data") for x in args) else "GET"
+            scope = {"type": "http", "path": path, "method": method}
+            if not any(r.matches(scope)[0] == Match.FULL for r in routes):
+                problems.append(f"{method} {path} is not a route of the serve app")
+    fields = [args[i + 1].split("=", 1)[0] for i, a in enumerate(args[:-1]) if a == "-F"]
+    problems += [f"-F {f}: not a field of POST /api/generate" for f in fields if f not in FIELDS]
     return problems
 
 

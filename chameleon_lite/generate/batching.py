@@ -119,6 +119,10 @@ class BatchScheduler:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        with torch.inference_mode():  # as generate: no autograd state, and the tensors generate made are usable
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._cv:
                 while not self._closed and not self._queue and not self._live:

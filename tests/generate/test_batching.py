@@ -30,7 +30,7 @@ def _requests(gen):
 
 def test_requests_in_one_loop_get_their_own_documents(gen):
     reqs = _requests(gen)
-    alone = [gen.generate(p, c)[0] for p, c in reqs]
+    alone = [gen.generate(p, c)[0] for p, c in reqs]  # (in inference mode, as the scheduler's thread must be too)
     sched = BatchScheduler(gen, max_batch=2, max_queue=8, dtype="fp32")
     try:
         events = {k: [] for k in range(len(reqs))}

@@ -1,0 +1,120 @@
+"""`chameleon-lite serve`'s app through Starlette's TestClient: the API's answers, its streams, its files, and its
+one-line refusals of bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+from toy import toy_model, toy_tokenizers
+
+from chameleon_lite.generate import GenerationConfig, Generator, Prompt
+from chameleon_lite.generate.batching import BatchScheduler
+from chameleon_lite.serve.app import Limits, make_app
+
+
+@pytest.fixture(scope="module")
+def gen():
+    tk = toy_tokenizers()
+    return Generator(toy_model(tk.vocab), tk)
+
+
+@pytest.fixture
+def served(gen, tmp_path):
+    sched = BatchScheduler(gen, max_batch=2, max_queue=4, dtype="fp32")
+    cfg = gen.default_config(max_new_tokens=24, dtype="fp32")
+    app = make_app(sched, str(tmp_path / "served"), Limits(max_prompt_chars=200, max_upload_bytes=1 << 16), cfg)
+    with TestClient(app) as client:
+        yield client, tmp_path / "served", cfg
+    sched.close()
+
+
+def _events(body: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_info_and_the_page(served):
+    client, _, cfg = served
+    info = client.get("/api/info").json()
+    assert info["max_new_tokens"] == 24 and set(info["sampling"]) == {"text", "image", "audio"}
+    page = client.get("/")
+    assert page.status_code == 200 and "/api/generate" in page.text and "<script" in page.text
+    assert "http" not in page.text.replace("http://", "").split("<script")[0]  # nothing fetched from elsewhere
+
+
+def test_an_answer_is_what_generate_makes_and_its_files_download(served, gen):
+    client, out, cfg = served
+    r = client.post("/api/generate", data={"prompt": "A small", "seed": "5"})
+    assert r.status_code == 200, r.text
+    ans = r.json()
+    alone = gen.generate(Prompt(text="A small"), GenerationConfig(**{**cfg.__dict__, "seed": 5}))[0]
+    assert ans["text"] == alone.reply and ans["new_tokens"] == len(alone.ids)
+    assert ans["finish_reason"] == alone.settings["finish_reason"]
+    doc = client.get(ans["html"])
+    assert doc.status_code == 200 and "<html" in doc.text.lower()
+    z = zipfile.ZipFile(io.BytesIO(client.get(ans["zip"]).content))
+    assert {n.split("/")[1] for n in z.namelist()} >= {"document.html", "document.md", "document.json"}
+    assert (out / f"turn_{ans['turn']:06d}" / "document.json").exists()
+
+
+def test_the_stream_carries_tokens_then_done_with_the_picture(served, gen):
+    client, _, cfg = served
+    r = client.post("/api/generate", data={"prompt": "x", "then": "image", "stream": "1",
+                                           "max_new_tokens": str(gen.image_tokens + 3)})  # fmt: skip
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    ev = _events(r.text)
+    assert ev[0][0] == "start" and ev[-1][0] == "done"
+    spans = [d["span"] for k, d in ev if k == "token" and "span" in d]
+    assert spans[-1] == [gen.image_tokens, gen.image_tokens]
+    done = ev[-1][1]
+    assert len(done["images"]) == 1
+    png = client.get(done["images"][0])
+    assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size[0] > 0
+
+
+def test_an_uploaded_picture_is_read_and_bad_input_gets_one_line(served):
+    client, out, _ = served
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(buf, format="PNG")
+    ok = client.post("/api/generate", data={"prompt": "what is this"}, files={"image": ("p.png", buf.getvalue())})
+    assert ok.status_code == 200, ok.text
+    cases = [
+        (dict(data={"prompt": "x" * 201}), 413, "at most 200"),
+        (dict(data={"prompt": "a", "colour": "red"}), 400, "unknown field"),
+        (dict(data={"prompt": "a", "seed": "-1"}), 400, "seed must be"),
+        (dict(data={"prompt": "a", "text_temperature": "hot"}), 400, "text sampling"),
+        (dict(data={"prompt": "a", "then": "video"}), 400, "then must be"),
+        (dict(data={"prompt": "a", "history": "../../etc"}), 404, "no finished turn"),
+        (dict(data={"prompt": "a"}, files={"image": ("bad.png", b"not a picture")}), 400, "bad.png"),
+        (dict(data={"prompt": "a"}, files={"audio": ("big.wav", b"0" * (1 << 17))}), 413, "larger than"),
+        (dict(data={"prompt": "a"}, files={"video": ("v.mp4", b"0000")}), 400, "unknown file field"),
+        (dict(content=b"prompt=a", headers={"content-type": "text/plain"}), 415, "multipart/form-data"),
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+    ]
+    for kw, status, words in cases:
+        r = client.post("/api/generate", **kw)
+        assert r.status_code == status and words in r.json()["error"], (kw, r.status_code, r.text)
+        assert "\n" not in r.json()["error"] and str(out) not in r.json()["error"]
+    for path, status in [("/api/turns/999/document.html", 404), ("/api/turns/0/..%2F..%2Fsecret", 404),
+                         ("/api/turns/0/model.safetensors", 404), ("/api/turns/abc.zip", 404)]:  # fmt: skip
+        assert client.get(path).status_code == status, path
+    assert client.post("/api/turns/12345/stop").status_code == 404
+
+
+def test_past_the_queue_the_answer_is_busy(gen, tmp_path):
+    sched = BatchScheduler(gen, max_batch=1, max_queue=0, dtype="fp32")
+    try:
+        with TestClient(make_app(sched, str(tmp_path / "s"))) as client:
+            r = client.post("/api/generate", data={"prompt": "a"})
+            assert r.status_code == 503 and r.json()["error"].startswith("busy")
+    finally:
+        sched.close()
