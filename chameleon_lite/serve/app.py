@@ -196,7 +196,10 @@ def _event(kind: str, data: dict) -> bytes:
 
 
 def _summary(server: Server, turn: int, doc) -> dict:
-    files = sorted(n for n in os.listdir(server.turn_dir(turn)) if FILE.match(n))
+    with open(os.path.join(server.turn_dir(turn), "document.json")) as f:
+        segments = json.load(f)["segments"]
+    # the answer's own pictures and clips (the prompt's are in the document too, marked from_prompt)
+    files = [s["file"] for s in segments if "file" in s and not s.get("from_prompt") and FILE.match(s["file"])]
     base = f"/api/turns/{turn}"
     return {
         "turn": turn,

@@ -87,6 +87,8 @@ def test_an_uploaded_picture_is_read_and_bad_input_gets_one_line(served):
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(buf, format="PNG")
     ok = client.post("/api/generate", data={"prompt": "what is this"}, files={"image": ("p.png", buf.getvalue())})
     assert ok.status_code == 200, ok.text
+    assert not any(u.endswith("image_000.png") for u in ok.json()["images"])  # the prompt's picture is not an answer
+    assert (out / f"turn_{ok.json()['turn']:06d}" / "image_000.png").exists()  # but the document holds it
     cases = [
         (dict(data={"prompt": "x" * 201}), 413, "at most 200"),
         (dict(data={"prompt": "a", "colour": "red"}), 400, "unknown field"),
