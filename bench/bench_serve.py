@@ -17,10 +17,8 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import socket
 import statistics
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -33,7 +31,7 @@ from common import machine_info, print_table, save_bar_chart, write_json  # noqa
 from chameleon_lite.bundle import demo_model_dir  # noqa: E402
 from chameleon_lite.generate import Generator, Prompt  # noqa: E402
 from chameleon_lite.generate.batching import BatchScheduler  # noqa: E402
-from chameleon_lite.serve.app import make_app  # noqa: E402
+from chameleon_lite.serve.app import make_app, serve_in_thread  # noqa: E402
 
 REQUESTS = [
     ("a large red circle in the top left", "media"),
@@ -68,8 +66,6 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    import uvicorn
-
     model = args.model or demo_model_dir()
     gen = Generator.from_dir(model)
     cfg = gen.default_config(max_new_tokens=args.max_new_tokens)
@@ -86,13 +82,7 @@ def main() -> int:
     sched = BatchScheduler(gen, max_batch=args.max_batch, max_queue=args.max_queue, dtype=cfg.dtype)
     out_dir = os.path.join(args.out, "serve_turns")
     app = make_app(sched, out_dir, base_cfg=cfg)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    server, port = serve_in_thread(app)
     rows = []
     for n in args.clients:
         lat, busy, lost, mixed, differs, t0 = [], 0, 0, 0, 0, time.perf_counter()

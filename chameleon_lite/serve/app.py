@@ -22,10 +22,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import threading
+import time
 import zipfile
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -343,3 +346,16 @@ def _token(ev) -> bytes:
     if ev.span is not None:
         data["span"] = list(ev.span)
     return _event("token", data)
+
+
+def serve_in_thread(app: Starlette, host: str = "127.0.0.1") -> tuple[uvicorn.Server, int]:
+    """Run ``app`` on a free port of ``host`` in a daemon thread (benchmarks and tests) -> (server, port); set
+    ``server.should_exit = True`` to stop it."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="uvicorn", daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, port

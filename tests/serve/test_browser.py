@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ from PIL import Image
 
 from chameleon_lite.generate import Generator
 from chameleon_lite.generate.batching import BatchScheduler
-from chameleon_lite.serve.app import make_app
+from chameleon_lite.serve.app import make_app, serve_in_thread
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):
@@ -32,8 +29,6 @@ README_REQUEST = "a large red circle in the top left, then play C5 E5 G5 on a sq
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    import uvicorn
-
     from chameleon_lite.bundle import demo_model_dir
 
     gen = Generator.from_dir(demo_model_dir())
@@ -41,13 +36,7 @@ def page(tmp_path_factory):
     app = make_app(
         sched, str(tmp_path_factory.mktemp("served") / "out"), base_cfg=gen.default_config(max_new_tokens=400)
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    server, port = serve_in_thread(app)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1400"):
