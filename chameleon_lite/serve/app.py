@@ -285,6 +285,7 @@ def make_app(scheduler: BatchScheduler, out: str, limits: Limits | None = None, 
                 result = await finish()
                 yield _event("error" if "error" in result else "done", result)
             finally:
+                server.jobs.pop(turn, None)
                 if not job.done.is_set():  # the client left: free its rows
                     job.cancel()
 

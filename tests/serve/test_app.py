@@ -120,3 +120,21 @@ def test_past_the_queue_the_answer_is_busy(gen, tmp_path):
             assert r.status_code == 503 and r.json()["error"].startswith("busy")
     finally:
         sched.close()
+
+
+def test_a_client_that_leaves_mid_stream_cancels_its_request(gen, tmp_path, monkeypatch):
+    sched = BatchScheduler(gen, max_batch=1, max_queue=2, dtype="fp32")
+    jobs = []
+    submit = sched.submit
+    monkeypatch.setattr(sched, "submit", lambda *a, **k: jobs.append(submit(*a, **k)) or jobs[-1])
+    cfg = gen.default_config(max_new_tokens=200, dtype="fp32")
+    try:
+        with TestClient(make_app(sched, str(tmp_path / "s"), base_cfg=cfg)) as client:
+            with client.stream("POST", "/api/generate", data={"prompt": "The", "stream": "1"}) as r:
+                assert next(r.iter_lines()).startswith("event: start")
+            jobs[0].done.wait(30)
+            assert jobs[0].error == "cancelled" and sched.load()["live"] == 0
+            assert not (tmp_path / "s" / "turn_000000").exists()  # nothing written for a request nobody reads
+            assert client.post("/api/generate", data={"prompt": "A", "max_new_tokens": "5"}).status_code == 200
+    finally:
+        sched.close()
