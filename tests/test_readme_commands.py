@@ -285,7 +285,8 @@ def _check_curl(args: list[str]) -> list[str]:
     class _Sched:  # make_app reads only .gen for the defaults; the routes are what is checked
         gen = type("G", (), {"default_config": lambda self: None})()
 
-    routes = make_app(_Sched(), os.path.join(tempfile.mkdtemp(), "s")).routes
+    with tempfile.TemporaryDirectory() as tmp:  # the app makes its output folder; the routes are all it is for
+        routes = make_app(_Sched(), os.path.join(tmp, "s")).routes
     problems = []
     for a in args:
         if a.startswith("http://"):

@@ -598,9 +598,9 @@ class Generator:
         hi = max(max(run.slots) for run, _, _ in steps) + 1
         feed = torch.full((hi,), v.pad, dtype=torch.int64)
         frozen = torch.ones(hi, dtype=torch.bool)
-        for run, ids, done_before in steps:
+        slot_rows = [torch.tensor(run.slots) for run, _, _ in steps]
+        for (run, ids, done_before), slots in zip(steps, slot_rows):
             f = torch.where(done_before, v.pad, ids)
-            slots = torch.tensor(run.slots)
             feed[slots] = torch.cat([f, f]) if run.use_cfg else f
             frozen[slots] = torch.cat([done_before, done_before]) if run.use_cfg else done_before
         lens = self.model.cache_lens
@@ -616,7 +616,7 @@ class Generator:
                     lens[run.slots[run.size + b]] = len(run.uncond_prefix[b])
         logits = self.model.decode_step(feed.view(hi, 1).to(dev))[:, -1]
         lens[:hi][frozen] = lens_before[frozen]
-        return [logits[torch.tensor(run.slots, device=dev)] for run, _, _ in steps]
+        return [logits[slots.to(dev)] for slots in slot_rows]
 
     def _timings(self, run: _Run, t_start: float, t_prefill: float, t_first: float, t_end: float, t_detok: float):
         n_new = sum(len(o) for o in run.out)

@@ -34,12 +34,9 @@ class KVCache(nn.Module):
     def write_prefix(self, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """k, v: [B, L, Hkv, D] -> positions [0, L) of the cache rows ``rows`` [B] int64 (default the first B)."""
         L = k.shape[1]
-        if rows is None:
-            self.k_cache[: k.shape[0], :L] = k.to(self.k_cache.dtype)
-            self.v_cache[: v.shape[0], :L] = v.to(self.v_cache.dtype)
-        else:
-            self.k_cache[rows, :L] = k.to(self.k_cache.dtype)
-            self.v_cache[rows, :L] = v.to(self.v_cache.dtype)
+        rows = slice(k.shape[0]) if rows is None else rows
+        self.k_cache[rows, :L] = k.to(self.k_cache.dtype)
+        self.v_cache[rows, :L] = v.to(self.v_cache.dtype)
 
     def write_at(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
         """k, v: [B, Lq, Hkv, D]; pos: [B, Lq] int64 absolute positions to write, per row."""

@@ -71,3 +71,13 @@ def test_a_full_queue_answers_busy_and_bad_requests_fail_alone(gen):
     finally:
         gate.set()
         sched.close()
+
+
+def test_bad_scheduler_settings_and_a_closed_scheduler(gen):
+    for kw in (dict(max_batch=0), dict(max_queue=-1)):
+        with pytest.raises(UserError, match="max_batch must be >= 1 and max_queue >= 0"):
+            BatchScheduler(gen, dtype="fp32", **kw)
+    sched = BatchScheduler(gen, max_batch=1, dtype="fp32")
+    sched.close()
+    with pytest.raises(UserError, match="the scheduler is closed"):
+        sched.submit(Prompt(text="A"), GenerationConfig(**FP32))

@@ -203,6 +203,11 @@ def test_cache_errors():
             m.decode_step(torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ConfigError, match="max_seq_len"):
         m.setup_cache(1, 10**6)
+    m.setup_cache(3, 4)
+    with torch.no_grad():
+        for rows in ([0, 3], [1, 1], [-1, 0], [0]):
+            with pytest.raises(ConfigError, match=r"prefill rows must be 2 distinct cache rows in \[0, 3\)"):
+                m.prefill(torch.zeros(2, 4, dtype=torch.long), rows=torch.tensor(rows))
 
 
 @pytest.mark.parametrize("tie", [True, False])
