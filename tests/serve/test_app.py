@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 
 import numpy as np
@@ -126,7 +127,19 @@ def test_a_client_that_leaves_mid_stream_cancels_its_request(gen, tmp_path, monk
     sched = BatchScheduler(gen, max_batch=1, max_queue=2, dtype="fp32")
     jobs = []
     submit = sched.submit
-    monkeypatch.setattr(sched, "submit", lambda *a, **k: jobs.append(submit(*a, **k)) or jobs[-1])
+
+    def held_submit(prompt, cfg, on_event=None):
+        def held(ev):  # the request makes no progress until the client has left: it cannot finish first
+            on_event(ev)
+            for _ in range(1000):
+                if jobs[0]._cancel:
+                    break
+                time.sleep(0.01)
+
+        jobs.append(submit(prompt, cfg, on_event=held if on_event else None))
+        return jobs[-1]
+
+    monkeypatch.setattr(sched, "submit", held_submit)
     cfg = gen.default_config(max_new_tokens=200, dtype="fp32")
     try:
         with TestClient(make_app(sched, str(tmp_path / "s"), base_cfg=cfg)) as client:
