@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import http.client
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -56,33 +58,7 @@ def _post(port: int, form: dict) -> tuple[int, dict, float]:
         return e.code, json.loads(e.read()), time.perf_counter() - t0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--max-batch", type=int, default=8)
-    ap.add_argument("--max-queue", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=160)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    args = ap.parse_args()
-    model = args.model or demo_model_dir()
-    gen = Generator.from_dir(model)
-    cfg = gen.default_config(max_new_tokens=args.max_new_tokens)
-    # the baseline: each request alone through generate, in this process, on the same threads
-    gen.generate(Prompt(text=REQUESTS[0][0], then="media"), cfg)  # warm-up (weights cast, first-call set-up)
-    base, t0 = {}, time.perf_counter()
-    for k in range(args.requests):
-        f = _request(k)
-        c = gen.default_config(max_new_tokens=args.max_new_tokens, seed=int(f["seed"]))
-        base[k] = gen.generate(Prompt(text=f["prompt"], then=f.get("then")), c)[0].ids
-    one_by_one = args.requests / (time.perf_counter() - t0)
-    print(f"one by one through generate: {one_by_one:.2f} requests/s", flush=True)
-
-    sched = BatchScheduler(gen, max_batch=args.max_batch, max_queue=args.max_queue, dtype=cfg.dtype)
-    out_dir = os.path.join(args.out, "serve_turns")
-    app = make_app(sched, out_dir, base_cfg=cfg)
-    server, port = serve_in_thread(app)
+def _load(port: int, out_dir: str, base: dict, one_by_one: float, args) -> list[dict]:
     rows = []
     for n in args.clients:
         lat, busy, lost, mixed, differs, t0 = [], 0, 0, 0, 0, time.perf_counter()
@@ -115,15 +91,104 @@ def main() -> int:
                "p95 s": sorted(lat)[int(0.95 * (len(lat) - 1))] if lat else float("nan")}  # fmt: skip
         rows.append(row)
         print(row, flush=True)
-    server.should_exit = True
-    sched.close()
+    return rows
+
+
+def _stream_times(port: int, form: dict) -> dict[str, float]:
+    """One streaming request, alone -> seconds from sending it to its first text event, its first picture row (the
+    first ``side`` codes of a picture: one row of the grid) and its end."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/api/generate", urllib.parse.urlencode({**form, "stream": "1"}),
+                 {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    resp, out, kind = conn.getresponse(), {}, None
+    for raw in resp:
+        line = raw.decode().strip()
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: ") and kind == "token":
+            ev = json.loads(line[6:])
+            if ev.get("text") and "first text event" not in out:
+                out["first text event"] = time.perf_counter() - t0
+            if ev["kind"] == "image" and ev.get("span") and ev["span"][0] * ev["span"][0] >= ev["span"][1] > 0:
+                out.setdefault("first picture row", time.perf_counter() - t0)
+        elif line.startswith("data: ") and kind in ("done", "error"):
+            out["whole answer"] = time.perf_counter() - t0
+    conn.close()
+    return out
+
+
+def _streaming(port: int, repeats: int) -> dict[str, float]:
+    """Medians over ``repeats`` requests of each kind, one at a time: a text answer and a picture."""
+    got: dict[str, list[float]] = {}
+    for k in range(repeats):
+        for form in ({"prompt": "what is red?", "seed": str(3000 + k), "max_new_tokens": "24"},
+                     {"prompt": REQUESTS[0][0], "then": "media", "seed": str(3000 + k)}):  # fmt: skip
+            times = _stream_times(port, form)
+            kind = "picture" if "then" in form else "text"
+            for name, t in times.items():
+                got.setdefault(f"{kind}: {name}", []).append(t)
+    return {name: statistics.median(v) for name, v in got.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-queue", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--stream-repeats", type=int, default=5, help="streaming requests of each kind, one at a time")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args()
+    model = args.model or demo_model_dir()
+    gen = Generator.from_dir(model)
+    cfg = gen.default_config(max_new_tokens=args.max_new_tokens)
+    # the baseline: each request alone through generate, in this process, on the same threads
+    gen.generate(Prompt(text=REQUESTS[0][0], then="media"), cfg)  # warm-up (weights cast, first-call set-up)
+    base, t0 = {}, time.perf_counter()
+    for k in range(args.requests):
+        f = _request(k)
+        c = gen.default_config(max_new_tokens=args.max_new_tokens, seed=int(f["seed"]))
+        base[k] = gen.generate(Prompt(text=f["prompt"], then=f.get("then")), c)[0].ids
+    one_by_one = args.requests / (time.perf_counter() - t0)
+    print(f"one by one through generate: {one_by_one:.2f} requests/s", flush=True)
+
+    # the decode loop runs in this (the main) thread, as `serve` runs it; the clients drive the load from another
+    sched = BatchScheduler(gen, max_batch=args.max_batch, max_queue=args.max_queue, dtype=cfg.dtype, thread=False)
+    out_dir = os.path.join(args.out, "serve_turns")
+    app = make_app(sched, out_dir, base_cfg=cfg)
+    server, port = serve_in_thread(app)
+    rows: list[dict] = []
+    streaming: dict = {}
+    failed: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            rows.extend(_load(port, out_dir, base, one_by_one, args))
+            streaming.update(_streaming(port, args.stream_repeats))
+        except BaseException as e:  # noqa: BLE001 - shown by the main thread
+            failed.append(e)
+        finally:
+            server.should_exit = True
+            sched.close()
+
+    driver = threading.Thread(target=drive, name="clients")
+    driver.start()
+    sched.run()
+    driver.join()
+    if failed:
+        raise failed[0]
     info = machine_info()
     print(f"\n{args.requests} requests, max batch {args.max_batch}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}; baseline one by one: {one_by_one:.2f} requests/s")  # fmt: skip
     print_table(rows, ["clients", "answered", "busy", "lost", "mixed up", "ids differ from alone", "requests/s",
                        "vs one by one", "p50 s", "p95 s"])  # fmt: skip
+    print(f"\nstreaming, one request at a time over SSE, medians of {args.stream_repeats}:")
+    print_table([{"event": k, "ms": 1e3 * v} for k, v in streaming.items()], ["event", "ms"])
     write_json(os.path.join(args.out, "serve_load.json"),
-               {"rows": rows, "baseline_requests_per_s": one_by_one, "requests": args.requests,
+               {"rows": rows, "streaming_s": streaming, "baseline_requests_per_s": one_by_one, "requests": args.requests,
                 "max_batch": args.max_batch, "capability": torch.backends.cpu.get_cpu_capability(), **info})  # fmt: skip
     save_bar_chart(os.path.join(args.out, "serve_load.png"), [f"{r['clients']} clients" for r in rows],
                    [r["vs one by one"] for r in rows], "throughput / one by one",

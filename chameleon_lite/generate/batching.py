@@ -70,7 +70,13 @@ class BatchScheduler:
     server's: every request computes in them (a request's own ``cfg.dtype`` is ignored)."""
 
     def __init__(
-        self, gen: Generator, max_batch: int = 8, max_queue: int = 32, dtype: str = "auto", weights: str = "auto"
+        self,
+        gen: Generator,
+        max_batch: int = 8,
+        max_queue: int = 32,
+        dtype: str = "auto",
+        weights: str = "auto",
+        thread: bool = True,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise UserError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
@@ -85,9 +91,13 @@ class BatchScheduler:
         self._ids = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
+        self._running: threading.Thread | None = None
         self.steps = 0
-        self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
-        self._thread.start()
+        self._exited = threading.Event()
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self.run, name="batch-scheduler", daemon=True)
+            self._thread.start()
 
     # ---- the caller's side ---------------------------------------------------------------------------
     def submit(
@@ -113,14 +123,30 @@ class BatchScheduler:
         with self._cv:
             self._closed = True
             self._cv.notify()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+        elif self._running and threading.current_thread() is not self._running:
+            self._exited.wait()
         for job in [*self._queue, *self._live]:
             self._fail(job, "the server shut down before the request finished")
 
     # ---- the loop ------------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        with torch.inference_mode():  # as generate: no autograd state, and the tensors generate made are usable
-            self._serve()
+    def run(self) -> None:
+        """Run the loop in the calling thread until :meth:`close` (a scheduler made with ``thread=False``).
+
+        Why a caller would: on a CPU, run the loop in the thread that loaded the model. Each thread that runs
+        parallel torch ops gets its own OpenMP team; once the process holds more OpenMP threads than cores, the
+        OpenMP runtime stops spinning between parallel regions and every small op of a decode step pays a
+        sleep and wake-up (measured: a small bf16 matmul 3x slower in a second thread on 2 cores)."""
+        with self._cv:
+            if self._running is not None:
+                raise UserError("the scheduler's loop is already running")
+            self._running = threading.current_thread()
+        try:
+            with torch.inference_mode():  # as generate: no autograd state, and the tensors generate made are usable
+                self._serve()
+        finally:
+            self._exited.set()
 
     def _serve(self) -> None:
         while True:

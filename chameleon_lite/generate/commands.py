@@ -79,7 +79,7 @@ class _Printer:
         self.out.flush()
 
 
-def _load(args: argparse.Namespace, stop: tuple[str, ...] = ()):
+def load_generator(args: argparse.Namespace, stop: tuple[str, ...] = ()):
     """The Generator of --model (default: the shipped model) and the GenerationConfig the flags ask for."""
     from chameleon_lite.generate import GenerationConfig, Generator
 
@@ -131,7 +131,7 @@ def _generate(args: argparse.Namespace) -> int:
             check_media_path(path, kind)  # before the model loads: a wrong path is named at once
     if args.history and not os.path.exists(args.history):
         raise UserError(f"{args.history}: --history folder not found")
-    gen, cfg = _load(args, stop=tuple(args.stop or ()))
+    gen, cfg = load_generator(args, stop=tuple(args.stop or ()))
     chat = _chat_mode(args, gen)
     history = load_history(args.history, gen.vocab) if args.history else ()
     prompt = Prompt(
@@ -180,7 +180,7 @@ def _chat(args: argparse.Namespace) -> int:
     check_output_dir(args.out, CHAT)
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen, cfg = _load(args)
+    gen, cfg = load_generator(args)
     if not gen.vocab.conversation_ready:
         raise UserError(f"{args.model}: its vocabulary has no conversation tokens (<user> <assistant> <eot>)")
     if gen.format != "chat":
@@ -250,7 +250,7 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_flags(p) -> None:
+def model_flags(p) -> None:
     """--model, the token budget, seed, dtype, threads and the sampling flags: what generate and chat share."""
     p.add_argument(
         "--model",
@@ -302,7 +302,7 @@ def register(cli) -> None:
         metavar="DIR",
         help="folder of the saved answers (default ./chat); an earlier chat there goes on",
     )
-    _model_flags(p)
+    model_flags(p)
     p = cli.command("generate", "generate an interleaved text/image/audio document from a prompt", _generate)
     p.add_argument(
         "--prompt",
@@ -345,4 +345,4 @@ def register(cli) -> None:
     )
     p.add_argument("--out", default="generated", metavar="DIR", help="output folder (default ./generated)")
     p.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
-    _model_flags(p)
+    model_flags(p)

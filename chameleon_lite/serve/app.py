@@ -47,7 +47,9 @@ SAMPLING = ("temperature", "top_k", "top_p", "min_p", "cfg_scale", "repetition_p
 SAMPLING_FIELDS = tuple(f"{k}_{s}" for k in ("text", "image", "audio") for s in SAMPLING)
 FIELDS = (*OPTIONS, *SAMPLING_FIELDS, "image", "audio")  # what POST /api/generate reads (image, audio: files)
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-TURN = re.compile(r"^[0-9]{1,9}$")
+TURN = re.compile(r"^[0-9]{1,9}$")  # a turn number in a URL
+TURN_DIR = re.compile(r"^turn_([0-9]{6,9})$")  # its folder under --out
+UPLOAD = re.compile(r"^([0-9]{6,9})_[0-9]+\.[a-z0-9]{1,5}$")  # an uploaded file under --out/uploads, by turn
 FILE = re.compile(r"^(document\.(html|md|json)|image_[0-9]{3}\.png|audio_[0-9]{3}\.wav)$")
 
 
@@ -76,8 +78,7 @@ class Server:
     def __init__(self, scheduler: BatchScheduler, out: str, limits: Limits, base_cfg) -> None:
         self.sched, self.out, self.limits, self.base = scheduler, os.path.abspath(out), limits, base_cfg
         os.makedirs(os.path.join(self.out, "uploads"), exist_ok=True)
-        existing = [int(n[5:]) for n in os.listdir(self.out) if re.fullmatch(r"turn_[0-9]+", n)]
-        self._next = max(existing, default=-1) + 1
+        self._next = max(self._turns(), default=-1) + 1
         self._lock = threading.Lock()
         self.jobs: dict[int, Any] = {}  # live turns only (removed when they finish)
 
@@ -89,11 +90,32 @@ class Server:
     def turn_dir(self, n: int) -> str:
         return os.path.join(self.out, f"turn_{n:06d}")
 
+    def _turns(self) -> list[int]:
+        return sorted(int(m[1]) for n in os.listdir(self.out) if (m := TURN_DIR.match(n)))
+
+    def uploads(self, turn: int | None = None) -> list[str]:
+        """The uploaded files (of one turn, or of all), paths under ``--out/uploads``."""
+        folder = os.path.join(self.out, "uploads")
+        names = [n for n in os.listdir(folder) if (m := UPLOAD.match(n)) and (turn is None or int(m[1]) == turn)]
+        return [os.path.join(folder, n) for n in sorted(names)]
+
+    def drop_uploads(self, turn: int) -> None:
+        for path in self.uploads(turn):
+            os.remove(path)
+
     def prune(self) -> None:
-        """Keep the newest ``keep_turns`` turn folders (all written by this server)."""
-        turns = sorted(int(n[5:]) for n in os.listdir(self.out) if re.fullmatch(r"turn_[0-9]{6}", n))
+        """Keep the newest ``keep_turns`` turns: their folders and the files uploaded with them (all written by this
+        server). A turn's uploads are deleted when it ends (its document holds the prompt's media); uploads left by an
+        earlier server that stopped mid-request go once they are older than the oldest turn kept."""
+        turns = self._turns()
         for n in turns[: max(0, len(turns) - self.limits.keep_turns)]:
             shutil.rmtree(self.turn_dir(n), ignore_errors=True)
+        kept = turns[max(0, len(turns) - self.limits.keep_turns) :]
+        oldest = kept[0] if kept else self._next
+        for path in self.uploads():
+            n = int(UPLOAD.match(os.path.basename(path))[1])
+            if n < oldest and n not in self.jobs:
+                os.remove(path)
 
     # ---- a request -> Prompt + config ----------------------------------------------------------------
     async def parse(self, request: Request, turn: int) -> tuple[Prompt, Any, bool]:
@@ -239,10 +261,9 @@ def make_app(scheduler: BatchScheduler, out: str, limits: Limits | None = None, 
         turn = server.new_turn()
         try:
             prompt, cfg, stream = await server.parse(request, turn)
-        except _Bad as e:
-            return _error(str(e), e.status)
-        except ClientDisconnect:
-            return _error("the client left", 400)
+        except (_Bad, ClientDisconnect) as e:
+            server.drop_uploads(turn)  # a refused request keeps nothing
+            return _error(str(e), e.status) if isinstance(e, _Bad) else _error("the client left", 400)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -252,9 +273,11 @@ def make_app(scheduler: BatchScheduler, out: str, limits: Limits | None = None, 
         try:
             job = scheduler.submit(prompt, cfg, on_event=on_event if stream else None)
         except Busy as e:
+            server.drop_uploads(turn)
             return _error(str(e), 503)
         server.jobs[turn] = job
         done = asyncio.ensure_future(asyncio.to_thread(job.done.wait))
+        done.add_done_callback(lambda _: server.drop_uploads(turn))  # read at admission; not needed once it ends
 
         async def finish() -> dict:
             await done
@@ -349,14 +372,23 @@ def _token(ev) -> bytes:
     return _event("token", data)
 
 
-def serve_in_thread(app: Starlette, host: str = "127.0.0.1") -> tuple[uvicorn.Server, int]:
-    """Run ``app`` on a free port of ``host`` in a daemon thread (benchmarks and tests) -> (server, port); set
-    ``server.should_exit = True`` to stop it."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = s.getsockname()[1]
+def serve_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> tuple[uvicorn.Server, int]:
+    """Run ``app`` on ``host``:``port`` (0: a free port) in a daemon thread -> (server, port); set
+    ``server.should_exit = True`` to stop it. The caller's thread stays free for the decode loop
+    (:meth:`BatchScheduler.run`). Raises UserError (one line) when the address cannot be bound."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="uvicorn", daemon=True).start()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
     while not server.started:
+        if not thread.is_alive():
+            raise UserError(f"cannot serve on {host}:{port}: the server stopped while starting")
         time.sleep(0.05)
     return server, port

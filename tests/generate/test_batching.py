@@ -81,3 +81,30 @@ def test_bad_scheduler_settings_and_a_closed_scheduler(gen):
     sched.close()
     with pytest.raises(UserError, match="the scheduler is closed"):
         sched.submit(Prompt(text="A"), GenerationConfig(**FP32))
+
+
+def test_the_loop_runs_in_the_callers_thread_until_closed(gen):
+    """thread=False: the caller runs the loop (serve runs it in the thread that loaded the model); it serves
+    requests submitted from other threads, refuses a second loop, and close() from another thread ends it."""
+    req = (Prompt(text="A small"), GenerationConfig(max_new_tokens=8, seed=3, **FP32))
+    alone = gen.generate(*req)[0]
+    sched = BatchScheduler(gen, max_batch=2, dtype="fp32", thread=False)
+    got, errors = [], []
+
+    def client() -> None:
+        try:
+            got.append(sched.submit(*req).result(timeout=60))
+            with pytest.raises(UserError, match="already running"):
+                sched.run()
+        except BaseException as e:  # shown below
+            errors.append(e)
+        finally:
+            sched.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    sched.run()  # returns once the client closed the scheduler
+    t.join(60)
+    assert not errors and [d.ids for d in got] == [alone.ids]
+    with pytest.raises(UserError, match="the scheduler is closed"):
+        sched.submit(*req)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import zipfile
 
@@ -100,6 +101,7 @@ def test_an_uploaded_picture_is_read_and_bad_input_gets_one_line(served):
         (dict(data={"prompt": "a"}, files={"image": ("bad.png", b"not a picture")}), 400, "bad.png"),
         (dict(data={"prompt": "a"}, files={"audio": ("big.wav", b"0" * (1 << 17))}), 413, "larger than"),
         (dict(data={"prompt": "a"}, files={"video": ("v.mp4", b"0000")}), 400, "unknown file field"),
+        (dict(data={"prompt": "a", "seed": "x"}, files={"image": ("p.png", buf.getvalue())}), 400, "whole numbers"),
         (dict(content=b"prompt=a", headers={"content-type": "text/plain"}), 415, "multipart/form-data"),
         (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
     ]
@@ -111,6 +113,26 @@ def test_an_uploaded_picture_is_read_and_bad_input_gets_one_line(served):
                          ("/api/turns/0/model.safetensors", 404), ("/api/turns/abc.zip", 404)]:  # fmt: skip
         assert client.get(path).status_code == status, path
     assert client.post("/api/turns/12345/stop").status_code == 404
+    assert not os.listdir(out / "uploads")  # an answered turn's uploads are gone, and a refused one kept none
+
+
+def test_old_turns_and_stray_uploads_are_pruned(gen, tmp_path):
+    out = tmp_path / "served"
+    (out / "uploads").mkdir(parents=True)
+    (out / "uploads" / "000000_0.png").write_bytes(b"left by a server that stopped mid-request")
+    (out / "uploads" / "notes.txt").write_text("not the server's: kept")
+    sched = BatchScheduler(gen, max_batch=1, dtype="fp32")
+    app = make_app(sched, str(out), Limits(keep_turns=2), gen.default_config(max_new_tokens=4, dtype="fp32"))
+    try:
+        with TestClient(app) as client:
+            turns = [
+                client.post("/api/generate", data={"prompt": "a", "seed": str(k)}).json()["turn"] for k in range(4)
+            ]
+    finally:
+        sched.close()
+    assert turns == [0, 1, 2, 3]
+    assert sorted(os.listdir(out)) == ["turn_000002", "turn_000003", "uploads"]
+    assert os.listdir(out / "uploads") == ["notes.txt"]
 
 
 def test_past_the_queue_the_answer_is_busy(gen, tmp_path):
