@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -39,7 +40,9 @@ def page(tmp_path_factory):
     server, port = serve_in_thread(app)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1400"):
+    # a fake microphone (Chromium's test tone) that the page may use without asking
+    fake_mic = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1400", *fake_mic):
         opts.add_argument(a)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=opts)
     try:
@@ -81,3 +84,27 @@ def test_the_readme_request_and_a_question_about_an_upload(page, tmp_path):
     shot = os.environ.get("CHAMELEON_LITE_SCREENSHOT")
     if shot:  # docs/serve.png is taken this way
         page.save_screenshot(shot)
+
+
+def test_a_clip_recorded_from_the_microphone_is_sent_and_answered(page):
+    """Record (Chromium's fake microphone plays a test tone), stop, and ask about the clip: the page writes it as a
+    WAV file, attaches it, and the server reads it and answers in text."""
+    wait = WebDriverWait(page, 120)
+    before = len(_answers(page))
+    page.find_element(By.ID, "record").click()
+    wait.until(lambda d: d.find_element(By.ID, "record").text == "Stop recording")
+    time.sleep(1.5)
+    page.find_element(By.ID, "record").click()
+    wait.until(lambda d: "recording.wav" in d.find_element(By.ID, "attached").text)
+    page.find_element(By.CSS_SELECTOR, "#then option[value='text']").click()
+    page.find_element(By.ID, "prompt").send_keys("what is this sound?")
+    page.find_element(By.ID, "send").click()
+    wait.until(lambda d: len(_answers(d)) == before + 1 and _answers(d)[-1].find_elements(By.CSS_SELECTOR, ".links"))
+    answer = _answers(page)[-1]
+    assert not answer.find_elements(By.CSS_SELECTOR, ".err"), answer.text
+    assert answer.text.strip()
+    html = answer.find_element(By.CSS_SELECTOR, ".links a").get_attribute("href")
+    doc = page.execute_async_script("fetch(arguments[0]).then(r => r.json()).then(arguments[1])",
+                                    html.replace("document.html", "document.json"))  # fmt: skip
+    heard = [s for s in doc["segments"] if s.get("from_prompt") and s.get("file", "").endswith(".wav")]
+    assert len(heard) == 1 and heard[0]["seconds"] > 0.5, doc["segments"]  # the recording, tokenized and kept
