@@ -61,8 +61,9 @@ class QuickstartConfig:
     # steps), and AdamW at 4e-3 learns faster than at 2e-3
     train_overrides: dict = dataclasses.field(default_factory=lambda: {"n_layers": 4})
     lr: float = 4e-3
-    # torch.compile the model and loss as one graph: off, because on a 2-core AVX2-only EPYC the compiled step of
-    # the tiny preset (8 x 512 tokens) measured 5.65 s against about 5.3 s eager; worth trying where it pays
+    # torch.compile the model and loss as one graph: off. On a 2-core AVX2-only EPYC the compiled step of the tiny
+    # preset (8 x 512 tokens) measured 5.65 s against about 5.3 s eager; on a 2-core AVX-512 EPYC the compiled
+    # 4-layer step is 5 % faster but its ~35 s compilation takes back what that buys in 25 minutes (docs/speedrun.md)
     compile: bool = False
     seq_len: int = 512
     batch_size: int = 8
