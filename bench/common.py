@@ -6,12 +6,29 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 
 from chameleon_lite.hardware import cpu_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pretrain_command(config: str, data: str, val_data: str, tokenizers: str, out: str, steps: int,
+                     *flags: str) -> list[str]:  # fmt: skip
+    """The ``train/pretrain.py`` command line of one research-bench run (``flags``: more ``--key=value``)."""
+    return [sys.executable, os.path.join(ROOT, "train", "pretrain.py"), "--config", config, "--data", data,
+            "--val-data", val_data, f"--tokenizers={tokenizers}", "--out", out, f"--steps={steps}", *flags]  # fmt: skip
+
+
+def run_pretrain(cmd: list[str], what: str = "") -> None:
+    """Show and run a :func:`pretrain_command` (its progress on this terminal); raises if it fails."""
+    print(what + ("" if not what else ": ") + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

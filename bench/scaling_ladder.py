@@ -29,14 +29,13 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import pretrain_command, run_pretrain  # noqa: E402
 from untied_vs_dense import val_curves  # noqa: E402
 
 DEFAULT_SIZES = ("64x1", "96x2", "128x3", "192x4", "256x6")
@@ -62,12 +61,10 @@ def train_rung(args: argparse.Namespace, size: str, data: str = "", val_data: st
         print(f"{run}: done", flush=True)
         return run
     overrides = [f"--model.{k}={v}" for k, v in rung_config(size).items()]
-    cmd = [sys.executable, os.path.join(ROOT, "train", "pretrain.py"), "--config", "tiny", "--data",
-           data or args.data, "--val-data", val_data or args.val_data, f"--tokenizers={args.tokenizers}", "--out", run,
-           f"--steps={steps}", f"--val_every={max(1, min(args.val_every, steps // 6))}", *overrides,
-           *[f"--{kv}" for kv in args.set]]  # fmt: skip
-    print(f"{run} ({params(size) / 1e6:.2f}M parameters):", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    cmd = pretrain_command("tiny", data or args.data, val_data or args.val_data, args.tokenizers, run, steps,
+                           f"--val_every={max(1, min(args.val_every, steps // 6))}", *overrides,
+                           *[f"--{kv}" for kv in args.set])  # fmt: skip
+    run_pretrain(cmd, f"{run} ({params(size) / 1e6:.2f}M parameters)")
     return run
 
 

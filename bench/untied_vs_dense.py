@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import pretrain_command, run_pretrain  # noqa: E402
+
 MODALITIES = ("text", "image", "audio")
 
 
@@ -90,11 +91,9 @@ def plot(dense: str, untied: str, path: str) -> None:
 
 def train(args: argparse.Namespace, name: str, extra: list[str]) -> str:
     run = os.path.join(args.out, name)
-    cmd = [sys.executable, os.path.join(ROOT, "train", "pretrain.py"), "--config", args.config, "--data", args.data,
-           "--val-data", args.val_data, f"--tokenizers={args.tokenizers}", "--out", run, f"--steps={args.steps}",
-           *args.overrides, *extra]  # fmt: skip
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    cmd = pretrain_command(args.config, args.data, args.val_data, args.tokenizers, run, args.steps, *args.overrides,
+                           *extra)  # fmt: skip
+    run_pretrain(cmd, "$")
     return run
 
 

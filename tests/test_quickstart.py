@@ -163,3 +163,25 @@ def test_a_changed_tokenizer_recipe_changes_its_stage(monkeypatch):
     assert {k: v for k, v in before.items() if k != "audio-tokenizer"} == {
         k: v for k, v in after.items() if k != "audio-tokenizer"
     }
+
+
+def test_the_tokenizers_can_train_on_the_corpus_first_documents(tmp_path):
+    """tokenizer_docs: the three tokenizers read the corpus's first N documents (the transformer all of them); the
+    procedural corpus is the same prefix at any size, so a larger corpus keeps a smaller one's tokenizers exactly."""
+    from chameleon_lite.quickstart.stages import _corpus
+
+    with pytest.raises(ConfigError, match="tokenizer_docs"):
+        QuickstartConfig(tokenizer_docs=-1)
+    small = QuickstartConfig(out=str(tmp_path / "small"), n_docs=6, workers=1)
+    big = QuickstartConfig(out=str(tmp_path / "big"), n_docs=12, tokenizer_docs=6, workers=1)
+    for cfg in (small, big):
+        _corpus(cfg)
+    assert small.tokenizer_manifest.endswith(os.path.join("corpus", "manifest.jsonl"))
+    with open(small.tokenizer_manifest) as f, open(big.tokenizer_manifest) as g:
+        assert f.read() == g.read()  # the same six documents, paths relative to the same folder layout
+    with open(big.path("corpus", "manifest.jsonl")) as f:
+        assert sum(1 for _ in f) == 12
+    stages = {s.name: s.params for s in build_stages(big)}
+    plain = {s.name: s.params for s in build_stages(QuickstartConfig(out="unused"))}
+    for name in ("corpus", "text-tokenizer", "image-tokenizer", "audio-tokenizer"):
+        assert stages[name]["tokenizer_docs"] == 6 and "tokenizer_docs" not in plain[name]

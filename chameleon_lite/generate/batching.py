@@ -96,7 +96,7 @@ class BatchScheduler:
         self._exited = threading.Event()
         self._thread: threading.Thread | None = None
         if thread:
-            self._thread = threading.Thread(target=self.run, name="batch-scheduler", daemon=True)
+            self._thread = self._running = threading.Thread(target=self.run, name="batch-scheduler", daemon=True)
             self._thread.start()
 
     # ---- the caller's side ---------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class BatchScheduler:
         OpenMP runtime stops spinning between parallel regions and every small op of a decode step pays a
         sleep and wake-up (measured: a small bf16 matmul 3x slower in a second thread on 2 cores)."""
         with self._cv:
-            if self._running is not None:
+            if self._running not in (None, threading.current_thread()):
                 raise UserError("the scheduler's loop is already running")
             self._running = threading.current_thread()
         try:

@@ -36,6 +36,10 @@ class QuickstartConfig:
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
     seed: int = 0
     n_docs: int = 6000
+    # the tokenizers train on the corpus's first ``tokenizer_docs`` documents (0: all of it); the transformer always
+    # trains on all of it. The procedural corpus is the same prefix whatever its size, so a larger corpus with
+    # tokenizer_docs = 6000 keeps the tokenizers of the 6000-document corpus exactly (docs/speedrun.md)
+    tokenizer_docs: int = 0
     n_heldout: int = 300
     workers: int = 2
     text_vocab: int = 1024
@@ -79,6 +83,8 @@ class QuickstartConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not isinstance(self.train_overrides, dict):
             raise ConfigError(f"train_overrides must be a dict of model preset fields, got {self.train_overrides!r}")
+        if self.tokenizer_docs < 0:
+            raise ConfigError(f"tokenizer_docs must be >= 0 (0: the whole corpus), got {self.tokenizer_docs}")
         if not 0 <= self.reserve_share < 1:
             raise ConfigError(f"reserve_share must be in [0, 1), got {self.reserve_share}")
         for name in (
@@ -118,6 +124,13 @@ class QuickstartConfig:
         """Training documents: ``n_docs`` at the default budget, more with a longer one (it trains for more
         tokens, so it gets more distinct pictures and clips instead of more passes over the same ones)."""
         return int(round(self.n_docs * max(1.0, self.scale)))
+
+    @property
+    def tokenizer_manifest(self) -> str:
+        """The manifest the three tokenizers train on: the corpus's, or its first ``tokenizer_docs`` documents."""
+        if 0 < self.tokenizer_docs < self.corpus_docs:
+            return self.path("corpus", f"first_{self.tokenizer_docs}.jsonl")
+        return self.path("corpus", "manifest.jsonl")
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)

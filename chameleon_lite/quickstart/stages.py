@@ -12,7 +12,7 @@ from typing import Any
 from chameleon_lite import bundle
 from chameleon_lite.data.procedural import write_corpus
 from chameleon_lite.eval.harness import EvalConfig, run_eval, write_eval_sampling
-from chameleon_lite.files import write_json_atomic
+from chameleon_lite.files import write_json_atomic, write_text_atomic
 from chameleon_lite.generate import Generator, Prompt
 from chameleon_lite.pipeline import Pipeline, Stage, stage_seconds
 from chameleon_lite.pretokenize import pretokenize
@@ -37,6 +37,11 @@ def _copy_artifacts(src: str, dst: str, names: tuple[str, ...]) -> None:
 # ---------------------------------------------------------------------------------------------- the stages
 def _corpus(cfg: QuickstartConfig) -> None:
     write_corpus(cfg.path("corpus"), cfg.corpus_docs, seed=cfg.seed, workers=cfg.workers)
+    subset = cfg.tokenizer_manifest
+    if subset != cfg.path("corpus", "manifest.jsonl"):  # the tokenizers' documents: the manifest's first lines
+        with open(cfg.path("corpus", "manifest.jsonl")) as f:
+            head = [line for _, line in zip(range(cfg.tokenizer_docs), f)]
+        write_text_atomic(subset, "".join(head))
 
 
 def _heldout(cfg: QuickstartConfig) -> None:
@@ -44,21 +49,21 @@ def _heldout(cfg: QuickstartConfig) -> None:
 
 
 def _text_tokenizer(cfg: QuickstartConfig) -> None:
-    texts = iter_manifest_texts(cfg.path("corpus", "manifest.jsonl"))
+    texts = iter_manifest_texts(cfg.tokenizer_manifest)
     TextTokenizer.train(texts, vocab_size=cfg.text_vocab).save(cfg.path("tokenizers"))
 
 
 def _image_tokenizer(cfg: QuickstartConfig) -> None:
     out = cfg.path("image_vq")
     steps = cfg.image_train_steps
-    train_image_vq(cfg.path("corpus", "manifest.jsonl"), out, image_train.quickstart_config(steps, seed=cfg.seed))
+    train_image_vq(cfg.tokenizer_manifest, out, image_train.quickstart_config(steps, seed=cfg.seed))
     _copy_artifacts(out, cfg.path("tokenizers"), (bundle.IMAGE_WEIGHTS, bundle.IMAGE_CONFIG))
 
 
 def _audio_tokenizer(cfg: QuickstartConfig) -> None:
     out = cfg.path("audio_codec")
     steps = cfg.audio_train_steps
-    train_audio_codec(cfg.path("corpus", "manifest.jsonl"), out, audio_train.quickstart_config(steps, seed=cfg.seed))
+    train_audio_codec(cfg.tokenizer_manifest, out, audio_train.quickstart_config(steps, seed=cfg.seed))
     _copy_artifacts(out, cfg.path("tokenizers"), (bundle.AUDIO_WEIGHTS, bundle.AUDIO_CONFIG))
 
 
@@ -139,23 +144,31 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
     def stage(name, fn, params, outputs=(), resumable=False) -> Stage:
         return Stage(name, functools.partial(fn, cfg), params, list(outputs), resumable)
 
+    # the tokenizers' documents, when not the whole corpus (left out otherwise: earlier runs' stages keep their keys)
+    subset = {"tokenizer_docs": cfg.tokenizer_docs} if 0 < cfg.tokenizer_docs < cfg.corpus_docs else {}
+
     return [
-        stage("corpus", _corpus, {"n": cfg.corpus_docs, "seed": cfg.seed}, [cfg.path("corpus")]),
+        stage("corpus", _corpus, {"n": cfg.corpus_docs, "seed": cfg.seed, **subset}, [cfg.path("corpus")]),
         stage("heldout", _heldout, {"n": cfg.n_heldout, "seed": cfg.seed + 1000}, [cfg.path("heldout")]),
-        stage("text-tokenizer", _text_tokenizer, {"vocab": cfg.text_vocab}, [cfg.path("tokenizers", bundle.TEXT_FILE)]),
+        stage(
+            "text-tokenizer",
+            _text_tokenizer,
+            {"vocab": cfg.text_vocab, **subset},
+            [cfg.path("tokenizers", bundle.TEXT_FILE)],
+        ),  # fmt: skip
         # the whole training recipe, not only its step count: a changed recipe trains the tokenizer again rather
         # than resuming the old one's checkpoints with new settings
         stage(
             "image-tokenizer",
             _image_tokenizer,
-            image_train.quickstart_config(cfg.image_train_steps, seed=cfg.seed).to_dict(),
+            {**image_train.quickstart_config(cfg.image_train_steps, seed=cfg.seed).to_dict(), **subset},
             [cfg.path("image_vq")],
             True,
         ),
         stage(
             "audio-tokenizer",
             _audio_tokenizer,
-            audio_train.quickstart_config(cfg.audio_train_steps, seed=cfg.seed).to_dict(),
+            {**audio_train.quickstart_config(cfg.audio_train_steps, seed=cfg.seed).to_dict(), **subset},
             [cfg.path("audio_codec")],
             True,
         ),

@@ -78,6 +78,8 @@ def test_bad_scheduler_settings_and_a_closed_scheduler(gen):
         with pytest.raises(UserError, match="max_batch must be >= 1 and max_queue >= 0"):
             BatchScheduler(gen, dtype="fp32", **kw)
     sched = BatchScheduler(gen, max_batch=1, dtype="fp32")
+    with pytest.raises(UserError, match="already running"):  # its own thread runs the loop
+        sched.run()
     sched.close()
     with pytest.raises(UserError, match="the scheduler is closed"):
         sched.submit(Prompt(text="A"), GenerationConfig(**FP32))
