@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import pretrain_command, run_pretrain  # noqa: E402
+from common import pretrain_command, run_pretrain, write_json  # noqa: E402
 from untied_vs_dense import val_curves  # noqa: E402
 
 DEFAULT_SIZES = ("64x1", "96x2", "128x3", "192x4", "256x6")
@@ -131,6 +131,7 @@ def val_loss(run: str, val: str, seq_len: int = 512, batch: int = 8, max_batches
     """Mean loss of a finished run's newest checkpoint over one pass of the shard folder ``val`` (cached in the run's
     ``val_on.json``)."""
     from chameleon_lite.data.loader import PackedLoader
+    from chameleon_lite.files import write_json_atomic
     from chameleon_lite.model.io import load_model
     from chameleon_lite.model.transformer import token_losses
     from chameleon_lite.train.export import export_run
@@ -154,8 +155,7 @@ def val_loss(run: str, val: str, seq_len: int = 512, batch: int = 8, max_batches
         s = loss_stats(ce, lse, b["targets"], b["loss_mask"], loader.vocab)
         stats = s if stats is None else stats + s
     cache[key] = summarize_stats(stats)["loss"]
-    with open(cache_path, "w") as f:
-        json.dump(cache, f, indent=1)
+    write_json_atomic(cache_path, cache)
     return cache[key]
 
 
@@ -213,8 +213,7 @@ def interaction(args: argparse.Namespace, pairs: list[tuple[str, str]]) -> dict:
         if fit:
             print(f"fit Delta(N) = -C + beta N^-alpha: C {fit['C']:.4f}, beta {fit['beta']:.4g}, alpha "
                   f"{fit['alpha']:.2f}, RMS error {fit['rms_error']:.4f}, sign change at N = {fit['crossover_params']}")  # fmt: skip
-    with open(os.path.join(args.out, "interaction.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(args.out, "interaction.json"), result)
     plot_interaction(result, os.path.join(args.out, "interaction.png"))
     print("wrote", os.path.join(args.out, "interaction.json"))
     return result
@@ -360,8 +359,7 @@ def main() -> int:
               f"{f['rms_relative_error']:.4f} | {f['points']} |")  # fmt: skip
     out = {"sizes": {s: {"params": params(s), "run": runs[s], "final": finals[s]} for s in runs}, "fits": fits,
            "steps": args.steps, "caveat": "D from points along each run's schedule"}  # fmt: skip
-    with open(os.path.join(args.out, "ladder.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    write_json(os.path.join(args.out, "ladder.json"), out)
     plot(runs, fits, os.path.join(args.out, "ladder.png"))
     print("wrote", os.path.join(args.out, "ladder.json"))
     if pairs:

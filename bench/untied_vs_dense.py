@@ -20,7 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import pretrain_command, run_pretrain  # noqa: E402
+from common import pretrain_command, run_pretrain, write_json  # noqa: E402
 
 MODALITIES = ("text", "image", "audio")
 
@@ -124,8 +124,7 @@ def main() -> int:
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-    with open(os.path.join(args.out, "untied_vs_dense.json"), "w") as f:
-        json.dump({"dense": dense, "untied": untied, "rows": rows}, f, indent=2)
+    write_json(os.path.join(args.out, "untied_vs_dense.json"), {"dense": dense, "untied": untied, "rows": rows})
     plot(dense, untied, os.path.join(args.out, "untied_vs_dense.png"))
     print("wrote", os.path.join(args.out, "untied_vs_dense.json"))
     return 0
