@@ -126,10 +126,15 @@ class QuickstartConfig:
         return int(round(self.n_docs * max(1.0, self.scale)))
 
     @property
+    def tokenizer_subset(self) -> int:
+        """``tokenizer_docs`` when it leaves documents out, else 0 (the tokenizers read the whole corpus)."""
+        return self.tokenizer_docs if 0 < self.tokenizer_docs < self.corpus_docs else 0
+
+    @property
     def tokenizer_manifest(self) -> str:
         """The manifest the three tokenizers train on: the corpus's, or its first ``tokenizer_docs`` documents."""
-        if 0 < self.tokenizer_docs < self.corpus_docs:
-            return self.path("corpus", f"first_{self.tokenizer_docs}.jsonl")
+        if self.tokenizer_subset:
+            return self.path("corpus", f"first_{self.tokenizer_subset}.jsonl")
         return self.path("corpus", "manifest.jsonl")
 
     def path(self, *parts: str) -> str:

@@ -37,11 +37,10 @@ def _copy_artifacts(src: str, dst: str, names: tuple[str, ...]) -> None:
 # ---------------------------------------------------------------------------------------------- the stages
 def _corpus(cfg: QuickstartConfig) -> None:
     write_corpus(cfg.path("corpus"), cfg.corpus_docs, seed=cfg.seed, workers=cfg.workers)
-    subset = cfg.tokenizer_manifest
-    if subset != cfg.path("corpus", "manifest.jsonl"):  # the tokenizers' documents: the manifest's first lines
+    if cfg.tokenizer_subset:  # the tokenizers' documents: the manifest's first lines
         with open(cfg.path("corpus", "manifest.jsonl")) as f:
-            head = [line for _, line in zip(range(cfg.tokenizer_docs), f)]
-        write_text_atomic(subset, "".join(head))
+            head = [line for _, line in zip(range(cfg.tokenizer_subset), f)]
+        write_text_atomic(cfg.tokenizer_manifest, "".join(head))
 
 
 def _heldout(cfg: QuickstartConfig) -> None:
@@ -145,7 +144,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
         return Stage(name, functools.partial(fn, cfg), params, list(outputs), resumable)
 
     # the tokenizers' documents, when not the whole corpus (left out otherwise: earlier runs' stages keep their keys)
-    subset = {"tokenizer_docs": cfg.tokenizer_docs} if 0 < cfg.tokenizer_docs < cfg.corpus_docs else {}
+    subset = {"tokenizer_docs": cfg.tokenizer_subset} if cfg.tokenizer_subset else {}
 
     return [
         stage("corpus", _corpus, {"n": cfg.corpus_docs, "seed": cfg.seed, **subset}, [cfg.path("corpus")]),

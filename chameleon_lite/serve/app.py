@@ -93,27 +93,26 @@ class Server:
     def _turns(self) -> list[int]:
         return sorted(int(m[1]) for n in os.listdir(self.out) if (m := TURN_DIR.match(n)))
 
-    def uploads(self, turn: int | None = None) -> list[str]:
-        """The uploaded files (of one turn, or of all), paths under ``--out/uploads``."""
+    def uploads(self) -> list[tuple[int, str]]:
+        """(turn, path) of every uploaded file under ``--out/uploads``."""
         folder = os.path.join(self.out, "uploads")
-        names = [n for n in os.listdir(folder) if (m := UPLOAD.match(n)) and (turn is None or int(m[1]) == turn)]
-        return [os.path.join(folder, n) for n in sorted(names)]
+        return [(int(m[1]), os.path.join(folder, n)) for n in sorted(os.listdir(folder)) if (m := UPLOAD.match(n))]
 
     def drop_uploads(self, turn: int) -> None:
-        for path in self.uploads(turn):
-            os.remove(path)
+        for n, path in self.uploads():
+            if n == turn:
+                os.remove(path)
 
     def prune(self) -> None:
         """Keep the newest ``keep_turns`` turns: their folders and the files uploaded with them (all written by this
         server). A turn's uploads are deleted when it ends (its document holds the prompt's media); uploads left by an
         earlier server that stopped mid-request go once they are older than the oldest turn kept."""
         turns = self._turns()
-        for n in turns[: max(0, len(turns) - self.limits.keep_turns)]:
+        cut = max(0, len(turns) - self.limits.keep_turns)
+        for n in turns[:cut]:
             shutil.rmtree(self.turn_dir(n), ignore_errors=True)
-        kept = turns[max(0, len(turns) - self.limits.keep_turns) :]
-        oldest = kept[0] if kept else self._next
-        for path in self.uploads():
-            n = int(UPLOAD.match(os.path.basename(path))[1])
+        oldest = turns[cut] if cut < len(turns) else self._next
+        for n, path in self.uploads():
             if n < oldest and n not in self.jobs:
                 os.remove(path)
 
