@@ -215,6 +215,25 @@ def _check_media(path: str, kind: str, name: str) -> None:
         raise _Bad(str(e).replace(path, name)) from None
 
 
+class _EventStream(StreamingResponse):
+    """A server-sent event stream that runs `on_close` however the response ends.
+
+    Starlette does not close the body generator when the client leaves while the generator waits at a `yield`
+    (the send of its last chunk is what gets cancelled), so the generator's own `finally` would run only when the
+    garbage collector finds it, and the request would go on decoding for nobody until then.
+    """
+
+    def __init__(self, content: Any, on_close: Any) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 def _event(kind: str, data: dict) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -307,11 +326,14 @@ def make_app(scheduler: BatchScheduler, out: str, limits: Limits | None = None, 
                 result = await finish()
                 yield _event("error" if "error" in result else "done", result)
             finally:
-                server.jobs.pop(turn, None)
-                if not job.done.is_set():  # the client left: free its rows
-                    job.cancel()
+                leave()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        def leave() -> None:
+            server.jobs.pop(turn, None)
+            if not job.done.is_set():  # the client left: free its rows
+                job.cancel()
+
+        return _EventStream(events(), leave)
 
     async def stop(request: Request) -> Response:
         t = request.path_params["turn"]

@@ -145,6 +145,46 @@ def test_past_the_queue_the_answer_is_busy(gen, tmp_path):
         sched.close()
 
 
+def test_an_event_stream_ends_its_request_when_the_client_leaves_at_a_yield():
+    """The client leaves while the body generator waits at a `yield` (the send of its chunk is what Starlette's
+    task cancels): the generator's own `finally` does not run then, the stream's `on_close` must."""
+    import asyncio
+
+    from chameleon_lite.serve.app import _EventStream
+
+    closed, finished = [], []
+
+    async def body():
+        try:
+            for i in range(1000):
+                yield f"data: {i}\n\n"
+        finally:
+            finished.append(True)
+
+    async def main():
+        second = asyncio.Event()
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message["body"].startswith(b"data: 1"):
+                second.set()
+                await asyncio.sleep(3600)  # a client that reads no more
+
+        async def receive():
+            await asyncio.sleep(3600)
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+        task = asyncio.ensure_future(_EventStream(body(), lambda: closed.append(True))(scope, receive, send))
+        await second.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return list(finished)
+
+    finished_at_cancel = asyncio.run(main())
+    assert closed == [True]
+    assert finished_at_cancel == []  # why on_close exists: the generator was left open at its yield
+
+
 def test_a_client_that_leaves_mid_stream_cancels_its_request(gen, tmp_path, monkeypatch):
     sched = BatchScheduler(gen, max_batch=1, max_queue=2, dtype="fp32")
     jobs = []
