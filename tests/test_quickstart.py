@@ -100,6 +100,32 @@ def test_step_count_is_refit_to_the_step_time_the_warm_up_measured(tmp_path):
     assert replan_steps(cfg.path(CALIBRATION), run, 41, 4, cfg.min_train_steps, cfg.max_train_steps) == 41
 
 
+def test_the_decay_is_fit_to_the_wall_time_left(tmp_path, capsys):
+    from chameleon_lite.train.budget import PLAN_SHARE, add_seconds, decay_plan, plan_decay
+    from chameleon_lite.train.schedule import decay_start
+
+    path = str(tmp_path / "calibration.json")
+    with open(path, "w") as f:
+        json.dump({"steps": 900, "step_seconds": 1.2, "pretrain_minutes": 20.0, "run_step_seconds": 1.1}, f)
+    add_seconds(path, "warmup", 60.0)
+    add_seconds(path, "stable", 500.0)
+    add_seconds(path, "stable", 250.0)  # a phase run in two processes sums them
+    assert decay_plan(path) is None
+    # 750 s for the 750 steps after the warm-up: 1.0 s per step with validation and checkpoints; 390 s left
+    total, frac = plan_decay(path, 800, 50, 20000)
+    assert total == 800 + int(390 * PLAN_SHARE / 1.0) and decay_start(total, 50, frac) == 800
+    assert decay_plan(path) == (total, frac)  # kept for a resumed run
+    assert "the decay runs 370 steps, to 1170" in capsys.readouterr().out
+    # past the budget the decay still gets a tenth of the steps done; never past max_steps in all
+    add_seconds(path, "decay", 9999.0)
+    assert plan_decay(path, 800, 50, 20000)[0] == 880
+    assert plan_decay(path, 800, 50, 850)[0] == 850
+    # nothing timed since the warm-up: the warm-up's median step time
+    with open(path, "w") as f:
+        json.dump({"steps": 900, "step_seconds": 1.2, "pretrain_minutes": 1.0, "run_step_seconds": 0.5}, f)
+    assert plan_decay(path, 50, 50, 20000)[0] == 50 + int(60 * PLAN_SHARE / 0.5)
+
+
 @pytest.mark.slow
 def test_short_quickstart_end_to_end(tmp_path):
     """The whole loop at toy sizes: every stage runs, the outputs exist, and a second call resumes (does nothing)."""
@@ -130,9 +156,20 @@ def test_short_quickstart_end_to_end(tmp_path):
         "audio": 0.0,
     }
     calib = json.load(open(os.path.join(cfg.out, "calibration.json")))
-    # the warm-up (2 steps) ran first, then the run continued from its checkpoint with the refit count: every step once
+    # the warm-up (2 steps) ran first, then the run continued from its checkpoint with the refit count up to where
+    # the decay begins (step 14 of 20), then with the count fit to the time left (capped at 20): every step once
     assert (
         calib["steps"] == 20 and calib["step_seconds"] > 0 and calib["replanned_steps"] == 20 and calib["warmup"] == 2
+    )
+    assert (
+        calib["decay_from"] == 14
+        and calib["final_steps"] == 20
+        and set(calib["seconds"])
+        == {
+            "warmup",
+            "stable",
+            "decay",
+        }
     )
     steps = [
         json.loads(line)["step"] for line in open(os.path.join(cfg.out, "run", "metrics.jsonl")) if "step_time" in line

@@ -10,7 +10,9 @@ writes a proportionally larger corpus). Pretraining gets what the budget has lef
 time of the stages before it, minus a reserve for the evaluation after it), and never less than
 ``pretrain_share`` of the budget: a few timed steps of the model on this machine turn those minutes into a first
 step count, and the run's own warm-up (whose learning rates do not depend on the count) then refits it to the step
-time it measured. Both are stored in ``calibration.json``, so a resumed quickstart keeps the schedule it started with.
+time it measured; with the default warmup-stable-decay schedule the count is fit once more where the decay begins,
+to the wall time left. All three are stored in ``calibration.json``, so a resumed quickstart keeps the schedule it
+started with.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ class QuickstartConfig:
     # steps), and AdamW at 4e-3 learns faster than at 2e-3
     train_overrides: dict = dataclasses.field(default_factory=lambda: {"n_layers": 4})
     lr: float = 4e-3
+    # the learning-rate schedule: "wsd" holds the peak rate and decays it linearly over the last ``decay_frac`` of
+    # the steps, whose count is fit once more where the decay begins, to the wall time left (train/budget.py), so
+    # the run uses its whole budget; "cosine" fixes the count after the warm-up with a safety margin (the default
+    # of this recipe before; docs/speedrun.md)
+    schedule: str = "wsd"
+    decay_frac: float = 0.3
     # torch.compile the model and loss as one graph: off. On a 2-core AVX2-only EPYC the compiled step of the tiny
     # preset (8 x 512 tokens) measured 5.65 s against about 5.3 s eager; on a 2-core AVX-512 EPYC the compiled
     # 4-layer step is 5 % faster but its ~35 s compilation takes back what that buys in 25 minutes (docs/speedrun.md)
@@ -85,6 +93,10 @@ class QuickstartConfig:
             raise ConfigError(f"train_overrides must be a dict of model preset fields, got {self.train_overrides!r}")
         if self.tokenizer_docs < 0:
             raise ConfigError(f"tokenizer_docs must be >= 0 (0: the whole corpus), got {self.tokenizer_docs}")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ConfigError(f"schedule must be cosine or wsd, got {self.schedule!r}")
+        if not 0 < self.decay_frac < 1:
+            raise ConfigError(f"decay_frac must be in (0, 1), got {self.decay_frac}")
         if not 0 <= self.reserve_share < 1:
             raise ConfigError(f"reserve_share must be in [0, 1), got {self.reserve_share}")
         for name in (

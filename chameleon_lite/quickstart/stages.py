@@ -24,6 +24,7 @@ from chameleon_lite.train import budget
 from chameleon_lite.train.config import PretrainConfig
 from chameleon_lite.train.export import export_run
 from chameleon_lite.train.plotting import plot_run
+from chameleon_lite.train.schedule import decay_start
 from chameleon_lite.train.tokenizer_loop import train_audio_codec, train_image_vq
 from chameleon_lite.train.trainer import train
 
@@ -78,8 +79,11 @@ def _tokenize(cfg: QuickstartConfig) -> None:
     )
 
 
-def pretrain_config(cfg: QuickstartConfig, steps: int = 1, warmup: int = 0, stop_after: int = 0) -> PretrainConfig:
-    """The quickstart's pretraining run at ``steps`` steps."""
+def pretrain_config(
+    cfg: QuickstartConfig, steps: int = 1, warmup: int = 0, stop_after: int = 0, decay_frac: float | None = None
+) -> PretrainConfig:
+    """The quickstart's pretraining run at ``steps`` steps (a WSD run decays over the last ``decay_frac`` of them:
+    the quickstart's share until the last plan fixes it)."""
     return PretrainConfig(
         model=cfg.train_model,
         model_overrides=dict(cfg.train_overrides),
@@ -92,6 +96,8 @@ def pretrain_config(cfg: QuickstartConfig, steps: int = 1, warmup: int = 0, stop
         steps=steps,
         stop_after=stop_after,
         lr=cfg.lr,
+        schedule=cfg.schedule,
+        decay_frac=cfg.decay_frac if decay_frac is None else decay_frac,
         warmup=warmup,
         ckpt_every=max(25, steps // 10),
         val_every=max(25, steps // 15),
@@ -103,18 +109,37 @@ def pretrain_config(cfg: QuickstartConfig, steps: int = 1, warmup: int = 0, stop
 
 
 def _pretrain(cfg: QuickstartConfig) -> None:
+    calib = cfg.path(CALIBRATION)
     first = calibrated_train_steps(cfg)
     warmup = min(50, first // 10)
-    steps = budget.replanned_steps(cfg.path(CALIBRATION))
+    wsd = cfg.schedule == "wsd"
+
+    def timed(phase: str, run_cfg: PretrainConfig) -> None:
+        t0 = time.perf_counter()
+        train(run_cfg)
+        budget.add_seconds(calib, phase, time.perf_counter() - t0)
+
+    steps = budget.replanned_steps(calib)
     if steps is None:
         # the warm-up's learning rates do not depend on the step count: run it, then fit the count to the step time
         # the run itself measured
         if warmup:
-            train(pretrain_config(cfg, first, warmup, stop_after=warmup))
+            timed("warmup", pretrain_config(cfg, first, warmup, stop_after=warmup))
+        share = budget.PLAN_SHARE if wsd else budget.STEP_TIME_SHARE  # a WSD plan is corrected where it decays
         steps = budget.replan_steps(
-            cfg.path(CALIBRATION), cfg.path("run"), first, warmup, cfg.min_train_steps, cfg.max_train_steps
+            calib, cfg.path("run"), first, warmup, cfg.min_train_steps, cfg.max_train_steps, share=share
         )
-    train(pretrain_config(cfg, steps, warmup))
+    if not wsd:
+        train(pretrain_config(cfg, steps, warmup))
+        return
+    final = budget.decay_plan(calib)
+    if final is None:
+        # nor does the stable phase's rate: run it, then fit the decay to the wall time left
+        start = decay_start(steps, warmup, cfg.decay_frac)
+        timed("stable", pretrain_config(cfg, steps, warmup, stop_after=start))
+        final = budget.plan_decay(calib, start, warmup, cfg.max_train_steps)
+    total, frac = final
+    timed("decay", pretrain_config(cfg, total, warmup, decay_frac=frac))
 
 
 def _curves(cfg: QuickstartConfig) -> None:
@@ -182,6 +207,7 @@ def build_stages(cfg: QuickstartConfig) -> list[Stage]:
                 "overrides": cfg.train_overrides,
                 "lr": cfg.lr,
                 "compile": cfg.compile,
+                "schedule": [cfg.schedule, cfg.decay_frac],
             },
             [cfg.path("run")],
             True,
@@ -219,6 +245,7 @@ def calibrated_train_steps(cfg: QuickstartConfig) -> int:
         "pretrain_share": cfg.pretrain_share,
         "reserve_share": cfg.reserve_share,
         "compile": cfg.compile,
+        "schedule": [cfg.schedule, cfg.decay_frac],
     }
     saved = budget.read_plan(cfg.path(CALIBRATION), key)
     if saved is not None:

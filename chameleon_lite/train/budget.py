@@ -8,7 +8,11 @@ schedule it started with:
 2. :func:`fit_steps` turns the minutes the run may take into a step count at that step time;
 3. after the run's warm-up (whose learning rates do not depend on the step count), :func:`replan_steps` refits
    the count to the median step time the run itself logged (a step timed outside the run misses its loader, its
-   statistics and the machine's noise).
+   statistics and the machine's noise);
+4. with the warmup-stable-decay schedule, whose rate does not depend on the count until its decay begins either,
+   :func:`plan_decay` fits the count once more where the decay would begin, to the wall time the run has left and
+   the wall time per step it actually took so far (validation passes and checkpoints included), so that the run
+   ends on its budget instead of a safety margin short of it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from chameleon_lite.train.trainer import compute_dtype, forward_losses, make_los
 # passes, checkpoints and the step time drifting up later in the run (on a shared 2-core EPYC the later steps of the
 # default quickstart ran up to 25 % slower than its warm-up, and with a share of 0.92 the whole run took 31.3 min)
 STEP_TIME_SHARE = 0.80
+# the same share for a plan that a later one corrects (the WSD run's plan after its warm-up only places the decay)
+# and for the last plan, whose step time is the run's own wall time per step with its validations and checkpoints
+PLAN_SHARE = 0.95
 
 
 def measure_step_seconds(cfg: PretrainConfig, vocab_size: int, steps: int = 5, shards: str | None = None) -> float:
@@ -73,10 +80,12 @@ def _first_batch(cfg: PretrainConfig, vocab_size: int, shards: str | None) -> di
     }
 
 
-def fit_steps(minutes: float, step_s: float, min_steps: int, max_steps: int, floor: int = 0) -> int:
-    """Optimiser steps of ``step_s`` seconds in STEP_TIME_SHARE of ``minutes``, within [max(min_steps, floor),
+def fit_steps(
+    minutes: float, step_s: float, min_steps: int, max_steps: int, floor: int = 0, share: float = STEP_TIME_SHARE
+) -> int:
+    """Optimiser steps of ``step_s`` seconds in ``share`` of ``minutes``, within [max(min_steps, floor),
     max_steps]."""
-    return int(min(max_steps, max(min_steps, floor, 60.0 * minutes * STEP_TIME_SHARE / step_s)))
+    return int(min(max_steps, max(min_steps, floor, 60.0 * minutes * share / step_s)))
 
 
 def read_plan(path: str, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -114,7 +123,9 @@ def measured_step_seconds(run: str, upto: int) -> float | None:
     return timed[len(timed) // 2]
 
 
-def replan_steps(path: str, run: str, first: int, warmup: int, min_steps: int, max_steps: int) -> int:
+def replan_steps(
+    path: str, run: str, first: int, warmup: int, min_steps: int, max_steps: int, share: float = STEP_TIME_SHARE
+) -> int:
     """After ``warmup`` steps of a run planned for ``first``: the step count that fits the record's
     ``pretrain_minutes`` at the median step time the run measured (never fewer than the warm-up), recorded in the
     calibration file ``path`` so that a resumed run keeps it."""
@@ -123,7 +134,7 @@ def replan_steps(path: str, run: str, first: int, warmup: int, min_steps: int, m
     if step_s is None:
         steps = first
     else:
-        steps = fit_steps(rec["pretrain_minutes"], step_s, min_steps, max_steps, floor=warmup)
+        steps = fit_steps(rec["pretrain_minutes"], step_s, min_steps, max_steps, floor=warmup, share=share)
         print(
             f"pretraining: the warm-up ran at {step_s:.2f} s per step (timed beforehand: {rec['step_seconds']:.2f} s) -> "
             f"{steps} steps instead of {first}"
@@ -131,3 +142,56 @@ def replan_steps(path: str, run: str, first: int, warmup: int, min_steps: int, m
     rec.update(replanned_steps=steps, warmup=warmup, run_step_seconds=None if step_s is None else round(step_s, 4))
     write_json_atomic(path, rec)
     return steps
+
+
+def add_seconds(path: str, phase: str, seconds: float) -> None:
+    """Add ``seconds`` of wall time to ``phase`` of the run's time in the calibration record ``path`` (a phase run
+    in several processes sums them; the time of a process that was interrupted is not counted)."""
+    rec = read_json(path, "pretraining calibration")
+    spent = dict(rec.get("seconds", {}))
+    spent[phase] = round(spent.get(phase, 0.0) + seconds, 3)
+    rec["seconds"] = spent
+    write_json_atomic(path, rec)
+
+
+def decay_plan(path: str) -> tuple[int, float] | None:
+    """The step count and decay share fixed by :func:`plan_decay`, or None before that."""
+    if not os.path.exists(path):
+        return None
+    rec = read_json(path, "pretraining calibration")
+    return (int(rec["final_steps"]), float(rec["final_decay_frac"])) if "final_steps" in rec else None
+
+
+def plan_decay(path: str, done: int, warmup: int, max_steps: int) -> tuple[int, float]:
+    """At step ``done``, where a WSD run's decay begins: the step count that ends the run on the record's
+    ``pretrain_minutes``, and the decay share that starts the decay at ``done`` (its learning rates so far do not
+    change). The steps left are PLAN_SHARE of the seconds left at the wall time per step since the warm-up
+    (optimiser steps, validation passes and checkpoints). The decay gets at least a tenth of the steps done, even
+    past the budget (a run must end on a decayed rate), and never more than ``max_steps`` in all. Recorded in
+    ``path`` so that a resumed run keeps it."""
+    rec = read_json(path, "pretraining calibration")
+    spent = rec.get("seconds", {})
+    used = sum(spent.values())
+    left = 60.0 * rec["pretrain_minutes"] - used
+    stable = done - warmup
+    if stable > 0 and spent.get("stable", 0.0) > 0:
+        per_step = spent["stable"] / stable
+    else:  # nothing timed since the warm-up: its median step time
+        per_step = float(rec.get("run_step_seconds") or rec["step_seconds"])
+    n = max(int(max(left, 0.0) * PLAN_SHARE / per_step), round(done / 10), 1)
+    n = max(1, min(n, max_steps - done))
+    total = done + n
+    frac = n / total
+    rec.update(
+        final_steps=total,
+        final_decay_frac=frac,
+        decay_from=done,
+        decay_step_seconds=round(per_step, 4),
+        seconds_left=round(left, 1),
+    )
+    write_json_atomic(path, rec)
+    print(
+        f"pretraining: {used / 60:.1f} of {rec['pretrain_minutes']:.1f} minutes used at step {done} "
+        f"({per_step:.2f} s per step with validation and checkpoints) -> the decay runs {n} steps, to {total}"
+    )
+    return total, frac

@@ -12,6 +12,7 @@ from typing import Any
 from chameleon_lite.configs import config_from_dict, parse_overrides
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model.config import PRESETS, ModelConfig
+from chameleon_lite.train.schedule import SCHEDULES
 
 DTYPES = ("auto", "fp32", "bf16")
 PARALLEL = ("fsdp", "ddp", "none")
@@ -47,6 +48,10 @@ class PretrainConfig:
     optimizer: str = "adamw"
     muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1
+    # "cosine" (to min_lr_ratio over the steps after the warm-up) or "wsd": the peak rate held, then a linear decay
+    # to min_lr_ratio over the last decay_frac of the steps (train/schedule.py)
+    schedule: str = "cosine"
+    decay_frac: float = 0.3
     warmup: int = 50
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -96,6 +101,10 @@ class PretrainConfig:
             raise ConfigError(
                 f"train config: need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}"
             )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train config: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.decay_frac <= 1:
+            raise ConfigError(f"train config: decay_frac must lie in (0, 1], got {self.decay_frac}")
         for name in ("weight_decay", "grad_clip", "z_loss", "peak_tflops"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train config: {name} must be >= 0, got {getattr(self, name)}")

@@ -370,7 +370,15 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
     its log record."""
     cfg, info = run.cfg, run.info
     t0 = time.perf_counter()
-    lr = lr_at(step, lr=cfg.lr, warmup=cfg.warmup, total=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
+    lr = lr_at(
+        step,
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        total=cfg.steps,
+        min_lr_ratio=cfg.min_lr_ratio,
+        schedule=cfg.schedule,
+        decay_frac=cfg.decay_frac,
+    )
     for g in run.opt.param_groups:
         g["lr"] = lr
     micro = [_next_batch(run.batches, info.device, "training") for _ in range(cfg.grad_accum)]

@@ -15,7 +15,7 @@ from chameleon_lite.train.checkpoint import list_checkpoints
 from chameleon_lite.train.config import PretrainConfig, load_config
 from chameleon_lite.train.export import export_run
 from chameleon_lite.train.metrics import read_metrics
-from chameleon_lite.train.schedule import lr_at
+from chameleon_lite.train.schedule import decay_start, lr_at
 from chameleon_lite.train.trainer import TrainingError, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +65,19 @@ def test_resume_gives_identical_losses(tmp_path, optimizer):
     a, b = _losses(full), _losses(part)
     assert sorted(b) == list(range(6))
     assert a == b  # bit-identical: same process layout, same batches, restored optimiser and RNG state
+
+
+def test_a_wsd_run_refit_at_its_decay_resumes_exactly(tmp_path):
+    """The quickstart's last plan: stop where the decay begins, then go on with another step count and the decay
+    share that starts the decay there. The steps before it are those of a run planned with that count from the
+    start: same learning rates, same losses."""
+    wsd = ("--schedule=wsd", "--ckpt_every=7")
+    full = _run(tmp_path, "full", "--steps=12", "--decay_frac=0.4166666666666667", *wsd)  # decays from step 7
+    part = _run(tmp_path, "part", "--steps=10", "--decay_frac=0.3", "--stop_after=7", *wsd)  # decay_start(10) = 7
+    _run(tmp_path, "part", "--steps=12", "--decay_frac=0.4166666666666667", *wsd)
+    assert _losses(full) == _losses(part) and sorted(_losses(part)) == list(range(12))
+    lrs = [r["lr"] for r in read_metrics(os.path.join(part, "metrics.jsonl")) if "lr" in r]
+    assert lrs[2:7] == [0.003] * 5 and lrs[-1] == pytest.approx(0.0003) and lrs[6] > lrs[7] > lrs[8]
 
 
 def test_checkpoints_are_pruned_and_complete(tmp_path):
@@ -254,6 +267,31 @@ def test_schedule():
     assert lr_at(60, **kw) == pytest.approx(0.55)
     assert lr_at(110, **kw) == pytest.approx(0.1)
     assert lr_at(500, **kw) == pytest.approx(0.1)
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_to_the_floor():
+    kw = dict(lr=1.0, warmup=10, total=110, min_lr_ratio=0.1, schedule="wsd", decay_frac=0.3)
+    assert decay_start(110, 10, 0.3) == 77
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert [lr_at(s, **kw) for s in (9, 10, 50, 76)] == [1.0] * 4
+    assert lr_at(77, **kw) == pytest.approx(1.0 - 0.9 / 33)  # the decay's first step is already below the peak
+    assert lr_at(109, **kw) == pytest.approx(0.1) and lr_at(500, **kw) == pytest.approx(0.1)
+    assert all(lr_at(s, **kw) > lr_at(s + 1, **kw) for s in range(77, 109))
+    assert decay_start(20, 10, 0.9) == 10  # never inside the warm-up
+    # the stable phase does not depend on the step count: a count refit where the decay begins changes no step before
+    n = 45
+    refit = dict(kw, total=77 + n, decay_frac=n / (77 + n))
+    assert decay_start(77 + n, 10, n / (77 + n)) == 77
+    assert [lr_at(s, **refit) for s in range(77)] == [lr_at(s, **kw) for s in range(77)]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        lr_at(20, **dict(kw, schedule="linear"))
+
+
+def test_a_bad_schedule_is_one_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="schedule must be one of"):
+        _cfg(str(tmp_path), str(tmp_path / "r"), "--schedule=step")
+    with pytest.raises(ConfigError, match="decay_frac must lie in"):
+        _cfg(str(tmp_path), str(tmp_path / "r"), "--schedule=wsd", "--decay_frac=0")
 
 
 def test_plot_command(tmp_path):
