@@ -285,8 +285,12 @@ SERVE = OutputKind(
     None,
     (),
     (
-        ("turn_" + "[0-9]" * 6, DOCUMENT),
-        ("uploads", OutputKind("uploaded media", "chameleon-lite serve", None, ("[0-9]" * 6 + "_*",))),
+        # turn numbers have 6 digits, more past turn 999999 (serve/app.py: TURN_DIR, UPLOAD)
+        *(("turn_" + "[0-9]" * n, DOCUMENT) for n in range(6, 10)),
+        (
+            "uploads",
+            OutputKind("uploaded media", "chameleon-lite serve", None, tuple("[0-9]" * n + "_*" for n in range(6, 10))),
+        ),
     ),
 )
 CORPUS = OutputKind(

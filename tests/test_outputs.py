@@ -60,6 +60,20 @@ def test_owns_recognises_only_folders_of_its_kind(tmp_path):
     assert files.CORPUS.owns(str(corpus)) == (False, "images/ holds x.txt")
 
 
+def test_a_servers_folder_is_its_own_past_turn_999999(tmp_path):
+    """Turn folders and uploads have six digits, more past turn 999999 (what serve's own patterns accept)."""
+    from chameleon_lite.serve.app import TURN_DIR, UPLOAD
+
+    for n in (7, 1_000_000, 123_456_789):
+        turn = f"turn_{n:06d}"
+        _user_folder(tmp_path / "s" / turn, "document.json")
+        _user_folder(tmp_path / "s" / "uploads", f"{n:06d}_0.png")
+        assert TURN_DIR.match(turn) and UPLOAD.match(f"{n:06d}_0.png")
+    assert files.SERVE.owns(str(tmp_path / "s")) == (True, "")
+    _user_folder(tmp_path / "s" / "turn_12345", "document.json")
+    assert files.SERVE.owns(str(tmp_path / "s")) == (False, "holds the folder turn_12345/")
+
+
 def test_check_output_dir_and_replace_dir(tmp_path):
     f = tmp_path / "file"
     f.write_text("keep me")
