@@ -406,7 +406,14 @@ def serve_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> t
         raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:  # uvicorn's way out of a failed start-up: the loop below says it in one line
+            pass
+
+    thread = threading.Thread(target=run, name="uvicorn", daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():

@@ -61,3 +61,23 @@ def test_a_port_in_use_is_one_line(tmp_path):
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert err.strip().count("\n") == 0 and f"cannot serve on 127.0.0.1:{port}: Address already in use" in err, err
+
+
+def test_a_server_that_stops_while_starting_is_one_error(capfd):
+    """The app's start-up fails (here its lifespan raises): serve_in_thread says so instead of waiting forever."""
+    import contextlib
+
+    import pytest
+    from starlette.applications import Starlette
+
+    from chameleon_lite.errors import UserError
+    from chameleon_lite.serve.app import serve_in_thread
+
+    @contextlib.asynccontextmanager
+    async def broken(app):
+        raise RuntimeError("no model")
+        yield
+
+    with pytest.raises(UserError, match=r"cannot serve on 127\.0\.0\.1:[0-9]+: the server stopped while starting"):
+        serve_in_thread(Starlette(lifespan=broken))
+    assert "Exception in thread" not in capfd.readouterr().err  # uvicorn's exit from its thread is not a traceback
