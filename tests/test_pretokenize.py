@@ -286,3 +286,20 @@ def test_trainer_resumes_exactly_on_real_shards(shards, tmp_path):
     full = run("full")
     run("part", "--stop_after=2")
     assert run("part") == full and sorted(full) == [0, 1, 2, 3]
+
+
+def test_a_picture_over_the_tokenizers_pixel_limit_is_refused(corpus, tmp_path):
+    """Documents read their pictures with the image tokenizer's own max_pixels, as its encode does."""
+    import dataclasses
+
+    from PIL import Image
+
+    tk = corpus["tk"]
+    image = small_image_tokenizer()
+    image.cfg = dataclasses.replace(image.cfg, max_pixels=1000)
+    small = Tokenizers(vocab=tk.vocab, text=tk.text, image=image, audio=tk.audio)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(big)
+    with pytest.raises(DataError, match="big.png: 40x40 = 1600 pixels exceeds the limit of 1000 pixels"):
+        SequenceEncoder(small).encode([Part("text", "hi"), Part("image", str(big))])
+    assert len(SequenceEncoder(tk).encode([Part("image", str(big))]).ids) > 2  # the default limit takes it

@@ -101,7 +101,7 @@ class SequenceEncoder:
         for v in values:
             try:
                 _check_file(v, "image")
-                rgbs.append(load_images([v], tok.image_size)[0])
+                rgbs.append(load_images([v], tok.image_size, tok.cfg.max_pixels)[0])
                 errors.append(None)
             except DataError as e:
                 rgbs.append(None)
