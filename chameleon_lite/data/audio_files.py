@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -275,3 +276,16 @@ def load_audio(
     if info.resampled or info.downmixed:
         log.info(info.describe())
     return np.ascontiguousarray(mono, dtype=np.float32), info
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> Any:
+    """Triangular filters on the HTK mel scale from 0 Hz to Nyquist: a float32 torch tensor [n_mels, n_fft // 2 + 1]
+    (the codec's spectral losses and the spoken-digit judge's front end)."""
+    import torch  # lazy: reading audio files needs no torch (the commands' --help imports this module)
+
+    mel = torch.linspace(0.0, 2595.0 * math.log10(1.0 + sample_rate / 2 / 700.0), n_mels + 2, dtype=torch.float64)
+    edges = 700.0 * (10 ** (mel / 2595.0) - 1.0)
+    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up, down = (freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)
+    return torch.minimum(up, down).clamp_min(0.0).float()

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from chameleon_lite.configs import config_from_dict
-from chameleon_lite.data.audio_files import load_audio
+from chameleon_lite.data.audio_files import load_audio, mel_filterbank
 from chameleon_lite.data.image_files import load_images
 from chameleon_lite.data.media import is_tensor
 from chameleon_lite.errors import ConfigError, DataError
@@ -89,16 +89,6 @@ PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------- front ends
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    """Triangular filters on the HTK mel scale from 0 Hz to Nyquist: float32 [n_mels, n_fft // 2 + 1]."""
-    mel = torch.linspace(0.0, 2595.0 * math.log10(1.0 + sample_rate / 2 / 700.0), n_mels + 2, dtype=torch.float64)
-    edges = 700.0 * (10 ** (mel / 2595.0) - 1.0)
-    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up, down = (freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)
-    return torch.minimum(up, down).clamp_min(0.0).float()
-
-
 def log_mel(
     waves: torch.Tensor, fb: torch.Tensor, n_fft: int, hop: int, eq: torch.Tensor | None = None
 ) -> torch.Tensor:

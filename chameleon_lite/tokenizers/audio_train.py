@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from chameleon_lite.configs import config_from_dict
-from chameleon_lite.data.audio_files import load_audio
+from chameleon_lite.data.audio_files import load_audio, mel_filterbank
 from chameleon_lite.data.checkers import check_audio, compare_audio
 from chameleon_lite.errors import ConfigError, DataError
 from chameleon_lite.files import PNG_SOFTWARE, atomic_path
@@ -252,27 +252,6 @@ def random_crops(clips: Sequence[np.ndarray], n: int, length: int, gen: torch.Ge
 
 
 # ---------------------------------------------------------------------------------------------- losses
-def mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
-) -> torch.Tensor:
-    """Triangular filters on the HTK mel scale: [n_mels, n_fft // 2 + 1]."""
-    fmax = fmax or sample_rate / 2
-
-    def mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-
-    def hz(m):
-        return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
-
-    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    pts = hz(np.linspace(mel(fmin), mel(fmax), n_mels + 2))
-    fb = np.zeros((n_mels, len(freqs)))
-    for i in range(n_mels):
-        lo, c, hi = pts[i], pts[i + 1], pts[i + 2]
-        fb[i] = np.maximum(0, np.minimum((freqs - lo) / max(c - lo, 1e-9), (hi - freqs) / max(hi - c, 1e-9)))
-    return torch.tensor(fb, dtype=torch.float32)
-
-
 class MultiScaleSpectralLoss(nn.Module):
     """Log-mel L1 and STFT (spectral convergence + log-magnitude L1) summed over several window sizes.
 
