@@ -25,6 +25,10 @@ def test_config_errors():
         QuickstartConfig(n_docs=0)
     with pytest.raises(ConfigError, match="reserve_share"):
         QuickstartConfig(reserve_share=1.0)
+    with pytest.raises(ConfigError, match="schedule must be cosine or wsd, got 'step'"):
+        QuickstartConfig(schedule="step")
+    with pytest.raises(ConfigError, match=r"decay_frac must be in \(0, 1\), got 1.0"):
+        QuickstartConfig(decay_frac=1.0)
     with pytest.raises(ConfigError, match="max_image_steps"):
         QuickstartConfig(max_image_steps=0)
     with pytest.raises(ConfigError, match="lr must be"):

@@ -159,7 +159,10 @@ def decay_plan(path: str) -> tuple[int, float] | None:
     if not os.path.exists(path):
         return None
     rec = read_json(path, "pretraining calibration")
-    return (int(rec["final_steps"]), float(rec["final_decay_frac"])) if "final_steps" in rec else None
+    if "final_steps" not in rec:
+        return None
+    total = int(rec["final_steps"])
+    return total, (total - int(rec["decay_from"])) / total
 
 
 def plan_decay(path: str, done: int, warmup: int, max_steps: int) -> tuple[int, float]:
@@ -181,10 +184,8 @@ def plan_decay(path: str, done: int, warmup: int, max_steps: int) -> tuple[int, 
     n = max(int(max(left, 0.0) * PLAN_SHARE / per_step), round(done / 10), 1)
     n = max(1, min(n, max_steps - done))
     total = done + n
-    frac = n / total
     rec.update(
         final_steps=total,
-        final_decay_frac=frac,
         decay_from=done,
         decay_step_seconds=round(per_step, 4),
         seconds_left=round(left, 1),
@@ -194,4 +195,4 @@ def plan_decay(path: str, done: int, warmup: int, max_steps: int) -> tuple[int, 
         f"pretraining: {used / 60:.1f} of {rec['pretrain_minutes']:.1f} minutes used at step {done} "
         f"({per_step:.2f} s per step with validation and checkpoints) -> the decay runs {n} steps, to {total}"
     )
-    return total, frac
+    return total, n / total
