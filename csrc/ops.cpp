@@ -11,9 +11,10 @@ CHAMELEON_LITE_PY_MODULE(_C)
 namespace {
 
 // The CPU build an op's loops run on this machine (see cpu/kernels.h); "portable" for the ops with one build.
-std::string kernel_variant(const std::string& op) {
+std::string kernel_variant(const std::string& op, std::optional<at::ScalarType> dtype) {
   namespace cpu = chameleon_lite::cpu;
-  if (op == "attention" || op == "attention_decode") return cpu::attention_variant();
+  if (op == "attention" || op == "attention_decode")
+    return cpu::attention_variant(op == "attention" && dtype == at::kBFloat16);
   if (op == "linear_bf16w") return cpu::linear_variant();
   if (op == "snake") return cpu::snake_variant();
   if (op == "sample") return chameleon_lite::sampling_cpu::sampling_variant();
@@ -57,8 +58,9 @@ TORCH_LIBRARY(chameleon_lite, m) {
   // Inference rotary embedding: x [B, L, H, D] float32, cos/sin [B, L, D/2] -> x rotated in (first half, second
   // half) pairs.
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
-  // Which CPU build of an op's inner loops runs here ("avx512", "avx2" or "portable"), for `chameleon-lite doctor`.
-  m.def("kernel_variant(str op) -> str", &kernel_variant);
+  // Which CPU build of an op's inner loops runs here for a dtype ("avx512", "avx2" or "portable"; attention's bf16
+  // forward and backward products add "+avx512bf16"), for `chameleon-lite doctor`.
+  m.def("kernel_variant(str op, ScalarType? dtype=None) -> str", &kernel_variant);
 }
 
 TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {

@@ -145,11 +145,11 @@ def format_report(r: dict) -> str:
         state = "not built (CHAMELEON_LITE_BUILD_CUDA=1 pip install --no-build-isolation -e .)"
     lines.append(f"           chameleon_lite._C_cuda: {state}")
     lines.append(f"kernels    {verify.ENV_MODE}={r['policy']}; self-check of each op against its PyTorch reference:")
-    lines.append(f"  {'op':<18}{'device':<8}{'dtype':<10}{'variant':<12}{'check':<8}{'ms':>7}")
+    lines.append(f"  {'op':<18}{'device':<8}{'dtype':<10}{'variant':<20}{'check':<8}{'ms':>7}")
     for k in r["kernels"]:
         state = "ok" if k["verified"] else "FAILED"
         lines.append(
-            f"  {k['op']:<18}{k['device']:<8}{k['dtype']:<10}{k['variant']:<12}{state:<8}{k['check_ms']:>7.1f}"
+            f"  {k['op']:<18}{k['device']:<8}{k['dtype']:<10}{k['variant']:<20}{state:<8}{k['check_ms']:>7.1f}"
         )
     failed = [k for k in r["kernels"] if not k["verified"]]
     for k in failed:

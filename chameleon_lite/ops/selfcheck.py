@@ -26,13 +26,13 @@ from chameleon_lite.ops.verify import Mismatch
 OPS = torch.ops.chameleon_lite
 
 
-def variant(op: str, device: torch.device) -> str:
-    """The build that runs ``op`` on ``device``: the CPU loop's ISA, or the GPU's architecture."""
+def variant(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The build that runs ``op`` on ``device`` for ``dtype``: the CPU loop's ISA, or the GPU's architecture."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"cuda sm_{major}{minor}"
     try:
-        return str(OPS.kernel_variant(op))
+        return str(OPS.kernel_variant(op, dtype))
     except (RuntimeError, AttributeError):  # an extension built before the query existed
         return "unknown"
 

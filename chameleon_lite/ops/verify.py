@@ -68,7 +68,7 @@ class Verification:
 
 _results: dict[tuple, Verification] = {}
 # the checks (chameleon_lite.ops.selfcheck, which imports every op module and is installed by the package's
-# __init__): an object with run(op, device, dtype, fake) and variant(op, device)
+# __init__): an object with run(op, device, dtype, fake) and variant(op, device, dtype)
 _suite = None
 
 
@@ -163,7 +163,7 @@ def check(op: str, device: torch.device, dtype: torch.dtype) -> Verification:
             op=op,
             device=key[1],
             dtype=str(dtype).removeprefix("torch."),
-            variant=_suite.variant(op, device) if _suite is not None else "unknown",
+            variant=_suite.variant(op, device, dtype) if _suite is not None else "unknown",
             ok=not error,
             error=error,
             seconds=time.perf_counter() - t0,

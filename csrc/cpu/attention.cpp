@@ -2,15 +2,16 @@
 //
 // Flash-style: queries in tiles of kBlockQ rows, keys in tiles of kBlockK; every (query tile, key tile) pair is
 // classified from tile-level doc/span bounds (csrc/common/attention_mask.h) as empty (never touched), full (no
-// mask evaluated) or partial (the predicate per element). Tiles are gathered into fp32 buffers (bf16 inputs are
-// widened there; the softmax scale is folded into q) and multiplied with oneDNN's small-GEMM micro-kernel
-// (at::native::cpublas::brgemm) where the build and CPU have it, ATen's mm otherwise. The forward takes runs of
-// consecutive non-empty key tiles (up to kWideK keys) in one step, masking only the partial tiles inside a run, keeps
-// an online softmax per row and returns the log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2):
-// one pass over key tiles for dk/dv (the GQA heads of a group summed inside the pass, so no races), one over query
-// tiles for dq. Decode splits each row's cache into chunks of kDecodeChunk keys that run in parallel and are merged
-// with the shared softmax merge; the split depends only on the cache length, so no result depends on the thread
-// count.
+// mask evaluated) or partial (the predicate per element). Operands are laid out once per call per head (the softmax
+// scale folded into q) and multiplied in one of two precisions (the F32 and BF16 policies below): fp32 through
+// oneDNN's small-GEMM micro-kernel (at::native::cpublas::brgemm) or ATen's mm, or - for bf16 inputs on CPUs with
+// AVX-512-BF16 - bf16 products with fp32 accumulation (cpu/gemm_bf16.h); elsewhere bf16 inputs are widened to fp32.
+// Softmax and accumulators are fp32 in both. The forward takes runs of consecutive non-empty key tiles (up to kWideK
+// keys) in one step, masking only the partial tiles inside a run, keeps an online softmax per row and returns the
+// log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2): one pass over key tiles for dk/dv
+// on transposed tiles (the GQA heads of a group summed inside the pass, so no races), one over query tiles for dq.
+// Decode splits each row's cache into chunks of kDecodeChunk keys that run in parallel and are merged with the
+// shared softmax merge; the split depends only on the cache length, so no result depends on the thread count.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -31,6 +32,7 @@
 #include "common/attention_mask.h"
 #define CL_ATTN_ISA portable
 #include "cpu/attention_rows.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
 
@@ -94,46 +96,41 @@ void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
     at::mm_out(c, a, b);
 }
 
-// Gather rows [rows, D] with row stride ld into dst [rows, D], widened to fp32 and multiplied by mul.
-template <typename T>
-void gather_rows(const T* src, int64_t ld, int64_t rows, int64_t D, float* dst, float mul = 1.f) {
+// Gather rows [rows, D] with row stride ld into dst [rows, D] (fp32, or bf16 rounded to nearest even), multiplied by
+// mul in fp32.
+template <typename T, typename U>
+void gather_rows(const T* src, int64_t ld, int64_t rows, int64_t D, U* dst, float mul = 1.f) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* s = src + r * ld;
-    float* d = dst + r * D;
-    for (int64_t c = 0; c < D; ++c) d[c] = static_cast<float>(s[c]) * mul;
+    U* d = dst + r * D;
+    for (int64_t c = 0; c < D; ++c) d[c] = static_cast<U>(static_cast<float>(s[c]) * mul);
   }
-}
-
-// Gather rows [rows, D] (row stride ld) transposed into dst [D, rows] (ld rows), fp32.
-template <typename T>
-void gather_cols(const T* src, int64_t ld, int64_t rows, int64_t D, float* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* s = src + r * ld;
-    for (int64_t c = 0; c < D; ++c) dst[c * rows + r] = static_cast<float>(s[c]);
-  }
-}
-
-// dst[nk, mq] = src[mq, nk]ᵀ
-void transpose(const float* src, int64_t mq, int64_t nk, float* dst) {
-  for (int64_t r = 0; r < mq; ++r)
-    for (int64_t c = 0; c < nk; ++c) dst[c * mq + r] = src[r * nk + c];
 }
 
 // ---------------------------------------------------------------------------------------------- row helpers
-// The per-row softmax loops (csrc/cpu/attention_rows.h), built portably here and with AVX2/FMA in
-// attention_avx2.cpp; chosen once at run time from the CPU (CHAMELEON_LITE_ATTENTION_ISA=portable forces the
-// portable build, which the tests compare against).
+// The per-row softmax loops (csrc/cpu/attention_rows.h), built portably here, with AVX2/FMA in attention_avx2.cpp
+// and with AVX-512 in attention_avx512.cpp; the widest the CPU has is chosen once at run time
+// (CHAMELEON_LITE_ATTENTION_ISA=portable or =avx2 caps it, and also turns off the bf16 products; the tests compare
+// the builds that way).
 const RowOps& row_ops() {
-  static const RowOps ops = use_avx2("CHAMELEON_LITE_ATTENTION_ISA")
-                                ? row_ops_avx2()
-                                : RowOps{&portable::row_max, &portable::exp_sub_sum, &portable::scale_row,
-                                         &portable::scores_f32, &portable::scores_bf16, &portable::values_f32, &portable::values_bf16};
+  static const RowOps ops = [] {
+    switch (widest_build("CHAMELEON_LITE_ATTENTION_ISA")) {
+      case 2: return row_ops_avx512();
+      case 1: return row_ops_avx2();
+      default: return portable::make_row_ops();
+    }
+  }();
   return ops;
 }
 
 inline float row_max(const float* x, int64_t n) { return row_ops().row_max(x, n); }
 inline float exp_sub_sum(float* x, int64_t n, float m) { return row_ops().exp_sub_sum(x, n, m); }
 inline void scale_row(float* x, int64_t n, float a) { row_ops().scale_row(x, n, a); }
+inline void exp_sub_vec(float* x, const float* m, int64_t n) { row_ops().exp_sub_vec(x, m, n); }
+inline void grad_row(const float* p, float* dp, float delta, int64_t n) { row_ops().grad_row(p, dp, delta, n); }
+inline void grad_row_vec(const float* p, float* dp, const float* delta, int64_t n) {
+  row_ops().grad_row_vec(p, dp, delta, n);
+}
 
 template <typename T>
 inline void store_row(const float* src, T* dst, int64_t n) {
@@ -195,10 +192,103 @@ inline void mask_tile(float* s, int64_t ld, int64_t mq, int64_t nk, int64_t i0, 
   }
 }
 
+// ---------------------------------------------------------------------------------------------- precisions
+// Every product of the kernels is C (fp32) = A · B, A row-major, B in one of two per-head layouts made once per call
+// from a [B, L, H, D] tensor: "minor" (B[d, j]: positions are columns; Q Kᵀ and dO Vᵀ) and "major" (B[j, d]:
+// positions are rows; P V, dS K, Pᵀ dO and dSᵀ Q). Two policies:
+//   F32  - fp32 operands, B row-major, small_gemm (oneDNN micro-kernel / ATen mm); fp32 inputs, and bf16 inputs on
+//          CPUs without AVX-512-BF16 (widened once).
+//   BF16 - bf16 operands, B in pairs (cpu/gemm_bf16.h), products through vdpbf16ps with fp32 accumulation; bf16
+//          inputs on CPUs with AVX-512-BF16. Scores, softmax and accumulators stay fp32; P and dS are rounded to bf16
+//          as the A operand of the next product (as FlashAttention does on GPUs).
+// Every layout is [B, H, size]; a head's block starts at (b * H + h) * size.
+struct F32 {
+  using A = float;
+  using Bv = float;
+  static at::Tensor minor(const at::Tensor& x, float mul = 1.f) {
+    return flat(x.to(at::kFloat).mul(mul).permute({0, 2, 3, 1}).contiguous());
+  }
+  static at::Tensor major(const at::Tensor& x) { return flat(x.permute({0, 2, 1, 3}).to(at::kFloat).contiguous()); }
+  // A operand [B, H, L, D], times mul
+  static at::Tensor rows(const at::Tensor& x, float mul) {
+    return flat(x.to(at::kFloat).mul(mul).permute({0, 2, 1, 3}).contiguous());
+  }
+  static const float* col(const float* b, int64_t j) { return b + j; }                  // minor: column j (ld L)
+  static const float* row(const float* b, int64_t D, int64_t j) { return b + j * D; }  // major: row j (ld D)
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
+                   float* c, int64_t ldc, bool add) {
+    small_gemm(M, N, K, a, lda, b, ldb, c, ldc, add);
+  }
+  // fp32 scores/probabilities [mq, nk] as an A operand
+  static const float* as_a(const float* s, int64_t, int64_t, float*) { return s; }
+  static at::Tensor flat(const at::Tensor& t) { return t.reshape({t.size(0), t.size(1), -1}); }
+};
+
+struct BF16 {
+  using A = at::BFloat16;
+  using Bv = at::BFloat16;
+  static at::Tensor minor(const at::Tensor& x, float mul = 1.f) {
+    return pack(mul == 1.f ? x : x.to(at::kFloat).mul(mul), true);
+  }
+  static at::Tensor major(const at::Tensor& x) { return pack(x, false); }
+  static at::Tensor rows(const at::Tensor& x, float mul) {
+    return F32::flat(x.to(at::kFloat).mul(mul).permute({0, 2, 1, 3}).to(at::kBFloat16).contiguous());
+  }
+  static const A* col(const A* b, int64_t j) { return b + 2 * j; }
+  static const A* row(const A* b, int64_t D, int64_t j) { return b + (j / 2) * 2 * D; }  // j even
+  static void gemm(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const A* b, int64_t ldb, float* c,
+                   int64_t ldc, bool add) {
+    if (M == 0 || N == 0) return;
+    bf16::gemm(M, N, K, a, lda, b, ldb, c, ldc, add);
+  }
+  static const A* as_a(const float* s, int64_t mq, int64_t nk, A* buf) {
+    row_ops().to_bf16(s, buf, mq * nk);
+    return buf;
+  }
+  // [B, L, H, D] (bf16) -> per head, pairs of minor (ld L) or major (ld D) B
+  static at::Tensor pack(const at::Tensor& x_, bool minor_layout) {
+    const auto x = x_.to(at::kBFloat16).contiguous();
+    const int64_t B = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3);
+    const int64_t size = minor_layout ? bf16::pair_rows(D) * 2 * L : bf16::pair_rows(L) * 2 * D;
+    auto out = at::empty({B, H, size}, x.options());
+    const A* xp = x.const_data_ptr<A>();
+    A* op = out.data_ptr<A>();
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t w = begin; w < end; ++w) {
+        const int64_t b = w / H, h = w % H;
+        const A* src = xp + b * L * H * D + h * D;
+        if (minor_layout)
+          bf16::pack_cols(src, H * D, L, D, op + w * size, L);
+        else
+          bf16::pack_rows(src, H * D, L, D, op + w * size, D);
+      }
+    });
+    return out;
+  }
+};
+
+// bf16 inputs take the BF16 policy where the CPU has AVX-512-BF16 (and the build and environment allow it).
+inline bool native_bf16(const at::Tensor& q) { return q.scalar_type() == at::kBFloat16 && bf16::available(); }
+
+// The same for a transposed tile (rows are keys j0.., columns are queries i0..).
+inline void mask_tile_t(float* s, int64_t ld, int64_t nk, int64_t mq, int64_t j0, int64_t i0, const int32_t* doc,
+                        const int32_t* span) {
+  for (int64_t r = 0; r < nk; ++r) {
+    const int64_t j = j0 + r;
+    float* row = s + r * ld;
+    for (int64_t c = 0; c < mq; ++c) {
+      const int64_t i = i0 + c;
+      if (!attn::allowed(i, j, doc[i], doc[j], span[i], span[j])) row[c] = kNegInf;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- forward
-template <typename T>
+template <typename T, typename P>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& doc,
                   const at::Tensor& span, double scale, const Shape& sh, at::Tensor& out, at::Tensor& lse) {
+  using A = typename P::A;
+  using Bv = typename P::Bv;
   const int64_t B = sh.B, L = sh.L, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
   const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
   const int64_t ldq = Hq * D;
@@ -210,16 +300,16 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const auto qt = tiles_of(dp, sp, B, L, kBlockQ);
   const auto kt = tiles_of(dp, sp, B, L, kBlockK);
   const float sc = static_cast<float>(scale);
-  // keys transposed and values, once, in fp32: kT [B, Hkv, D, L], vf [B, Hkv, L, D] (every query tile and head of a
-  // group reads them, so converting per tile pair would repeat the work G * nQ times)
-  const auto kT_all = k.permute({0, 2, 3, 1}).to(at::kFloat).contiguous();
-  const auto v_all = v.permute({0, 2, 1, 3}).to(at::kFloat).contiguous();
-  const float* ktp = kT_all.const_data_ptr<float>();
-  const float* vfp = v_all.const_data_ptr<float>();
+  // keys (minor) and values (major), once per call: every query tile and head of a group reads them, so converting
+  // per tile pair would repeat the work G * nQ times
+  const auto k_all = P::minor(k), v_all = P::major(v);
+  const int64_t ksz = k_all.size(2), vsz = v_all.size(2);
+  const Bv* kap = k_all.template const_data_ptr<Bv>();
+  const Bv* vap = v_all.template const_data_ptr<Bv>();
 
   at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s(kBlockQ * kWideK), o(kBlockQ * D), m(kBlockQ), l(kBlockQ);
-    std::vector<float> qb(kBlockQ * D);
+    std::vector<A> qb(kBlockQ * D), pa(std::is_same_v<A, float> ? 0 : kBlockQ * kWideK);
     std::vector<attn::TileKind> kinds(nK);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
@@ -240,9 +330,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         int64_t ke = kj + 1;
         while (ke < nK && kinds[ke] != attn::TileKind::kEmpty && (ke + 1 - kj) * kBlockK <= kWideK) ++ke;
         const int64_t j0 = kj * kBlockK, nk = std::min(ke * kBlockK, L) - j0;
-        const float* kTt = ktp + (b * Hkv + hk) * D * L + j0;  // [D, nk] with row stride L
-        const float* vt = vfp + ((b * Hkv + hk) * L + j0) * D;   // [nk, D]
-        small_gemm(mq, nk, D, qb.data(), D, kTt, L, s.data(), nk, false);  // S = (scale Q) Kᵀ
+        const Bv* kh = kap + (b * Hkv + hk) * ksz;
+        const Bv* vh = vap + (b * Hkv + hk) * vsz;
+        P::gemm(mq, nk, D, qb.data(), D, P::col(kh, j0), L, s.data(), nk, false);  // S = (scale Q) Kᵀ
         for (int64_t t = kj; t < ke; ++t)
           if (kinds[t] == attn::TileKind::kPartial)
             mask_tile(s.data() + (t - kj) * kBlockK, nk, mq, std::min(kBlockK, L - t * kBlockK), i0, t * kBlockK, db, sb);
@@ -259,7 +349,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           l[r] = l[r] * alpha + sum;
           m[r] = mx;
         }
-        small_gemm(mq, D, nk, s.data(), nk, vt, D, o.data(), D, true);  // O += P V
+        const A* pv = P::as_a(s.data(), mq, nk, pa.data());
+        P::gemm(mq, D, nk, pv, nk, P::row(vh, D, j0), D, o.data(), D, true);  // O += P V
         kj = ke;
       }
       for (int64_t r = 0; r < mq; ++r) {
@@ -288,23 +379,28 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_, const
     return {out, lse};
   }
   if (q.scalar_type() == at::kFloat)
-    forward_impl<float>(q, k, v, doc, span, scale, sh, out, lse);
+    forward_impl<float, F32>(q, k, v, doc, span, scale, sh, out, lse);
+  else if (native_bf16(q))
+    forward_impl<at::BFloat16, BF16>(q, k, v, doc, span, scale, sh, out, lse);
   else
-    forward_impl<at::BFloat16>(q, k, v, doc, span, scale, sh, out, lse);
+    forward_impl<at::BFloat16, F32>(q, k, v, doc, span, scale, sh, out, lse);
   return {out, lse};
 }
 
 namespace {
 
 // ---------------------------------------------------------------------------------------------- backward
-// Probabilities and dS of one tile pair from the saved lse and delta = rowsum(dO * O), all fp32:
-// qs = scale * Q [mq, D], kT = Kᵀ and vT = Vᵀ [D, nk] (row stride ldt), g = dO [mq, D] -> p = P [mq, nk], ds = dS [mq, nk].
-inline void tile_grads(const float* qs, const float* kT, int64_t ldt, const float* vT, const float* g, int64_t mq,
-                       int64_t nk, int64_t D, attn::TileKind kind, int64_t i0, int64_t j0, const int32_t* db, const int32_t* sb,
-                       const float* lse, const float* delta, float* p, float* ds) {
-  small_gemm(mq, nk, D, qs, D, kT, ldt, p, nk, false);
+// Probabilities and dS of one tile pair from the saved lse and delta = rowsum(dO * O): qs = scale * Q and g = dO
+// [mq, D] (A operands), kT = Kᵀ and vT = Vᵀ from column j0 of the minor layouts (ld ldt) -> p = P, ds = dS [mq, nk]
+// in fp32.
+template <typename P>
+inline void tile_grads(const typename P::A* qs, const typename P::Bv* kT, int64_t ldt, const typename P::Bv* vT,
+                       const typename P::A* g, int64_t mq, int64_t nk, int64_t D, attn::TileKind kind, int64_t i0,
+                       int64_t j0, const int32_t* db, const int32_t* sb, const float* lse, const float* delta, float* p,
+                       float* ds) {
+  P::gemm(mq, nk, D, qs, D, kT, ldt, p, nk, false);
   if (kind == attn::TileKind::kPartial) mask_tile(p, nk, mq, nk, i0, j0, db, sb);
-  small_gemm(mq, nk, D, g, D, vT, ldt, ds, nk, false);  // dP = dO Vᵀ
+  P::gemm(mq, nk, D, g, D, vT, ldt, ds, nk, false);  // dP = dO Vᵀ
   for (int64_t r = 0; r < mq; ++r) {
     float* prow = p + r * nk;
     float* dsrow = ds + r * nk;
@@ -315,36 +411,19 @@ inline void tile_grads(const float* qs, const float* kT, int64_t ldt, const floa
       continue;
     }
     exp_sub_sum(prow, nk, lr);
-    const float dr = delta[i0 + r];
-    for (int64_t c = 0; c < nk; ++c) dsrow[c] = prow[c] * (dsrow[c] - dr);
+    grad_row(prow, dsrow, delta[i0 + r], nk);
   }
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tensor& dout_, const at::Tensor& q_,
-                                                                 const at::Tensor& k_, const at::Tensor& v_,
-                                                                 const at::Tensor& out_, const at::Tensor& lse_,
-                                                                 const at::Tensor& doc_, const at::Tensor& span_,
-                                                                 double scale) {
-  const Shape sh = check_inputs("attention_bwd", q_, k_, v_, doc_, span_);
+// Writes dq [B, L, Hq, D], dk and dv [B, L, Hkv, D] (fp32, zero-filled). The scale is applied to dq and dk when they
+// are stored (dQ = scale dS K, dK = scale dSᵀ Q), so K and Q enter the products unscaled.
+template <typename P>
+void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& doc, const at::Tensor& span,
+                   double scale, const Shape& sh, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  using A = typename P::A;
+  using Bv = typename P::Bv;
   const int64_t B = sh.B, L = sh.L, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
-  TORCH_CHECK_VALUE(dout_.sizes() == q_.sizes() && out_.sizes() == q_.sizes(), "attention_bwd: dout and out must be ",
-                    q_.sizes());
-  TORCH_CHECK_VALUE(lse_.dim() == 3 && lse_.size(0) == B && lse_.size(1) == Hq && lse_.size(2) == L,
-                    "attention_bwd: lse must be [B, Hq, L] = [", B, ", ", Hq, ", ", L, "], got ", lse_.sizes());
-  // Everything in fp32 (bf16 inputs are widened once); gradients are cast back at the end.
-  const auto q = q_.to(at::kFloat).contiguous(), k = k_.to(at::kFloat).contiguous();
-  const auto v = v_.to(at::kFloat).contiguous(), dout = dout_.to(at::kFloat).contiguous();
-  const auto lse = lse_.to(at::kFloat).contiguous();
-  const auto doc = doc_.contiguous(), span = span_.contiguous();
-  // delta[b, h, i] = sum_d dO * O, laid out like lse
-  const auto delta = dout.mul(out_.to(at::kFloat)).sum(-1).permute({0, 2, 1}).contiguous();
-  auto dq = at::zeros({B, L, Hq, D}, q.options());
-  auto dk = at::zeros({B, L, Hkv, D}, q.options());
-  auto dv = at::zeros({B, L, Hkv, D}, q.options());
-  if (q.numel() == 0 || k.numel() == 0) return {dq.to(q_.scalar_type()), dk.to(q_.scalar_type()), dv.to(q_.scalar_type())};
-
   const int64_t G = Hq / Hkv, nQ = (L + kBlockQ - 1) / kBlockQ, nK = (L + kBlockK - 1) / kBlockK;
   const int64_t ldq = Hq * D, ldk = Hkv * D;
   const float sc = static_cast<float>(scale);
@@ -356,43 +435,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
   const auto kt = tiles_of(dp, sp, B, L, kBlockK);
   float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
 
-  // Per-head fp32 layouts, made once: qs = scale * q and g = dout as [B, Hq, L, D]; ks = scale * k and v as
-  // [B, Hkv, L, D]; kT, vT as [B, Hkv, D, L]. Every tile below is then a strided view, never a gather.
-  const auto qs_t = q.mul(sc).permute({0, 2, 1, 3}).contiguous();
-  const auto g_t = dout.permute({0, 2, 1, 3}).contiguous();
-  const auto ks_t = k.mul(sc).permute({0, 2, 1, 3}).contiguous();
-  const auto kT_t = k.permute({0, 2, 3, 1}).contiguous();
-  const auto vT_t = v.permute({0, 2, 3, 1}).contiguous();
-  const float *qsp = qs_t.const_data_ptr<float>(), *gtp = g_t.const_data_ptr<float>();
-  const float *ksp = ks_t.const_data_ptr<float>(), *kTp = kT_t.const_data_ptr<float>(), *vTp = vT_t.const_data_ptr<float>();
+  // Per-head layouts, made once; every tile below is an offset into them, never a gather. The dq pass multiplies
+  // row-major tiles: A operands qs = scale * Q and g = dO, minor Kᵀ and Vᵀ (S and dP), major K (dQ). The dk/dv pass
+  // multiplies transposed ones, Sᵀ = K (scale Q)ᵀ and dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ come out row-major as
+  // the A operands of dV = Pᵀ dO and dK = dSᵀ Q: A operands K and V, minor scale * Q and dO, major dO and Q.
+  const auto qs_t = P::rows(q, sc), g_t = P::rows(dout, 1.f);
+  const auto kT_t = P::minor(k), vT_t = P::minor(v), k_t = P::major(k);
+  const auto ka_t = P::rows(k, 1.f), va_t = P::rows(v, 1.f);
+  const auto qT_t = P::minor(q, sc), gT_t = P::minor(dout), gm_t = P::major(dout), qm_t = P::major(q);
+  const A *qsp = qs_t.template const_data_ptr<A>(), *gtp = g_t.template const_data_ptr<A>();
+  const A *kap = ka_t.template const_data_ptr<A>(), *vap = va_t.template const_data_ptr<A>();
+  const Bv *kTp = kT_t.template const_data_ptr<Bv>(), *vTp = vT_t.template const_data_ptr<Bv>();
+  const Bv *kp = k_t.template const_data_ptr<Bv>(), *qTp = qT_t.template const_data_ptr<Bv>();
+  const Bv *gTp = gT_t.template const_data_ptr<Bv>(), *gmp = gm_t.template const_data_ptr<Bv>();
+  const Bv* qmp = qm_t.template const_data_ptr<Bv>();
+  const int64_t ksz = kT_t.size(2), kmsz = k_t.size(2), qsz = qT_t.size(2), qmsz = qm_t.size(2);
 
   // Pass 1: dk, dv per (b, kv head, key tile); the query heads of the group are summed inside.
   at::parallel_for(0, B * Hkv * nK, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK), tr(kBlockQ * kBlockK);
+    std::vector<float> pt(kBlockK * kBlockQ), dst(kBlockK * kBlockQ), lse_c(kBlockQ);
+    std::vector<A> pa(std::is_same_v<A, float> ? 0 : kBlockK * kBlockQ);
     std::vector<float> dkb(kBlockK * D), dvb(kBlockK * D);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t kj = w % nK, hk = (w / nK) % Hkv, b = w / (nK * Hkv);
       const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-      const float* kTt = kTp + (b * Hkv + hk) * D * L + j0;
-      const float* vTt = vTp + (b * Hkv + hk) * D * L + j0;
+      const A* ka = kap + ((b * Hkv + hk) * L + j0) * D;
+      const A* va = vap + ((b * Hkv + hk) * L + j0) * D;
+      const int32_t* db = dp + b * L;
+      const int32_t* sb = sp + b * L;
       std::fill(dkb.begin(), dkb.end(), 0.f);
       std::fill(dvb.begin(), dvb.end(), 0.f);
       for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+        const float* lh = lp + (b * Hq + h) * L;
+        const float* dh = dl + (b * Hq + h) * L;
         for (int64_t qi = 0; qi < nQ; ++qi) {
           const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
           if (kind == attn::TileKind::kEmpty) continue;
           const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
-          const float* qs = qsp + ((b * Hq + h) * L + i0) * D;
-          const float* g = gtp + ((b * Hq + h) * L + i0) * D;
-          tile_grads(qs, kTt, L, vTt, g, mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L,
-                     dl + (b * Hq + h) * L, p.data(), ds.data());
-          transpose(p.data(), mq, nk, tr.data());
-          small_gemm(nk, D, mq, tr.data(), mq, g, D, dvb.data(), D, true);   // dV += Pᵀ dO
-          transpose(ds.data(), mq, nk, tr.data());
-          small_gemm(nk, D, mq, tr.data(), mq, qs, D, dkb.data(), D, true);  // dK += dSᵀ (scale Q)
+          P::gemm(nk, mq, D, ka, D, P::col(qTp + (b * Hq + h) * qsz, i0), L, pt.data(), mq, false);  // Sᵀ
+          if (kind == attn::TileKind::kPartial) mask_tile_t(pt.data(), mq, nk, mq, j0, i0, db, sb);
+          P::gemm(nk, mq, D, va, D, P::col(gTp + (b * Hq + h) * qsz, i0), L, dst.data(), mq, false);  // dPᵀ
+          // a query with nothing visible (lse = -inf; never in a forward, where every row sees itself) gets P = 0
+          for (int64_t c = 0; c < mq; ++c) lse_c[c] = lh[i0 + c] == kNegInf ? -kNegInf : lh[i0 + c];
+          for (int64_t r = 0; r < nk; ++r) {
+            float* prow = pt.data() + r * mq;
+            float* drow = dst.data() + r * mq;
+            exp_sub_vec(prow, lse_c.data(), mq);
+            grad_row_vec(prow, drow, dh + i0, mq);
+          }
+          const Bv* gm = P::row(gmp + (b * Hq + h) * qmsz, D, i0);
+          P::gemm(nk, D, mq, P::as_a(pt.data(), nk, mq, pa.data()), mq, gm, D, dvb.data(), D, true);  // dV += Pᵀ dO
+          const Bv* qm = P::row(qmp + (b * Hq + h) * qmsz, D, i0);
+          P::gemm(nk, D, mq, P::as_a(dst.data(), nk, mq, pa.data()), mq, qm, D, dkb.data(), D, true);  // dK += dSᵀ Q
         }
       }
       for (int64_t r = 0; r < nk; ++r) {
+        scale_row(dkb.data() + r * D, D, sc);
         std::copy(dkb.data() + r * D, dkb.data() + (r + 1) * D, dkp + (b * L + j0 + r) * ldk + hk * D);
         std::copy(dvb.data() + r * D, dvb.data() + (r + 1) * D, dvp + (b * L + j0 + r) * ldk + hk * D);
       }
@@ -402,25 +500,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tenso
   // Pass 2: dq per (b, head, query tile).
   at::parallel_for(0, B * Hq * nQ, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK), dqb(kBlockQ * D);
+    std::vector<A> dsa(std::is_same_v<A, float> ? 0 : kBlockQ * kBlockK);
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
       const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
-      const float* qs = qsp + ((b * Hq + h) * L + i0) * D;
-      const float* g = gtp + ((b * Hq + h) * L + i0) * D;
+      const A* qs = qsp + ((b * Hq + h) * L + i0) * D;
+      const A* g = gtp + ((b * Hq + h) * L + i0) * D;
       std::fill(dqb.begin(), dqb.end(), 0.f);
       for (int64_t kj = 0; kj < nK; ++kj) {
         const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
         if (kind == attn::TileKind::kEmpty) continue;
         const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-        tile_grads(qs, kTp + (b * Hkv + hk) * D * L + j0, L, vTp + (b * Hkv + hk) * D * L + j0, g, mq, nk, D, kind, i0,
-                   j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(), ds.data());
-        small_gemm(mq, D, nk, ds.data(), nk, ksp + ((b * Hkv + hk) * L + j0) * D, D, dqb.data(), D, true);  // dQ += dS (scale K)
+        tile_grads<P>(qs, P::col(kTp + (b * Hkv + hk) * ksz, j0), L, P::col(vTp + (b * Hkv + hk) * ksz, j0), g, mq, nk,
+                      D, kind, i0, j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(),
+                      ds.data());
+        const Bv* km = P::row(kp + (b * Hkv + hk) * kmsz, D, j0);
+        P::gemm(mq, D, nk, P::as_a(ds.data(), mq, nk, dsa.data()), nk, km, D, dqb.data(), D, true);  // dQ += dS K
       }
-      for (int64_t r = 0; r < mq; ++r)
+      for (int64_t r = 0; r < mq; ++r) {
+        scale_row(dqb.data() + r * D, D, sc);
         std::copy(dqb.data() + r * D, dqb.data() + (r + 1) * D, dqp + (b * L + i0 + r) * ldq + h * D);
+      }
     }
   });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(const at::Tensor& dout_, const at::Tensor& q_,
+                                                                 const at::Tensor& k_, const at::Tensor& v_,
+                                                                 const at::Tensor& out_, const at::Tensor& lse_,
+                                                                 const at::Tensor& doc_, const at::Tensor& span_,
+                                                                 double scale) {
+  const Shape sh = check_inputs("attention_bwd", q_, k_, v_, doc_, span_);
+  const int64_t B = sh.B, L = sh.L, Hq = sh.Hq;
+  TORCH_CHECK_VALUE(dout_.sizes() == q_.sizes() && out_.sizes() == q_.sizes(), "attention_bwd: dout and out must be ",
+                    q_.sizes());
+  TORCH_CHECK_VALUE(lse_.dim() == 3 && lse_.size(0) == B && lse_.size(1) == Hq && lse_.size(2) == L,
+                    "attention_bwd: lse must be [B, Hq, L] = [", B, ", ", Hq, ", ", L, "], got ", lse_.sizes());
+  const auto lse = lse_.to(at::kFloat).contiguous();
+  const auto doc = doc_.contiguous(), span = span_.contiguous();
+  // delta[b, h, i] = sum_d dO * O in fp32, laid out like lse
+  const auto delta = dout_.to(at::kFloat).mul(out_.to(at::kFloat)).sum(-1).permute({0, 2, 1}).contiguous();
+  const auto opts = q_.options().dtype(at::kFloat);
+  auto dq = at::zeros({B, L, Hq, sh.D}, opts);
+  auto dk = at::zeros({B, L, sh.Hkv, sh.D}, opts);
+  auto dv = at::zeros({B, L, sh.Hkv, sh.D}, opts);
   const auto dt = q_.scalar_type();
+  if (q_.numel() == 0 || k_.numel() == 0) return {dq.to(dt), dk.to(dt), dv.to(dt)};
+  // bf16 inputs multiply in bf16 where the CPU can; otherwise everything is widened to fp32 once
+  if (native_bf16(q_))
+    backward_impl<BF16>(dout_, q_, k_, v_, lse, delta, doc, span, scale, sh, dq, dk, dv);
+  else
+    backward_impl<F32>(dout_, q_, k_, v_, lse, delta, doc, span, scale, sh, dq, dk, dv);
   return {dq.to(dt), dk.to(dt), dv.to(dt)};
 }
 
@@ -568,6 +700,10 @@ at::Tensor attention_decode_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
   return out;
 }
 
-const char* attention_variant() { return row_ops().row_max == &portable::row_max ? "portable" : "avx2"; }
+const char* attention_variant(bool bf16_products) {
+  const int rows = widest_build("CHAMELEON_LITE_ATTENTION_ISA");
+  if (bf16_products && bf16::available()) return "avx512+avx512bf16";  // AVX-512-BF16 comes with the AVX-512 rows
+  return rows == 2 ? "avx512" : rows == 1 ? "avx2" : "portable";
+}
 
 }  // namespace chameleon_lite::cpu

@@ -10,8 +10,7 @@
 
 namespace chameleon_lite::cpu {
 const RowOps& row_ops_avx2() {
-  static const RowOps ops{&CL_ATTN_ISA::row_max, &CL_ATTN_ISA::exp_sub_sum, &CL_ATTN_ISA::scale_row,
-                          &CL_ATTN_ISA::scores_f32, &CL_ATTN_ISA::scores_bf16, &CL_ATTN_ISA::values_f32, &CL_ATTN_ISA::values_bf16};
+  static const RowOps ops = CL_ATTN_ISA::make_row_ops();
   return ops;
 }
 }  // namespace chameleon_lite::cpu

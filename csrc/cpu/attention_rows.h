@@ -1,5 +1,6 @@
 // Per-row loops of the fused attention kernels: running max, exp-and-sum, scaling. Included once per instruction
-// set (CL_ATTN_ISA names the namespace): portably from attention.cpp, with AVX2/FMA from attention_avx2.cpp, where
+// set (CL_ATTN_ISA names the namespace): portably from attention.cpp, with AVX2/FMA from attention_avx2.cpp and
+// AVX-512 from attention_avx512.cpp, where
 // at::vec::Vectorized<float> then maps onto 256-bit registers (exp through SLEEF-style polynomials).
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -17,6 +18,13 @@ namespace chameleon_lite::cpu {
 struct RowOps {
   float (*row_max)(const float* x, int64_t n);
   float (*exp_sub_sum)(float* x, int64_t n, float m);
+  void (*exp_sub_vec)(float* x, const float* m, int64_t n);
+  // dS from P and dP in place: dp <- p * (dp - delta), with one delta (a query row) or one per column (a key row of
+  // a transposed tile)
+  void (*grad_row)(const float* p, float* dp, float delta, int64_t n);
+  void (*grad_row_vec)(const float* p, float* dp, const float* delta, int64_t n);
+  // fp32 -> bf16, rounded to nearest even (the A operands of the bf16 products)
+  void (*to_bf16)(const float* x, c10::BFloat16* y, int64_t n);
   void (*scale_row)(float* x, int64_t n, float a);
   // Decode against a cache read in place (K_j = k + j * ks, V_j = v + j * vs, D values each):
   // s[j] = q . K_j for j < nk, and o[:D] += sum_j p[j] V_j; float32 and bfloat16 caches.
@@ -26,6 +34,7 @@ struct RowOps {
   void (*values_bf16)(const float* p, const c10::BFloat16* v, int64_t vs, int64_t nk, int64_t D, float* o);
 };
 const RowOps& row_ops_avx2();
+const RowOps& row_ops_avx512();
 #endif
 
 namespace CL_ATTN_ISA {
@@ -57,6 +66,31 @@ inline float exp_sub_sum(float* x, int64_t n, float m) {
   }
   return s;
 }
+
+// x <- exp(x - m) elementwise against a vector of maxima (the transposed tiles of the backward: one column per query,
+// each with its own log-sum-exp); m = +inf gives 0.
+inline void exp_sub_vec(float* x, const float* m, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) (Vec::loadu(x + i) - Vec::loadu(m + i)).exp_u20().store(x + i);
+  for (; i < n; ++i) x[i] = std::exp(x[i] - m[i]);
+}
+
+inline void grad_row(const float* p, float* dp, float delta, int64_t n) {
+  int64_t i = 0;
+  const Vec vd(delta);
+  for (; i + Vec::size() <= n; i += Vec::size())
+    (Vec::loadu(p + i) * (Vec::loadu(dp + i) - vd)).store(dp + i);
+  for (; i < n; ++i) dp[i] = p[i] * (dp[i] - delta);
+}
+
+inline void grad_row_vec(const float* p, float* dp, const float* delta, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size())
+    (Vec::loadu(p + i) * (Vec::loadu(dp + i) - Vec::loadu(delta + i))).store(dp + i);
+  for (; i < n; ++i) dp[i] = p[i] * (dp[i] - delta[i]);
+}
+
+inline void to_bf16(const float* x, c10::BFloat16* y, int64_t n) { at::vec::convert(x, y, n); }
 
 inline void scale_row(float* x, int64_t n, float a) {
   int64_t i = 0;
@@ -159,6 +193,12 @@ inline void values_f32(const float* p, const float* v, int64_t vs, int64_t nk, i
 inline void values_bf16(const float* p, const c10::BFloat16* v, int64_t vs, int64_t nk, int64_t D, float* o) {
   values(p, v, vs, nk, D, o);
 }
+// This build's loops, for the run-time choice in attention.cpp.
+inline RowOps make_row_ops() {
+  return RowOps{&row_max,    &exp_sub_sum, &exp_sub_vec, &grad_row,   &grad_row_vec, &to_bf16,
+                &scale_row,  &scores_f32,  &scores_bf16, &values_f32, &values_bf16};
+}
+
 }  // namespace CL_ATTN_ISA
 
 }  // namespace chameleon_lite::cpu

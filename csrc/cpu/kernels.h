@@ -31,9 +31,11 @@ at::Tensor snake_cpu(const at::Tensor& x, const at::Tensor& log_alpha);
 std::tuple<at::Tensor, at::Tensor> snake_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                  const at::Tensor& log_alpha);
 
-// The build of each op's inner loops chosen at run time on this CPU ("avx2" or "portable"; the same static
-// choice the kernels make on their first call), for `chameleon-lite doctor`.
-const char* attention_variant();
+// The build of each op's inner loops chosen at run time on this CPU ("avx512", "avx2" or "portable", with
+// "+avx512bf16" where attention's bf16 products use AVX-512-BF16; the same static choice the kernels make on their
+// first call), for `chameleon-lite doctor`.
+// bf16_products: for the bf16 forward and backward, which multiply through cpu/gemm_bf16.h where it is available
+const char* attention_variant(bool bf16_products);
 const char* linear_variant();
 const char* snake_variant();
 

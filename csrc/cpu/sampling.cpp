@@ -32,27 +32,15 @@ RowResult sample_row_default(const RowJob& job, float* buf, Scratch& scratch) {
 
 namespace {
 
-bool cpu_has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return has;
-#else
-  return false;
-#endif
-}
-
 using RowFn = RowResult (*)(const RowJob&, float*, Scratch&);
 
 // The widest build this CPU runs; CHAMELEON_LITE_SAMPLING_ISA=portable or =avx2 caps it (the tests compare them).
 RowFn row_kernel() {
-  const char* isa = std::getenv("CHAMELEON_LITE_SAMPLING_ISA");
-  const bool portable = isa != nullptr && std::strcmp(isa, "portable") == 0;
-  const bool cap_avx2 = isa != nullptr && std::strcmp(isa, "avx2") == 0;
-  if (portable) return &sample_row_default;
-  if (!cap_avx2 && cpu_has_avx512()) return &sample_row_avx512;
-  if (cpu::use_avx2("CHAMELEON_LITE_SAMPLING_ISA")) return &sample_row_avx2;
-  return &sample_row_default;
+  switch (cpu::widest_build("CHAMELEON_LITE_SAMPLING_ISA")) {
+    case 2: return &sample_row_avx512;
+    case 1: return &sample_row_avx2;
+    default: return &sample_row_default;
+  }
 }
 
 // Rows are read through their own stride, so a view such as logits[:, -1, :] of [B, L, V] is used in place

@@ -9,8 +9,10 @@ import math
 
 import pytest
 import torch
+from isa_builds import run_in_builds
 
 import chameleon_lite.ops  # noqa: F401  (registers the ops)
+from chameleon_lite import hardware
 from chameleon_lite.ops.attention import (
     modality_attention,
     modality_attention_decode,
@@ -93,6 +95,70 @@ def test_forward_and_gradients_match_reference(L, pattern, dtype, G, D, n_docs):
         assert_close_bf16(out, ref.detach())
         for name, a, r in zip("qkv", grads, ref_grads):
             assert_close_bf16(a, r, f"d{name}")
+
+
+BF16_CASES = [  # (B, L, Hq, Hkv, D, n_docs, pattern): ragged lengths, GQA, batch of one, an odd head dim
+    (2, 129, 4, 2, 64, 3, "several"),
+    (1, 1000, 4, 1, 128, 4, "one"),
+    (1, 77, 2, 2, 33, 2, "tile_edge"),
+    (1, 300, 8, 2, 64, 1, "none"),
+    (1, 1, 1, 1, 64, 1, "none"),
+]
+
+
+def bf16_errors(B, L, Hq, Hkv, D, n_docs, pattern) -> dict:
+    """Max errors of the kernel and of PyTorch's bf16 SDPA (materialised mask) against the fp64 reference run on the
+    same bf16-rounded inputs, for the output and each gradient: {name: (kernel, sdpa)}."""
+    doc, span = make_ids(B, L, n_docs, pattern, seed=L)
+    q, k, v = (t.bfloat16() for t in qkv(B, L, Hq, Hkv, D, torch.float64, seed=L))
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    ref = modality_attention_reference(q64, k64, v64, doc, span)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g)
+    errs = {}
+    for fn in (modality_attention, modality_attention_sdpa):  # kernel first, then SDPA
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        out = fn(qq, kk, vv, doc, span)
+        assert out.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out, (qq, kk, vv), g.bfloat16())
+        for name, a, r in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref.detach(), *ref_grads)):
+            errs.setdefault(name, []).append((a.double() - r).abs().max().item())
+    return {name: tuple(e) for name, e in errs.items()}
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_bf16_matches_reference_like_pytorch_bf16(case):
+    """bf16 by FlashAttention's rule against PyTorch's own bf16 result: on CPUs with AVX-512-BF16 the products run in
+    bf16 (P and dS rounded to bf16, fp32 accumulation), elsewhere widened to fp32; either way within 2x of SDPA's
+    error, plus one bf16 rounding of the largest value for the tiny cases where SDPA happens to be exact."""
+    for name, (err, base) in bf16_errors(*case).items():
+        assert err <= 2 * base + 2e-3, f"{name}: max error {err:.3g} > 2 x {base:.3g} + 2e-3"
+
+
+def test_native_bf16_products_and_widened_products_agree(tmp_path):
+    """The build whose bf16 products use AVX-512-BF16 and the one that widens bf16 to fp32 (forced with
+    CHAMELEON_LITE_ATTENTION_ISA=avx2) give the same attention and gradients to bf16 accuracy, and each reports
+    which it is (on a CPU without AVX-512-BF16 both are the widened build)."""
+    code = (
+        "import sys, torch, chameleon_lite.ops\n"
+        "from chameleon_lite.ops.attention import modality_attention\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "q, k, v = (torch.randn(1, 203, h, 64, generator=g).bfloat16().requires_grad_() for h in (4, 2, 2))\n"
+        "doc = torch.zeros(1, 203, dtype=torch.int32); doc[:, 90:] = 1\n"
+        "span = torch.zeros(1, 203, dtype=torch.int32); span[:, 100:140] = 1\n"
+        "out = modality_attention(q, k, v, doc, span)\n"
+        "grads = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=g).bfloat16())\n"
+        "variant = torch.ops.chameleon_lite.kernel_variant('attention', torch.bfloat16)\n"
+        "torch.save({'t': [out.float(), *(x.float() for x in grads)], 'variant': variant}, sys.argv[2])\n"
+    )
+    runs = run_in_builds(code, "CHAMELEON_LITE_ATTENTION_ISA", tmp_path, builds=("auto", "avx2"), threads=(2,))
+    auto, widened = runs["auto", 2], runs["avx2", 2]
+    assert widened["variant"] in ("avx2", "portable")
+    native = "avx512_bf16" in hardware.cpu_flags()
+    assert auto["variant"].endswith("+avx512bf16") == native, (auto["variant"], native)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), auto["t"], widened["t"]):
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() <= 2e-2 * scale, name
 
 
 def test_log_sum_exp_and_scale():
