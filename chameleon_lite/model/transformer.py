@@ -442,16 +442,58 @@ class Transformer(nn.Module):
         return logits
 
 
+# Rows of the loss processed per step: about 2 MiB of fp32 logits, so each chunk's fp32 temporaries stay in cache.
+LOSS_CHUNK_BYTES = 2 << 20
+
+
+class _TokenLosses(torch.autograd.Function):
+    """Cross-entropy and log-sum-exp of [N, V] logits in row chunks, with a backward that writes the gradient once:
+    d/dlogits = softmax * (g_ce + g_lse) - onehot(target) * g_ce. Autograd of the log-softmax-and-gather form
+    zero-fills two [N, V] fp32 gradients, scatters into them, runs the log-softmax backward and adds them — on a
+    CPU training step that was a third of the step at an 8k vocabulary."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, v = logits.shape
+        rows = max(1, LOSS_CHUNK_BYTES // (4 * v))
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for lo in range(0, n, rows):
+            lse[lo : lo + rows] = torch.logsumexp(logits[lo : lo + rows].float(), dim=-1)
+        ce = lse - logits.gather(-1, targets[:, None]).squeeze(-1).float()
+        ctx.save_for_backward(logits, targets, lse)
+        return ce, lse
+
+    @staticmethod
+    def backward(ctx, g_ce: torch.Tensor | None, g_lse: torch.Tensor | None):
+        logits, targets, lse = ctx.saved_tensors
+        n, v = logits.shape
+        zeros = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        g_ce = zeros if g_ce is None else g_ce.float()
+        coef = g_ce + (zeros if g_lse is None else g_lse.float())
+        grad = torch.empty_like(logits)
+        rows = max(1, LOSS_CHUNK_BYTES // (4 * v))
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            p = (logits[lo:hi].float() - lse[lo:hi, None]).exp_().mul_(coef[lo:hi, None])
+            p.scatter_add_(-1, targets[lo:hi, None], -g_ce[lo:hi, None])
+            grad[lo:hi] = p
+        return grad, None
+
+
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits: [B, L, V]; targets: [B, L] int64 -> (cross-entropy [B, L] fp32, log-sum-exp [B, L] fp32).
 
-    One fused log-softmax pass gives both: ce = -logp[target] and lse = logit[target] - logp[target]
-    (the log-sum-exp feeds the z-loss, lse^2), so the [B, L, V] tensor is read once forward and once backward.
+    ce = lse - logit[target]; the log-sum-exp also feeds the z-loss (lse^2). Eager runs take the chunked form with
+    its one-pass backward (_TokenLosses); a compiled graph keeps the log-softmax form, which inductor fuses itself.
     """
-    lf = logits.float()
-    idx = targets.unsqueeze(-1)
-    logp = F.log_softmax(lf, dim=-1).gather(-1, idx).squeeze(-1)
-    return -logp, lf.gather(-1, idx).squeeze(-1) - logp
+    if torch.compiler.is_compiling():
+        lf = logits.float()
+        idx = targets.unsqueeze(-1)
+        logp = F.log_softmax(lf, dim=-1).gather(-1, idx).squeeze(-1)
+        return -logp, lf.gather(-1, idx).squeeze(-1) - logp
+    shape = targets.shape
+    ce, lse = _TokenLosses.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return ce.view(shape), lse.view(shape)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int | None = None) -> Transformer:

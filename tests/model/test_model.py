@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import chameleon_lite.model.transformer as transformer_mod
 from chameleon_lite.errors import ConfigError
 from chameleon_lite.model import PRESETS, ModelConfig, Transformer, build_model, preset, token_losses
 from chameleon_lite.ops.attention import attention_mask_reference
@@ -103,6 +104,35 @@ def test_forward_shapes_and_backward(over):
     assert torch.allclose(lse, torch.logsumexp(logits, dim=-1), atol=1e-5)
     (ce.mean() + 1e-4 * (lse**2).mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("terms", ["both", "ce", "lse"])
+def test_token_losses_gradient_is_autograds_in_every_chunking(dtype, terms, monkeypatch):
+    """The chunked loss with its one-pass backward against autograd of cross_entropy and logsumexp in fp64: chunks
+    of one row, of rows that do not divide N, and one chunk for all; either term alone (the other's gradient is
+    None) or both; the gradient comes back in the logits' dtype."""
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 7, 50, generator=g)).to(dtype)
+    targets = torch.randint(0, 50, (3, 7), generator=g)
+    w = torch.randn(3, 7, generator=g, dtype=torch.float64)
+
+    def objective(ce, lse):
+        return {"both": (ce * w).sum() + 1e-2 * lse.square().sum(), "ce": (ce * w).sum(), "lse": lse.sum()}[terms]
+
+    ref_in = logits.double().requires_grad_()
+    ce_ref = torch.nn.functional.cross_entropy(ref_in.transpose(1, 2), targets, reduction="none")
+    objective(ce_ref, torch.logsumexp(ref_in, -1)).backward()
+    for chunk_bytes in (1, 4 * 50 * 4, 1 << 30):  # 1 row, 4 rows (21 = 5 x 4 + 1), everything
+        monkeypatch.setattr(transformer_mod, "LOSS_CHUNK_BYTES", chunk_bytes)
+        x = logits.clone().requires_grad_()
+        ce, lse = token_losses(x, targets)
+        assert ce.dtype == lse.dtype == torch.float32 and ce.shape == lse.shape == (3, 7)
+        torch.testing.assert_close(ce.double(), ce_ref.detach(), atol=1e-5, rtol=1e-5)
+        objective(ce.double(), lse.double()).backward()
+        assert x.grad.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(x.grad.double(), ref_in.grad, atol=tol, rtol=tol)
 
 
 def test_head_layernorm_is_a_per_head_layernorm():
