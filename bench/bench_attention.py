@@ -15,11 +15,16 @@ inside one document. For each: forward and forward+backward of
   span) — the ideal that does no work across documents.
 
 Decode: one new query per row against a 2048-position KV cache, B in {1, 16}: fused vs SDPA with a length mask.
+
+Precision (CPU, both dtypes asked for): the fused kernel in bf16 against itself in fp32 on the same inputs, forward
+and forward+backward, timed in turn — ``bf16_speedup`` is the fp32 time over the bf16 time; on CPUs with
+AVX-512-BF16 the bf16 side multiplies in bf16 (``kernel_variant`` names the build), elsewhere it widens to fp32.
 ``live_gflops`` counts only the allowed (query, key) pairs (4·D flops each forward, 10·D forward+backward) and
 ``of_peak`` divides it by the machine's measured fp32/bf16 matmul rate. All sides are timed in turn
 (interleaved), medians.
 
     python bench/bench_attention.py [--quick] [--threads 2] [--device cpu|cuda] [--no-flex] [--out bench/results]
+    python bench/bench_attention.py --precision-only     # the bf16-vs-fp32 table alone
 
 Writes bench/results/attention.json and attention.png.
 """
@@ -228,6 +233,41 @@ def bench_decode(B: int, S: int, hkv: int, dtype: torch.dtype, repeats: int, dev
     }
 
 
+def bench_precision(L, n_docs, backward, repeats, device, peaks) -> dict:
+    """The fused kernel in fp32 and in bf16 on the same inputs, timed in turn."""
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(1, L, h, DIM, generator=g).to(device) for h in (HEADS, HEADS, HEADS)]
+    dout = torch.randn(1, L, HEADS, DIM, generator=g).to(device)
+    doc, sp = packed_ids(L, n_docs, False, device)
+    fns = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (t.to(dtype).requires_grad_(backward) for t in base)
+        d = dout.to(dtype)
+
+        def go(q=q, k=k, v=v, d=d):
+            with torch.set_grad_enabled(backward):
+                out = modality_attention(q, k, v, doc, sp)
+                if backward:
+                    torch.autograd.grad(out, (q, k, v), d)
+
+        fns[dtype] = go
+    t = timed(fns, repeats, device)
+    live = int(attention_mask_reference(doc, sp).sum())
+    flops = live * HEADS * DIM * (10 if backward else 4)
+    return {
+        "op": "fwd+bwd" if backward else "forward",
+        "L": L,
+        "docs": n_docs,
+        "fp32_ms": 1e3 * t[torch.float32],
+        "bf16_ms": 1e3 * t[torch.bfloat16],
+        "bf16_speedup": t[torch.float32] / t[torch.bfloat16],
+        "fp32_of_peak": flops / t[torch.float32] / 1e9 / peaks[torch.float32],
+        "bf16_of_peak": flops / t[torch.bfloat16] / 1e9 / peaks[torch.bfloat16],
+    }
+
+
+PRECISION_COLUMNS = ["op", "L", "docs", "fp32_ms", "bf16_ms", "bf16_speedup", "fp32_of_peak", "bf16_of_peak"]
+
 COLUMNS = [
     "op",
     "L",
@@ -267,6 +307,7 @@ def main() -> int:
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 1024 2048 4096)")
     ap.add_argument("--docs", type=int, nargs="+", default=None, help="documents per row (default 1 4 16)")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode rows")
+    ap.add_argument("--precision-only", action="store_true", help="only the bf16-vs-fp32 table of the fused kernel")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default=None, help="result file stem (default attention)")
     ap.add_argument(
@@ -298,7 +339,7 @@ def main() -> int:
     rows = []
     t_start = time.perf_counter()
     truncated = False
-    for dtype in dtypes:
+    for dtype in dtypes if not args.precision_only else ():
         for L in lengths:
             for n_docs in doc_counts:
                 for span in (False, True):
@@ -341,6 +382,17 @@ def main() -> int:
             rows.append(bench_decode(B, 2048, HEADS, dtype, repeats, args.device))
     if truncated:
         print(f"--budget-s {args.budget_s:g}: stopped adding full-attention rows; the grid is incomplete")
+    precision = []
+    if args.device == "cpu" and {torch.float32, torch.bfloat16} <= set(dtypes):
+        variant = torch.ops.chameleon_lite.kernel_variant("attention", torch.bfloat16)
+        print(f"\nbf16 vs fp32, fused kernel (bf16 build: {variant}), {HEADS} heads, head dim {DIM}")
+        for L in lengths:
+            for n_docs in doc_counts:
+                for backward in (False, True):
+                    precision.append(bench_precision(L, n_docs, backward, repeats, args.device, peaks))
+                    r = precision[-1]
+                    print(f"  {r['op']} L={L} docs={n_docs}: {r['bf16_speedup']:.2f}x", flush=True)
+        precision_table = print_table(precision, PRECISION_COLUMNS)
     print(f"\ndevice={args.device} threads={args.threads} repeats={repeats} (median, interleaved); B=1, head dim {DIM}")
     table = print_table(rows, COLUMNS)
     name = args.name or f"attention{'' if args.device == 'cpu' else '_' + args.device}"
@@ -355,14 +407,19 @@ def main() -> int:
             "truncated_by_budget_s": args.budget_s if truncated else None,
             "rows": rows,
             "table": table,
+            "precision": precision,
+            "precision_table": precision_table if precision else None,
+            "bf16_build": variant if precision else None,
         },
     )
-    shown = [r for r in rows if r["op"] != "decode"]
+    shown = [r for r in rows if r["op"] != "decode"] or [
+        {**r, "span": False, "dtype": "bf16 vs fp32", "x_vs_sdpa_mask": r["bf16_speedup"]} for r in precision
+    ]
     save_bar_chart(
         os.path.splitext(path)[0] + ".png",
         [f"{r['op']} L={r['L']} d={r['docs']}{' span' if r['span'] else ''} {r['dtype']}" for r in shown],
         [r["x_vs_sdpa_mask"] for r in shown],
-        "speed-up over SDPA with a materialised mask (x)",
+        "speed-up over SDPA with a materialised mask (x)" if rows else "bf16 over fp32, fused kernel (x)",
         f"fused modality-aware attention ({args.threads} threads)",
         horizontal=True,
     )
