@@ -24,7 +24,7 @@ CPU_DTYPES = {
     "snake": (torch.float32,),
     "linear_bf16w": (torch.float32,),
     "rms_norm": (torch.float32,),
-    "rope": (torch.float32,),
+    "rope": (torch.float32, torch.bfloat16),
 }
 CUDA_DTYPES = {
     "attention": (torch.float32, torch.bfloat16, torch.float16),

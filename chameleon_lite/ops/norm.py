@@ -2,8 +2,10 @@
 
 A decode step normalises and rotates a few rows in every layer; eager PyTorch spends five to eight small kernels on
 each of those calls, and at batch 1 their dispatch costs more than the arithmetic. The C++ ops take CPU float32
-tensors when no gradient is needed; training, other dtypes and devices take the references, which are also the
-tests' oracles.
+tensors when no gradient is needed. Rotary embedding on CPU float32/bfloat16 also trains through the C++ op: its
+backward is the same op with -sin (a rotation's transpose), where the reference's slices, products and concatenation
+cost a tenth of a small model's training step. Other dtypes and devices, and compiled graphs (which fuse the
+reference themselves), take the references, which are also the tests' oracles.
 """
 
 from __future__ import annotations
@@ -77,8 +79,40 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return rms_norm_reference(x, weight, eps)
 
 
+class _RopeFn(torch.autograd.Function):
+    """The C++ rotation with its transpose (the rotation by -sin) as the backward; cos and sin get no gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return torch.ops.chameleon_lite.rope(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return torch.ops.chameleon_lite.rope(g.contiguous(), cos, sin.neg()), None, None
+
+
+def _trainable_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    return (
+        torch.is_grad_enabled()
+        and x.requires_grad
+        and not (cos.requires_grad or sin.requires_grad)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and cos.dtype == sin.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[3] % 2 == 0
+        and cos.shape == (*x.shape[:2], x.shape[3] // 2) == sin.shape
+        and not torch.compiler.is_compiling()
+        and kernel_ok("rope", x.device, x.dtype)
+    )
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, L, H, D]; cos, sin [B, L, D/2] -> x rotated in (first half, second half) pairs."""
+    if _trainable_rope(x, cos, sin):
+        return _RopeFn.apply(x, cos, sin)
     if (
         _small_bf16(x)
         and x.dim() == 4

@@ -232,11 +232,19 @@ def check_rms_norm(device: torch.device, dtype: torch.dtype, fake: str) -> None:
 
 def check_rope(device: torch.device, dtype: torch.dtype, fake: str) -> None:
     g = _gen(700)
-    x, xr = _inputs(g, (2, 5, 3, 16), torch.float32, device)
+    x, xr = _inputs(g, (2, 5, 3, 16), dtype, device)
     angles = torch.rand(2, 5, 8, generator=g, dtype=torch.float64) * 6.3
     cos, sin = angles.cos().float(), angles.sin().float()
     want = rope_reference(xr, cos.double(), sin.double())
-    _compare("rope [2, 5, 3, 16]", OPS.rope(x, cos.to(device), sin.to(device)), want, 2e-4, fake)
+    _compare("rope [2, 5, 3, 16]", OPS.rope(x, cos.to(device), sin.to(device)), want, _tol(dtype), fake)
+    # the training path's backward: the transpose of the rotation is the rotation with -sin
+    _compare(
+        "rope, -sin",
+        OPS.rope(x, cos.to(device), -sin.to(device)),
+        rope_reference(xr, cos.double(), -sin.double()),
+        _tol(dtype),
+        fake,
+    )
 
 
 CHECKS = {

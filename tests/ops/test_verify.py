@@ -294,7 +294,7 @@ def test_doctor_exits_1_and_names_a_failed_kernel(tmp_path):
     proc, report = _doctor(tmp_path, {verify.ENV_FAKE: "sample,rope:error"})
     assert proc.returncode == 1
     failed = {(k["op"], k["dtype"]) for k in report["kernels"] if not k["verified"]}
-    assert failed == {("sample", "float32"), ("sample", "bfloat16"), ("rope", "float32")}
+    assert failed == {("sample", "float32"), ("sample", "bfloat16"), ("rope", "float32"), ("rope", "bfloat16")}
     assert "FAILED" in proc.stdout and "rope on cpu float32: RuntimeError: injected failure" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
