@@ -55,8 +55,12 @@ TORCH_LIBRARY(chameleon_lite, m) {
   m.def("linear_bf16w(Tensor x, Tensor weight) -> Tensor");
   // Inference RMSNorm of float32 rows: x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight.
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
-  // Inference rotary embedding: x [B, L, H, D] float32, cos/sin [B, L, D/2] -> x rotated in (first half, second
-  // half) pairs.
+  // Training RMSNorm (CPU): x [..., D] float32 or bfloat16, weight [D] float32 -> (y in x's dtype, rstd [rows]
+  // float32), and its backward -> (grad x in x's dtype, grad weight float32 [D]).
+  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("rms_norm_bwd(Tensor grad, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)");
+  // Rotary embedding: x [B, L, H, D] float32 or bfloat16, cos/sin [B, L, D/2] float32 -> x rotated in (first half,
+  // second half) pairs (its backward: the same op with -sin).
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   // Which CPU build of an op's inner loops runs here for a dtype ("avx512", "avx2" or "portable"; attention's bf16
   // forward and backward products add "+avx512bf16"), for `chameleon-lite doctor`.
@@ -71,6 +75,8 @@ TORCH_LIBRARY_IMPL(chameleon_lite, CPU, m) {
   m.impl("attention_decode", &cpu::attention_decode_cpu);
   m.impl("linear_bf16w", &cpu::linear_bf16w_cpu);
   m.impl("rms_norm", &cpu::rms_norm_cpu);
+  m.impl("rms_norm_fwd", &cpu::rms_norm_fwd_cpu);
+  m.impl("rms_norm_bwd", &cpu::rms_norm_bwd_cpu);
   m.impl("rope", &cpu::rope_cpu);
   m.impl("sample", &sampling::sample_cpu);
   m.impl("sampling_uniforms", &sampling::sampling_uniforms_cpu);

@@ -23,7 +23,7 @@ CPU_DTYPES = {
     "sample": (torch.float32, torch.bfloat16),
     "snake": (torch.float32,),
     "linear_bf16w": (torch.float32,),
-    "rms_norm": (torch.float32,),
+    "rms_norm": (torch.float32, torch.bfloat16),
     "rope": (torch.float32, torch.bfloat16),
 }
 CUDA_DTYPES = {

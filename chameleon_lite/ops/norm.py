@@ -2,10 +2,11 @@
 
 A decode step normalises and rotates a few rows in every layer; eager PyTorch spends five to eight small kernels on
 each of those calls, and at batch 1 their dispatch costs more than the arithmetic. The C++ ops take CPU float32
-tensors when no gradient is needed. Rotary embedding on CPU float32/bfloat16 also trains through the C++ op: its
-backward is the same op with -sin (a rotation's transpose), where the reference's slices, products and concatenation
-cost a tenth of a small model's training step. Other dtypes and devices, and compiled graphs (which fuse the
-reference themselves), take the references, which are also the tests' oracles.
+tensors when no gradient is needed. Training on CPU (float32 or bfloat16 activations) goes through one-pass C++ ops
+too: RMSNorm through rms_norm_fwd/rms_norm_bwd, rotary embedding through the same rope op with -sin as its backward
+(a rotation's transpose); the references' chains of elementwise kernels and dtype copies were about a fifth of a
+small model's training step. Other dtypes and devices, and compiled graphs (which fuse the references themselves),
+take the references, which are also the tests' oracles.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def _rms_norm_fake(x, weight, eps):
     return torch.empty_like(x)
 
 
+@torch.library.register_fake("chameleon_lite::rms_norm_fwd")
+def _rms_norm_fwd_fake(x, weight, eps):
+    return torch.empty_like(x), x.new_empty((x.numel() // max(x.shape[-1], 1),), dtype=torch.float32)
+
+
+@torch.library.register_fake("chameleon_lite::rms_norm_bwd")
+def _rms_norm_bwd_fake(grad, x, weight, rstd):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
 @torch.library.register_fake("chameleon_lite::rope")
 def _rope_fake(x, cos, sin):
     return torch.empty_like(x)
@@ -65,8 +76,43 @@ def _small_bf16(x: torch.Tensor, *others: torch.Tensor) -> bool:
     )
 
 
+class _RmsNormFn(torch.autograd.Function):
+    """RMSNorm through rms_norm_fwd / rms_norm_bwd: output and input gradient in x's dtype, weight gradient fp32."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = torch.ops.chameleon_lite.rms_norm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = torch.ops.chameleon_lite.rms_norm_bwd(g, x, weight, rstd)
+        return dx, dw, None
+
+
+def _trainable(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """A CPU float32/bfloat16 call that autograd records, outside a compiled graph."""
+    return (
+        torch.is_grad_enabled()
+        and any(t.requires_grad for t in (x, *others))
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and not torch.compiler.is_compiling()
+    )
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [..., D], weight [D] -> x / sqrt(mean(x^2) + eps) * weight."""
+    if (
+        _trainable(x, weight)
+        and weight.dtype == torch.float32
+        and x.dim() >= 1
+        and weight.shape == (x.shape[-1],)
+        and kernel_ok("rms_norm", x.device, x.dtype)
+    ):
+        return _RmsNormFn.apply(x, weight, eps)
     if _small_bf16(x, weight) and weight.shape == (x.shape[-1],) and kernel_ok("rms_norm", x.device, torch.float32):
         return torch.ops.chameleon_lite.rms_norm(x.float(), weight.float(), eps).to(x.dtype)
     if (
@@ -95,16 +141,12 @@ class _RopeFn(torch.autograd.Function):
 
 def _trainable_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     return (
-        torch.is_grad_enabled()
-        and x.requires_grad
+        _trainable(x)
         and not (cos.requires_grad or sin.requires_grad)
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
         and cos.dtype == sin.dtype == torch.float32
         and x.dim() == 4
         and x.shape[3] % 2 == 0
         and cos.shape == (*x.shape[:2], x.shape[3] // 2) == sin.shape
-        and not torch.compiler.is_compiling()
         and kernel_ok("rope", x.device, x.dtype)
     )
 

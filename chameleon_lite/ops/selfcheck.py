@@ -225,9 +225,21 @@ def check_linear_bf16w(device: torch.device, dtype: torch.dtype, fake: str) -> N
 
 def check_rms_norm(device: torch.device, dtype: torch.dtype, fake: str) -> None:
     g = _gen(600)
-    for shape in ((3, 7, 48), (1, 5)):
-        (x, xr), (w, wr) = _inputs(g, shape, torch.float32, device), _inputs(g, shape[-1:], torch.float32, device)
-        _compare(f"rms_norm {list(shape)}", OPS.rms_norm(x, w, 1e-5), rms_norm_reference(xr, wr, 1e-5), 2e-4, fake)
+    if dtype == torch.float32:  # the inference op takes float32 only
+        for shape in ((3, 7, 48), (1, 5)):
+            (x, xr), (w, wr) = _inputs(g, shape, torch.float32, device), _inputs(g, shape[-1:], torch.float32, device)
+            _compare(f"rms_norm {list(shape)}", OPS.rms_norm(x, w, 1e-5), rms_norm_reference(xr, wr, 1e-5), 2e-4, fake)
+    # the training ops against autograd of the reference in fp64
+    (x, xr), (w, wr) = _inputs(g, (3, 7, 48), dtype, device), _inputs(g, (48,), torch.float32, device)
+    (gy, gyr) = _inputs(g, (3, 7, 48), dtype, device)
+    xr.requires_grad_(), wr.requires_grad_()
+    yr = rms_norm_reference(xr, wr, 1e-5)
+    dxr, dwr = torch.autograd.grad(yr, (xr, wr), gyr)
+    y, rstd = OPS.rms_norm_fwd(x, w, 1e-5)
+    dx, dw = OPS.rms_norm_bwd(gy, x, w, rstd)
+    _compare("rms_norm_fwd [3, 7, 48]", y, yr, _tol(dtype), fake)
+    _compare("rms_norm_bwd dx", dx, dxr, _tol(dtype), fake)
+    _compare("rms_norm_bwd dweight", dw, dwr, _tol(dtype), fake)
 
 
 def check_rope(device: torch.device, dtype: torch.dtype, fake: str) -> None:

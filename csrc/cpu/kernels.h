@@ -25,6 +25,9 @@ at::Tensor attention_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
 at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& w);
 // norm_rope.cpp
 at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                    const at::Tensor& weight, const at::Tensor& rstd);
 at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 // snake.cpp
 at::Tensor snake_cpu(const at::Tensor& x, const at::Tensor& log_alpha);

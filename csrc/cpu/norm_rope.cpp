@@ -1,14 +1,20 @@
-// Inference-time RMSNorm and rotary embedding for float32 activations. A decode step normalises and rotates a few
-// rows per layer, where eager PyTorch spends five to eight small kernels (and their dispatch) per call; these run
-// each call as one pass. Training keeps the differentiable PyTorch forms (chameleon_lite/model/transformer.py).
+// RMSNorm and rotary embedding in one pass per call. A decode step normalises and rotates a few rows per layer,
+// where eager PyTorch spends five to eight small kernels (and their dispatch) per call (rms_norm, rope: float32).
+// Training on CPU uses the same one-pass idea with gradients (chameleon_lite/ops/norm.py): rms_norm_fwd/_bwd and
+// rope (float32 or bfloat16 activations, float32 arithmetic), where the references' chains of elementwise kernels
+// and dtype copies were about a fifth of a small model's training step.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/ATen.h>: see cpu/kernels.h
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 
 #include "cpu/kernels.h"
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <tuple>
+#include <vector>
 
 namespace chameleon_lite::cpu {
 // x [..., D] -> x / sqrt(mean(x^2) + eps) * weight, row by row (the sum of squares in double).
@@ -38,6 +44,70 @@ at::Tensor rms_norm_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, dou
 
 namespace {
 
+constexpr int64_t kNormBlock = 64;  // rows per partial sum of the weight gradient (fixed: no thread-count dependence)
+
+void check_norm_args(const char* op, const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK((x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && w.scalar_type() == at::kFloat,
+              op, ": x must be float32 or bfloat16 and weight float32, got ", x.scalar_type(), " and ",
+              w.scalar_type());
+  TORCH_CHECK(x.dim() >= 1 && w.dim() == 1 && w.size(0) == x.size(-1), op,
+              ": weight must be [D] with D the last dimension of x, got ", w.sizes(), " and ", x.sizes());
+}
+
+template <typename T>
+void rms_fwd_rows(const T* xp, const float* wp, T* yp, float* rp, int64_t rows, int64_t D, float eps) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> xf(D);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = xp + r * D;
+      float ss = 0.f;
+      for (int64_t i = 0; i < D; ++i) {
+        xf[i] = static_cast<float>(xr[i]);
+        ss += xf[i] * xf[i];
+      }
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
+      rp[r] = inv;
+      T* yr = yp + r * D;
+      for (int64_t i = 0; i < D; ++i) yr[i] = static_cast<T>(xf[i] * inv * wp[i]);
+    }
+  });
+}
+
+// dx = r u - x r^3 mean(u x) with u = g w; dw = sum over rows of g x r, in blocks of kNormBlock rows summed in order.
+template <typename T>
+void rms_bwd_rows(const T* gp, const T* xp, const float* wp, const float* rp, T* dxp, float* dwp, int64_t rows,
+                  int64_t D) {
+  const int64_t nb = (rows + kNormBlock - 1) / kNormBlock;
+  std::vector<float> part(nb * D, 0.f);
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> xf(D), u(D);
+    for (int64_t b = b0; b < b1; ++b) {
+      float* pw = part.data() + b * D;
+      for (int64_t r = b * kNormBlock; r < std::min(rows, (b + 1) * kNormBlock); ++r) {
+        const T* gr = gp + r * D;
+        const T* xr = xp + r * D;
+        const float inv = rp[r];
+        float s = 0.f;
+        for (int64_t i = 0; i < D; ++i) {
+          xf[i] = static_cast<float>(xr[i]);
+          const float g = static_cast<float>(gr[i]);
+          u[i] = g * wp[i];
+          s += u[i] * xf[i];
+          pw[i] += g * xf[i] * inv;
+        }
+        const float c = inv * inv * inv * s / static_cast<float>(D);
+        T* dr = dxp + r * D;
+        for (int64_t i = 0; i < D; ++i) dr[i] = static_cast<T>(inv * u[i] - xf[i] * c);
+      }
+    }
+  });
+  for (int64_t i = 0; i < D; ++i) {
+    float acc = 0.f;
+    for (int64_t b = 0; b < nb; ++b) acc += part[b * D + i];
+    dwp[i] = acc;
+  }
+}
+
 template <typename T>
 void rope_rows(const T* xp, const float* cp, const float* sp, T* yp, int64_t BL, int64_t H, int64_t D) {
   const int64_t d = D / 2;
@@ -58,6 +128,45 @@ void rope_rows(const T* xp, const float* cp, const float* sp, T* yp, int64_t BL,
 }
 
 }  // namespace
+
+// Training RMSNorm: x [..., D] (float32 or bfloat16), weight [D] float32 -> (y in x's dtype, rstd [rows] float32).
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight, double eps) {
+  check_norm_args("rms_norm_fwd", x_in, weight);
+  const at::Tensor x = x_in.contiguous(), w = weight.contiguous();
+  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
+  at::Tensor y = at::empty_like(x);
+  at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  if (x.scalar_type() == at::kFloat)
+    rms_fwd_rows(x.data_ptr<float>(), w.data_ptr<float>(), y.data_ptr<float>(), rstd.data_ptr<float>(), rows, D,
+                 static_cast<float>(eps));
+  else
+    rms_fwd_rows(x.data_ptr<at::BFloat16>(), w.data_ptr<float>(), y.data_ptr<at::BFloat16>(), rstd.data_ptr<float>(),
+                 rows, D, static_cast<float>(eps));
+  return {y, rstd};
+}
+
+// Its backward -> (grad x in x's dtype, grad weight float32 [D]).
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                    const at::Tensor& weight, const at::Tensor& rstd_in) {
+  check_norm_args("rms_norm_bwd", x_in, weight);
+  const at::Tensor x = x_in.contiguous(), w = weight.contiguous();
+  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
+  TORCH_CHECK(grad_in.sizes() == x.sizes(), "rms_norm_bwd: grad must be shaped like x ", x.sizes(), ", got ",
+              grad_in.sizes());
+  TORCH_CHECK(rstd_in.scalar_type() == at::kFloat && rstd_in.numel() == rows, "rms_norm_bwd: rstd must be float32 [",
+              rows, "]");
+  const at::Tensor g = grad_in.to(x.scalar_type()).contiguous(), rstd = rstd_in.contiguous();
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dw = at::zeros({D}, w.options());
+  if (rows == 0) return {dx, dw};
+  if (x.scalar_type() == at::kFloat)
+    rms_bwd_rows(g.data_ptr<float>(), x.data_ptr<float>(), w.data_ptr<float>(), rstd.data_ptr<float>(),
+                 dx.data_ptr<float>(), dw.data_ptr<float>(), rows, D);
+  else
+    rms_bwd_rows(g.data_ptr<at::BFloat16>(), x.data_ptr<at::BFloat16>(), w.data_ptr<float>(), rstd.data_ptr<float>(),
+                 dx.data_ptr<at::BFloat16>(), dw.data_ptr<float>(), rows, D);
+  return {dx, dw};
+}
 
 // x [B, L, H, D]; cos, sin [B, L, D/2] -> (x1 c - x2 s, x2 c + x1 s) for the halves x1 = x[..., :D/2], x2 = x[..., D/2:].
 // x float32 or bfloat16 (computed in float32, rounded once); cos and sin float32. The transpose of a rotation is the

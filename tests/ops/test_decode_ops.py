@@ -119,12 +119,55 @@ def test_rope_trains_through_the_kernel_with_the_reference_gradient(dtype):
     torch.testing.assert_close(x.grad.double(), xr.grad, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 7, 48), (3, 1, 4, 64), (1, 5), (130, 8)])
+def test_rms_norm_trains_through_the_kernels_with_the_reference_gradient(dtype, shape):
+    """CPU float32/bfloat16 RMSNorm under autograd runs rms_norm_fwd/rms_norm_bwd; output, input gradient and the
+    fp32 weight gradient (summed over more rows than one block of 64) match autograd of the reference in fp64."""
+    g = torch.Generator().manual_seed(4)
+    x0 = (torch.randn(*shape, generator=g) * 3).to(dtype)
+    w0 = torch.randn(shape[-1], generator=g)
+    gy = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    y = ops.rms_norm(x, w, 1e-5)
+    assert type(y.grad_fn).__name__ == "_RmsNormFnBackward" and y.dtype == dtype
+    (y.double() * gy).sum().backward()
+    xr, wr = x0.double().requires_grad_(), w0.double().requires_grad_()
+    (ops.rms_norm_reference(xr, wr, 1e-5) * gy).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(y.double(), ops.rms_norm_reference(xr, wr, 1e-5).detach(), atol=tol, rtol=tol)
+    assert x.grad.dtype == dtype and w.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad.double(), xr.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(w.grad.double(), wr.grad, atol=tol * 10, rtol=tol)
+
+
+def test_rms_norm_training_ops_reject_bad_arguments_and_pass_opcheck():
+    x, w = torch.randn(2, 3, 8), torch.randn(8)
+    y, rstd = torch.ops.chameleon_lite.rms_norm_fwd(x, w, 1e-5)
+    assert rstd.shape == (6,)
+    with pytest.raises(RuntimeError, match="last dimension"):
+        torch.ops.chameleon_lite.rms_norm_fwd(x, torch.ones(7), 1e-5)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        torch.ops.chameleon_lite.rms_norm_fwd(x.double(), w, 1e-5)
+    with pytest.raises(RuntimeError, match="rstd"):
+        torch.ops.chameleon_lite.rms_norm_bwd(x, x, w, rstd[:5])
+    with pytest.raises(RuntimeError, match="shaped like x"):
+        torch.ops.chameleon_lite.rms_norm_bwd(x[:1], x, w, rstd)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.chameleon_lite.rms_norm_fwd, (x, w, 1e-5), test_utils=utils)
+    torch.library.opcheck(torch.ops.chameleon_lite.rms_norm_bwd, (torch.randn(2, 3, 8), x, w, rstd), test_utils=utils)
+    torch.library.opcheck(
+        torch.ops.chameleon_lite.rope,
+        (torch.randn(2, 3, 5, 8).bfloat16(), torch.randn(2, 3, 4), torch.randn(2, 3, 4)),
+        test_utils=utils,
+    )
+
+
 def test_norm_and_rope_fall_back_for_training_and_other_dtypes():
     x = torch.randn(2, 3, 4, 8, requires_grad=True)
     w = torch.ones(8, requires_grad=True)
     cos, sin = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    # the norm's reference carries its gradient; rope trains through its kernel (test above), and through the
-    # reference when cos/sin need gradients
+    # both train through their kernels (tests above); rope takes the reference when cos/sin need gradients
     (ops.rope(ops.rms_norm(x, w, 1e-5), cos, sin)).sum().backward()
     c2, s2 = cos.clone().requires_grad_(), sin.clone().requires_grad_()
     y = ops.rope(x, c2, s2)
