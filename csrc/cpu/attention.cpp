@@ -179,14 +179,15 @@ std::vector<attn::TileBounds> tiles_of(const int32_t* doc, const int32_t* span, 
   return out;
 }
 
-// Scores of a partial tile (rows ld apart): disallowed pairs -> -inf.
-inline void mask_tile(float* s, int64_t ld, int64_t mq, int64_t nk, int64_t i0, int64_t j0, const int32_t* doc,
+// Scores of a partial tile (rows ld apart): disallowed pairs -> -inf. Rows are queries r0.. and columns keys c0..,
+// or for a transposed tile (the dk/dv pass) rows are keys r0.. and columns queries c0...
+template <bool Transposed = false>
+inline void mask_tile(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t r0, int64_t c0, const int32_t* doc,
                       const int32_t* span) {
-  for (int64_t r = 0; r < mq; ++r) {
-    const int64_t i = i0 + r;
+  for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * ld;
-    for (int64_t c = 0; c < nk; ++c) {
-      const int64_t j = j0 + c;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = Transposed ? c0 + c : r0 + r, j = Transposed ? r0 + r : c0 + c;
       if (!attn::allowed(i, j, doc[i], doc[j], span[i], span[j])) row[c] = kNegInf;
     }
   }
@@ -269,19 +270,6 @@ struct BF16 {
 
 // bf16 inputs take the BF16 policy where the CPU has AVX-512-BF16 (and the build and environment allow it).
 inline bool native_bf16(const at::Tensor& q) { return q.scalar_type() == at::kBFloat16 && bf16::available(); }
-
-// The same for a transposed tile (rows are keys j0.., columns are queries i0..).
-inline void mask_tile_t(float* s, int64_t ld, int64_t nk, int64_t mq, int64_t j0, int64_t i0, const int32_t* doc,
-                        const int32_t* span) {
-  for (int64_t r = 0; r < nk; ++r) {
-    const int64_t j = j0 + r;
-    float* row = s + r * ld;
-    for (int64_t c = 0; c < mq; ++c) {
-      const int64_t i = i0 + c;
-      if (!attn::allowed(i, j, doc[i], doc[j], span[i], span[j])) row[c] = kNegInf;
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------------- forward
 template <typename T, typename P>
@@ -473,7 +461,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           if (kind == attn::TileKind::kEmpty) continue;
           const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
           P::gemm(nk, mq, D, ka, D, P::col(qTp + (b * Hq + h) * qsz, i0), L, pt.data(), mq, false);  // Sᵀ
-          if (kind == attn::TileKind::kPartial) mask_tile_t(pt.data(), mq, nk, mq, j0, i0, db, sb);
+          if (kind == attn::TileKind::kPartial) mask_tile<true>(pt.data(), mq, nk, mq, j0, i0, db, sb);
           P::gemm(nk, mq, D, va, D, P::col(gTp + (b * Hq + h) * qsz, i0), L, dst.data(), mq, false);  // dPᵀ
           // a query with nothing visible (lse = -inf; never in a forward, where every row sees itself) gets P = 0
           for (int64_t c = 0; c < mq; ++c) lse_c[c] = lh[i0 + c] == kNegInf ? -kNegInf : lh[i0 + c];

@@ -1,23 +1,9 @@
 // AVX-512 build of the sampling row kernel; sampling.cpp selects it at run time when the CPU has AVX-512.
-// The target pragma (rather than a global -mavx512f) keeps every other file portable.
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// g++ does not define the ISA macros for a target pragma; the vector and SLEEF headers select their
-// AVX-512 declarations by them.
-#ifndef __AVX512F__
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define __F16C__ 1
-#define __AVX512F__ 1
-#define __AVX512BW__ 1
-#define __AVX512VL__ 1
-#define __AVX512DQ__ 1
-#endif
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
+#include "cpu/isa_avx512_target.h"
+
+#ifdef CL_AVX512_TARGET
 #define CL_SAMPLING_ISA avx512
 #include "cpu/sampling_row.h"
 
