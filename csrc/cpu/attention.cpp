@@ -202,17 +202,21 @@ inline void mask_tile(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t 
 //   BF16 - bf16 operands, B in pairs (cpu/gemm_bf16.h), products through vdpbf16ps with fp32 accumulation; bf16
 //          inputs on CPUs with AVX-512-BF16. Scores, softmax and accumulators stay fp32; P and dS are rounded to bf16
 //          as the A operand of the next product (as FlashAttention does on GPUs).
-// Every layout is [B, H, size]; a head's block starts at (b * H + h) * size.
+// Every B layout is [B, H, size]; a head's block starts at (b * H + h) * size. A operands stay [B, L, H, D].
 struct F32 {
   using A = float;
   using Bv = float;
   static at::Tensor minor(const at::Tensor& x, float mul = 1.f) {
-    return flat(x.to(at::kFloat).mul(mul).permute({0, 2, 3, 1}).contiguous());
+    const auto xf = x.to(at::kFloat);
+    return flat((mul == 1.f ? xf : xf.mul(mul)).permute({0, 2, 3, 1}).contiguous());
   }
   static at::Tensor major(const at::Tensor& x) { return flat(x.permute({0, 2, 1, 3}).to(at::kFloat).contiguous()); }
-  // A operand [B, H, L, D], times mul
-  static at::Tensor rows(const at::Tensor& x, float mul) {
-    return flat(x.to(at::kFloat).mul(mul).permute({0, 2, 1, 3}).contiguous());
+  // A operands: x times mul in the A type, kept [B, L, H, D] (rows of a head are H * D apart); x itself when it
+  // needs no conversion
+  static at::Tensor rows(const at::Tensor& x, float mul) { return a_rows(x, mul, at::kFloat); }
+  static at::Tensor a_rows(const at::Tensor& x, float mul, at::ScalarType t) {
+    if (mul == 1.f && x.scalar_type() == t) return x.contiguous();
+    return x.to(at::kFloat).mul(mul).to(t).contiguous();
   }
   static const float* col(const float* b, int64_t j) { return b + j; }                  // minor: column j (ld L)
   static const float* row(const float* b, int64_t D, int64_t j) { return b + j * D; }  // major: row j (ld D)
@@ -232,9 +236,7 @@ struct BF16 {
     return pack(mul == 1.f ? x : x.to(at::kFloat).mul(mul), true);
   }
   static at::Tensor major(const at::Tensor& x) { return pack(x, false); }
-  static at::Tensor rows(const at::Tensor& x, float mul) {
-    return F32::flat(x.to(at::kFloat).mul(mul).permute({0, 2, 1, 3}).to(at::kBFloat16).contiguous());
-  }
+  static at::Tensor rows(const at::Tensor& x, float mul) { return F32::a_rows(x, mul, at::kBFloat16); }
   static const A* col(const A* b, int64_t j) { return b + 2 * j; }
   static const A* row(const A* b, int64_t D, int64_t j) { return b + (j / 2) * 2 * D; }  // j even
   static void gemm(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const A* b, int64_t ldb, float* c,
@@ -379,16 +381,16 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------- backward
 // Probabilities and dS of one tile pair from the saved lse and delta = rowsum(dO * O): qs = scale * Q and g = dO
-// [mq, D] (A operands), kT = Kᵀ and vT = Vᵀ from column j0 of the minor layouts (ld ldt) -> p = P, ds = dS [mq, nk]
-// in fp32.
+// [mq, D] (A operands, rows lda apart), kT = Kᵀ and vT = Vᵀ from column j0 of the minor layouts (ld ldt) -> p = P,
+// ds = dS [mq, nk] in fp32.
 template <typename P>
-inline void tile_grads(const typename P::A* qs, const typename P::Bv* kT, int64_t ldt, const typename P::Bv* vT,
-                       const typename P::A* g, int64_t mq, int64_t nk, int64_t D, attn::TileKind kind, int64_t i0,
-                       int64_t j0, const int32_t* db, const int32_t* sb, const float* lse, const float* delta, float* p,
-                       float* ds) {
-  P::gemm(mq, nk, D, qs, D, kT, ldt, p, nk, false);
+inline void tile_grads(const typename P::A* qs, const typename P::A* g, int64_t lda, const typename P::Bv* kT,
+                       const typename P::Bv* vT, int64_t ldt, int64_t mq, int64_t nk, int64_t D, attn::TileKind kind,
+                       int64_t i0, int64_t j0, const int32_t* db, const int32_t* sb, const float* lse,
+                       const float* delta, float* p, float* ds) {
+  P::gemm(mq, nk, D, qs, lda, kT, ldt, p, nk, false);
   if (kind == attn::TileKind::kPartial) mask_tile(p, nk, mq, nk, i0, j0, db, sb);
-  P::gemm(mq, nk, D, g, D, vT, ldt, ds, nk, false);  // dP = dO Vᵀ
+  P::gemm(mq, nk, D, g, lda, vT, ldt, ds, nk, false);  // dP = dO Vᵀ
   for (int64_t r = 0; r < mq; ++r) {
     float* prow = p + r * nk;
     float* dsrow = ds + r * nk;
@@ -423,8 +425,10 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   const auto kt = tiles_of(dp, sp, B, L, kBlockK);
   float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
 
-  // Per-head layouts, made once; every tile below is an offset into them, never a gather. The dq pass multiplies
-  // row-major tiles: A operands qs = scale * Q and g = dO, minor Kᵀ and Vᵀ (S and dP), major K (dQ). The dk/dv pass
+  // Operands, made once; every tile below is an offset into them, never a gather. A operands keep the inputs'
+  // [B, L, H, D] layout (rows H * D apart; dO, K and V are the inputs themselves where their dtype is the A type).
+  // The dq pass multiplies row-major tiles: A operands qs = scale * Q and g = dO, minor Kᵀ and Vᵀ (S and dP), major
+  // K (dQ). The dk/dv pass
   // multiplies transposed ones, Sᵀ = K (scale Q)ᵀ and dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ come out row-major as
   // the A operands of dV = Pᵀ dO and dK = dSᵀ Q: A operands K and V, minor scale * Q and dO, major dO and Q.
   const auto qs_t = P::rows(q, sc), g_t = P::rows(dout, 1.f);
@@ -447,8 +451,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     for (int64_t w = begin; w < end; ++w) {
       const int64_t kj = w % nK, hk = (w / nK) % Hkv, b = w / (nK * Hkv);
       const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-      const A* ka = kap + ((b * Hkv + hk) * L + j0) * D;
-      const A* va = vap + ((b * Hkv + hk) * L + j0) * D;
+      const A* ka = kap + (b * L + j0) * ldk + hk * D;
+      const A* va = vap + (b * L + j0) * ldk + hk * D;
       const int32_t* db = dp + b * L;
       const int32_t* sb = sp + b * L;
       std::fill(dkb.begin(), dkb.end(), 0.f);
@@ -460,9 +464,9 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
           if (kind == attn::TileKind::kEmpty) continue;
           const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
-          P::gemm(nk, mq, D, ka, D, P::col(qTp + (b * Hq + h) * qsz, i0), L, pt.data(), mq, false);  // Sᵀ
+          P::gemm(nk, mq, D, ka, ldk, P::col(qTp + (b * Hq + h) * qsz, i0), L, pt.data(), mq, false);  // Sᵀ
           if (kind == attn::TileKind::kPartial) mask_tile<true>(pt.data(), mq, nk, mq, j0, i0, db, sb);
-          P::gemm(nk, mq, D, va, D, P::col(gTp + (b * Hq + h) * qsz, i0), L, dst.data(), mq, false);  // dPᵀ
+          P::gemm(nk, mq, D, va, ldk, P::col(gTp + (b * Hq + h) * qsz, i0), L, dst.data(), mq, false);  // dPᵀ
           // a query with nothing visible (lse = -inf; never in a forward, where every row sees itself) gets P = 0
           for (int64_t c = 0; c < mq; ++c) lse_c[c] = lh[i0 + c] == kNegInf ? -kNegInf : lh[i0 + c];
           for (int64_t r = 0; r < nk; ++r) {
@@ -492,16 +496,16 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     for (int64_t w = begin; w < end; ++w) {
       const int64_t qi = w % nQ, h = (w / nQ) % Hq, b = w / (nQ * Hq), hk = h / G;
       const int64_t i0 = qi * kBlockQ, mq = std::min(kBlockQ, L - i0);
-      const A* qs = qsp + ((b * Hq + h) * L + i0) * D;
-      const A* g = gtp + ((b * Hq + h) * L + i0) * D;
+      const A* qs = qsp + (b * L + i0) * ldq + h * D;
+      const A* g = gtp + (b * L + i0) * ldq + h * D;
       std::fill(dqb.begin(), dqb.end(), 0.f);
       for (int64_t kj = 0; kj < nK; ++kj) {
         const auto kind = attn::classify(qt[b * nQ + qi], kt[b * nK + kj]);
         if (kind == attn::TileKind::kEmpty) continue;
         const int64_t j0 = kj * kBlockK, nk = std::min(kBlockK, L - j0);
-        tile_grads<P>(qs, P::col(kTp + (b * Hkv + hk) * ksz, j0), L, P::col(vTp + (b * Hkv + hk) * ksz, j0), g, mq, nk,
-                      D, kind, i0, j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L, dl + (b * Hq + h) * L, p.data(),
-                      ds.data());
+        tile_grads<P>(qs, g, ldq, P::col(kTp + (b * Hkv + hk) * ksz, j0), P::col(vTp + (b * Hkv + hk) * ksz, j0), L,
+                      mq, nk, D, kind, i0, j0, dp + b * L, sp + b * L, lp + (b * Hq + h) * L, dl + (b * Hq + h) * L,
+                      p.data(), ds.data());
         const Bv* km = P::row(kp + (b * Hkv + hk) * kmsz, D, j0);
         P::gemm(mq, D, nk, P::as_a(ds.data(), mq, nk, dsa.data()), nk, km, D, dqb.data(), D, true);  // dQ += dS K
       }
