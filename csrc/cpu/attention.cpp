@@ -184,12 +184,13 @@ std::vector<attn::TileBounds> tiles_of(const int32_t* doc, const int32_t* span, 
 template <bool Transposed = false>
 inline void mask_tile(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t r0, int64_t c0, const int32_t* doc,
                       const int32_t* span) {
+  const auto& ops = row_ops();
   for (int64_t r = 0; r < rows; ++r) {
-    float* row = s + r * ld;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = Transposed ? c0 + c : r0 + r, j = Transposed ? r0 + r : c0 + c;
-      if (!attn::allowed(i, j, doc[i], doc[j], span[i], span[j])) row[c] = kNegInf;
-    }
+    const int64_t p = r0 + r;  // this row's position; the row's own entry is at column p - c0
+    if constexpr (Transposed)
+      ops.mask_row_t(s + r * ld, doc + c0, span + c0, cols, doc[p], span[p], p - c0);
+    else
+      ops.mask_row(s + r * ld, doc + c0, span + c0, cols, doc[p], span[p], p - c0);
   }
 }
 

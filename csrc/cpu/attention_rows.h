@@ -25,6 +25,13 @@ struct RowOps {
   void (*grad_row_vec)(const float* p, float* dp, const float* delta, int64_t n);
   // fp32 -> bf16, rounded to nearest even (the A operands of the bf16 products)
   void (*to_bf16)(const float* x, c10::BFloat16* y, int64_t n);
+  // The mask predicate (csrc/common/attention_mask.h) over one row of a partial tile, disallowed -> -inf. mask_row:
+  // query (doc, span) against keys doc_k[c], span_k[c] at offsets c <= last_causal before it; mask_row_t (a
+  // transposed tile): key (doc, span) against queries doc_q[c], span_q[c], at or after it from c = first_causal.
+  void (*mask_row)(float* s, const int32_t* doc_k, const int32_t* span_k, int64_t n, int32_t doc, int32_t span,
+                   int64_t last_causal);
+  void (*mask_row_t)(float* s, const int32_t* doc_q, const int32_t* span_q, int64_t n, int32_t doc, int32_t span,
+                     int64_t first_causal);
   void (*scale_row)(float* x, int64_t n, float a);
   // Decode against a cache read in place (K_j = k + j * ks, V_j = v + j * vs, D values each):
   // s[j] = q . K_j for j < nk, and o[:D] += sum_j p[j] V_j; float32 and bfloat16 caches.
@@ -88,6 +95,25 @@ inline void grad_row_vec(const float* p, float* dp, const float* delta, int64_t 
   for (; i + Vec::size() <= n; i += Vec::size())
     (Vec::loadu(p + i) * (Vec::loadu(dp + i) - Vec::loadu(delta + i))).store(dp + i);
   for (; i < n; ++i) dp[i] = p[i] * (dp[i] - delta[i]);
+}
+
+// Branch-free so the compiler vectorises them in each build.
+inline void mask_row(float* s, const int32_t* doc_k, const int32_t* span_k, int64_t n, int32_t doc, int32_t span,
+                     int64_t last_causal) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < n; ++c) {
+    const bool ok = (doc_k[c] == doc) & ((c <= last_causal) | ((span != 0) & (span_k[c] == span)));
+    s[c] = ok ? s[c] : ninf;
+  }
+}
+
+inline void mask_row_t(float* s, const int32_t* doc_q, const int32_t* span_q, int64_t n, int32_t doc, int32_t span,
+                       int64_t first_causal) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < n; ++c) {
+    const bool ok = (doc_q[c] == doc) & ((c >= first_causal) | ((span_q[c] != 0) & (span_q[c] == span)));
+    s[c] = ok ? s[c] : ninf;
+  }
 }
 
 inline void to_bf16(const float* x, c10::BFloat16* y, int64_t n) { at::vec::convert(x, y, n); }
@@ -195,8 +221,8 @@ inline void values_bf16(const float* p, const c10::BFloat16* v, int64_t vs, int6
 }
 // This build's loops, for the run-time choice in attention.cpp.
 inline RowOps make_row_ops() {
-  return RowOps{&row_max,    &exp_sub_sum, &exp_sub_vec, &grad_row,   &grad_row_vec, &to_bf16,
-                &scale_row,  &scores_f32,  &scores_bf16, &values_f32, &values_bf16};
+  return RowOps{&row_max,    &exp_sub_sum, &exp_sub_vec, &grad_row,   &grad_row_vec, &to_bf16,    &mask_row,
+                &mask_row_t, &scale_row,   &scores_f32,  &scores_bf16, &values_f32,  &values_bf16};
 }
 
 }  // namespace CL_ATTN_ISA
