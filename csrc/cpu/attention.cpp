@@ -56,11 +56,17 @@ constexpr int64_t kDecodeSub = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---------------------------------------------------------------------------------------------- small GEMM
-// C[M, N] (ld ldc) = (add ? C : 0) + A[M, K] (ld lda) · B[K, N] (ld ldb), all fp32 row-major. Products of one tile
-// pair go to oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm) where this build and CPU have it;
-// larger ones (the forward's runs of key tiles) and everything on builds without it to ATen's mm on views, which
-// ran the 64 x 512 x 64 products of the forward about 20 % faster than the micro-kernel on a 2-core AVX2 machine.
-constexpr int64_t kBrgemmMaxWork = kBlockQ * kBlockK * 128;  // one tile pair at the largest head dim
+// C[M, N] (ld ldc) = (add ? C : 0) + A[M, K] (ld lda) · B[K, N] (ld ldb), all fp32 row-major. Products go to oneDNN's
+// batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm) where this build and CPU have it, up to a size that
+// depends on the CPU, and to ATen's mm on views otherwise: on a 2-core AVX2 machine mm ran the forward's 64 x 512 x 64
+// products about 20 % faster than the micro-kernel, on an AVX-512 EPYC the micro-kernel ran them 20-25 % faster than
+// mm (one thread, 97-116 against 85-96 GFLOP/s), so with AVX-512 every product takes it.
+constexpr int64_t kBrgemmMaxWorkAvx2 = kBlockQ * kBlockK * 128;  // one tile pair at the largest head dim
+int64_t brgemm_max_work() {
+  static const int64_t max_work = cpu_has_avx512() ? std::numeric_limits<int64_t>::max() : kBrgemmMaxWorkAvx2;
+  return max_work;
+}
+
 bool brgemm_works() {
   static const bool ok = [] {
     try {
@@ -82,7 +88,7 @@ void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
     return;
   }
-  if (M * N * K <= kBrgemmMaxWork && brgemm_works()) {
+  if (M * N * K <= brgemm_max_work() && brgemm_works()) {
     at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
     return;
   }
