@@ -152,7 +152,10 @@ class BatchScheduler:
         while True:
             with self._cv:
                 while not self._closed and not self._queue and not self._live:
-                    self._cv.wait()
+                    # with a timeout: a Ctrl-C the kernel hands to another thread (the HTTP server's, a kernel
+                    # worker's) does not wake an untimed wait, and Python raises KeyboardInterrupt only when the
+                    # main thread runs again (CI saw `serve` ignore SIGINT for 60 s this way)
+                    self._cv.wait(0.25)
                 if self._closed:
                     return
                 admit = []
