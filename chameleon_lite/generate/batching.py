@@ -154,7 +154,7 @@ class BatchScheduler:
                 while not self._closed and not self._queue and not self._live:
                     # with a timeout: a Ctrl-C the kernel hands to another thread (the HTTP server's, a kernel
                     # worker's) does not wake an untimed wait, and Python raises KeyboardInterrupt only when the
-                    # main thread runs again (CI saw `serve` ignore SIGINT for 60 s this way)
+                    # main thread runs bytecode again
                     self._cv.wait(0.25)
                 if self._closed:
                     return

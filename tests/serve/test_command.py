@@ -12,9 +12,16 @@ import time
 import urllib.request
 
 
+def _default_sigint() -> None:
+    # A test run started in the background of a non-interactive shell inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler in the child: the server gets Ctrl-C as a terminal would give it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _serve(port: int, out) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "chameleon_lite.cli", "serve", "--port", str(port), "--out",
-                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # fmt: skip
 
 
 def _free_port() -> int:
