@@ -446,6 +446,11 @@ class Transformer(nn.Module):
 LOSS_CHUNK_BYTES = 2 << 20
 
 
+def _loss_chunks(n: int, v: int) -> range:
+    """Start rows of the chunks of an [n, v] loss (each LOSS_CHUNK_BYTES // (4 v) rows, at least one)."""
+    return range(0, n, max(1, LOSS_CHUNK_BYTES // (4 * v)))
+
+
 class _TokenLosses(torch.autograd.Function):
     """Cross-entropy and log-sum-exp of [N, V] logits in row chunks, with a backward that writes the gradient once:
     d/dlogits = softmax * (g_ce + g_lse) - onehot(target) * g_ce. Autograd of the log-softmax-and-gather form
@@ -455,10 +460,11 @@ class _TokenLosses(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, v = logits.shape
-        rows = max(1, LOSS_CHUNK_BYTES // (4 * v))
         lse = torch.empty(n, dtype=torch.float32, device=logits.device)
-        for lo in range(0, n, rows):
-            lse[lo : lo + rows] = torch.logsumexp(logits[lo : lo + rows].float(), dim=-1)
+        chunks = _loss_chunks(n, v)
+        for lo in chunks:
+            hi = min(n, lo + chunks.step)
+            lse[lo:hi] = torch.logsumexp(logits[lo:hi].float(), dim=-1)
         ce = lse - logits.gather(-1, targets[:, None]).squeeze(-1).float()
         ctx.save_for_backward(logits, targets, lse)
         return ce, lse
@@ -471,9 +477,9 @@ class _TokenLosses(torch.autograd.Function):
         g_ce = zeros if g_ce is None else g_ce.float()
         coef = g_ce + (zeros if g_lse is None else g_lse.float())
         grad = torch.empty_like(logits)
-        rows = max(1, LOSS_CHUNK_BYTES // (4 * v))
-        for lo in range(0, n, rows):
-            hi = min(n, lo + rows)
+        chunks = _loss_chunks(n, v)
+        for lo in chunks:
+            hi = min(n, lo + chunks.step)
             p = (logits[lo:hi].float() - lse[lo:hi, None]).exp_().mul_(coef[lo:hi, None])
             p.scatter_add_(-1, targets[lo:hi, None], -g_ce[lo:hi, None])
             grad[lo:hi] = p

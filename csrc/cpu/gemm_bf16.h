@@ -12,7 +12,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 namespace chameleon_lite::cpu::bf16 {
 
@@ -30,60 +29,37 @@ bool available();
 // Pair rows needed for K rows of B.
 inline int64_t pair_rows(int64_t K) { return (K + 1) / 2; }
 
-// B[k, n] = src[k * lds + n] * mul (K rows of N values) -> pairs at dst (ldb pairs per pair row); an odd K's last
-// pair gets a zero partner.
-template <typename T>
-void pack_rows(const T* src, int64_t lds, int64_t K, int64_t N, BFloat16* dst, int64_t ldb, float mul = 1.f) {
-  if constexpr (std::is_same_v<T, BFloat16>) {
-    if (mul == 1.f) {  // interleave the raw 16-bit values of two rows
-      for (int64_t k = 0; k < K; k += 2) {
-        auto* d = reinterpret_cast<uint16_t*>(dst + (k / 2) * 2 * ldb);
-        const auto* s0 = reinterpret_cast<const uint16_t*>(src + k * lds);
-        const auto* s1 = reinterpret_cast<const uint16_t*>(src + (k + 1) * lds);
-        if (k + 1 < K) {
-          for (int64_t n = 0; n < N; ++n) {
-            d[2 * n] = s0[n];
-            d[2 * n + 1] = s1[n];
-          }
-        } else {
-          for (int64_t n = 0; n < N; ++n) {
-            d[2 * n] = s0[n];
-            d[2 * n + 1] = 0;  // bf16 zero
-          }
-        }
-      }
-      return;
-    }
-  }
+// B[k, n] = src[k * lds + n] (K rows of N bf16 values) -> pairs at dst (ldb pairs per pair row): the raw 16-bit
+// values of two rows interleaved; an odd K's last pair gets a zero partner.
+inline void pack_rows(const BFloat16* src, int64_t lds, int64_t K, int64_t N, BFloat16* dst, int64_t ldb) {
   for (int64_t k = 0; k < K; k += 2) {
-    BFloat16* d = dst + (k / 2) * 2 * ldb;
-    const T* s0 = src + k * lds;
-    const T* s1 = s0 + lds;
-    const bool has1 = k + 1 < K;
-    for (int64_t n = 0; n < N; ++n) {
-      d[2 * n] = BFloat16(static_cast<float>(s0[n]) * mul);
-      d[2 * n + 1] = has1 ? BFloat16(static_cast<float>(s1[n]) * mul) : BFloat16(0.f);
+    auto* d = reinterpret_cast<uint16_t*>(dst + (k / 2) * 2 * ldb);
+    const auto* s0 = reinterpret_cast<const uint16_t*>(src + k * lds);
+    const auto* s1 = reinterpret_cast<const uint16_t*>(src + (k + 1) * lds);
+    if (k + 1 < K) {
+      for (int64_t n = 0; n < N; ++n) {
+        d[2 * n] = s0[n];
+        d[2 * n + 1] = s1[n];
+      }
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        d[2 * n] = s0[n];
+        d[2 * n + 1] = 0;  // bf16 zero
+      }
     }
   }
 }
 
-// B[k, n] = src[n * lds + k] (N rows of K values, i.e. B is the transpose of src) -> pairs at dst. A bf16 source with
-// an even K is a transpose of 32-bit pairs.
-template <typename T>
-void pack_cols(const T* src, int64_t lds, int64_t N, int64_t K, BFloat16* dst, int64_t ldb) {
-  if constexpr (std::is_same_v<T, BFloat16>) {
-    if (K % 2 == 0) {
-      for (int64_t n = 0; n < N; ++n) {
-        const T* s = src + n * lds;
-        for (int64_t k2 = 0; k2 < K / 2; ++k2) std::memcpy(dst + k2 * 2 * ldb + 2 * n, s + 2 * k2, 2 * sizeof(T));
-      }
-      return;
-    }
-  }
+// B[k, n] = src[n * lds + k] (N rows of K bf16 values, i.e. B is the transpose of src) -> pairs at dst: with an even
+// K a transpose of 32-bit pairs; an odd K's last pair gets a zero partner.
+inline void pack_cols(const BFloat16* src, int64_t lds, int64_t N, int64_t K, BFloat16* dst, int64_t ldb) {
   for (int64_t n = 0; n < N; ++n) {
-    const T* s = src + n * lds;
-    for (int64_t k = 0; k < K; ++k) dst[(k / 2) * 2 * ldb + 2 * n + k % 2] = BFloat16(static_cast<float>(s[k]));
-    if (K % 2) dst[(K / 2) * 2 * ldb + 2 * n + 1] = BFloat16(0.f);
+    const BFloat16* s = src + n * lds;
+    for (int64_t k2 = 0; k2 < K / 2; ++k2) std::memcpy(dst + k2 * 2 * ldb + 2 * n, s + 2 * k2, 2 * sizeof(BFloat16));
+    if (K % 2) {
+      dst[(K / 2) * 2 * ldb + 2 * n] = s[K - 1];
+      dst[(K / 2) * 2 * ldb + 2 * n + 1] = BFloat16(0.f);
+    }
   }
 }
 
