@@ -483,7 +483,9 @@ def compare_audio(reading: AudioAttributes | AudioSpec | dict[str, Any], truth: 
     """Compare a clip reading with the truth (a spec or its manifest ``meta`` record).
 
     ``exact``: same notes in the same order and same timbre. Per attribute: ``count`` (number of notes),
-    ``notes`` (the sequence), ``pitch_set`` (the notes ignoring order and repeats), ``timbre``.
+    ``notes`` (the sequence), ``pitch_set`` (the notes ignoring order and repeats), ``timbre``, and
+    ``first_note`` (the first note alone: a writer that finds the first note but loses its place in a melody is
+    right on it and wrong on ``notes``).
     """
     (got, gt), (want, wt) = _as_notes(reading), _as_notes(truth)
     attrs = {
@@ -491,6 +493,7 @@ def compare_audio(reading: AudioAttributes | AudioSpec | dict[str, Any], truth: 
         "notes": got == want,
         "pitch_set": set(got) == set(want),
         "timbre": gt == wt,
+        "first_note": got[:1] == want[:1],
     }
     return Match(exact=attrs["notes"] and attrs["timbre"], attributes=attrs)
 

@@ -291,11 +291,12 @@ def test_compare_audio_per_attribute():
         "notes": False,
         "pitch_set": True,
         "timbre": True,
+        "first_note": False,
     }
     timbre = compare_audio(AudioAttributes(("C5", "E5", "G5"), "sine"), spec)
     assert not timbre.exact and {k for k, v in timbre.attributes.items() if not v} == {"timbre"}
     short = compare_audio(AudioAttributes(("C5", "E5"), "square"), spec)
-    assert not short.attributes["count"] and not short.attributes["pitch_set"]
+    assert not short.attributes["count"] and not short.attributes["pitch_set"] and short.attributes["first_note"]
     assert not compare_audio(AudioAttributes((), None), spec).exact
     with pytest.raises(DataError):
         compare_audio("C5 E5 G5", spec)
