@@ -115,6 +115,21 @@ def test_exported_and_shipped_files_are_readable_by_everyone_the_umask_allows(tm
         assert set(modes.values()) == {oct(0o644)}, modes
 
 
+def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp_folder(model_dir, monkeypatch):
+    tk = toy_tokenizers(audio=False)
+    tok_dir = os.path.join(os.path.dirname(model_dir), "tok")
+    before = {f: open(os.path.join(model_dir, f), "rb").read() for f in os.listdir(model_dir)}
+
+    def broken(self, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(tk.vocab), "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model_dir(toy_model(tk.vocab, seed=1), tk.vocab, tok_dir, model_dir)
+    assert {f: open(os.path.join(model_dir, f), "rb").read() for f in os.listdir(model_dir)} == before
+    assert sorted(os.listdir(os.path.dirname(model_dir))) == ["model", "tok"]
+
+
 def _write(path, obj, lines=False):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

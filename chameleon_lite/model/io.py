@@ -28,7 +28,7 @@ from chameleon_lite.bundle import (
     write_safetensors_atomic,
 )
 from chameleon_lite.errors import ConfigError
-from chameleon_lite.files import MODEL, check_output_dir, replace_dir
+from chameleon_lite.files import MODEL, building_dir
 from chameleon_lite.model.config import ModelConfig
 from chameleon_lite.model.transformer import Transformer
 from chameleon_lite.tokenizers.loader import Tokenizers, check_vocab_matches
@@ -82,21 +82,17 @@ def save_model_dir(model: Transformer, vocab: UnifiedVocab, tokenizers_dir: str,
     # the folder binds the model to its tokenizers' codes
     cfg = dataclasses.replace(cfg, codes_hash=check_codes_match(tokenizers_dir, cfg.codes_hash))
     out_dir = os.path.abspath(out_dir)
-    check_output_dir(out_dir, MODEL)
-    tmp = f"{out_dir}.tmp.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    write_safetensors_atomic(
-        os.path.join(tmp, WEIGHTS_FILE), state, {"vocab_hash": vocab.hash, "format": "chameleon-lite"}
-    )
-    cfg.save(os.path.join(tmp, CONFIG_FILE))
-    for name in TOKENIZER_FILES:
-        src = os.path.join(tokenizers_dir, name)
-        if os.path.exists(src):
-            shutil.copy2(src, os.path.join(tmp, name))
-    vocab.save(os.path.join(tmp, VOCAB_FILE))
-    replace_dir(tmp, out_dir, MODEL)
+    with building_dir(out_dir, MODEL) as tmp:
+        write_safetensors_atomic(
+            os.path.join(tmp, WEIGHTS_FILE), state, {"vocab_hash": vocab.hash, "format": "chameleon-lite"}
+        )
+        cfg.save(os.path.join(tmp, CONFIG_FILE))
+        for name in TOKENIZER_FILES:
+            src = os.path.join(tokenizers_dir, name)
+            if os.path.exists(src):
+                shutil.copy2(src, os.path.join(tmp, name))
+        vocab.save(os.path.join(tmp, VOCAB_FILE))
     return out_dir
 
 
